@@ -1,0 +1,16 @@
+//! Geohost: replicate and verify blobs between sites, the way GitLab Geo's
+//! self-service framework does, with each replicable type a WebAssembly
+//! component plugin.
+//!
+//! See ARCHITECTURE.md at the repository root for the map of this crate.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod db;
+pub mod metrics;
+pub mod plugin;
+pub mod primary;
+pub mod secondary;
+pub mod storage;
+pub mod topology;

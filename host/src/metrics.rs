@@ -1,0 +1,46 @@
+//! The engine's own Prometheus metrics (plugin calls, sync, verification,
+//! transfer). GitLab's per-type gauges are computed from the databases when
+//! `/metrics` is scraped; these are the process's counters and histograms.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+/// The process-wide registry behind `/metrics`.
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
+    REGISTRY.register(Box::new(collector.clone())).expect("metric names are unique");
+    collector
+}
+
+/// `geohost_plugin_call_duration_seconds{plugin,function}`.
+pub static PLUGIN_CALL_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new("geohost_plugin_call_duration_seconds", "Duration of one batch call into a type plugin")
+                .buckets(prometheus::exponential_buckets(0.00001, 4.0, 10).expect("valid buckets")),
+            &["plugin", "function"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// `geohost_plugin_call_errors_total{plugin,function}`.
+pub static PLUGIN_CALL_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("geohost_plugin_call_errors_total", "Plugin calls that trapped or timed out"),
+            &["plugin", "function"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Records one plugin call.
+pub fn plugin_call(plugin: &str, function: &str, took: Duration, ok: bool) {
+    PLUGIN_CALL_SECONDS.with_label_values(&[plugin, function]).observe(took.as_secs_f64());
+    if !ok {
+        PLUGIN_CALL_ERRORS.with_label_values(&[plugin, function]).inc();
+    }
+}

@@ -1,0 +1,77 @@
+//! The wasmtime engine every type runs on, and the limits each call runs under.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Bounds on every plugin call.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock budget of one call (a whole batch), enforced by epoch
+    /// interruption: a guest still running after it traps with `Interrupt`.
+    pub call_timeout: Duration,
+    /// Largest linear memory of one instance, in bytes; growing past it traps.
+    pub memory_bytes: usize,
+    /// Instances alive at once per engine (pooling allocator slots).
+    pub max_instances: u32,
+    /// Largest wasm stack, in bytes.
+    pub max_wasm_stack: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            call_timeout: Duration::from_secs(2),
+            memory_bytes: 64 << 20,
+            max_instances: 64,
+            max_wasm_stack: 1 << 20,
+        }
+    }
+}
+
+/// How often the epoch advances; the granularity of `call_timeout`.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+impl Limits {
+    /// The epoch deadline matching `call_timeout`, in ticks.
+    pub fn deadline_ticks(&self) -> u64 {
+        (self.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+}
+
+/// Builds the engine: component model, epoch interruption, pooling allocator
+/// with copy-on-write memory images, and a ticker thread that advances the
+/// epoch until the engine is dropped.
+pub fn build_engine(limits: &Limits) -> anyhow::Result<Arc<Engine>> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(limits.max_instances)
+        .total_core_instances(limits.max_instances * 4)
+        .total_memories(limits.max_instances * 2)
+        .total_tables(limits.max_instances * 2)
+        .max_memories_per_component(2)
+        .max_memory_size(limits.memory_bytes);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .memory_init_cow(true)
+        .max_wasm_stack(limits.max_wasm_stack)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = Arc::new(Engine::new(&config)?);
+    spawn_epoch_ticker(Arc::downgrade(&engine));
+    Ok(engine)
+}
+
+/// Holds only a weak reference, so the thread ends with the engine.
+fn spawn_epoch_ticker(engine: Weak<Engine>) {
+    std::thread::Builder::new()
+        .name("geohost-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}

@@ -1,0 +1,579 @@
+//! The plugin runtime: loads replicable types (WebAssembly components) and
+//! calls them under bounds.
+//!
+//! Loading ([`PluginRuntime::load`]) takes a component, or a core module
+//! carrying wit-bindgen's component-type section (componentized here), and:
+//!
+//! 1. checks what it imports and exports before compiling: it must export
+//!    `geohost:replicable/replicable` at a version this host supports and
+//!    import nothing but `geohost:replicable` (no WASI, clock, files, sockets);
+//! 2. compiles it once, through the on-disk [`CompileCache`];
+//! 3. links it ([`InstancePre`](wasmtime::component::InstancePre)), calls
+//!    `describe` and checks the identity ([`TypeIdentity::check`]).
+//!
+//! Calling ([`LoadedType`]) instantiates from the pre-linked component in a
+//! fresh store for each batch (microseconds with the pooling allocator and
+//! copy-on-write images), with a wall-clock deadline (epoch interruption) and
+//! a memory cap (store limits). A trap, timeout or memory exhaustion fails
+//! that batch with a [`PluginError`] and drops the instance; the next batch
+//! gets a new one.
+//!
+//! Architecture invariant: every path a type returns goes through
+//! [`BlobPath::parse`] before the host uses it.
+
+pub mod builtin;
+mod cache;
+mod engine;
+pub mod fixture;
+pub mod identity;
+pub mod paths;
+mod slots;
+pub mod value;
+
+pub use cache::{CompileCache, CompileOutcome};
+pub use engine::{EPOCH_TICK, Limits};
+pub use identity::{Column, ColumnSource, ColumnType, ModelTable, TypeIdentity};
+pub use paths::{BlobPath, PathError};
+pub use value::{Row, SelectiveSync, SyncSettings, Value};
+
+use crate::topology::ProjectLookup;
+use sha2::{Digest, Sha256};
+use slots::Slots;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+
+/// Bindings generated from `wit/replicable.wit`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "replicable-type",
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+use bindings::ReplicableTypePre;
+use bindings::geohost::replicable::{site, types as wit};
+
+/// The WIT package every type is built against.
+pub const WIT_PACKAGE: &str = "geohost:replicable";
+/// The version of `wit/replicable.wit` this host implements.
+pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 0);
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a WebAssembly component or module ({0})")]
+    NotWasm(String),
+    #[error("could not turn the core module into a component: {0}")]
+    Componentize(String),
+    #[error(
+        "the component does not export `{WIT_PACKAGE}/replicable`; build it against wit/replicable.wit"
+    )]
+    MissingExport,
+    #[error(
+        "the component was built against {WIT_PACKAGE}@{found}; this host supports {WIT_PACKAGE}@{}.{}.x",
+        WIT_VERSION.0,
+        WIT_VERSION.1
+    )]
+    WitVersion { found: String },
+    #[error(
+        "the component imports `{0}`, which Geohost does not provide: a type may import only {WIT_PACKAGE} (no WASI, clock, files or network)"
+    )]
+    ForbiddenImport(String),
+    #[error("compiling the component failed: {0}")]
+    Compile(String),
+    #[error("linking the component failed: {0}")]
+    Link(String),
+    #[error("`describe` failed: {0}")]
+    Describe(PluginError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+}
+
+/// Why a call into a type failed as a whole (every row of the batch).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin `{plugin}` ran past its {limit:?} deadline and was stopped")]
+    Timeout { plugin: String, limit: Duration },
+    #[error("plugin `{plugin}` trapped: {message}")]
+    Trap { plugin: String, message: String },
+    #[error("plugin `{plugin}` answered {got} results for {expected} rows")]
+    WrongAnswerCount { plugin: String, expected: usize, got: usize },
+    #[error("plugin `{plugin}` could not be instantiated: {message}")]
+    Instantiate { plugin: String, message: String },
+}
+
+/// Compiles, links and checks replicable types. One per process is enough;
+/// it is cheap to share (`Clone` shares the engine).
+#[derive(Clone)]
+pub struct PluginRuntime {
+    engine: Arc<Engine>,
+    linker: Arc<Linker<HostState>>,
+    cache: CompileCache,
+    limits: Limits,
+    slots: Arc<Slots>,
+}
+
+/// How long the phases of a load took, for logs and benchmarks.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct LoadTimings {
+    pub compile: Duration,
+    pub outcome: CompileOutcome,
+    pub link: Duration,
+}
+
+impl PluginRuntime {
+    /// A runtime with these limits, caching compiled components in `cache_dir`.
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> anyhow::Result<PluginRuntime> {
+        let engine = engine::build_engine(&limits)?;
+        let mut linker = Linker::new(&engine);
+        bindings::ReplicableType::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )?;
+        Ok(PluginRuntime {
+            slots: Arc::new(Slots::new(limits.max_instances as usize)),
+            engine,
+            linker: Arc::new(linker),
+            cache: CompileCache::new(cache_dir),
+            limits,
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Loads a type from component (or wit-bindgen core module) bytes.
+    pub fn load(&self, bytes: &[u8]) -> Result<LoadedType, LoadError> {
+        let component = to_component(bytes)?;
+        check_world(&component)?;
+        let sha256 = hex::encode(Sha256::digest(&component));
+
+        let started = Instant::now();
+        let (compiled, outcome) = self
+            .cache
+            .load(&self.engine, &component, &sha256)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let compile = started.elapsed();
+
+        let started = Instant::now();
+        let pre = self
+            .linker
+            .instantiate_pre(&compiled)
+            .and_then(ReplicableTypePre::new)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let link = started.elapsed();
+
+        let mut loaded = LoadedType {
+            identity: Arc::new(placeholder_identity()),
+            sha256,
+            component_size: component.len(),
+            timings: LoadTimings { compile, outcome, link },
+            pre,
+            runtime: self.clone(),
+        };
+        let raw = loaded
+            .call("describe", None, |store, instance| {
+                instance.geohost_replicable_replicable().call_describe(store)
+            })
+            .map_err(LoadError::Describe)?;
+        loaded.identity = Arc::new(identity_from_wit(raw).check()?);
+        Ok(loaded)
+    }
+
+    /// Time to create one instance of `loaded` in a fresh store (benchmarks).
+    pub fn instantiate_once(&self, loaded: &LoadedType) -> anyhow::Result<Duration> {
+        let _slot = self.slots.acquire();
+        let started = Instant::now();
+        let mut store = self.new_store(None);
+        loaded.pre.instantiate(&mut store)?;
+        Ok(started.elapsed())
+    }
+
+    fn new_store(&self, lookup: Option<Arc<dyn ProjectLookup>>) -> Store<HostState> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&self.engine, HostState { limits, lookup });
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(self.limits.deadline_ticks());
+        store.epoch_deadline_trap();
+        store
+    }
+}
+
+/// A loaded, checked type, ready to be called from any thread. Calls are
+/// synchronous and CPU-bound (bounded by the call timeout): async callers run
+/// large batches on a blocking thread.
+#[derive(Clone)]
+pub struct LoadedType {
+    identity: Arc<TypeIdentity>,
+    sha256: String,
+    component_size: usize,
+    timings: LoadTimings,
+    pre: ReplicableTypePre<HostState>,
+    runtime: PluginRuntime,
+}
+
+impl std::fmt::Debug for LoadedType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedType")
+            .field("name", &self.identity.name)
+            .field("version", &self.identity.version)
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
+impl LoadedType {
+    pub fn identity(&self) -> &TypeIdentity {
+        &self.identity
+    }
+
+    pub fn identity_arc(&self) -> Arc<TypeIdentity> {
+        self.identity.clone()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.identity.name
+    }
+
+    /// SHA-256 (hex) of the component binary.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub fn component_size(&self) -> usize {
+        self.component_size
+    }
+
+    pub fn timings(&self) -> LoadTimings {
+        self.timings
+    }
+
+    /// The derived columns of new records. Rows carry the writer columns in
+    /// table order. Each answer is checked against the derived columns'
+    /// count, types, nullability and lengths.
+    pub fn derive(&self, rows: &[Row]) -> Result<Vec<Result<Vec<Value>, String>>, PluginError> {
+        let answers = self.call("derive", None, |store, instance| {
+            instance.geohost_replicable_replicable().call_derive(store, rows)
+        })?;
+        self.check_count(rows.len(), answers.len())?;
+        let derived: Vec<&Column> = self.identity.table.columns_from(ColumnSource::Derived).collect();
+        Ok(answers
+            .into_iter()
+            .map(|answer| {
+                let values = answer?;
+                if values.len() != derived.len() {
+                    return Err(format!(
+                        "plugin answered {} derived values, the table has {} derived columns",
+                        values.len(),
+                        derived.len()
+                    ));
+                }
+                for (column, value) in derived.iter().zip(&values) {
+                    check_value(column, value)?;
+                }
+                Ok(values)
+            })
+            .collect())
+    }
+
+    /// The blob path of each record; rows carry `identity.path_columns`.
+    /// A path that breaks [`BlobPath::parse`] is an error for that record.
+    pub fn blob_paths(&self, rows: &[Row]) -> Result<Vec<Result<BlobPath, String>>, PluginError> {
+        let answers = self.call("blob-paths", None, |store, instance| {
+            instance.geohost_replicable_replicable().call_blob_paths(store, rows)
+        })?;
+        self.check_count(rows.len(), answers.len())?;
+        Ok(answers
+            .into_iter()
+            .map(|answer| BlobPath::parse(&answer?).map_err(|e| e.to_string()))
+            .collect())
+    }
+
+    /// Whether a site with `settings` replicates each record; rows carry
+    /// `identity.scope_columns`. The type looks projects up through `lookup`.
+    pub fn in_scope(
+        &self,
+        settings: &SyncSettings,
+        lookup: Arc<dyn ProjectLookup>,
+        rows: &[Row],
+    ) -> Result<Vec<Result<bool, String>>, PluginError> {
+        let answers = self.call("in-scope", Some(lookup), |store, instance| {
+            instance.geohost_replicable_replicable().call_in_scope(store, settings, rows)
+        })?;
+        self.check_count(rows.len(), answers.len())?;
+        Ok(answers)
+    }
+
+    fn check_count(&self, expected: usize, got: usize) -> Result<(), PluginError> {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(PluginError::WrongAnswerCount { plugin: self.identity.name.clone(), expected, got })
+        }
+    }
+
+    /// Runs `f` on a fresh instance, under the call timeout and memory cap.
+    fn call<R>(
+        &self,
+        function: &'static str,
+        lookup: Option<Arc<dyn ProjectLookup>>,
+        f: impl FnOnce(&mut Store<HostState>, &bindings::ReplicableType) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let runtime = &self.runtime;
+        let _slot = runtime.slots.acquire();
+        let plugin = self.identity.name.clone();
+        let started = Instant::now();
+        let mut store = runtime.new_store(lookup);
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| PluginError::Instantiate { plugin: plugin.clone(), message: format!("{e:#}") })?;
+        let result = f(&mut store, &instance).map_err(|error| {
+            let error = match error.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => PluginError::Timeout {
+                    plugin: plugin.clone(),
+                    limit: runtime.limits.call_timeout,
+                },
+                _ => PluginError::Trap { plugin: plugin.clone(), message: trap_message(&error) },
+            };
+            tracing::warn!(plugin = %plugin, function, %error, "plugin call failed; instance discarded");
+            error
+        });
+        crate::metrics::plugin_call(&plugin, function, started.elapsed(), result.is_ok());
+        result
+    }
+}
+
+/// The trap's own description plus the first line of its context (for
+/// example "memory.grow failed" or "wasm `unreachable` instruction executed").
+fn trap_message(error: &wasmtime::Error) -> String {
+    let mut parts: Vec<String> = error.chain().map(|e| e.to_string()).collect();
+    parts.dedup();
+    parts.retain(|p| !p.starts_with("error while executing at wasm backtrace"));
+    let message = parts.join(": ");
+    message.lines().next().unwrap_or("trap").to_string()
+}
+
+/// Store data: the memory limiter and the project lookups of this call.
+pub struct HostState {
+    limits: StoreLimits,
+    lookup: Option<Arc<dyn ProjectLookup>>,
+}
+
+impl wit::Host for HostState {}
+
+impl site::Host for HostState {
+    fn projects(&mut self, ids: Vec<i64>) -> Vec<Option<wit::Project>> {
+        let Some(lookup) = &self.lookup else {
+            return ids.iter().map(|_| None).collect();
+        };
+        ids.into_iter()
+            .map(|id| {
+                lookup.project(id).map(|p| wit::Project {
+                    id: p.id,
+                    namespace_id: p.namespace_id,
+                    namespace_ancestry: p.namespace_ancestry,
+                    repository_storage: p.repository_storage,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Checks a value against its column: type, nullability, length.
+pub fn check_value(column: &Column, value: &Value) -> Result<(), String> {
+    if matches!(value, Value::Null) && !column.nullable {
+        return Err(format!("column `{}` cannot be null", column.name));
+    }
+    if !column.column_type.accepts(value) {
+        return Err(format!(
+            "column `{}` is {:?}, got {} {}",
+            column.name,
+            column.column_type,
+            value.kind(),
+            match value {
+                Value::Int(v) => v.to_string(),
+                _ => String::new(),
+            }
+        ));
+    }
+    if let (Some(max), Value::Text(text)) = (column.max_length, value) {
+        let len = text.chars().count();
+        if len > max as usize {
+            return Err(format!("column `{}` is at most {max} characters, got {len}", column.name));
+        }
+    }
+    Ok(())
+}
+
+/// A component as-is; a core module carrying a component-type section is
+/// componentized (no WASI adapter: such a module imports nothing else).
+fn to_component(bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
+    if wasmparser::Parser::is_component(bytes) {
+        return Ok(bytes.to_vec());
+    }
+    if !wasmparser::Parser::is_core_wasm(bytes) {
+        let head: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        return Err(LoadError::NotWasm(format!("starts with {head:?}")));
+    }
+    wit_component::ComponentEncoder::default()
+        .module(bytes)
+        .and_then(|e| e.validate(true).encode())
+        .map_err(|e| LoadError::Componentize(format!("{e:#}")))
+}
+
+/// Reads the component's top-level imports and exports (without compiling)
+/// and checks them against the contract.
+fn check_world(component: &[u8]) -> Result<(), LoadError> {
+    use wasmparser::{Parser, Payload};
+    let mut exports = Vec::new();
+    let mut imports = Vec::new();
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(component) {
+        let payload = payload.map_err(|e| LoadError::NotWasm(e.to_string()))?;
+        match payload {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentExportSection(section) if depth == 0 => {
+                for export in section {
+                    let export = export.map_err(|e| LoadError::NotWasm(e.to_string()))?;
+                    exports.push(export.name.0.to_string());
+                }
+            }
+            Payload::ComponentImportSection(section) if depth == 0 => {
+                for import in section {
+                    let import = import.map_err(|e| LoadError::NotWasm(e.to_string()))?;
+                    imports.push(import.name.0.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(forbidden) = imports.iter().find(|i| !i.starts_with(&format!("{WIT_PACKAGE}/"))) {
+        return Err(LoadError::ForbiddenImport(forbidden.clone()));
+    }
+    let prefix = format!("{WIT_PACKAGE}/replicable");
+    let export = exports
+        .iter()
+        .find(|e| e.split('@').next() == Some(prefix.as_str()))
+        .ok_or(LoadError::MissingExport)?;
+    let version = export.split_once('@').map(|(_, v)| v).unwrap_or("(no version)");
+    if !version_compatible(version) {
+        return Err(LoadError::WitVersion { found: version.to_string() });
+    }
+    for import in &imports {
+        let version = import.split_once('@').map(|(_, v)| v).unwrap_or("(no version)");
+        if !version_compatible(version) {
+            return Err(LoadError::WitVersion { found: version.to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// Semver compatibility with [`WIT_VERSION`]: for 0.x, the same minor.
+fn version_compatible(version: &str) -> bool {
+    let mut parts = version.split(['.', '-', '+']).map(|p| p.parse::<u64>().ok());
+    let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    if version.contains('-') {
+        return false; // prereleases never match
+    }
+    if WIT_VERSION.0 == 0 {
+        major == 0 && minor == WIT_VERSION.1
+    } else {
+        major == WIT_VERSION.0
+    }
+}
+
+fn placeholder_identity() -> TypeIdentity {
+    TypeIdentity {
+        name: "(loading)".into(),
+        title: String::new(),
+        title_plural: String::new(),
+        version: String::new(),
+        mutable: false,
+        uploader_class: String::new(),
+        table: ModelTable { name: String::new(), columns: vec![], natural_key: vec![], unique_keys: vec![] },
+        path_columns: vec![],
+        scope_columns: vec![],
+    }
+}
+
+fn identity_from_wit(raw: wit::Identity) -> TypeIdentity {
+    TypeIdentity {
+        name: raw.name,
+        title: raw.title,
+        title_plural: raw.title_plural,
+        version: raw.version,
+        mutable: raw.mutable,
+        uploader_class: raw.uploader_class,
+        table: ModelTable {
+            name: raw.table.name,
+            columns: raw
+                .table
+                .columns
+                .into_iter()
+                .map(|c| Column {
+                    name: c.name,
+                    column_type: match c.column_type {
+                        wit::ColumnType::Bigint => ColumnType::Bigint,
+                        wit::ColumnType::Integer => ColumnType::Integer,
+                        wit::ColumnType::Smallint => ColumnType::Smallint,
+                        wit::ColumnType::Text => ColumnType::Text,
+                        wit::ColumnType::Boolean => ColumnType::Boolean,
+                        wit::ColumnType::Timestamp => ColumnType::Timestamp,
+                        wit::ColumnType::Binary => ColumnType::Binary,
+                    },
+                    nullable: c.nullable,
+                    default_value: c.default_value,
+                    max_length: c.max_length,
+                    source: match c.source {
+                        wit::ColumnSource::Writer => ColumnSource::Writer,
+                        wit::ColumnSource::Derived => ColumnSource::Derived,
+                        wit::ColumnSource::BlobSize => ColumnSource::BlobSize,
+                        wit::ColumnSource::FileStore => ColumnSource::FileStore,
+                        wit::ColumnSource::CreatedAt => ColumnSource::CreatedAt,
+                        wit::ColumnSource::UpdatedAt => ColumnSource::UpdatedAt,
+                    },
+                })
+                .collect(),
+            natural_key: raw.table.natural_key,
+            unique_keys: raw.table.unique_keys,
+        },
+        path_columns: raw.path_columns,
+        scope_columns: raw.scope_columns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_rule() {
+        assert!(version_compatible("0.1.0"));
+        assert!(version_compatible("0.1.7"));
+        assert!(!version_compatible("0.2.0"));
+        assert!(!version_compatible("9.0.0"));
+        assert!(!version_compatible("0.1.0-rc1"));
+        assert!(!version_compatible("garbage"));
+    }
+
+    #[test]
+    fn refuses_non_wasm() {
+        let err = to_component(b"#!/bin/sh\necho hi").unwrap_err();
+        assert!(matches!(err, LoadError::NotWasm(_)), "{err}");
+    }
+}

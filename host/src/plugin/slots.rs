@@ -1,0 +1,39 @@
+//! A counting gate on live instances.
+//!
+//! The pooling allocator has a fixed number of instance slots; a call that
+//! finds none free would fail. Callers wait here for a slot instead. (A
+//! blocking counterpart of `tokio::sync::Semaphore`, which has no blocking
+//! acquire: plugin calls run on blocking threads.)
+
+use std::sync::{Condvar, Mutex};
+
+pub struct Slots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+pub struct SlotGuard<'a> {
+    slots: &'a Slots,
+}
+
+impl Slots {
+    pub fn new(capacity: usize) -> Slots {
+        Slots { free: Mutex::new(capacity.max(1)), freed: Condvar::new() }
+    }
+
+    pub fn acquire(&self) -> SlotGuard<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        SlotGuard { slots: self }
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.slots.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.slots.freed.notify_one();
+    }
+}

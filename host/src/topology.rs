@@ -1,0 +1,153 @@
+//! The namespace tree and the projects in it, as a type's scope decisions see
+//! them through the `site.projects` import.
+//!
+//! Both sites build one: the primary from its own tables, a secondary from
+//! the primary's replication feed.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// A namespace (group or user), with its parent for nested groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceNode {
+    pub id: i64,
+    pub parent_id: Option<i64>,
+}
+
+/// A project: its namespace and repository storage shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectNode {
+    pub id: i64,
+    pub namespace_id: i64,
+    #[serde(default = "default_shard")]
+    pub repository_storage: String,
+}
+
+fn default_shard() -> String {
+    "default".into()
+}
+
+/// A project as a type sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectInfo {
+    pub id: i64,
+    pub namespace_id: i64,
+    /// The owning namespace and its ancestors, nearest first.
+    pub namespace_ancestry: Vec<i64>,
+    pub repository_storage: String,
+}
+
+/// Answers a type's project lookups.
+pub trait ProjectLookup: Send + Sync {
+    fn project(&self, id: i64) -> Option<ProjectInfo>;
+}
+
+/// An in-memory snapshot of namespaces and projects.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    parents: HashMap<i64, Option<i64>>,
+    projects: HashMap<i64, ProjectNode>,
+}
+
+/// Deepest namespace nesting followed; deeper (or cyclic) chains are cut.
+pub const MAX_DEPTH: usize = 64;
+
+impl Topology {
+    pub fn new(
+        namespaces: impl IntoIterator<Item = NamespaceNode>,
+        projects: impl IntoIterator<Item = ProjectNode>,
+    ) -> Topology {
+        Topology {
+            parents: namespaces.into_iter().map(|n| (n.id, n.parent_id)).collect(),
+            projects: projects.into_iter().map(|p| (p.id, p)).collect(),
+        }
+    }
+
+    /// `namespace` and its ancestors, nearest first.
+    pub fn ancestry(&self, namespace: i64) -> Vec<i64> {
+        let mut chain = vec![namespace];
+        let mut current = namespace;
+        while let Some(Some(parent)) = self.parents.get(&current) {
+            if chain.len() >= MAX_DEPTH || chain.contains(parent) {
+                break;
+            }
+            chain.push(*parent);
+            current = *parent;
+        }
+        chain
+    }
+
+    /// `roots` and every namespace below them (GitLab's descendants CTE).
+    pub fn with_descendants(&self, roots: &[i64]) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .parents
+            .keys()
+            .copied()
+            .filter(|ns| self.ancestry(*ns).iter().any(|a| roots.contains(a)))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    pub fn namespace_count(&self) -> usize {
+        self.parents.len()
+    }
+
+    pub fn project_count(&self) -> usize {
+        self.projects.len()
+    }
+
+    pub fn projects(&self) -> impl Iterator<Item = &ProjectNode> {
+        self.projects.values()
+    }
+}
+
+impl ProjectLookup for Topology {
+    fn project(&self, id: i64) -> Option<ProjectInfo> {
+        let node = self.projects.get(&id)?;
+        Some(ProjectInfo {
+            id,
+            namespace_id: node.namespace_id,
+            namespace_ancestry: self.ancestry(node.namespace_id),
+            repository_storage: node.repository_storage.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> Topology {
+        // 1 ─ 2 ─ 3, and 4 alone; projects 10 in 3, 11 in 4.
+        Topology::new(
+            [(1, None), (2, Some(1)), (3, Some(2)), (4, None)]
+                .map(|(id, parent_id)| NamespaceNode { id, parent_id }),
+            [(10, 3), (11, 4)].map(|(id, namespace_id)| ProjectNode {
+                id,
+                namespace_id,
+                repository_storage: "default".into(),
+            }),
+        )
+    }
+
+    #[test]
+    fn ancestry_is_nearest_first() {
+        assert_eq!(tree().project(10).unwrap().namespace_ancestry, vec![3, 2, 1]);
+        assert_eq!(tree().project(99), None);
+    }
+
+    #[test]
+    fn descendants_include_the_roots() {
+        assert_eq!(tree().with_descendants(&[2]), vec![2, 3]);
+    }
+
+    #[test]
+    fn cycles_do_not_hang() {
+        let t = Topology::new(
+            [(1, Some(2)), (2, Some(1))].map(|(id, parent_id)| NamespaceNode { id, parent_id }),
+            [],
+        );
+        assert_eq!(t.ancestry(1), vec![1, 2]);
+    }
+}

@@ -1,0 +1,99 @@
+//! Geohost's build tasks, run as `cargo xtask <task>`.
+//!
+//! - `plugins [--check]`: build every plugin under `plugins/` for
+//!   `wasm32-unknown-unknown`, turn each into a component, and write the
+//!   shipped types to `plugins/dist/` (test fixtures to
+//!   `plugins/target/components/`). `--check` fails if `plugins/dist/` is not
+//!   what the current source builds.
+//! - `test`: install and start what the tests need (the wasm toolchain,
+//!   PostgreSQL), build the plugins, and run the whole test suite on SQLite
+//!   and PostgreSQL.
+//!
+//! The wasm toolchain: a machine with rustup's `wasm32-unknown-unknown`
+//! target uses it. Where rustup cannot download it, Debian's `rustc-web`
+//! compiler builds the standard library from source (`-Zbuild-std`) and
+//! rustup's own `rust-lld` links (see docs/building-plugins.md).
+
+mod plugins;
+mod postgres;
+mod test;
+
+use anyhow::{Result, bail};
+use std::path::{Path, PathBuf};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = repo_root();
+    match args.first().map(String::as_str) {
+        Some("plugins") => {
+            let check = args.iter().any(|a| a == "--check");
+            plugins::build_all(&root, check)
+        }
+        Some("test") => test::run(&root, &args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n\
+                 tasks:\n  \
+                 plugins [--check]   build the plugin components (check: dist is up to date)\n  \
+                 test [ARGS…]        install services, build plugins, run all tests\n"
+            );
+            bail!("unknown task {:?}", args.first());
+        }
+    }
+}
+
+/// The repository root (the parent of `xtask/`).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repository")
+        .to_path_buf()
+}
+
+/// Runs a command, failing with its command line if it fails.
+fn run(cmd: &mut std::process::Command) -> Result<()> {
+    let status = cmd.status()?;
+    if !status.success() {
+        bail!("command failed ({status}): {cmd:?}");
+    }
+    Ok(())
+}
+
+/// Whether we run as root (and may install Debian packages).
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Installs Debian packages that are missing (as root), or explains how to.
+fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !std::process::Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {missing:?}: run `sudo apt-get install -y {}`",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(std::process::Command::new("apt-get").args(["update", "-qq"]))?;
+    run(std::process::Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
