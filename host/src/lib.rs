@@ -6,11 +6,16 @@
 
 pub mod api;
 pub mod auth;
+pub mod catalog;
 pub mod cli;
+pub mod config;
 pub mod db;
+pub mod feed;
 pub mod metrics;
 pub mod plugin;
 pub mod primary;
 pub mod secondary;
+pub mod site;
+pub mod states;
 pub mod storage;
 pub mod topology;

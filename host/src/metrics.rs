@@ -44,3 +44,47 @@ pub fn plugin_call(plugin: &str, function: &str, took: Duration, ok: bool) {
         PLUGIN_CALL_ERRORS.with_label_values(&[plugin, function]).inc();
     }
 }
+
+/// `geohost_verification_duration_seconds{type,site}`: one verification batch.
+pub static VERIFY_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new("geohost_verification_duration_seconds", "Duration of one verification batch")
+                .buckets(prometheus::exponential_buckets(0.0005, 4.0, 10).expect("valid buckets")),
+            &["type", "site"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// `geohost_sync_duration_seconds{type,result}`: one blob download.
+pub static SYNC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new("geohost_sync_duration_seconds", "Duration of one blob sync (download and check)")
+                .buckets(prometheus::exponential_buckets(0.0005, 4.0, 10).expect("valid buckets")),
+            &["type", "result"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// `geohost_sync_bytes_total{type}`: bytes downloaded from the primary.
+pub static SYNC_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(Opts::new("geohost_sync_bytes_total", "Blob bytes downloaded from the primary"), &["type"])
+            .expect("valid metric"),
+    )
+});
+
+/// `geohost_replication_lag_seconds`: age of the newest event this
+/// secondary has processed relative to the primary's newest.
+pub static REPLICATION_LAG: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
+    register(
+        prometheus::Gauge::new(
+            "geohost_replication_lag_seconds",
+            "Seconds between the primary's newest event and the newest event this secondary processed",
+        )
+        .expect("valid metric"),
+    )
+});

@@ -1,1 +1,126 @@
-//! (being written)
+//! The HTTP API of a site (axum).
+//!
+//! - [`geo`]: what secondaries call on the primary, authenticated the
+//!   GitLab Geo way (`GL-Geo <access_key>:<JWT>`): the retrieve API and the
+//!   replication feed ([`crate::feed`]).
+//! - [`admin`]: what operators and package registries call, with an admin
+//!   token: ingest, namespaces and projects, sites, tokens.
+//!
+//! Every error is JSON `{"message": …}` with a 4xx or 5xx status; a failed
+//! authentication is always a bare 401, whatever failed.
+
+pub mod admin;
+pub mod auth;
+pub mod geo;
+
+use crate::site::Site;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::sync::Arc;
+
+/// The application state handlers receive.
+pub type AppState = Arc<Site>;
+
+/// The whole router of a site.
+pub fn router(site: Arc<Site>) -> Router {
+    Router::new()
+        .merge(geo::routes())
+        .merge(admin::routes())
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 30))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(site)
+}
+
+/// An API error: status and message.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("401 Unauthorized")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    /// GitLab's missing-file answer: 404 with `geo_code: FILE_NOT_FOUND`.
+    #[error("{0}")]
+    FileNotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, json!({"message": "401 Unauthorized"})),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"message": m})),
+            ApiError::FileNotFound(m) => {
+                (StatusCode::NOT_FOUND, json!({"message": m, "geo_code": "FILE_NOT_FOUND"}))
+            }
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({"message": m})),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({"message": m})),
+            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, json!({"message": m})),
+            ApiError::Internal(m) => {
+                tracing::error!(message = %m, "internal error answering a request");
+                (StatusCode::INTERNAL_SERVER_ERROR, json!({"message": "500 Internal Server Error"}))
+            }
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::primary::ingest::IngestError> for ApiError {
+    fn from(e: crate::primary::ingest::IngestError) -> Self {
+        use crate::primary::ingest::IngestError as E;
+        match e {
+            E::UnknownType(_) | E::NotFound(_) => ApiError::NotFound(e.to_string()),
+            E::Invalid(m) => ApiError::Unprocessable(m),
+            E::Conflict(m) => ApiError::Conflict(m),
+            E::Body(m) => ApiError::BadRequest(m),
+            E::Plugin(p) => ApiError::Unprocessable(p.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::primary::topology::TopologyError> for ApiError {
+    fn from(e: crate::primary::topology::TopologyError) -> Self {
+        use crate::primary::topology::TopologyError as E;
+        match e {
+            E::Invalid(m) => ApiError::Unprocessable(m),
+            E::NotFound(m) => ApiError::NotFound(format!("{m} not found")),
+            E::Db(d) => d.into(),
+        }
+    }
+}
+
+impl From<crate::primary::sites::SiteError> for ApiError {
+    fn from(e: crate::primary::sites::SiteError) -> Self {
+        use crate::primary::sites::SiteError as E;
+        match e {
+            E::Invalid(m) => ApiError::Unprocessable(m),
+            E::NotFound(_) => ApiError::NotFound(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}

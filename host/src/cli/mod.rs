@@ -1,1 +1,108 @@
-//! (being written)
+//! The `geohost` command line: one place that parses options (clap) and
+//! hands off to the library. Errors carry context (anyhow) here and only here.
+
+pub mod admin;
+pub mod demo;
+pub mod plugin;
+
+use crate::config::Config;
+use crate::site::Site;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Replicate and verify blobs between sites, GitLab Geo style.
+#[derive(Debug, Parser)]
+#[command(name = "geohost", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The site a command works on.
+#[derive(Debug, Clone, Args)]
+pub struct SiteArgs {
+    /// The site's configuration file (TOML); `GEOHOST_…` variables override it.
+    #[arg(long, short, env = "GEOHOST_CONFIG")]
+    pub config: PathBuf,
+}
+
+impl SiteArgs {
+    pub async fn open(&self) -> anyhow::Result<Arc<Site>> {
+        let config = Config::load(Some(&self.config))?;
+        Site::open(config).await
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the demo: a primary and a secondary replicating Helm metadata caches.
+    Demo(demo::DemoArgs),
+    /// Run a site (primary or secondary) from its configuration.
+    Serve(SiteArgs),
+    /// Manage Geo sites on the primary.
+    #[command(subcommand)]
+    Site(admin::SiteCommand),
+    /// Manage admin API tokens.
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
+    /// Manage namespaces (groups) on the primary.
+    #[command(subcommand)]
+    Namespace(admin::NamespaceCommand),
+    /// Manage projects on the primary.
+    #[command(subcommand)]
+    Project(admin::ProjectCommand),
+    /// Write and delete records on the primary, as a package registry does.
+    #[command(subcommand)]
+    Record(admin::RecordCommand),
+    /// Work with replicable type plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+}
+
+/// Entry point of the binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Plugin(command) => plugin::run(command),
+        command => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(run_async(command))
+        }
+    }
+}
+
+async fn run_async(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Demo(args) => demo::run(args).await,
+        Command::Serve(args) => {
+            let site = args.open().await?;
+            let shutdown = site.shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down");
+                shutdown.cancel();
+            });
+            site.run().await
+        }
+        Command::Site(c) => admin::site(c).await,
+        Command::Token(c) => admin::token(c).await,
+        Command::Namespace(c) => admin::namespace(c).await,
+        Command::Project(c) => admin::project(c).await,
+        Command::Record(c) => admin::record(c).await,
+        Command::Plugin(_) => unreachable!("handled without a runtime"),
+    }
+}
+
+/// Structured logs on stderr; `RUST_LOG` filters, `GEOHOST_LOG_FORMAT=json` for JSON lines.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if std::env::var("GEOHOST_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

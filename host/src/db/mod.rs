@@ -1,1 +1,539 @@
-//! (being written)
+//! One database API over SQLite (the embedded default) and PostgreSQL (real
+//! deployments).
+//!
+//! Why not `sqlx::Any`: the schema is GitLab's (`timestamptz`, `bytea`,
+//! `smallint` on PostgreSQL) and a type's tables are only known at run time
+//! (from its plugin's identity), so queries are built as text and values are
+//! bound by type. `Any` has no timestamp type; this module is the thin enum
+//! over the two pools that `Any` would have been, plus typed arguments
+//! ([`Arg`]) and typed reads ([`DbRow`]).
+//!
+//! SQL is written once with `$1, $2, …` placeholders, which both backends
+//! accept. Where the dialects differ (DDL, `FOR UPDATE SKIP LOCKED`),
+//! callers branch on [`Backend`].
+//!
+//! Timestamps: `timestamptz` on PostgreSQL; on SQLite an `INTEGER` of
+//! microseconds since the Unix epoch (sortable, exact, and cheap to compare).
+//! Callers see `chrono::DateTime<Utc>` either way and never use SQL's own
+//! clock functions, so both backends agree on "now".
+
+pub mod migrate;
+pub mod template;
+#[doc(hidden)]
+pub mod testing;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{PgPool, Row as _, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Which SQL dialect a [`Db`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Database errors, with the statement that failed where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database URL {0:?} is neither sqlite:… nor postgres://…")]
+    BadUrl(String),
+    #[error("{context}: {source}")]
+    Sqlx {
+        context: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("column `{column}`: {message}")]
+    Decode { column: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DbError {
+    fn sqlx(context: impl Into<String>, source: sqlx::Error) -> DbError {
+        DbError::Sqlx { context: context.into(), source }
+    }
+
+    /// Whether the error is a unique-constraint violation.
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            DbError::Sqlx { source: sqlx::Error::Database(e), .. } => e.is_unique_violation(),
+            _ => false,
+        }
+    }
+
+    /// Whether the error is a foreign-key violation.
+    pub fn is_foreign_key_violation(&self) -> bool {
+        match self {
+            DbError::Sqlx { source: sqlx::Error::Database(e), .. } => e.is_foreign_key_violation(),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+/// A connection pool to SQLite or PostgreSQL.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A typed, nullable bind argument.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    I64(Option<i64>),
+    I32(Option<i32>),
+    I16(Option<i16>),
+    Text(Option<String>),
+    Bool(Option<bool>),
+    Bytes(Option<Vec<u8>>),
+    Ts(Option<DateTime<Utc>>),
+}
+
+impl From<i64> for Arg {
+    fn from(v: i64) -> Arg {
+        Arg::I64(Some(v))
+    }
+}
+impl From<i32> for Arg {
+    fn from(v: i32) -> Arg {
+        Arg::I32(Some(v))
+    }
+}
+impl From<i16> for Arg {
+    fn from(v: i16) -> Arg {
+        Arg::I16(Some(v))
+    }
+}
+impl From<bool> for Arg {
+    fn from(v: bool) -> Arg {
+        Arg::Bool(Some(v))
+    }
+}
+impl From<&str> for Arg {
+    fn from(v: &str) -> Arg {
+        Arg::Text(Some(v.to_string()))
+    }
+}
+impl From<String> for Arg {
+    fn from(v: String) -> Arg {
+        Arg::Text(Some(v))
+    }
+}
+impl From<Option<String>> for Arg {
+    fn from(v: Option<String>) -> Arg {
+        Arg::Text(v)
+    }
+}
+impl From<Option<i64>> for Arg {
+    fn from(v: Option<i64>) -> Arg {
+        Arg::I64(v)
+    }
+}
+impl From<DateTime<Utc>> for Arg {
+    fn from(v: DateTime<Utc>) -> Arg {
+        Arg::Ts(Some(v))
+    }
+}
+impl From<Option<DateTime<Utc>>> for Arg {
+    fn from(v: Option<DateTime<Utc>>) -> Arg {
+        Arg::Ts(v)
+    }
+}
+impl From<Vec<u8>> for Arg {
+    fn from(v: Vec<u8>) -> Arg {
+        Arg::Bytes(Some(v))
+    }
+}
+impl From<Option<Vec<u8>>> for Arg {
+    fn from(v: Option<Vec<u8>>) -> Arg {
+        Arg::Bytes(v)
+    }
+}
+
+/// Builds a `Vec<Arg>` from values convertible into [`Arg`].
+#[macro_export]
+macro_rules! args {
+    ($($value:expr),* $(,)?) => { vec![$($crate::db::Arg::from($value)),*] };
+}
+
+fn micros(ts: DateTime<Utc>) -> i64 {
+    ts.timestamp_micros()
+}
+
+fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+fn bind_sqlite<'q>(mut query: SqliteQuery<'q>, args: &[Arg]) -> SqliteQuery<'q> {
+    for arg in args {
+        query = match arg.clone() {
+            Arg::I64(v) => query.bind(v),
+            Arg::I32(v) => query.bind(v),
+            Arg::I16(v) => query.bind(v),
+            Arg::Text(v) => query.bind(v),
+            Arg::Bool(v) => query.bind(v),
+            Arg::Bytes(v) => query.bind(v),
+            Arg::Ts(v) => query.bind(v.map(micros)),
+        };
+    }
+    query
+}
+
+fn bind_pg<'q>(mut query: PgQuery<'q>, args: &[Arg]) -> PgQuery<'q> {
+    for arg in args {
+        query = match arg.clone() {
+            Arg::I64(v) => query.bind(v),
+            Arg::I32(v) => query.bind(v),
+            Arg::I16(v) => query.bind(v),
+            Arg::Text(v) => query.bind(v),
+            Arg::Bool(v) => query.bind(v),
+            Arg::Bytes(v) => query.bind(v),
+            Arg::Ts(v) => query.bind(v),
+        };
+    }
+    query
+}
+
+enum Executor<'a> {
+    Sqlite(&'a mut sqlx::SqliteConnection),
+    Postgres(&'a mut sqlx::PgConnection),
+}
+
+impl Executor<'_> {
+    async fn fetch_all(self, sql: &str, args: &[Arg]) -> Result<Vec<DbRow>> {
+        match self {
+            Executor::Sqlite(c) => bind_sqlite(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
+                .fetch_all(&mut *c)
+                .await
+                .map(|rows| rows.into_iter().map(DbRow::Sqlite).collect()),
+            Executor::Postgres(c) => bind_pg(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
+                .fetch_all(&mut *c)
+                .await
+                .map(|rows| rows.into_iter().map(DbRow::Postgres).collect()),
+        }
+        .map_err(|e| DbError::sqlx(short(sql), e))
+    }
+
+    async fn execute(self, sql: &str, args: &[Arg]) -> Result<u64> {
+        match self {
+            Executor::Sqlite(c) => bind_sqlite(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
+                .execute(&mut *c)
+                .await
+                .map(|r| r.rows_affected()),
+            Executor::Postgres(c) => bind_pg(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
+                .execute(&mut *c)
+                .await
+                .map(|r| r.rows_affected()),
+        }
+        .map_err(|e| DbError::sqlx(short(sql), e))
+    }
+}
+
+/// The first line of a statement, for error messages.
+fn short(sql: &str) -> String {
+    let line = sql.trim().lines().next().unwrap_or("").trim();
+    line.chars().take(120).collect()
+}
+
+impl Db {
+    /// Connects to `sqlite:PATH` (created if missing; WAL, foreign keys on) or
+    /// `postgres://…`.
+    pub async fn connect(url: &str) -> Result<Db> {
+        Self::connect_with(url, 16).await
+    }
+
+    /// Like [`Db::connect`], with at most `max_connections` pooled connections.
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Db> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|e| DbError::sqlx(format!("parsing {url}"), e))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(30));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections.max(2))
+                .connect_with(options)
+                .await
+                .map_err(|e| DbError::sqlx(format!("opening {url}"), e))?;
+            Ok(Db::Sqlite(pool))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)
+                .map_err(|e| DbError::sqlx("parsing the PostgreSQL URL", e))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await
+                .map_err(|e| DbError::sqlx("connecting to PostgreSQL", e))?;
+            Ok(Db::Postgres(pool))
+        } else {
+            Err(DbError::BadUrl(url.to_string()))
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Runs a statement; returns the number of rows it changed.
+    pub async fn execute(&self, sql: &str, args: &[Arg]) -> Result<u64> {
+        match self {
+            Db::Sqlite(pool) => {
+                let mut c = pool.acquire().await.map_err(|e| DbError::sqlx("acquiring", e))?;
+                Executor::Sqlite(&mut c).execute(sql, args).await
+            }
+            Db::Postgres(pool) => {
+                let mut c = pool.acquire().await.map_err(|e| DbError::sqlx("acquiring", e))?;
+                Executor::Postgres(&mut c).execute(sql, args).await
+            }
+        }
+    }
+
+    /// Runs a query; returns every row.
+    pub async fn fetch_all(&self, sql: &str, args: &[Arg]) -> Result<Vec<DbRow>> {
+        match self {
+            Db::Sqlite(pool) => {
+                let mut c = pool.acquire().await.map_err(|e| DbError::sqlx("acquiring", e))?;
+                Executor::Sqlite(&mut c).fetch_all(sql, args).await
+            }
+            Db::Postgres(pool) => {
+                let mut c = pool.acquire().await.map_err(|e| DbError::sqlx("acquiring", e))?;
+                Executor::Postgres(&mut c).fetch_all(sql, args).await
+            }
+        }
+    }
+
+    /// Runs a query; returns its first row, if any.
+    pub async fn fetch_optional(&self, sql: &str, args: &[Arg]) -> Result<Option<DbRow>> {
+        Ok(self.fetch_all(sql, args).await?.into_iter().next())
+    }
+
+    /// Runs a query that must return a row.
+    pub async fn fetch_one(&self, sql: &str, args: &[Arg]) -> Result<DbRow> {
+        self.fetch_optional(sql, args)
+            .await?
+            .ok_or_else(|| DbError::sqlx(short(sql), sqlx::Error::RowNotFound))
+    }
+
+    /// Runs several statements separated by `;` (DDL), without arguments.
+    pub async fn execute_script(&self, sql: &str) -> Result<()> {
+        match self {
+            Db::Sqlite(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(pool).await.map(|_| ()),
+            Db::Postgres(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(pool).await.map(|_| ()),
+        }
+        .map_err(|e| DbError::sqlx(short(sql), e))
+    }
+
+    /// Starts a transaction. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so two writers queue instead of deadlocking.
+    pub async fn begin(&self) -> Result<Tx> {
+        match self {
+            Db::Sqlite(pool) => pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map(Tx::Sqlite)
+                .map_err(|e| DbError::sqlx("BEGIN IMMEDIATE", e)),
+            Db::Postgres(pool) => pool.begin().await.map(Tx::Postgres).map_err(|e| DbError::sqlx("BEGIN", e)),
+        }
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// SQL for "now" bound as an argument: both backends compare against
+    /// the host's clock, never the database's.
+    pub fn now() -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// An open transaction; dropped without [`Tx::commit`], it rolls back.
+pub enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl Tx {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Tx::Sqlite(_) => Backend::Sqlite,
+            Tx::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    fn executor(&mut self) -> Executor<'_> {
+        match self {
+            Tx::Sqlite(tx) => Executor::Sqlite(&mut *tx),
+            Tx::Postgres(tx) => Executor::Postgres(&mut *tx),
+        }
+    }
+
+    pub async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64> {
+        self.executor().execute(sql, args).await
+    }
+
+    pub async fn fetch_all(&mut self, sql: &str, args: &[Arg]) -> Result<Vec<DbRow>> {
+        self.executor().fetch_all(sql, args).await
+    }
+
+    pub async fn fetch_optional(&mut self, sql: &str, args: &[Arg]) -> Result<Option<DbRow>> {
+        Ok(self.fetch_all(sql, args).await?.into_iter().next())
+    }
+
+    pub async fn fetch_one(&mut self, sql: &str, args: &[Arg]) -> Result<DbRow> {
+        self.fetch_optional(sql, args)
+            .await?
+            .ok_or_else(|| DbError::sqlx(short(sql), sqlx::Error::RowNotFound))
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Postgres(tx) => tx.commit().await,
+        }
+        .map_err(|e| DbError::sqlx("COMMIT", e))
+    }
+}
+
+/// One result row, read by column name with the type the caller expects.
+pub enum DbRow {
+    Sqlite(SqliteRow),
+    Postgres(PgRow),
+}
+
+macro_rules! getter {
+    ($name:ident, $ty:ty) => {
+        pub fn $name(&self, column: &str) -> Result<$ty> {
+            match self {
+                DbRow::Sqlite(r) => r.try_get::<$ty, _>(column),
+                DbRow::Postgres(r) => r.try_get::<$ty, _>(column),
+            }
+            .map_err(|e| DbError::Decode { column: column.into(), message: e.to_string() })
+        }
+    };
+}
+
+impl DbRow {
+    getter!(i64, i64);
+    getter!(opt_i64, Option<i64>);
+    getter!(text, String);
+    getter!(opt_text, Option<String>);
+    getter!(bool, bool);
+    getter!(opt_bytes, Option<Vec<u8>>);
+
+    /// A `smallint` column (state machines).
+    pub fn i16(&self, column: &str) -> Result<i16> {
+        match self {
+            DbRow::Sqlite(r) => r.try_get::<i64, _>(column).map(|v| v as i16),
+            DbRow::Postgres(r) => r.try_get::<i16, _>(column),
+        }
+        .map_err(|e| DbError::Decode { column: column.into(), message: e.to_string() })
+    }
+
+    /// An `integer` column.
+    pub fn i32(&self, column: &str) -> Result<i32> {
+        match self {
+            DbRow::Sqlite(r) => r.try_get::<i64, _>(column).map(|v| v as i32),
+            DbRow::Postgres(r) => r.try_get::<i32, _>(column),
+        }
+        .map_err(|e| DbError::Decode { column: column.into(), message: e.to_string() })
+    }
+
+    /// Any integer column (`smallint`, `integer`, `bigint`) as `i64`.
+    pub fn int(&self, column: &str) -> Result<Option<i64>> {
+        match self {
+            DbRow::Sqlite(r) => r.try_get::<Option<i64>, _>(column),
+            DbRow::Postgres(r) => r
+                .try_get::<Option<i64>, _>(column)
+                .or_else(|_| r.try_get::<Option<i32>, _>(column).map(|v| v.map(i64::from)))
+                .or_else(|_| r.try_get::<Option<i16>, _>(column).map(|v| v.map(i64::from))),
+        }
+        .map_err(|e| DbError::Decode { column: column.into(), message: e.to_string() })
+    }
+
+    pub fn opt_ts(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
+        match self {
+            DbRow::Sqlite(r) => r.try_get::<Option<i64>, _>(column).map(|v| v.map(from_micros)),
+            DbRow::Postgres(r) => r.try_get::<Option<DateTime<Utc>>, _>(column),
+        }
+        .map_err(|e| DbError::Decode { column: column.into(), message: e.to_string() })
+    }
+
+    pub fn ts(&self, column: &str) -> Result<DateTime<Utc>> {
+        self.opt_ts(column)?
+            .ok_or_else(|| DbError::Decode { column: column.into(), message: "unexpected NULL".into() })
+    }
+
+    /// A column of a type's model table, as the plugin value of `column_type`.
+    pub fn value(&self, column: &str, column_type: crate::plugin::ColumnType) -> Result<crate::plugin::Value> {
+        use crate::plugin::{ColumnType as T, Value};
+        Ok(match column_type {
+            T::Bigint | T::Integer | T::Smallint => self.int(column)?.map_or(Value::Null, Value::Int),
+            T::Text => self.opt_text(column)?.map_or(Value::Null, Value::Text),
+            T::Boolean => self.opt_bool(column)?.map_or(Value::Null, Value::Boolean),
+            T::Timestamp => self.opt_ts(column)?.map_or(Value::Null, |t| Value::Timestamp(t.timestamp_micros())),
+            T::Binary => self.opt_bytes(column)?.map_or(Value::Null, Value::Binary),
+        })
+    }
+
+    pub fn opt_bool(&self, column: &str) -> Result<Option<bool>> {
+        match self {
+            DbRow::Sqlite(r) => r.try_get::<Option<bool>, _>(column),
+            DbRow::Postgres(r) => r.try_get::<Option<bool>, _>(column),
+        }
+        .map_err(|e| DbError::Decode { column: column.into(), message: e.to_string() })
+    }
+}
+
+/// A plugin value as a bind argument for a column of `column_type`.
+pub fn value_arg(value: &crate::plugin::Value, column_type: crate::plugin::ColumnType) -> Result<Arg> {
+    use crate::plugin::{ColumnType as T, Value};
+    let mismatch = || DbError::Invalid(format!("{} value for a {column_type:?} column", value.kind()));
+    Ok(match (column_type, value) {
+        (T::Bigint, Value::Int(v)) => Arg::I64(Some(*v)),
+        (T::Integer, Value::Int(v)) => Arg::I32(Some(i32::try_from(*v).map_err(|_| mismatch())?)),
+        (T::Smallint, Value::Int(v)) => Arg::I16(Some(i16::try_from(*v).map_err(|_| mismatch())?)),
+        (T::Text, Value::Text(v)) => Arg::Text(Some(v.clone())),
+        (T::Boolean, Value::Boolean(v)) => Arg::Bool(Some(*v)),
+        (T::Timestamp, Value::Timestamp(v)) => Arg::Ts(Some(from_micros(*v))),
+        (T::Binary, Value::Binary(v)) => Arg::Bytes(Some(v.clone())),
+        (T::Bigint, Value::Null) => Arg::I64(None),
+        (T::Integer, Value::Null) => Arg::I32(None),
+        (T::Smallint, Value::Null) => Arg::I16(None),
+        (T::Text, Value::Null) => Arg::Text(None),
+        (T::Boolean, Value::Null) => Arg::Bool(None),
+        (T::Timestamp, Value::Null) => Arg::Ts(None),
+        (T::Binary, Value::Null) => Arg::Bytes(None),
+        _ => return Err(mismatch()),
+    })
+}
+
+/// Quotes an identifier that [`crate::plugin::TypeIdentity::check`] has
+/// already restricted to `[a-z][a-z0-9_]*`.
+pub fn ident(name: &str) -> String {
+    debug_assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+    format!("\"{name}\"")
+}

@@ -1,1 +1,16 @@
-//! (being written)
+//! The primary site: it owns each type's records and blobs, checksums them,
+//! logs what changes, and serves secondaries.
+//!
+//! - [`ingest`]: create-or-update and delete records with their blobs.
+//! - [`verify`]: the checksum worker over `<name>_states`.
+//! - [`events`]: the ordered event log secondaries read from a cursor.
+//! - [`sites`]: `geo_nodes`, the secondaries and their keys.
+//! - [`topology`]: namespaces and projects, what selective sync selects by.
+//! - [`records`]: generic reads of a type's model table.
+
+pub mod events;
+pub mod ingest;
+pub mod records;
+pub mod sites;
+pub mod topology;
+pub mod verify;

@@ -1,0 +1,277 @@
+//! The admin API: what operators and package registries call, with an admin
+//! token. Ingest is primary-only; each handler checks the token first.
+//!
+//! | route | does |
+//! |---|---|
+//! | `PUT /api/v4/replicables/:name?<writer columns>` (body: the blob) | create or update a record |
+//! | `GET /api/v4/replicables/:name?after_id&limit` | list records |
+//! | `GET /api/v4/replicables/:name/:id` | one record |
+//! | `DELETE /api/v4/replicables/:name/:id` | delete a record and its blob |
+//! | `GET/POST /api/v4/namespaces`, `DELETE /api/v4/namespaces/:id` | groups |
+//! | `GET/POST /api/v4/projects`, `DELETE /api/v4/projects/:id` | projects |
+//! | `GET/POST /api/v4/geo_sites`, `PUT/DELETE /api/v4/geo_sites/:id` | sites |
+
+use super::{ApiError, AppState, auth};
+use crate::config::Role;
+use crate::plugin::fixture::json_to_value;
+use crate::primary::{ingest, records, sites, topology};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, put};
+use futures::TryStreamExt;
+use serde::Deserialize;
+use serde_json::{Value as Json_, json};
+use std::collections::HashMap;
+
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/api/v4/replicables/{name}", put(upsert).get(list_records))
+        .route("/api/v4/replicables/{name}/{id}", get(get_record).delete(delete_record))
+        .route("/api/v4/namespaces", get(list_namespaces).post(create_namespace))
+        .route("/api/v4/namespaces/{id}", delete(delete_namespace))
+        .route("/api/v4/projects", get(list_projects).post(create_project))
+        .route("/api/v4/projects/{id}", delete(delete_project))
+        .route("/api/v4/geo_sites", get(list_sites).post(create_site))
+        .route("/api/v4/geo_sites/{id}", put(update_site).delete(delete_site).get(get_site))
+}
+
+fn primary_only(site: &crate::site::Site) -> Result<(), ApiError> {
+    if site.role() == Role::Primary {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest("this is a secondary site: write on the primary".into()))
+    }
+}
+
+/// Query-string values typed by the type's columns (`project_id=5` is an
+/// integer for a bigint column, text for a text column).
+fn typed_columns(
+    it: &crate::catalog::InstalledType,
+    query: &HashMap<String, String>,
+) -> Result<serde_json::Map<String, Json_>, ApiError> {
+    let mut columns = serde_json::Map::new();
+    for (name, raw) in query {
+        let column = it
+            .identity
+            .table
+            .column(name)
+            .ok_or_else(|| ApiError::Unprocessable(format!("{} has no column `{name}`", it.identity.table.name)))?;
+        use crate::plugin::ColumnType as T;
+        let json = match column.column_type {
+            T::Bigint | T::Integer | T::Smallint => raw
+                .parse::<i64>()
+                .map(Json_::from)
+                .map_err(|_| ApiError::Unprocessable(format!("column `{name}` must be an integer")))?,
+            T::Boolean => raw
+                .parse::<bool>()
+                .map(Json_::from)
+                .map_err(|_| ApiError::Unprocessable(format!("column `{name}` must be true or false")))?,
+            _ => Json_::from(raw.clone()),
+        };
+        // Type and length checks happen here too, with the column's rules.
+        json_to_value(column, &json).map_err(ApiError::Unprocessable)?;
+        columns.insert(name.clone(), json);
+    }
+    Ok(columns)
+}
+
+async fn upsert(
+    State(site): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    auth::admin(&site, &headers).await?;
+    primary_only(&site)?;
+    let it = ingest::installed(&site, &name)?;
+    let columns = typed_columns(&it, &query)?;
+    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    let outcome = ingest::upsert(&site, &name, &columns, stream).await?;
+    let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(outcome)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    after_id: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_records(
+    State(site): State<AppState>,
+    Path(name): Path<String>,
+    Query(page): Query<Page>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
+    auth::admin(&site, &headers).await?;
+    primary_only(&site)?;
+    let it = ingest::installed(&site, &name)?;
+    let limit = page.limit.unwrap_or(100).clamp(1, 10_000);
+    let found = records::page(&site.db, &it, page.after_id.unwrap_or(0), limit).await?;
+    Ok(Json(Json_::Array(found.iter().map(|r| record_json(&it, r)).collect())))
+}
+
+fn record_json(it: &crate::catalog::InstalledType, r: &records::Record) -> Json_ {
+    json!({
+        "id": r.id,
+        "columns": r.columns_json(it),
+        "verification_state": r.verification_state,
+        "verification_checksum": r.verification_checksum.as_deref().map(hex::encode),
+    })
+}
+
+async fn get_record(
+    State(site): State<AppState>,
+    Path((name, id)): Path<(String, i64)>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
+    auth::admin(&site, &headers).await?;
+    primary_only(&site)?;
+    let it = ingest::installed(&site, &name)?;
+    let record = records::by_id(&site.db, &it, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("{} {id} not found", it.identity.title)))?;
+    Ok(Json(record_json(&it, &record)))
+}
+
+async fn delete_record(
+    State(site): State<AppState>,
+    Path((name, id)): Path<(String, i64)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    auth::admin(&site, &headers).await?;
+    primary_only(&site)?;
+    ingest::delete(&site, &name, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewNamespace {
+    name: String,
+    path: Option<String>,
+    parent_id: Option<i64>,
+}
+
+async fn create_namespace(
+    State(site): State<AppState>,
+    headers: HeaderMap,
+    Json(new): Json<NewNamespace>,
+) -> Result<impl IntoResponse, ApiError> {
+    auth::admin(&site, &headers).await?;
+    primary_only(&site)?;
+    let path = new.path.clone().unwrap_or_else(|| new.name.to_lowercase().replace(' ', "-"));
+    let ns = topology::create_namespace(&site.db, &new.name, &path, new.parent_id).await?;
+    Ok((StatusCode::CREATED, Json(ns)))
+}
+
+async fn list_namespaces(State(site): State<AppState>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+    auth::admin(&site, &headers).await?;
+    let snapshot = topology::snapshot(&site.db).await?;
+    Ok(Json(json!(snapshot.namespaces)))
+}
+
+async fn delete_namespace(
+    State(site): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    auth::admin(&site, &headers).await?;
+    primary_only(&site)?;
+    topology::delete_namespace(&site.db, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewProject {
+    name: String,
+    path: Option<String>,
+    namespace_id: i64,
+    repository_storage: Option<String>,
+}
+
+async fn create_project(
+    State(site): State<AppState>,
+    headers: HeaderMap,
+    Json(new): Json<NewProject>,
+) -> Result<impl IntoResponse, ApiError> {
+    auth::admin(&site, &headers).await?;
+    primary_only(&site)?;
+    let path = new.path.clone().unwrap_or_else(|| new.name.to_lowercase().replace(' ', "-"));
+    let storage = new.repository_storage.as_deref().unwrap_or("default");
+    let project = topology::create_project(&site.db, &new.name, &path, new.namespace_id, storage).await?;
+    Ok((StatusCode::CREATED, Json(project)))
+}
+
+async fn list_projects(State(site): State<AppState>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+    auth::admin(&site, &headers).await?;
+    let snapshot = topology::snapshot(&site.db).await?;
+    Ok(Json(json!(snapshot.projects)))
+}
+
+async fn delete_project(
+    State(site): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    auth::admin(&site, &headers).await?;
+    primary_only(&site)?;
+    topology::delete_project(&site.db, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_sites(State(site): State<AppState>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+    auth::admin(&site, &headers).await?;
+    primary_only(&site)?;
+    Ok(Json(json!(sites::list(&site.db).await?)))
+}
+
+async fn get_site(
+    State(site): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
+    auth::admin(&site, &headers).await?;
+    primary_only(&site)?;
+    let found = sites::get(&site.db, id).await?.ok_or_else(|| ApiError::NotFound(format!("site {id} not found")))?;
+    Ok(Json(json!(found)))
+}
+
+async fn create_site(
+    State(site): State<AppState>,
+    headers: HeaderMap,
+    Json(new): Json<sites::NewSite>,
+) -> Result<impl IntoResponse, ApiError> {
+    auth::admin(&site, &headers).await?;
+    primary_only(&site)?;
+    let (settings, credentials) = sites::add_secondary(&site, new).await?;
+    Ok((StatusCode::CREATED, Json(json!({"site": settings, "credentials": credentials}))))
+}
+
+async fn update_site(
+    State(site): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Json(change): Json<sites::SiteUpdate>,
+) -> Result<Json<Json_>, ApiError> {
+    auth::admin(&site, &headers).await?;
+    primary_only(&site)?;
+    Ok(Json(json!(sites::update(&site, id, change).await?)))
+}
+
+async fn delete_site(
+    State(site): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    auth::admin(&site, &headers).await?;
+    primary_only(&site)?;
+    sites::remove(&site, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,230 @@
+//! Administrative commands that act on a site's database directly (the
+//! site does not need to be running).
+
+use super::SiteArgs;
+use crate::primary::{ingest, sites, topology};
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Register a secondary; prints its access key and secret once.
+    Add {
+        #[command(flatten)]
+        site: SiteArgs,
+        #[arg(long)]
+        name: String,
+        /// The secondary's URL.
+        #[arg(long)]
+        url: String,
+        /// Replicate only these namespaces (ids) and their descendants.
+        #[arg(long, value_delimiter = ',', conflicts_with = "shards")]
+        namespaces: Vec<i64>,
+        /// Replicate only projects on these repository storage shards.
+        #[arg(long, value_delimiter = ',')]
+        shards: Vec<String>,
+        /// Also replicate blobs kept in object storage.
+        #[arg(long)]
+        sync_object_storage: bool,
+    },
+    /// List the sites.
+    List {
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an admin API token; prints it once.
+    Create {
+        #[command(flatten)]
+        site: SiteArgs,
+        #[arg(long, default_value = "admin")]
+        name: String,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        #[command(flatten)]
+        site: SiteArgs,
+        id: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCommand {
+    /// Create a namespace (a group; nested under --parent).
+    Create {
+        #[command(flatten)]
+        site: SiteArgs,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        parent: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Create a project in a namespace.
+    Create {
+        #[command(flatten)]
+        site: SiteArgs,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        namespace: i64,
+        #[arg(long, default_value = "default")]
+        repository_storage: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecordCommand {
+    /// Create or update a record with its blob, e.g.
+    /// `geohost record put -c primary.toml packages_helm_metadata_cache --set project_id=1 --set channel=stable --file index.yaml`.
+    Put {
+        #[command(flatten)]
+        site: SiteArgs,
+        /// Replicable name of the type.
+        replicable_name: String,
+        /// Writer columns, `name=value` (repeat).
+        #[arg(long = "set", value_parser = parse_assignment)]
+        columns: Vec<(String, String)>,
+        /// The blob.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Delete a record and its blob.
+    Delete {
+        #[command(flatten)]
+        site: SiteArgs,
+        replicable_name: String,
+        id: i64,
+    },
+}
+
+fn parse_assignment(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected name=value, got {text:?}"))
+}
+
+pub async fn site(command: SiteCommand) -> Result<()> {
+    match command {
+        SiteCommand::Add { site, name, url, namespaces, shards, sync_object_storage } => {
+            let site = site.open().await?;
+            let selective_sync_type = if !namespaces.is_empty() {
+                Some("namespaces".to_string())
+            } else if !shards.is_empty() {
+                Some("shards".to_string())
+            } else {
+                None
+            };
+            let new = sites::NewSite {
+                name,
+                url,
+                selective_sync_type,
+                namespace_ids: namespaces,
+                selective_sync_shards: shards,
+                sync_object_storage,
+                ..Default::default()
+            };
+            let (settings, credentials) = sites::add_secondary(&site, new).await?;
+            println!("Registered secondary {:?} (id {}).", settings.name, settings.id);
+            println!("Put this in the secondary's configuration; the secret is not shown again:\n");
+            println!("[primary]\nurl = {:?}", site.config.url());
+            println!("access_key = {:?}\nsecret_access_key = {:?}", credentials.access_key, credentials.secret_access_key);
+            Ok(())
+        }
+        SiteCommand::List { site } => {
+            let site = site.open().await?;
+            for s in sites::list(&site.db).await? {
+                println!("{}", serde_json::to_string(&s)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn token(command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Create { site, name } => {
+            let site = site.open().await?;
+            let (id, token) = crate::api::auth::create_token(&site.db, &name).await?;
+            eprintln!("Created admin token {id} ({name}); it is not shown again:");
+            println!("{token}");
+            Ok(())
+        }
+        TokenCommand::Revoke { site, id } => {
+            let site = site.open().await?;
+            if !crate::api::auth::revoke_token(&site.db, id).await? {
+                bail!("no live token with id {id}");
+            }
+            println!("Revoked token {id}.");
+            Ok(())
+        }
+    }
+}
+
+pub async fn namespace(command: NamespaceCommand) -> Result<()> {
+    match command {
+        NamespaceCommand::Create { site, name, parent } => {
+            let site = site.open().await?;
+            let path = name.to_lowercase().replace(' ', "-");
+            let ns = topology::create_namespace(&site.db, &name, &path, parent).await?;
+            println!("{}", serde_json::to_string(&ns)?);
+            Ok(())
+        }
+    }
+}
+
+pub async fn project(command: ProjectCommand) -> Result<()> {
+    match command {
+        ProjectCommand::Create { site, name, namespace, repository_storage } => {
+            let site = site.open().await?;
+            let path = name.to_lowercase().replace(' ', "-");
+            let p = topology::create_project(&site.db, &name, &path, namespace, &repository_storage).await?;
+            println!("{}", serde_json::to_string(&p)?);
+            Ok(())
+        }
+    }
+}
+
+pub async fn record(command: RecordCommand) -> Result<()> {
+    match command {
+        RecordCommand::Put { site, replicable_name, columns, file } => {
+            let site = site.open().await?;
+            let it = ingest::installed(&site, &replicable_name)?;
+            let mut json = serde_json::Map::new();
+            for (name, raw) in columns {
+                let column = it
+                    .identity
+                    .table
+                    .column(&name)
+                    .with_context(|| format!("{} has no column `{name}`", it.identity.table.name))?;
+                use crate::plugin::ColumnType as T;
+                let value = match column.column_type {
+                    T::Bigint | T::Integer | T::Smallint => {
+                        serde_json::Value::from(raw.parse::<i64>().with_context(|| format!("`{name}` must be an integer"))?)
+                    }
+                    T::Boolean => serde_json::Value::from(raw.parse::<bool>().with_context(|| format!("`{name}` must be true or false"))?),
+                    _ => serde_json::Value::from(raw),
+                };
+                json.insert(name, value);
+            }
+            let file = tokio::fs::File::open(&file).await.with_context(|| format!("opening {}", file.display()))?;
+            let stream = tokio_util::io::ReaderStream::new(file);
+            let outcome = ingest::upsert(&site, &replicable_name, &json, stream).await?;
+            println!("{}", serde_json::to_string(&outcome)?);
+            Ok(())
+        }
+        RecordCommand::Delete { site, replicable_name, id } => {
+            let site = site.open().await?;
+            ingest::delete(&site, &replicable_name, id).await?;
+            println!("Deleted {replicable_name} {id}.");
+            Ok(())
+        }
+    }
+}

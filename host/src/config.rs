@@ -1,0 +1,312 @@
+//! A site's configuration: a TOML file, then `GEOHOST_…` environment
+//! overrides (figment), with every path defaulting under `data_dir`.
+//!
+//! ```toml
+//! [site]
+//! name = "secondary-1"
+//! role = "secondary"            # or "primary"
+//! listen = "127.0.0.1:3001"
+//! url = "http://127.0.0.1:3001"
+//! data_dir = "data/secondary-1"
+//!
+//! [primary]                     # secondaries only: how to reach the primary
+//! url = "http://127.0.0.1:3000"
+//! access_key = "…"
+//! secret_access_key = "…"
+//! ```
+//!
+//! Environment overrides use `__` between section and key, for example
+//! `GEOHOST_DATABASE__URL=postgres://…` or `GEOHOST_SITE__LISTEN=0.0.0.0:3000`.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Whether a site owns the records or copies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Secondary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub site: SiteSection,
+    #[serde(default)]
+    pub database: DatabaseSection,
+    #[serde(default)]
+    pub tracking_database: DatabaseSection,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub plugins: PluginSection,
+    #[serde(default)]
+    pub primary: Option<PrimarySection>,
+    #[serde(default)]
+    pub secrets: SecretsSection,
+    #[serde(default)]
+    pub workers: WorkerSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    pub name: String,
+    pub role: Role,
+    /// Address the HTTP API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The URL other sites and operators reach this site at.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Folder for everything the site keeps on disk by default.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// `sqlite:PATH` or `postgres://…`; defaults to a SQLite file in `data_dir`.
+    pub url: Option<String>,
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// Blob root on local disk; defaults to `data_dir/blobs`.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSection {
+    /// Extra type components (`*.wasm`) loaded beside the shipped ones.
+    pub dir: Option<PathBuf>,
+    /// Compiled-component cache; defaults to `data_dir/plugin-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Budget of one plugin call (a batch), in milliseconds.
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
+    /// Memory cap of one plugin instance, in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: usize,
+}
+
+impl Default for PluginSection {
+    fn default() -> Self {
+        PluginSection {
+            dir: None,
+            cache_dir: None,
+            call_timeout_ms: default_call_timeout_ms(),
+            memory_mib: default_memory_mib(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrimarySection {
+    /// The primary's URL (its internal URL, in GitLab's terms).
+    pub url: String,
+    pub access_key: String,
+    pub secret_access_key: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSection {
+    /// 32-byte key (64 hex characters) sealing secrets at rest; defaults to
+    /// `data_dir/secrets.key`, created on first start.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Background work tuning. Defaults follow GitLab where it has one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    /// A `started` sync older than this fails ("Sync timed out"), in seconds (GitLab: 8 h).
+    #[serde(default = "default_stuck_secs")]
+    pub sync_timeout_secs: u64,
+    /// A `started` verification older than this fails, in seconds (GitLab: 8 h).
+    #[serde(default = "default_stuck_secs")]
+    pub verification_timeout_secs: u64,
+    /// Pause between scheduler rounds when idle, in milliseconds.
+    #[serde(default = "default_idle_ms")]
+    pub idle_poll_ms: u64,
+    /// Registry consistency pass interval, in seconds (GitLab: every minute).
+    #[serde(default = "default_consistency_secs")]
+    pub consistency_interval_secs: u64,
+    /// Rows claimed per verification batch.
+    #[serde(default = "default_verification_batch")]
+    pub verification_batch: i64,
+    /// Whether this process runs the background workers (API-only processes set false).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        WorkerSection {
+            sync_timeout_secs: default_stuck_secs(),
+            verification_timeout_secs: default_stuck_secs(),
+            idle_poll_ms: default_idle_ms(),
+            consistency_interval_secs: default_consistency_secs(),
+            verification_batch: default_verification_batch(),
+            enabled: true,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:3000".parse().expect("valid address")
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_call_timeout_ms() -> u64 {
+    2_000
+}
+fn default_memory_mib() -> usize {
+    64
+}
+fn default_stuck_secs() -> u64 {
+    8 * 3600
+}
+fn default_idle_ms() -> u64 {
+    500
+}
+fn default_consistency_secs() -> u64 {
+    60
+}
+fn default_verification_batch() -> i64 {
+    100
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading the configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path` (if given) and the `GEOHOST_…` environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        use figment::Figment;
+        use figment::providers::{Env, Format, Toml};
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!("configuration file {} not found", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("GEOHOST_").split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (tests, the demo).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        use figment::Figment;
+        use figment::providers::{Format, Toml};
+        let config: Config =
+            Figment::new().merge(Toml::string(text)).extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.site.name.trim().is_empty() {
+            return Err(ConfigError::Invalid("site.name is empty".into()));
+        }
+        if self.site.role == Role::Secondary && self.primary.is_none() {
+            return Err(ConfigError::Invalid(
+                "a secondary needs a [primary] section (url, access_key, secret_access_key): \
+                 register it on the primary with `geohost site add`"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        self.site.url.clone().unwrap_or_else(|| format!("http://{}", self.site.listen))
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| sqlite_url(&self.site.data_dir.join("main.sqlite")))
+    }
+
+    pub fn tracking_database_url(&self) -> String {
+        self.tracking_database
+            .url
+            .clone()
+            .unwrap_or_else(|| sqlite_url(&self.site.data_dir.join("tracking.sqlite")))
+    }
+
+    pub fn blob_root(&self) -> PathBuf {
+        self.storage.path.clone().unwrap_or_else(|| self.site.data_dir.join("blobs"))
+    }
+
+    pub fn plugin_cache_dir(&self) -> PathBuf {
+        self.plugins.cache_dir.clone().unwrap_or_else(|| self.site.data_dir.join("plugin-cache"))
+    }
+
+    pub fn secrets_key_file(&self) -> PathBuf {
+        self.secrets.key_file.clone().unwrap_or_else(|| self.site.data_dir.join("secrets.key"))
+    }
+
+    pub fn plugin_limits(&self) -> crate::plugin::Limits {
+        crate::plugin::Limits {
+            call_timeout: Duration::from_millis(self.plugins.call_timeout_ms),
+            memory_bytes: self.plugins.memory_mib << 20,
+            ..crate::plugin::Limits::default()
+        }
+    }
+}
+
+/// `sqlite:` URL of a file path.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite:{}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secondary_needs_its_primary() {
+        let err = Config::from_toml("[site]\nname='s'\nrole='secondary'\n").unwrap_err();
+        assert!(err.to_string().contains("[primary]"), "{err}");
+    }
+
+    #[test]
+    fn paths_default_under_data_dir() {
+        let c = Config::from_toml("[site]\nname='p'\nrole='primary'\ndata_dir='/tmp/x'\n").unwrap();
+        assert_eq!(c.database_url(), "sqlite:/tmp/x/main.sqlite");
+        assert_eq!(c.blob_root(), PathBuf::from("/tmp/x/blobs"));
+        assert_eq!(c.url(), "http://127.0.0.1:3000");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::from_toml("[site]\nname='p'\nrole='primary'\nlisten_on='x'\n").is_err());
+    }
+}

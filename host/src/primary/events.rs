@@ -1,0 +1,133 @@
+//! The primary's event log: `geo_events` plus `geo_event_log`, read by
+//! secondaries from a cursor.
+//!
+//! Events are written in the same transaction as the change they announce,
+//! so a secondary never sees an event for a change that rolled back. They are
+//! published only while at least one secondary is registered and the type's
+//! feature flag is on (GitLab's rule).
+
+use crate::db::{Arg, Db, DbError, Tx};
+use crate::feed::FeedEvent;
+use serde_json::json;
+use tokio::sync::watch;
+
+pub const CREATED: &str = "created";
+pub const UPDATED: &str = "updated";
+pub const DELETED: &str = "deleted";
+pub const CHECKSUM_SUCCEEDED: &str = "checksum_succeeded";
+
+/// Wakes long-polling readers when events are committed in this process.
+#[derive(Debug, Clone)]
+pub struct EventSignal {
+    sender: watch::Sender<u64>,
+}
+
+impl Default for EventSignal {
+    fn default() -> Self {
+        EventSignal { sender: watch::channel(0).0 }
+    }
+}
+
+impl EventSignal {
+    /// Call after a transaction that wrote events commits.
+    pub fn notify(&self) {
+        self.sender.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.sender.subscribe()
+    }
+}
+
+/// Whether events of `replicable_name` are published now.
+pub async fn should_publish(tx: &mut Tx, replicable_name: &str) -> Result<bool, DbError> {
+    let secondaries = tx
+        .fetch_one("SELECT COUNT(*) AS n FROM geo_nodes WHERE \"primary\" = $1", &[Arg::from(false)])
+        .await?
+        .i64("n")?;
+    if secondaries == 0 {
+        return Ok(false);
+    }
+    let flag = format!("geo_{replicable_name}_replication");
+    let row = tx.fetch_optional("SELECT enabled FROM feature_flags WHERE name = $1", &[Arg::from(flag)]).await?;
+    Ok(match row {
+        Some(row) => row.bool("enabled")?,
+        None => true, // on by default
+    })
+}
+
+/// Appends an event to the log if events are published now. Returns whether it did.
+pub async fn publish(
+    tx: &mut Tx,
+    replicable_name: &str,
+    event_name: &str,
+    payload: serde_json::Value,
+) -> Result<bool, DbError> {
+    if !should_publish(tx, replicable_name).await? {
+        return Ok(false);
+    }
+    let now = Db::now();
+    let sql = match tx.backend() {
+        crate::db::Backend::Postgres => {
+            "INSERT INTO geo_events (replicable_name, event_name, payload, created_at) \
+             VALUES ($1, $2, $3::jsonb, $4) RETURNING id"
+        }
+        crate::db::Backend::Sqlite => {
+            "INSERT INTO geo_events (replicable_name, event_name, payload, created_at) \
+             VALUES ($1, $2, $3, $4) RETURNING id"
+        }
+    };
+    let event_id = tx
+        .fetch_one(
+            sql,
+            &[replicable_name.into(), event_name.into(), payload.to_string().into(), now.into()],
+        )
+        .await?
+        .i64("id")?;
+    tx.execute(
+        "INSERT INTO geo_event_log (created_at, geo_event_id) VALUES ($1, $2)",
+        &[now.into(), event_id.into()],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// GitLab's payload: `{model_record_id, correlation_id}`.
+pub fn payload(model_record_id: i64) -> serde_json::Value {
+    json!({ "model_record_id": model_record_id, "correlation_id": uuid::Uuid::new_v4().to_string() })
+}
+
+/// Events with log id greater than `after`, oldest first.
+pub async fn after(db: &Db, after: i64, limit: i64) -> Result<Vec<FeedEvent>, DbError> {
+    let payload_expr = match db.backend() {
+        crate::db::Backend::Postgres => "e.payload::text",
+        crate::db::Backend::Sqlite => "e.payload",
+    };
+    let sql = format!(
+        "SELECT l.id, l.created_at, e.replicable_name, e.event_name, {payload_expr} AS payload \
+         FROM geo_event_log l JOIN geo_events e ON e.id = l.geo_event_id \
+         WHERE l.id > $1 ORDER BY l.id LIMIT $2"
+    );
+    let rows = db.fetch_all(&sql, &[after.into(), limit.into()]).await?;
+    rows.iter()
+        .map(|row| {
+            let payload = row.text("payload")?;
+            Ok(FeedEvent {
+                id: row.i64("id")?,
+                replicable_name: row.text("replicable_name")?,
+                event_name: row.text("event_name")?,
+                payload: serde_json::from_str(&payload)
+                    .map_err(|e| DbError::Decode { column: "payload".into(), message: e.to_string() })?,
+                created_at: row.ts("created_at")?,
+            })
+        })
+        .collect()
+}
+
+/// The newest event: its log id and time.
+pub async fn last(db: &Db) -> Result<Option<(i64, chrono::DateTime<chrono::Utc>)>, DbError> {
+    let row = db
+        .fetch_optional("SELECT id, created_at FROM geo_event_log ORDER BY id DESC LIMIT 1", &[])
+        .await?;
+    row.map(|r| Ok((r.i64("id")?, r.ts("created_at")?))).transpose()
+}

@@ -1,0 +1,394 @@
+//! Writes on the primary, as a package registry makes them: create or update
+//! a record (by its natural key) with its blob, and delete one.
+//!
+//! Order of a write, so that no reader ever sees a record without its blob:
+//! the body is streamed into a temporary object (hashed and counted on the
+//! way), then in one transaction the row and its state are written and the
+//! event is logged; the blob is moved into place before the commit; the
+//! commit makes it all visible at once. A failed commit removes a new blob.
+
+use super::events;
+use super::records::{self, Record};
+use crate::catalog::InstalledType;
+use crate::db::{Arg, DbError, ident, value_arg};
+use crate::plugin::fixture::json_to_value;
+use crate::plugin::{BlobPath, ColumnSource, PluginError, Row, Value};
+use crate::site::Site;
+use crate::storage::StorageError;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Why a write was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("no replicable type named `{0}` is installed")]
+    UnknownType(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("reading the request body: {0}")]
+    Body(String),
+}
+
+/// What a write did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WriteOutcome {
+    pub id: i64,
+    pub created: bool,
+    pub size: u64,
+    /// SHA-256 of the blob as received (the verifier checks it again from storage).
+    pub sha256: String,
+    pub blob_path: String,
+    pub record: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The installed type called `name`, or [`IngestError::UnknownType`].
+pub fn installed(site: &Site, name: &str) -> Result<Arc<InstalledType>, IngestError> {
+    site.installed(name).ok_or_else(|| IngestError::UnknownType(name.to_string()))
+}
+
+/// Creates or updates the record named by the natural-key columns in
+/// `columns` (writer columns, JSON values by name) with the blob `body`.
+pub async fn upsert<S, E>(
+    site: &Site,
+    type_name: &str,
+    columns: &serde_json::Map<String, serde_json::Value>,
+    body: S,
+) -> Result<WriteOutcome, IngestError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let it = installed(site, type_name)?;
+    let writer = writer_values(&it, columns)?;
+    // Derived columns are a pure function of the writer columns: computing
+    // them first refuses a bad record (say, an invalid channel) before its
+    // body is read. They are used only if the record turns out to be new.
+    let derived = derive(&it, &writer).await?;
+
+    // The blob next, into a temporary object: no transaction is held while
+    // the client uploads.
+    let mut temp = site.blobs.begin_temp();
+    let mut body = body;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                if let Ok(unfinished) = temp.finish().await {
+                    let _ = unfinished.discard().await;
+                }
+                return Err(IngestError::Body(error.to_string()));
+            }
+        };
+        temp.write(chunk).await?;
+    }
+    let mut temp = Some(temp.finish().await?);
+    let result = write_record(site, &it, writer, derived, &mut temp).await;
+    if let Some(unused) = temp
+        && let Err(error) = unused.discard().await
+    {
+        tracing::warn!(%error, "could not remove a temporary blob");
+    }
+    result
+}
+
+/// The transactional part of [`upsert`]: takes the temporary blob out of
+/// `temp` only to promote it, so the caller discards it on any error.
+async fn write_record(
+    site: &Site,
+    it: &Arc<InstalledType>,
+    writer: HashMap<String, Value>,
+    derived: HashMap<String, Value>,
+    temp: &mut Option<crate::storage::FinishedTemp>,
+) -> Result<WriteOutcome, IngestError> {
+    let written = temp.as_ref().expect("a temporary blob").written();
+    let mut tx = site.db.begin().await?;
+    let key: Vec<(String, Arg)> = it
+        .identity
+        .table
+        .natural_key
+        .iter()
+        .map(|name| {
+            let column = it.identity.table.column(name).expect("checked identity");
+            Ok((name.clone(), value_arg(&writer[name], column.column_type)?))
+        })
+        .collect::<Result<_, DbError>>()?;
+    let existing = records::by_natural_key(&mut tx, it, &key).await?;
+    let now = crate::db::Db::now();
+    let now_value = Value::Timestamp(now.timestamp_micros());
+
+    let (mut values, created, old_path) = match &existing {
+        None => {
+            let mut values = writer.clone();
+            values.extend(derived);
+            (values, true, None)
+        }
+        Some(record) => {
+            if !it.identity.mutable {
+                return Err(IngestError::Conflict(format!(
+                    "{} {} exists and {} are immutable",
+                    it.identity.title, record.id, it.identity.title_plural
+                )));
+            }
+            let old_path = blob_path(it, record.id, &record.values).await.ok();
+            let mut values = record.values.clone();
+            values.extend(writer.clone());
+            (values, false, old_path)
+        }
+    };
+    for column in it.columns() {
+        let value = match column.source {
+            ColumnSource::BlobSize => Value::Int(written.size as i64),
+            ColumnSource::FileStore => Value::Int(site.file_store()),
+            ColumnSource::UpdatedAt => now_value.clone(),
+            ColumnSource::CreatedAt if created => now_value.clone(),
+            _ => continue,
+        };
+        values.insert(column.name.clone(), value);
+    }
+    for column in it.columns() {
+        crate::plugin::check_value(column, values.get(&column.name).unwrap_or(&Value::Null))
+            .map_err(IngestError::Invalid)?;
+    }
+    let id = existing.as_ref().map(|r| r.id).unwrap_or(0);
+    let path = blob_path(it, id, &values).await?;
+
+    let id = match &existing {
+        None => insert_row(&mut tx, it, &values).await.map_err(|error| {
+            if error.is_unique_violation() {
+                IngestError::Conflict(format!("a {} with these unique columns exists already", it.identity.title))
+            } else {
+                error.into()
+            }
+        })?,
+        Some(record) => {
+            update_row(&mut tx, it, record.id, &values).await?;
+            record.id
+        }
+    };
+    let states = ident(&it.identity.states_table());
+    let fk = ident(&it.identity.foreign_key());
+    if created {
+        tx.execute(&format!("INSERT INTO {states} ({fk}) VALUES ($1)"), &[id.into()]).await?;
+    } else {
+        // GitLab's `verification_pending`: the blob changed, its checksum is void.
+        tx.execute(
+            &format!(
+                "UPDATE {states} SET verification_state = 0, verification_checksum = NULL, \
+                 verification_started_at = NULL, verification_retry_count = 0, \
+                 verification_retry_at = NULL, verification_failure = NULL WHERE {fk} = $1"
+            ),
+            &[id.into()],
+        )
+        .await?;
+    }
+    let event = if created { events::CREATED } else { events::UPDATED };
+    let published = events::publish(&mut tx, it.name(), event, events::payload(id)).await?;
+
+    let blob = temp.take().expect("a temporary blob");
+    blob.promote(it.name(), &path).await?;
+    if let Err(error) = tx.commit().await {
+        if created {
+            let _ = site.blobs.delete(it.name(), &path).await;
+        }
+        return Err(error.into());
+    }
+    if published {
+        site.events.notify();
+    }
+    if let Some(old) = old_path.filter(|old| *old != path)
+        && let Err(error) = site.blobs.delete(it.name(), &old).await
+    {
+        tracing::warn!(r#type = it.name(), id, %error, "could not remove the previous blob");
+    }
+    tracing::info!(r#type = it.name(), id, created, size = written.size, "record written");
+    let record = Record {
+        id,
+        values,
+        verification_state: crate::states::VerificationState::Pending,
+        verification_checksum: None,
+    };
+    Ok(WriteOutcome {
+        id,
+        created,
+        size: written.size,
+        sha256: written.sha256,
+        blob_path: path.to_string(),
+        record: record.columns_json(it),
+    })
+}
+
+/// Deletes a record and its blob; logs a `deleted` event carrying the blob
+/// path and the uploader class, as GitLab does.
+pub async fn delete(site: &Site, type_name: &str, id: i64) -> Result<Record, IngestError> {
+    let it = installed(site, type_name)?;
+    let record = records::by_id(&site.db, &it, id)
+        .await?
+        .ok_or_else(|| IngestError::NotFound(format!("{} {id}", it.identity.title)))?;
+    let path = blob_path(&it, id, &record.values).await?;
+    let mut tx = site.db.begin().await?;
+    let deleted = tx
+        .execute(&format!("DELETE FROM {} WHERE id = $1", ident(&it.identity.table.name)), &[id.into()])
+        .await?;
+    if deleted == 0 {
+        return Err(IngestError::NotFound(format!("{} {id}", it.identity.title)));
+    }
+    let mut payload = events::payload(id);
+    payload["uploader_class"] = it.identity.uploader_class.clone().into();
+    payload["blob_path"] = path.to_string().into();
+    let published = events::publish(&mut tx, it.name(), events::DELETED, payload).await?;
+    tx.commit().await?;
+    if published {
+        site.events.notify();
+    }
+    site.blobs.delete(it.name(), &path).await?;
+    tracing::info!(r#type = it.name(), id, "record deleted");
+    Ok(record)
+}
+
+/// Resolves a record id from natural-key columns.
+pub async fn find_by_key(
+    site: &Site,
+    type_name: &str,
+    columns: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Record, IngestError> {
+    let it = installed(site, type_name)?;
+    let mut key = Vec::new();
+    for name in &it.identity.table.natural_key {
+        let column = it.identity.table.column(name).expect("checked identity");
+        let json = columns
+            .get(name)
+            .ok_or_else(|| IngestError::Invalid(format!("missing key column `{name}`")))?;
+        let value = json_to_value(column, json).map_err(IngestError::Invalid)?;
+        key.push((name.clone(), value_arg(&value, column.column_type)?));
+    }
+    let mut tx = site.db.begin().await?;
+    let found = records::by_natural_key(&mut tx, &it, &key).await?;
+    tx.commit().await?;
+    found.ok_or_else(|| IngestError::NotFound(format!("{} with that key", it.identity.title)))
+}
+
+/// The writer columns of a request, typed and checked; missing ones take
+/// their default, and a missing required column is an error.
+fn writer_values(
+    it: &InstalledType,
+    columns: &serde_json::Map<String, serde_json::Value>,
+) -> Result<HashMap<String, Value>, IngestError> {
+    for name in columns.keys() {
+        match it.identity.table.column(name) {
+            Some(c) if c.source == ColumnSource::Writer => {}
+            Some(c) => {
+                return Err(IngestError::Invalid(format!(
+                    "column `{name}` is set by {}, not by the writer",
+                    if c.source == ColumnSource::Derived { "the type" } else { "the host" }
+                )));
+            }
+            None => {
+                return Err(IngestError::Invalid(format!(
+                    "{} has no column `{name}`",
+                    it.identity.table.name
+                )));
+            }
+        }
+    }
+    let mut values = HashMap::new();
+    for column in it.identity.table.columns_from(ColumnSource::Writer) {
+        let value = match columns.get(&column.name) {
+            Some(json) => json_to_value(column, json).map_err(IngestError::Invalid)?,
+            None => match &column.default_value {
+                Some(default) => default.clone(),
+                None if column.nullable => Value::Null,
+                None => return Err(IngestError::Invalid(format!("missing column `{}`", column.name))),
+            },
+        };
+        values.insert(column.name.clone(), value);
+    }
+    Ok(values)
+}
+
+/// Runs the type's `derive` for one new record.
+async fn derive(it: &Arc<InstalledType>, writer: &HashMap<String, Value>) -> Result<HashMap<String, Value>, IngestError> {
+    let row = it.row(0, &it.writer_columns(), writer);
+    let plugin = it.plugin.clone();
+    let mut answers = tokio::task::spawn_blocking(move || plugin.derive(&[row]))
+        .await
+        .map_err(|e| IngestError::Invalid(format!("plugin task failed: {e}")))??;
+    let derived = answers.pop().expect("one answer per row").map_err(IngestError::Invalid)?;
+    Ok(it
+        .identity
+        .table
+        .columns_from(ColumnSource::Derived)
+        .map(|c| c.name.clone())
+        .zip(derived)
+        .collect())
+}
+
+/// The type's blob path for a record.
+pub async fn blob_path(
+    it: &InstalledType,
+    id: i64,
+    values: &HashMap<String, Value>,
+) -> Result<BlobPath, IngestError> {
+    let row: Row = it.path_row(id, values);
+    let plugin = it.plugin.clone();
+    let mut answers = tokio::task::spawn_blocking(move || plugin.blob_paths(&[row]))
+        .await
+        .map_err(|e| IngestError::Invalid(format!("plugin task failed: {e}")))??;
+    answers.pop().expect("one answer per row").map_err(IngestError::Invalid)
+}
+
+async fn insert_row(
+    tx: &mut crate::db::Tx,
+    it: &InstalledType,
+    values: &HashMap<String, Value>,
+) -> Result<i64, DbError> {
+    let columns = it.columns();
+    let names: Vec<String> = columns.iter().map(|c| ident(&c.name)).collect();
+    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
+    let args = columns
+        .iter()
+        .map(|c| value_arg(values.get(&c.name).unwrap_or(&Value::Null), c.column_type))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES ({}) RETURNING id",
+        ident(&it.identity.table.name),
+        names.join(", "),
+        placeholders.join(", ")
+    );
+    tx.fetch_one(&sql, &args).await?.i64("id")
+}
+
+/// Updates every column but the derived ones (read-only after creation)
+/// and `created_at`.
+async fn update_row(
+    tx: &mut crate::db::Tx,
+    it: &InstalledType,
+    id: i64,
+    values: &HashMap<String, Value>,
+) -> Result<(), DbError> {
+    let columns: Vec<_> = it
+        .columns()
+        .iter()
+        .filter(|c| !matches!(c.source, ColumnSource::Derived | ColumnSource::CreatedAt))
+        .collect();
+    let sets: Vec<String> =
+        columns.iter().enumerate().map(|(i, c)| format!("{} = ${}", ident(&c.name), i + 2)).collect();
+    let mut args = vec![Arg::from(id)];
+    for column in &columns {
+        args.push(value_arg(values.get(&column.name).unwrap_or(&Value::Null), column.column_type)?);
+    }
+    let sql = format!("UPDATE {} SET {} WHERE id = $1", ident(&it.identity.table.name), sets.join(", "));
+    tx.execute(&sql, &args).await?;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Reading a type's model table (with its verification state) generically,
+//! from the columns the type's identity declares.
+
+use crate::catalog::InstalledType;
+use crate::db::{Arg, Db, DbError, DbRow, Tx, ident};
+use crate::plugin::Value;
+use crate::states::VerificationState;
+use std::collections::HashMap;
+
+/// One record of a type's model table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub id: i64,
+    /// Every model column by name.
+    pub values: HashMap<String, Value>,
+    /// The verification state on this (primary) site.
+    pub verification_state: VerificationState,
+    pub verification_checksum: Option<Vec<u8>>,
+}
+
+impl Record {
+    /// The record's columns as JSON (the feed's shape).
+    pub fn columns_json(&self, it: &InstalledType) -> serde_json::Map<String, serde_json::Value> {
+        it.columns()
+            .iter()
+            .map(|c| (c.name.clone(), self.values.get(&c.name).map(Value::to_json).unwrap_or_default()))
+            .collect()
+    }
+
+    pub fn int(&self, column: &str) -> Option<i64> {
+        self.values.get(column).and_then(Value::as_int)
+    }
+}
+
+/// `SELECT` list: the model's `id`, its columns (prefixed `m.`), and the state.
+pub fn select_list(it: &InstalledType) -> String {
+    let mut list = String::from("m.id");
+    for column in it.columns() {
+        list.push_str(", m.");
+        list.push_str(&ident(&column.name));
+    }
+    list.push_str(", s.verification_state, s.verification_checksum");
+    list
+}
+
+/// `FROM` clause joining the model table with its state table.
+pub fn from_clause(it: &InstalledType) -> String {
+    format!(
+        "{} m LEFT JOIN {} s ON s.{} = m.id",
+        ident(&it.identity.table.name),
+        ident(&it.identity.states_table()),
+        ident(&it.identity.foreign_key())
+    )
+}
+
+/// Decodes a row selected with [`select_list`].
+pub fn decode(it: &InstalledType, row: &DbRow) -> Result<Record, DbError> {
+    let mut values = HashMap::with_capacity(it.columns().len());
+    for column in it.columns() {
+        values.insert(column.name.clone(), row.value(&column.name, column.column_type)?);
+    }
+    let state = row.int("verification_state")?.unwrap_or(0) as i16;
+    Ok(Record {
+        id: row.i64("id")?,
+        values,
+        verification_state: VerificationState::try_from(state)
+            .map_err(|e| DbError::Decode { column: "verification_state".into(), message: e.to_string() })?,
+        verification_checksum: row.opt_bytes("verification_checksum")?,
+    })
+}
+
+/// One record by id.
+pub async fn by_id(db: &Db, it: &InstalledType, id: i64) -> Result<Option<Record>, DbError> {
+    let sql = format!("SELECT {} FROM {} WHERE m.id = $1", select_list(it), from_clause(it));
+    match db.fetch_optional(&sql, &[Arg::from(id)]).await? {
+        Some(row) => Ok(Some(decode(it, &row)?)),
+        None => Ok(None),
+    }
+}
+
+/// Records by ids (any order in, id order out; unknown ids are skipped).
+pub async fn by_ids(db: &Db, it: &InstalledType, ids: &[i64]) -> Result<Vec<Record>, DbError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE m.id IN ({}) ORDER BY m.id",
+            select_list(it),
+            from_clause(it),
+            placeholders.join(", ")
+        );
+        let args: Vec<Arg> = chunk.iter().map(|&id| Arg::from(id)).collect();
+        for row in db.fetch_all(&sql, &args).await? {
+            out.push(decode(it, &row)?);
+        }
+    }
+    out.sort_by_key(|r| r.id);
+    Ok(out)
+}
+
+/// Up to `limit` records with `id > after_id`, in id order.
+pub async fn page(db: &Db, it: &InstalledType, after_id: i64, limit: i64) -> Result<Vec<Record>, DbError> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE m.id > $1 ORDER BY m.id LIMIT $2",
+        select_list(it),
+        from_clause(it)
+    );
+    db.fetch_all(&sql, &[Arg::from(after_id), Arg::from(limit)])
+        .await?
+        .iter()
+        .map(|row| decode(it, row))
+        .collect()
+}
+
+/// The highest id in the model table.
+pub async fn max_id(db: &Db, it: &InstalledType) -> Result<Option<i64>, DbError> {
+    let sql = format!("SELECT MAX(id) AS max_id FROM {}", ident(&it.identity.table.name));
+    db.fetch_one(&sql, &[]).await?.opt_i64("max_id")
+}
+
+/// The record with this natural key, inside a transaction.
+pub async fn by_natural_key(
+    tx: &mut Tx,
+    it: &InstalledType,
+    key: &[(String, Arg)],
+) -> Result<Option<Record>, DbError> {
+    let conditions: Vec<String> =
+        key.iter().enumerate().map(|(i, (name, _))| format!("m.{} = ${}", ident(name), i + 1)).collect();
+    let sql = format!("SELECT {} FROM {} WHERE {}", select_list(it), from_clause(it), conditions.join(" AND "));
+    let args: Vec<Arg> = key.iter().map(|(_, a)| a.clone()).collect();
+    match tx.fetch_optional(&sql, &args).await? {
+        Some(row) => Ok(Some(decode(it, &row)?)),
+        None => Ok(None),
+    }
+}

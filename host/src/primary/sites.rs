@@ -1,0 +1,354 @@
+//! Geo sites (`geo_nodes`) as the primary keeps them: itself, and each
+//! secondary with its selective-sync settings, capacities and keys.
+//!
+//! A secondary's secret is shown once, when it is registered; at rest it is
+//! sealed with AES-256-GCM under the site's key (GitLab encrypts it with
+//! `db_key_base`).
+
+use crate::auth::keys;
+use crate::db::{Arg, Db, DbError, DbRow};
+use crate::feed::NodeSettings;
+use crate::site::Site;
+use serde::{Deserialize, Serialize};
+
+/// Settings of a new secondary.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSite {
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub selective_sync_type: Option<String>,
+    #[serde(default)]
+    pub namespace_ids: Vec<i64>,
+    #[serde(default)]
+    pub selective_sync_shards: Vec<String>,
+    #[serde(default)]
+    pub sync_object_storage: bool,
+    #[serde(default)]
+    pub files_max_capacity: Option<i32>,
+    #[serde(default)]
+    pub verification_max_capacity: Option<i32>,
+}
+
+/// Changes to a site (every field optional).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteUpdate {
+    pub url: Option<String>,
+    pub enabled: Option<bool>,
+    /// `""` clears selective sync (everything).
+    pub selective_sync_type: Option<String>,
+    pub namespace_ids: Option<Vec<i64>>,
+    pub selective_sync_shards: Option<Vec<String>>,
+    pub sync_object_storage: Option<bool>,
+    pub files_max_capacity: Option<i32>,
+    pub verification_max_capacity: Option<i32>,
+    pub minimum_reverification_interval: Option<i32>,
+}
+
+/// A new secondary's keys, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    pub access_key: String,
+    pub secret_access_key: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("site {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("sealing or opening a secret: {0}")]
+    Secret(String),
+}
+
+const COLUMNS: &str = "id, name, url, \"primary\", enabled, selective_sync_type, selective_sync_shards, \
+    sync_object_storage, files_max_capacity, verification_max_capacity, minimum_reverification_interval";
+
+async fn decode(db: &Db, row: &DbRow) -> Result<NodeSettings, DbError> {
+    let id = row.i64("id")?;
+    let shards: Vec<String> = serde_json::from_str(&row.text("selective_sync_shards")?).unwrap_or_default();
+    let namespace_ids = db
+        .fetch_all(
+            "SELECT namespace_id FROM geo_node_namespace_links WHERE geo_node_id = $1 ORDER BY namespace_id",
+            &[id.into()],
+        )
+        .await?
+        .iter()
+        .map(|r| r.i64("namespace_id"))
+        .collect::<Result<_, _>>()?;
+    Ok(NodeSettings {
+        id,
+        name: row.text("name")?,
+        url: row.text("url")?,
+        primary: row.bool("primary")?,
+        enabled: row.bool("enabled")?,
+        selective_sync_type: row.opt_text("selective_sync_type")?,
+        namespace_ids,
+        selective_sync_shards: shards,
+        sync_object_storage: row.bool("sync_object_storage")?,
+        files_max_capacity: row.i32("files_max_capacity")?,
+        verification_max_capacity: row.i32("verification_max_capacity")?,
+        minimum_reverification_interval: row.i32("minimum_reverification_interval")?,
+    })
+}
+
+/// Every site, primary first.
+pub async fn list(db: &Db) -> Result<Vec<NodeSettings>, DbError> {
+    let rows = db
+        .fetch_all(&format!("SELECT {COLUMNS} FROM geo_nodes ORDER BY \"primary\" DESC, id"), &[])
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        out.push(decode(db, row).await?);
+    }
+    Ok(out)
+}
+
+pub async fn get(db: &Db, id: i64) -> Result<Option<NodeSettings>, DbError> {
+    match db.fetch_optional(&format!("SELECT {COLUMNS} FROM geo_nodes WHERE id = $1"), &[id.into()]).await? {
+        Some(row) => Ok(Some(decode(db, &row).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Registers (or refreshes) this primary's own row.
+pub async fn ensure_self(site: &Site) -> Result<NodeSettings, SiteError> {
+    let now = Db::now();
+    let url = site.config.url();
+    let name = site.name().to_string();
+    let existing = site
+        .db
+        .fetch_optional("SELECT id FROM geo_nodes WHERE \"primary\" = $1", &[true.into()])
+        .await?;
+    let id = match existing {
+        Some(row) => {
+            let id = row.i64("id")?;
+            site.db
+                .execute(
+                    "UPDATE geo_nodes SET name = $1, url = $2, updated_at = $3 WHERE id = $4",
+                    &[name.clone().into(), url.into(), now.into(), id.into()],
+                )
+                .await?;
+            id
+        }
+        None => site
+            .db
+            .fetch_one(
+                "INSERT INTO geo_nodes (name, url, \"primary\", enabled, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $3, $4, $4) RETURNING id",
+                &[name.clone().into(), url.into(), true.into(), now.into()],
+            )
+            .await?
+            .i64("id")?,
+    };
+    get(&site.db, id).await?.ok_or(SiteError::NotFound(name))
+}
+
+fn check_scope(kind: &Option<String>) -> Result<Option<String>, SiteError> {
+    match kind.as_deref() {
+        None | Some("") => Ok(None),
+        Some("namespaces") | Some("shards") => Ok(kind.clone()),
+        Some(other) => Err(SiteError::Invalid(format!(
+            "selective_sync_type {other:?} is not one of \"namespaces\", \"shards\" or empty"
+        ))),
+    }
+}
+
+fn check_capacity(what: &str, value: Option<i32>) -> Result<(), SiteError> {
+    match value {
+        Some(v) if !(1..=10_000).contains(&v) => Err(SiteError::Invalid(format!("{what} must be 1 to 10000"))),
+        _ => Ok(()),
+    }
+}
+
+/// Registers a secondary; returns its settings and its keys (shown once).
+pub async fn add_secondary(site: &Site, new: NewSite) -> Result<(NodeSettings, Credentials), SiteError> {
+    if new.name.trim().is_empty() || new.name.len() > 255 {
+        return Err(SiteError::Invalid("name must be 1 to 255 characters".into()));
+    }
+    if !(new.url.starts_with("http://") || new.url.starts_with("https://")) {
+        return Err(SiteError::Invalid(format!("url {:?} must be http:// or https://", new.url)));
+    }
+    let kind = check_scope(&new.selective_sync_type)?;
+    check_capacity("files_max_capacity", new.files_max_capacity)?;
+    check_capacity("verification_max_capacity", new.verification_max_capacity)?;
+    let credentials =
+        Credentials { access_key: keys::generate_access_key(), secret_access_key: keys::generate_secret() };
+    let (sealed, iv) = site
+        .secrets
+        .seal(&credentials.secret_access_key)
+        .map_err(|e| SiteError::Secret(e.to_string()))?;
+    let now = Db::now();
+    let mut tx = site.db.begin().await?;
+    let id = tx
+        .fetch_one(
+            "INSERT INTO geo_nodes (name, url, \"primary\", enabled, selective_sync_type, selective_sync_shards, \
+             sync_object_storage, files_max_capacity, verification_max_capacity, access_key, \
+             encrypted_secret_access_key, encrypted_secret_access_key_iv, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) RETURNING id",
+            &[
+                new.name.clone().into(),
+                new.url.clone().into(),
+                false.into(),
+                true.into(),
+                Arg::Text(kind),
+                serde_json::to_string(&new.selective_sync_shards).unwrap_or_else(|_| "[]".into()).into(),
+                new.sync_object_storage.into(),
+                new.files_max_capacity.unwrap_or(10).into(),
+                new.verification_max_capacity.unwrap_or(100).into(),
+                credentials.access_key.clone().into(),
+                sealed.into(),
+                iv.into(),
+                now.into(),
+            ],
+        )
+        .await
+        .map_err(|e| {
+            if e.is_unique_violation() {
+                SiteError::Invalid(format!("a site named {:?} exists already", new.name))
+            } else {
+                SiteError::from(e)
+            }
+        })?
+        .i64("id")?;
+    for ns in &new.namespace_ids {
+        link_namespace(&mut tx, id, *ns).await?;
+    }
+    tx.commit().await?;
+    let settings = get(&site.db, id).await?.ok_or_else(|| SiteError::NotFound(id.to_string()))?;
+    tracing::info!(site = %settings.name, id, "secondary registered");
+    Ok((settings, credentials))
+}
+
+async fn link_namespace(tx: &mut crate::db::Tx, node: i64, namespace: i64) -> Result<(), SiteError> {
+    let now = Db::now();
+    tx.execute(
+        "INSERT INTO geo_node_namespace_links (geo_node_id, namespace_id, created_at, updated_at) VALUES ($1, $2, $3, $3)",
+        &[node.into(), namespace.into(), now.into()],
+    )
+    .await
+    .map_err(|e| {
+        if e.is_foreign_key_violation() {
+            SiteError::NotFound(format!("namespace {namespace}"))
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(())
+}
+
+/// Changes a site's settings.
+pub async fn update(site: &Site, id: i64, change: SiteUpdate) -> Result<NodeSettings, SiteError> {
+    get(&site.db, id).await?.ok_or_else(|| SiteError::NotFound(id.to_string()))?;
+    check_capacity("files_max_capacity", change.files_max_capacity)?;
+    check_capacity("verification_max_capacity", change.verification_max_capacity)?;
+    if let Some(days) = change.minimum_reverification_interval
+        && days < 1
+    {
+        return Err(SiteError::Invalid("minimum_reverification_interval must be at least 1 day".into()));
+    }
+    let now = Db::now();
+    let mut tx = site.db.begin().await?;
+    let mut sets: Vec<(&str, Arg)> = Vec::new();
+    if let Some(url) = change.url {
+        sets.push(("url", url.into()));
+    }
+    if let Some(enabled) = change.enabled {
+        sets.push(("enabled", enabled.into()));
+    }
+    if change.selective_sync_type.is_some() {
+        sets.push(("selective_sync_type", Arg::Text(check_scope(&change.selective_sync_type)?)));
+    }
+    if let Some(shards) = &change.selective_sync_shards {
+        sets.push(("selective_sync_shards", serde_json::to_string(shards).unwrap_or_default().into()));
+    }
+    if let Some(v) = change.sync_object_storage {
+        sets.push(("sync_object_storage", v.into()));
+    }
+    if let Some(v) = change.files_max_capacity {
+        sets.push(("files_max_capacity", v.into()));
+    }
+    if let Some(v) = change.verification_max_capacity {
+        sets.push(("verification_max_capacity", v.into()));
+    }
+    if let Some(v) = change.minimum_reverification_interval {
+        sets.push(("minimum_reverification_interval", v.into()));
+    }
+    sets.push(("updated_at", now.into()));
+    let assignments: Vec<String> =
+        sets.iter().enumerate().map(|(i, (c, _))| format!("\"{c}\" = ${}", i + 2)).collect();
+    let mut args = vec![Arg::from(id)];
+    args.extend(sets.into_iter().map(|(_, a)| a));
+    tx.execute(&format!("UPDATE geo_nodes SET {} WHERE id = $1", assignments.join(", ")), &args).await?;
+    if let Some(namespaces) = change.namespace_ids {
+        tx.execute("DELETE FROM geo_node_namespace_links WHERE geo_node_id = $1", &[id.into()]).await?;
+        for ns in namespaces {
+            link_namespace(&mut tx, id, ns).await?;
+        }
+    }
+    tx.commit().await?;
+    get(&site.db, id).await?.ok_or_else(|| SiteError::NotFound(id.to_string()))
+}
+
+/// Removes a secondary.
+pub async fn remove(site: &Site, id: i64) -> Result<(), SiteError> {
+    let removed = site
+        .db
+        .execute("DELETE FROM geo_nodes WHERE id = $1 AND \"primary\" = $2", &[id.into(), false.into()])
+        .await?;
+    if removed == 0 {
+        return Err(SiteError::NotFound(format!("secondary {id}")));
+    }
+    Ok(())
+}
+
+/// The enabled secondary with this access key, and its secret.
+pub async fn authenticate(site: &Site, access_key: &str) -> Result<Option<(NodeSettings, String)>, SiteError> {
+    let row = site
+        .db
+        .fetch_optional(
+            &format!(
+                "SELECT {COLUMNS}, encrypted_secret_access_key, encrypted_secret_access_key_iv \
+                 FROM geo_nodes WHERE access_key = $1 AND enabled = $2"
+            ),
+            &[access_key.into(), true.into()],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let (Some(sealed), Some(iv)) = (row.opt_bytes("encrypted_secret_access_key")?, row.opt_bytes("encrypted_secret_access_key_iv")?)
+    else {
+        return Ok(None);
+    };
+    let secret = site.secrets.open(&sealed, &iv).map_err(|e| SiteError::Secret(e.to_string()))?;
+    Ok(Some((decode(&site.db, &row).await?, secret)))
+}
+
+async fn own_row(site: &Site) -> Result<Option<DbRow>, DbError> {
+    site.db
+        .fetch_optional(
+            "SELECT verification_max_capacity, minimum_reverification_interval FROM geo_nodes WHERE \"primary\" = $1",
+            &[true.into()],
+        )
+        .await
+}
+
+/// The primary's verification capacity.
+pub async fn own_capacity(site: &Site) -> Result<i32, DbError> {
+    Ok(match own_row(site).await? {
+        Some(row) => row.i32("verification_max_capacity")?,
+        None => 100,
+    })
+}
+
+/// The primary's minimum reverification interval, in days.
+pub async fn own_reverification_days(site: &Site) -> Result<i64, DbError> {
+    Ok(match own_row(site).await? {
+        Some(row) => row.i32("minimum_reverification_interval")? as i64,
+        None => 7,
+    })
+}

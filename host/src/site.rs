@@ -1,0 +1,192 @@
+//! A running site: its configuration, databases, blob store, installed types
+//! and background workers, in one shared context.
+//!
+//! [`Site::open`] connects and migrates the databases, loads the shipped
+//! types and any extra components from the plugins folder, and creates each
+//! type's tables from the template. [`Site::run`] serves the HTTP API and
+//! runs the role's workers until shutdown.
+
+use crate::auth::secret_box::SecretBox;
+use crate::catalog::{Catalog, InstalledType};
+use crate::config::{Config, Role};
+use crate::db::{Db, migrate, template};
+use crate::plugin::{LoadedType, PluginRuntime, builtin};
+use crate::primary::events::EventSignal;
+use crate::storage::{BlobStore, StoreKind};
+use anyhow::Context;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a site's handlers and workers share.
+pub struct Site {
+    pub config: Config,
+    /// The site's own database (records, events, sites, tokens).
+    pub db: Db,
+    /// A secondary's tracking database (registries, event cursor).
+    pub tracking: Option<Db>,
+    pub blobs: BlobStore,
+    pub catalog: Arc<Catalog>,
+    pub runtime: PluginRuntime,
+    pub secrets: SecretBox,
+    /// Wakes long-polling event readers (primary).
+    pub events: EventSignal,
+    /// Cancelled when the site stops.
+    pub shutdown: CancellationToken,
+}
+
+impl Site {
+    /// Opens a site from its configuration.
+    pub async fn open(config: Config) -> anyhow::Result<Arc<Site>> {
+        std::fs::create_dir_all(&config.site.data_dir)
+            .with_context(|| format!("creating {}", config.site.data_dir.display()))?;
+        let max = config.database.max_connections.unwrap_or(16);
+        let db = Db::connect_with(&config.database_url(), max).await.context("opening the site database")?;
+        migrate::main(&db).await.context("migrating the site database")?;
+        let tracking = match config.site.role {
+            Role::Secondary => {
+                let max = config.tracking_database.max_connections.unwrap_or(16);
+                let tracking = Db::connect_with(&config.tracking_database_url(), max)
+                    .await
+                    .context("opening the tracking database")?;
+                migrate::tracking(&tracking).await.context("migrating the tracking database")?;
+                Some(tracking)
+            }
+            Role::Primary => None,
+        };
+        let blobs = BlobStore::local(&config.blob_root()).context("opening blob storage")?;
+        let secrets = SecretBox::load_or_create(&config.secrets_key_file()).context("loading the secrets key")?;
+        let runtime = PluginRuntime::new(config.plugin_limits(), Some(config.plugin_cache_dir()))
+            .context("starting the plugin runtime")?;
+        let site = Arc::new(Site {
+            config,
+            db,
+            tracking,
+            blobs,
+            catalog: Arc::new(Catalog::new()),
+            runtime,
+            secrets,
+            events: EventSignal::default(),
+            shutdown: CancellationToken::new(),
+        });
+        site.load_types().await?;
+        if site.role() == Role::Primary {
+            crate::primary::sites::ensure_self(&site).await.context("registering this primary")?;
+        }
+        Ok(site)
+    }
+
+    pub fn role(&self) -> Role {
+        self.config.site.role
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.site.name
+    }
+
+    /// The tracking database; only secondaries have one.
+    pub fn tracking(&self) -> anyhow::Result<&Db> {
+        self.tracking.as_ref().context("this site has no tracking database (it is not a secondary)")
+    }
+
+    /// GitLab's `file_store` for blobs this site writes: 1 local, 2 object storage.
+    pub fn file_store(&self) -> i64 {
+        match self.blobs.kind() {
+            StoreKind::Local => 1,
+            StoreKind::ObjectStorage => 2,
+        }
+    }
+
+    /// Loads the shipped types, then the plugins folder's components, and
+    /// creates each type's tables.
+    async fn load_types(&self) -> anyhow::Result<()> {
+        let mut sources: Vec<(String, Vec<u8>)> =
+            builtin::BUILTIN.iter().map(|b| (format!("shipped {}", b.file), b.bytes.to_vec())).collect();
+        if let Some(dir) = &self.config.plugins.dir {
+            let mut files: Vec<_> = std::fs::read_dir(dir)
+                .with_context(|| format!("reading plugins folder {}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("wasm"))
+                .collect();
+            files.sort();
+            for path in files {
+                let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                sources.push((path.display().to_string(), bytes));
+            }
+        }
+        for (source, bytes) in sources {
+            let runtime = self.runtime.clone();
+            let loaded: LoadedType = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+                .await?
+                .with_context(|| format!("loading {source}"))?;
+            let installed = self.catalog.install(loaded).with_context(|| format!("installing {source}"))?;
+            self.prepare_tables(&installed).await.with_context(|| format!("creating tables of {source}"))?;
+            tracing::info!(
+                r#type = installed.name(),
+                version = %installed.identity.version,
+                sha256 = installed.plugin.sha256(),
+                compile = ?installed.plugin.timings().outcome,
+                "type installed"
+            );
+        }
+        Ok(())
+    }
+
+    async fn prepare_tables(&self, installed: &InstalledType) -> anyhow::Result<()> {
+        let identity = &installed.identity;
+        match self.role() {
+            Role::Primary => {
+                template::ensure_primary_tables(&self.db, identity).await?;
+                crate::primary::verify::backfill_states(&self.db, installed).await?;
+            }
+            Role::Secondary => template::ensure_tracking_tables(self.tracking()?, identity).await?,
+        }
+        Ok(())
+    }
+
+    /// The installed type called `name`.
+    pub fn installed(&self, name: &str) -> Option<Arc<InstalledType>> {
+        self.catalog.get(name)
+    }
+}
+
+impl Site {
+    /// Serves the HTTP API on `listener` and runs the role's background
+    /// workers, until [`Site::shutdown`] is cancelled.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+        let address = listener.local_addr()?;
+        let mut workers = tokio::task::JoinSet::new();
+        if self.config.workers.enabled {
+            if let Err(error) = self.blobs.cleanup_temp(std::time::Duration::from_secs(3600)).await {
+                tracing::warn!(%error, "could not clean temporary blobs");
+            }
+            match self.role() {
+                Role::Primary => {
+                    workers.spawn(crate::primary::verify::run(self.clone()));
+                }
+                Role::Secondary => {
+                    let site = self.clone();
+                    workers.spawn(async move {
+                        if let Err(error) = crate::secondary::run(site).await {
+                            tracing::error!(error = %format!("{error:#}"), "secondary workers stopped");
+                        }
+                    });
+                }
+            }
+        }
+        tracing::info!(site = self.name(), role = ?self.role(), %address, "serving");
+        let router = crate::api::router(self.clone());
+        let served = crate::api::serve(listener, router, self.shutdown.clone()).await;
+        self.shutdown.cancel();
+        while workers.join_next().await.is_some() {}
+        served.map_err(Into::into)
+    }
+
+    /// Binds the configured address and serves (see [`Site::serve`]).
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        let listen = self.config.site.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        self.serve(listener).await
+    }
+}

@@ -1,0 +1,187 @@
+//! GitLab Geo's two state machines and its retry schedule, as types.
+//!
+//! The database stores states as `smallint` (GitLab's values); the code only
+//! ever handles the enums, converting at the boundary with `TryFrom<i16>`, so
+//! an unknown number is an error, never a silent fifth state.
+
+use chrono::{DateTime, Duration, Utc};
+use rand::Rng;
+
+/// A registry's sync state (secondary): `pending → started → synced | failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncState {
+    Pending = 0,
+    Started = 1,
+    Synced = 2,
+    Failed = 3,
+}
+
+/// A record's (primary) or registry's (secondary) verification state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerificationState {
+    Pending = 0,
+    Started = 1,
+    Succeeded = 2,
+    Failed = 3,
+    Disabled = 4,
+}
+
+/// A stored state number that is no state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {machine} state {value}")]
+pub struct UnknownState {
+    pub machine: &'static str,
+    pub value: i16,
+}
+
+impl TryFrom<i16> for SyncState {
+    type Error = UnknownState;
+    fn try_from(value: i16) -> Result<Self, UnknownState> {
+        Ok(match value {
+            0 => SyncState::Pending,
+            1 => SyncState::Started,
+            2 => SyncState::Synced,
+            3 => SyncState::Failed,
+            _ => return Err(UnknownState { machine: "sync", value }),
+        })
+    }
+}
+
+impl TryFrom<i16> for VerificationState {
+    type Error = UnknownState;
+    fn try_from(value: i16) -> Result<Self, UnknownState> {
+        Ok(match value {
+            0 => VerificationState::Pending,
+            1 => VerificationState::Started,
+            2 => VerificationState::Succeeded,
+            3 => VerificationState::Failed,
+            4 => VerificationState::Disabled,
+            _ => return Err(UnknownState { machine: "verification", value }),
+        })
+    }
+}
+
+impl SyncState {
+    pub const ALL: [SyncState; 4] = [SyncState::Pending, SyncState::Started, SyncState::Synced, SyncState::Failed];
+
+    pub fn as_i16(self) -> i16 {
+        self as i16
+    }
+
+    /// GitLab's GraphQL enum name (`PENDING`, …).
+    pub fn graphql_name(self) -> &'static str {
+        match self {
+            SyncState::Pending => "PENDING",
+            SyncState::Started => "STARTED",
+            SyncState::Synced => "SYNCED",
+            SyncState::Failed => "FAILED",
+        }
+    }
+
+    /// Whether the `start` event may fire from this state (not from started).
+    pub fn can_start(self) -> bool {
+        self != SyncState::Started
+    }
+}
+
+impl VerificationState {
+    pub const ALL: [VerificationState; 5] = [
+        VerificationState::Pending,
+        VerificationState::Started,
+        VerificationState::Succeeded,
+        VerificationState::Failed,
+        VerificationState::Disabled,
+    ];
+
+    pub fn as_i16(self) -> i16 {
+        self as i16
+    }
+
+    /// GitLab's GraphQL enum name (`PENDING`, …, `DISABLED`).
+    pub fn graphql_name(self) -> &'static str {
+        match self {
+            VerificationState::Pending => "PENDING",
+            VerificationState::Started => "STARTED",
+            VerificationState::Succeeded => "SUCCEEDED",
+            VerificationState::Failed => "FAILED",
+            VerificationState::Disabled => "DISABLED",
+        }
+    }
+}
+
+/// The default cap on retry delays: one hour (plus `delay(1)`).
+pub const RETRY_CAP: Duration = Duration::hours(1);
+/// The cap for files missing on the primary: four hours.
+pub const MISSING_ON_PRIMARY_CAP: Duration = Duration::hours(4);
+/// Longest text kept in `last_sync_failure` and `verification_failure`.
+pub const FAILURE_TEXT_MAX: usize = 255;
+/// A `started` row older than this is stuck (sync and verification).
+pub const DEFAULT_STUCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8 * 3600);
+
+/// GitLab's `delay(n) = n⁴ + 15 + rand(30) × (n + 1)` seconds, with
+/// `rand(30)` in `0..=29`.
+pub fn delay(retry_count: i64, jitter: i64) -> Duration {
+    let n = retry_count.clamp(0, 1_000);
+    Duration::seconds(n.pow(4).saturating_add(15).saturating_add(jitter * (n + 1)))
+}
+
+/// GitLab's `next_retry_time(n, custom_max)`:
+/// `min(now + delay(n), now + (custom_max or 1 h) + delay(1))`.
+pub fn next_retry_time(now: DateTime<Utc>, retry_count: i64, custom_max: Option<Duration>) -> DateTime<Utc> {
+    let mut rng = rand::rng();
+    let wanted = delay(retry_count, rng.random_range(0..30));
+    let cap = custom_max.unwrap_or(RETRY_CAP) + delay(1, rng.random_range(0..30));
+    now + wanted.min(cap)
+}
+
+/// Cuts a failure text to GitLab's 255 characters.
+pub fn failure_text(text: &str) -> String {
+    text.chars().take(FAILURE_TEXT_MAX).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_and_reject_unknown_numbers() {
+        for s in SyncState::ALL {
+            assert_eq!(SyncState::try_from(s.as_i16()), Ok(s));
+        }
+        for s in VerificationState::ALL {
+            assert_eq!(VerificationState::try_from(s.as_i16()), Ok(s));
+        }
+        assert!(SyncState::try_from(4).is_err());
+        assert!(VerificationState::try_from(-1).is_err());
+    }
+
+    #[test]
+    fn delays_match_gitlab_samples() {
+        // n=1: 16–74 s; n=3: 96–212 s; n=5: 640–814 s (geo-reference §2).
+        for (n, lo, hi) in [(1, 16, 74), (3, 96, 212), (5, 640, 814)] {
+            assert_eq!(delay(n, 0).num_seconds(), lo);
+            assert_eq!(delay(n, 29).num_seconds(), hi);
+        }
+    }
+
+    #[test]
+    fn retry_time_is_capped() {
+        let now = Utc::now();
+        for n in [8, 20, 1000] {
+            let t = next_retry_time(now, n, None) - now;
+            assert!(t <= Duration::hours(1) + Duration::seconds(74), "{t}");
+            assert!(t >= Duration::hours(1) + Duration::seconds(16), "{t}");
+            let t = next_retry_time(now, n, Some(MISSING_ON_PRIMARY_CAP)) - now;
+            assert!(t >= Duration::hours(4) && t <= Duration::hours(4) + Duration::seconds(74), "{t}");
+        }
+        let t = next_retry_time(now, 1, None) - now;
+        assert!(t >= Duration::seconds(16) && t <= Duration::seconds(74));
+    }
+
+    #[test]
+    fn failure_text_is_cut_to_255_characters() {
+        assert_eq!(failure_text(&"é".repeat(300)).chars().count(), 255);
+    }
+}
