@@ -6,6 +6,8 @@ use std::fmt::Write;
 fn main() {
     let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
     println!("cargo:rerun-if-changed={}", dist.display());
+    // sqlx::migrate! embeds migrations/: a new file must rebuild the crate.
+    println!("cargo:rerun-if-changed=../migrations");
     let mut files: Vec<_> = std::fs::read_dir(&dist)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
