@@ -18,8 +18,12 @@ fn main() {
         println!("cargo:rerun-if-changed={}", path.display());
         let path = path.canonicalize().expect("dist file");
         let file = path.file_name().unwrap().to_string_lossy();
-        writeln!(out, "    Builtin {{ file: {file:?}, bytes: include_bytes!({:?}) }},", path.display())
-            .unwrap();
+        writeln!(
+            out,
+            "    Builtin {{ file: {file:?}, bytes: include_bytes!({:?}) }},",
+            path.display()
+        )
+        .unwrap();
     }
     out.push_str("];\n");
     let target = std::path::Path::new(&std::env::var("OUT_DIR").unwrap()).join("builtin.rs");

@@ -18,7 +18,10 @@ pub struct InstalledType {
 
 impl InstalledType {
     pub fn new(plugin: LoadedType) -> InstalledType {
-        InstalledType { identity: plugin.identity_arc(), plugin }
+        InstalledType {
+            identity: plugin.identity_arc(),
+            plugin,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -36,7 +39,13 @@ impl InstalledType {
 
     /// A row of the named columns, taken from `values` (missing: `NULL`).
     pub fn row(&self, id: i64, names: &[String], values: &HashMap<String, Value>) -> Row {
-        Row { id, values: names.iter().map(|n| values.get(n).cloned().unwrap_or(Value::Null)).collect() }
+        Row {
+            id,
+            values: names
+                .iter()
+                .map(|n| values.get(n).cloned().unwrap_or(Value::Null))
+                .collect(),
+        }
     }
 
     /// The path-columns row of a record.
@@ -51,7 +60,11 @@ impl InstalledType {
 
     /// Names of the writer columns, in table order (what `derive` receives).
     pub fn writer_columns(&self) -> Vec<String> {
-        self.identity.table.columns_from(ColumnSource::Writer).map(|c| c.name.clone()).collect()
+        self.identity
+            .table
+            .columns_from(ColumnSource::Writer)
+            .map(|c| c.name.clone())
+            .collect()
     }
 }
 

@@ -207,7 +207,10 @@ impl Config {
         let mut figment = Figment::new();
         if let Some(path) = path {
             if !path.exists() {
-                return Err(ConfigError::Invalid(format!("configuration file {} not found", path.display())));
+                return Err(ConfigError::Invalid(format!(
+                    "configuration file {} not found",
+                    path.display()
+                )));
             }
             figment = figment.merge(Toml::file(path));
         }
@@ -223,8 +226,10 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         use figment::Figment;
         use figment::providers::{Format, Toml};
-        let config: Config =
-            Figment::new().merge(Toml::string(text)).extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        let config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.check()?;
         Ok(config)
     }
@@ -244,7 +249,10 @@ impl Config {
     }
 
     pub fn url(&self) -> String {
-        self.site.url.clone().unwrap_or_else(|| format!("http://{}", self.site.listen))
+        self.site
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.site.listen))
     }
 
     pub fn database_url(&self) -> String {
@@ -262,15 +270,24 @@ impl Config {
     }
 
     pub fn blob_root(&self) -> PathBuf {
-        self.storage.path.clone().unwrap_or_else(|| self.site.data_dir.join("blobs"))
+        self.storage
+            .path
+            .clone()
+            .unwrap_or_else(|| self.site.data_dir.join("blobs"))
     }
 
     pub fn plugin_cache_dir(&self) -> PathBuf {
-        self.plugins.cache_dir.clone().unwrap_or_else(|| self.site.data_dir.join("plugin-cache"))
+        self.plugins
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.site.data_dir.join("plugin-cache"))
     }
 
     pub fn secrets_key_file(&self) -> PathBuf {
-        self.secrets.key_file.clone().unwrap_or_else(|| self.site.data_dir.join("secrets.key"))
+        self.secrets
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.site.data_dir.join("secrets.key"))
     }
 
     pub fn plugin_limits(&self) -> crate::plugin::Limits {

@@ -10,7 +10,9 @@ use std::time::Duration;
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
-    REGISTRY.register(Box::new(collector.clone())).expect("metric names are unique");
+    REGISTRY
+        .register(Box::new(collector.clone()))
+        .expect("metric names are unique");
     collector
 }
 
@@ -18,8 +20,11 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C
 pub static PLUGIN_CALL_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(
         HistogramVec::new(
-            HistogramOpts::new("geohost_plugin_call_duration_seconds", "Duration of one batch call into a type plugin")
-                .buckets(prometheus::exponential_buckets(0.00001, 4.0, 10).expect("valid buckets")),
+            HistogramOpts::new(
+                "geohost_plugin_call_duration_seconds",
+                "Duration of one batch call into a type plugin",
+            )
+            .buckets(prometheus::exponential_buckets(0.00001, 4.0, 10).expect("valid buckets")),
             &["plugin", "function"],
         )
         .expect("valid metric"),
@@ -30,7 +35,10 @@ pub static PLUGIN_CALL_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static PLUGIN_CALL_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
-            Opts::new("geohost_plugin_call_errors_total", "Plugin calls that trapped or timed out"),
+            Opts::new(
+                "geohost_plugin_call_errors_total",
+                "Plugin calls that trapped or timed out",
+            ),
             &["plugin", "function"],
         )
         .expect("valid metric"),
@@ -39,9 +47,13 @@ pub static PLUGIN_CALL_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// Records one plugin call.
 pub fn plugin_call(plugin: &str, function: &str, took: Duration, ok: bool) {
-    PLUGIN_CALL_SECONDS.with_label_values(&[plugin, function]).observe(took.as_secs_f64());
+    PLUGIN_CALL_SECONDS
+        .with_label_values(&[plugin, function])
+        .observe(took.as_secs_f64());
     if !ok {
-        PLUGIN_CALL_ERRORS.with_label_values(&[plugin, function]).inc();
+        PLUGIN_CALL_ERRORS
+            .with_label_values(&[plugin, function])
+            .inc();
     }
 }
 
@@ -49,8 +61,11 @@ pub fn plugin_call(plugin: &str, function: &str, took: Duration, ok: bool) {
 pub static VERIFY_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(
         HistogramVec::new(
-            HistogramOpts::new("geohost_verification_duration_seconds", "Duration of one verification batch")
-                .buckets(prometheus::exponential_buckets(0.0005, 4.0, 10).expect("valid buckets")),
+            HistogramOpts::new(
+                "geohost_verification_duration_seconds",
+                "Duration of one verification batch",
+            )
+            .buckets(prometheus::exponential_buckets(0.0005, 4.0, 10).expect("valid buckets")),
             &["type", "site"],
         )
         .expect("valid metric"),
@@ -61,8 +76,11 @@ pub static VERIFY_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static SYNC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(
         HistogramVec::new(
-            HistogramOpts::new("geohost_sync_duration_seconds", "Duration of one blob sync (download and check)")
-                .buckets(prometheus::exponential_buckets(0.0005, 4.0, 10).expect("valid buckets")),
+            HistogramOpts::new(
+                "geohost_sync_duration_seconds",
+                "Duration of one blob sync (download and check)",
+            )
+            .buckets(prometheus::exponential_buckets(0.0005, 4.0, 10).expect("valid buckets")),
             &["type", "result"],
         )
         .expect("valid metric"),
@@ -72,8 +90,14 @@ pub static SYNC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 /// `geohost_sync_bytes_total{type}`: bytes downloaded from the primary.
 pub static SYNC_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
-        IntCounterVec::new(Opts::new("geohost_sync_bytes_total", "Blob bytes downloaded from the primary"), &["type"])
-            .expect("valid metric"),
+        IntCounterVec::new(
+            Opts::new(
+                "geohost_sync_bytes_total",
+                "Blob bytes downloaded from the primary",
+            ),
+            &["type"],
+        )
+        .expect("valid metric"),
     )
 });
 

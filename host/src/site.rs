@@ -40,21 +40,28 @@ impl Site {
         std::fs::create_dir_all(&config.site.data_dir)
             .with_context(|| format!("creating {}", config.site.data_dir.display()))?;
         let max = config.database.max_connections.unwrap_or(16);
-        let db = Db::connect_with(&config.database_url(), max).await.context("opening the site database")?;
-        migrate::main(&db).await.context("migrating the site database")?;
+        let db = Db::connect_with(&config.database_url(), max)
+            .await
+            .context("opening the site database")?;
+        migrate::main(&db)
+            .await
+            .context("migrating the site database")?;
         let tracking = match config.site.role {
             Role::Secondary => {
                 let max = config.tracking_database.max_connections.unwrap_or(16);
                 let tracking = Db::connect_with(&config.tracking_database_url(), max)
                     .await
                     .context("opening the tracking database")?;
-                migrate::tracking(&tracking).await.context("migrating the tracking database")?;
+                migrate::tracking(&tracking)
+                    .await
+                    .context("migrating the tracking database")?;
                 Some(tracking)
             }
             Role::Primary => None,
         };
         let blobs = BlobStore::local(&config.blob_root()).context("opening blob storage")?;
-        let secrets = SecretBox::load_or_create(&config.secrets_key_file()).context("loading the secrets key")?;
+        let secrets = SecretBox::load_or_create(&config.secrets_key_file())
+            .context("loading the secrets key")?;
         let runtime = PluginRuntime::new(config.plugin_limits(), Some(config.plugin_cache_dir()))
             .context("starting the plugin runtime")?;
         let site = Arc::new(Site {
@@ -70,7 +77,9 @@ impl Site {
         });
         site.load_types().await?;
         if site.role() == Role::Primary {
-            crate::primary::sites::ensure_self(&site).await.context("registering this primary")?;
+            crate::primary::sites::ensure_self(&site)
+                .await
+                .context("registering this primary")?;
         }
         Ok(site)
     }
@@ -85,7 +94,9 @@ impl Site {
 
     /// The tracking database; only secondaries have one.
     pub fn tracking(&self) -> anyhow::Result<&Db> {
-        self.tracking.as_ref().context("this site has no tracking database (it is not a secondary)")
+        self.tracking
+            .as_ref()
+            .context("this site has no tracking database (it is not a secondary)")
     }
 
     /// GitLab's `file_store` for blobs this site writes: 1 local, 2 object storage.
@@ -99,8 +110,10 @@ impl Site {
     /// Loads the shipped types, then the plugins folder's components, and
     /// creates each type's tables.
     async fn load_types(&self) -> anyhow::Result<()> {
-        let mut sources: Vec<(String, Vec<u8>)> =
-            builtin::BUILTIN.iter().map(|b| (format!("shipped {}", b.file), b.bytes.to_vec())).collect();
+        let mut sources: Vec<(String, Vec<u8>)> = builtin::BUILTIN
+            .iter()
+            .map(|b| (format!("shipped {}", b.file), b.bytes.to_vec()))
+            .collect();
         if let Some(dir) = &self.config.plugins.dir {
             let mut files: Vec<_> = std::fs::read_dir(dir)
                 .with_context(|| format!("reading plugins folder {}", dir.display()))?
@@ -109,7 +122,8 @@ impl Site {
                 .collect();
             files.sort();
             for path in files {
-                let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                let bytes =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
                 sources.push((path.display().to_string(), bytes));
             }
         }
@@ -118,8 +132,13 @@ impl Site {
             let loaded: LoadedType = tokio::task::spawn_blocking(move || runtime.load(&bytes))
                 .await?
                 .with_context(|| format!("loading {source}"))?;
-            let installed = self.catalog.install(loaded).with_context(|| format!("installing {source}"))?;
-            self.prepare_tables(&installed).await.with_context(|| format!("creating tables of {source}"))?;
+            let installed = self
+                .catalog
+                .install(loaded)
+                .with_context(|| format!("installing {source}"))?;
+            self.prepare_tables(&installed)
+                .await
+                .with_context(|| format!("creating tables of {source}"))?;
             tracing::info!(
                 r#type = installed.name(),
                 version = %installed.identity.version,
@@ -156,7 +175,11 @@ impl Site {
         let address = listener.local_addr()?;
         let mut workers = tokio::task::JoinSet::new();
         if self.config.workers.enabled {
-            if let Err(error) = self.blobs.cleanup_temp(std::time::Duration::from_secs(3600)).await {
+            if let Err(error) = self
+                .blobs
+                .cleanup_temp(std::time::Duration::from_secs(3600))
+                .await
+            {
                 tracing::warn!(%error, "could not clean temporary blobs");
             }
             match self.role() {

@@ -44,7 +44,12 @@ impl TryFrom<i16> for SyncState {
             1 => SyncState::Started,
             2 => SyncState::Synced,
             3 => SyncState::Failed,
-            _ => return Err(UnknownState { machine: "sync", value }),
+            _ => {
+                return Err(UnknownState {
+                    machine: "sync",
+                    value,
+                });
+            }
         })
     }
 }
@@ -58,13 +63,23 @@ impl TryFrom<i16> for VerificationState {
             2 => VerificationState::Succeeded,
             3 => VerificationState::Failed,
             4 => VerificationState::Disabled,
-            _ => return Err(UnknownState { machine: "verification", value }),
+            _ => {
+                return Err(UnknownState {
+                    machine: "verification",
+                    value,
+                });
+            }
         })
     }
 }
 
 impl SyncState {
-    pub const ALL: [SyncState; 4] = [SyncState::Pending, SyncState::Started, SyncState::Synced, SyncState::Failed];
+    pub const ALL: [SyncState; 4] = [
+        SyncState::Pending,
+        SyncState::Started,
+        SyncState::Synced,
+        SyncState::Failed,
+    ];
 
     pub fn as_i16(self) -> i16 {
         self as i16
@@ -129,7 +144,11 @@ pub fn delay(retry_count: i64, jitter: i64) -> Duration {
 
 /// GitLab's `next_retry_time(n, custom_max)`:
 /// `min(now + delay(n), now + (custom_max or 1 h) + delay(1))`.
-pub fn next_retry_time(now: DateTime<Utc>, retry_count: i64, custom_max: Option<Duration>) -> DateTime<Utc> {
+pub fn next_retry_time(
+    now: DateTime<Utc>,
+    retry_count: i64,
+    custom_max: Option<Duration>,
+) -> DateTime<Utc> {
     let mut rng = rand::rng();
     let wanted = delay(retry_count, rng.random_range(0..30));
     let cap = custom_max.unwrap_or(RETRY_CAP) + delay(1, rng.random_range(0..30));
@@ -173,8 +192,14 @@ mod tests {
             let t = next_retry_time(now, n, None) - now;
             assert!(t <= Duration::hours(1) + Duration::seconds(74), "{t}");
             assert!(t >= Duration::hours(1) + Duration::seconds(16), "{t}");
+        }
+        // delay(8) ≈ 1.2 h stays under the 4 h cap; n = 20 is far past it.
+        for n in [20, 1000] {
             let t = next_retry_time(now, n, Some(MISSING_ON_PRIMARY_CAP)) - now;
-            assert!(t >= Duration::hours(4) && t <= Duration::hours(4) + Duration::seconds(74), "{t}");
+            assert!(
+                t >= Duration::hours(4) && t <= Duration::hours(4) + Duration::seconds(74),
+                "{t}"
+            );
         }
         let t = next_retry_time(now, 1, None) - now;
         assert!(t >= Duration::seconds(16) && t <= Duration::seconds(74));

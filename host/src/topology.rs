@@ -58,7 +58,10 @@ impl Topology {
         projects: impl IntoIterator<Item = ProjectNode>,
     ) -> Topology {
         Topology {
-            parents: namespaces.into_iter().map(|n| (n.id, n.parent_id)).collect(),
+            parents: namespaces
+                .into_iter()
+                .map(|n| (n.id, n.parent_id))
+                .collect(),
             projects: projects.into_iter().map(|p| (p.id, p)).collect(),
         }
     }
@@ -133,7 +136,10 @@ mod tests {
 
     #[test]
     fn ancestry_is_nearest_first() {
-        assert_eq!(tree().project(10).unwrap().namespace_ancestry, vec![3, 2, 1]);
+        assert_eq!(
+            tree().project(10).unwrap().namespace_ancestry,
+            vec![3, 2, 1]
+        );
         assert_eq!(tree().project(99), None);
     }
 

@@ -19,16 +19,28 @@ struct Fixture {
 
 async fn fixture(backend: Backend, workers: &str) -> Fixture {
     let primary = sites::primary_with(backend, workers).await;
-    let (_, token) = geohost::api::auth::create_token(&primary.site.db, "test").await.unwrap();
+    let (_, token) = geohost::api::auth::create_token(&primary.site.db, "test")
+        .await
+        .unwrap();
     let (_, credentials) = geo_sites::add_secondary(
         &primary.site,
-        geo_sites::NewSite { name: "s".into(), url: "http://127.0.0.1:9".into(), ..Default::default() },
+        geo_sites::NewSite {
+            name: "s".into(),
+            url: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
     let [_, a, ..] = sites::group_tree(&primary).await;
     let project = sites::project(&primary, a, "p").await;
-    Fixture { primary, token, access_key: credentials.access_key, secret: credentials.secret_access_key, project }
+    Fixture {
+        primary,
+        token,
+        access_key: credentials.access_key,
+        secret: credentials.secret_access_key,
+        project,
+    }
 }
 
 fn client() -> reqwest::Client {
@@ -36,7 +48,12 @@ fn client() -> reqwest::Client {
 }
 
 async fn put(f: &Fixture, query: &str, body: &str, token: Option<&str>) -> reqwest::Response {
-    let mut request = client().put(format!("{}/api/v4/replicables/{HELM}?{query}", f.primary.url)).body(body.to_string());
+    let mut request = client()
+        .put(format!(
+            "{}/api/v4/replicables/{HELM}?{query}",
+            f.primary.url
+        ))
+        .body(body.to_string());
     if let Some(token) = token {
         request = request.header("PRIVATE-TOKEN", token);
     }
@@ -59,12 +76,24 @@ async fn state_of(f: &Fixture, id: i64) -> (i16, Option<Vec<u8>>, Option<String>
         )
         .await
         .unwrap();
-    (row.i16("verification_state").unwrap(), row.opt_bytes("verification_checksum").unwrap(), row.opt_text("verification_failure").unwrap())
+    (
+        row.i16("verification_state").unwrap(),
+        row.opt_bytes("verification_checksum").unwrap(),
+        row.opt_text("verification_failure").unwrap(),
+    )
 }
 
 fn sha256sum(path: &std::path::Path) -> String {
-    let out = std::process::Command::new("sha256sum").arg(path).output().expect("sha256sum runs");
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum runs");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +101,13 @@ async fn ingest_verify_and_detect_a_blob_changed_on_disk() {
     for backend in sites::backends() {
         let f = fixture(backend, "idle_poll_ms = 50\n").await;
         let body = sites::index_yaml(f.project, "stable", 1);
-        let response = put(&f, &format!("project_id={}&channel=stable", f.project), &body, Some(&f.token)).await;
+        let response = put(
+            &f,
+            &format!("project_id={}&channel=stable", f.project),
+            &body,
+            Some(&f.token),
+        )
+        .await;
         assert_eq!(response.status(), 201, "{backend:?}");
         let written: Value = response.json().await.unwrap();
         let id = written["id"].as_i64().unwrap();
@@ -82,18 +117,35 @@ async fn ingest_verify_and_detect_a_blob_changed_on_disk() {
         assert!(path.ends_with("/index.yaml"), "{path}");
 
         // The worker checksums it; the checksum is sha256sum of the stored bytes.
-        eventually(Duration::from_secs(20), "verification", || async { state_of(&f, id).await.0 == 2 }).await;
+        eventually(Duration::from_secs(20), "verification", || async {
+            state_of(&f, id).await.0 == 2
+        })
+        .await;
         let file = f.primary.blob_file(&path);
-        assert_eq!(hex::encode(state_of(&f, id).await.1.unwrap()), sha256sum(&file), "{backend:?}");
+        assert_eq!(
+            hex::encode(state_of(&f, id).await.1.unwrap()),
+            sha256sum(&file),
+            "{backend:?}"
+        );
 
         // An update resets verification and is checksummed again.
         let body2 = sites::index_yaml(f.project, "stable", 2);
-        let response = put(&f, &format!("project_id={}&channel=stable", f.project), &body2, Some(&f.token)).await;
+        let response = put(
+            &f,
+            &format!("project_id={}&channel=stable", f.project),
+            &body2,
+            Some(&f.token),
+        )
+        .await;
         assert_eq!(response.status(), 200);
-        eventually(Duration::from_secs(20), "re-verification after update", || async {
-            let (state, checksum, _) = state_of(&f, id).await;
-            state == 2 && checksum.map(hex::encode) == Some(sha256sum(&file))
-        })
+        eventually(
+            Duration::from_secs(20),
+            "re-verification after update",
+            || async {
+                let (state, checksum, _) = state_of(&f, id).await;
+                state == 2 && checksum.map(hex::encode) == Some(sha256sum(&file))
+            },
+        )
         .await;
 
         // Changed behind Geohost's back: the next verification fails.
@@ -103,13 +155,21 @@ async fn ingest_verify_and_detect_a_blob_changed_on_disk() {
             .site
             .db
             .execute(
-                &format!("UPDATE {} SET verified_at = $1", ident(&it.identity.states_table())),
+                &format!(
+                    "UPDATE {} SET verified_at = $1",
+                    ident(&it.identity.states_table())
+                ),
                 &[(chrono::Utc::now() - chrono::Duration::days(30)).into()],
             )
             .await
             .unwrap();
-        verify::reverify_due(&f.primary.site.db, &it, 7).await.unwrap();
-        eventually(Duration::from_secs(20), "failed verification", || async { state_of(&f, id).await.0 == 3 }).await;
+        verify::reverify_due(&f.primary.site.db, &it, 7)
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(20), "failed verification", || async {
+            state_of(&f, id).await.0 == 3
+        })
+        .await;
         let (_, checksum, failure) = state_of(&f, id).await;
         assert!(failure.unwrap().contains("changed on disk"));
         assert!(checksum.is_some(), "the last good checksum is kept");
@@ -121,10 +181,17 @@ async fn two_verifiers_never_claim_the_same_row() {
     for backend in sites::backends() {
         let f = fixture(backend, "enabled = false\n").await;
         for i in 0..200 {
-            sites::put_helm(&f.primary, f.project, &format!("c{i}"), &format!("body {i}")).await;
+            sites::put_helm(
+                &f.primary,
+                f.project,
+                &format!("c{i}"),
+                &format!("body {i}"),
+            )
+            .await;
         }
         let it = f.primary.site.installed(HELM).unwrap();
-        let run = |site: std::sync::Arc<geohost::site::Site>, it: std::sync::Arc<geohost::catalog::InstalledType>| async move {
+        let run = |site: std::sync::Arc<geohost::site::Site>,
+                   it: std::sync::Arc<geohost::catalog::InstalledType>| async move {
             let mut total = 0;
             loop {
                 let n = verify::verify_batch(&site, &it, 7, 4).await.unwrap();
@@ -139,10 +206,20 @@ async fn two_verifiers_never_claim_the_same_row() {
             tokio::spawn(run(f.primary.site.clone(), it.clone()))
         );
         let (a, b) = (a.unwrap(), b.unwrap());
-        assert_eq!(a + b, 200, "{backend:?}: each row claimed exactly once ({a} + {b})");
-        assert!(a > 0 && b > 0, "{backend:?}: both verifiers worked ({a}, {b})");
+        assert_eq!(
+            a + b,
+            200,
+            "{backend:?}: each row claimed exactly once ({a} + {b})"
+        );
+        assert!(
+            a > 0 && b > 0,
+            "{backend:?}: both verifiers worked ({a}, {b})"
+        );
         let counts = verify::state_counts(&f.primary.site.db, &it).await.unwrap();
-        assert_eq!(counts, vec![(geohost::states::VerificationState::Succeeded, 200)]);
+        assert_eq!(
+            counts,
+            vec![(geohost::states::VerificationState::Succeeded, 200)]
+        );
     }
 }
 
@@ -181,10 +258,31 @@ async fn retrieve_is_authenticated_like_gitlab() {
         };
         let refused = [
             ("no header", None),
-            ("wrong key", Some(geo_jwt::sign("nosuchkey0000000000", &f.secret, &feed::retrieve_claim(HELM, id)))),
-            ("wrong secret", Some(geo_jwt::sign(&f.access_key, "wrong-secret-wrong-secret-wrong-secret!!", &feed::retrieve_claim(HELM, id)))),
+            (
+                "wrong key",
+                Some(geo_jwt::sign(
+                    "nosuchkey0000000000",
+                    &f.secret,
+                    &feed::retrieve_claim(HELM, id),
+                )),
+            ),
+            (
+                "wrong secret",
+                Some(geo_jwt::sign(
+                    &f.access_key,
+                    "wrong-secret-wrong-secret-wrong-secret!!",
+                    &feed::retrieve_claim(HELM, id),
+                )),
+            ),
             ("expired", Some(expired)),
-            ("another record", Some(geo_jwt::sign(&f.access_key, &f.secret, &feed::retrieve_claim(HELM, id + 1)))),
+            (
+                "another record",
+                Some(geo_jwt::sign(
+                    &f.access_key,
+                    &f.secret,
+                    &feed::retrieve_claim(HELM, id + 1),
+                )),
+            ),
             ("malformed", Some("GL-Geo garbage".into())),
             ("bearer", Some(format!("Bearer {}", f.token))),
         ];
@@ -197,12 +295,26 @@ async fn retrieve_is_authenticated_like_gitlab() {
 
         // Unknown record: 404; missing file: 404 with geo_code FILE_NOT_FOUND.
         let other = format!("{}/api/v4/geo/retrieve/{HELM}/{}", f.primary.url, id + 1000);
-        let signed = geo_jwt::sign(&f.access_key, &f.secret, &feed::retrieve_claim(HELM, id + 1000));
-        let response = client().get(&other).header("Authorization", signed).send().await.unwrap();
+        let signed = geo_jwt::sign(
+            &f.access_key,
+            &f.secret,
+            &feed::retrieve_claim(HELM, id + 1000),
+        );
+        let response = client()
+            .get(&other)
+            .header("Authorization", signed)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 404);
         std::fs::remove_file(f.primary.blob_file(&written.blob_path)).unwrap();
         let signed = geo_jwt::sign(&f.access_key, &f.secret, &feed::retrieve_claim(HELM, id));
-        let response = client().get(&url).header("Authorization", signed).send().await.unwrap();
+        let response = client()
+            .get(&url)
+            .header("Authorization", signed)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 404);
         let json: Value = response.json().await.unwrap();
         assert_eq!(json["geo_code"], "FILE_NOT_FOUND");
@@ -215,9 +327,15 @@ async fn events_are_logged_in_order_with_gitlab_payloads() {
         let f = fixture(backend, "idle_poll_ms = 50\n").await;
         let w = sites::put_helm(&f.primary, f.project, "stable", "one").await;
         sites::put_helm(&f.primary, f.project, "stable", "two").await;
-        eventually(Duration::from_secs(20), "checksum", || async { state_of(&f, w.id).await.0 == 2 }).await;
+        eventually(Duration::from_secs(20), "checksum", || async {
+            state_of(&f, w.id).await.0 == 2
+        })
+        .await;
         let response = client()
-            .delete(format!("{}/api/v4/replicables/{HELM}/{}", f.primary.url, w.id))
+            .delete(format!(
+                "{}/api/v4/replicables/{HELM}/{}",
+                f.primary.url, w.id
+            ))
             .header("PRIVATE-TOKEN", &f.token)
             .send()
             .await
@@ -226,7 +344,10 @@ async fn events_are_logged_in_order_with_gitlab_payloads() {
 
         let signed = geo_jwt::sign(&f.access_key, &f.secret, &feed::feed_claim("events"));
         let page: feed::EventPage = client()
-            .get(format!("{}/api/v4/geo/events?after=0&limit=100", f.primary.url))
+            .get(format!(
+                "{}/api/v4/geo/events?after=0&limit=100",
+                f.primary.url
+            ))
             .header("Authorization", signed)
             .send()
             .await
@@ -243,10 +364,21 @@ async fn events_are_logged_in_order_with_gitlab_payloads() {
         let deleted = page.events.last().unwrap();
         assert_eq!(deleted.payload["model_record_id"], w.id);
         assert_eq!(deleted.payload["blob_path"], w.blob_path);
-        assert_eq!(deleted.payload["uploader_class"], "Packages::Helm::MetadataCacheUploader");
-        assert!(!f.primary.blob_file(&w.blob_path).exists(), "the blob is gone");
+        assert_eq!(
+            deleted.payload["uploader_class"],
+            "Packages::Helm::MetadataCacheUploader"
+        );
+        assert!(
+            !f.primary.blob_file(&w.blob_path).exists(),
+            "the blob is gone"
+        );
         let it = f.primary.site.installed(HELM).unwrap();
-        assert!(records::by_id(&f.primary.site.db, &it, w.id).await.unwrap().is_none());
+        assert!(
+            records::by_id(&f.primary.site.db, &it, w.id)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }
 
@@ -255,10 +387,30 @@ async fn bad_writes_get_clear_errors_and_change_nothing() {
     let f = fixture(Backend::Sqlite, "idle_poll_ms = 50\n").await;
     let q = |s: &str| format!("project_id={}&{s}", f.project);
     let cases = [
-        (q("channel=bad..channel"), Some(f.token.as_str()), 422, "invalid Helm channel"),
-        (q("channel=ok&nonsense=1"), Some(f.token.as_str()), 422, "no column `nonsense`"),
-        (q("channel=ok&object_storage_key=x"), Some(f.token.as_str()), 422, "not by the writer"),
-        ("project_id=abc&channel=ok".to_string(), Some(f.token.as_str()), 422, "must be an integer"),
+        (
+            q("channel=bad..channel"),
+            Some(f.token.as_str()),
+            422,
+            "invalid Helm channel",
+        ),
+        (
+            q("channel=ok&nonsense=1"),
+            Some(f.token.as_str()),
+            422,
+            "no column `nonsense`",
+        ),
+        (
+            q("channel=ok&object_storage_key=x"),
+            Some(f.token.as_str()),
+            422,
+            "not by the writer",
+        ),
+        (
+            "project_id=abc&channel=ok".to_string(),
+            Some(f.token.as_str()),
+            422,
+            "must be an integer",
+        ),
         (q("channel=ok"), None, 401, "401"),
         (q("channel=ok"), Some("ghst-wrong"), 401, "401"),
     ];
@@ -269,13 +421,31 @@ async fn bad_writes_get_clear_errors_and_change_nothing() {
         assert!(text.contains(message), "{query}: {text}");
     }
     let response = client()
-        .put(format!("{}/api/v4/replicables/no_such_type?a=1", f.primary.url))
+        .put(format!(
+            "{}/api/v4/replicables/no_such_type?a=1",
+            f.primary.url
+        ))
         .header("PRIVATE-TOKEN", &f.token)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
     let it = f.primary.site.installed(HELM).unwrap();
-    assert!(records::page(&f.primary.site.db, &it, 0, 10).await.unwrap().is_empty(), "nothing written");
-    assert!(f.primary.site.blobs.list_type(HELM).await.unwrap().is_empty(), "no blob left behind");
+    assert!(
+        records::page(&f.primary.site.db, &it, 0, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing written"
+    );
+    assert!(
+        f.primary
+            .site
+            .blobs
+            .list_type(HELM)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no blob left behind"
+    );
 }

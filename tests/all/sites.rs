@@ -36,7 +36,9 @@ pub fn backends() -> Vec<Backend> {
 async fn database_url(backend: Backend) -> String {
     match backend {
         Backend::Sqlite => fresh_sqlite_url(),
-        Backend::Postgres => fresh_postgres_url().await.expect("a PostgreSQL test database"),
+        Backend::Postgres => fresh_postgres_url()
+            .await
+            .expect("a PostgreSQL test database"),
     }
 }
 
@@ -103,11 +105,23 @@ async fn start(config_text: String, dir: PathBuf, tmp: Option<TempDir>) -> TestS
     // Rewrite the config with the real port, for restarts.
     let config_text = config_text.replace("127.0.0.1:0", &listen.to_string());
     let task = Some(tokio::spawn(site.clone().serve(listener)));
-    TestSite { site, url: format!("http://{listen}"), dir, task, _tmp: tmp, config: config_text, listen }
+    TestSite {
+        site,
+        url: format!("http://{listen}"),
+        dir,
+        task,
+        _tmp: tmp,
+        config: config_text,
+        listen,
+    }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts a primary.
@@ -135,8 +149,15 @@ pub async fn secondary(backend: Backend, primary: &TestSite, new: sites::NewSite
     let dir = tmp.path().to_path_buf();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let (_, credentials) =
-        sites::add_secondary(&primary.site, sites::NewSite { url: url.clone(), ..new }).await.expect("secondary registered");
+    let (_, credentials) = sites::add_secondary(
+        &primary.site,
+        sites::NewSite {
+            url: url.clone(),
+            ..new
+        },
+    )
+    .await
+    .expect("secondary registered");
     let config = format!(
         "[site]\nname = \"secondary\"\nrole = \"secondary\"\nlisten = \"127.0.0.1:{port}\"\nurl = \"{url}\"\n\
          data_dir = {:?}\n[database]\nurl = {:?}\n[tracking_database]\nurl = {:?}\n\
@@ -162,27 +183,54 @@ pub fn index_yaml(project: i64, channel: &str, version: u32) -> String {
 }
 
 /// Writes a Helm metadata cache on the primary.
-pub async fn put_helm(primary: &TestSite, project: i64, channel: &str, body: &str) -> ingest::WriteOutcome {
+pub async fn put_helm(
+    primary: &TestSite,
+    project: i64,
+    channel: &str,
+    body: &str,
+) -> ingest::WriteOutcome {
     let mut columns = serde_json::Map::new();
     columns.insert("project_id".into(), project.into());
     columns.insert("channel".into(), channel.into());
-    let stream = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(body.to_string()))]);
-    ingest::upsert(&primary.site, HELM, &columns, stream).await.expect("write succeeds")
+    let stream = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(
+        body.to_string(),
+    ))]);
+    ingest::upsert(&primary.site, HELM, &columns, stream)
+        .await
+        .expect("write succeeds")
 }
 
 /// A group tree: root → (a → (a1, a2), b); returns (root, a, a1, a2, b).
 pub async fn group_tree(primary: &TestSite) -> [i64; 5] {
     let db = &primary.site.db;
-    let root = topology::create_namespace(db, "root", "root", None).await.unwrap().id;
-    let a = topology::create_namespace(db, "a", "a", Some(root)).await.unwrap().id;
-    let a1 = topology::create_namespace(db, "a1", "a1", Some(a)).await.unwrap().id;
-    let a2 = topology::create_namespace(db, "a2", "a2", Some(a)).await.unwrap().id;
-    let b = topology::create_namespace(db, "b", "b", Some(root)).await.unwrap().id;
+    let root = topology::create_namespace(db, "root", "root", None)
+        .await
+        .unwrap()
+        .id;
+    let a = topology::create_namespace(db, "a", "a", Some(root))
+        .await
+        .unwrap()
+        .id;
+    let a1 = topology::create_namespace(db, "a1", "a1", Some(a))
+        .await
+        .unwrap()
+        .id;
+    let a2 = topology::create_namespace(db, "a2", "a2", Some(a))
+        .await
+        .unwrap()
+        .id;
+    let b = topology::create_namespace(db, "b", "b", Some(root))
+        .await
+        .unwrap()
+        .id;
     [root, a, a1, a2, b]
 }
 
 pub async fn project(primary: &TestSite, namespace: i64, name: &str) -> i64 {
-    topology::create_project(&primary.site.db, name, name, namespace, "default").await.unwrap().id
+    topology::create_project(&primary.site.db, name, name, namespace, "default")
+        .await
+        .unwrap()
+        .id
 }
 
 /// Polls `check` until it returns true or `limit` passes.
@@ -219,7 +267,11 @@ impl SecondaryProcess {
         let url = format!("http://127.0.0.1:{port}");
         let (_, credentials) = sites::add_secondary(
             &primary.site,
-            sites::NewSite { name: format!("killable-{port}"), url: url.clone(), ..Default::default() },
+            sites::NewSite {
+                name: format!("killable-{port}"),
+                url: url.clone(),
+                ..Default::default()
+            },
         )
         .await
         .expect("secondary registered");
@@ -228,7 +280,7 @@ impl SecondaryProcess {
             "[site]\nname = \"killable\"\nrole = \"secondary\"\nlisten = \"127.0.0.1:{port}\"\nurl = \"{url}\"\n\
              data_dir = {:?}\n[database]\nurl = {:?}\n[tracking_database]\nurl = {:?}\n\
              [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n\
-             [workers]\nidle_poll_ms = 50\nconsistency_interval_secs = 2\n",
+             [workers]\nidle_poll_ms = 50\nconsistency_interval_secs = 2\nsync_timeout_secs = 4\n",
             dir.display().to_string(),
             database_url(backend).await,
             tracking_url,
@@ -238,14 +290,24 @@ impl SecondaryProcess {
         );
         let config_path = dir.join("secondary.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut process = SecondaryProcess { dir, config_path, tracking_url, child: None, _tmp: tmp };
+        let mut process = SecondaryProcess {
+            dir,
+            config_path,
+            tracking_url,
+            child: None,
+            _tmp: tmp,
+        };
         process.restart();
         process
     }
 
     /// Starts the process (again).
     pub fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log"))
+            .unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_geohost"))
             .args(["serve", "--config"])
             .arg(&self.config_path)
@@ -267,16 +329,28 @@ impl SecondaryProcess {
     /// (state, verification state) of every registry row.
     pub async fn registry_states(&self, primary: &TestSite) -> Vec<(i16, i16)> {
         let it = primary.site.installed(HELM).unwrap();
-        let Ok(db) = geohost::db::Db::connect_with(&self.tracking_url, 2).await else { return vec![] };
+        let Ok(db) = geohost::db::Db::connect_with(&self.tracking_url, 2).await else {
+            return vec![];
+        };
         let rows = db
             .fetch_all(
-                &format!("SELECT state, verification_state FROM {}", geohost::db::ident(&it.identity.registry_table())),
+                &format!(
+                    "SELECT state, verification_state FROM {}",
+                    geohost::db::ident(&it.identity.registry_table())
+                ),
                 &[],
             )
             .await
             .unwrap_or_default();
         db.close().await;
-        rows.iter().map(|r| (r.i16("state").unwrap(), r.i16("verification_state").unwrap())).collect()
+        rows.iter()
+            .map(|r| {
+                (
+                    r.i16("state").unwrap(),
+                    r.i16("verification_state").unwrap(),
+                )
+            })
+            .collect()
     }
 }
 

@@ -30,7 +30,8 @@ pub fn build_all(root: &Path, check: bool) -> Result<()> {
         }
         let stem = path.file_stem().unwrap().to_string_lossy().to_string();
         let module = std::fs::read(&path)?;
-        let component = componentize(&module).with_context(|| format!("componentizing {path:?}"))?;
+        let component =
+            componentize(&module).with_context(|| format!("componentizing {path:?}"))?;
         let file_name = format!("{}.wasm", stem.replace('_', "-"));
         if SHIPPED.contains(&stem.as_str()) {
             let shipped = dist.join(&file_name);
@@ -84,13 +85,19 @@ impl Route {
         let installed = Command::new("rustup")
             .args(["target", "list", "--installed"])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == TARGET))
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.trim() == TARGET)
+            })
             .unwrap_or(false);
         if installed {
             return Ok(Route::Rustup);
         }
         crate::ensure_debian_packages(&["rustc-web", "cargo-web", "rust-web-src"])?;
-        let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output()?;
+        let sysroot = Command::new("rustc")
+            .args(["--print", "sysroot"])
+            .output()?;
         let sysroot = String::from_utf8(sysroot.stdout)?.trim().to_string();
         let lld = Path::new(&sysroot).join("lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld");
         if !lld.exists() {
@@ -124,10 +131,16 @@ impl Route {
             }
             Route::DebianBuildStd { lld } => {
                 let mut c = Command::new("/usr/bin/cargo");
-                c.args(["build", "--release", "--target", TARGET, "-Zbuild-std=std,panic_abort"])
-                    .env("RUSTC_BOOTSTRAP", "1")
-                    .env("RUSTC", "/usr/bin/rustc")
-                    .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", lld);
+                c.args([
+                    "build",
+                    "--release",
+                    "--target",
+                    TARGET,
+                    "-Zbuild-std=std,panic_abort",
+                ])
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("RUSTC", "/usr/bin/rustc")
+                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", lld);
                 c
             }
         };

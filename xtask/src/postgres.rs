@@ -30,7 +30,15 @@ impl Postgres {
         initdb
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ])
             .stdout(std::process::Stdio::null());
         crate::run(&mut initdb)?;
         let options = format!(
@@ -80,7 +88,10 @@ fn pg_command(program: &Path, as_root: bool) -> Command {
 
 fn find_bin() -> Result<PathBuf> {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .collect()
+        })
         .unwrap_or_default();
     versions.retain(|p| p.join("initdb").exists());
     versions.sort();

@@ -29,7 +29,11 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     let result = crate::run(&mut cmd);
     if nextest && result.is_ok() {
         // Doc tests are not run by nextest.
-        crate::run(Command::new("cargo").args(["test", "--workspace", "--doc"]).current_dir(root))?;
+        crate::run(
+            Command::new("cargo")
+                .args(["test", "--workspace", "--doc"])
+                .current_dir(root),
+        )?;
     }
     drop(postgres);
     result

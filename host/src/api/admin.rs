@@ -29,20 +29,31 @@ use std::collections::HashMap;
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/api/v4/replicables/{name}", put(upsert).get(list_records))
-        .route("/api/v4/replicables/{name}/{id}", get(get_record).delete(delete_record))
-        .route("/api/v4/namespaces", get(list_namespaces).post(create_namespace))
+        .route(
+            "/api/v4/replicables/{name}/{id}",
+            get(get_record).delete(delete_record),
+        )
+        .route(
+            "/api/v4/namespaces",
+            get(list_namespaces).post(create_namespace),
+        )
         .route("/api/v4/namespaces/{id}", delete(delete_namespace))
         .route("/api/v4/projects", get(list_projects).post(create_project))
         .route("/api/v4/projects/{id}", delete(delete_project))
         .route("/api/v4/geo_sites", get(list_sites).post(create_site))
-        .route("/api/v4/geo_sites/{id}", put(update_site).delete(delete_site).get(get_site))
+        .route(
+            "/api/v4/geo_sites/{id}",
+            put(update_site).delete(delete_site).get(get_site),
+        )
 }
 
 fn primary_only(site: &crate::site::Site) -> Result<(), ApiError> {
     if site.role() == Role::Primary {
         Ok(())
     } else {
-        Err(ApiError::BadRequest("this is a secondary site: write on the primary".into()))
+        Err(ApiError::BadRequest(
+            "this is a secondary site: write on the primary".into(),
+        ))
     }
 }
 
@@ -54,21 +65,19 @@ fn typed_columns(
 ) -> Result<serde_json::Map<String, Json_>, ApiError> {
     let mut columns = serde_json::Map::new();
     for (name, raw) in query {
-        let column = it
-            .identity
-            .table
-            .column(name)
-            .ok_or_else(|| ApiError::Unprocessable(format!("{} has no column `{name}`", it.identity.table.name)))?;
+        let column = it.identity.table.column(name).ok_or_else(|| {
+            ApiError::Unprocessable(format!("{} has no column `{name}`", it.identity.table.name))
+        })?;
         use crate::plugin::ColumnType as T;
         let json = match column.column_type {
-            T::Bigint | T::Integer | T::Smallint => raw
-                .parse::<i64>()
-                .map(Json_::from)
-                .map_err(|_| ApiError::Unprocessable(format!("column `{name}` must be an integer")))?,
-            T::Boolean => raw
-                .parse::<bool>()
-                .map(Json_::from)
-                .map_err(|_| ApiError::Unprocessable(format!("column `{name}` must be true or false")))?,
+            T::Bigint | T::Integer | T::Smallint => {
+                raw.parse::<i64>().map(Json_::from).map_err(|_| {
+                    ApiError::Unprocessable(format!("column `{name}` must be an integer"))
+                })?
+            }
+            T::Boolean => raw.parse::<bool>().map(Json_::from).map_err(|_| {
+                ApiError::Unprocessable(format!("column `{name}` must be true or false"))
+            })?,
             _ => Json_::from(raw.clone()),
         };
         // Type and length checks happen here too, with the column's rules.
@@ -91,7 +100,11 @@ async fn upsert(
     let columns = typed_columns(&it, &query)?;
     let stream = body.into_data_stream().map_err(|e| e.to_string());
     let outcome = ingest::upsert(&site, &name, &columns, stream).await?;
-    let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(outcome)))
 }
 
@@ -113,7 +126,9 @@ async fn list_records(
     let it = ingest::installed(&site, &name)?;
     let limit = page.limit.unwrap_or(100).clamp(1, 10_000);
     let found = records::page(&site.db, &it, page.after_id.unwrap_or(0), limit).await?;
-    Ok(Json(Json_::Array(found.iter().map(|r| record_json(&it, r)).collect())))
+    Ok(Json(Json_::Array(
+        found.iter().map(|r| record_json(&it, r)).collect(),
+    )))
 }
 
 fn record_json(it: &crate::catalog::InstalledType, r: &records::Record) -> Json_ {
@@ -165,12 +180,18 @@ async fn create_namespace(
 ) -> Result<impl IntoResponse, ApiError> {
     auth::admin(&site, &headers).await?;
     primary_only(&site)?;
-    let path = new.path.clone().unwrap_or_else(|| new.name.to_lowercase().replace(' ', "-"));
+    let path = new
+        .path
+        .clone()
+        .unwrap_or_else(|| new.name.to_lowercase().replace(' ', "-"));
     let ns = topology::create_namespace(&site.db, &new.name, &path, new.parent_id).await?;
     Ok((StatusCode::CREATED, Json(ns)))
 }
 
-async fn list_namespaces(State(site): State<AppState>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+async fn list_namespaces(
+    State(site): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
     auth::admin(&site, &headers).await?;
     let snapshot = topology::snapshot(&site.db).await?;
     Ok(Json(json!(snapshot.namespaces)))
@@ -203,13 +224,20 @@ async fn create_project(
 ) -> Result<impl IntoResponse, ApiError> {
     auth::admin(&site, &headers).await?;
     primary_only(&site)?;
-    let path = new.path.clone().unwrap_or_else(|| new.name.to_lowercase().replace(' ', "-"));
+    let path = new
+        .path
+        .clone()
+        .unwrap_or_else(|| new.name.to_lowercase().replace(' ', "-"));
     let storage = new.repository_storage.as_deref().unwrap_or("default");
-    let project = topology::create_project(&site.db, &new.name, &path, new.namespace_id, storage).await?;
+    let project =
+        topology::create_project(&site.db, &new.name, &path, new.namespace_id, storage).await?;
     Ok((StatusCode::CREATED, Json(project)))
 }
 
-async fn list_projects(State(site): State<AppState>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+async fn list_projects(
+    State(site): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
     auth::admin(&site, &headers).await?;
     let snapshot = topology::snapshot(&site.db).await?;
     Ok(Json(json!(snapshot.projects)))
@@ -226,7 +254,10 @@ async fn delete_project(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_sites(State(site): State<AppState>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+async fn list_sites(
+    State(site): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
     auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     Ok(Json(json!(sites::list(&site.db).await?)))
@@ -239,7 +270,9 @@ async fn get_site(
 ) -> Result<Json<Json_>, ApiError> {
     auth::admin(&site, &headers).await?;
     primary_only(&site)?;
-    let found = sites::get(&site.db, id).await?.ok_or_else(|| ApiError::NotFound(format!("site {id} not found")))?;
+    let found = sites::get(&site.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("site {id} not found")))?;
     Ok(Json(json!(found)))
 }
 
@@ -251,7 +284,10 @@ async fn create_site(
     auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     let (settings, credentials) = sites::add_secondary(&site, new).await?;
-    Ok((StatusCode::CREATED, Json(json!({"site": settings, "credentials": credentials}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"site": settings, "credentials": credentials})),
+    ))
 }
 
 async fn update_site(

@@ -10,7 +10,11 @@ use axum::http::HeaderMap;
 
 /// Checks a `GL-Geo <access_key>:<JWT>` request whose JWT must sign
 /// `expected`. Any failure is a bare 401 (logged with its reason).
-pub async fn geo(site: &Site, headers: &HeaderMap, expected: &serde_json::Value) -> Result<NodeSettings, ApiError> {
+pub async fn geo(
+    site: &Site,
+    headers: &HeaderMap,
+    expected: &serde_json::Value,
+) -> Result<NodeSettings, ApiError> {
     let deny = |reason: String| {
         tracing::info!(%reason, "Geo request refused");
         ApiError::Unauthorized
@@ -25,7 +29,8 @@ pub async fn geo(site: &Site, headers: &HeaderMap, expected: &serde_json::Value)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or_else(|| deny("unknown or disabled access key".into()))?;
-    geo_jwt::verify(&token, &secret, expected).map_err(|e| deny(format!("site {}: {e}", node.name)))?;
+    geo_jwt::verify(&token, &secret, expected)
+        .map_err(|e| deny(format!("site {}: {e}", node.name)))?;
     Ok(node)
 }
 

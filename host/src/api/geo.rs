@@ -17,11 +17,17 @@ use std::time::Duration;
 
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
-        .route("/api/v4/geo/retrieve/{replicable_name}/{replicable_id}", get(retrieve))
+        .route(
+            "/api/v4/geo/retrieve/{replicable_name}/{replicable_id}",
+            get(retrieve),
+        )
         .route("/api/v4/geo/node", get(node))
         .route("/api/v4/geo/topology", get(topology))
         .route("/api/v4/geo/types", get(types))
-        .route("/api/v4/geo/replication/{replicable_name}/records", get(records))
+        .route(
+            "/api/v4/geo/replication/{replicable_name}/records",
+            get(records),
+        )
         .route("/api/v4/geo/events", get(events))
 }
 
@@ -39,22 +45,36 @@ async fn retrieve(
     };
     auth::geo(&site, &headers, &expected).await?;
     let id = numeric.ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
-    let it = site.installed(&name).ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
+    let it = site
+        .installed(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
     let record = records::by_id(&site.db, &it, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
-    let path = ingest::blob_path(&it, id, &record.values).await.map_err(ApiError::from)?;
+    let path = ingest::blob_path(&it, id, &record.values)
+        .await
+        .map_err(ApiError::from)?;
     let (size, stream) = match site.blobs.get(it.name(), &path).await {
         Ok(found) => found,
         Err(error) if error.is_not_found() => {
-            return Err(ApiError::FileNotFound(format!("{name} {id} file not found")));
+            return Err(ApiError::FileNotFound(format!(
+                "{name} {id} file not found"
+            )));
         }
         Err(error) => return Err(ApiError::Internal(error.to_string())),
     };
-    let file_name = path.as_str().rsplit('/').next().unwrap_or("blob").replace('"', "");
+    let file_name = path
+        .as_str()
+        .rsplit('/')
+        .next()
+        .unwrap_or("blob")
+        .replace('"', "");
     let mut response = Body::from_stream(stream).into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
@@ -78,19 +98,28 @@ pub fn checksum_hex(stored: &[u8]) -> String {
 }
 
 /// `GET /api/v4/geo/node`: the calling secondary's own settings.
-async fn node(State(site): State<AppState>, headers: HeaderMap) -> Result<Json<feed::NodeSettings>, ApiError> {
+async fn node(
+    State(site): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<feed::NodeSettings>, ApiError> {
     let node = auth::geo(&site, &headers, &feed::feed_claim("node")).await?;
     Ok(Json(node))
 }
 
 /// `GET /api/v4/geo/topology`: every namespace and project.
-async fn topology(State(site): State<AppState>, headers: HeaderMap) -> Result<Json<feed::TopologySnapshot>, ApiError> {
+async fn topology(
+    State(site): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<feed::TopologySnapshot>, ApiError> {
     auth::geo(&site, &headers, &feed::feed_claim("topology")).await?;
     Ok(Json(topology::snapshot(&site.db).await?))
 }
 
 /// `GET /api/v4/geo/types`: the installed types.
-async fn types(State(site): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<TypeInfo>>, ApiError> {
+async fn types(
+    State(site): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<TypeInfo>>, ApiError> {
     auth::geo(&site, &headers, &feed::feed_claim("types")).await?;
     Ok(Json(
         site.catalog
@@ -124,7 +153,9 @@ async fn records(
     headers: HeaderMap,
 ) -> Result<Json<RecordPage>, ApiError> {
     auth::geo(&site, &headers, &feed::records_claim(&name)).await?;
-    let it = site.installed(&name).ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
+    let it = site
+        .installed(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
     let found = match &query.ids {
         Some(list) => {
             let ids: Vec<i64> = list
@@ -141,7 +172,10 @@ async fn records(
         None => {
             let limit = query.limit.unwrap_or(1000);
             if !(1..=feed::MAX_RECORDS_PER_PAGE).contains(&limit) {
-                return Err(ApiError::BadRequest(format!("limit must be 1 to {}", feed::MAX_RECORDS_PER_PAGE)));
+                return Err(ApiError::BadRequest(format!(
+                    "limit must be 1 to {}",
+                    feed::MAX_RECORDS_PER_PAGE
+                )));
             }
             records::page(&site.db, &it, query.after_id.unwrap_or(0), limit).await?
         }
@@ -178,7 +212,10 @@ async fn events(
     let after = query.after.unwrap_or(0);
     let limit = query.limit.unwrap_or(250);
     if !(1..=feed::MAX_EVENTS_PER_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be 1 to {}", feed::MAX_EVENTS_PER_PAGE)));
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to {}",
+            feed::MAX_EVENTS_PER_PAGE
+        )));
     }
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0).min(feed::MAX_WAIT_MS));
     let deadline = tokio::time::Instant::now() + wait;

@@ -57,17 +57,24 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match &self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, json!({"message": "401 Unauthorized"})),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                json!({"message": "401 Unauthorized"}),
+            ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"message": m})),
-            ApiError::FileNotFound(m) => {
-                (StatusCode::NOT_FOUND, json!({"message": m, "geo_code": "FILE_NOT_FOUND"}))
-            }
+            ApiError::FileNotFound(m) => (
+                StatusCode::NOT_FOUND,
+                json!({"message": m, "geo_code": "FILE_NOT_FOUND"}),
+            ),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({"message": m})),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({"message": m})),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, json!({"message": m})),
             ApiError::Internal(m) => {
                 tracing::error!(message = %m, "internal error answering a request");
-                (StatusCode::INTERNAL_SERVER_ERROR, json!({"message": "500 Internal Server Error"}))
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"message": "500 Internal Server Error"}),
+                )
             }
         };
         (status, axum::Json(body)).into_response()
@@ -122,5 +129,7 @@ pub async fn serve(
     router: Router,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }

@@ -113,7 +113,14 @@ fn parse_assignment(text: &str) -> Result<(String, String), String> {
 
 pub async fn site(command: SiteCommand) -> Result<()> {
     match command {
-        SiteCommand::Add { site, name, url, namespaces, shards, sync_object_storage } => {
+        SiteCommand::Add {
+            site,
+            name,
+            url,
+            namespaces,
+            shards,
+            sync_object_storage,
+        } => {
             let site = site.open().await?;
             let selective_sync_type = if !namespaces.is_empty() {
                 Some("namespaces".to_string())
@@ -132,10 +139,16 @@ pub async fn site(command: SiteCommand) -> Result<()> {
                 ..Default::default()
             };
             let (settings, credentials) = sites::add_secondary(&site, new).await?;
-            println!("Registered secondary {:?} (id {}).", settings.name, settings.id);
+            println!(
+                "Registered secondary {:?} (id {}).",
+                settings.name, settings.id
+            );
             println!("Put this in the secondary's configuration; the secret is not shown again:\n");
             println!("[primary]\nurl = {:?}", site.config.url());
-            println!("access_key = {:?}\nsecret_access_key = {:?}", credentials.access_key, credentials.secret_access_key);
+            println!(
+                "access_key = {:?}\nsecret_access_key = {:?}",
+                credentials.access_key, credentials.secret_access_key
+            );
             Ok(())
         }
         SiteCommand::List { site } => {
@@ -182,10 +195,17 @@ pub async fn namespace(command: NamespaceCommand) -> Result<()> {
 
 pub async fn project(command: ProjectCommand) -> Result<()> {
     match command {
-        ProjectCommand::Create { site, name, namespace, repository_storage } => {
+        ProjectCommand::Create {
+            site,
+            name,
+            namespace,
+            repository_storage,
+        } => {
             let site = site.open().await?;
             let path = name.to_lowercase().replace(' ', "-");
-            let p = topology::create_project(&site.db, &name, &path, namespace, &repository_storage).await?;
+            let p =
+                topology::create_project(&site.db, &name, &path, namespace, &repository_storage)
+                    .await?;
             println!("{}", serde_json::to_string(&p)?);
             Ok(())
         }
@@ -194,33 +214,46 @@ pub async fn project(command: ProjectCommand) -> Result<()> {
 
 pub async fn record(command: RecordCommand) -> Result<()> {
     match command {
-        RecordCommand::Put { site, replicable_name, columns, file } => {
+        RecordCommand::Put {
+            site,
+            replicable_name,
+            columns,
+            file,
+        } => {
             let site = site.open().await?;
             let it = ingest::installed(&site, &replicable_name)?;
             let mut json = serde_json::Map::new();
             for (name, raw) in columns {
-                let column = it
-                    .identity
-                    .table
-                    .column(&name)
-                    .with_context(|| format!("{} has no column `{name}`", it.identity.table.name))?;
+                let column = it.identity.table.column(&name).with_context(|| {
+                    format!("{} has no column `{name}`", it.identity.table.name)
+                })?;
                 use crate::plugin::ColumnType as T;
                 let value = match column.column_type {
-                    T::Bigint | T::Integer | T::Smallint => {
-                        serde_json::Value::from(raw.parse::<i64>().with_context(|| format!("`{name}` must be an integer"))?)
-                    }
-                    T::Boolean => serde_json::Value::from(raw.parse::<bool>().with_context(|| format!("`{name}` must be true or false"))?),
+                    T::Bigint | T::Integer | T::Smallint => serde_json::Value::from(
+                        raw.parse::<i64>()
+                            .with_context(|| format!("`{name}` must be an integer"))?,
+                    ),
+                    T::Boolean => serde_json::Value::from(
+                        raw.parse::<bool>()
+                            .with_context(|| format!("`{name}` must be true or false"))?,
+                    ),
                     _ => serde_json::Value::from(raw),
                 };
                 json.insert(name, value);
             }
-            let file = tokio::fs::File::open(&file).await.with_context(|| format!("opening {}", file.display()))?;
+            let file = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?;
             let stream = tokio_util::io::ReaderStream::new(file);
             let outcome = ingest::upsert(&site, &replicable_name, &json, stream).await?;
             println!("{}", serde_json::to_string(&outcome)?);
             Ok(())
         }
-        RecordCommand::Delete { site, replicable_name, id } => {
+        RecordCommand::Delete {
+            site,
+            replicable_name,
+            id,
+        } => {
             let site = site.open().await?;
             ingest::delete(&site, &replicable_name, id).await?;
             println!("Deleted {replicable_name} {id}.");

@@ -73,7 +73,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "  seeded {} Helm metadata caches in {} projects under {} groups",
         seeded.records, seeded.projects, seeded.groups
     );
-    println!("  registered secondary (site {}), selective sync: namespace {selected} (acme/platform) and its subgroups\n", settings.id);
+    println!(
+        "  registered secondary (site {}), selective sync: namespace {selected} (acme/platform) and its subgroups\n",
+        settings.id
+    );
 
     let secondary_dir = args.data_dir.join("secondary");
     let secondary = Site::open(Config::from_toml(&format!(
@@ -92,7 +95,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let primary_task = tokio::spawn(primary.clone().serve(primary_listener));
     let secondary_task = tokio::spawn(secondary.clone().serve(secondary_listener));
 
-    let it = primary.installed(HELM).context("the Helm type is not installed")?;
+    let it = primary
+        .installed(HELM)
+        .context("the Helm type is not installed")?;
     let expected = expected_in_scope(&primary, &it, &settings).await?;
     watch_progress(&secondary, &it, expected).await?;
     print_status(&primary, &secondary).await?;
@@ -101,7 +106,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("  primary    {primary_url}    admin token {token}");
     println!("  secondary  {secondary_url}    admin token {secondary_token}");
     println!("\nTry:");
-    println!("  curl -s -H 'PRIVATE-TOKEN: {token}' {primary_url}/api/v4/geo_sites | head -c 600; echo");
+    println!(
+        "  curl -s -H 'PRIVATE-TOKEN: {token}' {primary_url}/api/v4/geo_sites | head -c 600; echo"
+    );
     println!(
         "  curl -s -H 'PRIVATE-TOKEN: {token}' '{primary_url}/api/v4/replicables/{HELM}?limit=2'; echo"
     );
@@ -137,9 +144,15 @@ async fn listeners(port: u16) -> Result<(tokio::net::TcpListener, tokio::net::Tc
         ) {
             return Ok((a, b));
         }
-        println!("(ports {port} and {} are taken: using free ports)", port + 1);
+        println!(
+            "(ports {port} and {} are taken: using free ports)",
+            port + 1
+        );
     }
-    Ok((TcpListener::bind("127.0.0.1:0").await?, TcpListener::bind("127.0.0.1:0").await?))
+    Ok((
+        TcpListener::bind("127.0.0.1:0").await?,
+        TcpListener::bind("127.0.0.1:0").await?,
+    ))
 }
 
 struct Seeded {
@@ -180,13 +193,20 @@ async fn seed(primary: &Arc<Site>) -> Result<Seeded> {
                 let mut columns = serde_json::Map::new();
                 columns.insert("project_id".into(), project.id.into());
                 columns.insert("channel".into(), channel.into());
-                let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(yaml))]);
+                let body =
+                    futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(yaml))]);
                 ingest::upsert(primary, HELM, &columns, body).await?;
                 records += 1;
             }
         }
     }
-    Ok(Seeded { groups: 6, projects, records, selected_group: platform.id, selected_project })
+    Ok(Seeded {
+        groups: 6,
+        projects,
+        records,
+        selected_group: platform.id,
+        selected_project,
+    })
 }
 
 /// A Helm repository index as GitLab generates it for a channel
@@ -218,13 +238,19 @@ pub fn helm_index(project_id: i64, chart: &str, channel: &str) -> String {
         ));
     }
     yaml.push_str("generated: '2026-11-28T10:00:00.000000000Z'\n");
-    yaml.push_str(&format!("serverInfo:\n  contextPath: \"/api/v4/projects/{project_id}/packages/helm\"\n"));
+    yaml.push_str(&format!(
+        "serverInfo:\n  contextPath: \"/api/v4/projects/{project_id}/packages/helm\"\n"
+    ));
     yaml
 }
 
 /// How many records the secondary's settings select, decided by the type's
 /// plugin over the primary's data (what the secondary should end with).
-async fn expected_in_scope(primary: &Site, it: &Arc<InstalledType>, settings: &crate::feed::NodeSettings) -> Result<u64> {
+async fn expected_in_scope(
+    primary: &Site,
+    it: &Arc<InstalledType>,
+    settings: &crate::feed::NodeSettings,
+) -> Result<u64> {
     let topology = Arc::new(topology::load(&primary.db).await?);
     let scope = settings.scope().to_settings().map_err(anyhow::Error::msg)?;
     let mut after = 0;
@@ -235,25 +261,45 @@ async fn expected_in_scope(primary: &Site, it: &Arc<InstalledType>, settings: &c
         after = last.id;
         let rows: Vec<_> = page.iter().map(|r| it.scope_row(r.id, &r.values)).collect();
         let answers = it.plugin.in_scope(&scope, topology.clone(), &rows)?;
-        count += answers.into_iter().filter(|a| matches!(a, Ok(true))).count() as u64;
+        count += answers
+            .into_iter()
+            .filter(|a| matches!(a, Ok(true)))
+            .count() as u64;
     }
     Ok(count)
 }
 
-async fn watch_progress(secondary: &Arc<Site>, it: &Arc<InstalledType>, expected: u64) -> Result<()> {
+async fn watch_progress(
+    secondary: &Arc<Site>,
+    it: &Arc<InstalledType>,
+    expected: u64,
+) -> Result<()> {
     let bars = MultiProgress::new();
-    let style = ProgressStyle::with_template("  {prefix:>9} [{bar:40.green/white}] {pos:>4}/{len:4} {msg}")
-        .expect("valid template")
-        .progress_chars("=> ");
-    let synced = bars.add(ProgressBar::new(expected).with_style(style.clone()).with_prefix("synced"));
-    let verified = bars.add(ProgressBar::new(expected).with_style(style).with_prefix("verified"));
+    let style =
+        ProgressStyle::with_template("  {prefix:>9} [{bar:40.green/white}] {pos:>4}/{len:4} {msg}")
+            .expect("valid template")
+            .progress_chars("=> ");
+    let synced = bars.add(
+        ProgressBar::new(expected)
+            .with_style(style.clone())
+            .with_prefix("synced"),
+    );
+    let verified = bars.add(
+        ProgressBar::new(expected)
+            .with_style(style)
+            .with_prefix("verified"),
+    );
     let tracking = secondary.tracking()?;
     let started = Instant::now();
     loop {
         let counts = crate::secondary::status_counts(tracking, it).await?;
         synced.set_position(counts.synced_count as u64);
         verified.set_position(counts.verified_count as u64);
-        synced.set_message(if counts.failed_count > 0 { format!("{} failed, retrying", counts.failed_count) } else { String::new() });
+        synced.set_message(if counts.failed_count > 0 {
+            format!("{} failed, retrying", counts.failed_count)
+        } else {
+            String::new()
+        });
         if counts.registry_count as u64 == expected
             && counts.synced_count as u64 == expected
             && counts.verified_count as u64 == expected
@@ -277,14 +323,37 @@ async fn print_status(primary: &Site, secondary: &Site) -> Result<()> {
     for it in secondary.catalog.all() {
         let counts = crate::secondary::status_counts(secondary.tracking()?, &it).await?;
         let on_primary = match primary.installed(it.name()) {
-            Some(p) => crate::primary::verify::state_counts(&primary.db, &p).await?.iter().map(|(_, n)| n).sum(),
+            Some(p) => crate::primary::verify::state_counts(&primary.db, &p)
+                .await?
+                .iter()
+                .map(|(_, n)| n)
+                .sum(),
             None => 0,
         };
-        let pct = |n: i64| if counts.registry_count == 0 { 0.0 } else { n as f64 * 100.0 / counts.registry_count as f64 };
+        let pct = |n: i64| {
+            if counts.registry_count == 0 {
+                0.0
+            } else {
+                n as f64 * 100.0 / counts.registry_count as f64
+            }
+        };
         println!("  {}", it.identity.title_plural);
-        println!("    on the primary: {on_primary}   in this secondary's scope: {}", counts.registry_count);
-        println!("    synced:   {:>4}/{} ({:.2}%)", counts.synced_count, counts.registry_count, pct(counts.synced_count));
-        println!("    verified: {:>4}/{} ({:.2}%)", counts.verified_count, counts.registry_count, pct(counts.verified_count));
+        println!(
+            "    on the primary: {on_primary}   in this secondary's scope: {}",
+            counts.registry_count
+        );
+        println!(
+            "    synced:   {:>4}/{} ({:.2}%)",
+            counts.synced_count,
+            counts.registry_count,
+            pct(counts.synced_count)
+        );
+        println!(
+            "    verified: {:>4}/{} ({:.2}%)",
+            counts.verified_count,
+            counts.registry_count,
+            pct(counts.verified_count)
+        );
         println!("    failed:   {:>4}", counts.failed_count);
     }
     Ok(())

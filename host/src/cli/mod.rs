@@ -67,7 +67,9 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Plugin(command) => plugin::run(command),
         command => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(run_async(command))
         }
     }
@@ -99,7 +101,9 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if std::env::var("GEOHOST_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
     } else {

@@ -20,7 +20,10 @@ pub enum PluginCommand {
 
 pub fn run(command: PluginCommand) -> Result<()> {
     match command {
-        PluginCommand::Test { component, fixtures } => test(&component, &fixtures),
+        PluginCommand::Test {
+            component,
+            fixtures,
+        } => test(&component, &fixtures),
     }
 }
 
@@ -47,17 +50,29 @@ pub fn load_named(
     let path = std::path::Path::new(name);
     if path.exists() {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        return runtime.load(&bytes).with_context(|| format!("loading {}", path.display()));
+        return runtime
+            .load(&bytes)
+            .with_context(|| format!("loading {}", path.display()));
     }
     if let Some(shipped) = builtin::by_stem(name) {
-        return runtime.load(shipped.bytes).with_context(|| format!("loading shipped {}", shipped.file));
+        return runtime
+            .load(shipped.bytes)
+            .with_context(|| format!("loading shipped {}", shipped.file));
     }
     for shipped in builtin::BUILTIN {
-        let loaded = runtime.load(shipped.bytes).with_context(|| format!("loading shipped {}", shipped.file))?;
+        let loaded = runtime
+            .load(shipped.bytes)
+            .with_context(|| format!("loading shipped {}", shipped.file))?;
         if loaded.name() == name {
             return Ok(loaded);
         }
     }
-    let known: Vec<&str> = builtin::BUILTIN.iter().map(|b| b.file.trim_end_matches(".wasm")).collect();
-    anyhow::bail!("{name:?} is neither a file nor a shipped type (shipped: {})", known.join(", "))
+    let known: Vec<&str> = builtin::BUILTIN
+        .iter()
+        .map(|b| b.file.trim_end_matches(".wasm"))
+        .collect();
+    anyhow::bail!(
+        "{name:?} is neither a file nor a shipped type (shipped: {})",
+        known.join(", ")
+    )
 }

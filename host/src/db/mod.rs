@@ -24,7 +24,9 @@ pub mod testing;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{PgPool, Row as _, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
@@ -58,13 +60,19 @@ pub enum DbError {
 
 impl DbError {
     fn sqlx(context: impl Into<String>, source: sqlx::Error) -> DbError {
-        DbError::Sqlx { context: context.into(), source }
+        DbError::Sqlx {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Whether the error is a unique-constraint violation.
     pub fn is_unique_violation(&self) -> bool {
         match self {
-            DbError::Sqlx { source: sqlx::Error::Database(e), .. } => e.is_unique_violation(),
+            DbError::Sqlx {
+                source: sqlx::Error::Database(e),
+                ..
+            } => e.is_unique_violation(),
             _ => false,
         }
     }
@@ -72,7 +80,10 @@ impl DbError {
     /// Whether the error is a foreign-key violation.
     pub fn is_foreign_key_violation(&self) -> bool {
         match self {
-            DbError::Sqlx { source: sqlx::Error::Database(e), .. } => e.is_foreign_key_violation(),
+            DbError::Sqlx {
+                source: sqlx::Error::Database(e),
+                ..
+            } => e.is_foreign_key_violation(),
             _ => false,
         }
     }
@@ -215,28 +226,36 @@ enum Executor<'a> {
 impl Executor<'_> {
     async fn fetch_all(self, sql: &str, args: &[Arg]) -> Result<Vec<DbRow>> {
         match self {
-            Executor::Sqlite(c) => bind_sqlite(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
-                .fetch_all(&mut *c)
-                .await
-                .map(|rows| rows.into_iter().map(DbRow::Sqlite).collect()),
-            Executor::Postgres(c) => bind_pg(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
-                .fetch_all(&mut *c)
-                .await
-                .map(|rows| rows.into_iter().map(DbRow::Postgres).collect()),
+            Executor::Sqlite(c) => {
+                bind_sqlite(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
+                    .fetch_all(&mut *c)
+                    .await
+                    .map(|rows| rows.into_iter().map(DbRow::Sqlite).collect())
+            }
+            Executor::Postgres(c) => {
+                bind_pg(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
+                    .fetch_all(&mut *c)
+                    .await
+                    .map(|rows| rows.into_iter().map(DbRow::Postgres).collect())
+            }
         }
         .map_err(|e| DbError::sqlx(short(sql), e))
     }
 
     async fn execute(self, sql: &str, args: &[Arg]) -> Result<u64> {
         match self {
-            Executor::Sqlite(c) => bind_sqlite(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
-                .execute(&mut *c)
-                .await
-                .map(|r| r.rows_affected()),
-            Executor::Postgres(c) => bind_pg(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
-                .execute(&mut *c)
-                .await
-                .map(|r| r.rows_affected()),
+            Executor::Sqlite(c) => {
+                bind_sqlite(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
+                    .execute(&mut *c)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+            Executor::Postgres(c) => {
+                bind_pg(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
+                    .execute(&mut *c)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
         }
         .map_err(|e| DbError::sqlx(short(sql), e))
     }
@@ -297,11 +316,17 @@ impl Db {
     pub async fn execute(&self, sql: &str, args: &[Arg]) -> Result<u64> {
         match self {
             Db::Sqlite(pool) => {
-                let mut c = pool.acquire().await.map_err(|e| DbError::sqlx("acquiring", e))?;
+                let mut c = pool
+                    .acquire()
+                    .await
+                    .map_err(|e| DbError::sqlx("acquiring", e))?;
                 Executor::Sqlite(&mut c).execute(sql, args).await
             }
             Db::Postgres(pool) => {
-                let mut c = pool.acquire().await.map_err(|e| DbError::sqlx("acquiring", e))?;
+                let mut c = pool
+                    .acquire()
+                    .await
+                    .map_err(|e| DbError::sqlx("acquiring", e))?;
                 Executor::Postgres(&mut c).execute(sql, args).await
             }
         }
@@ -311,11 +336,17 @@ impl Db {
     pub async fn fetch_all(&self, sql: &str, args: &[Arg]) -> Result<Vec<DbRow>> {
         match self {
             Db::Sqlite(pool) => {
-                let mut c = pool.acquire().await.map_err(|e| DbError::sqlx("acquiring", e))?;
+                let mut c = pool
+                    .acquire()
+                    .await
+                    .map_err(|e| DbError::sqlx("acquiring", e))?;
                 Executor::Sqlite(&mut c).fetch_all(sql, args).await
             }
             Db::Postgres(pool) => {
-                let mut c = pool.acquire().await.map_err(|e| DbError::sqlx("acquiring", e))?;
+                let mut c = pool
+                    .acquire()
+                    .await
+                    .map_err(|e| DbError::sqlx("acquiring", e))?;
                 Executor::Postgres(&mut c).fetch_all(sql, args).await
             }
         }
@@ -336,8 +367,14 @@ impl Db {
     /// Runs several statements separated by `;` (DDL), without arguments.
     pub async fn execute_script(&self, sql: &str) -> Result<()> {
         match self {
-            Db::Sqlite(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(pool).await.map(|_| ()),
-            Db::Postgres(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(pool).await.map(|_| ()),
+            Db::Sqlite(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(pool)
+                .await
+                .map(|_| ()),
+            Db::Postgres(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(pool)
+                .await
+                .map(|_| ()),
         }
         .map_err(|e| DbError::sqlx(short(sql), e))
     }
@@ -351,7 +388,11 @@ impl Db {
                 .await
                 .map(Tx::Sqlite)
                 .map_err(|e| DbError::sqlx("BEGIN IMMEDIATE", e)),
-            Db::Postgres(pool) => pool.begin().await.map(Tx::Postgres).map_err(|e| DbError::sqlx("BEGIN", e)),
+            Db::Postgres(pool) => pool
+                .begin()
+                .await
+                .map(Tx::Postgres)
+                .map_err(|e| DbError::sqlx("BEGIN", e)),
         }
     }
 
@@ -431,7 +472,10 @@ macro_rules! getter {
                 DbRow::Sqlite(r) => r.try_get::<$ty, _>(column),
                 DbRow::Postgres(r) => r.try_get::<$ty, _>(column),
             }
-            .map_err(|e| DbError::Decode { column: column.into(), message: e.to_string() })
+            .map_err(|e| DbError::Decode {
+                column: column.into(),
+                message: e.to_string(),
+            })
         }
     };
 }
@@ -450,7 +494,10 @@ impl DbRow {
             DbRow::Sqlite(r) => r.try_get::<i64, _>(column).map(|v| v as i16),
             DbRow::Postgres(r) => r.try_get::<i16, _>(column),
         }
-        .map_err(|e| DbError::Decode { column: column.into(), message: e.to_string() })
+        .map_err(|e| DbError::Decode {
+            column: column.into(),
+            message: e.to_string(),
+        })
     }
 
     /// An `integer` column.
@@ -459,7 +506,10 @@ impl DbRow {
             DbRow::Sqlite(r) => r.try_get::<i64, _>(column).map(|v| v as i32),
             DbRow::Postgres(r) => r.try_get::<i32, _>(column),
         }
-        .map_err(|e| DbError::Decode { column: column.into(), message: e.to_string() })
+        .map_err(|e| DbError::Decode {
+            column: column.into(),
+            message: e.to_string(),
+        })
     }
 
     /// Any integer column (`smallint`, `integer`, `bigint`) as `i64`.
@@ -468,33 +518,57 @@ impl DbRow {
             DbRow::Sqlite(r) => r.try_get::<Option<i64>, _>(column),
             DbRow::Postgres(r) => r
                 .try_get::<Option<i64>, _>(column)
-                .or_else(|_| r.try_get::<Option<i32>, _>(column).map(|v| v.map(i64::from)))
-                .or_else(|_| r.try_get::<Option<i16>, _>(column).map(|v| v.map(i64::from))),
+                .or_else(|_| {
+                    r.try_get::<Option<i32>, _>(column)
+                        .map(|v| v.map(i64::from))
+                })
+                .or_else(|_| {
+                    r.try_get::<Option<i16>, _>(column)
+                        .map(|v| v.map(i64::from))
+                }),
         }
-        .map_err(|e| DbError::Decode { column: column.into(), message: e.to_string() })
+        .map_err(|e| DbError::Decode {
+            column: column.into(),
+            message: e.to_string(),
+        })
     }
 
     pub fn opt_ts(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
         match self {
-            DbRow::Sqlite(r) => r.try_get::<Option<i64>, _>(column).map(|v| v.map(from_micros)),
+            DbRow::Sqlite(r) => r
+                .try_get::<Option<i64>, _>(column)
+                .map(|v| v.map(from_micros)),
             DbRow::Postgres(r) => r.try_get::<Option<DateTime<Utc>>, _>(column),
         }
-        .map_err(|e| DbError::Decode { column: column.into(), message: e.to_string() })
+        .map_err(|e| DbError::Decode {
+            column: column.into(),
+            message: e.to_string(),
+        })
     }
 
     pub fn ts(&self, column: &str) -> Result<DateTime<Utc>> {
-        self.opt_ts(column)?
-            .ok_or_else(|| DbError::Decode { column: column.into(), message: "unexpected NULL".into() })
+        self.opt_ts(column)?.ok_or_else(|| DbError::Decode {
+            column: column.into(),
+            message: "unexpected NULL".into(),
+        })
     }
 
     /// A column of a type's model table, as the plugin value of `column_type`.
-    pub fn value(&self, column: &str, column_type: crate::plugin::ColumnType) -> Result<crate::plugin::Value> {
+    pub fn value(
+        &self,
+        column: &str,
+        column_type: crate::plugin::ColumnType,
+    ) -> Result<crate::plugin::Value> {
         use crate::plugin::{ColumnType as T, Value};
         Ok(match column_type {
-            T::Bigint | T::Integer | T::Smallint => self.int(column)?.map_or(Value::Null, Value::Int),
+            T::Bigint | T::Integer | T::Smallint => {
+                self.int(column)?.map_or(Value::Null, Value::Int)
+            }
             T::Text => self.opt_text(column)?.map_or(Value::Null, Value::Text),
             T::Boolean => self.opt_bool(column)?.map_or(Value::Null, Value::Boolean),
-            T::Timestamp => self.opt_ts(column)?.map_or(Value::Null, |t| Value::Timestamp(t.timestamp_micros())),
+            T::Timestamp => self
+                .opt_ts(column)?
+                .map_or(Value::Null, |t| Value::Timestamp(t.timestamp_micros())),
             T::Binary => self.opt_bytes(column)?.map_or(Value::Null, Value::Binary),
         })
     }
@@ -504,14 +578,25 @@ impl DbRow {
             DbRow::Sqlite(r) => r.try_get::<Option<bool>, _>(column),
             DbRow::Postgres(r) => r.try_get::<Option<bool>, _>(column),
         }
-        .map_err(|e| DbError::Decode { column: column.into(), message: e.to_string() })
+        .map_err(|e| DbError::Decode {
+            column: column.into(),
+            message: e.to_string(),
+        })
     }
 }
 
 /// A plugin value as a bind argument for a column of `column_type`.
-pub fn value_arg(value: &crate::plugin::Value, column_type: crate::plugin::ColumnType) -> Result<Arg> {
+pub fn value_arg(
+    value: &crate::plugin::Value,
+    column_type: crate::plugin::ColumnType,
+) -> Result<Arg> {
     use crate::plugin::{ColumnType as T, Value};
-    let mismatch = || DbError::Invalid(format!("{} value for a {column_type:?} column", value.kind()));
+    let mismatch = || {
+        DbError::Invalid(format!(
+            "{} value for a {column_type:?} column",
+            value.kind()
+        ))
+    };
     Ok(match (column_type, value) {
         (T::Bigint, Value::Int(v)) => Arg::I64(Some(*v)),
         (T::Integer, Value::Int(v)) => Arg::I32(Some(i32::try_from(*v).map_err(|_| mismatch())?)),
@@ -534,6 +619,9 @@ pub fn value_arg(value: &crate::plugin::Value, column_type: crate::plugin::Colum
 /// Quotes an identifier that [`crate::plugin::TypeIdentity::check`] has
 /// already restricted to `[a-z][a-z0-9_]*`.
 pub fn ident(name: &str) -> String {
-    debug_assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+    debug_assert!(
+        name.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    );
     format!("\"{name}\"")
 }

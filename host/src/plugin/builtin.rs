@@ -15,5 +15,7 @@ include!(concat!(env!("OUT_DIR"), "/builtin.rs"));
 /// The shipped component whose file stem is `stem`
 /// (`helm-metadata-cache`), if any.
 pub fn by_stem(stem: &str) -> Option<&'static Builtin> {
-    BUILTIN.iter().find(|b| b.file.strip_suffix(".wasm") == Some(stem))
+    BUILTIN
+        .iter()
+        .find(|b| b.file.strip_suffix(".wasm") == Some(stem))
 }

@@ -39,6 +39,10 @@ impl Limits {
     }
 }
 
+/// Bytes of each memory slot kept resident between instances (reset with
+/// `memset` instead of `madvise`).
+const KEEP_RESIDENT: usize = 4 << 20;
+
 /// Builds the engine: component model, epoch interruption, pooling allocator
 /// with copy-on-write memory images, and a ticker thread that advances the
 /// epoch until the engine is dropped.
@@ -49,7 +53,9 @@ pub fn build_engine(limits: &Limits) -> anyhow::Result<Arc<Engine>> {
         .total_memories(limits.max_instances * 2)
         .total_tables(limits.max_instances * 2)
         .max_memories_per_component(2)
-        .max_memory_size(limits.memory_bytes);
+        .max_memory_size(limits.memory_bytes)
+        .linear_memory_keep_resident(KEEP_RESIDENT.min(limits.memory_bytes))
+        .pagemap_scan(wasmtime::Enabled::Auto);
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -74,4 +80,24 @@ fn spawn_epoch_ticker(engine: Weak<Engine>) {
             }
         })
         .expect("spawning the epoch thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_counts_whole_ticks_and_at_least_one() {
+        let ticks = |ms| {
+            let limits = Limits {
+                call_timeout: Duration::from_millis(ms),
+                ..Limits::default()
+            };
+            limits.deadline_ticks()
+        };
+        assert_eq!(ticks(2_000), 200);
+        assert_eq!(ticks(200), 20);
+        assert_eq!(ticks(15), 1);
+        assert_eq!(ticks(0), 1);
+    }
 }

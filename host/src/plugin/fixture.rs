@@ -16,7 +16,9 @@
 //! writer columns take their default (or `NULL`). The answer per record is
 //! `{"id", "path", "in_scope"}` or `{"id", "error"}`.
 
-use super::{Column, ColumnSource, ColumnType, LoadedType, Row, SelectiveSync, SyncSettings, Value};
+use super::{
+    Column, ColumnSource, ColumnType, LoadedType, Row, SelectiveSync, SyncSettings, Value,
+};
 use crate::topology::{NamespaceNode, ProjectNode, Topology};
 use serde::Deserialize;
 use serde_json::json;
@@ -62,19 +64,30 @@ impl ScopeSpec {
                 ));
             }
         };
-        Ok(SyncSettings { selective_sync, sync_object_storage: self.sync_object_storage })
+        Ok(SyncSettings {
+            selective_sync,
+            sync_object_storage: self.sync_object_storage,
+        })
     }
 }
+
+/// A record with every column filled: its id and values by name.
+type Prepared = (i64, HashMap<String, Value>);
+/// A record refused before the type saw it: its id (as given) and why.
+type Refused = (serde_json::Value, String);
 
 /// Runs `loaded` over the fixture: one JSON value per record, in order.
 pub fn run(loaded: &LoadedType, fixture: &Fixture) -> anyhow::Result<Vec<serde_json::Value>> {
     let settings = fixture.scope.to_settings().map_err(anyhow::Error::msg)?;
-    let topology = Arc::new(Topology::new(fixture.namespaces.clone(), fixture.projects.clone()));
+    let topology = Arc::new(Topology::new(
+        fixture.namespaces.clone(),
+        fixture.projects.clone(),
+    ));
     let identity = loaded.identity();
     let table = &identity.table;
 
     // Every record's full column list, derived columns computed where missing.
-    let mut full: Vec<Result<(i64, HashMap<String, Value>), (serde_json::Value, String)>> = Vec::new();
+    let mut full: Vec<Result<Prepared, Refused>> = Vec::new();
     let mut to_derive = Vec::new();
     for (index, record) in fixture.records.iter().enumerate() {
         let id = record.get("id").cloned().unwrap_or(json!(index + 1));
@@ -117,7 +130,10 @@ pub fn run(loaded: &LoadedType, fixture: &Fixture) -> anyhow::Result<Vec<serde_j
 
     let ok: Vec<usize> = (0..full.len()).filter(|&i| full[i].is_ok()).collect();
     let column_refs = |names: &[String]| -> Vec<&Column> {
-        names.iter().map(|n| table.column(n).expect("checked identity")).collect()
+        names
+            .iter()
+            .map(|n| table.column(n).expect("checked identity"))
+            .collect()
     };
     let path_columns = column_refs(&identity.path_columns);
     let scope_columns = column_refs(&identity.scope_columns);
@@ -142,17 +158,25 @@ pub fn run(loaded: &LoadedType, fixture: &Fixture) -> anyhow::Result<Vec<serde_j
     for ((&i, path), scope) in ok.iter().zip(paths).zip(scopes) {
         let id = full[i].as_ref().expect("filtered").0;
         answers[i] = match (path, scope) {
-            (Ok(path), Ok(in_scope)) => json!({"id": id, "path": path.as_str(), "in_scope": in_scope}),
+            (Ok(path), Ok(in_scope)) => {
+                json!({"id": id, "path": path.as_str(), "in_scope": in_scope})
+            }
             (Err(error), _) | (_, Err(error)) => json!({"id": id, "error": error}),
         };
     }
     Ok(answers)
 }
 
-fn row_of<'a>(id: i64, values: &HashMap<String, Value>, columns: impl Iterator<Item = &'a Column>) -> Row {
+fn row_of<'a>(
+    id: i64,
+    values: &HashMap<String, Value>,
+    columns: impl Iterator<Item = &'a Column>,
+) -> Row {
     Row {
         id,
-        values: columns.map(|c| values.get(&c.name).cloned().unwrap_or(Value::Null)).collect(),
+        values: columns
+            .map(|c| values.get(&c.name).cloned().unwrap_or(Value::Null))
+            .collect(),
     }
 }
 
@@ -181,7 +205,12 @@ fn record_values(
 /// A JSON value as a column value of `column`'s type.
 pub fn json_to_value(column: &Column, json: &serde_json::Value) -> Result<Value, String> {
     use serde_json::Value as J;
-    let wrong = || format!("column `{}` ({:?}) cannot hold {json}", column.name, column.column_type);
+    let wrong = || {
+        format!(
+            "column `{}` ({:?}) cannot hold {json}",
+            column.name, column.column_type
+        )
+    };
     let value = match (column.column_type, json) {
         (_, J::Null) => Value::Null,
         (ColumnType::Bigint | ColumnType::Integer | ColumnType::Smallint, J::Number(n)) => {
@@ -190,7 +219,9 @@ pub fn json_to_value(column: &Column, json: &serde_json::Value) -> Result<Value,
         (ColumnType::Text, J::String(s)) => Value::Text(s.clone()),
         (ColumnType::Boolean, J::Bool(b)) => Value::Boolean(*b),
         (ColumnType::Timestamp, J::String(s)) => Value::Timestamp(
-            chrono::DateTime::parse_from_rfc3339(s).map_err(|_| wrong())?.timestamp_micros(),
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|_| wrong())?
+                .timestamp_micros(),
         ),
         (ColumnType::Timestamp, J::Number(n)) => Value::Timestamp(n.as_i64().ok_or_else(wrong)?),
         (ColumnType::Binary, J::String(s)) => Value::Binary(hex::decode(s).map_err(|_| wrong())?),

@@ -135,7 +135,10 @@ impl TypeIdentity {
         let err = |m: String| Err(IdentityError(m));
         check_identifier("name", &self.name)?;
         if self.name.len() > MAX_NAME_LEN {
-            return err(format!("name {:?} is longer than {MAX_NAME_LEN} bytes", self.name));
+            return err(format!(
+                "name {:?} is longer than {MAX_NAME_LEN} bytes",
+                self.name
+            ));
         }
         for (what, text) in [
             ("title", &self.title),
@@ -143,11 +146,16 @@ impl TypeIdentity {
             ("uploader-class", &self.uploader_class),
         ] {
             if text.trim().is_empty() || text.len() > 200 || text.chars().any(char::is_control) {
-                return err(format!("{what} must be 1 to 200 printable characters, got {text:?}"));
+                return err(format!(
+                    "{what} must be 1 to 200 printable characters, got {text:?}"
+                ));
             }
         }
         if !is_semver(&self.version) {
-            return err(format!("version {:?} is not MAJOR.MINOR.PATCH", self.version));
+            return err(format!(
+                "version {:?} is not MAJOR.MINOR.PATCH",
+                self.version
+            ));
         }
         let table = &self.table;
         check_identifier("table name", &table.name)?;
@@ -174,17 +182,20 @@ impl TypeIdentity {
                 return err(format!("column `{}` is declared twice", column.name));
             }
             if column.max_length.is_some() && column.column_type != ColumnType::Text {
-                return err(format!("column `{}`: max-length applies to text only", column.name));
+                return err(format!(
+                    "column `{}`: max-length applies to text only",
+                    column.name
+                ));
             }
-            if let Some(default) = &column.default_value {
-                if !column.column_type.accepts(default) {
-                    return err(format!(
-                        "column `{}`: default {} does not fit {:?}",
-                        column.name,
-                        default.kind(),
-                        column.column_type
-                    ));
-                }
+            if let Some(default) = &column.default_value
+                && !column.column_type.accepts(default)
+            {
+                return err(format!(
+                    "column `{}`: default {} does not fit {:?}",
+                    column.name,
+                    default.kind(),
+                    column.column_type
+                ));
             }
             let expected: &[ColumnType] = match column.source {
                 ColumnSource::BlobSize => &[ColumnType::Integer, ColumnType::Bigint],
@@ -215,15 +226,16 @@ impl TypeIdentity {
         for key in &table.natural_key {
             match table.column(key) {
                 Some(c) if c.source == ColumnSource::Writer => {}
-                Some(_) => return err(format!("natural key column `{key}` is not a writer column")),
+                Some(_) => {
+                    return err(format!("natural key column `{key}` is not a writer column"));
+                }
                 None => return err(format!("natural key names unknown column `{key}`")),
             }
         }
-        let lists = table
-            .unique_keys
-            .iter()
-            .map(|k| ("unique key", k))
-            .chain([("path-columns", &self.path_columns), ("scope-columns", &self.scope_columns)]);
+        let lists = table.unique_keys.iter().map(|k| ("unique key", k)).chain([
+            ("path-columns", &self.path_columns),
+            ("scope-columns", &self.scope_columns),
+        ]);
         for (what, list) in lists {
             if list.is_empty() && what != "scope-columns" {
                 return err(format!("{what} is empty"));
@@ -282,7 +294,13 @@ impl TypeIdentity {
     pub fn positions(&self, names: &[String]) -> Vec<usize> {
         names
             .iter()
-            .map(|n| self.table.columns.iter().position(|c| &c.name == n).expect("checked"))
+            .map(|n| {
+                self.table
+                    .columns
+                    .iter()
+                    .position(|c| &c.name == n)
+                    .expect("checked")
+            })
             .collect()
     }
 }
@@ -290,7 +308,9 @@ impl TypeIdentity {
 fn check_identifier(what: &str, name: &str) -> Result<(), IdentityError> {
     let ok = name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if ok {
         Ok(())
     } else {
@@ -303,7 +323,10 @@ fn check_identifier(what: &str, name: &str) -> Result<(), IdentityError> {
 fn is_semver(version: &str) -> bool {
     let core = version.split(['-', '+']).next().unwrap_or("");
     let parts: Vec<&str> = core.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -355,22 +378,46 @@ mod tests {
     #[test]
     fn refuses_bad_identities() {
         let cases: Vec<(&str, Box<dyn Fn(&mut TypeIdentity)>)> = vec![
-            ("must be lowercase", Box::new(|i| i.name = "Bad-Name".into())),
-            ("must be lowercase", Box::new(|i| i.name = "x; DROP TABLE".into())),
+            (
+                "must be lowercase",
+                Box::new(|i| i.name = "Bad-Name".into()),
+            ),
+            (
+                "must be lowercase",
+                Box::new(|i| i.name = "x; DROP TABLE".into()),
+            ),
             ("reserved", Box::new(|i| i.table.name = "projects".into())),
-            ("primary key", Box::new(|i| i.table.columns[1].name = "id".into())),
-            ("declared twice", Box::new(|i| i.table.columns[2].name = "project_id".into())),
-            ("unknown column", Box::new(|i| i.path_columns = vec!["nope".into()])),
+            (
+                "primary key",
+                Box::new(|i| i.table.columns[1].name = "id".into()),
+            ),
+            (
+                "declared twice",
+                Box::new(|i| i.table.columns[2].name = "project_id".into()),
+            ),
+            (
+                "unknown column",
+                Box::new(|i| i.path_columns = vec!["nope".into()]),
+            ),
             ("MAJOR.MINOR.PATCH", Box::new(|i| i.version = "one".into())),
             ("title", Box::new(|i| i.title = "".into())),
-            ("natural key is empty", Box::new(|i| i.table.natural_key.clear())),
-            ("must be one of", Box::new(|i| i.table.columns[3].column_type = ColumnType::Text)),
+            (
+                "natural key is empty",
+                Box::new(|i| i.table.natural_key.clear()),
+            ),
+            (
+                "must be one of",
+                Box::new(|i| i.table.columns[3].column_type = ColumnType::Text),
+            ),
         ];
         for (expected, mutate) in cases {
             let mut id = sample();
             mutate(&mut id);
             let error = id.check().unwrap_err().to_string();
-            assert!(error.contains(expected), "expected {expected:?} in {error:?}");
+            assert!(
+                error.contains(expected),
+                "expected {expected:?} in {error:?}"
+            );
         }
     }
 }

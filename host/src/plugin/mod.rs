@@ -101,7 +101,11 @@ pub enum PluginError {
     #[error("plugin `{plugin}` trapped: {message}")]
     Trap { plugin: String, message: String },
     #[error("plugin `{plugin}` answered {got} results for {expected} rows")]
-    WrongAnswerCount { plugin: String, expected: usize, got: usize },
+    WrongAnswerCount {
+        plugin: String,
+        expected: usize,
+        got: usize,
+    },
     #[error("plugin `{plugin}` could not be instantiated: {message}")]
     Instantiate { plugin: String, message: String },
 }
@@ -172,13 +176,19 @@ impl PluginRuntime {
             identity: Arc::new(placeholder_identity()),
             sha256,
             component_size: component.len(),
-            timings: LoadTimings { compile, outcome, link },
+            timings: LoadTimings {
+                compile,
+                outcome,
+                link,
+            },
             pre,
             runtime: self.clone(),
         };
         let raw = loaded
             .call("describe", None, |store, instance| {
-                instance.geohost_replicable_replicable().call_describe(store)
+                instance
+                    .geohost_replicable_replicable()
+                    .call_describe(store)
             })
             .map_err(LoadError::Describe)?;
         loaded.identity = Arc::new(identity_from_wit(raw).check()?);
@@ -264,10 +274,16 @@ impl LoadedType {
     /// count, types, nullability and lengths.
     pub fn derive(&self, rows: &[Row]) -> Result<Vec<Result<Vec<Value>, String>>, PluginError> {
         let answers = self.call("derive", None, |store, instance| {
-            instance.geohost_replicable_replicable().call_derive(store, rows)
+            instance
+                .geohost_replicable_replicable()
+                .call_derive(store, rows)
         })?;
         self.check_count(rows.len(), answers.len())?;
-        let derived: Vec<&Column> = self.identity.table.columns_from(ColumnSource::Derived).collect();
+        let derived: Vec<&Column> = self
+            .identity
+            .table
+            .columns_from(ColumnSource::Derived)
+            .collect();
         Ok(answers
             .into_iter()
             .map(|answer| {
@@ -291,12 +307,14 @@ impl LoadedType {
     /// A path that breaks [`BlobPath::parse`] is an error for that record.
     pub fn blob_paths(&self, rows: &[Row]) -> Result<Vec<Result<BlobPath, String>>, PluginError> {
         let answers = self.call("blob-paths", None, |store, instance| {
-            instance.geohost_replicable_replicable().call_blob_paths(store, rows)
+            instance
+                .geohost_replicable_replicable()
+                .call_blob_paths(store, rows)
         })?;
         self.check_count(rows.len(), answers.len())?;
         Ok(answers
             .into_iter()
-            .map(|answer| BlobPath::parse(&answer?).map_err(|e| e.to_string()))
+            .map(|answer| BlobPath::parse_owned(answer?).map_err(|e| e.to_string()))
             .collect())
     }
 
@@ -309,7 +327,9 @@ impl LoadedType {
         rows: &[Row],
     ) -> Result<Vec<Result<bool, String>>, PluginError> {
         let answers = self.call("in-scope", Some(lookup), |store, instance| {
-            instance.geohost_replicable_replicable().call_in_scope(store, settings, rows)
+            instance
+                .geohost_replicable_replicable()
+                .call_in_scope(store, settings, rows)
         })?;
         self.check_count(rows.len(), answers.len())?;
         Ok(answers)
@@ -319,7 +339,11 @@ impl LoadedType {
         if expected == got {
             Ok(())
         } else {
-            Err(PluginError::WrongAnswerCount { plugin: self.identity.name.clone(), expected, got })
+            Err(PluginError::WrongAnswerCount {
+                plugin: self.identity.name.clone(),
+                expected,
+                got,
+            })
         }
     }
 
@@ -338,7 +362,10 @@ impl LoadedType {
         let instance = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| PluginError::Instantiate { plugin: plugin.clone(), message: format!("{e:#}") })?;
+            .map_err(|e| PluginError::Instantiate {
+                plugin: plugin.clone(),
+                message: format!("{e:#}"),
+            })?;
         let result = f(&mut store, &instance).map_err(|error| {
             let error = match error.downcast_ref::<Trap>() {
                 Some(Trap::Interrupt) => PluginError::Timeout {
@@ -411,7 +438,10 @@ pub fn check_value(column: &Column, value: &Value) -> Result<(), String> {
     if let (Some(max), Value::Text(text)) = (column.max_length, value) {
         let len = text.chars().count();
         if len > max as usize {
-            return Err(format!("column `{}` is at most {max} characters, got {len}", column.name));
+            return Err(format!(
+                "column `{}` is at most {max} characters, got {len}",
+                column.name
+            ));
         }
     }
     Ok(())
@@ -460,7 +490,10 @@ fn check_world(component: &[u8]) -> Result<(), LoadError> {
             _ => {}
         }
     }
-    if let Some(forbidden) = imports.iter().find(|i| !i.starts_with(&format!("{WIT_PACKAGE}/"))) {
+    if let Some(forbidden) = imports
+        .iter()
+        .find(|i| !i.starts_with(&format!("{WIT_PACKAGE}/")))
+    {
         return Err(LoadError::ForbiddenImport(forbidden.clone()));
     }
     let prefix = format!("{WIT_PACKAGE}/replicable");
@@ -468,14 +501,24 @@ fn check_world(component: &[u8]) -> Result<(), LoadError> {
         .iter()
         .find(|e| e.split('@').next() == Some(prefix.as_str()))
         .ok_or(LoadError::MissingExport)?;
-    let version = export.split_once('@').map(|(_, v)| v).unwrap_or("(no version)");
+    let version = export
+        .split_once('@')
+        .map(|(_, v)| v)
+        .unwrap_or("(no version)");
     if !version_compatible(version) {
-        return Err(LoadError::WitVersion { found: version.to_string() });
+        return Err(LoadError::WitVersion {
+            found: version.to_string(),
+        });
     }
     for import in &imports {
-        let version = import.split_once('@').map(|(_, v)| v).unwrap_or("(no version)");
+        let version = import
+            .split_once('@')
+            .map(|(_, v)| v)
+            .unwrap_or("(no version)");
         if !version_compatible(version) {
-            return Err(LoadError::WitVersion { found: version.to_string() });
+            return Err(LoadError::WitVersion {
+                found: version.to_string(),
+            });
         }
     }
     Ok(())
@@ -483,7 +526,9 @@ fn check_world(component: &[u8]) -> Result<(), LoadError> {
 
 /// Semver compatibility with [`WIT_VERSION`]: for 0.x, the same minor.
 fn version_compatible(version: &str) -> bool {
-    let mut parts = version.split(['.', '-', '+']).map(|p| p.parse::<u64>().ok());
+    let mut parts = version
+        .split(['.', '-', '+'])
+        .map(|p| p.parse::<u64>().ok());
     let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
         return false;
     };
@@ -505,7 +550,12 @@ fn placeholder_identity() -> TypeIdentity {
         version: String::new(),
         mutable: false,
         uploader_class: String::new(),
-        table: ModelTable { name: String::new(), columns: vec![], natural_key: vec![], unique_keys: vec![] },
+        table: ModelTable {
+            name: String::new(),
+            columns: vec![],
+            natural_key: vec![],
+            unique_keys: vec![],
+        },
         path_columns: vec![],
         scope_columns: vec![],
     }

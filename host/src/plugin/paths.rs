@@ -33,32 +33,54 @@ pub enum PathError {
 
 impl BlobPath {
     pub fn parse(path: &str) -> Result<BlobPath, PathError> {
-        if path.is_empty() {
-            return Err(PathError::Empty);
-        }
-        if path.len() > MAX_PATH_BYTES {
-            return Err(PathError::TooLong(path.len()));
-        }
-        let shown = || path.chars().take(200).collect::<String>();
-        if path.starts_with('/') {
-            return Err(PathError::Absolute(shown()));
-        }
-        if path.chars().any(|c| c == '\\' || c.is_control()) {
-            return Err(PathError::ForbiddenCharacter(shown()));
-        }
-        for segment in path.split('/') {
-            match segment {
-                "" => return Err(PathError::EmptySegment(shown())),
-                "." | ".." => return Err(PathError::DotSegment(shown())),
-                _ => {}
-            }
-        }
+        check(path)?;
         Ok(BlobPath(path.to_string()))
+    }
+
+    /// [`BlobPath::parse`] without copying: the host checks every path a
+    /// type returns, so this is on the hot path of `blob_paths`.
+    pub fn parse_owned(path: String) -> Result<BlobPath, PathError> {
+        check(&path)?;
+        Ok(BlobPath(path))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The rules of [`BlobPath`], on bytes (a `char` walk costs as much as the
+/// rest of a `blob_paths` call).
+fn check(path: &str) -> Result<(), PathError> {
+    if path.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong(path.len()));
+    }
+    let shown = || path.chars().take(200).collect::<String>();
+    if path.starts_with('/') {
+        return Err(PathError::Absolute(shown()));
+    }
+    let bytes = path.as_bytes();
+    // `char::is_control` is U+0000..=U+001F and U+007F..=U+009F; in UTF-8 the
+    // latter range beyond DEL is 0xC2 followed by 0x80..=0x9F.
+    let forbidden_ascii = bytes.iter().any(|&b| b < 0x20 || b == 0x7f || b == b'\\');
+    let forbidden_c1 = !path.is_ascii()
+        && bytes
+            .windows(2)
+            .any(|w| w[0] == 0xc2 && (0x80..=0x9f).contains(&w[1]));
+    if forbidden_ascii || forbidden_c1 {
+        return Err(PathError::ForbiddenCharacter(shown()));
+    }
+    for segment in bytes.split(|&b| b == b'/') {
+        match segment {
+            b"" => return Err(PathError::EmptySegment(shown())),
+            b"." | b".." => return Err(PathError::DotSegment(shown())),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for BlobPath {
@@ -78,20 +100,59 @@ mod tests {
     }
 
     #[test]
+    fn accepts_non_ascii_and_dotted_names() {
+        for p in [
+            "é/ü/index.yaml",
+            "a/\u{a0}/b",
+            "a/\u{2028}",
+            ".hidden/..x/x..",
+            "a/.../b",
+        ] {
+            assert_eq!(BlobPath::parse(p).unwrap().as_str(), p);
+            assert_eq!(BlobPath::parse_owned(p.to_string()).unwrap().as_str(), p);
+        }
+    }
+
+    /// The byte rules agree with the `char` rules they replace.
+    #[test]
+    fn forbidden_characters_match_char_is_control() {
+        for c in (0..0x3000).filter_map(char::from_u32) {
+            let path = format!("a{c}b");
+            let refused = matches!(
+                BlobPath::parse(&path),
+                Err(PathError::ForbiddenCharacter(_))
+            );
+            assert_eq!(refused, c == '\\' || c.is_control(), "{c:?}");
+        }
+    }
+
+    #[test]
     fn refuses_escapes_and_junk() {
         let long = "a/".repeat(600);
         let cases: &[(&str, fn(&PathError) -> bool)] = &[
             ("", |e| matches!(e, PathError::Empty)),
-            ("../../etc/passwd", |e| matches!(e, PathError::DotSegment(_))),
+            ("../../etc/passwd", |e| {
+                matches!(e, PathError::DotSegment(_))
+            }),
             ("a/../b", |e| matches!(e, PathError::DotSegment(_))),
             ("a/./b", |e| matches!(e, PathError::DotSegment(_))),
             ("/etc/passwd", |e| matches!(e, PathError::Absolute(_))),
             ("a//b", |e| matches!(e, PathError::EmptySegment(_))),
             ("a/", |e| matches!(e, PathError::EmptySegment(_))),
-            ("a\\..\\b", |e| matches!(e, PathError::ForbiddenCharacter(_))),
+            ("a\\..\\b", |e| {
+                matches!(e, PathError::ForbiddenCharacter(_))
+            }),
             ("a\0b", |e| matches!(e, PathError::ForbiddenCharacter(_))),
             ("a\nb", |e| matches!(e, PathError::ForbiddenCharacter(_))),
             (&long, |e| matches!(e, PathError::TooLong(_))),
+            ("a\x7fb", |e| matches!(e, PathError::ForbiddenCharacter(_))),
+            ("a/\u{85}/b", |e| {
+                matches!(e, PathError::ForbiddenCharacter(_))
+            }),
+            ("a/\u{9f}", |e| {
+                matches!(e, PathError::ForbiddenCharacter(_))
+            }),
+            ("é/../b", |e| matches!(e, PathError::DotSegment(_))),
         ];
         for (path, expected) in cases {
             let err = BlobPath::parse(path).unwrap_err();

@@ -18,7 +18,10 @@ pub struct SlotGuard<'a> {
 
 impl Slots {
     pub fn new(capacity: usize) -> Slots {
-        Slots { free: Mutex::new(capacity.max(1)), freed: Condvar::new() }
+        Slots {
+            free: Mutex::new(capacity.max(1)),
+            freed: Condvar::new(),
+        }
     }
 
     pub fn acquire(&self) -> SlotGuard<'_> {
@@ -35,5 +38,42 @@ impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         *self.slots.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         self.slots.freed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    #[test]
+    fn acquire_waits_for_a_free_slot() {
+        let slots = Arc::new(Slots::new(1));
+        let acquired = Arc::new(AtomicBool::new(false));
+        let held = slots.acquire();
+        let waiter = std::thread::spawn({
+            let (slots, acquired) = (slots.clone(), acquired.clone());
+            move || {
+                let _slot = slots.acquire();
+                acquired.store(true, Ordering::SeqCst);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !acquired.load(Ordering::SeqCst),
+            "a second slot was handed out"
+        );
+        drop(held);
+        waiter.join().unwrap();
+        assert!(acquired.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn zero_capacity_still_admits_one() {
+        let slots = Slots::new(0);
+        drop(slots.acquire());
+        drop(slots.acquire());
     }
 }

@@ -39,13 +39,15 @@ impl Value {
             Value::Text(v) => v.clone().into(),
             Value::Boolean(v) => (*v).into(),
             Value::Timestamp(v) => chrono::DateTime::from_timestamp_micros(*v)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into())
+                .map(|t| {
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                        .into()
+                })
                 .unwrap_or(serde_json::Value::Null),
             Value::Binary(v) => hex::encode(v).into(),
         }
     }
 }
-
 
 /// Serializes an optional [`Value`] as plain JSON (for identities shown to operators).
 pub fn serialize_opt_value<S: serde::Serializer>(
@@ -59,6 +61,9 @@ pub fn serialize_opt_value<S: serde::Serializer>(
 impl SyncSettings {
     /// Replicate everything, object storage included.
     pub fn everything() -> SyncSettings {
-        SyncSettings { selective_sync: SelectiveSync::Everything, sync_object_storage: true }
+        SyncSettings {
+            selective_sync: SelectiveSync::Everything,
+            sync_object_storage: true,
+        }
     }
 }

@@ -24,7 +24,9 @@ pub struct EventSignal {
 
 impl Default for EventSignal {
     fn default() -> Self {
-        EventSignal { sender: watch::channel(0).0 }
+        EventSignal {
+            sender: watch::channel(0).0,
+        }
     }
 }
 
@@ -42,14 +44,22 @@ impl EventSignal {
 /// Whether events of `replicable_name` are published now.
 pub async fn should_publish(tx: &mut Tx, replicable_name: &str) -> Result<bool, DbError> {
     let secondaries = tx
-        .fetch_one("SELECT COUNT(*) AS n FROM geo_nodes WHERE \"primary\" = $1", &[Arg::from(false)])
+        .fetch_one(
+            "SELECT COUNT(*) AS n FROM geo_nodes WHERE \"primary\" = $1",
+            &[Arg::from(false)],
+        )
         .await?
         .i64("n")?;
     if secondaries == 0 {
         return Ok(false);
     }
     let flag = format!("geo_{replicable_name}_replication");
-    let row = tx.fetch_optional("SELECT enabled FROM feature_flags WHERE name = $1", &[Arg::from(flag)]).await?;
+    let row = tx
+        .fetch_optional(
+            "SELECT enabled FROM feature_flags WHERE name = $1",
+            &[Arg::from(flag)],
+        )
+        .await?;
     Ok(match row {
         Some(row) => row.bool("enabled")?,
         None => true, // on by default
@@ -80,7 +90,12 @@ pub async fn publish(
     let event_id = tx
         .fetch_one(
             sql,
-            &[replicable_name.into(), event_name.into(), payload.to_string().into(), now.into()],
+            &[
+                replicable_name.into(),
+                event_name.into(),
+                payload.to_string().into(),
+                now.into(),
+            ],
         )
         .await?
         .i64("id")?;
@@ -116,8 +131,10 @@ pub async fn after(db: &Db, after: i64, limit: i64) -> Result<Vec<FeedEvent>, Db
                 id: row.i64("id")?,
                 replicable_name: row.text("replicable_name")?,
                 event_name: row.text("event_name")?,
-                payload: serde_json::from_str(&payload)
-                    .map_err(|e| DbError::Decode { column: "payload".into(), message: e.to_string() })?,
+                payload: serde_json::from_str(&payload).map_err(|e| DbError::Decode {
+                    column: "payload".into(),
+                    message: e.to_string(),
+                })?,
                 created_at: row.ts("created_at")?,
             })
         })
@@ -127,7 +144,11 @@ pub async fn after(db: &Db, after: i64, limit: i64) -> Result<Vec<FeedEvent>, Db
 /// The newest event: its log id and time.
 pub async fn last(db: &Db) -> Result<Option<(i64, chrono::DateTime<chrono::Utc>)>, DbError> {
     let row = db
-        .fetch_optional("SELECT id, created_at FROM geo_event_log ORDER BY id DESC LIMIT 1", &[])
+        .fetch_optional(
+            "SELECT id, created_at FROM geo_event_log ORDER BY id DESC LIMIT 1",
+            &[],
+        )
         .await?;
-    row.map(|r| Ok((r.i64("id")?, r.ts("created_at")?))).transpose()
+    row.map(|r| Ok((r.i64("id")?, r.ts("created_at")?)))
+        .transpose()
 }

@@ -55,7 +55,8 @@ pub struct WriteOutcome {
 
 /// The installed type called `name`, or [`IngestError::UnknownType`].
 pub fn installed(site: &Site, name: &str) -> Result<Arc<InstalledType>, IngestError> {
-    site.installed(name).ok_or_else(|| IngestError::UnknownType(name.to_string()))
+    site.installed(name)
+        .ok_or_else(|| IngestError::UnknownType(name.to_string()))
 }
 
 /// Creates or updates the record named by the natural-key columns in
@@ -167,7 +168,10 @@ async fn write_record(
     let id = match &existing {
         None => insert_row(&mut tx, it, &values).await.map_err(|error| {
             if error.is_unique_violation() {
-                IngestError::Conflict(format!("a {} with these unique columns exists already", it.identity.title))
+                IngestError::Conflict(format!(
+                    "a {} with these unique columns exists already",
+                    it.identity.title
+                ))
             } else {
                 error.into()
             }
@@ -180,7 +184,11 @@ async fn write_record(
     let states = ident(&it.identity.states_table());
     let fk = ident(&it.identity.foreign_key());
     if created {
-        tx.execute(&format!("INSERT INTO {states} ({fk}) VALUES ($1)"), &[id.into()]).await?;
+        tx.execute(
+            &format!("INSERT INTO {states} ({fk}) VALUES ($1)"),
+            &[id.into()],
+        )
+        .await?;
     } else {
         // GitLab's `verification_pending`: the blob changed, its checksum is void.
         tx.execute(
@@ -193,7 +201,11 @@ async fn write_record(
         )
         .await?;
     }
-    let event = if created { events::CREATED } else { events::UPDATED };
+    let event = if created {
+        events::CREATED
+    } else {
+        events::UPDATED
+    };
     let published = events::publish(&mut tx, it.name(), event, events::payload(id)).await?;
 
     let blob = temp.take().expect("a temporary blob");
@@ -212,7 +224,13 @@ async fn write_record(
     {
         tracing::warn!(r#type = it.name(), id, %error, "could not remove the previous blob");
     }
-    tracing::info!(r#type = it.name(), id, created, size = written.size, "record written");
+    tracing::info!(
+        r#type = it.name(),
+        id,
+        created,
+        size = written.size,
+        "record written"
+    );
     let record = Record {
         id,
         values,
@@ -239,7 +257,13 @@ pub async fn delete(site: &Site, type_name: &str, id: i64) -> Result<Record, Ing
     let path = blob_path(&it, id, &record.values).await?;
     let mut tx = site.db.begin().await?;
     let deleted = tx
-        .execute(&format!("DELETE FROM {} WHERE id = $1", ident(&it.identity.table.name)), &[id.into()])
+        .execute(
+            &format!(
+                "DELETE FROM {} WHERE id = $1",
+                ident(&it.identity.table.name)
+            ),
+            &[id.into()],
+        )
         .await?;
     if deleted == 0 {
         return Err(IngestError::NotFound(format!("{} {id}", it.identity.title)));
@@ -291,7 +315,11 @@ fn writer_values(
             Some(c) => {
                 return Err(IngestError::Invalid(format!(
                     "column `{name}` is set by {}, not by the writer",
-                    if c.source == ColumnSource::Derived { "the type" } else { "the host" }
+                    if c.source == ColumnSource::Derived {
+                        "the type"
+                    } else {
+                        "the host"
+                    }
                 )));
             }
             None => {
@@ -309,7 +337,12 @@ fn writer_values(
             None => match &column.default_value {
                 Some(default) => default.clone(),
                 None if column.nullable => Value::Null,
-                None => return Err(IngestError::Invalid(format!("missing column `{}`", column.name))),
+                None => {
+                    return Err(IngestError::Invalid(format!(
+                        "missing column `{}`",
+                        column.name
+                    )));
+                }
             },
         };
         values.insert(column.name.clone(), value);
@@ -318,13 +351,19 @@ fn writer_values(
 }
 
 /// Runs the type's `derive` for one new record.
-async fn derive(it: &Arc<InstalledType>, writer: &HashMap<String, Value>) -> Result<HashMap<String, Value>, IngestError> {
+async fn derive(
+    it: &Arc<InstalledType>,
+    writer: &HashMap<String, Value>,
+) -> Result<HashMap<String, Value>, IngestError> {
     let row = it.row(0, &it.writer_columns(), writer);
     let plugin = it.plugin.clone();
     let mut answers = tokio::task::spawn_blocking(move || plugin.derive(&[row]))
         .await
         .map_err(|e| IngestError::Invalid(format!("plugin task failed: {e}")))??;
-    let derived = answers.pop().expect("one answer per row").map_err(IngestError::Invalid)?;
+    let derived = answers
+        .pop()
+        .expect("one answer per row")
+        .map_err(IngestError::Invalid)?;
     Ok(it
         .identity
         .table
@@ -345,7 +384,10 @@ pub async fn blob_path(
     let mut answers = tokio::task::spawn_blocking(move || plugin.blob_paths(&[row]))
         .await
         .map_err(|e| IngestError::Invalid(format!("plugin task failed: {e}")))??;
-    answers.pop().expect("one answer per row").map_err(IngestError::Invalid)
+    answers
+        .pop()
+        .expect("one answer per row")
+        .map_err(IngestError::Invalid)
 }
 
 async fn insert_row(
@@ -382,13 +424,23 @@ async fn update_row(
         .iter()
         .filter(|c| !matches!(c.source, ColumnSource::Derived | ColumnSource::CreatedAt))
         .collect();
-    let sets: Vec<String> =
-        columns.iter().enumerate().map(|(i, c)| format!("{} = ${}", ident(&c.name), i + 2)).collect();
+    let sets: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = ${}", ident(&c.name), i + 2))
+        .collect();
     let mut args = vec![Arg::from(id)];
     for column in &columns {
-        args.push(value_arg(values.get(&column.name).unwrap_or(&Value::Null), column.column_type)?);
+        args.push(value_arg(
+            values.get(&column.name).unwrap_or(&Value::Null),
+            column.column_type,
+        )?);
     }
-    let sql = format!("UPDATE {} SET {} WHERE id = $1", ident(&it.identity.table.name), sets.join(", "));
+    let sql = format!(
+        "UPDATE {} SET {} WHERE id = $1",
+        ident(&it.identity.table.name),
+        sets.join(", ")
+    );
     tx.execute(&sql, &args).await?;
     Ok(())
 }

@@ -23,7 +23,15 @@ impl Record {
     pub fn columns_json(&self, it: &InstalledType) -> serde_json::Map<String, serde_json::Value> {
         it.columns()
             .iter()
-            .map(|c| (c.name.clone(), self.values.get(&c.name).map(Value::to_json).unwrap_or_default()))
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    self.values
+                        .get(&c.name)
+                        .map(Value::to_json)
+                        .unwrap_or_default(),
+                )
+            })
             .collect()
     }
 
@@ -57,21 +65,30 @@ pub fn from_clause(it: &InstalledType) -> String {
 pub fn decode(it: &InstalledType, row: &DbRow) -> Result<Record, DbError> {
     let mut values = HashMap::with_capacity(it.columns().len());
     for column in it.columns() {
-        values.insert(column.name.clone(), row.value(&column.name, column.column_type)?);
+        values.insert(
+            column.name.clone(),
+            row.value(&column.name, column.column_type)?,
+        );
     }
     let state = row.int("verification_state")?.unwrap_or(0) as i16;
     Ok(Record {
         id: row.i64("id")?,
         values,
-        verification_state: VerificationState::try_from(state)
-            .map_err(|e| DbError::Decode { column: "verification_state".into(), message: e.to_string() })?,
+        verification_state: VerificationState::try_from(state).map_err(|e| DbError::Decode {
+            column: "verification_state".into(),
+            message: e.to_string(),
+        })?,
         verification_checksum: row.opt_bytes("verification_checksum")?,
     })
 }
 
 /// One record by id.
 pub async fn by_id(db: &Db, it: &InstalledType, id: i64) -> Result<Option<Record>, DbError> {
-    let sql = format!("SELECT {} FROM {} WHERE m.id = $1", select_list(it), from_clause(it));
+    let sql = format!(
+        "SELECT {} FROM {} WHERE m.id = $1",
+        select_list(it),
+        from_clause(it)
+    );
     match db.fetch_optional(&sql, &[Arg::from(id)]).await? {
         Some(row) => Ok(Some(decode(it, &row)?)),
         None => Ok(None),
@@ -99,7 +116,12 @@ pub async fn by_ids(db: &Db, it: &InstalledType, ids: &[i64]) -> Result<Vec<Reco
 }
 
 /// Up to `limit` records with `id > after_id`, in id order.
-pub async fn page(db: &Db, it: &InstalledType, after_id: i64, limit: i64) -> Result<Vec<Record>, DbError> {
+pub async fn page(
+    db: &Db,
+    it: &InstalledType,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<Record>, DbError> {
     let sql = format!(
         "SELECT {} FROM {} WHERE m.id > $1 ORDER BY m.id LIMIT $2",
         select_list(it),
@@ -114,7 +136,10 @@ pub async fn page(db: &Db, it: &InstalledType, after_id: i64, limit: i64) -> Res
 
 /// The highest id in the model table.
 pub async fn max_id(db: &Db, it: &InstalledType) -> Result<Option<i64>, DbError> {
-    let sql = format!("SELECT MAX(id) AS max_id FROM {}", ident(&it.identity.table.name));
+    let sql = format!(
+        "SELECT MAX(id) AS max_id FROM {}",
+        ident(&it.identity.table.name)
+    );
     db.fetch_one(&sql, &[]).await?.opt_i64("max_id")
 }
 
@@ -124,9 +149,17 @@ pub async fn by_natural_key(
     it: &InstalledType,
     key: &[(String, Arg)],
 ) -> Result<Option<Record>, DbError> {
-    let conditions: Vec<String> =
-        key.iter().enumerate().map(|(i, (name, _))| format!("m.{} = ${}", ident(name), i + 1)).collect();
-    let sql = format!("SELECT {} FROM {} WHERE {}", select_list(it), from_clause(it), conditions.join(" AND "));
+    let conditions: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| format!("m.{} = ${}", ident(name), i + 1))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {}",
+        select_list(it),
+        from_clause(it),
+        conditions.join(" AND ")
+    );
     let args: Vec<Arg> = key.iter().map(|(_, a)| a.clone()).collect();
     match tx.fetch_optional(&sql, &args).await? {
         Some(row) => Ok(Some(decode(it, &row)?)),

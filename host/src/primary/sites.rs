@@ -71,7 +71,8 @@ const COLUMNS: &str = "id, name, url, \"primary\", enabled, selective_sync_type,
 
 async fn decode(db: &Db, row: &DbRow) -> Result<NodeSettings, DbError> {
     let id = row.i64("id")?;
-    let shards: Vec<String> = serde_json::from_str(&row.text("selective_sync_shards")?).unwrap_or_default();
+    let shards: Vec<String> =
+        serde_json::from_str(&row.text("selective_sync_shards")?).unwrap_or_default();
     let namespace_ids = db
         .fetch_all(
             "SELECT namespace_id FROM geo_node_namespace_links WHERE geo_node_id = $1 ORDER BY namespace_id",
@@ -100,7 +101,10 @@ async fn decode(db: &Db, row: &DbRow) -> Result<NodeSettings, DbError> {
 /// Every site, primary first.
 pub async fn list(db: &Db) -> Result<Vec<NodeSettings>, DbError> {
     let rows = db
-        .fetch_all(&format!("SELECT {COLUMNS} FROM geo_nodes ORDER BY \"primary\" DESC, id"), &[])
+        .fetch_all(
+            &format!("SELECT {COLUMNS} FROM geo_nodes ORDER BY \"primary\" DESC, id"),
+            &[],
+        )
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -110,7 +114,13 @@ pub async fn list(db: &Db) -> Result<Vec<NodeSettings>, DbError> {
 }
 
 pub async fn get(db: &Db, id: i64) -> Result<Option<NodeSettings>, DbError> {
-    match db.fetch_optional(&format!("SELECT {COLUMNS} FROM geo_nodes WHERE id = $1"), &[id.into()]).await? {
+    match db
+        .fetch_optional(
+            &format!("SELECT {COLUMNS} FROM geo_nodes WHERE id = $1"),
+            &[id.into()],
+        )
+        .await?
+    {
         Some(row) => Ok(Some(decode(db, &row).await?)),
         None => Ok(None),
     }
@@ -123,7 +133,10 @@ pub async fn ensure_self(site: &Site) -> Result<NodeSettings, SiteError> {
     let name = site.name().to_string();
     let existing = site
         .db
-        .fetch_optional("SELECT id FROM geo_nodes WHERE \"primary\" = $1", &[true.into()])
+        .fetch_optional(
+            "SELECT id FROM geo_nodes WHERE \"primary\" = $1",
+            &[true.into()],
+        )
         .await?;
     let id = match existing {
         Some(row) => {
@@ -161,24 +174,36 @@ fn check_scope(kind: &Option<String>) -> Result<Option<String>, SiteError> {
 
 fn check_capacity(what: &str, value: Option<i32>) -> Result<(), SiteError> {
     match value {
-        Some(v) if !(1..=10_000).contains(&v) => Err(SiteError::Invalid(format!("{what} must be 1 to 10000"))),
+        Some(v) if !(1..=10_000).contains(&v) => {
+            Err(SiteError::Invalid(format!("{what} must be 1 to 10000")))
+        }
         _ => Ok(()),
     }
 }
 
 /// Registers a secondary; returns its settings and its keys (shown once).
-pub async fn add_secondary(site: &Site, new: NewSite) -> Result<(NodeSettings, Credentials), SiteError> {
+pub async fn add_secondary(
+    site: &Site,
+    new: NewSite,
+) -> Result<(NodeSettings, Credentials), SiteError> {
     if new.name.trim().is_empty() || new.name.len() > 255 {
-        return Err(SiteError::Invalid("name must be 1 to 255 characters".into()));
+        return Err(SiteError::Invalid(
+            "name must be 1 to 255 characters".into(),
+        ));
     }
     if !(new.url.starts_with("http://") || new.url.starts_with("https://")) {
-        return Err(SiteError::Invalid(format!("url {:?} must be http:// or https://", new.url)));
+        return Err(SiteError::Invalid(format!(
+            "url {:?} must be http:// or https://",
+            new.url
+        )));
     }
     let kind = check_scope(&new.selective_sync_type)?;
     check_capacity("files_max_capacity", new.files_max_capacity)?;
     check_capacity("verification_max_capacity", new.verification_max_capacity)?;
-    let credentials =
-        Credentials { access_key: keys::generate_access_key(), secret_access_key: keys::generate_secret() };
+    let credentials = Credentials {
+        access_key: keys::generate_access_key(),
+        secret_access_key: keys::generate_secret(),
+    };
     let (sealed, iv) = site
         .secrets
         .seal(&credentials.secret_access_key)
@@ -220,12 +245,18 @@ pub async fn add_secondary(site: &Site, new: NewSite) -> Result<(NodeSettings, C
         link_namespace(&mut tx, id, *ns).await?;
     }
     tx.commit().await?;
-    let settings = get(&site.db, id).await?.ok_or_else(|| SiteError::NotFound(id.to_string()))?;
+    let settings = get(&site.db, id)
+        .await?
+        .ok_or_else(|| SiteError::NotFound(id.to_string()))?;
     tracing::info!(site = %settings.name, id, "secondary registered");
     Ok((settings, credentials))
 }
 
-async fn link_namespace(tx: &mut crate::db::Tx, node: i64, namespace: i64) -> Result<(), SiteError> {
+async fn link_namespace(
+    tx: &mut crate::db::Tx,
+    node: i64,
+    namespace: i64,
+) -> Result<(), SiteError> {
     let now = Db::now();
     tx.execute(
         "INSERT INTO geo_node_namespace_links (geo_node_id, namespace_id, created_at, updated_at) VALUES ($1, $2, $3, $3)",
@@ -244,13 +275,20 @@ async fn link_namespace(tx: &mut crate::db::Tx, node: i64, namespace: i64) -> Re
 
 /// Changes a site's settings.
 pub async fn update(site: &Site, id: i64, change: SiteUpdate) -> Result<NodeSettings, SiteError> {
-    get(&site.db, id).await?.ok_or_else(|| SiteError::NotFound(id.to_string()))?;
+    get(&site.db, id)
+        .await?
+        .ok_or_else(|| SiteError::NotFound(id.to_string()))?;
     check_capacity("files_max_capacity", change.files_max_capacity)?;
-    check_capacity("verification_max_capacity", change.verification_max_capacity)?;
+    check_capacity(
+        "verification_max_capacity",
+        change.verification_max_capacity,
+    )?;
     if let Some(days) = change.minimum_reverification_interval
         && days < 1
     {
-        return Err(SiteError::Invalid("minimum_reverification_interval must be at least 1 day".into()));
+        return Err(SiteError::Invalid(
+            "minimum_reverification_interval must be at least 1 day".into(),
+        ));
     }
     let now = Db::now();
     let mut tx = site.db.begin().await?;
@@ -262,10 +300,16 @@ pub async fn update(site: &Site, id: i64, change: SiteUpdate) -> Result<NodeSett
         sets.push(("enabled", enabled.into()));
     }
     if change.selective_sync_type.is_some() {
-        sets.push(("selective_sync_type", Arg::Text(check_scope(&change.selective_sync_type)?)));
+        sets.push((
+            "selective_sync_type",
+            Arg::Text(check_scope(&change.selective_sync_type)?),
+        ));
     }
     if let Some(shards) = &change.selective_sync_shards {
-        sets.push(("selective_sync_shards", serde_json::to_string(shards).unwrap_or_default().into()));
+        sets.push((
+            "selective_sync_shards",
+            serde_json::to_string(shards).unwrap_or_default().into(),
+        ));
     }
     if let Some(v) = change.sync_object_storage {
         sets.push(("sync_object_storage", v.into()));
@@ -280,26 +324,45 @@ pub async fn update(site: &Site, id: i64, change: SiteUpdate) -> Result<NodeSett
         sets.push(("minimum_reverification_interval", v.into()));
     }
     sets.push(("updated_at", now.into()));
-    let assignments: Vec<String> =
-        sets.iter().enumerate().map(|(i, (c, _))| format!("\"{c}\" = ${}", i + 2)).collect();
+    let assignments: Vec<String> = sets
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| format!("\"{c}\" = ${}", i + 2))
+        .collect();
     let mut args = vec![Arg::from(id)];
     args.extend(sets.into_iter().map(|(_, a)| a));
-    tx.execute(&format!("UPDATE geo_nodes SET {} WHERE id = $1", assignments.join(", ")), &args).await?;
+    tx.execute(
+        &format!(
+            "UPDATE geo_nodes SET {} WHERE id = $1",
+            assignments.join(", ")
+        ),
+        &args,
+    )
+    .await?;
     if let Some(namespaces) = change.namespace_ids {
-        tx.execute("DELETE FROM geo_node_namespace_links WHERE geo_node_id = $1", &[id.into()]).await?;
+        tx.execute(
+            "DELETE FROM geo_node_namespace_links WHERE geo_node_id = $1",
+            &[id.into()],
+        )
+        .await?;
         for ns in namespaces {
             link_namespace(&mut tx, id, ns).await?;
         }
     }
     tx.commit().await?;
-    get(&site.db, id).await?.ok_or_else(|| SiteError::NotFound(id.to_string()))
+    get(&site.db, id)
+        .await?
+        .ok_or_else(|| SiteError::NotFound(id.to_string()))
 }
 
 /// Removes a secondary.
 pub async fn remove(site: &Site, id: i64) -> Result<(), SiteError> {
     let removed = site
         .db
-        .execute("DELETE FROM geo_nodes WHERE id = $1 AND \"primary\" = $2", &[id.into(), false.into()])
+        .execute(
+            "DELETE FROM geo_nodes WHERE id = $1 AND \"primary\" = $2",
+            &[id.into(), false.into()],
+        )
         .await?;
     if removed == 0 {
         return Err(SiteError::NotFound(format!("secondary {id}")));
@@ -308,7 +371,10 @@ pub async fn remove(site: &Site, id: i64) -> Result<(), SiteError> {
 }
 
 /// The enabled secondary with this access key, and its secret.
-pub async fn authenticate(site: &Site, access_key: &str) -> Result<Option<(NodeSettings, String)>, SiteError> {
+pub async fn authenticate(
+    site: &Site,
+    access_key: &str,
+) -> Result<Option<(NodeSettings, String)>, SiteError> {
     let row = site
         .db
         .fetch_optional(
@@ -320,11 +386,16 @@ pub async fn authenticate(site: &Site, access_key: &str) -> Result<Option<(NodeS
         )
         .await?;
     let Some(row) = row else { return Ok(None) };
-    let (Some(sealed), Some(iv)) = (row.opt_bytes("encrypted_secret_access_key")?, row.opt_bytes("encrypted_secret_access_key_iv")?)
-    else {
+    let (Some(sealed), Some(iv)) = (
+        row.opt_bytes("encrypted_secret_access_key")?,
+        row.opt_bytes("encrypted_secret_access_key_iv")?,
+    ) else {
         return Ok(None);
     };
-    let secret = site.secrets.open(&sealed, &iv).map_err(|e| SiteError::Secret(e.to_string()))?;
+    let secret = site
+        .secrets
+        .open(&sealed, &iv)
+        .map_err(|e| SiteError::Secret(e.to_string()))?;
     Ok(Some((decode(&site.db, &row).await?, secret)))
 }
 

@@ -37,18 +37,27 @@ pub enum TopologyError {
 
 fn check_name(what: &str, value: &str) -> Result<(), TopologyError> {
     if value.trim().is_empty() || value.len() > 255 || value.chars().any(char::is_control) {
-        return Err(TopologyError::Invalid(format!("{what} must be 1 to 255 printable characters")));
+        return Err(TopologyError::Invalid(format!(
+            "{what} must be 1 to 255 printable characters"
+        )));
     }
     Ok(())
 }
 
-pub async fn create_namespace(db: &Db, name: &str, path: &str, parent_id: Option<i64>) -> Result<Namespace, TopologyError> {
+pub async fn create_namespace(
+    db: &Db,
+    name: &str,
+    path: &str,
+    parent_id: Option<i64>,
+) -> Result<Namespace, TopologyError> {
     check_name("name", name)?;
     check_name("path", path)?;
     if let Some(parent) = parent_id
         && get_namespace(db, parent).await?.is_none()
     {
-        return Err(TopologyError::NotFound(format!("parent namespace {parent}")));
+        return Err(TopologyError::NotFound(format!(
+            "parent namespace {parent}"
+        )));
     }
     let now = Db::now();
     let id = db
@@ -58,14 +67,29 @@ pub async fn create_namespace(db: &Db, name: &str, path: &str, parent_id: Option
         )
         .await?
         .i64("id")?;
-    Ok(Namespace { id, name: name.into(), path: path.into(), parent_id })
+    Ok(Namespace {
+        id,
+        name: name.into(),
+        path: path.into(),
+        parent_id,
+    })
 }
 
 pub async fn get_namespace(db: &Db, id: i64) -> Result<Option<Namespace>, TopologyError> {
-    let row = db.fetch_optional("SELECT id, name, path, parent_id FROM namespaces WHERE id = $1", &[id.into()]).await?;
+    let row = db
+        .fetch_optional(
+            "SELECT id, name, path, parent_id FROM namespaces WHERE id = $1",
+            &[id.into()],
+        )
+        .await?;
     Ok(row
         .map(|r| -> Result<_, DbError> {
-            Ok(Namespace { id: r.i64("id")?, name: r.text("name")?, path: r.text("path")?, parent_id: r.opt_i64("parent_id")? })
+            Ok(Namespace {
+                id: r.i64("id")?,
+                name: r.text("name")?,
+                path: r.text("path")?,
+                parent_id: r.opt_i64("parent_id")?,
+            })
         })
         .transpose()?)
 }
@@ -80,9 +104,15 @@ pub async fn delete_namespace(db: &Db, id: i64) -> Result<(), TopologyError> {
         .await?
         .i64("n")?;
     if children > 0 {
-        return Err(TopologyError::Invalid(format!("namespace {id} still has child namespaces or projects")));
+        return Err(TopologyError::Invalid(format!(
+            "namespace {id} still has child namespaces or projects"
+        )));
     }
-    if db.execute("DELETE FROM namespaces WHERE id = $1", &[id.into()]).await? == 0 {
+    if db
+        .execute("DELETE FROM namespaces WHERE id = $1", &[id.into()])
+        .await?
+        == 0
+    {
         return Err(TopologyError::NotFound(format!("namespace {id}")));
     }
     Ok(())
@@ -110,12 +140,21 @@ pub async fn create_project(
         )
         .await?
         .i64("id")?;
-    Ok(Project { id, name: name.into(), path: path.into(), namespace_id, repository_storage: repository_storage.into() })
+    Ok(Project {
+        id,
+        name: name.into(),
+        path: path.into(),
+        namespace_id,
+        repository_storage: repository_storage.into(),
+    })
 }
 
 pub async fn get_project(db: &Db, id: i64) -> Result<Option<Project>, TopologyError> {
     let row = db
-        .fetch_optional("SELECT id, name, path, namespace_id, repository_storage FROM projects WHERE id = $1", &[id.into()])
+        .fetch_optional(
+            "SELECT id, name, path, namespace_id, repository_storage FROM projects WHERE id = $1",
+            &[id.into()],
+        )
         .await?;
     Ok(row
         .map(|r| -> Result<_, DbError> {
@@ -131,7 +170,11 @@ pub async fn get_project(db: &Db, id: i64) -> Result<Option<Project>, TopologyEr
 }
 
 pub async fn delete_project(db: &Db, id: i64) -> Result<(), TopologyError> {
-    if db.execute("DELETE FROM projects WHERE id = $1", &[id.into()]).await? == 0 {
+    if db
+        .execute("DELETE FROM projects WHERE id = $1", &[id.into()])
+        .await?
+        == 0
+    {
         return Err(TopologyError::NotFound(format!("project {id}")));
     }
     Ok(())
@@ -143,10 +186,18 @@ pub async fn snapshot(db: &Db) -> Result<crate::feed::TopologySnapshot, DbError>
         .fetch_all("SELECT id, parent_id FROM namespaces ORDER BY id", &[])
         .await?
         .iter()
-        .map(|r| Ok(NamespaceNode { id: r.i64("id")?, parent_id: r.opt_i64("parent_id")? }))
+        .map(|r| {
+            Ok(NamespaceNode {
+                id: r.i64("id")?,
+                parent_id: r.opt_i64("parent_id")?,
+            })
+        })
         .collect::<Result<Vec<_>, DbError>>()?;
     let projects = db
-        .fetch_all("SELECT id, namespace_id, repository_storage FROM projects ORDER BY id", &[])
+        .fetch_all(
+            "SELECT id, namespace_id, repository_storage FROM projects ORDER BY id",
+            &[],
+        )
         .await?
         .iter()
         .map(|r| {
@@ -157,7 +208,10 @@ pub async fn snapshot(db: &Db) -> Result<crate::feed::TopologySnapshot, DbError>
             })
         })
         .collect::<Result<Vec<_>, DbError>>()?;
-    Ok(crate::feed::TopologySnapshot { namespaces, projects })
+    Ok(crate::feed::TopologySnapshot {
+        namespaces,
+        projects,
+    })
 }
 
 /// The topology as a lookup for scope decisions.

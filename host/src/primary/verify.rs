@@ -108,7 +108,12 @@ async fn claim(db: &Db, it: &InstalledType, limit: i64) -> Result<Vec<Claim>, Db
 }
 
 /// Verifies one batch of one type. Returns how many rows it handled.
-pub async fn verify_batch(site: &Site, it: &Arc<InstalledType>, limit: i64, concurrency: usize) -> anyhow::Result<usize> {
+pub async fn verify_batch(
+    site: &Site,
+    it: &Arc<InstalledType>,
+    limit: i64,
+    concurrency: usize,
+) -> anyhow::Result<usize> {
     let claims = claim(&site.db, it, limit).await?;
     if claims.is_empty() {
         return Ok(0);
@@ -177,9 +182,13 @@ pub async fn verify_batch(site: &Site, it: &Arc<InstalledType>, limit: i64, conc
                     )
                     .await?;
                 if changed == 1 {
-                    published |=
-                        events::publish(&mut tx, it.name(), events::CHECKSUM_SUCCEEDED, events::payload(claim.id))
-                            .await?;
+                    published |= events::publish(
+                        &mut tx,
+                        it.name(),
+                        events::CHECKSUM_SUCCEEDED,
+                        events::payload(claim.id),
+                    )
+                    .await?;
                 }
             }
             Outcome::Failed(message) => {
@@ -252,7 +261,10 @@ pub async fn reverify_due(db: &Db, it: &InstalledType, interval_days: i64) -> Re
 }
 
 /// Counts of a type's verification states on the primary.
-pub async fn state_counts(db: &Db, it: &InstalledType) -> Result<Vec<(VerificationState, i64)>, DbError> {
+pub async fn state_counts(
+    db: &Db,
+    it: &InstalledType,
+) -> Result<Vec<(VerificationState, i64)>, DbError> {
     let states = ident(&it.identity.states_table());
     let rows = db
         .fetch_all(
@@ -262,8 +274,13 @@ pub async fn state_counts(db: &Db, it: &InstalledType) -> Result<Vec<(Verificati
         .await?;
     rows.iter()
         .map(|r| {
-            let state = VerificationState::try_from(r.int("s")?.unwrap_or(0) as i16)
-                .map_err(|e| DbError::Decode { column: "verification_state".into(), message: e.to_string() })?;
+            let state =
+                VerificationState::try_from(r.int("s")?.unwrap_or(0) as i16).map_err(|e| {
+                    DbError::Decode {
+                        column: "verification_state".into(),
+                        message: e.to_string(),
+                    }
+                })?;
             Ok((state, r.i64("n")?))
         })
         .collect()
@@ -284,7 +301,9 @@ pub async fn run(site: Arc<Site>) {
         let per_type = (capacity / types.len().max(1)).max(1);
         if last_housekeeping.elapsed() > Duration::from_secs(60) {
             last_housekeeping = std::time::Instant::now();
-            let interval = super::sites::own_reverification_days(&site).await.unwrap_or(7);
+            let interval = super::sites::own_reverification_days(&site)
+                .await
+                .unwrap_or(7);
             for it in &types {
                 if let Err(error) = fail_stuck(&site.db, it, stuck_timeout).await {
                     tracing::warn!(r#type = it.name(), %error, "verification timeout pass failed");
@@ -298,7 +317,9 @@ pub async fn run(site: Arc<Site>) {
         for it in &types {
             match verify_batch(&site, it, batch, per_type).await {
                 Ok(n) => worked += n,
-                Err(error) => tracing::warn!(r#type = it.name(), error = %format!("{error:#}"), "verification batch failed"),
+                Err(error) => {
+                    tracing::warn!(r#type = it.name(), error = %format!("{error:#}"), "verification batch failed")
+                }
             }
         }
         if worked == 0 {

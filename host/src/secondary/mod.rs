@@ -1,1 +1,686 @@
-//! (being written)
+//! The secondary role: copy the primary's blobs of every installed type and
+//! verify them, GitLab Geo's way.
+//!
+//! A secondary has no replica of the primary's database, so everything it
+//! knows about the primary comes over HTTP ([`client`], routes in
+//! [`crate::feed`]); what it has done is in its tracking database, one
+//! registry table per type ([`registry`]). [`run`] starts the workers:
+//!
+//! | worker | GitLab | module |
+//! |---|---|---|
+//! | node settings watcher (selective sync, capacities) | reads `geo_nodes` | here |
+//! | registry consistency, at start, every `consistency_interval_secs` and when the node settings change | `RegistryConsistencyWorker` | [`consistency`] |
+//! | download scheduler, `files_max_capacity` at once | `RegistrySyncWorker`, `SyncWorker`, `BlobDownloadService` | [`sync`] |
+//! | verifier, `verification_max_capacity` per round | `VerificationBatchWorker` | [`verify`] |
+//! | event log cursor | Geo log cursor daemon, `EventWorker` | [`cursor`] |
+//! | stuck syncs and verifications, every minute | `SyncTimeoutCronWorker`, `VerificationTimeoutWorker` | here |
+//!
+//! Every idle loop pauses `workers.idle_poll_ms`, so tests converge fast.
+//! A type's feature flag `geo_<name>_replication` (table `feature_flags` of
+//! the site's main database, on when absent) turns off its consistency
+//! pass, syncs, verification and `created`/`updated` events; `deleted`
+//! events are still applied.
+//!
+//! Architecture invariant: nothing here names a replicable type; columns,
+//! paths and scope come from the type's plugin ([`scope`]).
+//!
+//! ## Where Geohost differs from GitLab, and why
+//!
+//! - **Claims instead of leases.** GitLab schedules ids and each job
+//!   `start!`s its row under an 8-hour Redis lease. Here the scheduler's
+//!   claim *is* the `start` (one `UPDATE … RETURNING`, `FOR UPDATE SKIP
+//!   LOCKED` on PostgreSQL), so worker processes sharing a tracking database
+//!   never download one record twice, with no Redis. The cursor's lease is
+//!   a PostgreSQL advisory lock per batch.
+//! - **Primary facts over HTTP.** The primary's checksum comes with the
+//!   download (`x-geo-checksum`) or from the feed (`records?ids=`); when
+//!   the primary cannot be read, a verification batch releases its claims
+//!   (verification pending again) instead of failing and resyncing them.
+//! - **Full consistency passes.** GitLab checks one 10,000-id batch per
+//!   type per run, with its cursor in Rails.cache; Geohost walks every
+//!   batch each pass (same batch size), since a pass is cheap HTTP paging.
+//!   Orphan rows (record gone) lose their registry row, but not their blob,
+//!   whose path is unknown without the record: the `deleted` event removes
+//!   it. Rows in `started` are left for the next pass.
+//! - **A new cursor starts at the primary's newest event** rather than at
+//!   the beginning of the log; the consistency pass covers what came before.
+//! - **Shutdown.** A download interrupted by shutdown puts its row back to
+//!   pending (GitLab's jobs just die and wait for the stuck-sync timeout).
+//! - **Object storage.** Records the primary keeps in object storage
+//!   (`file_store = 2`) are checked by padded size, on download and in
+//!   verification, following the record (as GitLab does), not the kind of
+//!   this site's store.
+//! - **Events decide scope with a fresh topology when needed.** A record an
+//!   event's batch puts out of scope is decided again once with a newly
+//!   read topology (its project may be newer than the last read); GitLab
+//!   reads its replica, which is always current.
+//! - **Extra download checks.** The size must match `Content-Length`; a
+//!   file placed for a record deleted during its download is removed.
+//! - **Texts.** Failure texts are GitLab's, cut to 255 characters without
+//!   Ruby's `...`; a non-2xx download adds the primary's message after
+//!   "Non-success HTTP response status code N: "; the mismatch details are
+//!   printed as Ruby 3.4 prints a hash (`{checksum: "…", …}`).
+//! - **Verification failed → pending** keeps `checksum_mismatch` and
+//!   `verification_checksum_mismatched` along with the retry count and time,
+//!   as GitLab's code does (only its failure text is cleared); a success
+//!   clears them.
+//! - **Not done:** GitLab's shortcut that marks an immutable, brand-new
+//!   pending row synced without downloading when the file already exists.
+//!   Timeout texts read "after 8 hours" (GitLab interpolates a duration's
+//!   seconds).
+
+pub mod client;
+pub mod consistency;
+pub mod cursor;
+pub mod registry;
+pub mod scope;
+pub mod sync;
+pub mod verify;
+
+#[cfg(test)]
+mod testing;
+
+pub use client::{ClientError, PrimaryClient};
+pub use registry::{Registry, RegistryCounts, RegistryRow};
+
+use crate::catalog::InstalledType;
+use crate::db::{Db, DbError};
+use crate::feed::NodeSettings;
+use crate::site::Site;
+use anyhow::Context as _;
+use scope::Scope;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+
+/// How often stuck rows are looked for (GitLab: every minute, 10 minutes
+/// for syncs).
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
+/// Temporary objects older than this are leftovers of a crash.
+pub const TEMP_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// What this secondary knows of the primary right now.
+#[derive(Debug, Clone)]
+pub struct PrimaryView {
+    /// This site's settings on the primary.
+    pub node: NodeSettings,
+    /// The scope they give; `None` when the settings are unusable (logged).
+    pub scope: Option<Scope>,
+}
+
+/// GitLab's secondary status counts of one type (reference §7): all rows,
+/// synced, failed, verified, verification failed, verification total.
+pub async fn status_counts(tracking: &Db, it: &InstalledType) -> Result<RegistryCounts, DbError> {
+    Registry::of(it).counts(tracking).await
+}
+
+/// Whether the type's feature flag `geo_<name>_replication` is on in the
+/// site's main database (on when absent).
+pub async fn replication_enabled(db: &Db, it: &InstalledType) -> Result<bool, DbError> {
+    let row = db
+        .fetch_optional(
+            "SELECT enabled FROM feature_flags WHERE name = $1",
+            &[it.identity.feature_flag().into()],
+        )
+        .await?;
+    Ok(match row {
+        Some(row) => row.bool("enabled")?,
+        None => true,
+    })
+}
+
+/// The secondary's shared state: its site, tracking database, client, and
+/// the latest view of the primary.
+pub struct Secondary {
+    pub site: Arc<Site>,
+    pub tracking: Db,
+    pub client: PrimaryClient,
+    view: watch::Sender<Option<Arc<PrimaryView>>>,
+    node_changed: Notify,
+    flags: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+impl Secondary {
+    /// The secondary of `site` (which must have a tracking database and a
+    /// `[primary]` section).
+    pub fn new(site: Arc<Site>) -> anyhow::Result<Arc<Secondary>> {
+        let tracking = site.tracking()?.clone();
+        let primary = site
+            .config
+            .primary
+            .as_ref()
+            .context("a secondary needs a [primary] section")?;
+        let client = PrimaryClient::new(primary)?;
+        Ok(Arc::new(Secondary {
+            site,
+            tracking,
+            client,
+            view: watch::channel(None).0,
+            node_changed: Notify::new(),
+            flags: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The pause of idle loops (`workers.idle_poll_ms`).
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.site.config.workers.idle_poll_ms.max(1))
+    }
+
+    /// The latest view of the primary, once one was read.
+    pub fn view(&self) -> Option<Arc<PrimaryView>> {
+        self.view.borrow().clone()
+    }
+
+    /// Waits for the first view; `None` on shutdown.
+    async fn wait_view(&self) -> Option<Arc<PrimaryView>> {
+        let mut receiver = self.view.subscribe();
+        tokio::select! {
+            view = receiver.wait_for(Option::is_some) => view.ok().and_then(|v| v.clone()),
+            _ = self.site.shutdown.cancelled() => None,
+        }
+    }
+
+    fn publish(
+        &self,
+        node: NodeSettings,
+        topology: Arc<crate::topology::Topology>,
+    ) -> Arc<PrimaryView> {
+        let scope = match node.scope().to_settings() {
+            Ok(settings) => Some(Scope { settings, topology }),
+            Err(error) => {
+                tracing::error!(%error, "this site's selective-sync settings on the primary are unusable");
+                None
+            }
+        };
+        let view = Arc::new(PrimaryView { node, scope });
+        self.view.send_replace(Some(view.clone()));
+        view
+    }
+
+    /// Reads this site's settings from the primary. Returns whether they
+    /// changed (the first read counts as a change); the topology is read
+    /// too when they did.
+    pub async fn refresh_node(&self) -> Result<bool, ClientError> {
+        let node = self.client.node().await?;
+        let current = self.view();
+        if current.as_ref().is_some_and(|v| v.node == node) {
+            return Ok(false);
+        }
+        let topology = match &current {
+            Some(view) if view.node.scope() == node.scope() => {
+                view.scope.as_ref().map(|s| s.topology.clone())
+            }
+            _ => None,
+        };
+        let topology = match topology {
+            Some(topology) => topology,
+            None => Arc::new(self.fetch_topology().await?),
+        };
+        tracing::info!(
+            selective_sync_type = ?node.selective_sync_type,
+            sync_object_storage = node.sync_object_storage,
+            files_max_capacity = node.files_max_capacity,
+            verification_max_capacity = node.verification_max_capacity,
+            "node settings read from the primary"
+        );
+        self.publish(node, topology);
+        Ok(true)
+    }
+
+    async fn fetch_topology(&self) -> Result<crate::topology::Topology, ClientError> {
+        let snapshot = self.client.topology().await?;
+        Ok(crate::topology::Topology::new(
+            snapshot.namespaces,
+            snapshot.projects,
+        ))
+    }
+
+    /// Re-reads the topology and publishes it with the current settings.
+    pub async fn refresh_topology(&self) -> Result<Arc<PrimaryView>, ClientError> {
+        let topology = Arc::new(self.fetch_topology().await?);
+        let node = match self.view() {
+            Some(view) => view.node.clone(),
+            None => self.client.node().await?,
+        };
+        Ok(self.publish(node, topology))
+    }
+
+    /// Whether `it`'s replication is enabled (feature flag, cached for one
+    /// idle pause).
+    pub async fn replication_enabled(&self, it: &InstalledType) -> bool {
+        let name = it.name().to_string();
+        if let Some((enabled, at)) = self.flags.lock().expect("flag cache").get(&name).copied()
+            && at.elapsed() < self.idle()
+        {
+            return enabled;
+        }
+        let enabled = match replication_enabled(&self.site.db, it).await {
+            Ok(enabled) => enabled,
+            Err(error) => {
+                tracing::warn!(r#type = it.name(), %error, "cannot read the feature flag; assuming on");
+                true
+            }
+        };
+        self.flags
+            .lock()
+            .expect("flag cache")
+            .insert(name, (enabled, Instant::now()));
+        enabled
+    }
+
+    /// The installed types whose replication is enabled.
+    pub async fn enabled_types(&self) -> Vec<Arc<InstalledType>> {
+        let mut enabled = Vec::new();
+        for it in self.site.catalog.all() {
+            if self.replication_enabled(&it).await {
+                enabled.push(it);
+            }
+        }
+        enabled
+    }
+
+    /// The downloader of this secondary.
+    pub fn downloader(&self) -> sync::Downloader {
+        sync::Downloader {
+            client: self.client.clone(),
+            tracking: self.tracking.clone(),
+            blobs: self.site.blobs.clone(),
+            cancel: self.site.shutdown.clone(),
+        }
+    }
+
+    /// One consistency pass over every enabled type, with a fresh topology.
+    pub async fn consistency_pass(&self) -> anyhow::Result<consistency::Counts> {
+        let view = self.refresh_topology().await?;
+        let Some(scope) = view.scope.as_ref() else {
+            anyhow::bail!("this site's selective-sync settings are unusable");
+        };
+        let mut total = consistency::Counts::default();
+        for it in self.enabled_types().await {
+            match consistency::check_type(
+                &self.client,
+                &self.tracking,
+                &self.site.blobs,
+                &it,
+                scope,
+            )
+            .await
+            {
+                Ok(counts) => total += counts,
+                Err(error) => tracing::warn!(r#type = it.name(), %error, "consistency pass failed"),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Fails stuck syncs and verifications of every type.
+    pub async fn fail_stuck(&self) {
+        let workers = &self.site.config.workers;
+        let sync_timeout = Duration::from_secs(workers.sync_timeout_secs);
+        let verification_timeout = Duration::from_secs(workers.verification_timeout_secs);
+        for it in self.site.catalog.all() {
+            let registry = Registry::of(&it);
+            match registry
+                .fail_stuck_syncs(&self.tracking, sync_timeout)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(r#type = it.name(), rows = n, "stuck syncs failed"),
+                Err(error) => {
+                    tracing::warn!(r#type = it.name(), %error, "sync timeout pass failed")
+                }
+            }
+            match registry
+                .fail_stuck_verifications(&self.tracking, verification_timeout)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(r#type = it.name(), rows = n, "stuck verifications failed"),
+                Err(error) => {
+                    tracing::warn!(r#type = it.name(), %error, "verification timeout pass failed")
+                }
+            }
+        }
+    }
+
+    /// Sleeps `pause`; `false` if shutdown came first.
+    async fn pause(&self, pause: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => true,
+            _ = self.site.shutdown.cancelled() => false,
+        }
+    }
+}
+
+/// Starts the secondary's workers and runs them until `site.shutdown` is
+/// cancelled.
+pub async fn run(site: Arc<Site>) -> anyhow::Result<()> {
+    let secondary = Secondary::new(site.clone())?;
+    match site.blobs.cleanup_temp(TEMP_MAX_AGE).await {
+        Ok(removed) if removed > 0 => tracing::info!(removed, "leftover downloads removed"),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot clean temporary downloads"),
+    }
+    tracing::info!(
+        primary = secondary.client.base_url(),
+        "secondary workers starting"
+    );
+    let mut workers = tokio::task::JoinSet::new();
+    workers.spawn(watch_node(secondary.clone()));
+    workers.spawn(run_consistency(secondary.clone()));
+    workers.spawn(run_sync(secondary.clone()));
+    workers.spawn(run_verification(secondary.clone()));
+    workers.spawn(run_cursor(secondary.clone()));
+    workers.spawn(run_housekeeping(secondary.clone()));
+    while let Some(done) = workers.join_next().await {
+        if let Err(error) = done
+            && error.is_panic()
+        {
+            tracing::error!(%error, "a secondary worker panicked");
+        }
+    }
+    tracing::info!("secondary workers stopped");
+    Ok(())
+}
+
+/// Backs off 1 s, doubling to 30 s.
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(cursor::BACKOFF_MAX)
+}
+
+/// Reads the node settings now and then; a change triggers a consistency
+/// pass (a new selective-sync scope adds and removes registries).
+async fn watch_node(s: Arc<Secondary>) {
+    let interval =
+        Duration::from_secs(s.site.config.workers.consistency_interval_secs.clamp(1, 10))
+            .max(s.idle());
+    let mut backoff = cursor::BACKOFF_START;
+    let mut first = true;
+    loop {
+        let pause = match s.refresh_node().await {
+            Ok(changed) => {
+                backoff = cursor::BACKOFF_START;
+                if first {
+                    first = false;
+                    check_types(&s).await;
+                } else if changed {
+                    s.node_changed.notify_one();
+                }
+                interval
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read this site's settings from the primary");
+                let pause = backoff;
+                backoff = next_backoff(backoff);
+                pause
+            }
+        };
+        if !s.pause(pause).await {
+            return;
+        }
+    }
+}
+
+/// Logs types installed on one side only or in another version.
+async fn check_types(s: &Secondary) {
+    let remote = match s.client.types().await {
+        Ok(types) => types,
+        Err(error) => {
+            tracing::warn!(%error, "cannot list the primary's types");
+            return;
+        }
+    };
+    for it in s.site.catalog.all() {
+        match remote.iter().find(|t| t.name == it.name()) {
+            None => tracing::warn!(
+                r#type = it.name(),
+                "type installed here but not on the primary"
+            ),
+            Some(t) if t.version != it.identity.version || t.sha256 != it.plugin.sha256() => {
+                tracing::warn!(
+                    r#type = it.name(),
+                    primary_version = %t.version,
+                    version = %it.identity.version,
+                    "the primary runs another version of this type"
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    for t in &remote {
+        if s.site.catalog.get(&t.name).is_none() {
+            tracing::warn!(r#type = %t.name, "type installed on the primary but not here: not replicated");
+        }
+    }
+}
+
+async fn run_consistency(s: Arc<Secondary>) {
+    if s.wait_view().await.is_none() {
+        return;
+    }
+    let interval = Duration::from_secs(s.site.config.workers.consistency_interval_secs.max(1));
+    loop {
+        if let Err(error) = s.consistency_pass().await {
+            tracing::warn!(error = %format!("{error:#}"), "consistency pass failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = s.node_changed.notified() => {}
+            _ = s.site.shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn run_sync(s: Arc<Secondary>) {
+    if s.wait_view().await.is_none() {
+        return;
+    }
+    let types = {
+        let s = s.clone();
+        move || {
+            let s = s.clone();
+            async move {
+                let view = s.view()?;
+                let capacity = view.node.files_max_capacity.max(1) as usize;
+                Some((s.enabled_types().await, capacity))
+            }
+        }
+    };
+    sync::run_scheduler(s.downloader(), types, s.idle()).await;
+}
+
+async fn run_verification(s: Arc<Secondary>) {
+    let batch = s.site.config.workers.verification_batch.max(1);
+    let mut backoff = cursor::BACKOFF_START;
+    loop {
+        let Some(view) = s.wait_view().await else {
+            return;
+        };
+        let types = s.enabled_types().await;
+        let per_type =
+            (view.node.verification_max_capacity.max(1) as usize / types.len().max(1)).max(1);
+        let mut worked = 0;
+        let mut failed = false;
+        for it in &types {
+            match verify::verify_batch(&s.client, &s.tracking, &s.site.blobs, it, batch, per_type)
+                .await
+            {
+                Ok(counts) => worked += counts.total(),
+                Err(error) => {
+                    failed = true;
+                    tracing::warn!(r#type = it.name(), %error, "verification batch failed");
+                }
+            }
+        }
+        if worked > 0 {
+            backoff = cursor::BACKOFF_START;
+            continue;
+        }
+        let pause = if failed {
+            let pause = backoff;
+            backoff = next_backoff(backoff);
+            pause
+        } else {
+            backoff = cursor::BACKOFF_START;
+            s.idle()
+        };
+        if !s.pause(pause).await {
+            return;
+        }
+    }
+}
+
+async fn run_cursor(s: Arc<Secondary>) {
+    let mut backoff = cursor::BACKOFF_START;
+    loop {
+        if s.wait_view().await.is_none() {
+            return;
+        }
+        let mut types = HashMap::new();
+        for it in s.site.catalog.all() {
+            let enabled = s.replication_enabled(&it).await;
+            types.insert(it.name().to_string(), (it, enabled));
+        }
+        let cx = cursor::EventContext {
+            client: &s.client,
+            tracking: &s.tracking,
+            blobs: &s.site.blobs,
+            types,
+        };
+        let scope = s.view().and_then(|view| view.scope.clone());
+        let refresh = async || match s.refresh_topology().await {
+            Ok(view) => view.scope.clone(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot re-read the topology");
+                None
+            }
+        };
+        let wait = cursor::LONG_POLL;
+        match cursor::round(&cx, scope.as_ref(), refresh, wait, &s.site.shutdown).await {
+            Ok(cursor::Round::Handled(_)) => backoff = cursor::BACKOFF_START,
+            Ok(cursor::Round::Stopped) => return,
+            Ok(cursor::Round::Leased) => {
+                if !s.pause(s.idle().max(cursor::BACKOFF_START)).await {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "event cursor failed; retrying");
+                if !s.pause(backoff).await {
+                    return;
+                }
+                backoff = next_backoff(backoff);
+            }
+        }
+    }
+}
+
+async fn run_housekeeping(s: Arc<Secondary>) {
+    // A short sync timeout (tests, small sites) is checked at least twice per period.
+    let timeout = Duration::from_secs(s.site.config.workers.sync_timeout_secs.max(2));
+    let interval = HOUSEKEEPING_INTERVAL.min(timeout / 2);
+    loop {
+        s.fail_stuck().await;
+        if !s.pause(interval).await {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::states::SyncState;
+    use crate::topology::{NamespaceNode, ProjectNode};
+    use testing::FakePrimary;
+
+    async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_secondary_converges_and_follows_events() {
+        let primary = FakePrimary::start().await;
+        primary.with(|s| {
+            s.topology.namespaces = vec![NamespaceNode {
+                id: 1,
+                parent_id: None,
+            }];
+            s.topology.projects = vec![ProjectNode {
+                id: 10,
+                namespace_id: 1,
+                repository_storage: "default".into(),
+            }];
+        });
+        for id in 1..=5 {
+            primary.add(id, 10, format!("index {id}").as_bytes(), true);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_toml(&format!(
+            "[site]\nname = 's'\nrole = 'secondary'\ndata_dir = '{}'\n\
+             [primary]\nurl = '{}'\naccess_key = 'key'\nsecret_access_key = 'secret'\n\
+             [workers]\nidle_poll_ms = 20\nconsistency_interval_secs = 1\n",
+            dir.path().display(),
+            primary.url
+        ))
+        .unwrap();
+        let site = Site::open(config).await.unwrap();
+        let it = site.installed(testing::helm().name()).unwrap();
+        let tracking = site.tracking().unwrap().clone();
+        let workers = tokio::spawn(run(site.clone()));
+
+        // The consistency pass finds the records; they are downloaded and verified.
+        wait_for("the first five to be verified", async || {
+            status_counts(&tracking, &it).await.unwrap().verified_count == 5
+        })
+        .await;
+
+        // A new record arrives by event; a deleted one goes with its blob.
+        primary.add(6, 10, b"index 6", true);
+        primary.event(cursor::CREATED, 6, serde_json::json!({}));
+        let gone = primary.with(|s| s.records.remove(&1)).unwrap();
+        let path = scope::blob_paths(&it, &[gone])
+            .await
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert!(site.blobs.exists(it.name(), &path).await.unwrap());
+        primary.event(
+            cursor::DELETED,
+            1,
+            serde_json::json!({"blob_path": path.as_str()}),
+        );
+        wait_for("the event changes", async || {
+            let counts = status_counts(&tracking, &it).await.unwrap();
+            counts.synced_count == 5 && Registry::of(&it).get(&tracking, 1).await.unwrap().is_none()
+        })
+        .await;
+        assert!(!site.blobs.exists(it.name(), &path).await.unwrap());
+        let six = Registry::of(&it).get(&tracking, 6).await.unwrap().unwrap();
+        assert_eq!(six.state, SyncState::Synced);
+
+        // The feature flag off: nothing new is synced.
+        site.db
+            .execute(
+                "INSERT INTO feature_flags (name, enabled) VALUES ($1, $2)",
+                &[it.identity.feature_flag().into(), false.into()],
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        primary.add(7, 10, b"index 7", true);
+        primary.event(cursor::CREATED, 7, serde_json::json!({}));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(Registry::of(&it).get(&tracking, 7).await.unwrap().is_none());
+
+        site.shutdown.cancel();
+        workers.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,452 @@
+//! The secondary's HTTP client for its primary: one method per route of the
+//! replication feed ([`crate::feed`]) plus GitLab's retrieve API.
+//!
+//! Why one small client: every request must be signed afresh (the JWT lives
+//! 60 s and names exactly the resource asked for), and the callers need to
+//! tell failures apart: an unreachable primary is retried with backoff, a
+//! 401 means this site's keys are wrong, and a 404 with `geo_code:
+//! FILE_NOT_FOUND` means the primary lost the file (GitLab then backs off up
+//! to 4 hours instead of 1).
+//!
+//! Like GitLab's `BlobDownloader`, connect and read timeouts are 60 s and
+//! redirects are not followed automatically; [`PrimaryClient::retrieve`]
+//! follows one redirect by hand, without the `Authorization` header (an
+//! object-storage URL must not receive the site's token).
+
+use crate::auth::geo_jwt;
+use crate::config::PrimarySection;
+use crate::feed::{
+    self, EventPage, FeedRecord, NodeSettings, RecordPage, TopologySnapshot, TypeInfo,
+};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// GitLab's connect, write and read timeouts for Geo transfers.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+/// Most ids in one `records?ids=` request (the primary's limit).
+pub const MAX_IDS_PER_REQUEST: usize = 1000;
+
+/// Why a request to the primary failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No answer: connection refused, DNS, timeout, or the connection broke.
+    #[error("the primary is unreachable ({url}): {message}")]
+    Unreachable { url: String, message: String },
+    /// 401: the primary refused this site's access key or token.
+    #[error("the primary refused this site's credentials (401) for {url}")]
+    Unauthorized { url: String },
+    /// 404 with `geo_code: FILE_NOT_FOUND`: the record exists but its file
+    /// is missing on the primary.
+    #[error("404 from {url}: {message}")]
+    FileNotFound { url: String, message: String },
+    /// Any other 404 (unknown record or type).
+    #[error("404 from {url}: {message}")]
+    NotFound { url: String, message: String },
+    /// Any other non-2xx answer.
+    #[error("{status} from {url}: {message}")]
+    Status {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    /// A 2xx answer that is not what the route promises.
+    #[error("unreadable answer from {url}: {message}")]
+    Decode { url: String, message: String },
+    /// The client could not be built or the request not signed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl ClientError {
+    /// Whether the primary is missing the file (GitLab's `primary_missing_file`).
+    pub fn is_missing_on_primary(&self) -> bool {
+        matches!(self, ClientError::FileNotFound { .. })
+    }
+
+    /// Whether the primary could not be reached (worth retrying soon).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+    }
+
+    /// The HTTP status, for answers that had one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Unauthorized { .. } => Some(401),
+            ClientError::FileNotFound { .. } | ClientError::NotFound { .. } => Some(404),
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A signed client of one primary.
+#[derive(Clone)]
+pub struct PrimaryClient {
+    http: reqwest::Client,
+    base: String,
+    access_key: String,
+    secret: String,
+}
+
+impl std::fmt::Debug for PrimaryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrimaryClient")
+            .field("base", &self.base)
+            .field("access_key", &self.access_key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unreachable(url: &str, error: &reqwest::Error) -> ClientError {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    ClientError::Unreachable {
+        url: url.to_string(),
+        message,
+    }
+}
+
+impl PrimaryClient {
+    /// A client of the primary in a secondary's `[primary]` section.
+    pub fn new(primary: &PrimarySection) -> Result<PrimaryClient, ClientError> {
+        if primary.secret_access_key.is_empty() {
+            return Err(ClientError::Setup(
+                "[primary] secret_access_key is empty".into(),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(TIMEOUT)
+            .read_timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("geohost/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Setup(format!("building the HTTP client: {e}")))?;
+        Ok(PrimaryClient {
+            http,
+            base: primary.url.trim_end_matches('/').to_string(),
+            access_key: primary.access_key.clone(),
+            secret: primary.secret_access_key.clone(),
+        })
+    }
+
+    /// The primary's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn authorization(&self, claim: &serde_json::Value) -> Result<String, ClientError> {
+        geo_jwt::try_sign(&self.access_key, &self.secret, claim)
+            .map_err(|e| ClientError::Setup(format!("signing the request: {e}")))
+    }
+
+    /// Sends a signed GET; returns the response if its status is 2xx.
+    async fn send(
+        &self,
+        path_and_query: &str,
+        claim: &serde_json::Value,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = format!("{}{}", self.base, path_and_query);
+        let response = self
+            .http
+            .get(&url)
+            .header(reqwest::header::AUTHORIZATION, self.authorization(claim)?)
+            .header("X-Sendfile-Type", "X-Sendfile")
+            .send()
+            .await
+            .map_err(|e| unreachable(&url, &e))?;
+        check_status(&url, response).await
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        path_and_query: &str,
+        claim: &serde_json::Value,
+    ) -> Result<T, ClientError> {
+        let response = self.send(path_and_query, claim).await?;
+        let url = response.url().to_string();
+        let body = response.bytes().await.map_err(|e| unreachable(&url, &e))?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+            url,
+            message: e.to_string(),
+        })
+    }
+
+    /// `GET /api/v4/geo/node`: this secondary's settings on the primary.
+    pub async fn node(&self) -> Result<NodeSettings, ClientError> {
+        self.get_json("/api/v4/geo/node", &feed::feed_claim("node"))
+            .await
+    }
+
+    /// `GET /api/v4/geo/topology`: every namespace and project.
+    pub async fn topology(&self) -> Result<TopologySnapshot, ClientError> {
+        self.get_json("/api/v4/geo/topology", &feed::feed_claim("topology"))
+            .await
+    }
+
+    /// `GET /api/v4/geo/types`: the types installed on the primary.
+    pub async fn types(&self) -> Result<Vec<TypeInfo>, ClientError> {
+        self.get_json("/api/v4/geo/types", &feed::feed_claim("types"))
+            .await
+    }
+
+    /// `GET …/records?after_id&limit`: up to `limit` records with id above
+    /// `after_id`, in id order, and the model table's highest id.
+    pub async fn records_after(
+        &self,
+        name: &str,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<RecordPage, ClientError> {
+        let limit = limit.clamp(1, feed::MAX_RECORDS_PER_PAGE);
+        self.get_json(
+            &format!("/api/v4/geo/replication/{name}/records?after_id={after_id}&limit={limit}"),
+            &feed::records_claim(name),
+        )
+        .await
+    }
+
+    /// `GET …/records?ids=`: the records among `ids` that exist (any number
+    /// of ids: sent [`MAX_IDS_PER_REQUEST`] at a time), in id order.
+    pub async fn records_by_ids(
+        &self,
+        name: &str,
+        ids: &[i64],
+    ) -> Result<Vec<FeedRecord>, ClientError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IDS_PER_REQUEST) {
+            let list: Vec<String> = chunk.iter().map(i64::to_string).collect();
+            let page: RecordPage = self
+                .get_json(
+                    &format!(
+                        "/api/v4/geo/replication/{name}/records?ids={}",
+                        list.join(",")
+                    ),
+                    &feed::records_claim(name),
+                )
+                .await?;
+            out.extend(page.records);
+        }
+        out.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+
+    /// `GET /api/v4/geo/events?after&limit&wait_ms`: events after the cursor,
+    /// waiting up to `wait_ms` for the first (long-poll).
+    pub async fn events(
+        &self,
+        after: i64,
+        limit: i64,
+        wait_ms: u64,
+    ) -> Result<EventPage, ClientError> {
+        let limit = limit.clamp(1, feed::MAX_EVENTS_PER_PAGE);
+        let wait_ms = wait_ms.min(feed::MAX_WAIT_MS);
+        self.get_json(
+            &format!("/api/v4/geo/events?after={after}&limit={limit}&wait_ms={wait_ms}"),
+            &feed::feed_claim("events"),
+        )
+        .await
+    }
+
+    /// `GET /api/v4/geo/retrieve/:name/:id`: the blob, as a 2xx response
+    /// whose body the caller streams. A redirect is followed once, without
+    /// the `Authorization` header.
+    pub async fn retrieve(&self, name: &str, id: i64) -> Result<reqwest::Response, ClientError> {
+        let path = format!("/api/v4/geo/retrieve/{name}/{id}");
+        let url = format!("{}{}", self.base, path);
+        let response = self
+            .http
+            .get(&url)
+            .header(
+                reqwest::header::AUTHORIZATION,
+                self.authorization(&feed::retrieve_claim(name, id))?,
+            )
+            .header("X-Sendfile-Type", "X-Sendfile")
+            .send()
+            .await
+            .map_err(|e| unreachable(&url, &e))?;
+        if !response.status().is_redirection() {
+            return check_status(&url, response).await;
+        }
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| response.url().join(v).ok())
+            .ok_or_else(|| ClientError::Status {
+                url: url.clone(),
+                status: response.status().as_u16(),
+                message: "redirect without a usable Location".into(),
+            })?;
+        let target = location.to_string();
+        let response = self
+            .http
+            .get(location)
+            .send()
+            .await
+            .map_err(|e| unreachable(&target, &e))?;
+        check_status(&target, response).await
+    }
+}
+
+/// Passes a 2xx response through; maps anything else to a [`ClientError`],
+/// reading GitLab's JSON error body (`message`, `geo_code`) when there is one.
+async fn check_status(
+    url: &str,
+    response: reqwest::Response,
+) -> Result<reqwest::Response, ClientError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let url = url.to_string();
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(ClientError::Unauthorized { url });
+    }
+    // Error bodies are small JSON; cap what is read from a misbehaving peer.
+    let body = response.bytes().await.unwrap_or_default();
+    let body = &body[..body.len().min(16 * 1024)];
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let message = json
+        .as_ref()
+        .and_then(|j| j.get("message"))
+        .and_then(|m| {
+            m.as_str()
+                .map(str::to_string)
+                .or_else(|| Some(m.to_string()))
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
+    let geo_code = json
+        .as_ref()
+        .and_then(|j| j.get("geo_code"))
+        .and_then(|c| c.as_str());
+    Err(match (status, geo_code) {
+        (StatusCode::NOT_FOUND, Some("FILE_NOT_FOUND")) => {
+            ClientError::FileNotFound { url, message }
+        }
+        (StatusCode::NOT_FOUND, _) => ClientError::NotFound { url, message },
+        _ => ClientError::Status {
+            url,
+            status: status.as_u16(),
+            message,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Json;
+    use axum::http::{HeaderMap, StatusCode as Code};
+    use axum::routing::get;
+    use serde_json::json;
+
+    const KEY: &str = "access-key";
+    const SECRET: &str = "secret-access-key-secret-access-key-0000";
+
+    fn checked(headers: &HeaderMap, expected: serde_json::Value) -> Result<(), Code> {
+        let header = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or(Code::UNAUTHORIZED)?;
+        let (key, token) = geo_jwt::parse_header(header).map_err(|_| Code::UNAUTHORIZED)?;
+        if key != KEY {
+            return Err(Code::UNAUTHORIZED);
+        }
+        geo_jwt::verify(&token, SECRET, &expected).map_err(|_| Code::UNAUTHORIZED)
+    }
+
+    /// A fake primary answering each kind of failure.
+    async fn fake_primary() -> String {
+        let router = axum::Router::new()
+            .route(
+                "/api/v4/geo/types",
+                get(|headers: HeaderMap| async move {
+                    checked(&headers, feed::feed_claim("types"))?;
+                    Ok::<_, Code>(Json(json!([{"name": "t", "version": "1.0.0", "sha256": "x",
+                        "title": "T", "title_plural": "Ts"}])))
+                }),
+            )
+            .route(
+                "/api/v4/geo/retrieve/{name}/{id}",
+                get(
+                    |axum::extract::Path((name, id)): axum::extract::Path<(String, i64)>,
+                     headers: HeaderMap| async move {
+                        checked(&headers, feed::retrieve_claim(&name, id))
+                            .map_err(|c| (c, Json(json!({"message": "401 Unauthorized"}))))?;
+                        match id {
+                            1 => Ok("blob".to_string()),
+                            2 => Err((
+                                Code::NOT_FOUND,
+                                Json(json!({"message": "t 2 file not found", "geo_code": "FILE_NOT_FOUND"})),
+                            )),
+                            3 => Err((Code::NOT_FOUND, Json(json!({"message": "t not found"})))),
+                            _ => Err((Code::SERVICE_UNAVAILABLE, Json(json!({"message": "busy"})))),
+                        }
+                    },
+                ),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{address}/")
+    }
+
+    fn client(url: &str, secret: &str) -> PrimaryClient {
+        PrimaryClient::new(&PrimarySection {
+            url: url.into(),
+            access_key: KEY.into(),
+            secret_access_key: secret.into(),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn signs_requests_and_sorts_failures() {
+        let url = fake_primary().await;
+        let primary = client(&url, SECRET);
+        assert_eq!(primary.types().await.unwrap()[0].name, "t");
+        let ok = primary.retrieve("t", 1).await.unwrap();
+        assert_eq!(ok.text().await.unwrap(), "blob");
+
+        let missing = primary.retrieve("t", 2).await.unwrap_err();
+        assert!(missing.is_missing_on_primary(), "{missing}");
+        assert!(
+            missing.to_string().contains("t 2 file not found"),
+            "{missing}"
+        );
+        let unknown = primary.retrieve("t", 3).await.unwrap_err();
+        assert!(matches!(unknown, ClientError::NotFound { .. }), "{unknown}");
+        assert!(!unknown.is_missing_on_primary());
+        let busy = primary.retrieve("t", 4).await.unwrap_err();
+        assert_eq!(busy.status(), Some(503), "{busy}");
+
+        let wrong = client(&url, "another-secret");
+        assert!(matches!(
+            wrong.types().await.unwrap_err(),
+            ClientError::Unauthorized { .. }
+        ));
+        assert!(matches!(
+            wrong.retrieve("t", 1).await.unwrap_err(),
+            ClientError::Unauthorized { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_absent_primary_is_unreachable() {
+        // Bind then drop a listener: nothing answers on that port.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let error = client(&format!("http://{address}"), SECRET)
+            .node()
+            .await
+            .unwrap_err();
+        assert!(error.is_unreachable(), "{error}");
+    }
+}

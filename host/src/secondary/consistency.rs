@@ -1,0 +1,349 @@
+//! GitLab's `RegistryConsistencyWorker`: make the registry table match what
+//! the primary has and this secondary's scope asks for.
+//!
+//! Why: events can be missed (the secondary was down longer than the
+//! primary kept its log, a type was installed later, selective sync
+//! changed), so the registry is repaired from the source of truth. For each
+//! installed type with replication enabled, the primary's records are walked
+//! in id order, 10,000 at a time (`records?after_id&limit=10000`); each batch
+//! covers the ids from the previous batch's end to its last record, and the
+//! last batch is open-ended, so registry rows above the primary's highest id
+//! are covered too. Within a batch:
+//!
+//! - in-scope records without a registry row get one (pending, bulk insert);
+//! - rows of records that are out of scope are deleted with their local
+//!   blob (the path comes from the type's plugin over the record);
+//! - rows of records the primary no longer has (orphans) are deleted. The
+//!   blob path of a gone record is unknown here (the plugin computes it
+//!   from the record's columns), so an orphan's local blob is *not*
+//!   deleted: the `deleted` event, which carries the path, removes it (see
+//!   `cursor.rs`). An orphan whose event was never seen leaves its blob
+//!   behind; the pass logs each such row.
+//!
+//! Races it avoids: a row in `started` is left for the next pass (a
+//! download in flight would otherwise write a file nobody tracks); an
+//! orphan row created after the batch was read is kept (its record was
+//! created after the read, by an event the cursor already handled); and a
+//! record whose scope decision errors is left alone and logged.
+
+use super::client::{ClientError, PrimaryClient};
+use super::registry::Registry;
+use super::scope::{self, Scope};
+use crate::catalog::InstalledType;
+use crate::db::{Db, DbError};
+use crate::feed::FeedRecord;
+use crate::states::SyncState;
+use crate::storage::BlobStore;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// GitLab's `RegistryConsistencyService::BATCH_SIZE`.
+pub const BATCH_SIZE: i64 = 10_000;
+
+/// What one pass changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Registry rows inserted.
+    pub created: u64,
+    /// Registry rows deleted (out of scope or orphaned).
+    pub deleted: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Counts) {
+        self.created += other.created;
+        self.deleted += other.deleted;
+    }
+}
+
+/// Why a pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsistencyError {
+    #[error("reading the primary's records: {0}")]
+    Client(#[from] ClientError),
+    #[error("tracking database: {0}")]
+    Db(#[from] DbError),
+    #[error("deciding scope: {0}")]
+    Scope(#[from] scope::ScopeError),
+}
+
+/// One consistency pass over type `it`; see the [module docs](self).
+pub async fn check_type(
+    client: &PrimaryClient,
+    tracking: &Db,
+    blobs: &BlobStore,
+    it: &Arc<InstalledType>,
+    scope: &Scope,
+) -> Result<Counts, ConsistencyError> {
+    check_type_in_batches(client, tracking, blobs, it, scope, BATCH_SIZE).await
+}
+
+async fn check_type_in_batches(
+    client: &PrimaryClient,
+    tracking: &Db,
+    blobs: &BlobStore,
+    it: &Arc<InstalledType>,
+    scope: &Scope,
+    batch_size: i64,
+) -> Result<Counts, ConsistencyError> {
+    let registry = Registry::of(it);
+    let mut counts = Counts::default();
+    let mut after = 0;
+    loop {
+        let read_at = Db::now();
+        let page = client.records_after(it.name(), after, batch_size).await?;
+        let full = page.records.len() as i64 >= batch_size;
+        let low = after + 1;
+        let high = if full {
+            page.records.last().map(|r| r.id)
+        } else {
+            None
+        };
+        counts += check_batch(
+            tracking,
+            blobs,
+            it,
+            scope,
+            &registry,
+            &page.records,
+            low,
+            high,
+            read_at,
+        )
+        .await?;
+        match high {
+            Some(high) => after = high,
+            None => break,
+        }
+    }
+    if counts != Counts::default() {
+        tracing::info!(
+            r#type = it.name(),
+            created = counts.created,
+            deleted = counts.deleted,
+            "registry consistency pass"
+        );
+    }
+    Ok(counts)
+}
+
+/// Compares one batch of records (ids `low..=high`) with the registry rows
+/// in that range.
+#[allow(clippy::too_many_arguments)]
+async fn check_batch(
+    tracking: &Db,
+    blobs: &BlobStore,
+    it: &Arc<InstalledType>,
+    scope: &Scope,
+    registry: &Registry,
+    records: &[FeedRecord],
+    low: i64,
+    high: Option<i64>,
+    read_at: chrono::DateTime<chrono::Utc>,
+) -> Result<Counts, ConsistencyError> {
+    let decisions = scope::in_scope(it, scope, records).await?;
+    let existing: HashMap<i64, _> = registry
+        .in_range(tracking, low, high)
+        .await?
+        .into_iter()
+        .map(|row| (row.model_id, row))
+        .collect();
+    let present: HashSet<i64> = records.iter().map(|r| r.id).collect();
+
+    let mut missing = Vec::new();
+    let mut out_of_scope = Vec::new();
+    for (record, decision) in records.iter().zip(decisions) {
+        match decision {
+            Ok(true) if !existing.contains_key(&record.id) => missing.push(record.id),
+            Ok(true) => {}
+            Ok(false) => {
+                if existing
+                    .get(&record.id)
+                    .is_some_and(|row| row.state != SyncState::Started)
+                {
+                    out_of_scope.push(record.clone());
+                }
+            }
+            Err(error) => tracing::warn!(
+                r#type = it.name(),
+                id = record.id,
+                %error,
+                "scope decision failed; registry left as it is"
+            ),
+        }
+    }
+    let mut orphans: Vec<i64> = existing
+        .values()
+        .filter(|row| {
+            !present.contains(&row.model_id)
+                && row.state != SyncState::Started
+                && row.created_at < read_at
+        })
+        .map(|row| row.model_id)
+        .collect();
+    orphans.sort_unstable();
+
+    let mut counts = Counts {
+        created: registry.insert_missing(tracking, &missing).await?,
+        deleted: 0,
+    };
+
+    if !out_of_scope.is_empty() {
+        let ids: Vec<i64> = out_of_scope.iter().map(|r| r.id).collect();
+        let deleted: HashSet<i64> = registry
+            .delete_idle(tracking, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        counts.deleted += deleted.len() as u64;
+        let paths = scope::blob_paths(it, &out_of_scope).await?;
+        for (record, path) in out_of_scope.iter().zip(paths) {
+            if !deleted.contains(&record.id) {
+                continue;
+            }
+            match path {
+                Ok(path) => {
+                    if let Err(error) = blobs.delete(it.name(), &path).await {
+                        tracing::warn!(r#type = it.name(), id = record.id, %error, "cannot delete an out-of-scope blob");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(r#type = it.name(), id = record.id, %error, "no blob path for an out-of-scope record; its blob stays")
+                }
+            }
+        }
+    }
+
+    if !orphans.is_empty() {
+        let deleted = registry.delete_idle(tracking, &orphans).await?;
+        for id in &deleted {
+            tracing::info!(
+                r#type = it.name(),
+                id,
+                "registry of a record gone from the primary deleted; its blob is removed by the `deleted` event"
+            );
+        }
+        counts.deleted += deleted.len() as u64;
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::{SelectiveSync, SyncSettings};
+    use crate::secondary::testing::{
+        FakePrimary, blob_store, helm, helm_record, tracking_databases,
+    };
+    use crate::topology::{NamespaceNode, ProjectNode, Topology};
+
+    fn scope(selective_sync: SelectiveSync) -> Scope {
+        let namespaces =
+            [(1, None), (2, None)].map(|(id, parent_id)| NamespaceNode { id, parent_id });
+        let projects = [(10, 1), (11, 2)].map(|(id, namespace_id)| ProjectNode {
+            id,
+            namespace_id,
+            repository_storage: "default".into(),
+        });
+        Scope {
+            settings: SyncSettings {
+                selective_sync,
+                sync_object_storage: false,
+            },
+            topology: Arc::new(Topology::new(namespaces, projects)),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_registry_follows_the_primary_and_the_scope() {
+        let it = helm();
+        let registry = Registry::of(&it);
+        for (backend, db) in tracking_databases().await {
+            let primary = FakePrimary::start().await;
+            let (_dir, blobs) = blob_store();
+            let client = primary.client();
+            for (id, project) in [(1, 10), (2, 10), (3, 10), (4, 11), (5, 11)] {
+                primary.add(id, project, b"index", true);
+            }
+            // In a selected project, but in object storage (not synced by default).
+            let remote = helm_record(6, 10, 2, None);
+            primary.with(|s| s.records.insert(6, remote));
+
+            // 4: out of scope, synced, with a local copy; 5: out of scope but
+            // downloading; 99: orphan; 98: orphan, downloading.
+            registry.insert_missing(&db, &[4, 5, 98, 99]).await.unwrap();
+            for id in [4, 5, 98] {
+                registry.start(&db, id).await.unwrap();
+            }
+            registry.synced(&db, 4, true).await.unwrap();
+            let record4 = primary.with(|s| s.records[&4].clone());
+            let path4 = scope::blob_paths(&it, &[record4])
+                .await
+                .unwrap()
+                .pop()
+                .unwrap()
+                .unwrap();
+            blobs
+                .put_bytes(it.name(), &path4, bytes::Bytes::from_static(b"index"))
+                .await
+                .unwrap();
+
+            let namespaces = scope(SelectiveSync::Namespaces(vec![1]));
+            let counts = check_type_in_batches(&client, &db, &blobs, &it, &namespaces, 2)
+                .await
+                .unwrap();
+            assert_eq!(
+                counts,
+                Counts {
+                    created: 3,
+                    deleted: 2
+                },
+                "{backend}"
+            );
+            let ids: Vec<i64> = registry
+                .all(&db)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.model_id)
+                .collect();
+            assert_eq!(ids, vec![1, 2, 3, 5, 98], "{backend}");
+            assert!(
+                !blobs.exists(it.name(), &path4).await.unwrap(),
+                "{backend}: out-of-scope blob deleted"
+            );
+            assert!(
+                primary.hits("records") >= 4,
+                "{backend}: walked in batches of 2"
+            );
+
+            // Idempotent.
+            let again = check_type_in_batches(&client, &db, &blobs, &it, &namespaces, 2)
+                .await
+                .unwrap();
+            assert_eq!(again, Counts::default(), "{backend}");
+
+            // Everything selected: project 11's records come back; object storage stays out.
+            let everything = scope(SelectiveSync::Everything);
+            let counts = check_type(&client, &db, &blobs, &it, &everything)
+                .await
+                .unwrap();
+            assert_eq!(
+                counts,
+                Counts {
+                    created: 1,
+                    deleted: 0
+                },
+                "{backend}"
+            );
+            let ids: Vec<i64> = registry
+                .all(&db)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.model_id)
+                .collect();
+            assert_eq!(ids, vec![1, 2, 3, 4, 5, 98], "{backend}");
+        }
+    }
+}

@@ -1,0 +1,627 @@
+//! The event log consumer (GitLab's Geo log cursor): follow the primary's
+//! events so changes reach this secondary in seconds, not at the next
+//! consistency pass.
+//!
+//! The position (the last `geo_event_log` id handled) lives in the
+//! tracking database's `event_log_states`, one row, saved after each batch.
+//! Batches of 250 events (GitLab's `BATCH_SIZE`) are long-polled with
+//! `events?after=<position>&limit=250&wait_ms=…` and handled in order:
+//!
+//! - `created` / `updated`: if the type is installed, its replication is
+//!   enabled and the record (fetched by id, one request per type and batch)
+//!   is in this site's scope, its registry row is ensured and set
+//!   `pending`, so a download running now cannot mark it synced with old
+//!   content. Out of scope: ignored (a row that left the scope is removed by
+//!   the consistency pass). A record already gone is ignored (its `deleted`
+//!   event follows).
+//! - `deleted`, whatever the scope and feature flag: the local blob at the
+//!   event's `blob_path` (checked with [`BlobPath::parse`], never used raw)
+//!   and the registry row are deleted. GitLab's `uploader_class` is not
+//!   needed: a type's blobs live under its own folder.
+//! - `checksum_succeeded`: a synced row's verification becomes pending.
+//! - anything else (unknown type or event): skipped with a log line.
+//!
+//! With no saved position (a new secondary) the cursor starts at the
+//! primary's newest event: the consistency pass covers everything before
+//! it, and replaying the whole log would resync every record.
+//!
+//! Several worker processes may share one PostgreSQL tracking database;
+//! only one of them follows the log at a time (a transaction-scoped
+//! advisory lock held for the batch, GitLab's `geo_log_cursor_processed`
+//! lease). On errors the cursor backs off (1 s, doubling to 30 s) and
+//! retries the same batch; it never stops on its own.
+
+use super::client::{ClientError, PrimaryClient};
+use super::registry::Registry;
+use super::scope::{self, Scope};
+use crate::catalog::InstalledType;
+use crate::db::{Backend, Db, DbError, Tx};
+use crate::feed::{EventPage, FeedEvent, FeedRecord};
+use crate::plugin::BlobPath;
+use crate::storage::BlobStore;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Events per batch (GitLab's log cursor `BATCH_SIZE`).
+pub const BATCH_SIZE: i64 = 250;
+/// How long one long-poll waits for the first event.
+pub const LONG_POLL: Duration = Duration::from_secs(10);
+/// First pause after an error.
+pub const BACKOFF_START: Duration = Duration::from_secs(1);
+/// Longest pause after repeated errors.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The PostgreSQL advisory lock key of the cursor lease ("geo_cur").
+const LEASE_KEY: i64 = 0x0067_656f_5f63_7572;
+
+pub const CREATED: &str = "created";
+pub const UPDATED: &str = "updated";
+pub const DELETED: &str = "deleted";
+pub const CHECKSUM_SUCCEEDED: &str = "checksum_succeeded";
+
+/// Why a batch could not be handled (it is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum CursorError {
+    #[error("reading the primary: {0}")]
+    Client(#[from] ClientError),
+    #[error("tracking database: {0}")]
+    Db(#[from] DbError),
+    #[error("deciding scope: {0}")]
+    Scope(#[from] scope::ScopeError),
+}
+
+/// What a batch did, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    /// Registry rows created or set pending by `created`/`updated`.
+    pub pending: usize,
+    /// `created`/`updated` events of records out of scope, gone, or of a
+    /// type whose replication is disabled.
+    pub ignored: usize,
+    /// Registry rows (or blobs) removed by `deleted`.
+    pub deleted: usize,
+    /// Rows set verification pending by `checksum_succeeded`.
+    pub verification_pending: usize,
+    /// Events skipped: unknown type or event, or an unusable payload.
+    pub skipped: usize,
+}
+
+/// What handling a batch needs.
+pub struct EventContext<'a> {
+    pub client: &'a PrimaryClient,
+    pub tracking: &'a Db,
+    pub blobs: &'a BlobStore,
+    /// Installed types by name, with whether their replication is enabled.
+    pub types: HashMap<String, (Arc<InstalledType>, bool)>,
+}
+
+fn model_id(event: &FeedEvent) -> Option<i64> {
+    event
+        .payload
+        .get("model_record_id")
+        .and_then(serde_json::Value::as_i64)
+}
+
+/// Handles `events` in order; see the [module docs](self).
+///
+/// `scope` is this site's scope as last read, `None` while its settings are
+/// unusable (`created`/`updated` events are then ignored; the consistency
+/// pass catches up once they are fixed). Records it puts out of scope are
+/// decided again with `refresh()` (a newly read topology), at most once per
+/// batch: a type may put records of projects it does not know yet out of
+/// scope, and the project may be newer than the last topology read.
+///
+/// An error means the batch must be retried (handling is idempotent).
+pub async fn handle_events(
+    cx: &EventContext<'_>,
+    scope: Option<&Scope>,
+    refresh: impl AsyncFnOnce() -> Option<Scope>,
+    events: &[FeedEvent],
+) -> Result<EventCounts, CursorError> {
+    // Scope decisions for every created/updated record, one request and one
+    // plugin call per type.
+    let mut wanted: HashMap<&str, Vec<i64>> = HashMap::new();
+    for event in events {
+        if matches!(event.event_name.as_str(), CREATED | UPDATED)
+            && let Some((_, true)) = cx.types.get(&event.replicable_name)
+            && let Some(id) = model_id(event)
+        {
+            wanted
+                .entry(event.replicable_name.as_str())
+                .or_default()
+                .push(id);
+        }
+    }
+    let mut decisions: HashMap<(&str, i64), Result<bool, String>> = HashMap::new();
+    let mut rejected: Vec<(&str, Vec<FeedRecord>)> = Vec::new();
+    if !wanted.is_empty() && scope.is_none() {
+        // Without usable settings nothing can be scoped (the consistency
+        // pass cannot either); it catches up once they are fixed.
+        tracing::warn!("selective-sync settings unusable; created/updated events ignored");
+    }
+    if let Some(scope) = scope {
+        for (name, mut ids) in wanted {
+            let (it, _) = &cx.types[name];
+            ids.sort_unstable();
+            ids.dedup();
+            let records = cx.client.records_by_ids(name, &ids).await?;
+            let answers = scope::in_scope(it, scope, &records).await?;
+            let mut out = Vec::new();
+            for (record, answer) in records.into_iter().zip(answers) {
+                if answer == Ok(false) {
+                    out.push(record.clone());
+                }
+                decisions.insert((name, record.id), answer);
+            }
+            if !out.is_empty() {
+                rejected.push((name, out));
+            }
+        }
+    }
+    if !rejected.is_empty()
+        && let Some(fresh) = refresh().await
+    {
+        for (name, records) in rejected {
+            let (it, _) = &cx.types[name];
+            let answers = scope::in_scope(it, &fresh, &records).await?;
+            for (record, answer) in records.iter().zip(answers) {
+                decisions.insert((name, record.id), answer);
+            }
+        }
+    }
+
+    let mut counts = EventCounts::default();
+    for event in events {
+        let name = event.replicable_name.as_str();
+        let Some((it, enabled)) = cx.types.get(name) else {
+            tracing::info!(event_id = event.id, r#type = name, event = %event.event_name, "event of a type not installed here; skipped");
+            counts.skipped += 1;
+            continue;
+        };
+        let Some(id) = model_id(event) else {
+            tracing::warn!(event_id = event.id, r#type = name, payload = %event.payload, "event without a model_record_id; skipped");
+            counts.skipped += 1;
+            continue;
+        };
+        let registry = Registry::of(it);
+        match event.event_name.as_str() {
+            CREATED | UPDATED => {
+                if !enabled {
+                    counts.ignored += 1;
+                    continue;
+                }
+                match decisions.get(&(name, id)) {
+                    Some(Ok(true)) => {
+                        registry.insert_missing(cx.tracking, &[id]).await?;
+                        registry.pending(cx.tracking, id).await?;
+                        counts.pending += 1;
+                    }
+                    Some(Ok(false)) | None => counts.ignored += 1,
+                    Some(Err(error)) => {
+                        tracing::warn!(event_id = event.id, r#type = name, id, %error, "scope decision failed; event ignored");
+                        counts.ignored += 1;
+                    }
+                }
+            }
+            DELETED => {
+                let path = event
+                    .payload
+                    .get("blob_path")
+                    .and_then(serde_json::Value::as_str);
+                match path.map(BlobPath::parse) {
+                    Some(Ok(path)) => {
+                        if let Err(error) = cx.blobs.delete(name, &path).await {
+                            tracing::warn!(event_id = event.id, r#type = name, id, %error, "cannot delete the blob of a deleted record");
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(event_id = event.id, r#type = name, id, %error, "deleted event with an unusable blob_path; blob left alone")
+                    }
+                    None => {
+                        tracing::warn!(
+                            event_id = event.id,
+                            r#type = name,
+                            id,
+                            "deleted event without blob_path; blob left alone"
+                        )
+                    }
+                }
+                registry.delete(cx.tracking, &[id]).await?;
+                counts.deleted += 1;
+            }
+            CHECKSUM_SUCCEEDED => {
+                if registry
+                    .verification_pending_if_synced(cx.tracking, id)
+                    .await?
+                {
+                    counts.verification_pending += 1;
+                }
+            }
+            other => {
+                tracing::info!(
+                    event_id = event.id,
+                    r#type = name,
+                    event = other,
+                    "unknown event; skipped"
+                );
+                counts.skipped += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// The saved position: the last event id handled, if any.
+pub async fn position(tracking: &Db) -> Result<Option<i64>, DbError> {
+    tracking
+        .fetch_one(
+            "SELECT MAX(event_id) AS event_id FROM event_log_states",
+            &[],
+        )
+        .await?
+        .opt_i64("event_id")
+}
+
+/// Saves the position (one row) inside `tx`.
+pub async fn save_position(tx: &mut Tx, event_id: i64) -> Result<(), DbError> {
+    tx.execute("DELETE FROM event_log_states", &[]).await?;
+    tx.execute(
+        "INSERT INTO event_log_states (event_id) VALUES ($1)",
+        &[event_id.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Seconds between the primary's newest event and the newest handled one.
+fn lag_seconds(page: &EventPage, position: i64) -> f64 {
+    match (page.events.last(), page.last_event_at) {
+        (Some(event), Some(newest)) => {
+            (newest - event.created_at).num_milliseconds().max(0) as f64 / 1000.0
+        }
+        (None, _) if page.last_event_id.is_none_or(|last| last <= position) => 0.0,
+        _ => crate::metrics::REPLICATION_LAG.get(),
+    }
+}
+
+/// How one round went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Handled this many events (0: the long-poll ended empty).
+    Handled(usize),
+    /// Another process follows the log now.
+    Leased,
+    /// Shutting down.
+    Stopped,
+}
+
+/// One round: take the lease (PostgreSQL), read the position, long-poll up
+/// to `wait` for a batch, handle it (with `scope` and `refresh`, as
+/// [`handle_events`]), save the position.
+pub async fn round(
+    cx: &EventContext<'_>,
+    scope: Option<&Scope>,
+    refresh: impl AsyncFnOnce() -> Option<Scope>,
+    wait: Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Round, CursorError> {
+    let tracking = cx.tracking;
+    let mut lease = None;
+    if tracking.backend() == Backend::Postgres {
+        let mut tx = tracking.begin().await?;
+        let locked = tx
+            .fetch_one(
+                "SELECT pg_try_advisory_xact_lock($1) AS locked",
+                &[LEASE_KEY.into()],
+            )
+            .await?
+            .bool("locked")?;
+        if !locked {
+            tx.commit().await?;
+            return Ok(Round::Leased);
+        }
+        lease = Some(tx);
+    }
+    let outcome = follow(cx, scope, refresh, wait, cancel, lease.as_mut()).await;
+    // End the lease's transaction on every path: a dropped sqlx transaction
+    // is only rolled back when its connection is next used, and would hold
+    // the lock until then.
+    if let Some(tx) = lease {
+        tx.commit().await?;
+    }
+    outcome
+}
+
+/// The body of [`round`], under the lease (if any), which also saves the
+/// position.
+async fn follow(
+    cx: &EventContext<'_>,
+    scope: Option<&Scope>,
+    refresh: impl AsyncFnOnce() -> Option<Scope>,
+    wait: Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+    lease: Option<&mut Tx>,
+) -> Result<Round, CursorError> {
+    let tracking = cx.tracking;
+    let position = match position(tracking).await? {
+        Some(position) => position,
+        None => {
+            let newest = cx.client.events(0, 1, 0).await?.last_event_id.unwrap_or(0);
+            tracing::info!(
+                event_id = newest,
+                "no event cursor yet: starting at the primary's newest event"
+            );
+            newest
+        }
+    };
+    let page = tokio::select! {
+        page = cx.client.events(position, BATCH_SIZE, wait.as_millis() as u64) => page?,
+        _ = cancel.cancelled() => return Ok(Round::Stopped),
+    };
+    let counts = handle_events(cx, scope, refresh, &page.events).await?;
+    let new_position = page.events.last().map_or(position, |e| e.id);
+    match lease {
+        Some(tx) => save_position(tx, new_position).await?,
+        None => {
+            let mut tx = tracking.begin().await?;
+            save_position(&mut tx, new_position).await?;
+            tx.commit().await?;
+        }
+    }
+    crate::metrics::REPLICATION_LAG.set(lag_seconds(&page, new_position));
+    if !page.events.is_empty() {
+        tracing::debug!(
+            from = position,
+            to = new_position,
+            pending = counts.pending,
+            deleted = counts.deleted,
+            verification_pending = counts.verification_pending,
+            ignored = counts.ignored,
+            skipped = counts.skipped,
+            "events handled"
+        );
+    }
+    Ok(Round::Handled(page.events.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::{SelectiveSync, SyncSettings};
+    use crate::secondary::testing::{FakePrimary, blob_store, helm, tracking_databases};
+    use crate::states::{SyncState, VerificationState};
+    use crate::topology::{NamespaceNode, ProjectNode, Topology};
+    use serde_json::json;
+    use std::cell::Cell;
+
+    fn scope(projects: &[(i64, i64)]) -> Scope {
+        let namespaces =
+            [(1, None), (2, None)].map(|(id, parent_id)| NamespaceNode { id, parent_id });
+        let projects = projects.iter().map(|&(id, namespace_id)| ProjectNode {
+            id,
+            namespace_id,
+            repository_storage: "default".into(),
+        });
+        Scope {
+            settings: SyncSettings {
+                selective_sync: SelectiveSync::Namespaces(vec![1]),
+                sync_object_storage: false,
+            },
+            topology: Arc::new(Topology::new(namespaces, projects)),
+        }
+    }
+
+    fn types(enabled: bool) -> HashMap<String, (Arc<InstalledType>, bool)> {
+        let it = helm();
+        HashMap::from([(it.name().to_string(), (it, enabled))])
+    }
+
+    #[tokio::test]
+    async fn events_are_handled_in_order_and_by_kind() {
+        let it = helm();
+        let registry = Registry::of(&it);
+        for (backend, db) in tracking_databases().await {
+            let primary = FakePrimary::start().await;
+            let (_dir, blobs) = blob_store();
+            let client = primary.client();
+            primary.add(1, 10, b"one", true);
+            primary.add(2, 11, b"two", true);
+            primary.add(3, 12, b"three", true); // project 12 is newer than the cached topology
+            let doomed = primary.add(5, 10, b"five", true);
+            let doomed_path = scope::blob_paths(&it, &[doomed])
+                .await
+                .unwrap()
+                .pop()
+                .unwrap()
+                .unwrap();
+            blobs
+                .put_bytes(it.name(), &doomed_path, bytes::Bytes::from_static(b"five"))
+                .await
+                .unwrap();
+            registry
+                .insert_missing(&db, &[1, 5, 6, 7, 8])
+                .await
+                .unwrap();
+            for id in [1, 7] {
+                registry.start(&db, id).await.unwrap();
+                registry.synced(&db, id, false).await.unwrap();
+            }
+
+            for (name, id, extra) in [
+                (CREATED, 1, json!({})),
+                (CREATED, 2, json!({})),
+                (CREATED, 3, json!({})),
+                (UPDATED, 1, json!({})),
+                (
+                    DELETED,
+                    5,
+                    json!({"blob_path": doomed_path.as_str(), "uploader_class": "X"}),
+                ),
+                (DELETED, 6, json!({"blob_path": "../../etc/passwd"})),
+                (CHECKSUM_SUCCEEDED, 7, json!({})),
+                (CHECKSUM_SUCCEEDED, 8, json!({})),
+                ("renamed", 1, json!({})),
+            ] {
+                primary.event(name, id, extra);
+            }
+            let mut events = primary.with(|s| s.events.clone());
+            let mut foreign = events[0].clone();
+            foreign.replicable_name = "package_file".into();
+            events.push(foreign);
+
+            let cx = EventContext {
+                client: &client,
+                tracking: &db,
+                blobs: &blobs,
+                types: types(true),
+            };
+            let cached = scope(&[(10, 1), (11, 2)]);
+            let refreshes = Cell::new(0);
+            let refresh = async || {
+                refreshes.set(refreshes.get() + 1);
+                Some(scope(&[(10, 1), (11, 2), (12, 1)]))
+            };
+            let counts = handle_events(&cx, Some(&cached), refresh, &events)
+                .await
+                .unwrap();
+            assert_eq!(
+                counts,
+                EventCounts {
+                    pending: 3,
+                    ignored: 1,
+                    deleted: 2,
+                    verification_pending: 1,
+                    skipped: 2
+                },
+                "{backend}"
+            );
+            assert_eq!(
+                refreshes.get(),
+                1,
+                "{backend}: one topology refresh per batch"
+            );
+
+            let one = registry.get(&db, 1).await.unwrap().unwrap();
+            assert_eq!(
+                (one.state, one.verification_state),
+                (SyncState::Pending, VerificationState::Disabled)
+            );
+            assert_eq!(
+                registry.get(&db, 3).await.unwrap().unwrap().state,
+                SyncState::Pending,
+                "{backend}"
+            );
+            assert!(
+                registry.get(&db, 2).await.unwrap().is_none(),
+                "{backend}: out of scope"
+            );
+            assert!(registry.get(&db, 5).await.unwrap().is_none(), "{backend}");
+            assert!(registry.get(&db, 6).await.unwrap().is_none(), "{backend}");
+            assert!(
+                !blobs.exists(it.name(), &doomed_path).await.unwrap(),
+                "{backend}: blob deleted"
+            );
+            assert_eq!(
+                registry
+                    .get(&db, 7)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .verification_state,
+                VerificationState::Pending
+            );
+            assert_eq!(
+                registry.get(&db, 8).await.unwrap().unwrap().state,
+                SyncState::Pending
+            );
+
+            // Replication disabled: created/updated ignored, deletes still applied.
+            let cx = EventContext {
+                client: &client,
+                tracking: &db,
+                blobs: &blobs,
+                types: types(false),
+            };
+            registry.insert_missing(&db, &[9]).await.unwrap();
+            let later = [
+                primary.event(CREATED, 2, json!({})),
+                primary.event(DELETED, 9, json!({"blob_path": "a/b"})),
+            ];
+            let events: Vec<FeedEvent> = primary.with(|s| {
+                s.events
+                    .iter()
+                    .filter(|e| later.contains(&e.id))
+                    .cloned()
+                    .collect()
+            });
+            let counts = handle_events(&cx, Some(&cached), async || None, &events)
+                .await
+                .unwrap();
+            assert_eq!((counts.ignored, counts.deleted), (1, 1), "{backend}");
+            assert!(registry.get(&db, 9).await.unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn rounds_keep_the_position_and_take_the_lease() {
+        for (backend, db) in tracking_databases().await {
+            let primary = FakePrimary::start().await;
+            let (_dir, blobs) = blob_store();
+            let client = primary.client();
+            for id in 1..=3 {
+                primary.event(CHECKSUM_SUCCEEDED, id, json!({}));
+            }
+            let cx = EventContext {
+                client: &client,
+                tracking: &db,
+                blobs: &blobs,
+                types: types(true),
+            };
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let cached = scope(&[(10, 1)]);
+            let wait = Duration::ZERO;
+
+            // A new cursor starts at the primary's newest event.
+            assert_eq!(position(&db).await.unwrap(), None);
+            let first = round(&cx, Some(&cached), async || None, wait, &cancel)
+                .await
+                .unwrap();
+            assert_eq!(first, Round::Handled(0), "{backend}");
+            assert_eq!(position(&db).await.unwrap(), Some(3), "{backend}");
+
+            primary.add(1, 10, b"one", true);
+            primary.event(CREATED, 1, json!({}));
+            primary.event(UPDATED, 1, json!({}));
+            let second = round(&cx, Some(&cached), async || None, wait, &cancel)
+                .await
+                .unwrap();
+            assert_eq!(second, Round::Handled(2), "{backend}");
+            assert_eq!(position(&db).await.unwrap(), Some(5), "{backend}");
+            assert!(Registry::of(&helm()).get(&db, 1).await.unwrap().is_some());
+            let rows = db
+                .fetch_one("SELECT COUNT(*) AS n FROM event_log_states", &[])
+                .await
+                .unwrap();
+            assert_eq!(rows.i64("n").unwrap(), 1, "{backend}: one cursor row");
+
+            if db.backend() == Backend::Postgres {
+                // Another process holds the cursor: this one waits its turn.
+                let mut other = db.begin().await.unwrap();
+                other
+                    .execute("SELECT pg_advisory_xact_lock($1)", &[LEASE_KEY.into()])
+                    .await
+                    .unwrap();
+                let leased = round(&cx, Some(&cached), async || None, wait, &cancel)
+                    .await
+                    .unwrap();
+                assert_eq!(leased, Round::Leased, "{backend}");
+                other.commit().await.unwrap();
+                primary.event(CREATED, 1, json!({}));
+                let third = round(&cx, Some(&cached), async || None, wait, &cancel)
+                    .await
+                    .unwrap();
+                assert_eq!(third, Round::Handled(1), "{backend}");
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Feed records as a type's plugin sees them: typed column values, scope
+//! decisions and blob paths.
+//!
+//! Why here: the consistency pass, the event cursor, the downloader and the
+//! verifier all turn [`FeedRecord`]s (JSON columns) into plugin rows the same
+//! way, and plugin calls are CPU-bound, so they run on a blocking thread.
+//! The secondary never names a type's columns: which columns decide scope or
+//! path comes from the type's identity.
+
+use crate::catalog::InstalledType;
+use crate::feed::FeedRecord;
+use crate::plugin::fixture::json_to_value;
+use crate::plugin::{BlobPath, ColumnSource, PluginError, Row, SyncSettings, Value};
+use crate::topology::Topology;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// GitLab's `file_store` value for a file in object storage.
+pub const FILE_STORE_REMOTE: i64 = 2;
+
+/// What a secondary replicates: its selective-sync settings (from the
+/// primary's `GET /api/v4/geo/node`) and the namespace tree they refer to.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub settings: SyncSettings,
+    pub topology: Arc<Topology>,
+}
+
+/// A plugin call that could not run at all (as opposed to one record's error).
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("plugin task failed: {0}")]
+    Task(String),
+}
+
+/// The record's model columns as typed values, checked against the
+/// identity (a column the feed omits is `NULL`).
+pub fn record_values(
+    it: &InstalledType,
+    record: &FeedRecord,
+) -> Result<HashMap<String, Value>, String> {
+    let mut values = HashMap::with_capacity(it.columns().len());
+    for column in it.columns() {
+        let json = record
+            .columns
+            .get(&column.name)
+            .unwrap_or(&serde_json::Value::Null);
+        values.insert(column.name.clone(), json_to_value(column, json)?);
+    }
+    Ok(values)
+}
+
+/// Whether the primary keeps the record's file in object storage
+/// (`file_store = 2`): its checksum is then the padded size, not SHA-256.
+pub fn is_object_stored(it: &InstalledType, record: &FeedRecord) -> bool {
+    it.column_for(ColumnSource::FileStore)
+        .and_then(|c| record.columns.get(&c.name))
+        .and_then(serde_json::Value::as_i64)
+        == Some(FILE_STORE_REMOTE)
+}
+
+/// Rows of `columns` for each record; records whose values do not decode
+/// get their error instead.
+fn rows(
+    it: &InstalledType,
+    records: &[FeedRecord],
+    columns: fn(&InstalledType, i64, &HashMap<String, Value>) -> Row,
+) -> Vec<Result<Row, String>> {
+    records
+        .iter()
+        .map(|r| record_values(it, r).map(|values| columns(it, r.id, &values)))
+        .collect()
+}
+
+/// Runs `call` on the decodable rows (on a blocking thread) and puts each
+/// answer back in its record's place.
+async fn per_record<T: Send + 'static>(
+    rows: Vec<Result<Row, String>>,
+    call: impl FnOnce(&[Row]) -> Result<Vec<Result<T, String>>, PluginError> + Send + 'static,
+) -> Result<Vec<Result<T, String>>, ScopeError> {
+    let good: Vec<Row> = rows
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    let answers = if good.is_empty() {
+        Vec::new()
+    } else {
+        tokio::task::spawn_blocking(move || call(&good))
+            .await
+            .map_err(|e| ScopeError::Task(e.to_string()))??
+    };
+    let mut answers = answers.into_iter();
+    Ok(rows
+        .into_iter()
+        .map(|row| match row {
+            Ok(_) => answers
+                .next()
+                .unwrap_or_else(|| Err("the plugin gave no answer".into())),
+            Err(error) => Err(error),
+        })
+        .collect())
+}
+
+/// The type's scope decision for each record (`Ok(true)`: this secondary
+/// replicates it), in order.
+pub async fn in_scope(
+    it: &Arc<InstalledType>,
+    scope: &Scope,
+    records: &[FeedRecord],
+) -> Result<Vec<Result<bool, String>>, ScopeError> {
+    let rows = rows(it, records, InstalledType::scope_row);
+    let plugin = it.plugin.clone();
+    let settings = scope.settings.clone();
+    let topology = scope.topology.clone();
+    per_record(rows, move |rows| plugin.in_scope(&settings, topology, rows)).await
+}
+
+/// The type's blob path for each record, in order.
+pub async fn blob_paths(
+    it: &Arc<InstalledType>,
+    records: &[FeedRecord],
+) -> Result<Vec<Result<BlobPath, String>>, ScopeError> {
+    let rows = rows(it, records, InstalledType::path_row);
+    let plugin = it.plugin.clone();
+    per_record(rows, move |rows| plugin.blob_paths(rows)).await
+}

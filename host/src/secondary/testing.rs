@@ -1,0 +1,329 @@
+//! Test support for the secondary's unit tests: the shipped Helm type,
+//! tracking databases with its registry table, and a fake primary that
+//! serves the replication feed and the retrieve API from memory.
+
+use super::client::PrimaryClient;
+use crate::catalog::InstalledType;
+use crate::config::PrimarySection;
+use crate::db::testing::test_databases;
+use crate::db::{Db, migrate, template};
+use crate::feed::{EventPage, FeedEvent, FeedRecord, NodeSettings, RecordPage, TopologySnapshot};
+use crate::plugin::{Limits, PluginRuntime, builtin};
+use crate::states::VerificationState;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The shipped Helm type (compiled once per test process).
+pub fn helm() -> Arc<InstalledType> {
+    static HELM: OnceLock<Arc<InstalledType>> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let runtime = PluginRuntime::new(Limits::default(), None).expect("plugin runtime");
+        let component = builtin::by_stem("helm-metadata-cache").expect("the Helm type is shipped");
+        Arc::new(InstalledType::new(
+            runtime.load(component.bytes).expect("the Helm type loads"),
+        ))
+    })
+    .clone()
+}
+
+/// Fresh tracking databases (SQLite, and PostgreSQL when configured),
+/// migrated, with the Helm registry table.
+pub async fn tracking_databases() -> Vec<(&'static str, Db)> {
+    let helm = helm();
+    let mut out = Vec::new();
+    for (backend, db) in test_databases().await {
+        migrate::tracking(&db).await.expect("tracking migrations");
+        template::ensure_tracking_tables(&db, &helm.identity)
+            .await
+            .expect("registry table");
+        out.push((backend, db));
+    }
+    out
+}
+
+/// One blob on the fake primary.
+#[derive(Debug, Clone)]
+pub struct FakeBlob {
+    pub bytes: Vec<u8>,
+    /// Sent as `x-geo-checksum` (when `Some`).
+    pub header_checksum: Option<String>,
+    /// Answer `FILE_NOT_FOUND` instead of the bytes.
+    pub missing: bool,
+}
+
+/// What the fake primary holds.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    pub node: Option<NodeSettings>,
+    pub topology: TopologySnapshot,
+    pub records: BTreeMap<i64, FeedRecord>,
+    pub blobs: HashMap<i64, FakeBlob>,
+    pub events: Vec<FeedEvent>,
+    /// Requests seen, by path.
+    pub hits: HashMap<String, usize>,
+}
+
+/// A fake primary for one type, on a loopback port.
+#[derive(Clone)]
+pub struct FakePrimary {
+    pub url: String,
+    pub state: Arc<Mutex<FakeState>>,
+}
+
+/// The SHA-256 hex of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Node settings replicating everything, GitLab's default capacities.
+pub fn node_settings() -> NodeSettings {
+    NodeSettings {
+        id: 2,
+        name: "secondary".into(),
+        url: "http://127.0.0.1:1".into(),
+        primary: false,
+        enabled: true,
+        selective_sync_type: None,
+        namespace_ids: vec![],
+        selective_sync_shards: vec![],
+        sync_object_storage: false,
+        files_max_capacity: 10,
+        verification_max_capacity: 100,
+        minimum_reverification_interval: 7,
+    }
+}
+
+/// A Helm record of project `project_id` with `bytes` as its blob.
+pub fn helm_record(
+    id: i64,
+    project_id: i64,
+    file_store: i64,
+    checksum: Option<String>,
+) -> FeedRecord {
+    let columns = json!({
+        "created_at": "2026-11-28T10:00:00.000000Z",
+        "updated_at": "2026-11-28T10:00:00.000000Z",
+        "last_downloaded_at": null,
+        "project_id": project_id,
+        "size": 0,
+        "status": 0,
+        "file_store": file_store,
+        "channel": format!("channel{id}"),
+        "file": "index.yaml",
+        "object_storage_key": format!("{:02x}/{:02x}/key{id}", id % 256, project_id % 256),
+    });
+    FeedRecord {
+        id,
+        columns: columns.as_object().expect("an object").clone(),
+        verification_state: if checksum.is_some() {
+            VerificationState::Succeeded
+        } else {
+            VerificationState::Pending
+        },
+        verification_checksum: checksum,
+    }
+}
+
+impl FakePrimary {
+    /// Starts a fake primary (every route answers without checking the JWT).
+    pub async fn start() -> FakePrimary {
+        let state = Arc::new(Mutex::new(FakeState {
+            node: Some(node_settings()),
+            ..FakeState::default()
+        }));
+        let router = axum::Router::new()
+            .route("/api/v4/geo/node", get(node))
+            .route("/api/v4/geo/topology", get(topology))
+            .route("/api/v4/geo/replication/{name}/records", get(records))
+            .route("/api/v4/geo/events", get(events))
+            .route("/api/v4/geo/retrieve/{name}/{id}", get(retrieve))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let address = listener.local_addr().expect("an address");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        FakePrimary {
+            url: format!("http://{address}"),
+            state,
+        }
+    }
+
+    /// A client of this primary.
+    pub fn client(&self) -> PrimaryClient {
+        PrimaryClient::new(&PrimarySection {
+            url: self.url.clone(),
+            access_key: "key".into(),
+            secret_access_key: "secret".into(),
+        })
+        .expect("a client")
+    }
+
+    /// Adds a record with its blob; `verified`: the primary has its checksum
+    /// (in the feed and in the `x-geo-checksum` header).
+    pub fn add(&self, id: i64, project_id: i64, bytes: &[u8], verified: bool) -> FeedRecord {
+        let checksum = verified.then(|| sha256(bytes));
+        let record = helm_record(id, project_id, 1, checksum.clone());
+        let mut state = self.state.lock().unwrap();
+        state.records.insert(id, record.clone());
+        state.blobs.insert(
+            id,
+            FakeBlob {
+                bytes: bytes.to_vec(),
+                header_checksum: checksum,
+                missing: false,
+            },
+        );
+        record
+    }
+
+    /// Appends an event to the log; returns its id.
+    pub fn event(&self, event_name: &str, model_record_id: i64, extra: serde_json::Value) -> i64 {
+        let mut state = self.state.lock().unwrap();
+        let id = state.events.len() as i64 + 1;
+        let mut payload = json!({"model_record_id": model_record_id, "correlation_id": "c"});
+        if let (Some(payload), Some(extra)) = (payload.as_object_mut(), extra.as_object()) {
+            payload.extend(extra.clone());
+        }
+        state.events.push(FeedEvent {
+            id,
+            replicable_name: helm().name().to_string(),
+            event_name: event_name.into(),
+            payload,
+            created_at: chrono::Utc::now(),
+        });
+        id
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut FakeState) -> R) -> R {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    pub fn hits(&self, path: &str) -> usize {
+        self.with(|s| s.hits.get(path).copied().unwrap_or(0))
+    }
+}
+
+type Shared = State<Arc<Mutex<FakeState>>>;
+
+fn hit(state: &Mutex<FakeState>, path: &str) {
+    *state
+        .lock()
+        .unwrap()
+        .hits
+        .entry(path.to_string())
+        .or_default() += 1;
+}
+
+async fn node(State(state): Shared) -> Json<NodeSettings> {
+    hit(&state, "node");
+    Json(state.lock().unwrap().node.clone().expect("node settings"))
+}
+
+async fn topology(State(state): Shared) -> Json<TopologySnapshot> {
+    hit(&state, "topology");
+    Json(state.lock().unwrap().topology.clone())
+}
+
+async fn records(
+    State(state): Shared,
+    Path(_name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Json<RecordPage> {
+    hit(&state, "records");
+    let state = state.lock().unwrap();
+    let records: Vec<FeedRecord> = match query.get("ids") {
+        Some(ids) => ids
+            .split(',')
+            .filter_map(|id| id.parse::<i64>().ok())
+            .filter_map(|id| state.records.get(&id).cloned())
+            .collect(),
+        None => {
+            let after: i64 = query
+                .get("after_id")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let limit: usize = query
+                .get("limit")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
+            state
+                .records
+                .range(after + 1..)
+                .take(limit)
+                .map(|(_, r)| r.clone())
+                .collect()
+        }
+    };
+    Json(RecordPage {
+        records,
+        max_id: state.records.keys().next_back().copied(),
+    })
+}
+
+async fn events(
+    State(state): Shared,
+    Query(query): Query<HashMap<String, String>>,
+) -> Json<EventPage> {
+    hit(&state, "events");
+    let after: i64 = query.get("after").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let limit: usize = query
+        .get("limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250);
+    let state = state.lock().unwrap();
+    let last = state.events.last();
+    Json(EventPage {
+        events: state
+            .events
+            .iter()
+            .filter(|e| e.id > after)
+            .take(limit)
+            .cloned()
+            .collect(),
+        last_event_id: last.map(|e| e.id),
+        last_event_at: last.map(|e| e.created_at),
+    })
+}
+
+async fn retrieve(
+    State(state): Shared,
+    Path((_name, id)): Path<(String, i64)>,
+    _headers: HeaderMap,
+) -> Response {
+    hit(&state, "retrieve");
+    let blob = state.lock().unwrap().blobs.get(&id).cloned();
+    match blob {
+        None => (StatusCode::NOT_FOUND, Json(json!({"message": "not found"}))).into_response(),
+        Some(blob) if blob.missing => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"message": format!("{id} file not found"), "geo_code": "FILE_NOT_FOUND"})),
+        )
+            .into_response(),
+        Some(blob) => {
+            let mut response = blob.bytes.into_response();
+            if let Some(checksum) = blob.header_checksum
+                && let Ok(value) = HeaderValue::from_str(&checksum)
+            {
+                response
+                    .headers_mut()
+                    .insert(super::sync::CHECKSUM_HEADER, value);
+            }
+            response
+        }
+    }
+}
+
+/// A blob store in a new temporary folder (kept alive by the returned guard).
+pub fn blob_store() -> (tempfile::TempDir, crate::storage::BlobStore) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let store = crate::storage::BlobStore::local(dir.path()).expect("a blob store");
+    (dir, store)
+}

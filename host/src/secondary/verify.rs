@@ -1,0 +1,450 @@
+//! Verification on a secondary: recompute each synced blob's checksum and
+//! compare it with the primary's (GitLab's `VerifiableRegistry`).
+//!
+//! Why the secondary checks again after a checked download: disks rot and
+//! files get touched; and the primary's checksum may arrive after the
+//! download (the primary verifies asynchronously, then publishes
+//! `checksum_succeeded`, which sets the registry's verification pending).
+//!
+//! A batch claims synced rows due for verification (verification pending,
+//! or failed with its retry time due) with one atomic statement, reads the
+//! primary's records for the batch (`records?ids=`), and for each row:
+//!
+//! - the primary's record is gone or not verification-succeeded → the row's
+//!   verification is disabled (GitLab's `ready_to_verify?`);
+//! - the local checksum (SHA-256, or the padded size for a record the
+//!   primary keeps in object storage) equals the primary's → succeeded;
+//! - it differs → failed with GitLab's message ("Checksum does not match the
+//!   primary checksum {checksum: …, primary_checksum: …, registry_id: …}"),
+//!   `checksum_mismatch` set, the local checksum kept, and the row resynced;
+//! - the file is missing or unreadable → failed ("Error during
+//!   verification: …") and resynced.
+//!
+//! Results are written only while the claim holds, so a resync during the
+//! checksum wins. If the primary cannot be read, the batch's claims are
+//! released (verification pending again, nothing else changed): an
+//! unreachable primary is not the blob's fault, and GitLab, which reads the
+//! primary's checksum from its database replica, has no such case.
+
+use super::client::PrimaryClient;
+use super::registry::{Registry, VerificationClaim, VerificationFailure};
+use super::scope;
+use crate::catalog::InstalledType;
+use crate::db::{Db, DbError};
+use crate::feed::FeedRecord;
+use crate::metrics;
+use crate::plugin::BlobPath;
+use crate::states::VerificationState;
+use crate::storage::{BlobStore, format_file_size_for_checksum};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub succeeded: usize,
+    pub failed: usize,
+    pub disabled: usize,
+    /// Claims whose result was dropped because the row changed meanwhile.
+    pub superseded: usize,
+}
+
+impl BatchCounts {
+    /// Rows handled.
+    pub fn total(&self) -> usize {
+        self.succeeded + self.failed + self.disabled + self.superseded
+    }
+}
+
+/// Why a batch could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("tracking database: {0}")]
+    Db(#[from] DbError),
+    #[error("reading the primary's checksums: {0}")]
+    Client(#[from] super::client::ClientError),
+    #[error("computing blob paths: {0}")]
+    Scope(#[from] scope::ScopeError),
+}
+
+enum Outcome {
+    Succeeded(String),
+    Failed(VerificationFailure),
+    Disabled,
+}
+
+/// The checksum GitLab's `calculate_checksum` gives the local copy:
+/// SHA-256 hex, or the padded size when the primary keeps the file in
+/// object storage (the rule follows the record, as in GitLab, where the
+/// secondary's model row is the primary's).
+pub async fn local_checksum(
+    blobs: &BlobStore,
+    type_name: &str,
+    path: &BlobPath,
+    object_stored: bool,
+) -> Result<String, crate::storage::StorageError> {
+    if object_stored {
+        Ok(format_file_size_for_checksum(
+            blobs.size(type_name, path).await?,
+        ))
+    } else {
+        Ok(blobs.checksum(type_name, path).await?.sha256)
+    }
+}
+
+async fn outcome(
+    blobs: &BlobStore,
+    it: &InstalledType,
+    record: Option<&FeedRecord>,
+    path: Option<Result<BlobPath, String>>,
+) -> Outcome {
+    let Some(record) = record else {
+        return Outcome::Disabled;
+    };
+    let primary = match (&record.verification_state, &record.verification_checksum) {
+        (VerificationState::Succeeded, Some(checksum)) => checksum.to_ascii_lowercase(),
+        _ => return Outcome::Disabled,
+    };
+    let path = match path {
+        Some(Ok(path)) => path,
+        Some(Err(error)) => {
+            return Outcome::Failed(VerificationFailure::Error(format!(
+                "Error during verification: blob path: {error}"
+            )));
+        }
+        None => return Outcome::Disabled,
+    };
+    match local_checksum(blobs, it.name(), &path, scope::is_object_stored(it, record)).await {
+        Ok(local) if local.eq_ignore_ascii_case(&primary) => Outcome::Succeeded(local),
+        Ok(local) => Outcome::Failed(VerificationFailure::Mismatch {
+            checksum: local,
+            primary_checksum: primary,
+        }),
+        Err(error) if error.is_not_found() => Outcome::Failed(VerificationFailure::Error(
+            "Error during verification: File is not checksummable".into(),
+        )),
+        Err(error) => Outcome::Failed(VerificationFailure::Error(format!(
+            "Error during verification: {error}"
+        ))),
+    }
+}
+
+/// Verifies one batch of up to `limit` rows of `it`, `concurrency` blobs at
+/// a time; see the [module docs](self).
+pub async fn verify_batch(
+    client: &PrimaryClient,
+    tracking: &Db,
+    blobs: &BlobStore,
+    it: &Arc<InstalledType>,
+    limit: i64,
+    concurrency: usize,
+) -> Result<BatchCounts, VerifyError> {
+    let registry = Registry::of(it);
+    let claims = registry.claim_verification(tracking, limit).await?;
+    if claims.is_empty() {
+        return Ok(BatchCounts::default());
+    }
+    let started = std::time::Instant::now();
+    let ids: Vec<i64> = claims.iter().map(|c| c.model_id).collect();
+    let records = match client.records_by_ids(it.name(), &ids).await {
+        Ok(records) => records,
+        Err(error) => {
+            release(&registry, tracking, &claims).await;
+            return Err(error.into());
+        }
+    };
+    let paths = match scope::blob_paths(it, &records).await {
+        Ok(paths) => paths,
+        Err(error) => {
+            release(&registry, tracking, &claims).await;
+            return Err(error.into());
+        }
+    };
+    let mut by_id: HashMap<i64, (FeedRecord, Result<BlobPath, String>)> = records
+        .into_iter()
+        .zip(paths)
+        .map(|(record, path)| (record.id, (record, path)))
+        .collect();
+
+    let work: Vec<(
+        VerificationClaim,
+        Option<(FeedRecord, Result<BlobPath, String>)>,
+    )> = claims
+        .into_iter()
+        .map(|claim| {
+            let found = by_id.remove(&claim.model_id);
+            (claim, found)
+        })
+        .collect();
+    let results: Vec<(VerificationClaim, Result<bool, DbError>, &'static str)> =
+        futures::stream::iter(work)
+            .map(|(claim, found)| {
+                let registry = &registry;
+                async move {
+                    let (record, path) = match found {
+                        Some((record, path)) => (Some(record), Some(path)),
+                        None => (None, None),
+                    };
+                    let outcome = outcome(blobs, it, record.as_ref(), path).await;
+                    let (written, kind) = match &outcome {
+                        Outcome::Succeeded(checksum) => (
+                            registry
+                                .verification_succeeded(
+                                    tracking,
+                                    claim.model_id,
+                                    checksum,
+                                    claim.started_at,
+                                )
+                                .await,
+                            "succeeded",
+                        ),
+                        Outcome::Failed(failure) => {
+                            tracing::warn!(
+                                r#type = it.name(),
+                                id = claim.model_id,
+                                registry_id = claim.registry_id,
+                                failure = ?failure,
+                                "verification failed; resyncing"
+                            );
+                            (
+                                registry
+                                    .verification_failed(
+                                        tracking,
+                                        claim.model_id,
+                                        failure,
+                                        Some(claim.started_at),
+                                    )
+                                    .await,
+                                "failed",
+                            )
+                        }
+                        Outcome::Disabled => (
+                            registry
+                                .verification_disabled(
+                                    tracking,
+                                    claim.model_id,
+                                    Some(claim.started_at),
+                                )
+                                .await,
+                            "disabled",
+                        ),
+                    };
+                    (claim, written, kind)
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+    metrics::VERIFY_SECONDS
+        .with_label_values(&[it.name(), "secondary"])
+        .observe(started.elapsed().as_secs_f64());
+
+    let mut counts = BatchCounts::default();
+    let mut first_error = None;
+    for (claim, written, kind) in results {
+        match written {
+            Ok(true) => match kind {
+                "succeeded" => counts.succeeded += 1,
+                "failed" => counts.failed += 1,
+                _ => counts.disabled += 1,
+            },
+            Ok(false) => counts.superseded += 1,
+            Err(error) => {
+                tracing::warn!(r#type = it.name(), id = claim.model_id, %error, "cannot record a verification result");
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    match first_error {
+        Some(error) if counts.total() == 0 => Err(error.into()),
+        _ => Ok(counts),
+    }
+}
+
+/// Puts claims back to verification pending, changing nothing else.
+async fn release(registry: &Registry, tracking: &Db, claims: &[VerificationClaim]) {
+    for claim in claims {
+        if let Err(error) = registry
+            .release_verification(tracking, claim.model_id, claim.started_at)
+            .await
+        {
+            tracing::warn!(id = claim.model_id, %error, "cannot release a verification claim");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secondary::sync::{Downloader, SyncResult};
+    use crate::secondary::testing::{FakePrimary, blob_store, helm, sha256, tracking_databases};
+    use crate::states::SyncState;
+
+    #[tokio::test]
+    async fn verification_compares_with_the_primary_and_resyncs_on_failure() {
+        let it = helm();
+        let registry = Registry::of(&it);
+        for (backend, db) in tracking_databases().await {
+            let primary = FakePrimary::start().await;
+            let (_dir, blobs) = blob_store();
+            let client = primary.client();
+            let downloader = Downloader {
+                client: client.clone(),
+                tracking: db.clone(),
+                blobs: blobs.clone(),
+                cancel: Default::default(),
+            };
+            let mut records = Vec::new();
+            for id in 1..=5 {
+                records.push(primary.add(id, 10, format!("index {id}").as_bytes(), id != 5));
+            }
+            registry
+                .insert_missing(&db, &[1, 2, 3, 4, 5])
+                .await
+                .unwrap();
+            for id in 1..=5 {
+                assert!(matches!(
+                    downloader.sync_now(&it, id).await.unwrap(),
+                    Some(SyncResult::Synced { .. })
+                ));
+            }
+
+            let counts = verify_batch(&client, &db, &blobs, &it, 100, 4)
+                .await
+                .unwrap();
+            assert_eq!(
+                counts,
+                BatchCounts {
+                    succeeded: 4,
+                    ..BatchCounts::default()
+                },
+                "{backend}"
+            );
+            let row = registry.get(&db, 1).await.unwrap().unwrap();
+            assert_eq!(row.verification_state, VerificationState::Succeeded);
+            assert_eq!(row.verification_checksum, Some(sha256(b"index 1")));
+            assert_eq!(
+                registry
+                    .get(&db, 5)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .verification_state,
+                VerificationState::Disabled
+            );
+            // Nothing left to verify.
+            assert_eq!(
+                verify_batch(&client, &db, &blobs, &it, 100, 4)
+                    .await
+                    .unwrap()
+                    .total(),
+                0
+            );
+
+            // 1 rots, 2 disappears, 3 is no longer verified on the primary.
+            let paths = scope::blob_paths(&it, &records).await.unwrap();
+            let path = |i: usize| paths[i].clone().unwrap();
+            blobs
+                .put_bytes(it.name(), &path(0), bytes::Bytes::from_static(b"rotten"))
+                .await
+                .unwrap();
+            blobs.delete(it.name(), &path(1)).await.unwrap();
+            primary.with(|s| {
+                let r = s.records.get_mut(&3).unwrap();
+                r.verification_state = VerificationState::Pending;
+                r.verification_checksum = None;
+            });
+            for id in [1, 2, 3] {
+                registry.verification_pending(&db, id).await.unwrap();
+            }
+            let counts = verify_batch(&client, &db, &blobs, &it, 100, 4)
+                .await
+                .unwrap();
+            assert_eq!(
+                counts,
+                BatchCounts {
+                    failed: 2,
+                    disabled: 1,
+                    ..BatchCounts::default()
+                },
+                "{backend}"
+            );
+
+            let rotten = registry.get(&db, 1).await.unwrap().unwrap();
+            assert_eq!(
+                rotten.verification_state,
+                VerificationState::Failed,
+                "{backend}"
+            );
+            assert!(rotten.checksum_mismatch);
+            assert_eq!(
+                rotten.verification_checksum_mismatched,
+                Some(sha256(b"rotten"))
+            );
+            assert!(
+                rotten
+                    .verification_failure
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("Checksum does not match the primary checksum {checksum: "),
+                "{backend}"
+            );
+            assert_eq!(rotten.state, SyncState::Failed, "{backend}: resynced");
+            let missing = registry.get(&db, 2).await.unwrap().unwrap();
+            assert_eq!(
+                missing.verification_failure.as_deref(),
+                Some("Error during verification: File is not checksummable")
+            );
+            assert_eq!(missing.state, SyncState::Failed, "{backend}: resynced");
+            assert_eq!(
+                registry
+                    .get(&db, 3)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .verification_state,
+                VerificationState::Disabled
+            );
+
+            // The resync repairs the rotten copy; verification then succeeds.
+            for id in [1, 2] {
+                registry.pending(&db, id).await.unwrap();
+                downloader.sync_now(&it, id).await.unwrap();
+            }
+            assert_eq!(
+                verify_batch(&client, &db, &blobs, &it, 100, 4)
+                    .await
+                    .unwrap()
+                    .succeeded,
+                2,
+                "{backend}"
+            );
+            let repaired = registry.get(&db, 1).await.unwrap().unwrap();
+            assert_eq!(
+                repaired.verification_state,
+                VerificationState::Succeeded,
+                "{backend}"
+            );
+            assert!(!repaired.checksum_mismatch);
+
+            // An unreachable primary releases the claims untouched.
+            registry.verification_pending(&db, 4).await.unwrap();
+            let gone = PrimaryClient::new(&crate::config::PrimarySection {
+                url: "http://127.0.0.1:9".into(),
+                access_key: "k".into(),
+                secret_access_key: "s".into(),
+            })
+            .unwrap();
+            assert!(
+                verify_batch(&gone, &db, &blobs, &it, 100, 4).await.is_err(),
+                "{backend}"
+            );
+            let released = registry.get(&db, 4).await.unwrap().unwrap();
+            assert_eq!(
+                (released.state, released.verification_state),
+                (SyncState::Synced, VerificationState::Pending)
+            );
+        }
+    }
+}
