@@ -125,7 +125,7 @@ pub fn helm_paths(loaded: &LoadedType, pairs: &[(i64, &str)]) -> Vec<Result<Stri
 #[track_caller]
 pub fn assert_helm_answers(loaded: &LoadedType) {
     let pairs = [(1, "stable"), (42, "dev")];
-    let paths = helm_paths(&loaded, &pairs);
+    let paths = helm_paths(loaded, &pairs);
     for ((project_id, channel), path) in pairs.iter().zip(paths) {
         assert_eq!(
             path.as_deref(),
