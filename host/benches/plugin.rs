@@ -1,10 +1,17 @@
 //! The plugin runtime's cost, measured on the shipped Helm metadata cache:
 //! scope + path decisions per second through the plugin (batches of 1,000
-//! records) beside the same decision in native Rust, the time to instantiate a
-//! type, and the time to compile it cold and to load it from the compile cache.
+//! records) beside the same decision in native Rust, the cost of one call,
+//! the time to instantiate a type, and the time to compile it cold and to load
+//! it from the compile cache.
 //!
 //! `cargo bench -p geohost --bench plugin`. The figures are printed next to the
-//! goals, never asserted: they depend on the machine.
+//! goals, never asserted: they depend on the machine. Throughputs are per
+//! second of CPU time of the measuring thread (Linux; wall-clock elsewhere),
+//! so that other work on a shared machine does not count against them; the
+//! wall-clock rate is printed beside.
+//!
+//! To profile the plugin path alone, `GEOHOST_BENCH_PROFILE=SECONDS` runs only
+//! the plugin decisions for that long, for example under `perf record`.
 
 use geohost::plugin::{
     CompileOutcome, Limits, LoadedType, PluginRuntime, Row, SelectiveSync, SyncSettings, Value,
@@ -20,10 +27,13 @@ use std::time::{Duration, Instant};
 const RECORDS: usize = 1_000_000;
 const PROJECTS: i64 = 1_000;
 const BATCH: usize = 1_000;
-/// Namespace tree: ROOTS groups, each with FANOUT subgroups, each with FANOUT
-/// subgroups again.
+/// The namespace tree: ROOTS top-level groups, each with FANOUT subgroups,
+/// each with FANOUT subgroups again.
 const ROOTS: i64 = 10;
 const FANOUT: i64 = 10;
+/// Passes over the records per measurement; the fastest counts.
+const PASSES: usize = 3;
+const SINGLE_ROW_CALLS: usize = 5_000;
 const INSTANTIATIONS: usize = 5_000;
 const LOADS: usize = 5;
 
@@ -46,250 +56,124 @@ fn main() {
     let lookup: Arc<dyn ProjectLookup> = Arc::new(world.topology.clone());
 
     // The records as the primary stores them: writer columns in, derived
-    // columns (object_storage_key, file) computed by the type's `derive`.
-    let derive_started = Instant::now();
-    let records = derive_records(&loaded, &world);
-    let derive_rate = RECORDS as f64 / derive_started.elapsed().as_secs_f64();
+    // columns (file, object_storage_key) computed by the type's `derive`.
+    let (batches, derive) = measure(|| derive_records(&loaded, &world));
 
-    if let Ok(mode) = std::env::var("GEOHOST_BENCH_LOOP") {
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(6) {
-            match mode.as_str() {
-                "one" => {
-                    for r in records[0].paths.iter() {
-                        black_box(loaded.blob_paths(std::slice::from_ref(r)).unwrap());
-                    }
-                }
-                "paths" => {
-                    for b in &records {
-                        black_box(loaded.blob_paths(&b.paths).unwrap());
-                    }
-                }
-                _ => {
-                    for b in &records {
-                        black_box(
-                            loaded
-                                .in_scope(&settings, lookup.clone(), &b.scope)
-                                .unwrap(),
-                        );
-                    }
-                }
-            }
+    if let Some(seconds) = std::env::var("GEOHOST_BENCH_PROFILE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        let until = Instant::now() + Duration::from_secs_f64(seconds);
+        while Instant::now() < until {
+            black_box(decide_with_plugin(&loaded, &settings, &lookup, &batches));
         }
         return;
     }
-    let mut table = Table::default();
-    table.note(format!(
-        "{} records over {} projects in {} namespaces ({} levels), batches of {}; \
-         namespaces selective sync on {} groups, object storage off",
-        thousands(RECORDS as u64),
-        thousands(PROJECTS as u64),
-        thousands(world.namespace_count as u64),
-        3,
-        thousands(BATCH as u64),
-        world.selected.len(),
-    ));
 
-    // Through the plugin: in_scope + blob_paths per batch.
-    let plugin = best_of(3, || {
-        decide_with_plugin(&loaded, &settings, &lookup, &records)
-    });
-    let native_same = best_of(3, || decide_native_from_row(&world, &records));
-    let native_full = best_of(3, || decide_native_from_scratch(&world));
+    let plugin = fastest(|| decide_with_plugin(&loaded, &settings, &lookup, &batches));
+    let native_row = fastest(|| decide_native_from_row(&world, &batches));
+    let native_full = fastest(|| decide_native_from_scratch(&world));
     assert_eq!(
-        plugin.in_scope, native_same.in_scope,
+        plugin.0.in_scope, native_row.0.in_scope,
         "plugin and native disagree on scope"
     );
     assert_eq!(
-        plugin.in_scope, native_full.in_scope,
+        plugin.0.in_scope, native_full.0.in_scope,
         "plugin and native disagree on scope"
     );
     assert_eq!(
-        plugin.path_bytes, native_full.path_bytes,
+        plugin.0.path_bytes, native_full.0.path_bytes,
         "plugin and native disagree on paths"
     );
+    let single_call = median_single_row_call(&loaded, &batches[0]);
+    let instantiate = median_instantiate(&runtime, &loaded);
+    let loads = compile_and_cached_load(helm);
 
-    table.row(
+    let mut table = Table::default();
+    let (pass, timing) = plugin;
+    table.throughput(
         "decisions/s, Helm plugin (in_scope + blob_paths)",
-        rate(plugin.per_sec()),
-        format!("≥ {}", rate(GOAL_DECISIONS_PER_SEC)),
-        Some(plugin.per_sec() >= GOAL_DECISIONS_PER_SEC),
+        timing,
+        RECORDS,
+        Some(GOAL_DECISIONS_PER_SEC),
     );
-    table.row(
-        "  of which in_scope (incl. site.projects lookups)",
+    table.figure(
+        "  share of in_scope (with its site.projects lookups)",
         format!(
             "{:.0}%",
-            100.0 * plugin.scope_time.as_secs_f64() / plugin.total.as_secs_f64()
+            100.0 * pass.scope_time.as_secs_f64() / timing.wall.as_secs_f64()
         ),
-        String::new(),
+    );
+    table.figure(
+        "  page faults per batch (both calls)",
+        pass.page_faults.map_or("n/a".into(), |f| {
+            format!("{:.1}", f as f64 / (RECORDS / BATCH) as f64)
+        }),
+    );
+    table.figure(
+        "  one call of one row (blob_paths, median)",
+        micros(single_call),
+    );
+    table.throughput(
+        "decisions/s, native Rust (ancestry walk, key from the row)",
+        native_row.1,
+        RECORDS,
         None,
     );
-    table.row(
-        "decisions/s, native Rust (ancestry walk + key from row)",
-        rate(native_same.per_sec()),
-        String::new(),
+    table.throughput(
+        "decisions/s, native Rust (ancestry walk, sha256 ×2, hashed path)",
+        native_full.1,
+        RECORDS,
         None,
     );
-    table.row(
-        "decisions/s, native Rust (ancestry walk + sha256 ×2 + hashed path)",
-        rate(native_full.per_sec()),
-        String::new(),
-        None,
-    );
-    table.row(
+    table.throughput(
         "derive/s, Helm plugin (sha256 ×2 in wasm)",
-        rate(derive_rate),
-        String::new(),
+        derive,
+        RECORDS,
         None,
     );
-
-    let instantiate = median_instantiate(&runtime, &loaded);
-    table.row(
-        &format!(
-            "instantiate (median of {})",
-            thousands(INSTANTIATIONS as u64)
-        ),
+    table.goal(
+        &format!("instantiate (median of {})", thousands(INSTANTIATIONS)),
         micros(instantiate),
         format!("≤ {}", micros(GOAL_INSTANTIATE)),
-        Some(instantiate <= GOAL_INSTANTIATE),
+        instantiate <= GOAL_INSTANTIATE,
     );
-
-    let loads = compile_and_cached_load(helm);
-    table.row(
+    table.figure(
         &format!("compile, cold (median of {LOADS})"),
         millis(loads.compile),
-        String::new(),
-        None,
     );
-    table.row(
-        &format!("load from compile cache (median of {LOADS})"),
+    table.figure(
+        &format!("load from the compile cache (median of {LOADS})"),
         millis(loads.cached),
-        String::new(),
-        None,
     );
-    table.row(
-        "link (instantiate_pre)",
-        millis(loads.link),
-        String::new(),
-        None,
-    );
+    table.figure("link (instantiate_pre, median)", millis(loads.link));
 
-    table.note(format!(
-        "in scope: {} of {} records; component {} KiB; bench took {:.1} s",
-        thousands(plugin.in_scope as u64),
-        thousands(RECORDS as u64),
+    println!("\nGeohost plugin runtime: Helm metadata cache");
+    println!(
+        "{} records over {} projects in {} namespaces (3 levels), batches of {}; \
+         namespaces selective sync on {} groups ({} records in scope), object storage off\n",
+        thousands(RECORDS),
+        thousands(PROJECTS as usize),
+        thousands(world.namespace_count),
+        thousands(BATCH),
+        world.selected.len(),
+        thousands(pass.in_scope),
+    );
+    table.print();
+    println!(
+        "\nthroughput: fastest of {PASSES} passes, per CPU-second of the measuring thread{}; \
+         component {} KiB; bench took {:.1} s",
+        if timing.cpu.is_some() {
+            ""
+        } else {
+            " (not available here: wall clock)"
+        },
         helm.len() / 1024,
         started.elapsed().as_secs_f64()
-    ));
-    if std::env::var_os("GEOHOST_BENCH_EXPERIMENTS").is_some() {
-        experiments(&loaded, &settings, &lookup, &records);
-    }
-    table.print();
+    );
 }
 
-struct NoProjects;
-impl ProjectLookup for NoProjects {
-    fn project(&self, _id: i64) -> Option<geohost::topology::ProjectInfo> {
-        None
-    }
-}
-
-/// CPU time of the calling thread (user + system), from /proc (Linux).
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
-fn minflt() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    rest.split(' ').nth(7).unwrap().parse().unwrap()
-}
-
-fn experiments(
-    loaded: &LoadedType,
-    settings: &SyncSettings,
-    lookup: &Arc<dyn ProjectLookup>,
-    batches: &[Batch],
-) {
-    let none: Arc<dyn ProjectLookup> = Arc::new(NoProjects);
-    for round in 0..2 {
-        let f0 = minflt();
-        let (t, c) = (Instant::now(), cpu_time().unwrap());
-        for b in batches {
-            black_box(loaded.in_scope(settings, lookup.clone(), &b.scope).unwrap());
-        }
-        let f1 = minflt();
-        eprintln!(
-            "[{round}] in_scope topology: {:?} per batch (cpu {:?}), {} faults/batch",
-            t.elapsed() / batches.len() as u32,
-            (cpu_time().unwrap() - c) / batches.len() as u32,
-            (f1 - f0) / batches.len() as u64
-        );
-        let (t, c) = (Instant::now(), cpu_time().unwrap());
-        for b in batches {
-            black_box(loaded.in_scope(settings, none.clone(), &b.scope).unwrap());
-        }
-        eprintln!(
-            "[{round}] in_scope none: {:?} per batch (cpu {:?})",
-            t.elapsed() / batches.len() as u32,
-            (cpu_time().unwrap() - c) / batches.len() as u32
-        );
-        let (t, c) = (Instant::now(), cpu_time().unwrap());
-        let f1 = minflt();
-        for b in batches {
-            black_box(loaded.blob_paths(&b.paths).unwrap());
-        }
-        let f2 = minflt();
-        eprintln!(
-            "[{round}] blob_paths: {:?} per batch (cpu {:?}), {} faults/batch",
-            t.elapsed() / batches.len() as u32,
-            (cpu_time().unwrap() - c) / batches.len() as u32,
-            (f2 - f1) / batches.len() as u64
-        );
-        let (t, c) = (Instant::now(), cpu_time().unwrap());
-        for b in batches.iter().take(100) {
-            for r in b.paths.iter().take(100) {
-                black_box(loaded.blob_paths(std::slice::from_ref(r)).unwrap());
-            }
-        }
-        eprintln!(
-            "[{round}] blob_paths 1 row: {:?} per call (cpu {:?})",
-            t.elapsed() / 10_000,
-            (cpu_time().unwrap() - c) / 10_000
-        );
-        let (t, c) = (Instant::now(), cpu_time().unwrap());
-        for b in batches {
-            for r in &b.paths {
-                if let [Value::Text(k), Value::Text(f)] = &r.values[..] {
-                    black_box(geohost::plugin::BlobPath::parse(&format!("{k}/{f}")).unwrap());
-                }
-            }
-        }
-        eprintln!(
-            "[{round}] host-side format+parse only: {:?} per batch (cpu {:?})",
-            t.elapsed() / batches.len() as u32,
-            (cpu_time().unwrap() - c) / batches.len() as u32
-        );
-        let (t, c) = (Instant::now(), cpu_time().unwrap());
-        for b in batches {
-            for r in &b.scope {
-                if let [Value::Int(p), _] = r.values[..] {
-                    black_box(lookup.project(p));
-                }
-            }
-        }
-        eprintln!(
-            "[{round}] host-side Topology::project only: {:?} per batch (cpu {:?})",
-            t.elapsed() / batches.len() as u32,
-            (cpu_time().unwrap() - c) / batches.len() as u32
-        );
-    }
-}
-
-/// The namespaces, projects and the selected groups.
+/// The namespaces, projects, selected groups and records.
 struct World {
     topology: Topology,
     /// Namespace → parent, for the native decision.
@@ -305,6 +189,7 @@ struct World {
 impl World {
     fn build() -> World {
         let mut namespaces = Vec::new();
+        let mut middles = Vec::new();
         let mut leaves = Vec::new();
         let mut next = 1;
         for _ in 0..ROOTS {
@@ -321,6 +206,7 @@ impl World {
                     id: group,
                     parent_id: Some(root),
                 });
+                middles.push(group);
                 for _ in 0..FANOUT {
                     namespaces.push(NamespaceNode {
                         id: next,
@@ -331,40 +217,36 @@ impl World {
                 }
             }
         }
-        // Projects mostly in leaf groups, a few directly in roots and middle groups.
+        // Projects mostly in leaf groups, one in ten directly in a root or a
+        // middle group; a third on a second shard.
         let mut rng = Lcg(0x9e37_79b9_7f4a_7c15);
         let projects: Vec<ProjectNode> = (1..=PROJECTS)
-            .map(|id| {
-                let namespace_id = if id % 10 == 0 {
+            .map(|n| {
+                let namespace_id = if n % 10 == 0 {
                     namespaces[rng.below(namespaces.len())].id
                 } else {
                     leaves[rng.below(leaves.len())]
                 };
-                let shard = if id % 3 == 0 { "gitaly-2" } else { "default" };
+                let shard = if n % 3 == 0 { "gitaly-2" } else { "default" };
                 ProjectNode {
-                    id: 1_000 + id,
+                    id: 1_000 + n,
                     namespace_id,
                     repository_storage: shard.into(),
                 }
             })
             .collect();
-        // One whole root, two middle groups and two leaves.
-        let middle = |root: i64, n: i64| root + 1 + n * (FANOUT + 1);
-        let root_ids: Vec<i64> = namespaces
-            .iter()
-            .filter(|n| n.parent_id.is_none())
-            .map(|n| n.id)
-            .collect();
+        // A whole root group, two middle groups (with their subtrees) and two leaves.
         let selected = vec![
-            root_ids[0],
-            middle(root_ids[3], 2),
-            middle(root_ids[6], 5),
+            1,
+            middles[32],
+            middles[65],
             leaves[leaves.len() - 1],
             leaves[leaves.len() / 2 + 3],
         ];
+        // Records spread at random over the projects, one in ten in object storage.
         let records = (0..RECORDS)
             .map(|i| {
-                let project = 1_000 + 1 + (rng.below(PROJECTS as usize) as i64);
+                let project = 1_001 + rng.below(PROJECTS as usize) as i64;
                 let channel = format!("channel-{}.{}", i % 977, i / 977);
                 let file_store = if i % 10 == 0 { 2 } else { 1 };
                 (i as i64 + 1, project, channel, file_store)
@@ -381,7 +263,7 @@ impl World {
     }
 }
 
-/// A small deterministic generator, so every run sees the same data.
+/// A small deterministic generator: every run sees the same data.
 struct Lcg(u64);
 
 impl Lcg {
@@ -394,7 +276,7 @@ impl Lcg {
     }
 }
 
-/// One batch of records as the decision sees them.
+/// One batch of records as a decision sees them.
 struct Batch {
     /// scope_columns: project_id, file_store.
     scope: Vec<Row>,
@@ -407,6 +289,7 @@ fn derive_records(loaded: &LoadedType, world: &World) -> Vec<Batch> {
         .records
         .chunks(BATCH)
         .map(|chunk| {
+            // Writer columns in table order: last_downloaded_at, project_id, status, channel.
             let writer: Vec<Row> = chunk
                 .iter()
                 .map(|(id, project, channel, _)| Row {
@@ -446,26 +329,52 @@ fn derive_records(loaded: &LoadedType, world: &World) -> Vec<Batch> {
         .collect()
 }
 
-/// What a pass over every record found, and how long it took.
-#[derive(Clone, Copy)]
+/// What a pass over every record found.
+#[derive(Debug, Clone, Copy, Default)]
 struct Pass {
-    total: Duration,
-    scope_time: Duration,
     in_scope: usize,
     path_bytes: usize,
+    /// Wall-clock time spent in `in_scope` (plugin only).
+    scope_time: Duration,
+    /// Minor page faults of the process during the pass (Linux).
+    page_faults: Option<u64>,
 }
 
-impl Pass {
-    fn per_sec(&self) -> f64 {
-        RECORDS as f64 / self.total.as_secs_f64()
+/// How long something took: wall clock, and CPU time of this thread when known.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    wall: Duration,
+    cpu: Option<Duration>,
+}
+
+impl Timing {
+    /// The time that counts: CPU time when known.
+    fn busy(&self) -> Duration {
+        self.cpu.filter(|c| !c.is_zero()).unwrap_or(self.wall)
     }
 }
 
-fn best_of(runs: usize, mut pass: impl FnMut() -> Pass) -> Pass {
-    (0..runs)
-        .map(|_| pass())
-        .min_by_key(|p| p.total)
-        .expect("at least one run")
+fn measure<R>(f: impl FnOnce() -> R) -> (R, Timing) {
+    let (wall, cpu) = (Instant::now(), thread_cpu_time());
+    let result = f();
+    let cpu = cpu
+        .zip(thread_cpu_time())
+        .map(|(before, after)| after.saturating_sub(before));
+    (
+        result,
+        Timing {
+            wall: wall.elapsed(),
+            cpu,
+        },
+    )
+}
+
+/// The fastest of [`PASSES`] passes.
+fn fastest(mut pass: impl FnMut() -> Pass) -> (Pass, Timing) {
+    (0..PASSES)
+        .map(|_| measure(&mut pass))
+        .min_by_key(|(_, t)| t.busy())
+        .expect("at least one pass")
 }
 
 fn decide_with_plugin(
@@ -474,13 +383,8 @@ fn decide_with_plugin(
     lookup: &Arc<dyn ProjectLookup>,
     batches: &[Batch],
 ) -> Pass {
-    let mut pass = Pass {
-        total: Duration::ZERO,
-        scope_time: Duration::ZERO,
-        in_scope: 0,
-        path_bytes: 0,
-    };
-    let started = Instant::now();
+    let faults = minor_page_faults();
+    let mut pass = Pass::default();
     for batch in batches {
         let scope_started = Instant::now();
         let scopes = loaded
@@ -493,73 +397,58 @@ fn decide_with_plugin(
             pass.path_bytes += path.expect("valid path").as_str().len();
         }
     }
-    pass.total = started.elapsed();
+    pass.page_faults = faults
+        .zip(minor_page_faults())
+        .map(|(before, after)| after - before);
     pass
 }
 
-/// GitLab's namespace rule: the project's namespace or an ancestor is selected.
+/// GitLab's namespace rule: the project's namespace or one of its ancestors is selected.
 fn selected_by_ancestry(world: &World, selected: &HashSet<i64>, project: i64) -> bool {
     let Some(&namespace) = world.project_namespace.get(&project) else {
         return false;
     };
     let mut current = Some(namespace);
-    let mut depth = 0;
-    while let Some(ns) = current {
+    for _ in 0..geohost::topology::MAX_DEPTH {
+        let Some(ns) = current else { break };
         if selected.contains(&ns) {
             return true;
-        }
-        depth += 1;
-        if depth >= geohost::topology::MAX_DEPTH {
-            return false;
         }
         current = world.parents.get(&ns).copied().flatten();
     }
     false
 }
 
-/// The decision in native Rust, on the same rows the plugin gets (the
-/// object_storage_key stored at creation).
+/// The decision in native Rust on the rows the plugin gets (the
+/// object_storage_key stored when the record was created).
 fn decide_native_from_row(world: &World, batches: &[Batch]) -> Pass {
     let selected: HashSet<i64> = world.selected.iter().copied().collect();
     let sync_object_storage = false;
-    let mut pass = Pass {
-        total: Duration::ZERO,
-        scope_time: Duration::ZERO,
-        in_scope: 0,
-        path_bytes: 0,
-    };
-    let started = Instant::now();
+    let mut pass = Pass::default();
     for batch in batches {
         for (scope, path) in batch.scope.iter().zip(&batch.paths) {
             let [Value::Int(project), Value::Int(file_store)] = scope.values[..] else {
-                panic!("row")
+                panic!("scope row")
             };
             let in_scope = (file_store != 2 || sync_object_storage)
                 && selected_by_ancestry(world, &selected, project);
             let [Value::Text(key), Value::Text(file)] = &path.values[..] else {
-                panic!("row")
+                panic!("path row")
             };
             let path = black_box(format!("{key}/{file}"));
             pass.in_scope += usize::from(in_scope);
             pass.path_bytes += path.len();
         }
     }
-    pass.total = started.elapsed();
     pass
 }
 
-/// The decision in native Rust from the writer columns: sha256 of the project
-/// id and of the channel, GitLab's hashed path, the ancestry walk.
+/// The decision in native Rust from the writer columns: SHA-256 of the
+/// project id and of the channel, GitLab's hashed path, the ancestry walk.
 fn decide_native_from_scratch(world: &World) -> Pass {
     let selected: HashSet<i64> = world.selected.iter().copied().collect();
     let sync_object_storage = false;
-    let mut pass = Pass {
-        total: Duration::ZERO,
-        scope_time: Duration::ZERO,
-        in_scope: 0,
-        path_bytes: 0,
-    };
-    let started = Instant::now();
+    let mut pass = Pass::default();
     for (_, project, channel, file_store) in &world.records {
         let in_scope = (*file_store != 2 || sync_object_storage)
             && selected_by_ancestry(world, &selected, *project);
@@ -573,8 +462,20 @@ fn decide_native_from_scratch(world: &World) -> Pass {
         pass.in_scope += usize::from(in_scope);
         pass.path_bytes += path.len();
     }
-    pass.total = started.elapsed();
     pass
+}
+
+/// The fixed cost of a call: `blob_paths` of a single row.
+fn median_single_row_call(loaded: &LoadedType, batch: &Batch) -> Duration {
+    let mut times: Vec<Duration> = (0..SINGLE_ROW_CALLS)
+        .map(|i| {
+            let row = std::slice::from_ref(&batch.paths[i % batch.paths.len()]);
+            let started = Instant::now();
+            black_box(loaded.blob_paths(row).expect("blob_paths"));
+            started.elapsed()
+        })
+        .collect();
+    median(&mut times)
 }
 
 fn median_instantiate(runtime: &PluginRuntime, loaded: &LoadedType) -> Duration {
@@ -594,11 +495,9 @@ struct Loads {
 }
 
 /// Cold compiles into a fresh cache directory, then loads from it with a new
-/// runtime (as a restarted process would).
+/// runtime, as a restarted process would.
 fn compile_and_cached_load(component: &[u8]) -> Loads {
-    let mut compile = Vec::new();
-    let mut cached = Vec::new();
-    let mut link = Vec::new();
+    let (mut compile, mut cached, mut link) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..LOADS {
         let dir = tempfile::tempdir().expect("temporary directory");
         let cold = PluginRuntime::new(Limits::default(), Some(dir.path().into())).expect("runtime");
@@ -624,7 +523,26 @@ fn median(times: &mut [Duration]) -> Duration {
     times[times.len() / 2]
 }
 
-fn thousands(n: u64) -> String {
+/// CPU time (user + system) of the calling thread, from `/proc` (Linux only;
+/// clock ticks, so 10 ms resolution: enough for passes of a second).
+fn thread_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10)) // USER_HZ is 100 on Linux
+}
+
+/// Minor page faults of the process so far, from `/proc` (Linux only).
+fn minor_page_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stat.get(stat.rfind(')')? + 2..)?
+        .split(' ')
+        .nth(7)?
+        .parse()
+        .ok()
+}
+
+fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -652,44 +570,69 @@ fn millis(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-/// The printed result.
+/// The printed result: measure, figure, wall-clock rate, goal, verdict.
 #[derive(Default)]
 struct Table {
-    notes: Vec<String>,
-    rows: Vec<(String, String, String, Option<bool>)>,
+    rows: Vec<[String; 5]>,
 }
 
 impl Table {
-    fn note(&mut self, note: String) {
-        self.notes.push(note);
+    fn throughput(&mut self, what: &str, timing: Timing, items: usize, goal: Option<f64>) {
+        let busy = items as f64 / timing.busy().as_secs_f64();
+        let wall = items as f64 / timing.wall.as_secs_f64();
+        let (goal, verdict) = match goal {
+            Some(goal) => (format!("≥ {}", rate(goal)), verdict(busy >= goal)),
+            None => (String::new(), String::new()),
+        };
+        self.rows
+            .push([what.into(), rate(busy), rate(wall), goal, verdict]);
     }
 
-    fn row(&mut self, what: &str, figure: String, goal: String, met: Option<bool>) {
-        self.rows.push((what.to_string(), figure, goal, met));
+    fn goal(&mut self, what: &str, figure: String, goal: String, met: bool) {
+        self.rows
+            .push([what.into(), figure, String::new(), goal, verdict(met)]);
+    }
+
+    fn figure(&mut self, what: &str, figure: String) {
+        self.rows.push([
+            what.into(),
+            figure,
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
     }
 
     fn print(&self) {
-        println!("\nGeohost plugin runtime, Helm metadata cache");
-        for note in &self.notes[..1] {
-            println!("{note}\n");
-        }
-        let width = self
-            .rows
-            .iter()
-            .map(|r| r.0.chars().count())
-            .max()
-            .unwrap_or(0);
-        println!("{:width$}  {:>12}  {:>12}", "measure", "figure", "goal");
-        for (what, figure, goal, met) in &self.rows {
-            let verdict = match met {
-                Some(true) => "met",
-                Some(false) => "MISSED",
-                None => "",
-            };
-            println!("{what:width$}  {figure:>12}  {goal:>12}  {verdict}");
-        }
-        for note in &self.notes[1..] {
-            println!("\n{note}");
+        let header = ["measure", "figure", "wall clock", "goal", ""].map(String::from);
+        let widths: Vec<usize> = (0..5)
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .chain([&header])
+                    .map(|r| r[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in [&header].into_iter().chain(&self.rows) {
+            let pad = |i: usize| " ".repeat(widths[i] - row[i].chars().count());
+            println!(
+                "{}{}  {}{}  {}{}  {}{}  {}",
+                row[0],
+                pad(0),
+                pad(1),
+                row[1],
+                pad(2),
+                row[2],
+                pad(3),
+                row[3],
+                row[4]
+            );
         }
     }
+}
+
+fn verdict(met: bool) -> String {
+    if met { "met".into() } else { "MISSED".into() }
 }
