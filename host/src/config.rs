@@ -215,7 +215,13 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         let config: Config = figment
-            .merge(Env::prefixed("GEOHOST_").split("__"))
+            // Only `GEOHOST_SECTION__KEY` variables are settings; others such as
+            // GEOHOST_CONFIG or GEOHOST_LOG_FORMAT belong to the command line.
+            .merge(
+                Env::prefixed("GEOHOST_")
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
+            )
             .extract()
             .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.check()?;

@@ -280,7 +280,7 @@ impl SecondaryProcess {
             "[site]\nname = \"killable\"\nrole = \"secondary\"\nlisten = \"127.0.0.1:{port}\"\nurl = \"{url}\"\n\
              data_dir = {:?}\n[database]\nurl = {:?}\n[tracking_database]\nurl = {:?}\n\
              [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n\
-             [workers]\nidle_poll_ms = 50\nconsistency_interval_secs = 2\nsync_timeout_secs = 4\n",
+             [workers]\nidle_poll_ms = 50\nconsistency_interval_secs = 2\nsync_timeout_secs = 4\nverification_timeout_secs = 4\n",
             dir.display().to_string(),
             database_url(backend).await,
             tracking_url,

@@ -578,7 +578,13 @@ async fn run_cursor(s: Arc<Secondary>) {
 
 async fn run_housekeeping(s: Arc<Secondary>) {
     // A short sync timeout (tests, small sites) is checked at least twice per period.
-    let timeout = Duration::from_secs(s.site.config.workers.sync_timeout_secs.max(2));
+    let workers = &s.site.config.workers;
+    let timeout = Duration::from_secs(
+        workers
+            .sync_timeout_secs
+            .min(workers.verification_timeout_secs)
+            .max(2),
+    );
     let interval = HOUSEKEEPING_INTERVAL.min(timeout / 2);
     loop {
         s.fail_stuck().await;
