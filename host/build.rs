@@ -28,4 +28,38 @@ fn main() {
     out.push_str("];\n");
     let target = std::path::Path::new(&std::env::var("OUT_DIR").unwrap()).join("builtin.rs");
     std::fs::write(target, out).unwrap();
+    revision();
+}
+
+/// `GEOHOST_REVISION`: the commit the binary is built from (GitLab's
+/// `revision` in a site's status), when built from a git checkout.
+fn revision() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    if let Some(rev) = git(&["rev-parse", "--short=11", "HEAD"]) {
+        println!("cargo:rustc-env=GEOHOST_REVISION={rev}");
+    }
+    // Rebuild when HEAD moves (a commit, a checkout). Only existing files:
+    // a missing one would rerun this script on every build.
+    let refs = [
+        Some("HEAD".to_string()),
+        git(&["symbolic-ref", "-q", "HEAD"]),
+        Some("packed-refs".to_string()),
+    ];
+    for path in refs.into_iter().flatten() {
+        if let Some(file) = git(&["rev-parse", "--git-path", &path])
+            && std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(&file)
+                .exists()
+        {
+            println!("cargo:rerun-if-changed={file}");
+        }
+    }
 }

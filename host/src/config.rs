@@ -147,6 +147,15 @@ pub struct WorkerSection {
     /// Whether this process runs the background workers (API-only processes set false).
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// How often a secondary computes its status and reports it to the
+    /// primary, in seconds (GitLab's `Geo::MetricsUpdateWorker`: every minute).
+    #[serde(default = "default_status_secs")]
+    pub status_interval_secs: u64,
+    /// Pause between two batches of 1,000 rows of a bulk resync or
+    /// reverification, in milliseconds, so that sync and verification
+    /// writes get their turn.
+    #[serde(default = "default_bulk_pause_ms")]
+    pub bulk_update_pause_ms: u64,
 }
 
 impl Default for WorkerSection {
@@ -158,6 +167,8 @@ impl Default for WorkerSection {
             consistency_interval_secs: default_consistency_secs(),
             verification_batch: default_verification_batch(),
             enabled: true,
+            status_interval_secs: default_status_secs(),
+            bulk_update_pause_ms: default_bulk_pause_ms(),
         }
     }
 }
@@ -184,6 +195,12 @@ fn default_consistency_secs() -> u64 {
     60
 }
 fn default_verification_batch() -> i64 {
+    100
+}
+fn default_status_secs() -> u64 {
+    60
+}
+fn default_bulk_pause_ms() -> u64 {
     100
 }
 fn default_true() -> bool {

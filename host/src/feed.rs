@@ -15,7 +15,8 @@
 //! | `GET /api/v4/geo/replication/:name/records?after_id&limit` or `?ids=1,2` | [`RecordPage`] | `{"feed":"records","replicable_name":name}` |
 //! | `GET /api/v4/geo/events?after&limit&wait_ms` | [`EventPage`] (long-poll) | `{"feed":"events"}` |
 //! | `GET /api/v4/geo/retrieve/:name/:id` | the blob | `{"replicable_name":name,"replicable_id":id}` |
-//! | `POST /api/v4/geo/status` | (a secondary's status report) | `{"feed":"status"}` |
+//! | `GET /api/v4/geo/replication/:name/search?keyword=` | [`SearchPage`] | `{"feed":"search","replicable_name":name}` |
+//! | `POST /api/v4/geo/status` (body: the secondary's status) | `204` | `{"feed":"status"}` |
 
 use crate::plugin::fixture::ScopeSpec;
 use crate::states::VerificationState;
@@ -29,6 +30,11 @@ pub const MAX_RECORDS_PER_PAGE: i64 = 10_000;
 pub const MAX_EVENTS_PER_PAGE: i64 = 1_000;
 /// Longest long-poll wait.
 pub const MAX_WAIT_MS: u64 = 30_000;
+/// Most ids a keyword search answers (GitLab keeps the first 1,000 ids of
+/// `model.search(keyword)`).
+pub const MAX_SEARCH_IDS: i64 = 1_000;
+/// Largest status report a secondary may send, in bytes.
+pub const MAX_STATUS_BYTES: usize = 1 << 20;
 
 /// The JWT `data` claim for a feed resource.
 pub fn feed_claim(resource: &str) -> serde_json::Value {
@@ -38,6 +44,11 @@ pub fn feed_claim(resource: &str) -> serde_json::Value {
 /// The JWT `data` claim for the records of one type.
 pub fn records_claim(replicable_name: &str) -> serde_json::Value {
     json!({ "feed": "records", "replicable_name": replicable_name })
+}
+
+/// The JWT `data` claim for a keyword search over the records of one type.
+pub fn search_claim(replicable_name: &str) -> serde_json::Value {
+    json!({ "feed": "search", "replicable_name": replicable_name })
 }
 
 /// The JWT `data` claim of GitLab's retrieve API.
@@ -133,4 +144,13 @@ pub struct EventPage {
     /// The newest event id in the log (for lag), if any.
     pub last_event_id: Option<i64>,
     pub last_event_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The ids of the records matching a keyword (GraphQL's `keyword` filter):
+/// at most [`MAX_SEARCH_IDS`], in id order. A record matches when one of
+/// its text columns contains the keyword (case-insensitive), or, for a
+/// keyword that is an integer, when its id or an integer column equals it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchPage {
+    pub ids: Vec<i64>,
 }

@@ -17,5 +17,6 @@ pub mod primary;
 pub mod secondary;
 pub mod site;
 pub mod states;
+pub mod status;
 pub mod storage;
 pub mod topology;

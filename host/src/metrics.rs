@@ -112,3 +112,63 @@ pub static REPLICATION_LAG: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
         .expect("valid metric"),
     )
 });
+
+/// GitLab's `geo_status_failed_total{name,url}`: a secondary's status
+/// reports that the primary did not accept (both labels are the site's
+/// name, as in GitLab).
+pub static STATUS_FAILED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "geo_status_failed_total",
+                "Total number of times status for Geo node failed to retrieve",
+            ),
+            &["name", "url"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// `geohost_registry_bulk_update_batches_total{type,action}`: batches of a
+/// bulk resync or reverification (`geoRegistriesBulkUpdate`).
+pub static BULK_UPDATE_BATCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "geohost_registry_bulk_update_batches_total",
+                "Batches run by bulk registry updates",
+            ),
+            &["type", "action"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// `geohost_registry_bulk_update_rows_total{type,action}`: registry rows a
+/// bulk resync or reverification changed.
+pub static BULK_UPDATE_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "geohost_registry_bulk_update_rows_total",
+                "Registry rows changed by bulk registry updates",
+            ),
+            &["type", "action"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Registers every metric of this module, so a scrape shows them all (each
+/// is otherwise registered on first use).
+pub fn init() {
+    LazyLock::force(&PLUGIN_CALL_SECONDS);
+    LazyLock::force(&PLUGIN_CALL_ERRORS);
+    LazyLock::force(&VERIFY_SECONDS);
+    LazyLock::force(&SYNC_SECONDS);
+    LazyLock::force(&SYNC_BYTES);
+    LazyLock::force(&REPLICATION_LAG);
+    LazyLock::force(&STATUS_FAILED);
+    LazyLock::force(&BULK_UPDATE_BATCHES);
+    LazyLock::force(&BULK_UPDATE_ROWS);
+}

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const CONVERGE: Duration = Duration::from_secs(90);
+const CONVERGE: Duration = Duration::from_secs(180);
 
 /// (registry id → (state, verification state)) on the secondary.
 async fn registries(secondary: &TestSite) -> BTreeMap<i64, (i16, i16)> {

@@ -76,6 +76,13 @@ impl TestSite {
         self.site = site;
     }
 
+    /// Writes this site's configuration to a file (for the CLI).
+    pub fn write_config(&self) -> PathBuf {
+        let path = self.dir.join("site.toml");
+        std::fs::write(&path, &self.config).expect("writing the configuration");
+        path
+    }
+
     /// The blob of a record on this site, if present.
     pub fn blob_file(&self, path: &str) -> PathBuf {
         self.dir.join("blobs").join(HELM).join(path)
@@ -145,6 +152,23 @@ pub async fn primary_with(backend: Backend, workers: &str) -> TestSite {
 
 /// Registers and starts a secondary of `primary` with these settings.
 pub async fn secondary(backend: Backend, primary: &TestSite, new: sites::NewSite) -> TestSite {
+    secondary_with(
+        backend,
+        primary,
+        new,
+        "idle_poll_ms = 50\nconsistency_interval_secs = 2\n",
+    )
+    .await
+}
+
+/// Registers and starts a secondary of `primary` with these settings and
+/// these `[workers]` settings.
+pub async fn secondary_with(
+    backend: Backend,
+    primary: &TestSite,
+    new: sites::NewSite,
+    workers: &str,
+) -> TestSite {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().to_path_buf();
     let port = free_port();
@@ -162,7 +186,7 @@ pub async fn secondary(backend: Backend, primary: &TestSite, new: sites::NewSite
         "[site]\nname = \"secondary\"\nrole = \"secondary\"\nlisten = \"127.0.0.1:{port}\"\nurl = \"{url}\"\n\
          data_dir = {:?}\n[database]\nurl = {:?}\n[tracking_database]\nurl = {:?}\n\
          [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n\
-         [workers]\nidle_poll_ms = 50\nconsistency_interval_secs = 2\n",
+         [workers]\n{workers}",
         dir.display().to_string(),
         database_url(backend).await,
         database_url(backend).await,

@@ -8,12 +8,15 @@
 //! - `test`: install and start what the tests need (the wasm toolchain,
 //!   PostgreSQL), build the plugins, and run the whole test suite on SQLite
 //!   and PostgreSQL.
+//! - `bench`: install the benchmarks' peers (rclone) and run every
+//!   benchmark in release mode, printing their tables (see BENCHMARKS.md).
 //!
 //! The wasm toolchain: a machine with rustup's `wasm32-unknown-unknown`
 //! target uses it. Where rustup cannot download it, Debian's `rustc-web`
 //! compiler builds the standard library from source (`-Zbuild-std`) and
 //! rustup's own `rust-lld` links (see docs/building-plugins.md).
 
+mod bench;
 mod plugins;
 mod postgres;
 mod test;
@@ -30,12 +33,14 @@ fn main() -> Result<()> {
             plugins::build_all(&root, check)
         }
         Some("test") => test::run(&root, &args[1..]),
+        Some("bench") => bench::run(&root, &args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  \
                  plugins [--check]   build the plugin components (check: dist is up to date)\n  \
-                 test [ARGS…]        install services, build plugins, run all tests\n"
+                 test [ARGS…]        install services, build plugins, run all tests\n  \
+                 bench [ARGS…]       install peers (rclone), run all benchmarks (release)\n"
             );
             bail!("unknown task {:?}", args.first());
         }

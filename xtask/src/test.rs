@@ -9,6 +9,11 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     // Plugins first: the host embeds plugins/dist, and the tests load the
     // fixtures. `--check` proves plugins/dist is what the source builds.
     crate::plugins::build_all(root, true)?;
+    // `promtool check metrics` (Debian ships it in `prometheus`) validates
+    // the `/metrics` page; without it the tests check it with their own parser.
+    if let Err(error) = crate::ensure_debian_packages(&["prometheus"]) {
+        eprintln!("xtask: {error:#}; /metrics is checked without promtool");
+    }
     let postgres = Postgres::start()?;
     eprintln!("xtask: PostgreSQL at {}", postgres.url);
 

@@ -1,5 +1,6 @@
 //! The admin API: what operators and package registries call, with an admin
-//! token. Ingest is primary-only; each handler checks the token first.
+//! token (checked for every route by [`super::auth::require_admin`]).
+//! Ingest is primary-only.
 //!
 //! | route | does |
 //! |---|---|
@@ -11,14 +12,14 @@
 //! | `GET/POST /api/v4/projects`, `DELETE /api/v4/projects/:id` | projects |
 //! | `GET/POST /api/v4/geo_sites`, `PUT/DELETE /api/v4/geo_sites/:id` | sites |
 
-use super::{ApiError, AppState, auth};
+use super::{AdminRoutes, ApiError, AppState};
 use crate::config::Role;
 use crate::plugin::fixture::json_to_value;
 use crate::primary::{ingest, records, sites, topology};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, put};
 use futures::TryStreamExt;
@@ -26,8 +27,10 @@ use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 use std::collections::HashMap;
 
-pub fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
+/// The admin routes of this module (behind `auth::require_admin`, see
+/// [`super::router`]).
+pub fn routes() -> AdminRoutes {
+    AdminRoutes::new()
         .route("/api/v4/replicables/{name}", put(upsert).get(list_records))
         .route(
             "/api/v4/replicables/{name}/{id}",
@@ -91,10 +94,8 @@ async fn upsert(
     State(site): State<AppState>,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     let it = ingest::installed(&site, &name)?;
     let columns = typed_columns(&it, &query)?;
@@ -119,9 +120,7 @@ async fn list_records(
     State(site): State<AppState>,
     Path(name): Path<String>,
     Query(page): Query<Page>,
-    headers: HeaderMap,
 ) -> Result<Json<Json_>, ApiError> {
-    auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     let it = ingest::installed(&site, &name)?;
     let limit = page.limit.unwrap_or(100).clamp(1, 10_000);
@@ -143,9 +142,7 @@ fn record_json(it: &crate::catalog::InstalledType, r: &records::Record) -> Json_
 async fn get_record(
     State(site): State<AppState>,
     Path((name, id)): Path<(String, i64)>,
-    headers: HeaderMap,
 ) -> Result<Json<Json_>, ApiError> {
-    auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     let it = ingest::installed(&site, &name)?;
     let record = records::by_id(&site.db, &it, id)
@@ -157,9 +154,7 @@ async fn get_record(
 async fn delete_record(
     State(site): State<AppState>,
     Path((name, id)): Path<(String, i64)>,
-    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     ingest::delete(&site, &name, id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -175,10 +170,8 @@ struct NewNamespace {
 
 async fn create_namespace(
     State(site): State<AppState>,
-    headers: HeaderMap,
     Json(new): Json<NewNamespace>,
 ) -> Result<impl IntoResponse, ApiError> {
-    auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     let path = new
         .path
@@ -188,11 +181,7 @@ async fn create_namespace(
     Ok((StatusCode::CREATED, Json(ns)))
 }
 
-async fn list_namespaces(
-    State(site): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Json_>, ApiError> {
-    auth::admin(&site, &headers).await?;
+async fn list_namespaces(State(site): State<AppState>) -> Result<Json<Json_>, ApiError> {
     let snapshot = topology::snapshot(&site.db).await?;
     Ok(Json(json!(snapshot.namespaces)))
 }
@@ -200,9 +189,7 @@ async fn list_namespaces(
 async fn delete_namespace(
     State(site): State<AppState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     topology::delete_namespace(&site.db, id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -219,10 +206,8 @@ struct NewProject {
 
 async fn create_project(
     State(site): State<AppState>,
-    headers: HeaderMap,
     Json(new): Json<NewProject>,
 ) -> Result<impl IntoResponse, ApiError> {
-    auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     let path = new
         .path
@@ -234,11 +219,7 @@ async fn create_project(
     Ok((StatusCode::CREATED, Json(project)))
 }
 
-async fn list_projects(
-    State(site): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Json_>, ApiError> {
-    auth::admin(&site, &headers).await?;
+async fn list_projects(State(site): State<AppState>) -> Result<Json<Json_>, ApiError> {
     let snapshot = topology::snapshot(&site.db).await?;
     Ok(Json(json!(snapshot.projects)))
 }
@@ -246,19 +227,13 @@ async fn list_projects(
 async fn delete_project(
     State(site): State<AppState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     topology::delete_project(&site.db, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_sites(
-    State(site): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Json_>, ApiError> {
-    auth::admin(&site, &headers).await?;
+async fn list_sites(State(site): State<AppState>) -> Result<Json<Json_>, ApiError> {
     primary_only(&site)?;
     Ok(Json(json!(sites::list(&site.db).await?)))
 }
@@ -266,9 +241,7 @@ async fn list_sites(
 async fn get_site(
     State(site): State<AppState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
 ) -> Result<Json<Json_>, ApiError> {
-    auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     let found = sites::get(&site.db, id)
         .await?
@@ -278,10 +251,8 @@ async fn get_site(
 
 async fn create_site(
     State(site): State<AppState>,
-    headers: HeaderMap,
     Json(new): Json<sites::NewSite>,
 ) -> Result<impl IntoResponse, ApiError> {
-    auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     let (settings, credentials) = sites::add_secondary(&site, new).await?;
     Ok((
@@ -293,10 +264,8 @@ async fn create_site(
 async fn update_site(
     State(site): State<AppState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
     Json(change): Json<sites::SiteUpdate>,
 ) -> Result<Json<Json_>, ApiError> {
-    auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     Ok(Json(json!(sites::update(&site, id, change).await?)))
 }
@@ -304,9 +273,7 @@ async fn update_site(
 async fn delete_site(
     State(site): State<AppState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    auth::admin(&site, &headers).await?;
     primary_only(&site)?;
     sites::remove(&site, id).await?;
     Ok(StatusCode::NO_CONTENT)

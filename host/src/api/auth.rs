@@ -75,14 +75,55 @@ pub async fn revoke_token(db: &Db, id: i64) -> Result<bool, DbError> {
     Ok(n == 1)
 }
 
-/// Whether `token` is a live admin token (and notes its use).
+/// How often a token's `last_used_at` is written at most: polling scripts
+/// (`/metrics`, status) must not turn every request into a write.
+pub const LAST_USED_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
+/// Whether `token` is a live admin token. Notes its use in `last_used_at`,
+/// at most once per [`LAST_USED_RESOLUTION`].
 pub async fn check_token(db: &Db, token: &str) -> Result<bool, DbError> {
     let digest = admin_token::digest(token);
-    let n = db
-        .execute(
-            "UPDATE admin_tokens SET last_used_at = $1 WHERE token_digest = $2 AND revoked_at IS NULL",
-            &[Db::now().into(), Arg::from(digest)],
+    let Some(row) = db
+        .fetch_optional(
+            "SELECT id, last_used_at FROM admin_tokens WHERE token_digest = $1 AND revoked_at IS NULL",
+            &[Arg::from(digest)],
+        )
+        .await?
+    else {
+        return Ok(false);
+    };
+    let now = Db::now();
+    let stale = row
+        .opt_ts("last_used_at")?
+        .is_none_or(|at| now - at >= LAST_USED_RESOLUTION);
+    if stale {
+        // Whichever request of the minute gets here first writes; the
+        // condition keeps concurrent ones from writing again.
+        db.execute(
+            "UPDATE admin_tokens SET last_used_at = $1 WHERE id = $2 \
+             AND (last_used_at IS NULL OR last_used_at <= $3)",
+            &[
+                now.into(),
+                row.i64("id")?.into(),
+                (now - LAST_USED_RESOLUTION).into(),
+            ],
         )
         .await?;
-    Ok(n == 1)
+    }
+    Ok(true)
+}
+
+/// Middleware of every admin route: a request without a live admin token
+/// gets a bare 401 before any extractor or handler sees it (so a bad body
+/// or path answers nothing either).
+pub async fn require_admin(
+    axum::extract::State(site): axum::extract::State<crate::api::AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match admin(&site, request.headers()).await {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
 }

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -29,6 +29,15 @@ pub fn routes() -> axum::Router<AppState> {
             get(records),
         )
         .route("/api/v4/geo/events", get(events))
+        .route(
+            "/api/v4/geo/replication/{replicable_name}/search",
+            get(search),
+        )
+        .route(
+            "/api/v4/geo/status",
+            post(receive_status)
+                .layer(axum::extract::DefaultBodyLimit::max(feed::MAX_STATUS_BYTES)),
+        )
 }
 
 /// `GET /api/v4/geo/retrieve/:replicable_name/:replicable_id`: streams a blob.
@@ -241,4 +250,53 @@ async fn events(
             _ = site.shutdown.cancelled() => {}
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    keyword: Option<String>,
+}
+
+/// `GET /api/v4/geo/replication/:name/search?keyword=`: the ids of the
+/// records matching a keyword (GraphQL's `keyword` filter on a secondary).
+async fn search(
+    State(site): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<SearchQuery>,
+) -> Result<Json<feed::SearchPage>, ApiError> {
+    auth::geo(&site, &headers, &feed::search_claim(&name)).await?;
+    let it = site
+        .installed(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
+    let ids = records::search_ids(
+        &site.db,
+        &it,
+        query.keyword.as_deref().unwrap_or(""),
+        feed::MAX_SEARCH_IDS,
+    )
+    .await?;
+    Ok(Json(feed::SearchPage { ids }))
+}
+
+/// `POST /api/v4/geo/status`: a secondary's status report, kept in
+/// `geo_node_statuses` under the site the request is signed by (whatever
+/// `geo_node_id` it claims).
+async fn receive_status(
+    State(site): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let node = auth::geo(&site, &headers, &feed::feed_claim("status")).await?;
+    let status = match serde_json::from_slice(&body) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "the status must be a JSON object".into(),
+            ));
+        }
+    };
+    crate::status::store::save(&site.db, node.id, &status).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }

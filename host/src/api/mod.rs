@@ -4,7 +4,13 @@
 //!   GitLab Geo way (`GL-Geo <access_key>:<JWT>`): the retrieve API and the
 //!   replication feed ([`crate::feed`]).
 //! - [`admin`]: what operators and package registries call, with an admin
-//!   token: ingest, namespaces and projects, sites, tokens.
+//!   token: ingest, namespaces and projects, sites.
+//! - [`status`]: GitLab's site status (`/api/v4/geo_sites/status`).
+//! - [`metrics`]: `/metrics`, Prometheus text.
+//! - [`graphql`]: `/api/graphql`, GitLab's Geo registries and mutations.
+//!
+//! Every route of the last four is an admin route ([`AdminRoutes`]): the
+//! admin-token check ([`auth::require_admin`]) runs before anything else.
 //!
 //! Every error is JSON `{"message": …}` with a 4xx or 5xx status; a failed
 //! authentication is always a bare 401, whatever failed.
@@ -12,6 +18,9 @@
 pub mod admin;
 pub mod auth;
 pub mod geo;
+pub mod graphql;
+pub mod metrics;
+pub mod status;
 
 use crate::site::Site;
 use axum::Router;
@@ -23,11 +32,69 @@ use std::sync::Arc;
 /// The application state handlers receive.
 pub type AppState = Arc<Site>;
 
+/// Routes that need an admin token; [`router`] puts them behind
+/// [`auth::require_admin`], and [`admin_route_paths`] lists them.
+pub struct AdminRoutes {
+    router: Router<AppState>,
+    paths: Vec<&'static str>,
+}
+
+impl Default for AdminRoutes {
+    fn default() -> Self {
+        AdminRoutes::new()
+    }
+}
+
+impl AdminRoutes {
+    pub fn new() -> AdminRoutes {
+        AdminRoutes {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    /// Adds an admin route (axum's path syntax, `{param}`).
+    pub fn route(
+        mut self,
+        path: &'static str,
+        methods: axum::routing::MethodRouter<AppState>,
+    ) -> AdminRoutes {
+        self.router = self.router.route(path, methods);
+        self.paths.push(path);
+        self
+    }
+
+    pub fn merge(mut self, other: AdminRoutes) -> AdminRoutes {
+        self.router = self.router.merge(other.router);
+        self.paths.extend(other.paths);
+        self
+    }
+}
+
+fn admin_routes() -> AdminRoutes {
+    admin::routes()
+        .merge(status::routes())
+        .merge(metrics::routes())
+        .merge(graphql::routes())
+}
+
+/// The path of every admin route (`/api/v4/geo_sites/{id}` style), as the
+/// router has them: what the tests check anonymous requests against.
+pub fn admin_route_paths() -> Vec<&'static str> {
+    admin_routes().paths
+}
+
 /// The whole router of a site.
 pub fn router(site: Arc<Site>) -> Router {
+    let admin = admin_routes()
+        .router
+        .route_layer(axum::middleware::from_fn_with_state(
+            site.clone(),
+            auth::require_admin,
+        ));
     Router::new()
         .merge(geo::routes())
-        .merge(admin::routes())
+        .merge(admin)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(1 << 30))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -116,6 +116,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "  echo 'apiVersion: v1' | curl -s -X PUT -H 'PRIVATE-TOKEN: {token}' --data-binary @- \\\n    '{primary_url}/api/v4/replicables/{HELM}?project_id={}&channel=demo'; echo",
         seeded.selected_project
     );
+    println!(
+        "  curl -s -H 'PRIVATE-TOKEN: {token}' {primary_url}/api/v4/geo_sites/status | head -c 600; echo"
+    );
+    println!("  curl -s -H 'PRIVATE-TOKEN: {token}' {primary_url}/metrics | grep '^geo_'");
+    println!(
+        "  curl -s -H 'PRIVATE-TOKEN: {secondary_token}' -H 'Content-Type: application/json' {secondary_url}/api/graphql \\\n    \
+         -d '{{\"query\":\"{{ geoNode {{ {}Registries(first: 3) {{ nodes {{ id state verificationState }} }} }} }}\"}}'; echo",
+        it.identity.camel_name()
+    );
     println!("  ls -R {}/blobs | head", secondary_dir.display());
     println!("\nPress Ctrl-C to stop.");
 

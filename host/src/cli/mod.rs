@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod demo;
 pub mod plugin;
+pub mod status;
 
 use crate::config::Config;
 use crate::site::Site;
@@ -58,6 +59,11 @@ pub enum Command {
     /// Work with replicable type plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Print this site's Geo status, as GitLab's `rake geo:status` does.
+    Status(SiteArgs),
+    /// Resync or reverify registries on a secondary.
+    #[command(subcommand)]
+    Registry(status::RegistryCommand),
 }
 
 /// Entry point of the binary.
@@ -93,6 +99,8 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         Command::Namespace(c) => admin::namespace(c).await,
         Command::Project(c) => admin::project(c).await,
         Command::Record(c) => admin::record(c).await,
+        Command::Status(args) => status::status(args).await,
+        Command::Registry(c) => status::registry(c).await,
         Command::Plugin(_) => unreachable!("handled without a runtime"),
     }
 }

@@ -166,3 +166,69 @@ pub async fn by_natural_key(
         None => Ok(None),
     }
 }
+
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
+fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The ids of the first `limit` records matching `keyword`, in id order: a
+/// text column contains it (case-insensitive), or, when the keyword is an
+/// integer, the id or an integer column equals it. Geohost's stand-in for
+/// GitLab's per-model `search` (the host knows no type's search rules).
+pub async fn search_ids(
+    db: &Db,
+    it: &InstalledType,
+    keyword: &str,
+    limit: i64,
+) -> Result<Vec<i64>, DbError> {
+    use crate::plugin::ColumnType as T;
+    let keyword = keyword.trim();
+    if keyword.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut conditions = Vec::new();
+    let mut args = vec![Arg::from(format!(
+        "%{}%",
+        like_escape(&keyword.to_lowercase())
+    ))];
+    for column in it.columns() {
+        if column.column_type == T::Text {
+            conditions.push(format!(
+                "LOWER({}) LIKE $1 ESCAPE '\\'",
+                ident(&column.name)
+            ));
+        }
+    }
+    if let Ok(number) = keyword.parse::<i64>() {
+        args.push(number.into());
+        conditions.push("id = $2".to_string());
+        for column in it.columns() {
+            if matches!(column.column_type, T::Bigint | T::Integer | T::Smallint) {
+                conditions.push(format!("{} = $2", ident(&column.name)));
+            }
+        }
+    }
+    if conditions.is_empty() {
+        return Ok(Vec::new());
+    }
+    args.push(limit.into());
+    let sql = format!(
+        "SELECT id FROM {} WHERE {} ORDER BY id LIMIT ${}",
+        ident(&it.identity.table.name),
+        conditions.join(" OR "),
+        args.len()
+    );
+    db.fetch_all(&sql, &args)
+        .await?
+        .iter()
+        .map(|row| row.i64("id"))
+        .collect()
+}

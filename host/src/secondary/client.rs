@@ -115,14 +115,23 @@ fn unreachable(url: &str, error: &reqwest::Error) -> ClientError {
 impl PrimaryClient {
     /// A client of the primary in a secondary's `[primary]` section.
     pub fn new(primary: &PrimarySection) -> Result<PrimaryClient, ClientError> {
+        PrimaryClient::with_timeout(primary, TIMEOUT)
+    }
+
+    /// Like [`PrimaryClient::new`] with shorter connect and read timeouts,
+    /// for answers an operator waits for (status, GraphQL).
+    pub fn with_timeout(
+        primary: &PrimarySection,
+        timeout: Duration,
+    ) -> Result<PrimaryClient, ClientError> {
         if primary.secret_access_key.is_empty() {
             return Err(ClientError::Setup(
                 "[primary] secret_access_key is empty".into(),
             ));
         }
         let http = reqwest::Client::builder()
-            .connect_timeout(TIMEOUT)
-            .read_timeout(TIMEOUT)
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("geohost/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -253,6 +262,41 @@ impl PrimaryClient {
         .await
     }
 
+    /// `GET …/search?keyword=`: the ids of the records matching `keyword`
+    /// (at most [`feed::MAX_SEARCH_IDS`]).
+    pub async fn search(&self, name: &str, keyword: &str) -> Result<Vec<i64>, ClientError> {
+        let page: feed::SearchPage = self
+            .get_json(
+                &format!(
+                    "/api/v4/geo/replication/{name}/search?keyword={}",
+                    encode_query(keyword)
+                ),
+                &feed::search_claim(name),
+            )
+            .await?;
+        Ok(page.ids)
+    }
+
+    /// `POST /api/v4/geo/status`: reports this site's status.
+    pub async fn post_status(
+        &self,
+        status: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}/api/v4/geo/status", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .header(
+                reqwest::header::AUTHORIZATION,
+                self.authorization(&feed::feed_claim("status"))?,
+            )
+            .json(status)
+            .send()
+            .await
+            .map_err(|e| unreachable(&url, &e))?;
+        check_status(&url, response).await.map(drop)
+    }
+
     /// `GET /api/v4/geo/retrieve/:name/:id`: the blob, as a 2xx response
     /// whose body the caller streams. A redirect is followed once, without
     /// the `Authorization` header.
@@ -292,6 +336,20 @@ impl PrimaryClient {
             .map_err(|e| unreachable(&target, &e))?;
         check_status(&target, response).await
     }
+}
+
+/// Percent-encodes a query-string value (RFC 3986 unreserved characters
+/// stay as they are).
+fn encode_query(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// Passes a 2xx response through; maps anything else to a [`ClientError`],

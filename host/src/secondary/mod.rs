@@ -14,6 +14,7 @@
 //! | verifier, `verification_max_capacity` per round | `VerificationBatchWorker` | [`verify`] |
 //! | event log cursor | Geo log cursor daemon, `EventWorker` | [`cursor`] |
 //! | stuck syncs and verifications, every minute | `SyncTimeoutCronWorker`, `VerificationTimeoutWorker` | here |
+//! | status report to the primary, every `status_interval_secs` | `Geo::MetricsUpdateWorker` | here, [`crate::status`] |
 //!
 //! Every idle loop pauses `workers.idle_poll_ms`, so tests converge fast.
 //! A type's feature flag `geo_<name>_replication` (table `feature_flags` of
@@ -69,16 +70,18 @@
 //!   Timeout texts read "after 8 hours" (GitLab interpolates a duration's
 //!   seconds).
 
+pub mod bulk;
 pub mod client;
 pub mod consistency;
 pub mod cursor;
+pub mod listing;
 pub mod registry;
 pub mod scope;
 pub mod sync;
 pub mod verify;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub use client::{ClientError, PrimaryClient};
 pub use registry::{Registry, RegistryCounts, RegistryRow};
@@ -373,6 +376,7 @@ pub async fn run(site: Arc<Site>) -> anyhow::Result<()> {
     workers.spawn(run_verification(secondary.clone()));
     workers.spawn(run_cursor(secondary.clone()));
     workers.spawn(run_housekeeping(secondary.clone()));
+    workers.spawn(run_status_report(secondary.clone()));
     while let Some(done) = workers.join_next().await {
         if let Err(error) = done
             && error.is_panic()
@@ -588,6 +592,33 @@ async fn run_housekeeping(s: Arc<Secondary>) {
     let interval = HOUSEKEEPING_INTERVAL.min(timeout / 2);
     loop {
         s.fail_stuck().await;
+        if !s.pause(interval).await {
+            return;
+        }
+    }
+}
+
+/// Computes this site's status and sends it to the primary, every
+/// `workers.status_interval_secs`. A report the primary does not take
+/// counts in `geo_status_failed_total` (GitLab's counter).
+async fn run_status_report(s: Arc<Secondary>) {
+    let interval = Duration::from_secs(s.site.config.workers.status_interval_secs.max(1));
+    let name = s.site.name().to_string();
+    loop {
+        let sent = match crate::status::current(&s.site, Some(&s.client)).await {
+            Ok(status) => s
+                .client
+                .post_status(&status)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = sent {
+            tracing::warn!(%error, "status report to the primary failed");
+            crate::metrics::STATUS_FAILED
+                .with_label_values(&[&name, &name])
+                .inc();
+        }
         if !s.pause(interval).await {
             return;
         }

@@ -255,6 +255,48 @@ impl Registry {
         })
     }
 
+    /// The quoted table name (for queries built elsewhere, such as
+    /// [`super::listing`] and [`super::bulk`]).
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The quoted foreign-key column.
+    pub fn fk(&self) -> &str {
+        &self.fk
+    }
+
+    /// Rows matching `conditions` (SQL over the registry's columns, with
+    /// `args` as `$1…`), in `order`, at most `limit`.
+    pub async fn select(
+        &self,
+        db: &Db,
+        conditions: &str,
+        args: &[Arg],
+        order: &str,
+        limit: i64,
+    ) -> Result<Vec<RegistryRow>, DbError> {
+        let sql = format!(
+            "SELECT {COLUMNS}, {fk} AS model_id FROM {t} WHERE {conditions} ORDER BY {order} LIMIT {limit}",
+            t = self.table,
+            fk = self.fk,
+            limit = limit.max(0)
+        );
+        db.fetch_all(&sql, args)
+            .await?
+            .iter()
+            .map(|row| self.decode(row))
+            .collect()
+    }
+
+    /// The registry row with this registry id (not model id).
+    pub async fn by_registry_id(&self, db: &Db, id: i64) -> Result<Option<RegistryRow>, DbError> {
+        Ok(self
+            .select(db, "id = $1", &[id.into()], "id", 1)
+            .await?
+            .pop())
+    }
+
     /// The registry row of model record `model_id`.
     pub async fn get(&self, db: &Db, model_id: i64) -> Result<Option<RegistryRow>, DbError> {
         let sql = format!(

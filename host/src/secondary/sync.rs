@@ -9,12 +9,15 @@
 //! failed rows whose `retry_at` is due, NULLs first), so two schedulers,
 //! even in two processes on one PostgreSQL tracking database, never download
 //! the same record. GitLab instead schedules ids and lets the job `start!`
-//! them under an 8-hour lease; the claim is both at once.
+//! them under an 8-hour lease; the claim is both at once. While downloads
+//! run, the scheduler claims once a quarter of the slots are free, not each
+//! time one frees: a claim costs a statement, a feed request and a plugin
+//! call (the claim's blob paths) whatever its size.
 //!
 //! **Downloader**, for one started row:
 //!
 //! 1. the record comes from the feed (`records?ids=`, fetched for the whole
-//!    claim); the type's plugin gives its blob path;
+//!    claim); the type's plugin gives its blob path (one call for the claim);
 //! 2. `GET /api/v4/geo/retrieve/:name/:id`; a non-2xx answer fails the row
 //!    ("Non-success HTTP response status code N: …"), with the 4-hour
 //!    backoff cap when the primary says `FILE_NOT_FOUND`;
@@ -173,8 +176,21 @@ impl Downloader {
         model_id: i64,
         record: Option<FeedRecord>,
     ) -> SyncResult {
+        self.sync_claimed(it, model_id, record, None).await
+    }
+
+    /// [`Downloader::sync_started`], with the record's blob path when the
+    /// caller computed it already (the scheduler asks the plugin once per
+    /// claim, not once per record).
+    async fn sync_claimed(
+        &self,
+        it: &Arc<InstalledType>,
+        model_id: i64,
+        record: Option<FeedRecord>,
+        path: Option<Result<BlobPath, String>>,
+    ) -> SyncResult {
         let started = Instant::now();
-        let attempt = std::panic::AssertUnwindSafe(self.attempt(it, model_id, record))
+        let attempt = std::panic::AssertUnwindSafe(self.attempt(it, model_id, record, path))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| Err(AttemptError::Other("the download task panicked".into())));
@@ -183,7 +199,12 @@ impl Downloader {
         let result = match attempt {
             Ok((bytes, primary_verified, path)) => {
                 match registry.synced(db, model_id, primary_verified).await {
-                    Ok(true) => SyncResult::Synced { bytes },
+                    Ok(true) => {
+                        if !primary_verified {
+                            self.catch_up_verification(&registry, it, model_id).await;
+                        }
+                        SyncResult::Synced { bytes }
+                    }
                     Ok(false) => {
                         self.superseded(&registry, it, model_id, &path).await;
                         SyncResult::Superseded { bytes }
@@ -211,6 +232,40 @@ impl Downloader {
             .with_label_values(&[it.name(), result.label()])
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// A row synced before the primary had a checksum waits, verification
+    /// disabled, for the primary's `checksum_succeeded` event. If the
+    /// primary verified during the download, the cursor may have handled
+    /// that event while the row was still `started`, when it changes
+    /// nothing: the row would then never be verified. So once the row is
+    /// synced, ask the primary again: a checksum found now sets the
+    /// verification pending, and an event committed after this read finds
+    /// the row synced.
+    async fn catch_up_verification(&self, registry: &Registry, it: &InstalledType, model_id: i64) {
+        let record = match self.client.records_by_ids(it.name(), &[model_id]).await {
+            Ok(mut records) => records.pop(),
+            Err(error) => {
+                tracing::warn!(
+                    r#type = it.name(), id = model_id, %error,
+                    "cannot re-read the primary's checksum after the sync; \
+                     verification waits for its next checksum event"
+                );
+                return;
+            }
+        };
+        let verified = record.is_some_and(|r| {
+            r.id == model_id
+                && r.verification_state == VerificationState::Succeeded
+                && r.verification_checksum.is_some()
+        });
+        if verified
+            && let Err(error) = registry
+                .verification_pending_if_synced(&self.tracking, model_id)
+                .await
+        {
+            tracing::warn!(r#type = it.name(), id = model_id, %error, "cannot set the verification pending");
+        }
     }
 
     /// The row left `started` during the download. Pending again (an event
@@ -293,6 +348,7 @@ impl Downloader {
         it: &Arc<InstalledType>,
         model_id: i64,
         record: Option<FeedRecord>,
+        path: Option<Result<BlobPath, String>>,
     ) -> Result<(u64, bool, BlobPath), AttemptError> {
         let record = record.ok_or_else(|| {
             AttemptError::Other(format!(
@@ -300,12 +356,15 @@ impl Downloader {
                 it.identity.title
             ))
         })?;
-        let path = scope::blob_paths(it, std::slice::from_ref(&record))
-            .await
-            .map_err(|e| AttemptError::Other(e.to_string()))?
-            .pop()
-            .unwrap_or_else(|| Err("no blob path".into()))
-            .map_err(|e| AttemptError::Other(format!("blob path: {e}")))?;
+        let path = match path {
+            Some(path) => path,
+            None => scope::blob_paths(it, std::slice::from_ref(&record))
+                .await
+                .map_err(|e| AttemptError::Other(e.to_string()))?
+                .pop()
+                .unwrap_or_else(|| Err("no blob path".into())),
+        }
+        .map_err(|e| AttemptError::Other(format!("blob path: {e}")))?;
 
         let response = tokio::select! {
             response = self.client.retrieve(it.name(), model_id) => response?,
@@ -420,6 +479,29 @@ pub async fn claim(
     }
 }
 
+/// The blob paths of claimed rows' records, by model id, from one plugin
+/// call. A row missing from the answer (no record, or the call failed) gets
+/// its path asked again by its own download, which then reports the error.
+async fn claim_paths(
+    it: &Arc<InstalledType>,
+    rows: &[(SyncClaim, Option<FeedRecord>)],
+) -> HashMap<i64, Result<BlobPath, String>> {
+    let records: Vec<FeedRecord> = rows.iter().filter_map(|(_, r)| r.clone()).collect();
+    if records.is_empty() {
+        return HashMap::new();
+    }
+    match scope::blob_paths(it, &records).await {
+        Ok(paths) if paths.len() == records.len() => {
+            records.iter().map(|r| r.id).zip(paths).collect()
+        }
+        Ok(_) => HashMap::new(),
+        Err(error) => {
+            tracing::debug!(r#type = it.name(), %error, "blob paths of a claim; asked again per record");
+            HashMap::new()
+        }
+    }
+}
+
 /// The scheduler: runs until `downloader.cancel` is cancelled, then waits
 /// for the downloads in flight to release their rows.
 ///
@@ -439,7 +521,11 @@ where
         let mut free = 0;
         if let Some((enabled, capacity)) = types().await {
             free = capacity.max(1).saturating_sub(in_flight.len());
-            if free > 0 && !enabled.is_empty() {
+            // A claim costs a statement and a feed request whatever its
+            // size: while downloads run, claim once a quarter of the slots
+            // are free rather than each time one frees.
+            let group = (capacity / 4).max(1);
+            if free > 0 && (free >= group || in_flight.is_empty()) && !enabled.is_empty() {
                 round = round.wrapping_add(1);
                 let n = enabled.len();
                 let mut remaining = free;
@@ -453,11 +539,15 @@ where
                         Ok(rows) => {
                             remaining -= rows.len().min(remaining);
                             claimed += rows.len();
+                            let mut paths = claim_paths(it, &rows).await;
                             for (row, record) in rows {
                                 let downloader = downloader.clone();
                                 let it = it.clone();
+                                let path = paths.remove(&row.model_id);
                                 in_flight.spawn(async move {
-                                    downloader.sync_started(&it, row.model_id, record).await;
+                                    downloader
+                                        .sync_claimed(&it, row.model_id, record, path)
+                                        .await;
                                 });
                             }
                         }
@@ -722,6 +812,58 @@ mod tests {
                 stored(&blobs, &gone).await,
                 None,
                 "{backend}: no orphan file"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checksum_that_comes_during_the_download_is_not_lost() {
+        let it = helm();
+        let registry = Registry::of(&it);
+        for (backend, db) in tracking_databases().await {
+            let primary = FakePrimary::start().await;
+            let (_dir, blobs) = blob_store();
+            let d = downloader(&primary, &db, &blobs);
+            primary.add(1, 10, b"v1", false);
+            registry.insert_missing(&db, &[1]).await.unwrap();
+            let (row, record_seen) = claim(&d, &it, 10).await.unwrap().pop().unwrap();
+            // The primary verifies while the download runs; its
+            // `checksum_succeeded` event finds the row started and changes
+            // nothing.
+            primary.with(|s| {
+                let record = s.records.get_mut(&1).unwrap();
+                record.verification_state = VerificationState::Succeeded;
+                record.verification_checksum = Some(sha256(b"v1"));
+            });
+            assert!(
+                !registry
+                    .verification_pending_if_synced(&db, 1)
+                    .await
+                    .unwrap()
+            );
+            let result = d.sync_started(&it, row.model_id, record_seen).await;
+            assert_eq!(result, SyncResult::Synced { bytes: 2 }, "{backend}");
+            let row = registry.get(&db, 1).await.unwrap().unwrap();
+            assert_eq!(
+                (row.state, row.verification_state),
+                (SyncState::Synced, VerificationState::Pending),
+                "{backend}: the verification waits for nothing"
+            );
+
+            // A primary still without a checksum: verification disabled,
+            // until the event.
+            primary.add(2, 10, b"v2", false);
+            registry.insert_missing(&db, &[2]).await.unwrap();
+            assert_eq!(
+                d.sync_now(&it, 2).await.unwrap(),
+                Some(SyncResult::Synced { bytes: 2 }),
+                "{backend}"
+            );
+            let row = registry.get(&db, 2).await.unwrap().unwrap();
+            assert_eq!(
+                row.verification_state,
+                VerificationState::Disabled,
+                "{backend}"
             );
         }
     }

@@ -1,0 +1,105 @@
+//! `POST /api/graphql`: GitLab's Geo GraphQL (reference §8), with
+//! async-graphql's dynamic schema built from the installed types, since the
+//! host names no type.
+//!
+//! ```graphql
+//! query {
+//!   geoNode {                                   # this site (or geoNode(name: …))
+//!     packagesHelmMetadataCacheRegistries(      # <camelName>Registries, per type
+//!       ids: [ID!], replicationState: ReplicationStateEnum,
+//!       verificationState: VerificationStateEnum, keyword: String,
+//!       sort: GeoRegistrySort, first: Int, after: String, last: Int, before: String
+//!     ) { nodes { id state verificationState packagesHelmMetadataCacheId … } pageInfo { … } }
+//!     registries(replicableName: "packages_helm_metadata_cache", …) { … }  # any type
+//!   }
+//! }
+//! mutation {
+//!   geoRegistriesUpdate(input: {registryId: "gid://geo/PackagesHelmMetadataCacheRegistry/1", action: RESYNC}) {
+//!     registry { ... on PackagesHelmMetadataCacheRegistry { state } } errors
+//!   }
+//!   geoRegistriesBulkUpdate(input: {registryClass: PACKAGES_HELM_METADATA_CACHE_REGISTRY, action: REVERIFY_ALL}) {
+//!     registryClass errors
+//!   }
+//! }
+//! ```
+//!
+//! Registries live in a secondary's tracking database: on the primary, and
+//! for any site but the one answering, the lists are empty (GitLab's
+//! `geo_node_is_current?`). Ids are global ids,
+//! `gid://geo/PackagesHelmMetadataCacheRegistry/1`; GitLab's form
+//! (`gid://gitlab/Geo::PackagesHelmMetadataCacheRegistry/1`) and bare
+//! numbers are accepted too. `keyword` asks the primary which records match
+//! ([`crate::primary::records::search_ids`]) and keeps their registries.
+//!
+//! Deliberate differences: `GeoNode.id` is nullable (a secondary that cannot
+//! reach the primary does not know its own id); `geoNode(name:)` on a
+//! secondary knows only itself; every registry type also implements the
+//! `GeoRegistry` interface (with `replicableName`), which the generic
+//! `registries` field returns.
+
+mod resolve;
+mod schema;
+
+use super::{AdminRoutes, AppState};
+use crate::site::Site;
+use async_graphql::dynamic::Schema;
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use axum::extract::State;
+use axum::routing::post;
+use std::sync::{Arc, Mutex};
+
+pub use schema::build;
+
+/// The schema, rebuilt when the installed types change.
+#[derive(Default)]
+struct SchemaCache {
+    built: Mutex<Option<(Vec<String>, Schema)>>,
+}
+
+impl SchemaCache {
+    fn get(&self, site: &Site) -> Result<Schema, String> {
+        let key: Vec<String> = site
+            .catalog
+            .all()
+            .iter()
+            .map(|it| format!("{}@{}", it.name(), it.plugin.sha256()))
+            .collect();
+        let mut built = self.built.lock().expect("schema cache");
+        if let Some((k, schema)) = built.as_ref()
+            && *k == key
+        {
+            return Ok(schema.clone());
+        }
+        let schema = schema::build(&site.catalog.all()).map_err(|e| e.to_string())?;
+        *built = Some((key, schema.clone()));
+        Ok(schema)
+    }
+}
+
+pub fn routes() -> AdminRoutes {
+    let cache = Arc::new(SchemaCache::default());
+    AdminRoutes::new().route(
+        "/api/graphql",
+        post(
+            move |State(site): State<AppState>, request: GraphQLRequest| {
+                let cache = cache.clone();
+                async move { execute(site, &cache, request).await }
+            },
+        ),
+    )
+}
+
+async fn execute(site: AppState, cache: &SchemaCache, request: GraphQLRequest) -> GraphQLResponse {
+    let request = request.into_inner();
+    match cache.get(&site) {
+        Ok(schema) => schema.execute(request.data(site)).await.into(),
+        Err(error) => {
+            tracing::error!(%error, "cannot build the GraphQL schema");
+            async_graphql::Response::from_errors(vec![async_graphql::ServerError::new(
+                format!("cannot build the GraphQL schema: {error}"),
+                None,
+            )])
+            .into()
+        }
+    }
+}

@@ -1,0 +1,697 @@
+//! The dynamic schema: GitLab's Geo types, one registry type (with its
+//! connection, `GeoNode` field and `GeoRegistryClass` value) per installed
+//! type.
+
+use super::resolve::{
+    self, BulkArgs, BulkPayload, ConnectionValue, ListArgs, NodeValue, RegistryValue,
+    UpdatePayload, names,
+};
+use crate::catalog::InstalledType;
+use crate::secondary::listing::Sort;
+use crate::site::Site;
+use async_graphql::dynamic::{
+    Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Interface, InterfaceField,
+    Object, ResolverContext, Scalar, Schema, SchemaError, TypeRef, Union,
+};
+use async_graphql::{Error, Name, Value};
+use chrono::{DateTime, SecondsFormat, Utc};
+use std::sync::Arc;
+
+const REGISTRY_INTERFACE: &str = "GeoRegistry";
+const REGISTRABLE_UNION: &str = "RegistrableType";
+const TIME: &str = "Time";
+
+/// GitLab's `Time`: ISO 8601, whole seconds, UTC.
+fn time(at: Option<DateTime<Utc>>) -> Value {
+    at.map_or(Value::Null, |at| {
+        Value::String(at.to_rfc3339_opts(SecondsFormat::Secs, true))
+    })
+}
+
+fn enum_value(name: &str) -> Value {
+    Value::Enum(Name::new(name))
+}
+
+fn opt<T: Into<Value>>(value: Option<T>) -> Value {
+    value.map_or(Value::Null, Into::into)
+}
+
+type Getter = fn(&RegistryValue) -> Value;
+
+/// A resolved value; `null` as "no value", which every output type takes.
+fn present(value: Value) -> Option<FieldValue<'static>> {
+    match value {
+        Value::Null => None,
+        value => Some(FieldValue::value(value)),
+    }
+}
+
+/// GitLab's `RegistryType` fields (and `replicableName`, of the interface).
+fn registry_fields() -> Vec<(&'static str, TypeRef, Getter)> {
+    vec![
+        ("id", TypeRef::named_nn(TypeRef::ID), |r| {
+            Value::String(resolve::gid(&r.type_name, r.row.id))
+        }),
+        ("state", TypeRef::named("RegistryState"), |r| {
+            enum_value(resolve::sync_state_name(r.row.state))
+        }),
+        ("retryCount", TypeRef::named(TypeRef::INT), |r| {
+            r.row.retry_count.into()
+        }),
+        ("lastSyncFailure", TypeRef::named(TypeRef::STRING), |r| {
+            opt(r.row.last_sync_failure.clone())
+        }),
+        ("retryAt", TypeRef::named(TIME), |r| time(r.row.retry_at)),
+        ("lastSyncedAt", TypeRef::named(TIME), |r| {
+            time(r.row.last_synced_at)
+        }),
+        ("verifiedAt", TypeRef::named(TIME), |r| {
+            time(r.row.verified_at)
+        }),
+        ("verificationRetryAt", TypeRef::named(TIME), |r| {
+            time(r.row.verification_retry_at)
+        }),
+        ("createdAt", TypeRef::named(TIME), |r| {
+            time(Some(r.row.created_at))
+        }),
+        ("checksumMismatch", TypeRef::named(TypeRef::BOOLEAN), |r| {
+            r.row.checksum_mismatch.into()
+        }),
+        (
+            "verificationChecksum",
+            TypeRef::named(TypeRef::STRING),
+            |r| opt(r.row.verification_checksum.clone()),
+        ),
+        (
+            "verificationChecksumMismatched",
+            TypeRef::named(TypeRef::STRING),
+            |r| opt(r.row.verification_checksum_mismatched.clone()),
+        ),
+        (
+            "verificationFailure",
+            TypeRef::named(TypeRef::STRING),
+            |r| opt(r.row.verification_failure.clone()),
+        ),
+        ("verificationStartedAt", TypeRef::named(TIME), |r| {
+            time(r.row.verification_started_at)
+        }),
+        (
+            "verificationRetryCount",
+            TypeRef::named(TypeRef::INT),
+            |r| r.row.verification_retry_count.into(),
+        ),
+        (
+            "verificationState",
+            TypeRef::named("VerificationStateEnum"),
+            |r| enum_value(resolve::verification_state_name(r.row.verification_state)),
+        ),
+        ("modelRecordId", TypeRef::named(TypeRef::INT), |r| {
+            r.row.model_id.into()
+        }),
+        // GitLab answers null unless a replicator tracks it; Geohost does not.
+        ("missingOnPrimary", TypeRef::named(TypeRef::BOOLEAN), |_| {
+            Value::Null
+        }),
+        ("replicableName", TypeRef::named_nn(TypeRef::STRING), |r| {
+            Value::String(r.replicable_name.clone())
+        }),
+    ]
+}
+
+fn registry_field(name: &'static str, ty: TypeRef, get: Getter) -> Field {
+    Field::new(name, ty, move |ctx| {
+        FieldFuture::new(async move {
+            let registry = ctx.parent_value.try_downcast_ref::<RegistryValue>()?;
+            Ok(present(get(registry)))
+        })
+    })
+}
+
+/// A field reading a value from a parent of type `T`.
+fn field_of<T: Send + Sync + 'static>(name: &str, ty: TypeRef, get: fn(&T) -> Value) -> Field {
+    Field::new(name, ty, move |ctx| {
+        FieldFuture::new(async move {
+            let parent = ctx.parent_value.try_downcast_ref::<T>()?;
+            Ok(present(get(parent)))
+        })
+    })
+}
+
+fn enums() -> Vec<Enum> {
+    vec![
+        Enum::new("RegistryState").items(["PENDING", "STARTED", "SYNCED", "FAILED"]),
+        Enum::new("ReplicationStateEnum").items(["PENDING", "STARTED", "SYNCED", "FAILED"]),
+        Enum::new("VerificationStateEnum").items([
+            "PENDING",
+            "STARTED",
+            "SUCCEEDED",
+            "FAILED",
+            "DISABLED",
+        ]),
+        Enum::new("GeoRegistrySort").items(Sort::NAMES),
+        Enum::new("GeoRegistryAction").items(["RESYNC", "REVERIFY"]),
+        Enum::new("GeoRegistriesBulkAction").items(["RESYNC_ALL", "REVERIFY_ALL"]),
+    ]
+}
+
+/// The arguments of every registries field.
+fn list_arguments(field: Field) -> Field {
+    field
+        .argument(InputValue::new("ids", TypeRef::named_nn_list(TypeRef::ID)))
+        .argument(InputValue::new(
+            "replicationState",
+            TypeRef::named("ReplicationStateEnum"),
+        ))
+        .argument(InputValue::new(
+            "verificationState",
+            TypeRef::named("VerificationStateEnum"),
+        ))
+        .argument(InputValue::new("keyword", TypeRef::named(TypeRef::STRING)))
+        .argument(InputValue::new("sort", TypeRef::named("GeoRegistrySort")))
+        .argument(InputValue::new("first", TypeRef::named(TypeRef::INT)))
+        .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING)))
+        .argument(InputValue::new("last", TypeRef::named(TypeRef::INT)))
+        .argument(InputValue::new("before", TypeRef::named(TypeRef::STRING)))
+}
+
+fn string_arg(ctx: &ResolverContext<'_>, name: &str) -> Result<Option<String>, Error> {
+    match ctx.args.get(name) {
+        Some(v) if !v.is_null() => Ok(Some(v.string()?.to_string())),
+        _ => Ok(None),
+    }
+}
+
+fn enum_arg(ctx: &ResolverContext<'_>, name: &str) -> Result<Option<String>, Error> {
+    match ctx.args.get(name) {
+        Some(v) if !v.is_null() => Ok(Some(v.enum_name()?.to_string())),
+        _ => Ok(None),
+    }
+}
+
+fn int_arg(ctx: &ResolverContext<'_>, name: &str) -> Result<Option<i64>, Error> {
+    match ctx.args.get(name) {
+        Some(v) if !v.is_null() => Ok(Some(v.i64()?)),
+        _ => Ok(None),
+    }
+}
+
+fn list_args(ctx: &ResolverContext<'_>) -> Result<ListArgs, Error> {
+    let ids = match ctx.args.get("ids") {
+        Some(v) if !v.is_null() => Some(
+            v.list()?
+                .iter()
+                .map(|id| id.string().map(str::to_string))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        _ => None,
+    };
+    Ok(ListArgs {
+        ids,
+        replication_state: enum_arg(ctx, "replicationState")?,
+        verification_state: enum_arg(ctx, "verificationState")?,
+        keyword: string_arg(ctx, "keyword")?,
+        sort: enum_arg(ctx, "sort")?,
+        first: int_arg(ctx, "first")?,
+        after: string_arg(ctx, "after")?,
+        last: int_arg(ctx, "last")?,
+        before: string_arg(ctx, "before")?,
+    })
+}
+
+/// `<Type>Connection` and `<Type>Edge` for nodes of `node_type` (an object,
+/// or the interface when `abstract_nodes`).
+fn connection(node_type: &str, abstract_nodes: bool) -> (Object, Object) {
+    let edge_name = format!("{node_type}Edge");
+    let wrap = move |value: &RegistryValue| {
+        let field = FieldValue::owned_any(value.clone());
+        if abstract_nodes {
+            field.with_type(value.type_name.clone())
+        } else {
+            field
+        }
+    };
+    let connection = Object::new(format!("{node_type}Connection"))
+        .field(Field::new(
+            "nodes",
+            TypeRef::named_list(node_type),
+            move |ctx| {
+                FieldFuture::new(async move {
+                    let page = ctx.parent_value.try_downcast_ref::<ConnectionValue>()?;
+                    Ok(Some(FieldValue::list(page.nodes.iter().map(wrap))))
+                })
+            },
+        ))
+        .field(Field::new(
+            "edges",
+            TypeRef::named_list(&edge_name),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let page = ctx.parent_value.try_downcast_ref::<ConnectionValue>()?;
+                    Ok(Some(FieldValue::list(
+                        page.nodes.iter().map(|n| FieldValue::owned_any(n.clone())),
+                    )))
+                })
+            },
+        ))
+        .field(Field::new(
+            "pageInfo",
+            TypeRef::named_nn("PageInfo"),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let page = ctx.parent_value.try_downcast_ref::<ConnectionValue>()?;
+                    Ok(Some(FieldValue::owned_any(page.clone())))
+                })
+            },
+        ));
+    let edge = Object::new(edge_name)
+        .field(field_of::<RegistryValue>(
+            "cursor",
+            TypeRef::named_nn(TypeRef::STRING),
+            |r| Value::String(r.cursor.clone()),
+        ))
+        .field(Field::new("node", TypeRef::named(node_type), move |ctx| {
+            FieldFuture::new(async move {
+                let node = ctx.parent_value.try_downcast_ref::<RegistryValue>()?;
+                Ok(Some(wrap(node)))
+            })
+        }));
+    (connection, edge)
+}
+
+fn page_info() -> Object {
+    Object::new("PageInfo")
+        .field(field_of::<ConnectionValue>(
+            "hasNextPage",
+            TypeRef::named_nn(TypeRef::BOOLEAN),
+            |p| p.has_next_page.into(),
+        ))
+        .field(field_of::<ConnectionValue>(
+            "hasPreviousPage",
+            TypeRef::named_nn(TypeRef::BOOLEAN),
+            |p| p.has_previous_page.into(),
+        ))
+        .field(field_of::<ConnectionValue>(
+            "startCursor",
+            TypeRef::named(TypeRef::STRING),
+            |p| opt(p.nodes.first().map(|n| n.cursor.clone())),
+        ))
+        .field(field_of::<ConnectionValue>(
+            "endCursor",
+            TypeRef::named(TypeRef::STRING),
+            |p| opt(p.nodes.last().map(|n| n.cursor.clone())),
+        ))
+}
+
+/// A registries field of `GeoNode` listing `replicable_name` (`None`: the
+/// generic field, whose `replicableName` argument names the type).
+fn registries_field(name: &str, ty: TypeRef, replicable_name: Option<String>) -> Field {
+    let field = Field::new(name, ty, move |ctx| {
+        let replicable_name = replicable_name.clone();
+        FieldFuture::new(async move {
+            let site = ctx.data::<Arc<Site>>()?;
+            let node = ctx.parent_value.try_downcast_ref::<NodeValue>()?;
+            let replicable = match replicable_name {
+                Some(name) => name,
+                None => ctx.args.try_get("replicableName")?.string()?.to_string(),
+            };
+            let page = resolve::list(site, node, &replicable, list_args(&ctx)?).await?;
+            Ok(Some(FieldValue::owned_any(page)))
+        })
+    });
+    list_arguments(field)
+}
+
+fn geo_node(types: &[Arc<InstalledType>]) -> Object {
+    let settings_field = |name: &str, ty: TypeRef, get: fn(&crate::feed::NodeSettings) -> Value| {
+        Field::new(name, ty, move |ctx| {
+            FieldFuture::new(async move {
+                let node = ctx.parent_value.try_downcast_ref::<NodeValue>()?;
+                Ok(node.settings.as_ref().map(get).and_then(present))
+            })
+        })
+    };
+    let mut node = Object::new("GeoNode")
+        .field(settings_field("id", TypeRef::named(TypeRef::ID), |s| {
+            Value::String(resolve::gid("GeoNode", s.id))
+        }))
+        .field(field_of::<NodeValue>(
+            "name",
+            TypeRef::named(TypeRef::STRING),
+            |n| Value::String(n.name.clone()),
+        ))
+        .field(field_of::<NodeValue>(
+            "url",
+            TypeRef::named(TypeRef::STRING),
+            |n| Value::String(n.url.clone()),
+        ))
+        .field(field_of::<NodeValue>(
+            "primary",
+            TypeRef::named(TypeRef::BOOLEAN),
+            |n| n.primary.into(),
+        ))
+        .field(settings_field(
+            "enabled",
+            TypeRef::named(TypeRef::BOOLEAN),
+            |s| s.enabled.into(),
+        ))
+        .field(settings_field(
+            "filesMaxCapacity",
+            TypeRef::named(TypeRef::INT),
+            |s| s.files_max_capacity.into(),
+        ))
+        .field(settings_field(
+            "verificationMaxCapacity",
+            TypeRef::named(TypeRef::INT),
+            |s| s.verification_max_capacity.into(),
+        ))
+        .field(settings_field(
+            "minimumReverificationInterval",
+            TypeRef::named(TypeRef::INT),
+            |s| s.minimum_reverification_interval.into(),
+        ))
+        .field(settings_field(
+            "selectiveSyncType",
+            TypeRef::named(TypeRef::STRING),
+            |s| opt(s.selective_sync_type.clone()),
+        ))
+        .field(settings_field(
+            "selectiveSyncShards",
+            TypeRef::named_nn_list(TypeRef::STRING),
+            |s| {
+                Value::List(
+                    s.selective_sync_shards
+                        .iter()
+                        .map(|x| Value::String(x.clone()))
+                        .collect(),
+                )
+            },
+        ))
+        .field(settings_field(
+            "syncObjectStorage",
+            TypeRef::named(TypeRef::BOOLEAN),
+            |s| s.sync_object_storage.into(),
+        ))
+        .field(
+            registries_field(
+                "registries",
+                TypeRef::named(format!("{REGISTRY_INTERFACE}Connection")),
+                None,
+            )
+            .argument(InputValue::new(
+                "replicableName",
+                TypeRef::named_nn(TypeRef::STRING),
+            )),
+        );
+    for it in types {
+        let n = names(&it.identity);
+        node = node.field(registries_field(
+            &n.field,
+            TypeRef::named(format!("{}Connection", n.type_name)),
+            Some(it.name().to_string()),
+        ));
+    }
+    node
+}
+
+fn query() -> Object {
+    Object::new("Query").field(
+        Field::new("geoNode", TypeRef::named("GeoNode"), |ctx| {
+            FieldFuture::new(async move {
+                let site = ctx.data::<Arc<Site>>()?;
+                let name = string_arg(&ctx, "name")?;
+                Ok(resolve::geo_node(site, name.as_deref())
+                    .await?
+                    .map(FieldValue::owned_any))
+            })
+        })
+        .argument(InputValue::new("name", TypeRef::named(TypeRef::STRING))),
+    )
+}
+
+fn mutation() -> Vec<Object> {
+    let update = Field::new(
+        "geoRegistriesUpdate",
+        TypeRef::named("GeoRegistriesUpdatePayload"),
+        |ctx| {
+            FieldFuture::new(async move {
+                let site = ctx.data::<Arc<Site>>()?;
+                let input = ctx.args.try_get("input")?.object()?;
+                let registry_id = input.try_get("registryId")?.string()?.to_string();
+                let action = input.try_get("action")?.enum_name()?.to_string();
+                let class = match input.get("registryClass") {
+                    Some(v) if !v.is_null() => Some(v.enum_name()?.to_string()),
+                    _ => None,
+                };
+                let client_mutation_id = match input.get("clientMutationId") {
+                    Some(v) if !v.is_null() => Some(v.string()?.to_string()),
+                    _ => None,
+                };
+                let registry =
+                    resolve::update(site, &registry_id, &action, class.as_deref()).await?;
+                Ok(Some(FieldValue::owned_any(UpdatePayload {
+                    client_mutation_id,
+                    errors: Vec::new(),
+                    registry: Some(registry),
+                })))
+            })
+        },
+    )
+    .argument(InputValue::new(
+        "input",
+        TypeRef::named_nn("GeoRegistriesUpdateInput"),
+    ));
+    let bulk = Field::new(
+        "geoRegistriesBulkUpdate",
+        TypeRef::named("GeoRegistriesBulkUpdatePayload"),
+        |ctx| {
+            FieldFuture::new(async move {
+                let site = ctx.data::<Arc<Site>>()?;
+                let input = ctx.args.try_get("input")?.object()?;
+                let class = input.try_get("registryClass")?.enum_name()?.to_string();
+                let action = input.try_get("action")?.enum_name()?.to_string();
+                let ids = match input.get("ids") {
+                    Some(v) if !v.is_null() => Some(
+                        v.list()?
+                            .iter()
+                            .map(|id| id.string().map(str::to_string))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    ),
+                    _ => None,
+                };
+                let enum_of = |name: &str| -> Result<Option<String>, Error> {
+                    match input.get(name) {
+                        Some(v) if !v.is_null() => Ok(Some(v.enum_name()?.to_string())),
+                        _ => Ok(None),
+                    }
+                };
+                let args = BulkArgs {
+                    ids,
+                    replication_state: enum_of("replicationState")?,
+                    verification_state: enum_of("verificationState")?,
+                };
+                let mut payload = resolve::bulk_update(site, &class, &action, args).await?;
+                payload.client_mutation_id = match input.get("clientMutationId") {
+                    Some(v) if !v.is_null() => Some(v.string()?.to_string()),
+                    _ => None,
+                };
+                Ok(Some(FieldValue::owned_any(payload)))
+            })
+        },
+    )
+    .argument(InputValue::new(
+        "input",
+        TypeRef::named_nn("GeoRegistriesBulkUpdateInput"),
+    ));
+    let update_payload = Object::new("GeoRegistriesUpdatePayload")
+        .field(field_of::<UpdatePayload>(
+            "clientMutationId",
+            TypeRef::named(TypeRef::STRING),
+            |p| opt(p.client_mutation_id.clone()),
+        ))
+        .field(field_of::<UpdatePayload>(
+            "errors",
+            TypeRef::named_nn_list_nn(TypeRef::STRING),
+            |p| Value::List(p.errors.iter().map(|e| Value::String(e.clone())).collect()),
+        ))
+        .field(Field::new(
+            "registry",
+            TypeRef::named(REGISTRABLE_UNION),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let payload = ctx.parent_value.try_downcast_ref::<UpdatePayload>()?;
+                    Ok(payload
+                        .registry
+                        .as_ref()
+                        .map(|r| FieldValue::owned_any(r.clone()).with_type(r.type_name.clone())))
+                })
+            },
+        ));
+    let bulk_payload = Object::new("GeoRegistriesBulkUpdatePayload")
+        .field(field_of::<BulkPayload>(
+            "clientMutationId",
+            TypeRef::named(TypeRef::STRING),
+            |p| opt(p.client_mutation_id.clone()),
+        ))
+        .field(field_of::<BulkPayload>(
+            "errors",
+            TypeRef::named_nn_list_nn(TypeRef::STRING),
+            |p| Value::List(p.errors.iter().map(|e| Value::String(e.clone())).collect()),
+        ))
+        .field(field_of::<BulkPayload>(
+            "registryClass",
+            TypeRef::named("GeoRegistryClass"),
+            |p| p.registry_class.as_deref().map_or(Value::Null, enum_value),
+        ));
+    vec![
+        Object::new("Mutation").field(update).field(bulk),
+        update_payload,
+        bulk_payload,
+    ]
+}
+
+fn inputs() -> Vec<InputObject> {
+    vec![
+        InputObject::new("GeoRegistriesUpdateInput")
+            .field(InputValue::new(
+                "clientMutationId",
+                TypeRef::named(TypeRef::STRING),
+            ))
+            .field(InputValue::new(
+                "registryId",
+                TypeRef::named_nn(TypeRef::ID),
+            ))
+            .field(InputValue::new(
+                "action",
+                TypeRef::named_nn("GeoRegistryAction"),
+            ))
+            .field(InputValue::new(
+                "registryClass",
+                TypeRef::named("GeoRegistryClass"),
+            )),
+        InputObject::new("GeoRegistriesBulkUpdateInput")
+            .field(InputValue::new(
+                "clientMutationId",
+                TypeRef::named(TypeRef::STRING),
+            ))
+            .field(InputValue::new(
+                "registryClass",
+                TypeRef::named_nn("GeoRegistryClass"),
+            ))
+            .field(InputValue::new(
+                "action",
+                TypeRef::named_nn("GeoRegistriesBulkAction"),
+            ))
+            .field(InputValue::new("ids", TypeRef::named_nn_list(TypeRef::ID)))
+            .field(InputValue::new(
+                "replicationState",
+                TypeRef::named("ReplicationStateEnum"),
+            ))
+            .field(InputValue::new(
+                "verificationState",
+                TypeRef::named("VerificationStateEnum"),
+            )),
+    ]
+}
+
+/// The schema for these installed types (at least one).
+pub fn build(types: &[Arc<InstalledType>]) -> Result<Schema, SchemaError> {
+    if types.is_empty() {
+        return Err(SchemaError("no replicable type is installed".into()));
+    }
+    let mut builder = Schema::build("Query", Some("Mutation"), None)
+        .register(query())
+        .register(geo_node(types))
+        .register(page_info())
+        .register(Scalar::new(TIME).description("ISO 8601 time, UTC"))
+        .limit_depth(16)
+        .limit_complexity(10_000);
+    for e in enums() {
+        builder = builder.register(e);
+    }
+    for input in inputs() {
+        builder = builder.register(input);
+    }
+    for object in mutation() {
+        builder = builder.register(object);
+    }
+    let mut interface = Interface::new(REGISTRY_INTERFACE);
+    for (name, ty, _) in registry_fields() {
+        interface = interface.field(InterfaceField::new(name, ty));
+    }
+    builder = builder.register(interface);
+    let (generic, generic_edge) = connection(REGISTRY_INTERFACE, true);
+    builder = builder.register(generic).register(generic_edge);
+    let mut union = Union::new(REGISTRABLE_UNION);
+    let mut classes = Enum::new("GeoRegistryClass");
+    for it in types {
+        let n = names(&it.identity);
+        let mut object = Object::new(&n.type_name)
+            .implement(REGISTRY_INTERFACE)
+            .description(format!(
+                "Represents the Geo replication and verification state of a {}",
+                it.identity.name
+            ));
+        for (name, ty, get) in registry_fields() {
+            object = object.field(registry_field(name, ty, get));
+        }
+        object = object
+            .field(
+                Field::new("forceToRedownload", TypeRef::named(TypeRef::BOOLEAN), |_| {
+                    FieldFuture::from_value(None)
+                })
+                .deprecation(Some(
+                    "Removed from registry tables in the database in favor of the newer reusable framework",
+                )),
+            )
+            .field(field_of::<RegistryValue>(
+                &n.fk_field,
+                TypeRef::named_nn(TypeRef::ID),
+                |r| Value::String(r.row.model_id.to_string()),
+            ));
+        let (conn, edge) = connection(&n.type_name, false);
+        builder = builder.register(object).register(conn).register(edge);
+        union = union.possible_type(&n.type_name);
+        classes = classes.item(n.class.clone());
+    }
+    builder.register(union).register(classes).finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_gitlab() {
+        let it = crate::secondary::testing::helm();
+        let n = names(&it.identity);
+        assert_eq!(n.type_name, "PackagesHelmMetadataCacheRegistry");
+        assert_eq!(n.field, "packagesHelmMetadataCacheRegistries");
+        assert_eq!(n.fk_field, "packagesHelmMetadataCacheId");
+        assert_eq!(n.class, "PACKAGES_HELM_METADATA_CACHE_REGISTRY");
+        let sdl = build(&[it]).unwrap().sdl();
+        for needle in [
+            "packagesHelmMetadataCacheRegistries(ids: [ID!], replicationState: ReplicationStateEnum",
+            "type PackagesHelmMetadataCacheRegistry implements GeoRegistry",
+            "union RegistrableType = PackagesHelmMetadataCacheRegistry",
+            "geoRegistriesBulkUpdate(input: GeoRegistriesBulkUpdateInput!)",
+            "PACKAGES_HELM_METADATA_CACHE_REGISTRY",
+        ] {
+            assert!(sdl.contains(needle), "{needle} not in\n{sdl}");
+        }
+    }
+
+    #[test]
+    fn global_ids() {
+        assert_eq!(
+            resolve::parse_gid("gid://geo/PackagesHelmMetadataCacheRegistry/12"),
+            Some((Some("PackagesHelmMetadataCacheRegistry".into()), 12))
+        );
+        assert_eq!(
+            resolve::parse_gid("gid://gitlab/Geo::PackagesHelmMetadataCacheRegistry/3"),
+            Some((Some("PackagesHelmMetadataCacheRegistry".into()), 3))
+        );
+        assert_eq!(resolve::parse_gid("7"), Some((None, 7)));
+        assert_eq!(resolve::parse_gid("gid://other/X/1"), None);
+        assert_eq!(resolve::parse_gid("gid://geo/X/abc"), None);
+    }
+}

@@ -1,0 +1,51 @@
+//! `cargo xtask bench`: the benchmarks with their peers, in one command.
+//!
+//! Installs the peers that are missing (Debian's `rclone`; `sha256sum` and
+//! `openssl` come with the base system), then runs every benchmark of the
+//! `geohost` package in release mode (`cargo bench -p geohost --bench '*'`): the plugin
+//! runtime, primary verification beside `sha256sum` and `openssl`, and
+//! secondary sync and write → verified lag beside `rclone`. Each prints its
+//! table; nothing is asserted. Extra arguments go to `cargo bench`;
+//! `GEOHOST_BENCH_SCALE=0.1` shrinks the data for a quick run and
+//! `GEOHOST_BENCH_ONLY=small,large,lag` picks parts of the site benches.
+
+use anyhow::Result;
+use std::path::Path;
+use std::process::Command;
+
+pub fn run(root: &Path, extra: &[String]) -> Result<()> {
+    if let Err(error) = crate::ensure_debian_packages(&["rclone"]) {
+        // The sync bench runs without its peer and says so.
+        eprintln!("xtask: rclone is not available ({error:#}); the sync bench runs without it");
+    }
+    eprintln!("xtask: machine: {}", machine());
+    crate::run(
+        Command::new("cargo")
+            // Every bench target, not the library's unit tests in bench mode.
+            .args(["bench", "-p", "geohost", "--bench", "*"])
+            .args(extra)
+            .current_dir(root),
+    )
+}
+
+/// `nproc`, the CPU model and the memory, for the record.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU", str::trim)
+        .to_string();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or("unknown".into(), |kib| {
+            format!("{:.1} GiB", kib as f64 / (1u64 << 20) as f64)
+        });
+    format!("{cores} cores, {model}, {memory} RAM")
+}
