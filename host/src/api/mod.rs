@@ -191,11 +191,21 @@ impl From<crate::primary::sites::SiteError> for ApiError {
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled.
+///
+/// Nagle's algorithm is off: a small answer (a blob, a feed page) written
+/// after its headers would otherwise wait up to 40 ms for the client's
+/// delayed ACK.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
