@@ -14,7 +14,7 @@
 
 use super::{AdminRoutes, ApiError, AppState};
 use crate::config::Role;
-use crate::plugin::fixture::json_to_value;
+use crate::plugin::fixture::{json_to_value, text_to_json};
 use crate::primary::{ingest, records, sites, topology};
 use axum::Json;
 use axum::body::Body;
@@ -71,18 +71,7 @@ fn typed_columns(
         let column = it.identity.table.column(name).ok_or_else(|| {
             ApiError::Unprocessable(format!("{} has no column `{name}`", it.identity.table.name))
         })?;
-        use crate::plugin::ColumnType as T;
-        let json = match column.column_type {
-            T::Bigint | T::Integer | T::Smallint => {
-                raw.parse::<i64>().map(Json_::from).map_err(|_| {
-                    ApiError::Unprocessable(format!("column `{name}` must be an integer"))
-                })?
-            }
-            T::Boolean => raw.parse::<bool>().map(Json_::from).map_err(|_| {
-                ApiError::Unprocessable(format!("column `{name}` must be true or false"))
-            })?,
-            _ => Json_::from(raw.clone()),
-        };
+        let json = text_to_json(column, raw).map_err(ApiError::Unprocessable)?;
         // Type and length checks happen here too, with the column's rules.
         json_to_value(column, &json).map_err(ApiError::Unprocessable)?;
         columns.insert(name.clone(), json);
@@ -176,7 +165,7 @@ async fn create_namespace(
     let path = new
         .path
         .clone()
-        .unwrap_or_else(|| new.name.to_lowercase().replace(' ', "-"));
+        .unwrap_or_else(|| topology::default_path(&new.name));
     let ns = topology::create_namespace(&site.db, &new.name, &path, new.parent_id).await?;
     Ok((StatusCode::CREATED, Json(ns)))
 }
@@ -212,7 +201,7 @@ async fn create_project(
     let path = new
         .path
         .clone()
-        .unwrap_or_else(|| new.name.to_lowercase().replace(' ', "-"));
+        .unwrap_or_else(|| topology::default_path(&new.name));
     let storage = new.repository_storage.as_deref().unwrap_or("default");
     let project =
         topology::create_project(&site.db, &new.name, &path, new.namespace_id, storage).await?;

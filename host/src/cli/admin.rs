@@ -185,7 +185,7 @@ pub async fn namespace(command: NamespaceCommand) -> Result<()> {
     match command {
         NamespaceCommand::Create { site, name, parent } => {
             let site = site.open().await?;
-            let path = name.to_lowercase().replace(' ', "-");
+            let path = topology::default_path(&name);
             let ns = topology::create_namespace(&site.db, &name, &path, parent).await?;
             println!("{}", serde_json::to_string(&ns)?);
             Ok(())
@@ -202,7 +202,7 @@ pub async fn project(command: ProjectCommand) -> Result<()> {
             repository_storage,
         } => {
             let site = site.open().await?;
-            let path = name.to_lowercase().replace(' ', "-");
+            let path = topology::default_path(&name);
             let p =
                 topology::create_project(&site.db, &name, &path, namespace, &repository_storage)
                     .await?;
@@ -227,18 +227,8 @@ pub async fn record(command: RecordCommand) -> Result<()> {
                 let column = it.identity.table.column(&name).with_context(|| {
                     format!("{} has no column `{name}`", it.identity.table.name)
                 })?;
-                use crate::plugin::ColumnType as T;
-                let value = match column.column_type {
-                    T::Bigint | T::Integer | T::Smallint => serde_json::Value::from(
-                        raw.parse::<i64>()
-                            .with_context(|| format!("`{name}` must be an integer"))?,
-                    ),
-                    T::Boolean => serde_json::Value::from(
-                        raw.parse::<bool>()
-                            .with_context(|| format!("`{name}` must be true or false"))?,
-                    ),
-                    _ => serde_json::Value::from(raw),
-                };
+                let value = crate::plugin::fixture::text_to_json(column, &raw)
+                    .map_err(anyhow::Error::msg)?;
                 json.insert(name, value);
             }
             let file = tokio::fs::File::open(&file)

@@ -312,44 +312,23 @@ impl Db {
         }
     }
 
+    /// A pooled connection, for one statement.
+    async fn acquire(&self) -> Result<PooledConnection> {
+        match self {
+            Db::Sqlite(pool) => pool.acquire().await.map(PooledConnection::Sqlite),
+            Db::Postgres(pool) => pool.acquire().await.map(PooledConnection::Postgres),
+        }
+        .map_err(|e| DbError::sqlx("acquiring", e))
+    }
+
     /// Runs a statement; returns the number of rows it changed.
     pub async fn execute(&self, sql: &str, args: &[Arg]) -> Result<u64> {
-        match self {
-            Db::Sqlite(pool) => {
-                let mut c = pool
-                    .acquire()
-                    .await
-                    .map_err(|e| DbError::sqlx("acquiring", e))?;
-                Executor::Sqlite(&mut c).execute(sql, args).await
-            }
-            Db::Postgres(pool) => {
-                let mut c = pool
-                    .acquire()
-                    .await
-                    .map_err(|e| DbError::sqlx("acquiring", e))?;
-                Executor::Postgres(&mut c).execute(sql, args).await
-            }
-        }
+        self.acquire().await?.executor().execute(sql, args).await
     }
 
     /// Runs a query; returns every row.
     pub async fn fetch_all(&self, sql: &str, args: &[Arg]) -> Result<Vec<DbRow>> {
-        match self {
-            Db::Sqlite(pool) => {
-                let mut c = pool
-                    .acquire()
-                    .await
-                    .map_err(|e| DbError::sqlx("acquiring", e))?;
-                Executor::Sqlite(&mut c).fetch_all(sql, args).await
-            }
-            Db::Postgres(pool) => {
-                let mut c = pool
-                    .acquire()
-                    .await
-                    .map_err(|e| DbError::sqlx("acquiring", e))?;
-                Executor::Postgres(&mut c).fetch_all(sql, args).await
-            }
-        }
+        self.acquire().await?.executor().fetch_all(sql, args).await
     }
 
     /// Runs a query; returns its first row, if any.
@@ -408,6 +387,21 @@ impl Db {
     /// the host's clock, never the database's.
     pub fn now() -> DateTime<Utc> {
         Utc::now()
+    }
+}
+
+/// A connection taken from a pool, returned when dropped.
+enum PooledConnection {
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+impl PooledConnection {
+    fn executor(&mut self) -> Executor<'_> {
+        match self {
+            PooledConnection::Sqlite(c) => Executor::Sqlite(c),
+            PooledConnection::Postgres(c) => Executor::Postgres(c),
+        }
     }
 }
 

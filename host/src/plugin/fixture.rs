@@ -202,6 +202,23 @@ fn record_values(
     Ok(values)
 }
 
+/// A value given as text (a query string, a command-line `name=value`) as
+/// the JSON that [`json_to_value`] expects for `column`'s type.
+pub fn text_to_json(column: &Column, raw: &str) -> Result<serde_json::Value, String> {
+    let name = &column.name;
+    Ok(match column.column_type {
+        ColumnType::Bigint | ColumnType::Integer | ColumnType::Smallint => raw
+            .parse::<i64>()
+            .map(serde_json::Value::from)
+            .map_err(|_| format!("column `{name}` must be an integer"))?,
+        ColumnType::Boolean => raw
+            .parse::<bool>()
+            .map(serde_json::Value::from)
+            .map_err(|_| format!("column `{name}` must be true or false"))?,
+        _ => serde_json::Value::from(raw),
+    })
+}
+
 /// A JSON value as a column value of `column`'s type.
 pub fn json_to_value(column: &Column, json: &serde_json::Value) -> Result<Value, String> {
     use serde_json::Value as J;

@@ -44,6 +44,11 @@ fn check_name(what: &str, value: &str) -> Result<(), TopologyError> {
     Ok(())
 }
 
+/// The path a namespace or project gets when only its name is given.
+pub fn default_path(name: &str) -> String {
+    name.to_lowercase().replace(' ', "-")
+}
+
 pub async fn create_namespace(
     db: &Db,
     name: &str,
