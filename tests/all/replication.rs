@@ -48,6 +48,23 @@ async fn converged(secondary: &TestSite, expected: &[i64]) -> bool {
         && found.values().all(|&(s, v)| s == 2 && v == 2)
 }
 
+/// Sets a registry row's columns behind the workers' back (`assignment` is SQL).
+async fn set_registry(secondary: &TestSite, assignment: &str, id: i64) {
+    let it = secondary.site.installed(HELM).unwrap();
+    let sql = format!(
+        "UPDATE {} SET {assignment} WHERE {} = $1",
+        ident(&it.identity.registry_table()),
+        ident(&it.identity.foreign_key())
+    );
+    secondary
+        .site
+        .tracking()
+        .unwrap()
+        .execute(&sql, &[id.into()])
+        .await
+        .unwrap();
+}
+
 fn sha(path: &std::path::Path) -> Option<String> {
     std::fs::read(path)
         .ok()
@@ -185,21 +202,7 @@ async fn updates_deletes_and_corruption_on_either_side() {
         let victim = secondary.blob_file(&paths[&ids[2]]);
         let good = std::fs::read(&victim).unwrap();
         std::fs::write(&victim, b"corrupted").unwrap();
-        let it = secondary.site.installed(HELM).unwrap();
-        secondary
-            .site
-            .tracking()
-            .unwrap()
-            .execute(
-                &format!(
-                    "UPDATE {} SET verification_state = 0 WHERE {} = $1",
-                    ident(&it.identity.registry_table()),
-                    ident(&it.identity.foreign_key())
-                ),
-                &[ids[2].into()],
-            )
-            .await
-            .unwrap();
+        set_registry(&secondary, "verification_state = 0", ids[2]).await;
         eventually(CONVERGE, "the repair", || async {
             std::fs::read(&victim).ok() == Some(good.clone())
                 && converged(&secondary, &remaining).await
@@ -210,20 +213,7 @@ async fn updates_deletes_and_corruption_on_either_side() {
         let source = primary.blob_file(&paths[&ids[3]]);
         let kept = std::fs::read(secondary.blob_file(&paths[&ids[3]])).unwrap();
         std::fs::write(&source, b"rotten on the primary").unwrap();
-        secondary
-            .site
-            .tracking()
-            .unwrap()
-            .execute(
-                &format!(
-                    "UPDATE {} SET state = 0 WHERE {} = $1",
-                    ident(&it.identity.registry_table()),
-                    ident(&it.identity.foreign_key())
-                ),
-                &[ids[3].into()],
-            )
-            .await
-            .unwrap();
+        set_registry(&secondary, "state = 0", ids[3]).await;
         eventually(CONVERGE, "the failed download", || async {
             registries(&secondary).await.get(&ids[3]).map(|s| s.0) == Some(3)
         })
