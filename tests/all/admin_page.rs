@@ -299,6 +299,7 @@ async fn admin_page_shows_sites_filters_registries_and_resyncs_in_chromium() {
     )
     .await;
     assert!(refused.as_str().unwrap().contains("401"), "{refused}");
+    screenshot(&client, "admin-geo-token-refused.png").await;
     sign_in(&client, &primary_token).await;
     // The secondary's card shows the counts of its tracking database.
     let shown = until(
@@ -431,10 +432,8 @@ async fn admin_page_shows_sites_filters_registries_and_resyncs_in_chromium() {
     until(
         &client,
         "the page's message and the filtered table emptied",
-        &format!(
-            "return [document.getElementById('message').textContent,
-                     document.querySelectorAll('#registry-rows tr[data-registry]').length];"
-        ),
+        "return [document.getElementById('message').textContent,
+                 document.querySelectorAll('#registry-rows tr[data-registry]').length];",
         |v| {
             v[0].as_str()
                 .is_some_and(|t| t.starts_with("Resync of registry"))

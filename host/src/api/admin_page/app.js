@@ -76,6 +76,10 @@ function percent(part, total) {
   return `${((part * 100) / total).toFixed(2)}%`;
 }
 
+function plural(n, one, many) {
+  return `${fmt(n)} ${n === 1 ? one : many}`;
+}
+
 function ago(seconds) {
   if (seconds < 0) seconds = 0;
   if (seconds < 60) return `${Math.round(seconds)} s`;
@@ -328,7 +332,10 @@ function siteCard(status, site) {
       fact("Replication lag",
         el("span", { "data-lag": lagSeconds },
           behind ? `${ago(lagSeconds)} (${fmt(behind)} events behind)` : "Up to date"));
-      fact("Last event processed", `${fmt(status.cursor_last_event_id)} of ${fmt(status.last_event_id)}`);
+      fact("Last event processed",
+        status.cursor_last_event_id === null
+          ? `None yet (primary at ${fmt(status.last_event_id)})`
+          : `${fmt(status.cursor_last_event_id)} of ${fmt(status.last_event_id)}`);
     } else {
       fact("Last event", fmt(status.last_event_id));
     }
@@ -339,9 +346,8 @@ function siteCard(status, site) {
     fact("Selective sync", scope);
     if (status.version) fact("Version", `${status.version} (${status.revision || "unknown"})`);
   }
-  card.append(facts);
   if (!status) {
-    card.append(el("p", { class: "muted" }, "This site has not reported its status yet."));
+    card.append(facts, el("p", { class: "muted" }, "This site has not reported its status yet."));
     return card;
   }
   const table = el("table", { class: "types" },
@@ -389,7 +395,7 @@ function siteCard(status, site) {
     body.append(row);
   }
   table.append(body);
-  card.append(el("div", { class: "table-wrap" }, table));
+  card.append(el("div", { class: "site-body" }, facts, el("div", { class: "table-wrap" }, table)));
   return card;
 }
 
@@ -499,8 +505,9 @@ function renderRegistries() {
   const range = view.rows.length
     ? `${fmt(first)}–${fmt(last)} of ${fmt(view.count)}`
     : `0 of ${fmt(view.count)}`;
+  const noun = view.count === 1 ? "registry" : "registries";
   $("registries-caption").textContent =
-    `${type.titlePlural} on ${thisSite ? thisSite.name : "this site"}: ${range} registries`;
+    `${type.titlePlural} on ${thisSite ? thisSite.name : "this site"}: ${range} ${noun}`;
   $("registries").dataset.count = view.count;
   $("page-range").textContent = view.rows.length ? `Showing ${range}` : "";
   $("page-prev").disabled = !view.pageInfo.hasPreviousPage && view.page.start === 0;
@@ -536,7 +543,7 @@ function registryRow(r) {
     el("th", { scope: "row" }, `Registry ${number}`,
       el("div", { class: "muted" }, `Record ${r.modelRecordId}`)),
     el("td", { "data-field": "state" }, stateBadge(r.state),
-      r.retryCount ? el("div", { class: "muted" }, `${r.retryCount} retries`) : null),
+      r.retryCount ? el("div", { class: "muted" }, plural(r.retryCount, "retry", "retries")) : null),
     el("td", { "data-field": "verificationState" }, stateBadge(r.verificationState)),
     el("td", {}, timeCell(r.lastSyncedAt)),
     el("td", {}, timeCell(r.verifiedAt)),
