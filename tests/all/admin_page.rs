@@ -23,6 +23,8 @@ const CONVERGE: Duration = Duration::from_secs(90);
 /// How long the page may take to show what the test waits for (it polls
 /// every 5 s, and a secondary reports its status every second here).
 const PAGE: Duration = Duration::from_secs(45);
+/// Records on the primary: more than one page of the table (50).
+const RECORDS: i64 = 55;
 const WORKERS: &str =
     "idle_poll_ms = 50\nconsistency_interval_secs = 2\nstatus_interval_secs = 1\n";
 
@@ -194,7 +196,7 @@ async fn screenshot(client: &Client, name: &str) {
     eprintln!("screenshot: {}", path.display());
 }
 
-/// A primary with 10 records and a secondary replicating them all,
+/// A primary with [`RECORDS`] records and a secondary replicating them all,
 /// converged; then one registry failed on the secondary (retry due in 30
 /// days, so only a resync brings it back).
 async fn pair(backend: Backend) -> (TestSite, TestSite, i64, i64) {
@@ -202,7 +204,7 @@ async fn pair(backend: Backend) -> (TestSite, TestSite, i64, i64) {
     let [_, a, _, _, _] = sites::group_tree(&primary).await;
     let project = sites::project(&primary, a, "charts").await;
     let mut ids = Vec::new();
-    for i in 0..10u32 {
+    for i in 0..RECORDS as u32 {
         let channel = if i == 3 {
             "nightly".to_string()
         } else {
@@ -229,11 +231,11 @@ async fn pair(backend: Backend) -> (TestSite, TestSite, i64, i64) {
     .await;
     let it = secondary.site.installed(HELM).unwrap();
     let tracking = secondary.site.tracking().unwrap().clone();
-    eventually(CONVERGE, "10 registries synced and verified", || async {
+    eventually(CONVERGE, "every registry synced and verified", || async {
         let c = geohost::secondary::status_counts(&tracking, &it)
             .await
             .unwrap();
-        c.registry_count == 10 && c.verified_count == 10
+        c.registry_count == RECORDS && c.verified_count == RECORDS
     })
     .await;
     let failed = ids[6];
@@ -279,7 +281,7 @@ async fn admin_page_shows_sites_filters_registries_and_resyncs_in_chromium() {
             counts.synced_count,
             counts.failed_count
         ),
-        (10, 9, 1)
+        (RECORDS, RECORDS - 1, 1)
     );
 
     let driver = Driver::start(&driver_path).await;
@@ -313,12 +315,12 @@ async fn admin_page_shows_sites_filters_registries_and_resyncs_in_chromium() {
                       failed: Number(v('failed').dataset.value), total: v('total').textContent,
                       text: v('synced').textContent }};"
         ),
-        |v| v["failed"] == json!(1) && v["synced"] == json!(9),
+        |v| v["failed"] == json!(1) && v["synced"] == json!(RECORDS - 1),
     )
     .await;
     assert_eq!(shown["total"], json!(counts.registry_count.to_string()));
     assert_eq!(shown["verified"], json!(counts.verified_count));
-    assert_eq!(shown["text"], json!("9 of 10 (90.00%)"));
+    assert_eq!(shown["text"], json!("54 of 55 (98.18%)"));
     // The primary's card shows its checksums.
     until(
         &client,
@@ -327,7 +329,7 @@ async fn admin_page_shows_sites_filters_registries_and_resyncs_in_chromium() {
             "const row = document.querySelector('.site tr[data-type=\"{HELM}\"] [data-count=\"verified\"]');
              return row ? Number(row.dataset.value) : null;"
         ),
-        |v| v == &json!(10),
+        |v| v == &json!(RECORDS),
     )
     .await;
     let health = client
@@ -347,9 +349,12 @@ async fn admin_page_shows_sites_filters_registries_and_resyncs_in_chromium() {
         .await
         .unwrap();
     sign_in(&client, &secondary_token).await;
-    let all = until(&client, "all 10 registries", SHOWN_RECORDS, |v| {
-        v.as_array().is_some_and(|a| a.len() == 10)
-    })
+    let all = until(
+        &client,
+        "the first page of registries",
+        SHOWN_RECORDS,
+        |v| v.as_array().is_some_and(|a| a.len() == 50),
+    )
     .await;
     assert!(all.as_array().unwrap().contains(&json!(failed)));
     let caption = client
@@ -359,8 +364,44 @@ async fn admin_page_shows_sites_filters_registries_and_resyncs_in_chromium() {
         .text()
         .await
         .unwrap();
-    assert!(caption.contains("1–10 of 10 registries"), "{caption}");
+    assert!(caption.contains("1–50 of 55 registries"), "{caption}");
     screenshot(&client, "admin-geo-replication.png").await;
+    // Pages: the next one holds the last 5, Previous comes back.
+    client
+        .find(Locator::Id("page-next"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let second = until(&client, "the second page", SHOWN_RECORDS, |v| {
+        v.as_array().is_some_and(|a| a.len() == 5)
+    })
+    .await;
+    let mut seen: Vec<Value> = all.as_array().unwrap().clone();
+    seen.extend(second.as_array().unwrap().iter().cloned());
+    seen.sort_by_key(|v| v.as_i64());
+    seen.dedup();
+    assert_eq!(seen.len(), RECORDS as usize, "pages overlap: {seen:?}");
+    let range = client
+        .find(Locator::Id("page-range"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(range, "Showing 51–55 of 55");
+    client
+        .find(Locator::Id("page-prev"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(&client, "the first page again", SHOWN_RECORDS, |v| {
+        v == &all
+    })
+    .await;
 
     // A keyword narrows the table to the matching record (the primary
     // searches its records' text).
@@ -380,7 +421,7 @@ async fn admin_page_shows_sites_filters_registries_and_resyncs_in_chromium() {
     keyword.clear().await.unwrap();
     keyword.send_keys("\u{E007}").await.unwrap();
     until(&client, "the keyword cleared", SHOWN_RECORDS, |v| {
-        v.as_array().is_some_and(|a| a.len() == 10)
+        v.as_array().is_some_and(|a| a.len() == 50)
     })
     .await;
 
@@ -477,9 +518,9 @@ async fn graphql_counts_registries_and_lists_replicable_types() {
                   verificationState: $vstate, keyword: $keyword, first: $first, after: $after) {
                 count nodes { modelRecordId } pageInfo { hasNextPage endCursor } } } }"#;
         let list = |data: &Value| data["geoNode"]["packagesHelmMetadataCacheRegistries"].clone();
-        // A page of 3 counts all 10; the next page counts the same.
+        // A page of 3 counts them all; the next page counts the same.
         let first = list(&graphql(&secondary, &token, query, json!({"first": 3})).await);
-        assert_eq!(first["count"], json!(10), "{backend:?}");
+        assert_eq!(first["count"], json!(RECORDS), "{backend:?}");
         assert_eq!(first["nodes"].as_array().unwrap().len(), 3);
         let next = list(
             &graphql(
@@ -490,7 +531,7 @@ async fn graphql_counts_registries_and_lists_replicable_types() {
             )
             .await,
         );
-        assert_eq!(next["count"], json!(10), "{backend:?}");
+        assert_eq!(next["count"], json!(RECORDS), "{backend:?}");
         // Filters narrow the count as they narrow the list.
         for (variables, count, ids) in [
             (json!({"state": "FAILED"}), 1, vec![failed]),
@@ -522,7 +563,7 @@ async fn graphql_counts_registries_and_lists_replicable_types() {
             )
             .await,
         );
-        assert_eq!(synced["count"], json!(9), "{backend:?}");
+        assert_eq!(synced["count"], json!(RECORDS - 1), "{backend:?}");
 
         // The installed types, with the names a client needs, on both sites;
         // on the primary, registries (and their count) are empty.
