@@ -366,6 +366,57 @@ async fn admin_page_shows_sites_filters_registries_and_resyncs_in_chromium() {
         .unwrap();
     assert!(caption.contains("1–50 of 55 registries"), "{caption}");
     screenshot(&client, "admin-geo-replication.png").await;
+    // Every control has an accessible name; every bar its values.
+    let unlabelled = client
+        .execute(
+            "return [...document.querySelectorAll('input, select, button')]
+                 .filter(e => !e.closest('[hidden]'))
+                 .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                              && !e.textContent.trim())
+                 .map(e => e.outerHTML);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(unlabelled, json!([]), "controls without a name");
+
+    // Reverify two selected rows: their verification runs again.
+    let registry = Registry::of(&it);
+    let picked: Vec<i64> = all.as_array().unwrap()[1..3]
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let mut verified_before = Vec::new();
+    for record in &picked {
+        let row = registry.get(&tracking, *record).await.unwrap().unwrap();
+        verified_before.push(row.verified_at.expect("verified"));
+        client
+            .find(Locator::Css(&format!(
+                "tr[data-record=\"{record}\"] input[type=checkbox]"
+            )))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+    let bulk = client.find(Locator::Id("reverify-selected")).await.unwrap();
+    assert_eq!(bulk.text().await.unwrap(), "Reverify selected (2)");
+    bulk.click().await.unwrap();
+    eventually(
+        CONVERGE,
+        "the selected registries verified again",
+        || async {
+            let mut again = true;
+            for (record, before) in picked.iter().zip(&verified_before) {
+                let row = registry.get(&tracking, *record).await.unwrap().unwrap();
+                again &= row.verification_state == geohost::states::VerificationState::Succeeded
+                    && row.verified_at.is_some_and(|at| at > *before);
+            }
+            again
+        },
+    )
+    .await;
     // Pages: the next one holds the last 5, Previous comes back.
     client
         .find(Locator::Id("page-next"))
@@ -453,7 +504,6 @@ async fn admin_page_shows_sites_filters_registries_and_resyncs_in_chromium() {
     screenshot(&client, "admin-geo-replication-failed.png").await;
 
     // Resync: the row leaves `failed` on the secondary and syncs again.
-    let registry = Registry::of(&it);
     let before = registry.get(&tracking, failed).await.unwrap().unwrap();
     assert_eq!(before.state, geohost::states::SyncState::Failed);
     client
@@ -587,5 +637,32 @@ async fn graphql_counts_registries_and_lists_replicable_types() {
         }
         let on_primary = list(&graphql(&primary, &primary_token, query, json!({})).await);
         assert_eq!(on_primary["count"], json!(0), "{backend:?}");
+
+        // The page's shell needs no token and holds no data; its assets
+        // come with a CSP; an unknown asset is a 404.
+        for path in [
+            "/admin/geo/sites",
+            &format!("/admin/geo/replication/{HELM}"),
+            "/admin/geo/assets/app.js",
+            "/admin/geo/assets/app.css",
+        ] {
+            let response = reqwest::get(format!("{}{path}", secondary.url))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), reqwest::StatusCode::OK, "{path}");
+            let csp = response.headers()["content-security-policy"]
+                .to_str()
+                .unwrap();
+            assert!(csp.contains("connect-src 'self'"), "{path}: {csp}");
+            let body = response.text().await.unwrap();
+            assert!(
+                !body.contains("nightly") && !body.contains(&token),
+                "{path}"
+            );
+        }
+        let missing = reqwest::get(format!("{}/admin/geo/assets/secrets.toml", secondary.url))
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
     }
 }
