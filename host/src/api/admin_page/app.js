@@ -485,7 +485,8 @@ function focusKey() {
 function restoreFocus(key) {
   if (!key) return;
   const target = document.querySelector(`[data-focus-key="${CSS.escape(key)}"]`);
-  if (target) target.focus();
+  // The row left the page (a filter no longer matches it): focus the table.
+  (target || $("registries")).focus();
 }
 
 function renderRegistries() {
@@ -640,6 +641,8 @@ function wireReplicationControls() {
       keyword: $("filter-keyword").value.trim(),
     };
     view.page = { after: null, before: null, start: 0 };
+    // A selection is of rows seen under the old filters.
+    view.selected.clear();
     writeFiltersToUrl();
     refresh();
   };
