@@ -14,6 +14,8 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     if let Err(error) = crate::ensure_debian_packages(&["prometheus"]) {
         eprintln!("xtask: {error:#}; /metrics is checked without promtool");
     }
+    // The admin page's browser test drives Debian's headless Chromium.
+    let chromedriver = browser()?;
     let postgres = Postgres::start()?;
     eprintln!("xtask: PostgreSQL at {}", postgres.url);
 
@@ -31,6 +33,11 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     cmd.args(extra)
         .current_dir(root)
         .env("GEOHOST_TEST_POSTGRES_URL", &postgres.url);
+    if let Some(path) = &chromedriver {
+        // Set, it makes a missing browser a test failure rather than a skip.
+        cmd.env("GEOHOST_TEST_CHROMEDRIVER", path)
+            .env("GEOHOST_TEST_CHROMIUM", "/usr/bin/chromium");
+    }
     let result = crate::run(&mut cmd);
     if nextest && result.is_ok() {
         // Doc tests are not run by nextest.
@@ -42,4 +49,17 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     }
     drop(postgres);
     result
+}
+
+/// Installs `chromium` and `chromium-driver` (Debian): chromedriver's path.
+/// In CI a failure is an error; elsewhere the browser test skips.
+fn browser() -> Result<Option<&'static str>> {
+    match crate::ensure_debian_packages(&["chromium", "chromium-driver"]) {
+        Ok(()) => Ok(Some("/usr/bin/chromedriver")),
+        Err(error) if std::env::var_os("CI").is_none() => {
+            eprintln!("xtask: {error:#}; the browser test will be skipped");
+            Ok(None)
+        }
+        Err(error) => Err(error.context("installing the browser for the admin page test")),
+    }
 }

@@ -8,6 +8,8 @@
 //! - [`status`]: GitLab's site status (`/api/v4/geo_sites/status`).
 //! - [`metrics`]: `/metrics`, Prometheus text.
 //! - [`graphql`]: `/api/graphql`, GitLab's Geo registries and mutations.
+//! - [`admin_page`]: `/admin/geo/…`, the admin web page (a shell without
+//!   data; its script calls the admin routes with the token).
 //!
 //! Every route of the last four is an admin route ([`AdminRoutes`]): the
 //! admin-token check ([`auth::require_admin`]) runs before anything else.
@@ -16,6 +18,7 @@
 //! authentication is always a bare 401, whatever failed.
 
 pub mod admin;
+pub mod admin_page;
 pub mod auth;
 pub mod geo;
 pub mod graphql;
@@ -94,6 +97,7 @@ pub fn router(site: Arc<Site>) -> Router {
         ));
     Router::new()
         .merge(geo::routes())
+        .merge(admin_page::routes())
         .merge(admin)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(1 << 30))

@@ -9,9 +9,10 @@
 //!       ids: [ID!], replicationState: ReplicationStateEnum,
 //!       verificationState: VerificationStateEnum, keyword: String,
 //!       sort: GeoRegistrySort, first: Int, after: String, last: Int, before: String
-//!     ) { nodes { id state verificationState packagesHelmMetadataCacheId … } pageInfo { … } }
+//!     ) { count nodes { id state verificationState packagesHelmMetadataCacheId … } pageInfo { … } }
 //!     registries(replicableName: "packages_helm_metadata_cache", …) { … }  # any type
 //!   }
+//!   geoReplicableTypes { name namePlural title titlePlural graphqlFieldName … }
 //! }
 //! mutation {
 //!   geoRegistriesUpdate(input: {registryId: "gid://geo/PackagesHelmMetadataCacheRegistry/1", action: RESYNC}) {
@@ -30,6 +31,10 @@
 //! (`gid://gitlab/Geo::PackagesHelmMetadataCacheRegistry/1`) and bare
 //! numbers are accepted too. `keyword` asks the primary which records match
 //! ([`crate::primary::records::search_ids`]) and keeps their registries.
+//!
+//! Additions: `geoReplicableTypes` (the installed types and their GraphQL
+//! names, what GitLab renders into its admin page) and GitLab's `count` on
+//! every registries connection.
 //!
 //! Deliberate differences: `GeoNode.id` is nullable (a secondary that cannot
 //! reach the primary does not know its own id); `geoNode(name:)` on a

@@ -96,6 +96,58 @@ pub struct ConnectionValue {
     pub nodes: Vec<RegistryValue>,
     pub has_next_page: bool,
     pub has_previous_page: bool,
+    /// What `count` counts (`None`: nothing, as on the primary).
+    pub count: Option<CountQuery>,
+}
+
+/// The rows a connection's `count` field counts, run only when asked for.
+#[derive(Debug, Clone)]
+pub struct CountQuery {
+    pub db: crate::db::Db,
+    pub registry: Registry,
+    pub filter: Filter,
+}
+
+impl ConnectionValue {
+    /// GitLab's `count` (`CountableConnectionType`): every row matching the
+    /// filters, whatever the page.
+    pub async fn count(&self) -> Result<i64, Error> {
+        match &self.count {
+            Some(q) => listing::count(&q.db, &q.registry, &q.filter)
+                .await
+                .map_err(internal),
+            None => Ok(0),
+        }
+    }
+}
+
+/// A replicable type as the admin page needs it (GitLab's
+/// `replicable_types` helper, here an API): its names and titles.
+#[derive(Debug, Clone)]
+pub struct ReplicableTypeValue {
+    pub name: String,
+    pub name_plural: String,
+    pub title: String,
+    pub title_plural: String,
+    pub names: Names,
+}
+
+/// The installed types, by name.
+pub fn replicable_types(site: &Site) -> Vec<ReplicableTypeValue> {
+    let mut types: Vec<ReplicableTypeValue> = site
+        .catalog
+        .all()
+        .iter()
+        .map(|it| ReplicableTypeValue {
+            name: it.identity.name.clone(),
+            name_plural: it.identity.plural_name().to_string(),
+            title: it.identity.title.clone(),
+            title_plural: it.identity.title_plural.clone(),
+            names: names(&it.identity),
+        })
+        .collect();
+    types.sort_by(|a, b| a.name.cmp(&b.name));
+    types
 }
 
 /// `geoRegistriesUpdate`'s payload.
@@ -279,7 +331,8 @@ pub async fn list(
         last: args.last,
         before: cursor(&args.before)?,
     };
-    let page = listing::page(tracking, &Registry::of(&it), &filter, sort, &request)
+    let registry = Registry::of(&it);
+    let page = listing::page(tracking, &registry, &filter, sort, &request)
         .await
         .map_err(|e| match e {
             listing::ListError::Invalid(m) => Error::new(m),
@@ -299,6 +352,11 @@ pub async fn list(
             .collect(),
         has_next_page: page.has_next_page,
         has_previous_page: page.has_previous_page,
+        count: Some(CountQuery {
+            db: tracking.clone(),
+            registry,
+            filter,
+        }),
     })
 }
 

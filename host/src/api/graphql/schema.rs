@@ -4,7 +4,7 @@
 
 use super::resolve::{
     self, BulkArgs, BulkPayload, ConnectionValue, ListArgs, NodeValue, RegistryValue,
-    UpdatePayload, names,
+    ReplicableTypeValue, UpdatePayload, names,
 };
 use crate::catalog::InstalledType;
 use crate::secondary::listing::Sort;
@@ -254,6 +254,16 @@ fn connection(node_type: &str, abstract_nodes: bool) -> (Object, Object) {
             },
         ))
         .field(Field::new(
+            "count",
+            TypeRef::named_nn(TypeRef::INT),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let page = ctx.parent_value.try_downcast_ref::<ConnectionValue>()?;
+                    Ok(Some(FieldValue::value(page.count().await?)))
+                })
+            },
+        ))
+        .field(Field::new(
             "pageInfo",
             TypeRef::named_nn("PageInfo"),
             |ctx| {
@@ -413,19 +423,54 @@ fn geo_node(types: &[Arc<InstalledType>]) -> Object {
     node
 }
 
+/// `GeoReplicableType`: what `geoReplicableTypes` lists.
+fn replicable_type() -> Object {
+    let text = |name: &str, get: fn(&ReplicableTypeValue) -> Value| {
+        field_of::<ReplicableTypeValue>(name, TypeRef::named_nn(TypeRef::STRING), get)
+    };
+    Object::new("GeoReplicableType")
+        .description("A replicable type installed on this site, with its GraphQL names")
+        .field(text("name", |t| t.name.clone().into()))
+        .field(text("namePlural", |t| t.name_plural.clone().into()))
+        .field(text("title", |t| t.title.clone().into()))
+        .field(text("titlePlural", |t| t.title_plural.clone().into()))
+        .field(text("graphqlFieldName", |t| t.names.field.clone().into()))
+        .field(text("graphqlRegistryType", |t| {
+            t.names.type_name.clone().into()
+        }))
+        .field(text("graphqlRegistryClass", |t| {
+            t.names.class.clone().into()
+        }))
+}
+
 fn query() -> Object {
-    Object::new("Query").field(
-        Field::new("geoNode", TypeRef::named("GeoNode"), |ctx| {
-            FieldFuture::new(async move {
-                let site = ctx.data::<Arc<Site>>()?;
-                let name = string_arg(&ctx, "name")?;
-                Ok(resolve::geo_node(site, name.as_deref())
-                    .await?
-                    .map(FieldValue::owned_any))
+    Object::new("Query")
+        .field(Field::new(
+            "geoReplicableTypes",
+            TypeRef::named_nn_list_nn("GeoReplicableType"),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let site = ctx.data::<Arc<Site>>()?;
+                    Ok(Some(FieldValue::list(
+                        resolve::replicable_types(site)
+                            .into_iter()
+                            .map(FieldValue::owned_any),
+                    )))
+                })
+            },
+        ))
+        .field(
+            Field::new("geoNode", TypeRef::named("GeoNode"), |ctx| {
+                FieldFuture::new(async move {
+                    let site = ctx.data::<Arc<Site>>()?;
+                    let name = string_arg(&ctx, "name")?;
+                    Ok(resolve::geo_node(site, name.as_deref())
+                        .await?
+                        .map(FieldValue::owned_any))
+                })
             })
-        })
-        .argument(InputValue::new("name", TypeRef::named(TypeRef::STRING))),
-    )
+            .argument(InputValue::new("name", TypeRef::named(TypeRef::STRING))),
+        )
 }
 
 fn mutation() -> Vec<Object> {
@@ -602,6 +647,7 @@ pub fn build(types: &[Arc<InstalledType>]) -> Result<Schema, SchemaError> {
         .register(query())
         .register(geo_node(types))
         .register(page_info())
+        .register(replicable_type())
         .register(Scalar::new(TIME).description("ISO 8601 time, UTC"))
         .limit_depth(16)
         .limit_complexity(10_000);
@@ -673,6 +719,8 @@ mod tests {
             "packagesHelmMetadataCacheRegistries(ids: [ID!], replicationState: ReplicationStateEnum",
             "type PackagesHelmMetadataCacheRegistry implements GeoRegistry",
             "union RegistrableType = PackagesHelmMetadataCacheRegistry",
+            "geoReplicableTypes: [GeoReplicableType!]!",
+            "count: Int!",
             "geoRegistriesBulkUpdate(input: GeoRegistriesBulkUpdateInput!)",
             "PACKAGES_HELM_METADATA_CACHE_REGISTRY",
         ] {
