@@ -289,6 +289,16 @@ fn plugin_new_scaffolds_crates_that_build_and_pass_their_tests() {
 
     // Inside a Geohost checkout's plugins/ workspace.
     let plugins = sdk_only_workspace(&tmp.path().join("checkout"));
+    // From the checkout's root, the author is sent to plugins/.
+    let output = geohost(
+        &["plugin", "new", "npm-metadata-cache"],
+        plugins.parent().unwrap(),
+    );
+    assert!(
+        text(&output.stderr).contains("--dir plugins"),
+        "{}",
+        text(&output.stderr)
+    );
     let output = geohost(&["plugin", "new", "npm-metadata-cache"], &plugins);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let crate_dir = plugins.join("npm-metadata-cache");

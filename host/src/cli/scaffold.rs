@@ -201,6 +201,11 @@ pub fn scaffold(name: &str, parent: &Path, sdk: Option<&Path>) -> Result<Scaffol
         (_, Some(sdk)) => Layout::Standalone {
             sdk: check_sdk(sdk)?,
         },
+        (None, None) if workspace_manifest(&parent.join("plugins")).is_some() => bail!(
+            "{} is Geohost's repository: create the type in its plugins/ folder \
+             (--dir plugins)",
+            parent.display()
+        ),
         (None, None) => bail!(
             "{} is not Geohost's plugins/ folder: give the SDK's path with \
              --sdk PATH/TO/geohost/plugins/sdk",
