@@ -2,8 +2,8 @@
 //! the plugin SDK), end to end on a real pair of sites, on SQLite and
 //! PostgreSQL: written through the ingest API, replicated by selective sync,
 //! verified, shown under its own names in the site status, `/metrics` and
-//! GraphQL, repaired after corruption; and `geohost plugin test` over every
-//! shipped type's test vectors.
+//! GraphQL, repaired after corruption; chosen with `plugins.builtin`, and
+//! installed from a site's plugins folder instead.
 
 use crate::sites::{self, HELM, NPM, TestSite, eventually};
 use crate::support::sha256_hex;
@@ -461,4 +461,52 @@ async fn plugins_builtin_chooses_the_shipped_types_a_site_installs() {
             && error.contains("helm-metadata-cache, npm-metadata-cache"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_dropped_into_the_plugins_folder_replicates() {
+    // The guide's install-at-startup path: both sites ship only Helm, and
+    // load npm from their plugins folder.
+    let component = geohost::plugin::builtin::by_stem("npm-metadata-cache")
+        .unwrap()
+        .bytes;
+    for backend in sites::backends() {
+        let folder = tempfile::tempdir().unwrap();
+        std::fs::write(folder.path().join("npm-metadata-cache.wasm"), component).unwrap();
+        let plugins = format!(
+            "[plugins]\nbuiltin = [\"helm-metadata-cache\"]\ndir = {:?}\n",
+            folder.path().display().to_string()
+        );
+        let primary = sites::primary_with(backend, &format!("idle_poll_ms = 50\n{plugins}")).await;
+        let [_, a, ..] = sites::group_tree(&primary).await;
+        let project = sites::project(&primary, a, "p").await;
+        let mut ids = Vec::new();
+        for name in ["left-pad", "@scope/right-pad"] {
+            let w = sites::put_npm(&primary, project, name, &sites::npm_metadata(name, 1)).await;
+            assert_eq!(w.blob_path, npm_blob_path(project, name));
+            ids.push(w.id);
+        }
+        ids.sort_unstable();
+        let secondary = sites::secondary_with(
+            backend,
+            &primary,
+            NewSite {
+                name: "s".into(),
+                ..Default::default()
+            },
+            &format!("idle_poll_ms = 50\nconsistency_interval_secs = 2\n{plugins}"),
+        )
+        .await;
+        assert!(secondary.site.installed(NPM).is_some());
+        eventually(CONVERGE, "the npm records from the plugins folder", || {
+            converged(&secondary, NPM, &ids)
+        })
+        .await;
+        let path = npm_blob_path(project, "@scope/right-pad");
+        assert_eq!(
+            std::fs::read(secondary.type_blob_file(NPM, &path)).unwrap(),
+            std::fs::read(primary.type_blob_file(NPM, &path)).unwrap(),
+            "{backend:?}"
+        );
+    }
 }
