@@ -87,6 +87,10 @@ pub struct StorageSection {
 pub struct PluginSection {
     /// Extra type components (`*.wasm`) loaded beside the shipped ones.
     pub dir: Option<PathBuf>,
+    /// The shipped types this site installs, by file stem (for example
+    /// `["helm-metadata-cache"]`); unset installs every shipped type, `[]` none.
+    #[serde(default)]
+    pub builtin: Option<Vec<String>>,
     /// Compiled-component cache; defaults to `data_dir/plugin-cache`.
     pub cache_dir: Option<PathBuf>,
     /// Budget of one plugin call (a batch), in milliseconds.
@@ -101,6 +105,7 @@ impl Default for PluginSection {
     fn default() -> Self {
         PluginSection {
             dir: None,
+            builtin: None,
             cache_dir: None,
             call_timeout_ms: default_call_timeout_ms(),
             memory_mib: default_memory_mib(),

@@ -107,13 +107,17 @@ impl Site {
         }
     }
 
-    /// Loads the shipped types, then the plugins folder's components, and
+    /// Loads the shipped types (those `plugins.builtin` names, or all), then
+    /// the plugins folder's components, and
     /// creates each type's tables.
     async fn load_types(&self) -> anyhow::Result<()> {
-        let mut sources: Vec<(String, Vec<u8>)> = builtin::BUILTIN
-            .iter()
-            .map(|b| (format!("shipped {}", b.file), b.bytes.to_vec()))
-            .collect();
+        let mut sources: Vec<(String, Vec<u8>)> =
+            builtin::selected(self.config.plugins.builtin.as_deref())
+                .map_err(anyhow::Error::msg)
+                .context("plugins.builtin")?
+                .into_iter()
+                .map(|b| (format!("shipped {}", b.file), b.bytes.to_vec()))
+                .collect();
         if let Some(dir) = &self.config.plugins.dir {
             let mut files: Vec<_> = std::fs::read_dir(dir)
                 .with_context(|| format!("reading plugins folder {}", dir.display()))?

@@ -2,6 +2,8 @@
 //! file under `tests/` would link wasmtime and sqlx again).
 
 mod admin_page;
+mod authoring;
+mod npm;
 mod operator;
 mod plugin;
 mod primary;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub const HELM: &str = "packages_helm_metadata_cache";
+pub const NPM: &str = "packages_npm_metadata_cache";
 
 /// Which database a test's sites use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +86,12 @@ impl TestSite {
 
     /// The blob of a record on this site, if present.
     pub fn blob_file(&self, path: &str) -> PathBuf {
-        self.dir.join("blobs").join(HELM).join(path)
+        self.type_blob_file(HELM, path)
+    }
+
+    /// The blob of a record of type `name` on this site, if present.
+    pub fn type_blob_file(&self, name: &str, path: &str) -> PathBuf {
+        self.dir.join("blobs").join(name).join(path)
     }
 }
 
@@ -220,6 +226,38 @@ pub async fn put_helm(
         body.to_string(),
     ))]);
     ingest::upsert(&primary.site, HELM, &columns, stream)
+        .await
+        .expect("write succeeds")
+}
+
+/// An npm metadata document body (what GitLab caches for `GET /<name>`).
+pub fn npm_metadata(package_name: &str, version: u32) -> String {
+    serde_json::json!({
+        "name": package_name,
+        "dist-tags": {"latest": format!("1.0.{version}")},
+        "versions": {format!("1.0.{version}"): {
+            "name": package_name,
+            "version": format!("1.0.{version}"),
+            "dist": {"tarball": format!("http://example.invalid/{package_name}/-/pkg-1.0.{version}.tgz")},
+        }},
+    })
+    .to_string()
+}
+
+/// Writes an npm metadata cache on the primary.
+pub async fn put_npm(
+    primary: &TestSite,
+    project: i64,
+    package_name: &str,
+    body: &str,
+) -> ingest::WriteOutcome {
+    let mut columns = serde_json::Map::new();
+    columns.insert("project_id".into(), project.into());
+    columns.insert("package_name".into(), package_name.into());
+    let stream = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(
+        body.to_string(),
+    ))]);
+    ingest::upsert(&primary.site, NPM, &columns, stream)
         .await
         .expect("write succeeds")
 }

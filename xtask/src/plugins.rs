@@ -8,7 +8,7 @@ const TARGET: &str = "wasm32-unknown-unknown";
 
 /// Crates whose component ships with the host (embedded in the binary).
 /// Everything else built under `plugins/` is a test fixture.
-const SHIPPED: &[&str] = &["helm_metadata_cache"];
+const SHIPPED: &[&str] = &["helm_metadata_cache", "npm_metadata_cache"];
 
 pub fn build_all(root: &Path, check: bool) -> Result<()> {
     let plugins = root.join("plugins");
@@ -54,6 +54,23 @@ pub fn build_all(root: &Path, check: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs the guests' unit tests natively (`cargo test --lib`: the cdylib
+/// with WIT export names links only for wasm32), in `plugins/target/debug`,
+/// which `geohost plugin new`'s test shares.
+pub fn unit_tests(root: &Path) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    // The fixtures misbehave on purpose (some only compile for wasm32).
+    cmd.args(["test", "--lib", "--workspace", "--exclude", "fixture-*"])
+        .current_dir(root.join("plugins"))
+        .env_remove("RUSTFLAGS");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CARGO_") && key != "CARGO_HOME" {
+            cmd.env_remove(&key);
+        }
+    }
+    crate::run(&mut cmd)
 }
 
 /// Turns a core module carrying wit-bindgen's component-type section into a component.

@@ -9,6 +9,8 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     // Plugins first: the host embeds plugins/dist, and the tests load the
     // fixtures. `--check` proves plugins/dist is what the source builds.
     crate::plugins::build_all(root, true)?;
+    // The guests' unit tests (SDK, shipped types), on this machine.
+    crate::plugins::unit_tests(root)?;
     // `promtool check metrics` (Debian ships it in `prometheus`) validates
     // the `/metrics` page; without it the tests check it with their own parser.
     if let Err(error) = crate::ensure_debian_packages(&["prometheus"]) {

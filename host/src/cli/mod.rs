@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod demo;
 pub mod plugin;
+pub mod scaffold;
 pub mod status;
 
 use crate::config::Config;

@@ -6,8 +6,13 @@ use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    /// Scaffold a new replicable type crate: SDK and WIT bindings, the four
+    /// functions filled in for a project-owned model, unit tests, test
+    /// vectors and a README (docs/authoring-a-type.md).
+    New(super::scaffold::NewArgs),
     /// Run a type over fixture data and print one JSON object per record:
-    /// {"id", "path", "in_scope"} or {"id", "error"}.
+    /// {"id", "path", "in_scope"} or {"id", "error"}. Records that carry
+    /// `expect` (test vectors) are checked; any unmet one fails the command.
     Test {
         /// A component file (.wasm), or the name of a type shipped with the host
         /// (for example `helm-metadata-cache` or `packages_helm_metadata_cache`).
@@ -20,6 +25,7 @@ pub enum PluginCommand {
 
 pub fn run(command: PluginCommand) -> Result<()> {
     match command {
+        PluginCommand::New(args) => super::scaffold::run(args),
         PluginCommand::Test {
             component,
             fixtures,
@@ -35,9 +41,32 @@ fn test(component: &str, fixtures: &std::path::Path) -> Result<()> {
         .with_context(|| format!("reading fixtures {}", fixtures.display()))?;
     let fixture: fixture::Fixture = serde_json::from_str(&text)
         .with_context(|| format!("parsing fixtures {}", fixtures.display()))?;
-    for answer in fixture::run(&loaded, &fixture)? {
+    let answers = fixture::run(&loaded, &fixture)?;
+    for answer in &answers {
         println!("{answer}");
     }
+    let checked = crate::plugin::vectors::check(&fixture.records, &answers)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("checking the expectations of {}", fixtures.display()))?;
+    if checked.expected == 0 {
+        return Ok(());
+    }
+    if !checked.failures.is_empty() {
+        anyhow::bail!(
+            "{} of {} expectations in {} not met:\n  {}",
+            checked.failures.len(),
+            checked.expected,
+            fixtures.display(),
+            checked.failures.join("\n  ")
+        );
+    }
+    eprintln!(
+        "{}: all {} expectations met ({} {})",
+        fixtures.display(),
+        checked.expected,
+        loaded.name(),
+        loaded.identity().version
+    );
     Ok(())
 }
 
@@ -48,7 +77,8 @@ pub fn load_named(
 ) -> Result<crate::plugin::LoadedType> {
     use crate::plugin::builtin;
     let path = std::path::Path::new(name);
-    if path.exists() {
+    // A file only: in `plugins/`, `npm-metadata-cache` is also the crate's folder.
+    if path.is_file() {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         return runtime
             .load(&bytes)
@@ -67,12 +97,8 @@ pub fn load_named(
             return Ok(loaded);
         }
     }
-    let known: Vec<&str> = builtin::BUILTIN
-        .iter()
-        .map(|b| b.file.trim_end_matches(".wasm"))
-        .collect();
     anyhow::bail!(
         "{name:?} is neither a file nor a shipped type (shipped: {})",
-        known.join(", ")
+        builtin::stems().join(", ")
     )
 }

@@ -14,7 +14,8 @@
 //! Each record gives model columns by name. Derived columns it omits are
 //! computed with the type's `derive`, as the primary does on create; omitted
 //! writer columns take their default (or `NULL`). The answer per record is
-//! `{"id", "path", "in_scope"}` or `{"id", "error"}`.
+//! `{"id", "path", "in_scope"}` or `{"id", "error"}`. A record may also carry
+//! `expect`, what its answer must be (a test vector, see [`super::vectors`]).
 
 use super::{
     Column, ColumnSource, ColumnType, LoadedType, Row, SelectiveSync, SyncSettings, Value,
@@ -186,7 +187,7 @@ fn record_values(
     record: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<HashMap<String, Value>, String> {
     for key in record.keys() {
-        if key != "id" && !columns.iter().any(|c| &c.name == key) {
+        if key != "id" && key != "expect" && !columns.iter().any(|c| &c.name == key) {
             return Err(format!("unknown column `{key}`"));
         }
     }

@@ -29,6 +29,7 @@ pub mod identity;
 pub mod paths;
 mod slots;
 pub mod value;
+pub mod vectors;
 
 pub use cache::{CompileCache, CompileOutcome};
 pub use engine::{EPOCH_TICK, Limits};

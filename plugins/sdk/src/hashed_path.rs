@@ -14,9 +14,13 @@ pub fn sha256_hex(data: &[u8]) -> String {
     out
 }
 
-/// `Gitlab::HashedPath.new(*components, root_hash:)`: with `h` the SHA-256 hex
-/// of `root_hash` written as text, the path
-/// `h[0..2]/h[2..4]/h/<components joined by '/'>`.
+/// `Gitlab::HashedPath.new(*components, root_hash:).to_s`: with `h` the
+/// SHA-256 hex of `root_hash` written as text (GitLab's `root_hash.to_s`;
+/// for a project id, its decimal digits), the path
+/// `h[0..2]/h[2..4]/h/<components joined by '/'>` — the disk path of
+/// GitLab's hashed storage, then the components. Package caches use it as
+/// their `object_storage_key`, for example npm's
+/// `hashed_path(&project_id.to_string(), &["packages", "metadata_caches", "npm", &sha256_hex(name)])`.
 ///
 /// ```
 /// let path = geohost_plugin_sdk::hashed_path("1", &["packages", "x"]);
@@ -24,7 +28,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// ```
 pub fn hashed_path(root_hash: &str, components: &[&str]) -> String {
     let h = sha256_hex(root_hash.as_bytes());
-    let mut path = String::with_capacity(6 + h.len() + components.iter().map(|c| c.len() + 1).sum::<usize>());
+    let mut path =
+        String::with_capacity(6 + h.len() + components.iter().map(|c| c.len() + 1).sum::<usize>());
     path.push_str(&h[0..2]);
     path.push('/');
     path.push_str(&h[2..4]);
@@ -55,6 +60,11 @@ mod tests {
         assert_eq!(
             hashed_path("1", &["a", "b"]),
             "6b/86/6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b/a/b"
+        );
+        // No components: GitLab's hashed storage disk path alone.
+        assert_eq!(
+            hashed_path("1", &[]),
+            "6b/86/6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b"
         );
     }
 }
