@@ -1,9 +1,11 @@
 //! Geohost's integration tests: one binary with a module per area (each extra
 //! file under `tests/` would link wasmtime and sqlx again).
 
+mod object_storage;
 mod operator;
 mod plugin;
 mod primary;
 mod replication;
+mod scale_out;
 mod sites;
 mod support;

@@ -16,6 +16,8 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     }
     let postgres = Postgres::start()?;
     eprintln!("xtask: PostgreSQL at {}", postgres.url);
+    let moto = crate::moto::Moto::start(root)?;
+    eprintln!("xtask: S3 (moto) at {}", moto.endpoint);
 
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])
@@ -30,16 +32,19 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     }
     cmd.args(extra)
         .current_dir(root)
-        .env("GEOHOST_TEST_POSTGRES_URL", &postgres.url);
+        .env("GEOHOST_TEST_POSTGRES_URL", &postgres.url)
+        .env("GEOHOST_TEST_S3_ENDPOINT", &moto.endpoint);
     let result = crate::run(&mut cmd);
     if nextest && result.is_ok() {
         // Doc tests are not run by nextest.
         crate::run(
             Command::new("cargo")
                 .args(["test", "--workspace", "--doc"])
-                .current_dir(root),
+                .current_dir(root)
+                .env("GEOHOST_TEST_S3_ENDPOINT", &moto.endpoint),
         )?;
     }
+    drop(moto);
     drop(postgres);
     result
 }
