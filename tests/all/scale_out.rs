@@ -299,3 +299,33 @@ async fn a_killed_workers_claims_are_taken_over() {
         "served {served} blobs for {N} records"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_on_sqlite_is_refused() {
+    let primary = sites::primary(Backend::Sqlite).await;
+    let secondary = sites::secondary(
+        Backend::Sqlite,
+        &primary,
+        NewSite {
+            name: "secondary".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let config = secondary.write_config();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_geohost"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("GEOHOST_SITE__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the second worker exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("SQLite allows one worker process"),
+        "{stderr}"
+    );
+}
