@@ -314,7 +314,7 @@ pub async fn run(site: Arc<Site>) {
     let housekeeping = crate::leases::DutyLease::new(
         site.db.clone(),
         "primary_verification_housekeeping",
-        site.config.claim_lease(),
+        crate::leases::duty_ttl(site.config.claim_lease()),
     );
     loop {
         if site.shutdown.is_cancelled() {

@@ -423,11 +423,11 @@ pub async fn run(site: Arc<Site>) -> anyhow::Result<()> {
 
 /// Keeps the singleton duties' lease (`geo_leases` row
 /// `secondary_duties`): takes it when free or expired, renews it every
-/// third of `workers.claim_lease_secs`, gives it up on shutdown. Worker
+/// third of its time ([`crate::leases::duty_ttl`]), gives it up on shutdown. Worker
 /// processes sharing the tracking database run downloads and
 /// verifications together, but the duties in one process at a time.
 async fn run_duty_lease(s: Arc<Secondary>) {
-    let lease = s.site.config.claim_lease();
+    let lease = crate::leases::duty_ttl(s.site.config.claim_lease());
     let duty = crate::leases::DutyLease::new(s.tracking.clone(), "secondary_duties", lease);
     loop {
         let held = match duty.hold().await {
