@@ -190,16 +190,23 @@ async fn primary_with_records(n: usize) -> TestSite {
         sites::project(&primary, root, "p1").await,
         sites::project(&primary, a, "p2").await,
     ];
-    for i in 0..n {
-        let project = projects[i % 2];
-        sites::put_helm(
-            &primary,
-            project,
-            &format!("ch{i}"),
-            &sites::index_yaml(project, "scale", i as u32),
-        )
+    // Eight writers at once: the setup, not what is measured.
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .for_each_concurrent(8, |i| {
+            let project = projects[i % 2];
+            let primary = &primary;
+            async move {
+                sites::put_helm(
+                    primary,
+                    project,
+                    &format!("ch{i}"),
+                    &sites::index_yaml(project, "scale", i as u32),
+                )
+                .await;
+            }
+        })
         .await;
-    }
     let it = primary.site.installed(HELM).unwrap();
     eventually(CONVERGE, "the primary to verify every record", || async {
         geohost::primary::verify::state_counts(&primary.site.db, &it)
@@ -229,17 +236,27 @@ async fn three_workers_sync_each_record_once() {
         return;
     }
     const N: i64 = 5_000;
+    let started = std::time::Instant::now();
     let primary = primary_with_records(N as usize).await;
+    eprintln!(
+        "{N} records written and verified in {:?}",
+        started.elapsed()
+    );
     let mut secondary = ScaledSecondary::register(&primary, "").await;
     for _ in 0..3 {
         secondary.start_worker().await;
     }
+    let started = std::time::Instant::now();
     let converged = tokio::time::timeout(CONVERGE, async {
         while secondary.counts(&primary).await != (N, N, N) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
     .await;
+    eprintln!(
+        "synced and verified by three workers in {:?}",
+        started.elapsed()
+    );
     assert!(
         converged.is_ok(),
         "not converged: {:?}\n{}",
