@@ -142,6 +142,44 @@ async fn both_sites_on_s3_replicate_and_verify_by_padded_size() {
                 .iter()
                 .all(|r| r.int("file_store").unwrap() == Some(2))
         );
+        // A truncated object changes the padded size: found and resynced.
+        let registry = Registry::of(&it);
+        let (&victim, (path, _)) = written.iter().next().unwrap();
+        let good = blob(&secondary, path).await.unwrap();
+        let blob_path = BlobPath::parse(path).unwrap();
+        secondary
+            .site
+            .blobs
+            .put_bytes(HELM, &blob_path, bytes::Bytes::copy_from_slice(&good[1..]))
+            .await
+            .unwrap();
+        assert!(
+            registry
+                .verification_pending(tracking, victim)
+                .await
+                .unwrap()
+        );
+        eventually(CONVERGE, "the size mismatch to be found", || async {
+            let row = registry.get(tracking, victim).await.unwrap().unwrap();
+            row.checksum_mismatch && row.state == geohost::states::SyncState::Failed
+        })
+        .await;
+        tracking
+            .execute(
+                &format!(
+                    "UPDATE {} SET retry_at = NULL WHERE {} = $1 AND state = 3",
+                    geohost::db::ident(&it.identity.registry_table()),
+                    geohost::db::ident(&it.identity.foreign_key())
+                ),
+                &[victim.into()],
+            )
+            .await
+            .unwrap();
+        eventually(CONVERGE, "the object resynced", || {
+            converged(&secondary, &ids)
+        })
+        .await;
+        assert_eq!(blob(&secondary, path).await, Some(good), "{backend:?}");
         // Nothing is left at temporary keys.
         assert_eq!(
             secondary

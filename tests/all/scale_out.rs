@@ -346,3 +346,64 @@ async fn a_second_worker_on_sqlite_is_refused() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_verifiers_claims_on_the_primary_are_taken_over() {
+    for backend in sites::backends() {
+        let primary =
+            sites::primary_with(backend, "idle_poll_ms = 50\nclaim_lease_secs = 2\n").await;
+        let [root, ..] = sites::group_tree(&primary).await;
+        let project = sites::project(&primary, root, "p").await;
+        for i in 0..5 {
+            sites::put_helm(
+                &primary,
+                project,
+                &format!("c{i}"),
+                &sites::index_yaml(project, "v", i),
+            )
+            .await;
+        }
+        let it = primary.site.installed(HELM).unwrap();
+        let states = ident(&it.identity.states_table());
+        let succeeded = || async {
+            geohost::primary::verify::state_counts(&primary.site.db, &it)
+                .await
+                .unwrap()
+                .contains(&(geohost::states::VerificationState::Succeeded, 5))
+        };
+        eventually(CONVERGE, "the first verification", succeeded).await;
+        // A process claimed every row an hour ago and died (GitLab's 8-hour
+        // timeout is far away).
+        let claimed_at = Db::now();
+        primary
+            .site
+            .db
+            .execute(
+                &format!(
+                    "UPDATE {states} SET verification_state = 1, verification_started_at = $1"
+                ),
+                &[(claimed_at - chrono::Duration::hours(1)).into()],
+            )
+            .await
+            .unwrap();
+        eventually(CONVERGE, "the claims taken over and verified", || async {
+            let rows = primary
+                .site
+                .db
+                .fetch_all(
+                    &format!("SELECT verification_state, verified_at FROM {states}"),
+                    &[],
+                )
+                .await
+                .unwrap();
+            rows.len() == 5
+                && rows.iter().all(|r| {
+                    r.i16("verification_state").unwrap() == 2
+                        && r.opt_ts("verified_at")
+                            .unwrap()
+                            .is_some_and(|t| t >= claimed_at)
+                })
+        })
+        .await;
+    }
+}

@@ -1184,6 +1184,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn expired_claims_are_taken_over_and_renewed_ones_are_not() {
+        let r = registry();
+        let lease = Duration::from_secs(60);
+        for (backend, db) in tracking_databases().await {
+            r.insert_missing(&db, &[1, 2, 3]).await.unwrap();
+            let claimed = r.claim_sync_leased(&db, 3, Some(lease)).await.unwrap();
+            assert_eq!(claimed.len(), 3, "{backend}");
+            // Live claims are not taken, with or without a lease.
+            assert!(
+                r.claim_sync_leased(&db, 3, Some(lease))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            // 1 and 2 were claimed by a process that died two minutes ago;
+            // 2 is renewed by a live one.
+            let old = Utc::now() - chrono::Duration::seconds(120);
+            for id in [1, 2] {
+                set(&db, id, "last_synced_at = $1", vec![old.into()]).await;
+            }
+            assert_eq!(r.renew_syncs(&db, &[2, 99]).await.unwrap(), 1, "{backend}");
+            assert!(
+                r.claim_sync(&db, 3).await.unwrap().is_empty(),
+                "{backend}: no lease, no takeover"
+            );
+            let taken = r.claim_sync_leased(&db, 3, Some(lease)).await.unwrap();
+            assert_eq!(
+                taken.iter().map(|c| c.model_id).collect::<Vec<_>>(),
+                vec![1],
+                "{backend}"
+            );
+            assert!(within(
+                row(&db, 1).await.last_synced_at,
+                chrono::Duration::seconds(-5),
+                chrono::Duration::seconds(5)
+            ));
+
+            // Verification: the stamp is the lease, and it fences results.
+            r.synced(&db, 1, true).await.unwrap();
+            let first = r
+                .claim_verification_leased(&db, 5, Some(lease))
+                .await
+                .unwrap()[0];
+            assert!(
+                r.claim_verification_leased(&db, 5, Some(lease))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let old = first.started_at - chrono::Duration::seconds(120);
+            set(&db, 1, "verification_started_at = $1", vec![old.into()]).await;
+            let second = r
+                .claim_verification_leased(&db, 5, Some(lease))
+                .await
+                .unwrap();
+            assert_eq!(second.len(), 1, "{backend}");
+            assert!(
+                !r.verification_succeeded(&db, 1, "00", old).await.unwrap(),
+                "{backend}: the lost claim writes nothing"
+            );
+            assert!(
+                r.verification_succeeded(&db, 1, "00", second[0].started_at)
+                    .await
+                    .unwrap(),
+                "{backend}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn claims_take_pending_then_due_failures() {
         let r = registry();
         for (backend, db) in tracking_databases().await {
