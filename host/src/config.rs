@@ -75,11 +75,44 @@ pub struct DatabaseSection {
     pub max_connections: Option<u32>,
 }
 
+/// Where a site keeps its blobs: a local folder (default) or an
+/// S3-compatible bucket (see `docs/deployment.md`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
-    /// Blob root on local disk; defaults to `data_dir/blobs`.
+    /// `local` (default) or `s3`.
+    #[serde(default)]
+    pub kind: StorageKind,
+    /// Blob root on local disk; defaults to `data_dir/blobs` (`local` only).
     pub path: Option<PathBuf>,
+    /// The bucket (`s3` only, required).
+    pub bucket: Option<String>,
+    /// The S3 endpoint, for S3-compatible services (MinIO, Ceph, moto);
+    /// AWS's own when absent.
+    pub endpoint: Option<String>,
+    /// The region; `us-east-1` when absent.
+    pub region: Option<String>,
+    /// Access key; `AWS_ACCESS_KEY_ID` when absent.
+    pub access_key_id: Option<String>,
+    /// Secret key; `AWS_SECRET_ACCESS_KEY` when absent. Prefer
+    /// `GEOHOST_STORAGE__SECRET_ACCESS_KEY` to writing it in the file.
+    pub secret_access_key: Option<String>,
+    /// Allow a plain `http://` endpoint (default false).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Key prefix inside the bucket, so several sites can share one bucket.
+    pub prefix: Option<String>,
+}
+
+/// The backend of a site's blob storage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// A folder on local (or locally mounted) disk.
+    #[default]
+    Local,
+    /// An S3-compatible bucket (GitLab's object storage, `file_store = 2`).
+    S3,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,6 +194,13 @@ pub struct WorkerSection {
     /// writes get their turn.
     #[serde(default = "default_bulk_pause_ms")]
     pub bulk_update_pause_ms: u64,
+    /// How long a claimed sync or verification, and a singleton duty's
+    /// lease, stay with a worker process without renewal, in seconds. A
+    /// process renews its syncs and duties every third of it; the claims
+    /// of a process that died are taken over once it passes
+    /// (`host/src/leases.rs`).
+    #[serde(default = "default_claim_lease_secs")]
+    pub claim_lease_secs: u64,
 }
 
 impl Default for WorkerSection {
@@ -174,6 +214,7 @@ impl Default for WorkerSection {
             enabled: true,
             status_interval_secs: default_status_secs(),
             bulk_update_pause_ms: default_bulk_pause_ms(),
+            claim_lease_secs: default_claim_lease_secs(),
         }
     }
 }
@@ -207,6 +248,9 @@ fn default_status_secs() -> u64 {
 }
 fn default_bulk_pause_ms() -> u64 {
     100
+}
+fn default_claim_lease_secs() -> u64 {
+    300
 }
 fn default_true() -> bool {
     true
@@ -316,6 +360,11 @@ impl Config {
             .key_file
             .clone()
             .unwrap_or_else(|| self.site.data_dir.join("secrets.key"))
+    }
+
+    /// `workers.claim_lease_secs` as a duration (at least one second).
+    pub fn claim_lease(&self) -> Duration {
+        Duration::from_secs(self.workers.claim_lease_secs.max(1))
     }
 
     pub fn plugin_limits(&self) -> crate::plugin::Limits {

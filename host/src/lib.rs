@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod feed;
+pub mod leases;
 pub mod metrics;
 pub mod plugin;
 pub mod primary;

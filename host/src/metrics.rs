@@ -101,6 +101,23 @@ pub static SYNC_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// `geohost_retrieve_served_total{type,site}` (primary): blobs served by
+/// the retrieve API, by type and requesting secondary. With several workers
+/// on one secondary it shows duplicate downloads: in the normal case it
+/// grows by one per record synced.
+pub static RETRIEVE_SERVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "geohost_retrieve_served_total",
+                "Blobs served to secondaries by the retrieve API",
+            ),
+            &["type", "site"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// `geohost_replication_lag_seconds`: age of the newest event this
 /// secondary has processed relative to the primary's newest.
 pub static REPLICATION_LAG: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
@@ -167,6 +184,7 @@ pub fn init() {
     LazyLock::force(&VERIFY_SECONDS);
     LazyLock::force(&SYNC_SECONDS);
     LazyLock::force(&SYNC_BYTES);
+    LazyLock::force(&RETRIEVE_SERVED);
     LazyLock::force(&REPLICATION_LAG);
     LazyLock::force(&STATUS_FAILED);
     LazyLock::force(&BULK_UPDATE_BATCHES);

@@ -59,7 +59,8 @@ impl Site {
             }
             Role::Primary => None,
         };
-        let blobs = BlobStore::local(&config.blob_root()).context("opening blob storage")?;
+        let blobs = BlobStore::open(&config.storage, &config.blob_root())
+            .context("opening blob storage")?;
         let secrets = SecretBox::load_or_create(&config.secrets_key_file())
             .context("loading the secrets key")?;
         let runtime = PluginRuntime::new(config.plugin_limits(), Some(config.plugin_cache_dir()))
@@ -178,6 +179,16 @@ impl Site {
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         let mut workers = tokio::task::JoinSet::new();
+        // SQLite takes one worker process; PostgreSQL any number (leases.rs).
+        let _single_worker = if self.config.workers.enabled {
+            let (db, url) = match self.role() {
+                Role::Primary => (&self.db, self.config.database_url()),
+                Role::Secondary => (self.tracking()?, self.config.tracking_database_url()),
+            };
+            crate::leases::SingleProcessLock::for_db(db, &url)?
+        } else {
+            None
+        };
         if self.config.workers.enabled {
             if let Err(error) = self
                 .blobs

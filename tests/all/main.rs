@@ -4,9 +4,11 @@
 mod admin_page;
 mod authoring;
 mod npm;
+mod object_storage;
 mod operator;
 mod plugin;
 mod primary;
 mod replication;
+mod scale_out;
 mod sites;
 mod support;

@@ -4,7 +4,9 @@
 //! `openssl` come with the base system), then runs every benchmark of the
 //! `geohost` package in release mode (`cargo bench -p geohost --bench '*'`): the plugin
 //! runtime, primary verification beside `sha256sum` and `openssl`, and
-//! secondary sync and write → verified lag beside `rclone`. Each prints its
+//! secondary sync and write → verified lag beside `rclone`, and one
+//! secondary run by 1 and 3 worker processes (on a PostgreSQL server it
+//! starts). Each prints its
 //! table; nothing is asserted. Extra arguments go to `cargo bench`;
 //! `GEOHOST_BENCH_SCALE=0.1` shrinks the data for a quick run and
 //! `GEOHOST_BENCH_ONLY=small,large,lag` picks parts of the site benches.
@@ -19,13 +21,24 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
         eprintln!("xtask: rclone is not available ({error:#}); the sync bench runs without it");
     }
     eprintln!("xtask: machine: {}", machine());
-    crate::run(
-        Command::new("cargo")
-            // Every bench target, not the library's unit tests in bench mode.
-            .args(["bench", "-p", "geohost", "--bench", "*"])
-            .args(extra)
-            .current_dir(root),
-    )
+    // The scale-out bench runs its workers on a PostgreSQL tracking database.
+    let postgres = crate::postgres::Postgres::start()
+        .inspect_err(|error| {
+            eprintln!("xtask: no PostgreSQL ({error:#}); the scale_out bench is skipped")
+        })
+        .ok();
+    let mut bench = Command::new("cargo");
+    // Every bench target, not the library's unit tests in bench mode.
+    bench
+        .args(["bench", "-p", "geohost", "--bench", "*"])
+        .args(extra)
+        .current_dir(root);
+    if let Some(postgres) = &postgres {
+        bench.env("GEOHOST_TEST_POSTGRES_URL", &postgres.url);
+    }
+    let result = crate::run(&mut bench);
+    drop(postgres);
+    result
 }
 
 /// `nproc`, the CPU model and the memory, for the record.

@@ -6,7 +6,7 @@
 //!   `plugins/target/components/`). `--check` fails if `plugins/dist/` is not
 //!   what the current source builds.
 //! - `test`: install and start what the tests need (the wasm toolchain,
-//!   PostgreSQL), build the plugins, and run the whole test suite on SQLite
+//!   PostgreSQL, an S3 server (moto, in `target/moto-venv`)), build the plugins, and run the whole test suite on SQLite
 //!   and PostgreSQL.
 //! - `bench`: install the benchmarks' peers (rclone) and run every
 //!   benchmark in release mode, printing their tables (see BENCHMARKS.md).
@@ -17,6 +17,7 @@
 //! rustup's own `rust-lld` links (see docs/building-plugins.md).
 
 mod bench;
+mod moto;
 mod plugins;
 mod postgres;
 mod test;

@@ -20,6 +20,8 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     let chromedriver = browser()?;
     let postgres = Postgres::start()?;
     eprintln!("xtask: PostgreSQL at {}", postgres.url);
+    let moto = crate::moto::Moto::start(root)?;
+    eprintln!("xtask: S3 (moto) at {}", moto.endpoint);
 
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])
@@ -34,7 +36,8 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     }
     cmd.args(extra)
         .current_dir(root)
-        .env("GEOHOST_TEST_POSTGRES_URL", &postgres.url);
+        .env("GEOHOST_TEST_POSTGRES_URL", &postgres.url)
+        .env("GEOHOST_TEST_S3_ENDPOINT", &moto.endpoint);
     if let Some(path) = &chromedriver {
         // Set, it makes a missing browser a test failure rather than a skip.
         cmd.env("GEOHOST_TEST_CHROMEDRIVER", path)
@@ -46,9 +49,11 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
         crate::run(
             Command::new("cargo")
                 .args(["test", "--workspace", "--doc"])
-                .current_dir(root),
+                .current_dir(root)
+                .env("GEOHOST_TEST_S3_ENDPOINT", &moto.endpoint),
         )?;
     }
+    drop(moto);
     drop(postgres);
     result
 }

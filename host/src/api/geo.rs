@@ -52,7 +52,7 @@ async fn retrieve(
         Some(id) => feed::retrieve_claim(&name, id),
         None => serde_json::json!({"replicable_name": name, "replicable_id": id}),
     };
-    auth::geo(&site, &headers, &expected).await?;
+    let requester = auth::geo(&site, &headers, &expected).await?;
     let id = numeric.ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
     let it = site
         .installed(&name)
@@ -72,6 +72,9 @@ async fn retrieve(
         }
         Err(error) => return Err(ApiError::Internal(error.to_string())),
     };
+    crate::metrics::RETRIEVE_SERVED
+        .with_label_values(&[it.name(), &requester.name])
+        .inc();
     let file_name = path
         .as_str()
         .rsplit('/')

@@ -85,6 +85,7 @@ mod tests {
         "feature_flags",
         "geo_event_log",
         "geo_events",
+        "geo_leases",
         "geo_node_namespace_links",
         "geo_node_statuses",
         "geo_nodes",
@@ -135,7 +136,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{backend}: {e}"));
             assert_eq!(
                 tables(&tracking_db).await,
-                ["event_log_states", "plugin_versions"],
+                ["event_log_states", "geo_leases", "plugin_versions"],
                 "{backend}"
             );
 

@@ -22,6 +22,12 @@
 //! after checksumming is never accepted; a legitimate update goes through
 //! ingest, which clears the checksum first.
 //!
+//! Several primary processes may share the database: a claim whose stamp is
+//! older than `workers.claim_lease_secs` belongs to a process that died and
+//! is taken over (the stamp then changes, so a merely slow process cannot
+//! write its late result), and the timeout and reverification passes run in
+//! one process at a time (`crate::leases`).
+//!
 //! GitLab claims 10 rows per job; Geohost claims `workers.verification_batch`
 //! (100 by default) and writes a batch's results in one transaction, which
 //! is what lets small blobs verify at tens of thousands a second.
@@ -75,8 +81,15 @@ pub async fn backfill_states(db: &Db, it: &InstalledType) -> Result<u64, DbError
     .await
 }
 
-/// Claims up to `limit` rows due for verification.
-async fn claim(db: &Db, it: &InstalledType, limit: i64) -> Result<Vec<Claim>, DbError> {
+/// Claims up to `limit` rows due for verification, and rows whose claim
+/// is older than `lease` (their worker process died; the stamp fences the
+/// late result of a process that is only slow).
+async fn claim(
+    db: &Db,
+    it: &InstalledType,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Claim>, DbError> {
     let states = ident(&it.identity.states_table());
     let fk = ident(&it.identity.foreign_key());
     let lock = match db.backend() {
@@ -84,16 +97,20 @@ async fn claim(db: &Db, it: &InstalledType, limit: i64) -> Result<Vec<Claim>, Db
         Backend::Sqlite => "",
     };
     let now = Db::now();
+    let expired = "(verification_state = 1 AND verification_started_at < $3)";
     let sql = format!(
         "UPDATE {states} SET verification_state = 1, verification_started_at = $1 \
          WHERE id IN (SELECT id FROM {states} \
            WHERE verification_state = 0 \
               OR (verification_state = 3 AND (verification_retry_at IS NULL OR verification_retry_at <= $1)) \
+              OR {expired} \
            ORDER BY verification_state, verified_at NULLS FIRST, verification_retry_at NULLS FIRST \
            LIMIT $2 {lock}) \
+         AND (verification_state IN (0, 3) OR {expired}) \
          RETURNING {fk} AS id, verification_started_at, verification_retry_count, verification_checksum"
     );
-    db.fetch_all(&sql, &[now.into(), limit.into()])
+    let cutoff = crate::leases::expired_before(now, lease);
+    db.fetch_all(&sql, &[now.into(), limit.into(), cutoff.into()])
         .await?
         .iter()
         .map(|row| {
@@ -114,7 +131,7 @@ pub async fn verify_batch(
     limit: i64,
     concurrency: usize,
 ) -> anyhow::Result<usize> {
-    let claims = claim(&site.db, it, limit).await?;
+    let claims = claim(&site.db, it, limit, site.config.claim_lease()).await?;
     if claims.is_empty() {
         return Ok(0);
     }
@@ -292,6 +309,13 @@ pub async fn run(site: Arc<Site>) {
     let batch = site.config.workers.verification_batch.max(1);
     let stuck_timeout = Duration::from_secs(site.config.workers.verification_timeout_secs);
     let mut last_housekeeping = std::time::Instant::now() - Duration::from_secs(3600);
+    // Several primary processes may verify together; one at a time runs
+    // the timeout and reverification passes.
+    let housekeeping = crate::leases::DutyLease::new(
+        site.db.clone(),
+        "primary_verification_housekeeping",
+        crate::leases::duty_ttl(site.config.claim_lease()),
+    );
     loop {
         if site.shutdown.is_cancelled() {
             return;
@@ -299,7 +323,12 @@ pub async fn run(site: Arc<Site>) {
         let types = site.catalog.all();
         let capacity = super::sites::own_capacity(&site).await.unwrap_or(100) as usize;
         let per_type = (capacity / types.len().max(1)).max(1);
-        if last_housekeeping.elapsed() > Duration::from_secs(60) {
+        if last_housekeeping.elapsed() > Duration::from_secs(60)
+            && housekeeping.hold().await.unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot take the housekeeping lease");
+                false
+            })
+        {
             last_housekeeping = std::time::Instant::now();
             let interval = super::sites::own_reverification_days(&site)
                 .await

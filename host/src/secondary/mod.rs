@@ -27,12 +27,20 @@
 //!
 //! ## Where Geohost differs from GitLab, and why
 //!
-//! - **Claims instead of leases.** GitLab schedules ids and each job
-//!   `start!`s its row under an 8-hour Redis lease. Here the scheduler's
-//!   claim *is* the `start` (one `UPDATE … RETURNING`, `FOR UPDATE SKIP
-//!   LOCKED` on PostgreSQL), so worker processes sharing a tracking database
-//!   never download one record twice, with no Redis. The cursor's lease is
-//!   a PostgreSQL advisory lock per batch.
+//! - **Claims with leases in the tracking database, not Redis.** GitLab
+//!   schedules ids and each job `start!`s its row under an 8-hour Redis
+//!   lease. Here the scheduler's claim *is* the `start` (one `UPDATE …
+//!   RETURNING`, `FOR UPDATE SKIP LOCKED` on PostgreSQL), so worker
+//!   processes sharing a tracking database never download one record
+//!   twice. The claim's stamp (`last_synced_at`, `verification_started_at`)
+//!   is its lease: a running sync renews it every third of
+//!   `workers.claim_lease_secs` (5 minutes by default), and a claim older
+//!   than that is taken over by the next claim, so a killed worker's rows
+//!   are resumed in minutes rather than after the 8-hour timeout. The
+//!   singleton duties (consistency, stuck rows, status report) run in the
+//!   process holding the `secondary_duties` row of `geo_leases`
+//!   ([`crate::leases`]); the cursor's lease is a PostgreSQL advisory lock
+//!   per batch. A SQLite tracking database takes one worker process.
 //! - **Primary facts over HTTP.** The primary's checksum comes with the
 //!   download (`x-geo-checksum`) or from the feed (`records?ids=`); when
 //!   the primary cannot be read, a verification batch releases its claims
@@ -142,6 +150,9 @@ pub struct Secondary {
     view: watch::Sender<Option<Arc<PrimaryView>>>,
     node_changed: Notify,
     flags: Mutex<HashMap<String, (bool, Instant)>>,
+    /// Whether this process holds the singleton duties' lease (`None`
+    /// until first asked); see [`run_duty_lease`].
+    duties: watch::Sender<Option<bool>>,
 }
 
 impl Secondary {
@@ -162,6 +173,7 @@ impl Secondary {
             view: watch::channel(None).0,
             node_changed: Notify::new(),
             flags: Mutex::new(HashMap::new()),
+            duties: watch::channel(None).0,
         }))
     }
 
@@ -290,6 +302,7 @@ impl Secondary {
             tracking: self.tracking.clone(),
             blobs: self.site.blobs.clone(),
             cancel: self.site.shutdown.clone(),
+            lease: Some(self.site.config.claim_lease()),
         }
     }
 
@@ -347,6 +360,25 @@ impl Secondary {
         }
     }
 
+    /// Whether this process runs the singleton duties now (consistency
+    /// passes, stuck rows, status reports): waits for the first answer of
+    /// the lease keeper; `false` on shutdown.
+    async fn holds_duties(&self) -> bool {
+        let mut receiver = self.duties.subscribe();
+        tokio::select! {
+            held = receiver.wait_for(Option::is_some) => held.ok().and_then(|h| *h).unwrap_or(false),
+            _ = self.site.shutdown.cancelled() => false,
+        }
+    }
+
+    /// The pause of a duty loop in a process that does not hold the
+    /// duties: it checks again at the lease keeper's pace.
+    fn duty_retry(&self, interval: Duration) -> Duration {
+        interval
+            .min(self.site.config.claim_lease() / 3)
+            .max(self.idle())
+    }
+
     /// Sleeps `pause`; `false` if shutdown came first.
     async fn pause(&self, pause: Duration) -> bool {
         tokio::select! {
@@ -370,6 +402,7 @@ pub async fn run(site: Arc<Site>) -> anyhow::Result<()> {
         "secondary workers starting"
     );
     let mut workers = tokio::task::JoinSet::new();
+    workers.spawn(run_duty_lease(secondary.clone()));
     workers.spawn(watch_node(secondary.clone()));
     workers.spawn(run_consistency(secondary.clone()));
     workers.spawn(run_sync(secondary.clone()));
@@ -386,6 +419,44 @@ pub async fn run(site: Arc<Site>) -> anyhow::Result<()> {
     }
     tracing::info!("secondary workers stopped");
     Ok(())
+}
+
+/// Keeps the singleton duties' lease (`geo_leases` row
+/// `secondary_duties`): takes it when free or expired, renews it every
+/// third of its time ([`crate::leases::duty_ttl`]), gives it up on shutdown. Worker
+/// processes sharing the tracking database run downloads and
+/// verifications together, but the duties in one process at a time.
+async fn run_duty_lease(s: Arc<Secondary>) {
+    let lease = crate::leases::duty_ttl(s.site.config.claim_lease());
+    let duty = crate::leases::DutyLease::new(s.tracking.clone(), "secondary_duties", lease);
+    loop {
+        let held = match duty.hold().await {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(%error, "cannot renew the duties lease");
+                false
+            }
+        };
+        let before = s.duties.send_replace(Some(held));
+        if before != Some(held) {
+            tracing::info!(
+                worker = crate::leases::worker_id(),
+                held,
+                "singleton duties (consistency, stuck rows, status) {}",
+                if held {
+                    "run here"
+                } else {
+                    "run in another worker"
+                }
+            );
+        }
+        if !s.pause(lease / 3).await {
+            break;
+        }
+    }
+    if let Err(error) = duty.release().await {
+        tracing::warn!(%error, "cannot release the duties lease");
+    }
 }
 
 /// Backs off 1 s, doubling to 30 s.
@@ -465,11 +536,16 @@ async fn run_consistency(s: Arc<Secondary>) {
     }
     let interval = Duration::from_secs(s.site.config.workers.consistency_interval_secs.max(1));
     loop {
-        if let Err(error) = s.consistency_pass().await {
-            tracing::warn!(error = %format!("{error:#}"), "consistency pass failed");
-        }
+        let pause = if s.holds_duties().await {
+            if let Err(error) = s.consistency_pass().await {
+                tracing::warn!(error = %format!("{error:#}"), "consistency pass failed");
+            }
+            interval
+        } else {
+            s.duty_retry(interval)
+        };
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = s.node_changed.notified() => {}
             _ = s.site.shutdown.cancelled() => return,
         }
@@ -507,8 +583,17 @@ async fn run_verification(s: Arc<Secondary>) {
         let mut worked = 0;
         let mut failed = false;
         for it in &types {
-            match verify::verify_batch(&s.client, &s.tracking, &s.site.blobs, it, batch, per_type)
-                .await
+            let lease = Some(s.site.config.claim_lease());
+            match verify::verify_batch_leased(
+                &s.client,
+                &s.tracking,
+                &s.site.blobs,
+                it,
+                batch,
+                per_type,
+                lease,
+            )
+            .await
             {
                 Ok(counts) => worked += counts.total(),
                 Err(error) => {
@@ -591,8 +676,13 @@ async fn run_housekeeping(s: Arc<Secondary>) {
     );
     let interval = HOUSEKEEPING_INTERVAL.min(timeout / 2);
     loop {
-        s.fail_stuck().await;
-        if !s.pause(interval).await {
+        let pause = if s.holds_duties().await {
+            s.fail_stuck().await;
+            interval
+        } else {
+            s.duty_retry(interval)
+        };
+        if !s.pause(pause).await {
             return;
         }
     }
@@ -605,6 +695,12 @@ async fn run_status_report(s: Arc<Secondary>) {
     let interval = Duration::from_secs(s.site.config.workers.status_interval_secs.max(1));
     let name = s.site.name().to_string();
     loop {
+        if !s.holds_duties().await {
+            if !s.pause(s.duty_retry(interval)).await {
+                return;
+            }
+            continue;
+        }
         let sent = match crate::status::current(&s.site, Some(&s.client)).await {
             Ok(status) => s
                 .client

@@ -430,20 +430,45 @@ impl Registry {
     /// first). Two claimers never get the same row (PostgreSQL: `FOR UPDATE
     /// SKIP LOCKED`; SQLite: one writer at a time).
     pub async fn claim_sync(&self, db: &Db, limit: i64) -> Result<Vec<SyncClaim>, DbError> {
+        self.claim_sync_leased(db, limit, None).await
+    }
+
+    /// [`Registry::claim_sync`], also taking over `started` rows whose
+    /// claim is older than `lease`: their worker process died (a live one
+    /// renews its claims with [`Registry::renew_syncs`]). `last_synced_at`
+    /// is the claim's stamp.
+    pub async fn claim_sync_leased(
+        &self,
+        db: &Db,
+        limit: i64,
+        lease: Option<Duration>,
+    ) -> Result<Vec<SyncClaim>, DbError> {
         if limit <= 0 {
             return Ok(Vec::new());
         }
         let (t, fk) = (&self.table, &self.fk);
         let lock = skip_locked(db.backend());
+        let now = Db::now();
+        let (expired, expired_guard) = match lease {
+            Some(_) => (
+                " OR (state = 1 AND last_synced_at < $3)",
+                " OR (state = 1 AND last_synced_at < $3)",
+            ),
+            None => ("", ""),
+        };
         let sql = format!(
             "UPDATE {t} SET state = 1, last_synced_at = $1 \
              WHERE id IN (SELECT id FROM {t} \
-               WHERE state = 0 OR (state = 3 AND (retry_at IS NULL OR retry_at <= $1)) \
+               WHERE state = 0 OR (state = 3 AND (retry_at IS NULL OR retry_at <= $1)){expired} \
                ORDER BY state, retry_at NULLS FIRST, id LIMIT $2 {lock}) \
-             AND state IN (0, 3) \
+             AND (state IN (0, 3){expired_guard}) \
              RETURNING {fk} AS model_id, retry_count"
         );
-        db.fetch_all(&sql, &[Db::now().into(), limit.into()])
+        let mut args: Vec<Arg> = vec![now.into(), limit.into()];
+        if let Some(lease) = lease {
+            args.push(crate::leases::expired_before(now, lease).into());
+        }
+        db.fetch_all(&sql, &args)
             .await?
             .iter()
             .map(|row| {
@@ -453,6 +478,25 @@ impl Registry {
                 })
             })
             .collect()
+    }
+
+    /// Renews the claims of syncs this process is running: `last_synced_at
+    /// = now` on those rows still `started`. Returns how many it renewed.
+    pub async fn renew_syncs(&self, db: &Db, model_ids: &[i64]) -> Result<u64, DbError> {
+        let mut renewed = 0;
+        for chunk in model_ids.chunks(CHUNK) {
+            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "UPDATE {t} SET last_synced_at = $1 WHERE state = 1 AND {fk} IN ({})",
+                placeholders.join(", "),
+                t = self.table,
+                fk = self.fk
+            );
+            let mut args: Vec<Arg> = vec![Db::now().into()];
+            args.extend(chunk.iter().map(|&id| Arg::from(id)));
+            renewed += db.execute(&sql, &args).await?;
+        }
+        Ok(renewed)
     }
 
     /// GitLab's `synced!`: clears the retry fields, then moves started →
@@ -652,23 +696,45 @@ impl Registry {
         db: &Db,
         limit: i64,
     ) -> Result<Vec<VerificationClaim>, DbError> {
+        self.claim_verification_leased(db, limit, None).await
+    }
+
+    /// [`Registry::claim_verification`], also taking over verifications
+    /// started more than `lease` ago (their process died). The claim's
+    /// stamp, `verification_started_at`, fences results: the process that
+    /// lost the claim can no longer write its result.
+    pub async fn claim_verification_leased(
+        &self,
+        db: &Db,
+        limit: i64,
+        lease: Option<Duration>,
+    ) -> Result<Vec<VerificationClaim>, DbError> {
         if limit <= 0 {
             return Ok(Vec::new());
         }
         let (t, fk) = (&self.table, &self.fk);
         let lock = skip_locked(db.backend());
+        let now = Db::now();
+        let expired = match lease {
+            Some(_) => " OR (verification_state = 1 AND verification_started_at < $3)",
+            None => "",
+        };
         let sql = format!(
             "UPDATE {t} SET verification_state = 1, verification_started_at = $1 \
              WHERE id IN (SELECT id FROM {t} \
                WHERE state = 2 AND (verification_state = 0 OR (verification_state = 3 \
-                 AND (verification_retry_at IS NULL OR verification_retry_at <= $1))) \
+                 AND (verification_retry_at IS NULL OR verification_retry_at <= $1)){expired}) \
                ORDER BY verification_state, verified_at NULLS FIRST, \
                  verification_retry_at NULLS FIRST, id \
                LIMIT $2 {lock}) \
-             AND state = 2 AND verification_state IN (0, 3) \
+             AND state = 2 AND (verification_state IN (0, 3){expired}) \
              RETURNING id, {fk} AS model_id, verification_started_at"
         );
-        db.fetch_all(&sql, &[Db::now().into(), limit.into()])
+        let mut args: Vec<Arg> = vec![now.into(), limit.into()];
+        if let Some(lease) = lease {
+            args.push(crate::leases::expired_before(now, lease).into());
+        }
+        db.fetch_all(&sql, &args)
             .await?
             .iter()
             .map(|row| {
@@ -1114,6 +1180,76 @@ mod tests {
                 "{backend}"
             );
             assert!(!r.failed(&db, 99, "no row", false).await.unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_claims_are_taken_over_and_renewed_ones_are_not() {
+        let r = registry();
+        let lease = Duration::from_secs(60);
+        for (backend, db) in tracking_databases().await {
+            r.insert_missing(&db, &[1, 2, 3]).await.unwrap();
+            let claimed = r.claim_sync_leased(&db, 3, Some(lease)).await.unwrap();
+            assert_eq!(claimed.len(), 3, "{backend}");
+            // Live claims are not taken, with or without a lease.
+            assert!(
+                r.claim_sync_leased(&db, 3, Some(lease))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            // 1 and 2 were claimed by a process that died two minutes ago;
+            // 2 is renewed by a live one.
+            let old = Utc::now() - chrono::Duration::seconds(120);
+            for id in [1, 2] {
+                set(&db, id, "last_synced_at = $1", vec![old.into()]).await;
+            }
+            assert_eq!(r.renew_syncs(&db, &[2, 99]).await.unwrap(), 1, "{backend}");
+            assert!(
+                r.claim_sync(&db, 3).await.unwrap().is_empty(),
+                "{backend}: no lease, no takeover"
+            );
+            let taken = r.claim_sync_leased(&db, 3, Some(lease)).await.unwrap();
+            assert_eq!(
+                taken.iter().map(|c| c.model_id).collect::<Vec<_>>(),
+                vec![1],
+                "{backend}"
+            );
+            assert!(within(
+                row(&db, 1).await.last_synced_at,
+                chrono::Duration::seconds(-5),
+                chrono::Duration::seconds(5)
+            ));
+
+            // Verification: the stamp is the lease, and it fences results.
+            r.synced(&db, 1, true).await.unwrap();
+            let first = r
+                .claim_verification_leased(&db, 5, Some(lease))
+                .await
+                .unwrap()[0];
+            assert!(
+                r.claim_verification_leased(&db, 5, Some(lease))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let old = first.started_at - chrono::Duration::seconds(120);
+            set(&db, 1, "verification_started_at = $1", vec![old.into()]).await;
+            let second = r
+                .claim_verification_leased(&db, 5, Some(lease))
+                .await
+                .unwrap();
+            assert_eq!(second.len(), 1, "{backend}");
+            assert!(
+                !r.verification_succeeded(&db, 1, "00", old).await.unwrap(),
+                "{backend}: the lost claim writes nothing"
+            );
+            assert!(
+                r.verification_succeeded(&db, 1, "00", second[0].started_at)
+                    .await
+                    .unwrap(),
+                "{backend}"
+            );
         }
     }
 

@@ -136,6 +136,11 @@ pub struct Downloader {
     pub blobs: BlobStore,
     /// Cancelled on shutdown: downloads in flight stop and release their rows.
     pub cancel: CancellationToken,
+    /// The claim lease (`workers.claim_lease_secs`): the scheduler renews
+    /// its claims every third of it and takes over `started` rows whose
+    /// claim is older (their process died). `None`: no takeover; such rows
+    /// wait for the stuck-sync timeout.
+    pub lease: Option<std::time::Duration>,
 }
 
 impl Downloader {
@@ -452,7 +457,9 @@ pub async fn claim(
     limit: i64,
 ) -> Result<Vec<(SyncClaim, Option<FeedRecord>)>, DbError> {
     let registry = Registry::of(it);
-    let claims = registry.claim_sync(&downloader.tracking, limit).await?;
+    let claims = registry
+        .claim_sync_leased(&downloader.tracking, limit, downloader.lease)
+        .await?;
     if claims.is_empty() {
         return Ok(Vec::new());
     }
@@ -515,8 +522,17 @@ where
 {
     let mut in_flight = tokio::task::JoinSet::new();
     let mut round = 0usize;
+    let held = Held::default();
+    let renew_every = downloader.lease.map(|lease| lease / 3);
+    let mut renewed_at = Instant::now();
     while !downloader.cancel.is_cancelled() {
         while in_flight.try_join_next().is_some() {}
+        if let Some(every) = renew_every
+            && renewed_at.elapsed() >= every
+        {
+            held.renew(&downloader.tracking).await;
+            renewed_at = Instant::now();
+        }
         let mut claimed = 0;
         let mut free = 0;
         if let Some((enabled, capacity)) = types().await {
@@ -544,10 +560,13 @@ where
                                 let downloader = downloader.clone();
                                 let it = it.clone();
                                 let path = paths.remove(&row.model_id);
+                                let held = held.clone();
+                                held.add(&it, row.model_id);
                                 in_flight.spawn(async move {
                                     downloader
                                         .sync_claimed(&it, row.model_id, record, path)
                                         .await;
+                                    held.remove(&it, row.model_id);
                                 });
                             }
                         }
@@ -562,14 +581,65 @@ where
             // Every slot filled: the next round waits for one to free.
             continue;
         }
-        // Nothing (more) to claim: wait for a download to end or work to appear.
+        // Nothing (more) to claim: wait for a download to end or work to
+        // appear (or for the next renewal of the claims).
+        let pause = renew_every.map_or(idle, |every| idle.min(every));
         tokio::select! {
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-            _ = tokio::time::sleep(idle) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = downloader.cancel.cancelled() => {}
         }
     }
     while in_flight.join_next().await.is_some() {}
+}
+
+/// The rows this scheduler's downloads hold, by type, for renewing their
+/// claims.
+#[derive(Clone, Default)]
+struct Held(Arc<std::sync::Mutex<HashMap<String, (Arc<InstalledType>, Vec<i64>)>>>);
+
+impl Held {
+    fn add(&self, it: &Arc<InstalledType>, model_id: i64) {
+        let mut held = self.0.lock().expect("held claims");
+        held.entry(it.name().to_string())
+            .or_insert_with(|| (it.clone(), Vec::new()))
+            .1
+            .push(model_id);
+    }
+
+    fn remove(&self, it: &InstalledType, model_id: i64) {
+        let mut held = self.0.lock().expect("held claims");
+        if let Some((_, ids)) = held.get_mut(it.name()) {
+            ids.retain(|&id| id != model_id);
+        }
+    }
+
+    /// Renews every held claim (`last_synced_at = now`).
+    async fn renew(&self, tracking: &Db) {
+        let snapshot: Vec<(Arc<InstalledType>, Vec<i64>)> = self
+            .0
+            .lock()
+            .expect("held claims")
+            .values()
+            .filter(|(_, ids)| !ids.is_empty())
+            .cloned()
+            .collect();
+        for (it, ids) in snapshot {
+            match Registry::of(&it).renew_syncs(tracking, &ids).await {
+                Ok(renewed) => {
+                    tracing::debug!(
+                        r#type = it.name(),
+                        held = ids.len(),
+                        renewed,
+                        "sync claims renewed"
+                    )
+                }
+                Err(error) => {
+                    tracing::warn!(r#type = it.name(), %error, "cannot renew the sync claims")
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -584,6 +654,7 @@ mod tests {
             tracking: tracking.clone(),
             blobs: blobs.clone(),
             cancel: CancellationToken::new(),
+            lease: None,
         }
     }
 

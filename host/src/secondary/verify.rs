@@ -140,8 +140,24 @@ pub async fn verify_batch(
     limit: i64,
     concurrency: usize,
 ) -> Result<BatchCounts, VerifyError> {
+    verify_batch_leased(client, tracking, blobs, it, limit, concurrency, None).await
+}
+
+/// [`verify_batch`], also taking over verifications whose claim is older
+/// than `lease` (their worker process died).
+pub async fn verify_batch_leased(
+    client: &PrimaryClient,
+    tracking: &Db,
+    blobs: &BlobStore,
+    it: &Arc<InstalledType>,
+    limit: i64,
+    concurrency: usize,
+    lease: Option<std::time::Duration>,
+) -> Result<BatchCounts, VerifyError> {
     let registry = Registry::of(it);
-    let claims = registry.claim_verification(tracking, limit).await?;
+    let claims = registry
+        .claim_verification_leased(tracking, limit, lease)
+        .await?;
     if claims.is_empty() {
         return Ok(BatchCounts::default());
     }
@@ -294,6 +310,7 @@ mod tests {
                 tracking: db.clone(),
                 blobs: blobs.clone(),
                 cancel: Default::default(),
+                lease: None,
             };
             let mut records = Vec::new();
             for id in 1..=5 {

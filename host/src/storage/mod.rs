@@ -23,10 +23,11 @@
 //!   primary answer GitLab's `FILE_NOT_FOUND` and the secondary tell "the
 //!   primary lost the file" from "the disk failed".
 //!
-//! The backend is a `dyn ObjectStore`: today a local directory
-//! ([`BlobStore::local`]); an S3 backend is a constructor around
-//! [`BlobStore::from_object_store`] with [`StoreKind::ObjectStorage`] (the
-//! `object_store` `aws` feature, not enabled yet). The kind matters for
+//! The backend is a `dyn ObjectStore`: a local directory
+//! ([`BlobStore::local`]) or an S3-compatible bucket ([`BlobStore::s3`],
+//! `s3.rs`), chosen by the site's `[storage]` section ([`BlobStore::open`]).
+//! On S3 a download goes to a temporary key and is promoted by a
+//! server-side copy, so the final key never holds a partial object. The kind matters for
 //! verification: GitLab checksums a local file with SHA-256 but an object in
 //! object storage by its size ([`format_file_size_for_checksum`],
 //! [`BlobStore::geo_checksum`]).
@@ -47,9 +48,13 @@
 //! ```
 
 mod hash;
+mod s3;
 mod store;
 mod temp;
+#[doc(hidden)]
+pub mod testing;
 
+pub use s3::S3Settings;
 pub use store::BlobStore;
 pub use temp::{FinishedTemp, TempBlob};
 
@@ -117,6 +122,9 @@ pub enum StorageError {
         /// What the backend said.
         reason: String,
     },
+    /// The `[storage]` settings cannot describe a store.
+    #[error("{0}")]
+    Settings(String),
     /// The local storage root could not be created or opened.
     #[error("cannot use {} as blob storage root: {source}", path.display())]
     Root {

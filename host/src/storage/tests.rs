@@ -49,10 +49,15 @@ fn memory() -> BlobStore {
     )
 }
 
-/// Both backends: the local fast paths and the generic stream paths.
+/// Every backend: the local fast paths, the generic stream paths, and a
+/// real S3 server when the environment provides one.
 fn stores() -> Vec<(Option<tempfile::TempDir>, BlobStore)> {
     let (dir, store) = local();
-    vec![(Some(dir), store), (None, memory())]
+    let mut stores = vec![(Some(dir), store), (None, memory())];
+    if let Some(settings) = testing::s3_settings() {
+        stores.push((None, BlobStore::s3(&settings).unwrap()));
+    }
+    stores
 }
 
 #[test]
