@@ -630,6 +630,14 @@ async fn graphql_counts_registries_and_lists_replicable_types() {
             "graphqlFieldName": "packagesHelmMetadataCacheRegistries",
             "graphqlRegistryType": "PackagesHelmMetadataCacheRegistry",
             "graphqlRegistryClass": "PACKAGES_HELM_METADATA_CACHE_REGISTRY",
+        }, {
+            "name": "packages_npm_metadata_cache",
+            "namePlural": "packages_npm_metadata_caches",
+            "title": "npm Metadata Cache",
+            "titlePlural": "npm Metadata Caches",
+            "graphqlFieldName": "packagesNpmMetadataCacheRegistries",
+            "graphqlRegistryType": "PackagesNpmMetadataCacheRegistry",
+            "graphqlRegistryClass": "PACKAGES_NPM_METADATA_CACHE_REGISTRY",
         }]);
         for (site, token) in [(&secondary, &token), (&primary, &primary_token)] {
             let data = graphql(site, token, types_query, json!({})).await;
