@@ -75,11 +75,28 @@ pub struct DatabaseSection {
     pub max_connections: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
     /// Blob root on local disk; defaults to `data_dir/blobs`.
     pub path: Option<PathBuf>,
+    /// The largest blob ingest accepts (bytes); a larger body is refused
+    /// with 413 and nothing is kept. Default 1 GiB.
+    #[serde(default = "default_max_blob_bytes")]
+    pub max_blob_bytes: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            path: None,
+            max_blob_bytes: default_max_blob_bytes(),
+        }
+    }
+}
+
+fn default_max_blob_bytes() -> u64 {
+    1 << 30
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,5 +5,6 @@ mod operator;
 mod plugin;
 mod primary;
 mod replication;
+mod robustness;
 mod sites;
 mod support;
