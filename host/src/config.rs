@@ -173,6 +173,12 @@ pub struct WorkerSection {
     /// writes get their turn.
     #[serde(default = "default_bulk_pause_ms")]
     pub bulk_update_pause_ms: u64,
+    /// The longest wait before a failed sync or verification is retried, in
+    /// seconds; unset: GitLab's schedule (`n⁴ + 15 + rand(30)·(n+1)` s,
+    /// capped at one hour). For small sites and tests that must see
+    /// failures heal within seconds. Per process.
+    #[serde(default)]
+    pub retry_delay_max_secs: Option<u64>,
 }
 
 impl Default for WorkerSection {
@@ -186,6 +192,7 @@ impl Default for WorkerSection {
             enabled: true,
             status_interval_secs: default_status_secs(),
             bulk_update_pause_ms: default_bulk_pause_ms(),
+            retry_delay_max_secs: None,
         }
     }
 }

@@ -62,6 +62,9 @@ impl Site {
         let blobs = BlobStore::local(&config.blob_root()).context("opening blob storage")?;
         let secrets = SecretBox::load_or_create(&config.secrets_key_file())
             .context("loading the secrets key")?;
+        if let Some(secs) = config.workers.retry_delay_max_secs {
+            crate::states::set_retry_delay_max(Some(std::time::Duration::from_secs(secs)));
+        }
         let runtime = PluginRuntime::new(config.plugin_limits(), Some(config.plugin_cache_dir()))
             .context("starting the plugin runtime")?;
         let site = Arc::new(Site {
