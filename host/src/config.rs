@@ -84,6 +84,11 @@ pub struct StorageSection {
     /// with 413 and nothing is kept. Default 1 GiB.
     #[serde(default = "default_max_blob_bytes")]
     pub max_blob_bytes: u64,
+    /// A temporary object (an upload or download in progress) untouched
+    /// for this long is a crashed writer's leftover and is removed, in
+    /// seconds (default one hour; see `storage::sweeper`).
+    #[serde(default = "default_temp_max_age_secs")]
+    pub temp_max_age_secs: u64,
 }
 
 impl Default for StorageSection {
@@ -91,12 +96,17 @@ impl Default for StorageSection {
         StorageSection {
             path: None,
             max_blob_bytes: default_max_blob_bytes(),
+            temp_max_age_secs: default_temp_max_age_secs(),
         }
     }
 }
 
 fn default_max_blob_bytes() -> u64 {
     1 << 30
+}
+
+fn default_temp_max_age_secs() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -178,13 +178,11 @@ impl Site {
         let address = listener.local_addr()?;
         let mut workers = tokio::task::JoinSet::new();
         if self.config.workers.enabled {
-            if let Err(error) = self
-                .blobs
-                .cleanup_temp(std::time::Duration::from_secs(3600))
-                .await
-            {
-                tracing::warn!(%error, "could not clean temporary blobs");
-            }
+            workers.spawn(crate::storage::sweeper::run(
+                self.blobs.clone(),
+                std::time::Duration::from_secs(self.config.storage.temp_max_age_secs),
+                self.shutdown.clone(),
+            ));
             match self.role() {
                 Role::Primary => {
                     workers.spawn(crate::primary::verify::run(self.clone()));

@@ -4,8 +4,12 @@
 //! `openssl` come with the base system), then runs every benchmark of the
 //! `geohost` package in release mode (`cargo bench -p geohost --bench '*'`): the plugin
 //! runtime, primary verification beside `sha256sum` and `openssl`, and
-//! secondary sync and write → verified lag beside `rclone`. Each prints its
-//! table; nothing is asserted. Extra arguments go to `cargo bench`;
+//! secondary sync and write → verified lag beside `rclone` and `cp`, the
+//! registry backfill of 1,000,000 records and the peak memory of each site
+//! as its own process (`sites`). Each prints its table; nothing is
+//! asserted. Then one summary table of every bench's headline figures with
+//! the peers' and the ratios (`bench_summary`, also in
+//! `target/bench/summary.md`). Extra arguments go to `cargo bench`;
 //! `GEOHOST_BENCH_SCALE=0.1` shrinks the data for a quick run and
 //! `GEOHOST_BENCH_ONLY=small,large,lag` picks parts of the site benches.
 
@@ -18,14 +22,17 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
         // The sync bench runs without its peer and says so.
         eprintln!("xtask: rclone is not available ({error:#}); the sync bench runs without it");
     }
-    eprintln!("xtask: machine: {}", machine());
+    let machine = machine();
+    eprintln!("xtask: machine: {machine}");
+    crate::bench_summary::clear(root)?;
     crate::run(
         Command::new("cargo")
             // Every bench target, not the library's unit tests in bench mode.
             .args(["bench", "-p", "geohost", "--bench", "*"])
             .args(extra)
             .current_dir(root),
-    )
+    )?;
+    crate::bench_summary::print(root, &machine)
 }
 
 /// `nproc`, the CPU model and the memory, for the record.

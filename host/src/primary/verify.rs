@@ -299,7 +299,8 @@ pub async fn run(site: Arc<Site>) {
         let types = site.catalog.all();
         let capacity = super::sites::own_capacity(&site).await.unwrap_or(100) as usize;
         let per_type = (capacity / types.len().max(1)).max(1);
-        if last_housekeeping.elapsed() > Duration::from_secs(60) {
+        // As often as the stuck timeout needs (the secondary does the same).
+        if last_housekeeping.elapsed() > Duration::from_secs(60).min(stuck_timeout / 2) {
             last_housekeeping = std::time::Instant::now();
             let interval = super::sites::own_reverification_days(&site)
                 .await

@@ -48,6 +48,7 @@
 
 mod hash;
 mod store;
+pub mod sweeper;
 mod temp;
 
 pub use store::BlobStore;
