@@ -178,3 +178,70 @@ pub async fn blob_paths(
     let plugin = it.plugin.clone();
     per_record(rows, move |rows| plugin.blob_paths(rows)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: i64) -> Vec<Row> {
+        (1..=n).map(|id| Row { id, values: vec![] }).collect()
+    }
+
+    /// A plugin call that traps whenever its batch holds a poisoned id.
+    fn call(
+        poisoned: &'static [i64],
+    ) -> impl Fn(&[Row]) -> Result<Vec<Result<i64, String>>, PluginError> {
+        move |rows: &[Row]| {
+            if rows.iter().any(|r| poisoned.contains(&r.id)) {
+                Err(PluginError::Trap {
+                    plugin: "t".into(),
+                    message: "unreachable".into(),
+                })
+            } else {
+                Ok(rows.iter().map(|r| Ok(r.id * 10)).collect())
+            }
+        }
+    }
+
+    #[test]
+    fn a_poisoned_record_fails_alone() {
+        let mut failures = 0;
+        let answers = isolate(&rows(100), &call(&[37, 80]), &mut failures).unwrap();
+        assert_eq!(answers.len(), 100);
+        for (i, answer) in answers.iter().enumerate() {
+            let id = i as i64 + 1;
+            if id == 37 || id == 80 {
+                assert!(answer.as_ref().unwrap_err().contains("unreachable"), "{id}");
+            } else {
+                assert_eq!(answer, &Ok(id * 10));
+            }
+        }
+        assert!(failures <= ISOLATION_FAILED_CALLS);
+    }
+
+    #[test]
+    fn a_plugin_failing_on_everything_fails_the_batch_after_the_budget() {
+        let all: &'static [i64] = Box::leak((1..=10_000).collect::<Vec<i64>>().into_boxed_slice());
+        let mut failures = 0;
+        let result = isolate(&rows(10_000), &call(all), &mut failures);
+        assert!(matches!(result, Err(PluginError::Trap { .. })));
+        assert_eq!(failures, ISOLATION_FAILED_CALLS + 1);
+    }
+
+    #[test]
+    fn other_errors_are_not_searched() {
+        let mut failures = 0;
+        let result = isolate(
+            &rows(8),
+            &|_: &[Row]| -> Result<Vec<Result<i64, String>>, PluginError> {
+                Err(PluginError::Instantiate {
+                    plugin: "t".into(),
+                    message: "no".into(),
+                })
+            },
+            &mut failures,
+        );
+        assert!(matches!(result, Err(PluginError::Instantiate { .. })));
+        assert_eq!(failures, 1);
+    }
+}

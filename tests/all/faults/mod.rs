@@ -181,6 +181,8 @@ pub struct Databases {
     pub primary: Option<String>,
     pub secondary: Option<String>,
     pub tracking: Option<String>,
+    /// More configuration for both sites (TOML sections).
+    pub extra_config: String,
 }
 
 fn database_sections(main: &Option<String>, tracking: Option<&Option<String>>) -> String {
@@ -202,6 +204,8 @@ pub struct Pair {
     pub projects: Vec<i64>,
     /// Every acknowledged write: (project, channel) → SHA-256 of its content.
     pub acked: BTreeMap<(i64, String), String>,
+    /// Files of other types the blob roots may hold (relative to them).
+    pub other_files: BTreeSet<PathBuf>,
     client: reqwest::Client,
     _primary_dir: TempDir,
     _secondary_dir: TempDir,
@@ -231,9 +235,10 @@ impl Pair {
         let secondary_url = format!("http://127.0.0.1:{secondary_port}");
         let primary_config = format!(
             "[site]\nname = \"primary\"\nrole = \"primary\"\nlisten = \"127.0.0.1:{primary_port}\"\n\
-             url = \"{primary_url}\"\ndata_dir = {:?}\n{}[workers]\n{WORKERS}",
+             url = \"{primary_url}\"\ndata_dir = {:?}\n{}[workers]\n{WORKERS}{}",
             primary_dir.path().display().to_string(),
             database_sections(&databases.primary, None),
+            databases.extra_config,
         );
         // Set up the primary in this process: a token, a project, the secondary.
         let site = Site::open(Config::from_toml(&primary_config).unwrap())
@@ -271,12 +276,13 @@ impl Pair {
         let secondary_config = format!(
             "[site]\nname = \"secondary\"\nrole = \"secondary\"\nlisten = \"127.0.0.1:{secondary_port}\"\n\
              url = \"{secondary_url}\"\ndata_dir = {:?}\n{}\
-             [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n[workers]\n{WORKERS}",
+             [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n[workers]\n{WORKERS}{}",
             secondary_dir.path().display().to_string(),
             database_sections(&databases.secondary, Some(&databases.tracking)),
             via.unwrap_or(&primary_url),
             credentials.access_key,
             credentials.secret_access_key,
+            databases.extra_config,
         );
         Pair {
             primary: SiteProcess::new("primary", primary_dir.path(), primary_port, &primary_config),
@@ -289,6 +295,7 @@ impl Pair {
             token,
             projects,
             acked: BTreeMap::new(),
+            other_files: BTreeSet::new(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
                 .build()
@@ -344,7 +351,7 @@ impl Pair {
     /// The invariants (see the module's documentation).
     pub async fn check(&self) -> Result<(), String> {
         let records = self.primary_records().await?;
-        let mut expected_files = BTreeSet::new();
+        let mut expected_files = self.other_files.clone();
         let mut ids = BTreeSet::new();
         for ((project, channel), sha) in &self.acked {
             let Some(record) = records.get(&(*project, channel.clone())) else {
@@ -460,6 +467,91 @@ impl Pair {
             .collect())
     }
 
+    /// The plugin scenario's type: `good` files synced, verified and
+    /// identical; `poisoned` ones never synced, their blobs only on the
+    /// primary.
+    async fn check_poisoned_type(
+        &self,
+        good: &BTreeMap<String, String>,
+        poisoned: &BTreeSet<String>,
+    ) -> Result<(), String> {
+        let answer = self
+            .client
+            .get(format!(
+                "{}/api/v4/replicables/{POISONED_TYPE}?limit=10000",
+                self.primary.url
+            ))
+            .header("PRIVATE-TOKEN", &self.token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let list: Vec<serde_json::Value> = answer.json().await.map_err(|e| e.to_string())?;
+        let ids: BTreeMap<String, i64> = list
+            .iter()
+            .map(|r| {
+                (
+                    r["columns"]["file"].as_str().unwrap_or("").to_string(),
+                    r["id"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect();
+        let text = std::fs::read_to_string(&self.secondary.config_path).unwrap();
+        let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
+        let db = geohost::db::Db::connect_with(&config.tracking_database_url(), 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        let rows = db
+            .fetch_all(
+                &format!("SELECT {POISONED_TYPE}_id AS id, state, verification_state FROM {POISONED_TYPE}_registry"),
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string());
+        db.close().await;
+        let registry: BTreeMap<i64, (i16, i16)> = rows?
+            .iter()
+            .map(|r| {
+                (
+                    r.i64("id").unwrap(),
+                    (
+                        r.i16("state").unwrap(),
+                        r.i16("verification_state").unwrap(),
+                    ),
+                )
+            })
+            .collect();
+        for (file, sha) in good {
+            let id = ids
+                .get(file)
+                .ok_or(format!("{file} is not on the primary"))?;
+            if registry.get(id) != Some(&(2, 2)) {
+                return Err(format!(
+                    "{POISONED_TYPE} {id}: registry {:?}",
+                    registry.get(id)
+                ));
+            }
+            let path = PathBuf::from(POISONED_TYPE).join("files").join(file);
+            let copy = std::fs::read(self.secondary.blob_root().join(&path))
+                .map_err(|e| format!("{file}: {e}"))?;
+            if &sha256_hex(&copy) != sha {
+                return Err(format!("{file} differs on the secondary"));
+            }
+        }
+        for file in poisoned {
+            let id = ids
+                .get(file)
+                .ok_or(format!("{file} is not on the primary"))?;
+            if registry.get(id).is_some_and(|s| s.0 == 2) {
+                return Err(format!("poisoned {file} was synced"));
+            }
+            let path = PathBuf::from(POISONED_TYPE).join("files").join(file);
+            if self.secondary.blob_root().join(path).exists() {
+                return Err(format!("poisoned {file} is on the secondary"));
+            }
+        }
+        Ok(())
+    }
+
     /// How many registry rows of the secondary have failed to sync.
     async fn registry_failures(&self) -> Result<usize, String> {
         let text = std::fs::read_to_string(&self.secondary.config_path).unwrap();
@@ -526,6 +618,40 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A write of any type, `query` its writer columns; retried until acknowledged.
+    pub async fn write_query(&self, type_name: &str, query: &str, content: Vec<u8>) -> String {
+        let sha = sha256_hex(&content);
+        let started = Instant::now();
+        loop {
+            let answer = self
+                .client
+                .put(format!(
+                    "{}/api/v4/replicables/{type_name}?{query}",
+                    self.url
+                ))
+                .header("PRIVATE-TOKEN", &self.token)
+                .body(content.clone())
+                .send()
+                .await;
+            match answer {
+                Ok(a) if a.status().is_success() => return sha,
+                Ok(a) if a.status().is_client_error() => {
+                    panic!(
+                        "write refused: {} {}",
+                        a.status(),
+                        a.text().await.unwrap_or_default()
+                    )
+                }
+                _ => {}
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the primary never acknowledged a write"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// One write, retried until acknowledged; returns the content's SHA-256.
     pub async fn write(&self, project: i64, channel: &str, content: Vec<u8>) -> String {
         write_until_acked(
@@ -906,6 +1032,7 @@ async fn postgres_restart_scenario(seed: u64) -> Outcome {
         primary: Some(pg.database().await),
         secondary: Some(pg.database().await),
         tracking: Some(pg.database().await),
+        extra_config: String::new(),
     };
     let mut rng = StdRng::seed_from_u64(seed ^ 0x9a9a);
     let mut pair = Pair::start(databases, None).await;
@@ -959,6 +1086,129 @@ async fn postgres_restart_scenario(seed: u64) -> Outcome {
     )
 }
 
+/// The fixture type of the plugin scenario, and its poisoned projects.
+const POISONED_TYPE: &str = "fixture_poisoned_scope";
+const POISONED_PROJECTS: [i64; 3] = [13, 14, 15];
+
+/// `plugin-faults`: a second type whose scope decision traps, spins or
+/// allocates without bound on some records (`fixture-poisoned-scope`). The
+/// secondary must keep serving: every Helm record and every good record of
+/// the fixture type converges; the poisoned ones never sync.
+async fn plugin_scenario(seed: u64) -> Outcome {
+    const NAME: &str = "plugin-faults: scope traps, spins, allocates on some records";
+    let component = crate::support::fixture_component_path("poisoned-scope");
+    if !component.exists() {
+        let why = format!("{} is missing (cargo xtask plugins)", component.display());
+        if std::env::var("CI").is_ok() {
+            panic!("{why}");
+        }
+        return skipped(NAME, why);
+    }
+    let plugins = TempDir::new().unwrap();
+    std::fs::copy(
+        &component,
+        plugins.path().join("fixture-poisoned-scope.wasm"),
+    )
+    .unwrap();
+    let extra_config = format!(
+        "[plugins]\ndir = {:?}\ncall_timeout_ms = 300\nmemory_mib = 16\n",
+        plugins.path().display().to_string()
+    );
+    let mut pair = Pair::start(
+        Databases {
+            extra_config,
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x9015);
+    let writer = pair.writer();
+    let mut good: BTreeMap<String, String> = BTreeMap::new();
+    let mut poisoned: BTreeSet<String> = BTreeSet::new();
+    let rounds = 3;
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        for i in 0..12u64 {
+            let project = pair.projects[rng.random_range(0..2)];
+            let channel = format!("c{}", rng.random_range(0..20));
+            pair.write(
+                project,
+                &channel,
+                content(project, &channel, round * 100 + i, 4096),
+            )
+            .await;
+            let file = format!("f{round}-{i}");
+            let bad = rng.random_bool(0.25);
+            let owner = if bad {
+                POISONED_PROJECTS[rng.random_range(0..3)]
+            } else {
+                project
+            };
+            let body = content(owner, &file, round * 100 + i, 2048);
+            let sha = writer
+                .write_query(
+                    POISONED_TYPE,
+                    &format!("project_id={owner}&file={file}"),
+                    body,
+                )
+                .await;
+            if bad {
+                poisoned.insert(file);
+            } else {
+                good.insert(file, sha);
+            }
+        }
+        pair.other_files = good
+            .keys()
+            .map(|f| PathBuf::from(POISONED_TYPE).join("files").join(f))
+            .chain(
+                poisoned
+                    .iter()
+                    .map(|f| PathBuf::from(POISONED_TYPE).join("files").join(f)),
+            )
+            .collect();
+        let started = Instant::now();
+        let result = loop {
+            // The poisoned records' blobs are on the primary only: the
+            // secondary's root must not hold them.
+            let check = match pair.check_poisoned_type(&good, &poisoned).await {
+                Ok(()) => pair.check().await.map_err(|e| {
+                    e.replace(
+                        "unexpected file",
+                        "unexpected file (or a poisoned blob missing on the primary)",
+                    )
+                }),
+                Err(e) => Err(e),
+            };
+            match check {
+                Ok(()) => break Ok(started.elapsed()),
+                Err(why) if started.elapsed() > CONVERGE_LIMIT => break Err(why),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        times.push(result);
+    }
+    let lost = pair.lost().await;
+    let alive = pair.secondary.alive();
+    outcome(
+        NAME,
+        rounds as usize,
+        format!(
+            "{} poisoned records of {}",
+            poisoned.len(),
+            poisoned.len() + good.len()
+        ),
+        times,
+        lost,
+        if alive {
+            String::new()
+        } else {
+            "the secondary died".into()
+        },
+    )
+}
+
 fn print_table(outcomes: &[Outcome], seed: u64) -> String {
     let mut text = format!(
         "fault suite, seed {seed} (GEOHOST_FAULT_SEED={seed} replays it)\n\n\
@@ -1001,19 +1251,27 @@ async fn faults_heal_and_nothing_is_lost() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20usize)
         .max(1);
-    let mut outcomes = Vec::new();
-    if runs("proxy") {
-        outcomes.push(proxy_scenario(seed).await);
-    }
-    if runs("sigkill") {
-        outcomes.push(sigkill_scenario(seed, kills).await);
-    }
-    if runs("disk-full") {
-        outcomes.push(disk_full_scenario(seed).await);
-    }
-    if runs("postgres-restart") {
-        outcomes.push(postgres_restart_scenario(seed).await);
-    }
+    // The scenarios are independent (their own sites, ports, folders and
+    // servers) and mostly wait: run them at once, report in this order.
+    let maybe =
+        |on: bool,
+         scenario: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>| async move {
+            if on { Some(scenario.await) } else { None }
+        };
+    let (proxy, sigkill, plugin, disk, pg) = tokio::join!(
+        maybe(runs("proxy"), Box::pin(proxy_scenario(seed))),
+        maybe(runs("sigkill"), Box::pin(sigkill_scenario(seed, kills))),
+        maybe(runs("plugin-faults"), Box::pin(plugin_scenario(seed))),
+        maybe(runs("disk-full"), Box::pin(disk_full_scenario(seed))),
+        maybe(
+            runs("postgres-restart"),
+            Box::pin(postgres_restart_scenario(seed))
+        ),
+    );
+    let outcomes: Vec<Outcome> = [proxy, sigkill, plugin, disk, pg]
+        .into_iter()
+        .flatten()
+        .collect();
     let table = print_table(&outcomes, seed);
     println!("{table}");
     eprintln!("{table}");
