@@ -375,7 +375,7 @@ async fn peak_rss_per_site() -> Peaks {
             secs(watch.elapsed()),
         ));
         rows.push((
-            format!("  peak RSS so far: primary / secondary"),
+            "  peak RSS so far: primary / secondary".to_string(),
             format!(
                 "{} / {}",
                 mb(primary_process.peak_rss()),

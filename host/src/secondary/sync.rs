@@ -273,8 +273,9 @@ impl Downloader {
 
     /// The row left `started` during the download. Pending again (an event
     /// asked for a resync): the file stays and is replaced by the next
-    /// download. Gone (a `deleted` event): the file just placed belongs to
-    /// no record any more, so it goes too.
+    /// download. Synced by another download: resynced (see below). Gone (a
+    /// `deleted` event): the file just placed belongs to no record any
+    /// more, so it goes too.
     async fn superseded(
         &self,
         registry: &Registry,
@@ -283,6 +284,22 @@ impl Downloader {
         path: &BlobPath,
     ) {
         match registry.get(&self.tracking, model_id).await {
+            Ok(Some(row)) if row.state == crate::states::SyncState::Synced => {
+                // Another download finished while this one ran (this one
+                // outlived its claim: the stuck-row pass failed it, and a
+                // retry won). This one's file has just replaced that
+                // download's, and may be older: resync, or the registry
+                // would call a stale file synced and verified (found by the
+                // fault suite, a stalled download overwriting a newer one).
+                tracing::warn!(
+                    r#type = it.name(),
+                    id = model_id,
+                    "a download outlived its claim and replaced a newer copy; resyncing"
+                );
+                if let Err(error) = registry.pending(&self.tracking, model_id).await {
+                    tracing::warn!(r#type = it.name(), id = model_id, %error, "cannot resync");
+                }
+            }
             Ok(Some(_)) => {
                 tracing::info!(
                     r#type = it.name(),

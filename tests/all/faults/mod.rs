@@ -367,6 +367,7 @@ impl Pair {
             }
         }
         let registry = self.registry().await?;
+
         for ((project, channel), record) in &records {
             let Some(checksum) = &record.checksum else {
                 return Err(format!("record {} not verified on the primary", record.id));
@@ -380,8 +381,9 @@ impl Pair {
                     .map_err(|e| format!("record {} on the {side}: {e}", record.id))?;
                 if &sha256_hex(&bytes) != checksum {
                     return Err(format!(
-                        "record {} on the {side}: content differs",
-                        record.id
+                        "record {} on the {side}: content differs (registry {:?})",
+                        record.id,
+                        registry.get(&record.id)
                     ));
                 }
             }
@@ -804,6 +806,20 @@ async fn proxy_scenario(seed: u64) -> Outcome {
         tokio::time::sleep(Duration::from_secs(4)).await;
         proxy.set(proxy::Faults::NONE);
         times.push(pair.converge().await);
+    }
+    if times.iter().any(Result::is_err)
+        && let Ok(to) = std::env::var("GEOHOST_FAULT_KEEP")
+    {
+        let _ = Command::new("cp")
+            .arg("-a")
+            .arg(&pair.primary.dir)
+            .arg(format!("{to}/primary"))
+            .status();
+        let _ = Command::new("cp")
+            .arg("-a")
+            .arg(&pair.secondary.dir)
+            .arg(format!("{to}/secondary"))
+            .status();
     }
     let injected = proxy.injected();
     let alive = pair.secondary.alive() && pair.primary.alive();
