@@ -13,6 +13,9 @@
 //! To profile the plugin path alone, `GEOHOST_BENCH_PROFILE=SECONDS` runs only
 //! the plugin decisions for that long, for example under `perf record`.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use geohost::plugin::{
     CompileOutcome, Limits, LoadedType, PluginRuntime, Row, SelectiveSync, SyncSettings, Value,
     builtin,
@@ -90,6 +93,17 @@ fn main() {
     let loads = compile_and_cached_load(helm);
 
     let mut table = Table::default();
+    common::headline(
+        "plugin",
+        "plugin decisions/s (in_scope + blob_paths, per busy core)",
+        "decisions/s",
+        RECORDS as f64 / plugin.1.busy().as_secs_f64(),
+        &[(
+            "native Rust",
+            RECORDS as f64 / native_row.1.busy().as_secs_f64(),
+        )],
+        true,
+    );
     let (pass, timing) = plugin;
     table.throughput(
         "decisions/s, Helm plugin (in_scope + blob_paths)",

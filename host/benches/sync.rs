@@ -108,6 +108,8 @@ async fn run() {
             Vec::new()
         };
 
+        let cp = have("cp").then(|| cp_run(&primary));
+
         let ours = geohost_sync(&primary, &written, set).await;
         primary.stop().await;
 
@@ -162,6 +164,53 @@ async fn run() {
             "  of which the secondary's Site::open".into(),
             secs(ours.open),
         ]);
+        {
+            let best = rclone.iter().min_by_key(|r| r.wall).map(|r| r.wall);
+            let peers = |per: &dyn Fn(Duration) -> f64| {
+                let mut list = Vec::new();
+                if let Some(w) = best {
+                    list.push(("rclone", per(w)));
+                }
+                if let Some(w) = cp {
+                    list.push(("cp", per(w)));
+                }
+                list
+            };
+            let files = |d: Duration| per_sec(set.count as f64, d);
+            let mbs = |d: Duration| per_sec(bytes as f64, d) / 1e6;
+            let what = format!("sync {}", set.describe());
+            headline(
+                "sync",
+                &format!("{what}, files/s to all synced"),
+                "files/s",
+                files(ours.synced),
+                &peers(&files),
+                true,
+            );
+            headline(
+                "sync",
+                &format!("{what}, MB/s to all synced"),
+                "MB/s",
+                mbs(ours.synced),
+                &peers(&mbs),
+                true,
+            );
+            headline(
+                "sync",
+                &format!("{what}, MB/s to all verified"),
+                "MB/s",
+                mbs(ours.verified),
+                &peers(&mbs),
+                true,
+            );
+        }
+        if let Some(wall) = cp {
+            table.row(vec![
+                "cp -r of the primary's blob tree (local disk, no network)".into(),
+                String::new(),
+                format!("{} · {}", files_rate(set.count, wall), mb_rate(bytes, wall)),
+            ]);
+        }
         for r in &rclone {
             table.row(vec![
                 format!(
@@ -225,6 +274,23 @@ fn lag_table(table: &mut Table, lag: Lag) {
     let mut lags = lag.lags.clone();
     lags.sort_unstable();
     let pick = |q: f64| lags[((lags.len() as f64 - 1.0) * q).round() as usize];
+    let what = format!("write → verified lag at {LAG_WRITES_PER_SEC} writes/s");
+    headline(
+        "sync",
+        &format!("{what}, p50"),
+        "s",
+        pick(0.50).as_secs_f64(),
+        &[],
+        false,
+    );
+    headline(
+        "sync",
+        &format!("{what}, p99"),
+        "s",
+        pick(0.99).as_secs_f64(),
+        &[],
+        false,
+    );
     table.row(vec!["p50".into(), secs(pick(0.50))]);
     table.row(vec!["p90".into(), secs(pick(0.90))]);
     table.row(vec!["p99".into(), secs(pick(0.99))]);
@@ -395,6 +461,23 @@ fn rclone_runs(
             }
         })
         .collect()
+}
+
+/// `cp -r` of the primary's blob tree (the same files, GitLab's hashed
+/// layout) to a new folder on the same disk: the floor of a local copy.
+fn cp_run(primary: &BenchSite) -> Duration {
+    let target = primary.dir.join("cp-copy");
+    let watch = Stopwatch::start();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(primary.blob_root())
+        .arg(&target)
+        .status()
+        .expect("cp runs");
+    let wall = watch.stop().wall;
+    assert!(status.success(), "cp failed");
+    remove(&target);
+    wall
 }
 
 fn remove(path: &Path) {

@@ -131,6 +131,37 @@ async fn run() {
             goal,
             met.map(verdict).unwrap_or_default(),
         ]);
+        {
+            let what = format!("verification {}", set.describe());
+            let peers = |f: &dyn Fn(&Best) -> f64| {
+                let mut list = Vec::new();
+                if let Some(r) = &sha256sum {
+                    list.push(("sha256sum", f(r)));
+                }
+                if let Some(r) = &openssl {
+                    list.push(("openssl", f(r)));
+                }
+                list
+            };
+            if set.label == "small" {
+                headline(
+                    "verify",
+                    &format!("{what}, files/s"),
+                    "files/s",
+                    ours_files,
+                    &peers(&files_per_sec),
+                    true,
+                );
+            }
+            headline(
+                "verify",
+                &format!("{what}, MB/s"),
+                "MB/s",
+                mb_per_sec(&ours),
+                &peers(&mb_per_sec),
+                true,
+            );
+        }
         table.row(vec![
             "MB/s (wall clock)".into(),
             format!("{:.0}", mb_per_sec(&ours)),

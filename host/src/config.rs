@@ -77,7 +77,7 @@ pub struct DatabaseSection {
 
 /// Where a site keeps its blobs: a local folder (default) or an
 /// S3-compatible bucket (see `docs/deployment.md`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
     /// `local` (default) or `s3`.
@@ -102,6 +102,41 @@ pub struct StorageSection {
     pub allow_http: bool,
     /// Key prefix inside the bucket, so several sites can share one bucket.
     pub prefix: Option<String>,
+    /// The largest blob ingest accepts (bytes); a larger body is refused
+    /// with 413 and nothing is kept. Default 1 GiB.
+    #[serde(default = "default_max_blob_bytes")]
+    pub max_blob_bytes: u64,
+    /// A temporary object (an upload or download in progress) untouched
+    /// for this long is a crashed writer's leftover and is removed, in
+    /// seconds (default one hour; see `storage::sweeper`).
+    #[serde(default = "default_temp_max_age_secs")]
+    pub temp_max_age_secs: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            kind: StorageKind::default(),
+            path: None,
+            bucket: None,
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            prefix: None,
+            max_blob_bytes: default_max_blob_bytes(),
+            temp_max_age_secs: default_temp_max_age_secs(),
+        }
+    }
+}
+
+fn default_max_blob_bytes() -> u64 {
+    1 << 30
+}
+
+fn default_temp_max_age_secs() -> u64 {
+    3600
 }
 
 /// The backend of a site's blob storage.
@@ -201,6 +236,12 @@ pub struct WorkerSection {
     /// (`host/src/leases.rs`).
     #[serde(default = "default_claim_lease_secs")]
     pub claim_lease_secs: u64,
+    /// The longest wait before a failed sync or verification is retried, in
+    /// seconds; unset: GitLab's schedule (`n⁴ + 15 + rand(30)·(n+1)` s,
+    /// capped at one hour). For small sites and tests that must see
+    /// failures heal within seconds. Per process.
+    #[serde(default)]
+    pub retry_delay_max_secs: Option<u64>,
 }
 
 impl Default for WorkerSection {
@@ -215,6 +256,7 @@ impl Default for WorkerSection {
             status_interval_secs: default_status_secs(),
             bulk_update_pause_ms: default_bulk_pause_ms(),
             claim_lease_secs: default_claim_lease_secs(),
+            retry_delay_max_secs: None,
         }
     }
 }

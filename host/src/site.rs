@@ -63,6 +63,9 @@ impl Site {
             .context("opening blob storage")?;
         let secrets = SecretBox::load_or_create(&config.secrets_key_file())
             .context("loading the secrets key")?;
+        if let Some(secs) = config.workers.retry_delay_max_secs {
+            crate::states::set_retry_delay_max(Some(std::time::Duration::from_secs(secs)));
+        }
         let runtime = PluginRuntime::new(config.plugin_limits(), Some(config.plugin_cache_dir()))
             .context("starting the plugin runtime")?;
         let site = Arc::new(Site {
@@ -190,13 +193,11 @@ impl Site {
             None
         };
         if self.config.workers.enabled {
-            if let Err(error) = self
-                .blobs
-                .cleanup_temp(std::time::Duration::from_secs(3600))
-                .await
-            {
-                tracing::warn!(%error, "could not clean temporary blobs");
-            }
+            workers.spawn(crate::storage::sweeper::run(
+                self.blobs.clone(),
+                std::time::Duration::from_secs(self.config.storage.temp_max_age_secs),
+                self.shutdown.clone(),
+            ));
             match self.role() {
                 Role::Primary => {
                     workers.spawn(crate::primary::verify::run(self.clone()));

@@ -142,8 +142,23 @@ pub fn delay(retry_count: i64, jitter: i64) -> Duration {
     Duration::seconds(n.pow(4).saturating_add(15).saturating_add(jitter * (n + 1)))
 }
 
+/// The process's `workers.retry_delay_max_secs` (0: GitLab's schedule only).
+static RETRY_DELAY_MAX_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Caps every retry delay of this process at `max` (the site's
+/// `workers.retry_delay_max_secs`, set when it opens; `None`: GitLab's
+/// schedule). Per process, like the engine's metrics: the sites of one
+/// process share it.
+pub fn set_retry_delay_max(max: Option<std::time::Duration>) {
+    RETRY_DELAY_MAX_SECS.store(
+        max.map_or(0, |d| d.as_secs().max(1)),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 /// GitLab's `next_retry_time(n, custom_max)`:
-/// `min(now + delay(n), now + (custom_max or 1 h) + delay(1))`.
+/// `min(now + delay(n), now + (custom_max or 1 h) + delay(1))`, then at
+/// most `workers.retry_delay_max_secs` when set ([`set_retry_delay_max`]).
 pub fn next_retry_time(
     now: DateTime<Utc>,
     retry_count: i64,
@@ -152,7 +167,12 @@ pub fn next_retry_time(
     let mut rng = rand::rng();
     let wanted = delay(retry_count, rng.random_range(0..30));
     let cap = custom_max.unwrap_or(RETRY_CAP) + delay(1, rng.random_range(0..30));
-    now + wanted.min(cap)
+    let mut chosen = wanted.min(cap);
+    let max = RETRY_DELAY_MAX_SECS.load(std::sync::atomic::Ordering::Relaxed);
+    if max > 0 {
+        chosen = chosen.min(Duration::seconds(max as i64));
+    }
+    now + chosen
 }
 
 /// Cuts a failure text to GitLab's 255 characters.

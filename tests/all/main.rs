@@ -3,12 +3,14 @@
 
 mod admin_page;
 mod authoring;
+mod faults;
 mod npm;
 mod object_storage;
 mod operator;
 mod plugin;
 mod primary;
 mod replication;
+mod robustness;
 mod scale_out;
 mod sites;
 mod support;

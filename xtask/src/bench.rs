@@ -4,10 +4,13 @@
 //! `openssl` come with the base system), then runs every benchmark of the
 //! `geohost` package in release mode (`cargo bench -p geohost --bench '*'`): the plugin
 //! runtime, primary verification beside `sha256sum` and `openssl`, and
-//! secondary sync and write → verified lag beside `rclone`, and one
-//! secondary run by 1 and 3 worker processes (on a PostgreSQL server it
-//! starts). Each prints its
-//! table; nothing is asserted. Extra arguments go to `cargo bench`;
+//! secondary sync and write → verified lag beside `rclone` and `cp`, the
+//! registry backfill of 1,000,000 records and the peak memory of each site
+//! as its own process (`sites`), and one secondary run by 1 and 3 worker
+//! processes (`scale_out`, on a PostgreSQL server it starts). Each prints
+//! its table; nothing is asserted. Then one summary table of every bench's
+//! headline figures with the peers' and the ratios (`bench_summary`, also in
+//! `target/bench/summary.md`). Extra arguments go to `cargo bench`;
 //! `GEOHOST_BENCH_SCALE=0.1` shrinks the data for a quick run and
 //! `GEOHOST_BENCH_ONLY=small,large,lag` picks parts of the site benches.
 
@@ -20,7 +23,9 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
         // The sync bench runs without its peer and says so.
         eprintln!("xtask: rclone is not available ({error:#}); the sync bench runs without it");
     }
-    eprintln!("xtask: machine: {}", machine());
+    let machine = machine();
+    eprintln!("xtask: machine: {machine}");
+    crate::bench_summary::clear(root)?;
     // The scale-out bench runs its workers on a PostgreSQL tracking database.
     let postgres = crate::postgres::Postgres::start()
         .inspect_err(|error| {
@@ -38,7 +43,8 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     }
     let result = crate::run(&mut bench);
     drop(postgres);
-    result
+    result?;
+    crate::bench_summary::print(root, &machine)
 }
 
 /// `nproc`, the CPU model and the memory, for the record.

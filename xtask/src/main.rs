@@ -17,6 +17,7 @@
 //! rustup's own `rust-lld` links (see docs/building-plugins.md).
 
 mod bench;
+mod bench_summary;
 mod moto;
 mod plugins;
 mod postgres;

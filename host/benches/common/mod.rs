@@ -515,3 +515,40 @@ impl Table {
         }
     }
 }
+
+/// One headline figure for the summary table `cargo xtask bench` prints
+/// last: appended as a JSON line to `target/bench/<bench>.jsonl`.
+/// `peers` are the same measure for each peer, in the same unit; `higher`
+/// says whether more is better (rates) or worse (times, memory).
+pub fn headline(
+    bench: &str,
+    measure: &str,
+    unit: &str,
+    geohost: f64,
+    peers: &[(&str, f64)],
+    higher: bool,
+) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    if let Err(error) = std::fs::create_dir_all(&dir) {
+        eprintln!("cannot create {}: {error}", dir.display());
+        return;
+    }
+    let line = serde_json::json!({
+        "bench": bench,
+        "measure": measure,
+        "unit": unit,
+        "geohost": geohost,
+        "peers": peers.iter().map(|(name, value)| serde_json::json!([name, value])).collect::<Vec<_>>(),
+        "higher_is_better": higher,
+        "scale": scale(),
+    });
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{bench}.jsonl")))
+        .and_then(|mut f| writeln!(f, "{line}"));
+    if let Err(error) = written {
+        eprintln!("cannot write the headline {measure:?}: {error}");
+    }
+}

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod geo;
 pub mod graphql;
 pub mod metrics;
+pub mod rejection;
 pub mod status;
 
 use crate::site::Site;
@@ -87,6 +88,9 @@ pub fn admin_route_paths() -> Vec<&'static str> {
     admin_routes().paths
 }
 
+/// The largest JSON request body (admin routes, GraphQL): 1 MiB.
+pub const MAX_JSON_BODY_BYTES: usize = 1 << 20;
+
 /// The whole router of a site.
 pub fn router(site: Arc<Site>) -> Router {
     let admin = admin_routes()
@@ -100,7 +104,10 @@ pub fn router(site: Arc<Site>) -> Router {
         .merge(admin_page::routes())
         .merge(admin)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(axum::extract::DefaultBodyLimit::max(1 << 30))
+        // JSON bodies (admin, GraphQL) are small; ingest streams its body
+        // under `storage.max_blob_bytes` instead.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
+        .layer(axum::middleware::from_fn(rejection::json_errors))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(site)
 }
@@ -122,6 +129,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unprocessable(String),
     #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -140,6 +149,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({"message": m})),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({"message": m})),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, json!({"message": m})),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({"message": m})),
             ApiError::Internal(m) => {
                 tracing::error!(message = %m, "internal error answering a request");
                 (
@@ -166,6 +176,7 @@ impl From<crate::primary::ingest::IngestError> for ApiError {
             E::Invalid(m) => ApiError::Unprocessable(m),
             E::Conflict(m) => ApiError::Conflict(m),
             E::Body(m) => ApiError::BadRequest(m),
+            E::TooLarge(_) => ApiError::TooLarge(e.to_string()),
             E::Plugin(p) => ApiError::Unprocessable(p.to_string()),
             other => ApiError::Internal(other.to_string()),
         }

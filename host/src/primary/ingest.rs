@@ -39,6 +39,8 @@ pub enum IngestError {
     Storage(#[from] StorageError),
     #[error("reading the request body: {0}")]
     Body(String),
+    #[error("the blob is larger than this site's storage.max_blob_bytes ({0} bytes)")]
+    TooLarge(u64),
 }
 
 /// What a write did.
@@ -92,6 +94,12 @@ where
                 return Err(IngestError::Body(error.to_string()));
             }
         };
+        if temp.size() + chunk.len() as u64 > site.config.storage.max_blob_bytes {
+            if let Ok(unfinished) = temp.finish().await {
+                let _ = unfinished.discard().await;
+            }
+            return Err(IngestError::TooLarge(site.config.storage.max_blob_bytes));
+        }
         temp.write(chunk).await?;
     }
     let mut temp = Some(temp.finish().await?);

@@ -44,9 +44,50 @@ fn check_name(what: &str, value: &str) -> Result<(), TopologyError> {
     Ok(())
 }
 
-/// The path a namespace or project gets when only its name is given.
+/// GitLab's path rule (`Gitlab::PathRegex`): ASCII letters, digits, `_`,
+/// `-` and `.`, starting with a letter, digit or `_`, not ending in `.`,
+/// `.git` or `.atom`. A path names a URL segment: `..`, `/` or a NUL never
+/// gets in.
+fn check_path(value: &str) -> Result<(), TopologyError> {
+    let valid = !value.is_empty()
+        && value.len() <= 255
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && value.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        && !value.ends_with('.')
+        && !value.ends_with(".git")
+        && !value.ends_with(".atom");
+    if valid {
+        Ok(())
+    } else {
+        Err(TopologyError::Invalid(format!(
+            "path {value:?} can contain only letters, digits, '_', '-' and '.', \
+             cannot start with '-' or '.', nor end in '.', '.git' or '.atom'"
+        )))
+    }
+}
+
+/// The path a namespace or project gets when only its name is given: the
+/// name in lowercase, every character GitLab's path rule refuses a `-`.
 pub fn default_path(name: &str) -> String {
-    name.to_lowercase().replace(' ', "-")
+    let path: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let path = path.trim_start_matches(['-', '.']).trim_end_matches('.');
+    if path.is_empty() {
+        "_".to_string()
+    } else {
+        path.to_string()
+    }
 }
 
 pub async fn create_namespace(
@@ -56,7 +97,7 @@ pub async fn create_namespace(
     parent_id: Option<i64>,
 ) -> Result<Namespace, TopologyError> {
     check_name("name", name)?;
-    check_name("path", path)?;
+    check_path(path)?;
     if let Some(parent) = parent_id
         && get_namespace(db, parent).await?.is_none()
     {
@@ -131,7 +172,7 @@ pub async fn create_project(
     repository_storage: &str,
 ) -> Result<Project, TopologyError> {
     check_name("name", name)?;
-    check_name("path", path)?;
+    check_path(path)?;
     check_name("repository_storage", repository_storage)?;
     if get_namespace(db, namespace_id).await?.is_none() {
         return Err(TopologyError::NotFound(format!("namespace {namespace_id}")));

@@ -323,7 +323,9 @@ pub async fn run(site: Arc<Site>) {
         let types = site.catalog.all();
         let capacity = super::sites::own_capacity(&site).await.unwrap_or(100) as usize;
         let per_type = (capacity / types.len().max(1)).max(1);
-        if last_housekeeping.elapsed() > Duration::from_secs(60)
+        // As often as the stuck timeout needs (the secondary does the same),
+        // and only in the process holding the housekeeping lease.
+        if last_housekeeping.elapsed() > Duration::from_secs(60).min(stuck_timeout / 2)
             && housekeeping.hold().await.unwrap_or_else(|error| {
                 tracing::warn!(%error, "cannot take the housekeeping lease");
                 false

@@ -13,6 +13,10 @@
 //! - in-scope records without a registry row get one (pending, bulk insert);
 //! - rows of records that are out of scope are deleted with their local
 //!   blob (the path comes from the type's plugin over the record);
+//! - rows synced while the primary had no checksum, whose verification is
+//!   still disabled though the primary's record is verified now (its
+//!   `checksum_succeeded` event was lost to a race), are set verification
+//!   pending;
 //! - rows of records the primary no longer has (orphans) are deleted. The
 //!   blob path of a gone record is unknown here (the plugin computes it
 //!   from the record's columns), so an orphan's local blob is *not*
@@ -32,7 +36,7 @@ use super::scope::{self, Scope};
 use crate::catalog::InstalledType;
 use crate::db::{Db, DbError};
 use crate::feed::FeedRecord;
-use crate::states::SyncState;
+use crate::states::{SyncState, VerificationState};
 use crate::storage::BlobStore;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -151,11 +155,26 @@ async fn check_batch(
     let present: HashSet<i64> = records.iter().map(|r| r.id).collect();
 
     let mut missing = Vec::new();
+    let mut unverified = Vec::new();
     let mut out_of_scope = Vec::new();
     for (record, decision) in records.iter().zip(decisions) {
         match decision {
             Ok(true) if !existing.contains_key(&record.id) => missing.push(record.id),
-            Ok(true) => {}
+            Ok(true) => {
+                // Synced before the primary had a checksum, and the
+                // `checksum_succeeded` that should have set its
+                // verification pending was lost (a race with the
+                // verifier, an event handled while the row was busy):
+                // the primary has a checksum now, so verify.
+                if existing.get(&record.id).is_some_and(|row| {
+                    row.state == SyncState::Synced
+                        && row.verification_state == VerificationState::Disabled
+                }) && record.verification_state == VerificationState::Succeeded
+                    && record.verification_checksum.is_some()
+                {
+                    unverified.push(record.id);
+                }
+            }
             Ok(false) => {
                 if existing
                     .get(&record.id)
@@ -187,6 +206,18 @@ async fn check_batch(
         created: registry.insert_missing(tracking, &missing).await?,
         deleted: 0,
     };
+    for id in unverified {
+        if registry
+            .verification_pending_if_synced(tracking, id)
+            .await?
+        {
+            tracing::info!(
+                r#type = it.name(),
+                id,
+                "synced without the primary's checksum, which it has now: verification pending"
+            );
+        }
+    }
 
     if !out_of_scope.is_empty() {
         let ids: Vec<i64> = out_of_scope.iter().map(|r| r.id).collect();

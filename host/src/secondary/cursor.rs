@@ -22,8 +22,9 @@
 //! - anything else (unknown type or event): skipped with a log line.
 //!
 //! With no saved position (a new secondary) the cursor starts at the
-//! primary's newest event: the consistency pass covers everything before
-//! it, and replaying the whole log would resync every record.
+//! primary's newest event, saved before the first consistency pass reads
+//! any record ([`start_if_new`]): the pass covers everything before it,
+//! and replaying the whole log would resync every record.
 //!
 //! Several worker processes may share one PostgreSQL tracking database;
 //! only one of them follows the log at a time (a transaction-scoped
@@ -262,6 +263,37 @@ pub async fn position(tracking: &Db) -> Result<Option<i64>, DbError> {
         .opt_i64("event_id")
 }
 
+/// The saved position; a new secondary's first one is the primary's newest
+/// event, saved unless one was saved meanwhile.
+///
+/// The consistency pass calls this before it reads the primary's records
+/// (see `Secondary::consistency_pass`): the cursor then starts no later than
+/// the records the pass saw, so an update committed after that read is
+/// always followed. Starting at the newest event whenever the cursor first
+/// runs skipped the updates between the pass's read and the cursor's start
+/// (when the primary was slow to answer the cursor), and those records
+/// stayed synced and verified with their old content (found by the fault
+/// suite).
+pub async fn start_if_new(tracking: &Db, client: &PrimaryClient) -> Result<i64, CursorError> {
+    if let Some(position) = position(tracking).await? {
+        return Ok(position);
+    }
+    let newest = client.events(0, 1, 0).await?.last_event_id.unwrap_or(0);
+    tracking
+        .execute(
+            "INSERT INTO event_log_states (event_id) SELECT $1 \
+             WHERE NOT EXISTS (SELECT 1 FROM event_log_states)",
+            &[newest.into()],
+        )
+        .await?;
+    let position = position(tracking).await?.unwrap_or(newest);
+    tracing::info!(
+        event_id = position,
+        "no event cursor yet: starting at the primary's newest event"
+    );
+    Ok(position)
+}
+
 /// Saves the position (one row) inside `tx`.
 pub async fn save_position(tx: &mut Tx, event_id: i64) -> Result<(), DbError> {
     tx.execute("DELETE FROM event_log_states", &[]).await?;
@@ -343,17 +375,7 @@ async fn follow(
     lease: Option<&mut Tx>,
 ) -> Result<Round, CursorError> {
     let tracking = cx.tracking;
-    let position = match position(tracking).await? {
-        Some(position) => position,
-        None => {
-            let newest = cx.client.events(0, 1, 0).await?.last_event_id.unwrap_or(0);
-            tracing::info!(
-                event_id = newest,
-                "no event cursor yet: starting at the primary's newest event"
-            );
-            newest
-        }
-    };
+    let position = start_if_new(tracking, cx.client).await?;
     let page = tokio::select! {
         page = cx.client.events(position, BATCH_SIZE, wait.as_millis() as u64) => page?,
         _ = cancel.cancelled() => return Ok(Round::Stopped),

@@ -308,6 +308,9 @@ impl Secondary {
 
     /// One consistency pass over every enabled type, with a fresh topology.
     pub async fn consistency_pass(&self) -> anyhow::Result<consistency::Counts> {
+        // A new secondary's event cursor must start before the records read
+        // here (see `cursor::start_if_new`).
+        cursor::start_if_new(&self.tracking, &self.client).await?;
         let view = self.refresh_topology().await?;
         let Some(scope) = view.scope.as_ref() else {
             anyhow::bail!("this site's selective-sync settings are unusable");

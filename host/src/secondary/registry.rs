@@ -74,6 +74,7 @@ pub struct RegistryRow {
 pub struct RangeRow {
     pub model_id: i64,
     pub state: SyncState,
+    pub verification_state: VerificationState,
     pub created_at: DateTime<Utc>,
 }
 
@@ -334,7 +335,7 @@ impl Registry {
     ) -> Result<Vec<RangeRow>, DbError> {
         let (t, fk) = (&self.table, &self.fk);
         let sql = format!(
-            "SELECT {fk} AS model_id, state, created_at FROM {t} \
+            "SELECT {fk} AS model_id, state, verification_state, created_at FROM {t} \
              WHERE {fk} >= $1 AND {fk} <= $2 ORDER BY {fk}"
         );
         db.fetch_all(&sql, &[low.into(), high.unwrap_or(i64::MAX).into()])
@@ -344,6 +345,7 @@ impl Registry {
                 Ok(RangeRow {
                     model_id: row.i64("model_id")?,
                     state: sync_state(row, "state")?,
+                    verification_state: verification_state(row, "verification_state")?,
                     created_at: row.ts("created_at")?,
                 })
             })

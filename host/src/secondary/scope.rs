@@ -74,11 +74,25 @@ fn rows(
         .collect()
 }
 
+/// Most failed plugin calls one batch may spend isolating poisoned records
+/// ([`per_record`]); past it, the batch fails as a whole.
+pub const ISOLATION_FAILED_CALLS: usize = 32;
+
 /// Runs `call` on the decodable rows (on a blocking thread) and puts each
 /// answer back in its record's place.
+///
+/// A trap, the deadline or the memory cap fails a whole call, so one
+/// poisoned record would fail every record of its batch, and a batch that
+/// is retried as it is (the event cursor's, the consistency pass's) would
+/// fail forever and hold back every other record (found by the fault
+/// suite). So a failed call is split in halves, each tried alone, down to
+/// single records: a record whose own call fails gets that error, the
+/// others their answers. A plugin that fails on everything would make that
+/// search cost a call per record, so after [`ISOLATION_FAILED_CALLS`]
+/// failed calls the batch fails as it did before.
 async fn per_record<T: Send + 'static>(
     rows: Vec<Result<Row, String>>,
-    call: impl FnOnce(&[Row]) -> Result<Vec<Result<T, String>>, PluginError> + Send + 'static,
+    call: impl Fn(&[Row]) -> Result<Vec<Result<T, String>>, PluginError> + Send + 'static,
 ) -> Result<Vec<Result<T, String>>, ScopeError> {
     let good: Vec<Row> = rows
         .iter()
@@ -87,9 +101,12 @@ async fn per_record<T: Send + 'static>(
     let answers = if good.is_empty() {
         Vec::new()
     } else {
-        tokio::task::spawn_blocking(move || call(&good))
-            .await
-            .map_err(|e| ScopeError::Task(e.to_string()))??
+        tokio::task::spawn_blocking(move || {
+            let mut failures = 0;
+            isolate(&good, &call, &mut failures)
+        })
+        .await
+        .map_err(|e| ScopeError::Task(e.to_string()))??
     };
     let mut answers = answers.into_iter();
     Ok(rows
@@ -103,6 +120,38 @@ async fn per_record<T: Send + 'static>(
         .collect())
 }
 
+/// [`per_record`]'s search: `call` on `rows`, or on each half after a
+/// failure, counting failed calls in `failures`.
+fn isolate<T>(
+    rows: &[Row],
+    call: &dyn Fn(&[Row]) -> Result<Vec<Result<T, String>>, PluginError>,
+    failures: &mut usize,
+) -> Result<Vec<Result<T, String>>, PluginError> {
+    match call(rows) {
+        Ok(answers) => Ok(answers),
+        Err(error) => {
+            *failures += 1;
+            let isolating = matches!(
+                error,
+                PluginError::Trap { .. } | PluginError::Timeout { .. }
+            );
+            if !isolating || *failures > ISOLATION_FAILED_CALLS {
+                return Err(error);
+            }
+            if rows.len() == 1 {
+                tracing::warn!(id = rows[0].id, %error, "the plugin fails on this record alone");
+                return Ok(vec![Err(format!(
+                    "the plugin failed on this record: {error}"
+                ))]);
+            }
+            let (left, right) = rows.split_at(rows.len() / 2);
+            let mut answers = isolate(left, call, failures)?;
+            answers.extend(isolate(right, call, failures)?);
+            Ok(answers)
+        }
+    }
+}
+
 /// The type's scope decision for each record (`Ok(true)`: this secondary
 /// replicates it), in order.
 pub async fn in_scope(
@@ -114,7 +163,10 @@ pub async fn in_scope(
     let plugin = it.plugin.clone();
     let settings = scope.settings.clone();
     let topology = scope.topology.clone();
-    per_record(rows, move |rows| plugin.in_scope(&settings, topology, rows)).await
+    per_record(rows, move |rows| {
+        plugin.in_scope(&settings, topology.clone(), rows)
+    })
+    .await
 }
 
 /// The type's blob path for each record, in order.
@@ -125,4 +177,71 @@ pub async fn blob_paths(
     let rows = rows(it, records, InstalledType::path_row);
     let plugin = it.plugin.clone();
     per_record(rows, move |rows| plugin.blob_paths(rows)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: i64) -> Vec<Row> {
+        (1..=n).map(|id| Row { id, values: vec![] }).collect()
+    }
+
+    /// A plugin call that traps whenever its batch holds a poisoned id.
+    fn call(
+        poisoned: &'static [i64],
+    ) -> impl Fn(&[Row]) -> Result<Vec<Result<i64, String>>, PluginError> {
+        move |rows: &[Row]| {
+            if rows.iter().any(|r| poisoned.contains(&r.id)) {
+                Err(PluginError::Trap {
+                    plugin: "t".into(),
+                    message: "unreachable".into(),
+                })
+            } else {
+                Ok(rows.iter().map(|r| Ok(r.id * 10)).collect())
+            }
+        }
+    }
+
+    #[test]
+    fn a_poisoned_record_fails_alone() {
+        let mut failures = 0;
+        let answers = isolate(&rows(100), &call(&[37, 80]), &mut failures).unwrap();
+        assert_eq!(answers.len(), 100);
+        for (i, answer) in answers.iter().enumerate() {
+            let id = i as i64 + 1;
+            if id == 37 || id == 80 {
+                assert!(answer.as_ref().unwrap_err().contains("unreachable"), "{id}");
+            } else {
+                assert_eq!(answer, &Ok(id * 10));
+            }
+        }
+        assert!(failures <= ISOLATION_FAILED_CALLS);
+    }
+
+    #[test]
+    fn a_plugin_failing_on_everything_fails_the_batch_after_the_budget() {
+        let all: &'static [i64] = Box::leak((1..=10_000).collect::<Vec<i64>>().into_boxed_slice());
+        let mut failures = 0;
+        let result = isolate(&rows(10_000), &call(all), &mut failures);
+        assert!(matches!(result, Err(PluginError::Trap { .. })));
+        assert_eq!(failures, ISOLATION_FAILED_CALLS + 1);
+    }
+
+    #[test]
+    fn other_errors_are_not_searched() {
+        let mut failures = 0;
+        let result = isolate(
+            &rows(8),
+            &|_: &[Row]| -> Result<Vec<Result<i64, String>>, PluginError> {
+                Err(PluginError::Instantiate {
+                    plugin: "t".into(),
+                    message: "no".into(),
+                })
+            },
+            &mut failures,
+        );
+        assert!(matches!(result, Err(PluginError::Instantiate { .. })));
+        assert_eq!(failures, 1);
+    }
 }

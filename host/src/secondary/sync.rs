@@ -246,24 +246,27 @@ impl Downloader {
     /// nothing: the row would then never be verified. So once the row is
     /// synced, ask the primary again: a checksum found now sets the
     /// verification pending, and an event committed after this read finds
-    /// the row synced.
+    /// the row synced. If the primary cannot be read, the verification is
+    /// set pending all the same: the verifier asks the primary itself (and
+    /// disables it again if the primary has no checksum yet); leaving it
+    /// disabled would lose the event for good (found by the fault suite:
+    /// a download corrupted on the way, accepted for want of a checksum,
+    /// was never verified).
     async fn catch_up_verification(&self, registry: &Registry, it: &InstalledType, model_id: i64) {
-        let record = match self.client.records_by_ids(it.name(), &[model_id]).await {
-            Ok(mut records) => records.pop(),
+        let verified = match self.client.records_by_ids(it.name(), &[model_id]).await {
+            Ok(mut records) => records.pop().is_some_and(|r| {
+                r.id == model_id
+                    && r.verification_state == VerificationState::Succeeded
+                    && r.verification_checksum.is_some()
+            }),
             Err(error) => {
                 tracing::warn!(
                     r#type = it.name(), id = model_id, %error,
-                    "cannot re-read the primary's checksum after the sync; \
-                     verification waits for its next checksum event"
+                    "cannot re-read the primary's checksum after the sync; the verifier will"
                 );
-                return;
+                true
             }
         };
-        let verified = record.is_some_and(|r| {
-            r.id == model_id
-                && r.verification_state == VerificationState::Succeeded
-                && r.verification_checksum.is_some()
-        });
         if verified
             && let Err(error) = registry
                 .verification_pending_if_synced(&self.tracking, model_id)
@@ -275,8 +278,9 @@ impl Downloader {
 
     /// The row left `started` during the download. Pending again (an event
     /// asked for a resync): the file stays and is replaced by the next
-    /// download. Gone (a `deleted` event): the file just placed belongs to
-    /// no record any more, so it goes too.
+    /// download. Synced by another download: resynced (see below). Gone (a
+    /// `deleted` event): the file just placed belongs to no record any
+    /// more, so it goes too.
     async fn superseded(
         &self,
         registry: &Registry,
@@ -285,6 +289,22 @@ impl Downloader {
         path: &BlobPath,
     ) {
         match registry.get(&self.tracking, model_id).await {
+            Ok(Some(row)) if row.state == crate::states::SyncState::Synced => {
+                // Another download finished while this one ran (this one
+                // outlived its claim: the stuck-row pass failed it, and a
+                // retry won). This one's file has just replaced that
+                // download's, and may be older: resync, or the registry
+                // would call a stale file synced and verified (found by the
+                // fault suite, a stalled download overwriting a newer one).
+                tracing::warn!(
+                    r#type = it.name(),
+                    id = model_id,
+                    "a download outlived its claim and replaced a newer copy; resyncing"
+                );
+                if let Err(error) = registry.pending(&self.tracking, model_id).await {
+                    tracing::warn!(r#type = it.name(), id = model_id, %error, "cannot resync");
+                }
+            }
             Ok(Some(_)) => {
                 tracing::info!(
                     r#type = it.name(),

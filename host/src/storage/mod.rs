@@ -50,6 +50,7 @@
 mod hash;
 mod s3;
 mod store;
+pub mod sweeper;
 mod temp;
 #[doc(hidden)]
 pub mod testing;

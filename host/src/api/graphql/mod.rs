@@ -48,7 +48,7 @@ mod schema;
 use super::{AdminRoutes, AppState};
 use crate::site::Site;
 use async_graphql::dynamic::Schema;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use async_graphql_axum::GraphQLResponse;
 use axum::extract::State;
 use axum::routing::post;
 use std::sync::{Arc, Mutex};
@@ -86,16 +86,33 @@ pub fn routes() -> AdminRoutes {
     AdminRoutes::new().route(
         "/api/graphql",
         post(
-            move |State(site): State<AppState>, request: GraphQLRequest| {
+            move |State(site): State<AppState>, body: axum::body::Bytes| {
                 let cache = cache.clone();
-                async move { execute(site, &cache, request).await }
+                async move {
+                    let request = parse_request(&body)?;
+                    Ok::<_, super::ApiError>(execute(site, &cache, request).await)
+                }
             },
         ),
     )
 }
 
-async fn execute(site: AppState, cache: &SchemaCache, request: GraphQLRequest) -> GraphQLResponse {
-    let request = request.into_inner();
+/// A GraphQL request from a JSON body. The body is read through axum's
+/// `Bytes` extractor, so the router's JSON body limit applies (413 beyond
+/// it); a body that is not `{"query": …}` is a 400 with the reason.
+fn parse_request(body: &[u8]) -> Result<async_graphql::Request, super::ApiError> {
+    serde_json::from_slice(body).map_err(|error| {
+        super::ApiError::BadRequest(format!(
+            "the body must be a GraphQL request, JSON {{\"query\": …}}: {error}"
+        ))
+    })
+}
+
+async fn execute(
+    site: AppState,
+    cache: &SchemaCache,
+    request: async_graphql::Request,
+) -> GraphQLResponse {
     match cache.get(&site) {
         Ok(schema) => schema.execute(request.data(site)).await.into(),
         Err(error) => {

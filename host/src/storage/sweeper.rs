@@ -1,0 +1,28 @@
+//! Removes what crashed writers left under `.tmp/`, all the time the site
+//! runs: a process killed mid-download or mid-upload leaves its temporary
+//! object behind, and no one else will finish it.
+//!
+//! A temporary object is a leftover once it has not been written to for
+//! `storage.temp_max_age_secs` (one hour by default): a live write touches
+//! it with every part, so the age must only exceed the longest pause of a
+//! live writer (the downloader's stall timeouts, a slow uploader), not the
+//! length of a whole transfer. The sweep runs at start, then every
+//! `max_age / 2` (at most every minute).
+
+use super::BlobStore;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Sweeps `blobs` until `shutdown` is cancelled.
+pub async fn run(blobs: BlobStore, max_age: Duration, shutdown: CancellationToken) {
+    let every = (max_age / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        if let Err(error) = blobs.cleanup_temp(max_age).await {
+            tracing::warn!(%error, "could not clean temporary blobs");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
