@@ -136,7 +136,9 @@ impl Site {
         let shipped = builtin::BUILTIN.len();
         for (index, (source, bytes)) in sources.into_iter().enumerate() {
             let runtime = self.runtime.clone();
-            let loaded = tokio::task::spawn_blocking(move || runtime.load(&bytes)).await?;
+            let bytes = Arc::new(bytes);
+            let component = bytes.clone();
+            let loaded = tokio::task::spawn_blocking(move || runtime.load(&component)).await?;
             let loaded: LoadedType = match loaded {
                 Ok(loaded) => loaded,
                 // A bad component in the watched folder must not stop the
@@ -161,6 +163,13 @@ impl Site {
             self.prepare_tables(&installed)
                 .await
                 .with_context(|| format!("creating tables of {source}"))?;
+            // Kept so that a later upgrade can be rolled back to it.
+            crate::swap::versions::keep_component(
+                &self.config.site.data_dir,
+                installed.plugin.sha256(),
+                &bytes,
+            )
+            .with_context(|| format!("keeping {source} for rollback"))?;
             tracing::info!(
                 r#type = installed.name(),
                 version = %installed.identity.version,

@@ -134,7 +134,10 @@ async fn follows(
     })
 }
 
-/// A writer that updates (project, channel) records over and over until stopped.
+/// A writer that creates records, one every 15 ms, until stopped or every
+/// (project, channel) is written. It creates rather than updates: an update
+/// racing a download or a verification is repaired by a resync, which
+/// would hide a sync error the swap caused.
 struct Writer {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<u64>,
@@ -147,23 +150,31 @@ impl Writer {
         let flag = stop.clone();
         let task = tokio::spawn(async move {
             let mut n = 0u64;
-            while !flag.load(Ordering::Relaxed) {
-                let project = projects[(n as usize) % projects.len()];
-                let channel = ["stable", "beta", "dev"][(n as usize / projects.len()) % 3];
-                let mut columns = serde_json::Map::new();
-                columns.insert("project_id".into(), project.into());
-                columns.insert("channel".into(), channel.into());
-                let body = sites::index_yaml(project, channel, n as u32);
-                let stream = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(body))]);
-                geohost::primary::ingest::upsert(&site, HELM, &columns, stream)
-                    .await
-                    .expect("writes keep working during swaps");
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(15)).await;
+            for channel in ["stable", "beta", "dev"] {
+                for &project in &projects {
+                    if flag.load(Ordering::Relaxed) {
+                        return n;
+                    }
+                    let mut columns = serde_json::Map::new();
+                    columns.insert("project_id".into(), project.into());
+                    columns.insert("channel".into(), channel.into());
+                    let body = sites::index_yaml(project, channel, n as u32);
+                    let stream =
+                        futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(body))]);
+                    geohost::primary::ingest::upsert(&site, HELM, &columns, stream)
+                        .await
+                        .expect("writes keep working during swaps");
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
             }
             n
         });
         Writer { stop, task }
+    }
+
+    fn running(&self) -> bool {
+        !self.task.is_finished()
     }
 
     async fn stop(self) -> u64 {
@@ -206,13 +217,14 @@ fn failure_watch(secondary: &TestSite) -> (Arc<AtomicBool>, tokio::task::JoinHan
     (stop, task)
 }
 
-async fn pair(backend: Backend) -> (TestSite, TestSite, Vec<i64>) {
+async fn pair(backend: Backend, projects: usize) -> (TestSite, TestSite, Vec<i64>) {
     let primary = sites::primary(backend).await;
     let [_, a, a1, ..] = sites::group_tree(&primary).await;
-    let mut projects = Vec::new();
-    for (i, ns) in [a, a1, a, a1].iter().enumerate() {
-        projects.push(sites::project(&primary, *ns, &format!("p{i}")).await);
+    let mut ids = Vec::new();
+    for i in 0..projects {
+        ids.push(sites::project(&primary, [a, a1][i % 2], &format!("p{i}")).await);
     }
+    let projects = ids;
     let secondary = sites::secondary(backend, &primary, NewSite {
         name: "s".into(),
         ..Default::default()
@@ -225,13 +237,13 @@ async fn pair(backend: Backend) -> (TestSite, TestSite, Vec<i64>) {
 async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
     let v2 = fixture_component("helm-v2");
     for backend in sites::backends() {
-        let (primary, secondary, projects) = pair(backend).await;
+        let (primary, secondary, projects) = pair(backend, 100).await;
         let v1_sha = secondary.site.installed(HELM).unwrap().plugin.sha256().to_string();
         let writer = Writer::start(&primary, projects.clone());
         let (watch_stop, watch) = failure_watch(&secondary);
         // Every (project, channel) written at least once, and replicated.
         eventually(CONVERGE, "the first records replicated", || async {
-            registry(&secondary, HELM).await.len() == projects.len() * 3
+            registry(&secondary, HELM).await.len() >= 10
         })
         .await;
 
@@ -241,6 +253,10 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
             assert_eq!(report.outcome, Outcome::Upgraded, "{backend:?}");
             assert_eq!(report.version, "1.1.0");
             assert_eq!(report.previous_version.as_deref(), Some("1.0.0"));
+            if site.site.role() == geohost::config::Role::Secondary {
+                // Applied at once, not at the next periodic pass.
+                assert!(report.registries_removed > 0, "{backend:?}: {report:?}");
+            }
         }
         let v2_sha = secondary.site.installed(HELM).unwrap().plugin.sha256().to_string();
         assert_ne!(v1_sha, v2_sha);
@@ -259,9 +275,16 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
             let report = swap::rollback(&site.site, HELM).await.unwrap();
             assert_eq!(report.version, "1.0.0", "{backend:?}");
             assert_eq!(report.sha256, v1_sha);
+            if site.site.role() == geohost::config::Role::Secondary {
+                assert!(report.registries_created > 0, "{backend:?}: {report:?}");
+            }
         }
+        assert!(writer.running(), "the swaps happened while records were written");
         eventually(CONVERGE, "beta registries back", || async {
-            registry(&secondary, HELM).await.len() == projects.len() * 3
+            let found = registry(&secondary, HELM).await;
+            let records = records(&primary, HELM).await;
+            records.iter().any(|(_, (c, _))| c == "beta")
+                && records.keys().all(|id| found.contains_key(id))
         })
         .await;
 
@@ -404,7 +427,7 @@ async fn broken_components_are_refused_and_the_running_version_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_counts_scope_and_path_changes_over_live_data() {
     for backend in sites::backends() {
-        let (primary, secondary, projects) = pair(backend).await;
+        let (primary, secondary, projects) = pair(backend, 4).await;
         for project in &projects {
             for channel in ["stable", "beta"] {
                 sites::put_helm(&primary, *project, channel, "x").await;
@@ -439,7 +462,7 @@ async fn diff_counts_scope_and_path_changes_over_live_data() {
 async fn a_path_rule_change_moves_blobs_on_both_sites() {
     let v2 = fixture_component("helm-path-v2");
     for backend in sites::backends() {
-        let (primary, secondary, projects) = pair(backend).await;
+        let (primary, secondary, projects) = pair(backend, 4).await;
         for project in &projects {
             sites::put_helm(&primary, *project, "stable", "x").await;
         }
