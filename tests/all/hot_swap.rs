@@ -204,11 +204,10 @@ fn failure_watch(secondary: &TestSite) -> (Arc<AtomicBool>, tokio::task::JoinHan
                     )
                     .await
                     .unwrap();
-                failures.extend(rows.iter().map(|r| {
-                    r.opt_text("last_sync_failure")
-                        .unwrap()
-                        .unwrap_or_default()
-                }));
+                failures.extend(
+                    rows.iter()
+                        .map(|r| r.opt_text("last_sync_failure").unwrap().unwrap_or_default()),
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -225,10 +224,14 @@ async fn pair(backend: Backend, projects: usize) -> (TestSite, TestSite, Vec<i64
         ids.push(sites::project(&primary, [a, a1][i % 2], &format!("p{i}")).await);
     }
     let projects = ids;
-    let secondary = sites::secondary(backend, &primary, NewSite {
-        name: "s".into(),
-        ..Default::default()
-    })
+    let secondary = sites::secondary(
+        backend,
+        &primary,
+        NewSite {
+            name: "s".into(),
+            ..Default::default()
+        },
+    )
     .await;
     (primary, secondary, projects)
 }
@@ -238,7 +241,13 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
     let v2 = fixture_component("helm-v2");
     for backend in sites::backends() {
         let (primary, secondary, projects) = pair(backend, 100).await;
-        let v1_sha = secondary.site.installed(HELM).unwrap().plugin.sha256().to_string();
+        let v1_sha = secondary
+            .site
+            .installed(HELM)
+            .unwrap()
+            .plugin
+            .sha256()
+            .to_string();
         let writer = Writer::start(&primary, projects.clone());
         let (watch_stop, watch) = failure_watch(&secondary);
         // Every (project, channel) written at least once, and replicated.
@@ -249,7 +258,9 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
 
         // v2 leaves channel beta out: applied at once on the secondary.
         for site in [&primary, &secondary] {
-            let report = swap::install(&site.site, v2.clone(), request(HELM, "test")).await.unwrap();
+            let report = swap::install(&site.site, v2.clone(), request(HELM, "test"))
+                .await
+                .unwrap();
             assert_eq!(report.outcome, Outcome::Upgraded, "{backend:?}");
             assert_eq!(report.version, "1.1.0");
             assert_eq!(report.previous_version.as_deref(), Some("1.0.0"));
@@ -258,7 +269,13 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
                 assert!(report.registries_removed > 0, "{backend:?}: {report:?}");
             }
         }
-        let v2_sha = secondary.site.installed(HELM).unwrap().plugin.sha256().to_string();
+        let v2_sha = secondary
+            .site
+            .installed(HELM)
+            .unwrap()
+            .plugin
+            .sha256()
+            .to_string();
         assert_ne!(v1_sha, v2_sha);
         eventually(CONVERGE, "beta registries and blobs removed", || async {
             let records = records(&primary, HELM).await;
@@ -279,7 +296,10 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
                 assert!(report.registries_created > 0, "{backend:?}: {report:?}");
             }
         }
-        assert!(writer.running(), "the swaps happened while records were written");
+        assert!(
+            writer.running(),
+            "the swaps happened while records were written"
+        );
         eventually(CONVERGE, "beta registries back", || async {
             let found = registry(&secondary, HELM).await;
             let records = records(&primary, HELM).await;
@@ -289,22 +309,36 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
         .await;
 
         let writes = writer.stop().await;
-        eventually(CONVERGE, "everything synced, verified and identical", || {
-            follows(&primary, &secondary, HELM, |_| true)
-        })
+        eventually(
+            CONVERGE,
+            "everything synced, verified and identical",
+            || follows(&primary, &secondary, HELM, |_| true),
+        )
         .await;
         watch_stop.store(true, Ordering::Relaxed);
         let failures = watch.await.unwrap();
-        assert!(failures.is_empty(), "{backend:?}: sync errors during the swaps: {failures:?}");
+        assert!(
+            failures.is_empty(),
+            "{backend:?}: sync errors during the swaps: {failures:?}"
+        );
         assert!(writes > 30, "the writer kept writing ({writes} writes)");
 
         // Every version recorded; the rows say who decided them.
         for site in [&primary, &secondary] {
             let versions = swap::versions::of_type(&site.site.db, HELM).await.unwrap();
-            let summary: Vec<(String, bool)> =
-                versions.iter().map(|v| (v.version.clone(), v.active)).collect();
-            assert_eq!(summary, [("1.0.0".to_string(), true), ("1.1.0".to_string(), false)]);
-            assert!(versions.iter().all(|v| v.installed_at <= geohost::db::Db::now()));
+            let summary: Vec<(String, bool)> = versions
+                .iter()
+                .map(|v| (v.version.clone(), v.active))
+                .collect();
+            assert_eq!(
+                summary,
+                [("1.0.0".to_string(), true), ("1.1.0".to_string(), false)]
+            );
+            assert!(
+                versions
+                    .iter()
+                    .all(|v| v.installed_at <= geohost::db::Db::now())
+            );
         }
         let it = secondary.site.installed(HELM).unwrap();
         let stamped = secondary
@@ -321,9 +355,11 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
             )
             .await
             .unwrap();
-        let shas: Vec<Option<String>> = stamped.iter().map(|r| r.opt_text("sha").unwrap()).collect();
+        let shas: Vec<Option<String>> =
+            stamped.iter().map(|r| r.opt_text("sha").unwrap()).collect();
         assert!(
-            shas.iter().all(|s| s.is_none() || s.as_deref() == Some(v1_sha.as_str())),
+            shas.iter()
+                .all(|s| s.is_none() || s.as_deref() == Some(v1_sha.as_str())),
             "{shas:?}"
         );
         assert!(shas.contains(&Some(v1_sha.clone())));
@@ -365,14 +401,44 @@ async fn broken_components_are_refused_and_the_running_version_keeps_serving() {
         let (_, token) = geohost::api::auth::create_token(&primary.site.db, "ops")
             .await
             .unwrap();
-        let running = primary.site.installed(HELM).unwrap().plugin.sha256().to_string();
+        let running = primary
+            .site
+            .installed(HELM)
+            .unwrap()
+            .plugin
+            .sha256()
+            .to_string();
         let cases: [(&str, Vec<u8>, &str); 6] = [
-            ("not wasm", b"#!/bin/sh\necho not a component\n".to_vec(), "not a WebAssembly"),
-            ("wrong WIT version", fixture_component("wrong-wit-version"), "geohost:replicable@9.0.0"),
-            ("a different type's name", fixture_component("helm-copy"), "not `packages_helm_metadata_cache`"),
-            ("a trap in identity", fixture_component("helm-identity-trap"), "`describe` failed"),
-            ("a path rule escaping the root", fixture_component("helm-escape"), "invalid blob path"),
-            ("failing shipped test vectors", fixture_component("helm-bad-vectors"), "test vectors fail"),
+            (
+                "not wasm",
+                b"#!/bin/sh\necho not a component\n".to_vec(),
+                "not a WebAssembly",
+            ),
+            (
+                "wrong WIT version",
+                fixture_component("wrong-wit-version"),
+                "geohost:replicable@9.0.0",
+            ),
+            (
+                "a different type's name",
+                fixture_component("helm-copy"),
+                "not `packages_helm_metadata_cache`",
+            ),
+            (
+                "a trap in identity",
+                fixture_component("helm-identity-trap"),
+                "`describe` failed",
+            ),
+            (
+                "a path rule escaping the root",
+                fixture_component("helm-escape"),
+                "invalid blob path",
+            ),
+            (
+                "failing shipped test vectors",
+                fixture_component("helm-bad-vectors"),
+                "test vectors fail",
+            ),
         ];
         for (i, (what, bytes, reason)) in cases.into_iter().enumerate() {
             let (status, body) = put_plugin(&primary, &token, bytes).await;
@@ -380,14 +446,23 @@ async fn broken_components_are_refused_and_the_running_version_keeps_serving() {
             let message = body["message"].as_str().unwrap();
             assert!(message.contains(reason), "{backend:?} {what}: {message}");
             // The running version keeps serving: same component, writes work.
-            assert_eq!(primary.site.installed(HELM).unwrap().plugin.sha256(), running, "{what}");
+            assert_eq!(
+                primary.site.installed(HELM).unwrap().plugin.sha256(),
+                running,
+                "{what}"
+            );
             let w = sites::put_helm(&primary, project, &format!("c{i}"), "body").await;
-            assert_eq!(w.blob_path, crate::support::helm_blob_path(project, &format!("c{i}")));
+            assert_eq!(
+                w.blob_path,
+                crate::support::helm_blob_path(project, &format!("c{i}"))
+            );
             // Reported in the API listing and the site status.
             let listing = get_json(&primary, &token, "/api/v4/geo/plugins").await;
             let failures = listing["failures"].as_array().unwrap();
             assert!(
-                failures.iter().any(|f| f["error"].as_str().unwrap().contains(reason)),
+                failures
+                    .iter()
+                    .any(|f| f["error"].as_str().unwrap().contains(reason)),
                 "{what}: {listing}"
             );
             let status = get_json(&primary, &token, "/api/v4/geo_sites/status").await;
@@ -411,15 +486,23 @@ async fn broken_components_are_refused_and_the_running_version_keeps_serving() {
             .await
             .unwrap();
         assert!(
-            metrics.lines().any(|l| l.starts_with("geohost_plugin_swaps_total{")
-                && l.contains("outcome=\"refused\"")
-                && l.contains(HELM)),
+            metrics
+                .lines()
+                .any(|l| l.starts_with("geohost_plugin_swaps_total{")
+                    && l.contains("outcome=\"refused\"")
+                    && l.contains(HELM)),
             "{metrics}"
         );
         // Refusals of a named type are recorded (inactive, with the error).
-        let versions = swap::versions::of_type(&primary.site.db, HELM).await.unwrap();
-        assert!(versions.iter().any(|v| !v.active
-            && v.last_validation_error.as_deref().is_some_and(|e| e.contains("invalid blob path"))));
+        let versions = swap::versions::of_type(&primary.site.db, HELM)
+            .await
+            .unwrap();
+        assert!(versions.iter().any(|v| {
+            !v.active
+                && v.last_validation_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("invalid blob path"))
+        }));
         assert_eq!(versions.iter().filter(|v| v.active).count(), 1);
     }
 }
@@ -433,8 +516,13 @@ async fn diff_counts_scope_and_path_changes_over_live_data() {
                 sites::put_helm(&primary, *project, channel, "x").await;
             }
         }
-        eventually(CONVERGE, "replicated", || follows(&primary, &secondary, HELM, |_| true)).await;
-        let d = swap::diff::diff(&secondary.site, fixture_component("helm-v2")).await.unwrap();
+        eventually(CONVERGE, "replicated", || {
+            follows(&primary, &secondary, HELM, |_| true)
+        })
+        .await;
+        let d = swap::diff::diff(&secondary.site, fixture_component("helm-v2"))
+            .await
+            .unwrap();
         assert_eq!((d.records, d.path_changes), (8, 0), "{backend:?}");
         assert_eq!((d.scopes[0].enter, d.scopes[0].leave), (0, 4));
         let beta: BTreeSet<i64> = records(&primary, HELM)
@@ -443,18 +531,33 @@ async fn diff_counts_scope_and_path_changes_over_live_data() {
             .filter(|(_, (c, _))| c == "beta")
             .map(|(id, _)| id)
             .collect();
-        assert!(d.scopes[0].leave_examples.iter().all(|id| beta.contains(id)));
+        assert!(
+            d.scopes[0]
+                .leave_examples
+                .iter()
+                .all(|id| beta.contains(id))
+        );
         // On the primary: per secondary, and the path rule's change.
-        let d = swap::diff::diff(&primary.site, fixture_component("helm-path-v2")).await.unwrap();
+        let d = swap::diff::diff(&primary.site, fixture_component("helm-path-v2"))
+            .await
+            .unwrap();
         assert_eq!(d.path_changes, 8);
         assert_eq!(d.scopes.len(), 1);
         assert_eq!((d.scopes[0].enter, d.scopes[0].leave), (0, 0));
         let example = &d.path_examples[0];
         assert_eq!(example.to, format!("v2/{}", example.from));
-        let d = swap::diff::diff(&primary.site, fixture_component("helm-escape")).await.unwrap();
+        let d = swap::diff::diff(&primary.site, fixture_component("helm-escape"))
+            .await
+            .unwrap();
         assert_eq!(d.invalid_paths, 8);
         // Nothing changed.
-        assert_eq!(swap::versions::of_type(&primary.site.db, HELM).await.unwrap().len(), 1);
+        assert_eq!(
+            swap::versions::of_type(&primary.site.db, HELM)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }
 
@@ -466,10 +569,15 @@ async fn a_path_rule_change_moves_blobs_on_both_sites() {
         for project in &projects {
             sites::put_helm(&primary, *project, "stable", "x").await;
         }
-        eventually(CONVERGE, "replicated", || follows(&primary, &secondary, HELM, |_| true)).await;
+        eventually(CONVERGE, "replicated", || {
+            follows(&primary, &secondary, HELM, |_| true)
+        })
+        .await;
         let before = records(&primary, HELM).await;
         for site in [&primary, &secondary] {
-            let report = swap::install(&site.site, v2.clone(), request(HELM, "test")).await.unwrap();
+            let report = swap::install(&site.site, v2.clone(), request(HELM, "test"))
+                .await
+                .unwrap();
             assert_eq!(report.blobs_moved, 4, "{backend:?}");
         }
         let after = records(&primary, HELM).await;
@@ -531,7 +639,10 @@ async fn a_watched_folder_installs_upgrades_and_a_new_type_that_replicates() {
                 .any(|f| f.source == file.display().to_string())
         })
         .await;
-        assert_eq!(primary.site.installed(HELM).unwrap().identity.version, "1.0.0");
+        assert_eq!(
+            primary.site.installed(HELM).unwrap().identity.version,
+            "1.0.0"
+        );
         std::fs::write(&file, &v2).unwrap();
         // Live, and the refusal of the partial file no longer reported.
         eventually(CONVERGE, "v2 live from the folder", || async {
@@ -542,11 +653,19 @@ async fn a_watched_folder_installs_upgrades_and_a_new_type_that_replicates() {
         // Another type written over the file that provides Helm is refused.
         std::fs::write(&file, std::fs::read(new_type_component()).unwrap()).unwrap();
         eventually(CONVERGE, "the other type refused", || async {
-            primary.site.swaps.failures().iter().any(|f| f.error.contains("not `packages_helm_metadata_cache`"))
+            primary
+                .site
+                .swaps
+                .failures()
+                .iter()
+                .any(|f| f.error.contains("not `packages_helm_metadata_cache`"))
         })
         .await;
         assert!(primary.site.installed(NEW_TYPE).is_none());
-        assert_eq!(primary.site.installed(HELM).unwrap().identity.version, "1.1.0");
+        assert_eq!(
+            primary.site.installed(HELM).unwrap().identity.version,
+            "1.1.0"
+        );
 
         // A new type, dropped (renamed in) on both sites, replicates without a restart.
         for dir in [primary_dir.path(), secondary_dir.path()] {
@@ -555,7 +674,8 @@ async fn a_watched_folder_installs_upgrades_and_a_new_type_that_replicates() {
             std::fs::rename(&tmp, dir.join("new-type.wasm")).unwrap();
         }
         eventually(CONVERGE, "the new type installed on both sites", || async {
-            primary.site.installed(NEW_TYPE).is_some() && secondary.site.installed(NEW_TYPE).is_some()
+            primary.site.installed(NEW_TYPE).is_some()
+                && secondary.site.installed(NEW_TYPE).is_some()
         })
         .await;
         for channel in ["stable", "beta"] {
@@ -614,11 +734,17 @@ async fn the_cli_lists_installs_diffs_rolls_back_and_removes() {
     let (ok, out, err) = cli(&["install", v2, "--type", HELM]);
     assert!(ok, "{err}");
     assert!(out.contains("upgraded") && out.contains("1.1.0"), "{out}");
-    assert_eq!(primary.site.installed(HELM).unwrap().identity.version, "1.1.0");
+    assert_eq!(
+        primary.site.installed(HELM).unwrap().identity.version,
+        "1.1.0"
+    );
     let escape = fixture_component_path("helm-escape");
     let (ok, _, err) = cli(&["install", escape.to_str().unwrap()]);
     assert!(!ok && err.contains("invalid blob path"), "{err}");
-    assert_eq!(primary.site.installed(HELM).unwrap().identity.version, "1.1.0");
+    assert_eq!(
+        primary.site.installed(HELM).unwrap().identity.version,
+        "1.1.0"
+    );
     let (ok, out, err) = cli(&["rollback", HELM]);
     assert!(ok, "{err}");
     assert!(out.contains("1.0.0"), "{out}");
@@ -629,7 +755,12 @@ async fn the_cli_lists_installs_diffs_rolls_back_and_removes() {
     assert!(out.contains("removed"), "{out}");
     assert!(primary.site.installed(HELM).is_none());
     // Installing it again resumes with the data kept.
-    let (ok, out, err) = cli(&["install", crate::support::fixture_component_path("helm-v2").to_str().unwrap()]);
+    let (ok, out, err) = cli(&[
+        "install",
+        crate::support::fixture_component_path("helm-v2")
+            .to_str()
+            .unwrap(),
+    ]);
     assert!(ok, "{err}\n{out}");
     assert_eq!(records(&primary, HELM).await.len(), 1);
     let _ = helm_component();

@@ -165,7 +165,12 @@ pub fn diff(remote: &Remote, file: &Path) -> Result<()> {
     }
     println!("  blob paths that change: {}", d["path_changes"]);
     for p in d["path_examples"].as_array().into_iter().flatten() {
-        println!("    record {}: {} → {}", p["id"], s(&p["from"]), s(&p["to"]));
+        println!(
+            "    record {}: {} → {}",
+            p["id"],
+            s(&p["from"]),
+            s(&p["to"])
+        );
     }
     if d["invalid_paths"].as_u64().unwrap_or(0) > 0 {
         println!(

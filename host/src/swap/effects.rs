@@ -181,7 +181,9 @@ pub async fn scope_changes(
 }
 
 /// This secondary's scope, read from the primary now.
-pub async fn secondary_scope(site: &Arc<Site>) -> Result<(crate::secondary::PrimaryClient, Scope), String> {
+pub async fn secondary_scope(
+    site: &Arc<Site>,
+) -> Result<(crate::secondary::PrimaryClient, Scope), String> {
     let secondary = crate::secondary::Secondary::new(site.clone()).map_err(|e| format!("{e:#}"))?;
     let view = secondary
         .refresh_topology()
@@ -210,7 +212,9 @@ pub fn decided_table(site: &Site, it: &InstalledType) -> (Db, String) {
     match site.role() {
         Role::Primary => (site.db.clone(), it.identity.states_table()),
         Role::Secondary => (
-            site.tracking.clone().expect("a secondary has a tracking database"),
+            site.tracking
+                .clone()
+                .expect("a secondary has a tracking database"),
             it.identity.registry_table(),
         ),
     }

@@ -207,7 +207,8 @@ pub async fn install(
     let result = validate_and_swap(site, &bytes, loaded.clone(), &request, started).await;
     match result {
         Ok(report) => {
-            site.swaps.clear(&[report.name.as_str(), request.source.as_str()]);
+            site.swaps
+                .clear(&[report.name.as_str(), request.source.as_str()]);
             crate::metrics::plugin_swap(&report.name, report.outcome.label());
             tracing::info!(
                 r#type = %report.name,
@@ -362,8 +363,7 @@ async fn validate_and_swap(
 
     // Blobs written under the old version while the copies were made.
     if !moves.is_empty() {
-        match effects::copy_to_new(site, &name, &missing_targets(site, &name, &moves).await).await
-        {
+        match effects::copy_to_new(site, &name, &missing_targets(site, &name, &moves).await).await {
             Ok(_) => {}
             Err(e) => report.warnings.push(e),
         }
@@ -467,13 +467,14 @@ pub async fn rollback(site: &Arc<Site>, name: &str) -> Result<SwapReport, SwapEr
         .ok_or_else(|| {
             SwapError::Conflict(format!("`{name}` has no earlier version to roll back to"))
         })?;
-    let bytes = versions::kept_component(&site.config.site.data_dir, &previous.sha256)
-        .ok_or_else(|| {
+    let bytes = versions::kept_component(&site.config.site.data_dir, &previous.sha256).ok_or_else(
+        || {
             SwapError::Conflict(format!(
                 "the component of `{name}` {} ({}) is no longer kept",
                 previous.version, previous.sha256
             ))
-        })?;
+        },
+    )?;
     install(
         site,
         bytes,
@@ -511,10 +512,7 @@ pub async fn remove(site: &Arc<Site>, name: &str, force: bool) -> Result<Removal
         };
         let rows = db
             .fetch_one(
-                &format!(
-                    "SELECT COUNT(*) AS n FROM {}",
-                    crate::db::ident(&table)
-                ),
+                &format!("SELECT COUNT(*) AS n FROM {}", crate::db::ident(&table)),
                 &[],
             )
             .await?
@@ -557,7 +555,8 @@ pub async fn restore(site: &Arc<Site>) -> anyhow::Result<()> {
                 match versions::kept_component(&site.config.site.data_dir, &v.sha256) {
                     Some(bytes) => {
                         let runtime = site.runtime.clone();
-                        let loaded = tokio::task::spawn_blocking(move || runtime.load(&bytes)).await?;
+                        let loaded =
+                            tokio::task::spawn_blocking(move || runtime.load(&bytes)).await?;
                         match loaded {
                             Ok(loaded) if loaded.name() == name => {
                                 tracing::info!(r#type = %name, version = %loaded.identity().version, "running the recorded active version");

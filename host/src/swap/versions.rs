@@ -116,11 +116,7 @@ pub async fn activate(db: &Db, v: &NewVersion<'_>) -> Result<(), DbError> {
 }
 
 /// Records a refused version (inactive) with its validation error.
-pub async fn record_refusal(
-    db: &Db,
-    v: &NewVersion<'_>,
-    error: &str,
-) -> Result<(), DbError> {
+pub async fn record_refusal(db: &Db, v: &NewVersion<'_>, error: &str) -> Result<(), DbError> {
     let updated = db
         .execute(
             "UPDATE plugin_versions SET last_validation_error = $1 \

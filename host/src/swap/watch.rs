@@ -85,12 +85,9 @@ async fn initial(site: &Site, dir: &Path) -> HashMap<PathBuf, Seen> {
             .load(&bytes)
             .ok()
             .map(|l| (l.sha256().to_string(), l.name().to_string()));
-        let name = runtime_sha.as_ref().and_then(|(s, n)| {
-            recorded
-                .iter()
-                .any(|v| &v.sha256 == s)
-                .then(|| n.clone())
-        });
+        let name = runtime_sha
+            .as_ref()
+            .and_then(|(s, n)| recorded.iter().any(|v| &v.sha256 == s).then(|| n.clone()));
         seen.insert(
             path,
             Seen {
