@@ -23,6 +23,18 @@ const NEW_TYPE: &str = "fixture_helm_copy";
 fn new_type_component() -> std::path::PathBuf {
     fixture_component_path("helm-copy")
 }
+/// The writer columns of two records of [`NEW_TYPE`] in `project`.
+fn new_type_records(project: i64) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    ["stable", "beta"]
+        .iter()
+        .map(|channel| {
+            let mut columns = serde_json::Map::new();
+            columns.insert("project_id".into(), project.into());
+            columns.insert("channel".into(), (*channel).into());
+            columns
+        })
+        .collect()
+}
 
 fn request(name: &str, source: &str) -> Request {
     Request {
@@ -85,7 +97,12 @@ async fn records(primary: &TestSite, name: &str) -> BTreeMap<i64, (String, Strin
             (
                 r.id,
                 (
-                    r.columns["channel"].as_str().unwrap().to_string(),
+                    // The Helm channel (types without one: empty).
+                    r.columns
+                        .get("channel")
+                        .and_then(|c| c.as_str())
+                        .unwrap_or_default()
+                        .to_string(),
                     p.unwrap().as_str().to_string(),
                 ),
             )
@@ -678,12 +695,9 @@ async fn a_watched_folder_installs_upgrades_and_a_new_type_that_replicates() {
                 && secondary.site.installed(NEW_TYPE).is_some()
         })
         .await;
-        for channel in ["stable", "beta"] {
-            let mut columns = serde_json::Map::new();
-            columns.insert("project_id".into(), project.into());
-            columns.insert("channel".into(), channel.into());
+        for (i, columns) in new_type_records(project).into_iter().enumerate() {
             let stream = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(
-                format!("new type {channel}"),
+                format!("new type record {i}"),
             ))]);
             geohost::primary::ingest::upsert(&primary.site, NEW_TYPE, &columns, stream)
                 .await

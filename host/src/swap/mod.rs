@@ -149,6 +149,9 @@ pub struct SwapReport {
     pub registries_removed: u64,
     /// Blobs copied to a new path (and their old copy removed).
     pub blobs_moved: u64,
+    /// Whether every batch running on the old version had finished before
+    /// the effects were applied (see [`DRAIN_LIMIT`]).
+    pub drained: bool,
     /// What could not be applied at once (the periodic passes retry it).
     pub warnings: Vec<String>,
     /// From the start of validation until the new version is live.
@@ -308,6 +311,7 @@ async fn validate_and_swap(
         registries_created: 0,
         registries_removed: 0,
         blobs_moved: 0,
+        drained: true,
         warnings: Vec::new(),
         swap_time: Duration::ZERO,
     };
@@ -357,9 +361,22 @@ async fn validate_and_swap(
     }
 
     // Live.
-    let (installed, _old) = site.catalog.replace(loaded.clone());
+    drop(current); // held only by running batches from now on (see `drain`)
+    let (installed, old) = site.catalog.replace(loaded.clone());
     report.swap_time = started.elapsed();
     record_active(site, bytes, &loaded, &request.source).await?;
+    // Batches that took the old version (a cursor round, a consistency
+    // pass, a download, a write) finish on it; what they did is then
+    // brought in line with the new version below.
+    if let Some(old) = old {
+        report.drained = drain(old).await;
+        if !report.drained {
+            report.warnings.push(format!(
+                "the old version was still in use after {DRAIN_LIMIT:?}; the periodic passes \
+                 correct what it decides from now on"
+            ));
+        }
+    }
 
     // Blobs written under the old version while the copies were made.
     if !moves.is_empty() {
@@ -392,6 +409,23 @@ async fn validate_and_swap(
         tracing::warn!(r#type = %name, %warning, "hot swap");
     }
     Ok(report)
+}
+
+/// How long a swap waits for batches running on the old version (a
+/// cursor round long-polls for up to 10 s).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(15);
+
+/// Waits until nothing but the caller holds `old` (every batch that took it
+/// has finished), at most [`DRAIN_LIMIT`]. Returns whether it drained.
+async fn drain(old: Arc<InstalledType>) -> bool {
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    while Arc::strong_count(&old) > 1 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 /// The moves whose new path has no blob while the old one has.
@@ -455,14 +489,18 @@ pub async fn prepare_tables(site: &Site, it: &InstalledType) -> Result<(), Strin
 /// Goes back to the version of `name` that was active before the current
 /// one (its kept component), validated like any install.
 pub async fn rollback(site: &Arc<Site>, name: &str) -> Result<SwapReport, SwapError> {
+    // Only the hash: holding the `Arc` would keep the swap from draining.
     let current = site
         .catalog
         .get(name)
-        .ok_or_else(|| SwapError::UnknownType(name.into()))?;
+        .ok_or_else(|| SwapError::UnknownType(name.into()))?
+        .plugin
+        .sha256()
+        .to_string();
     let history = versions::of_type(&site.db, name).await?;
     let previous = history
         .iter()
-        .filter(|v| v.sha256 != current.plugin.sha256() && v.activated_at.is_some())
+        .filter(|v| v.sha256 != current && v.activated_at.is_some())
         .max_by_key(|v| (v.activated_at, v.id))
         .ok_or_else(|| {
             SwapError::Conflict(format!("`{name}` has no earlier version to roll back to"))
