@@ -266,3 +266,38 @@ pub async fn stamp(db: &Db, table: &str, sha256: &str) -> Result<u64, DbError> {
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::testing::test_databases;
+
+    #[tokio::test]
+    async fn the_decided_by_column_is_added_once_and_stamped() {
+        for (backend, db) in test_databases().await {
+            db.execute("CREATE TABLE t_registry (id BIGINT PRIMARY KEY)", &[])
+                .await
+                .unwrap();
+            db.execute("INSERT INTO t_registry (id) VALUES (1), (2)", &[])
+                .await
+                .unwrap();
+            ensure_decided_by(&db, "t_registry").await.unwrap();
+            ensure_decided_by(&db, "t_registry").await.unwrap();
+            assert_eq!(
+                stamp(&db, "t_registry", "aa").await.unwrap(),
+                2,
+                "{backend}"
+            );
+            assert_eq!(
+                stamp(&db, "t_registry", "aa").await.unwrap(),
+                0,
+                "{backend}"
+            );
+            assert_eq!(
+                stamp(&db, "t_registry", "bb").await.unwrap(),
+                2,
+                "{backend}"
+            );
+        }
+    }
+}

@@ -177,3 +177,69 @@ pub fn keep_component(data_dir: &Path, sha256: &str, bytes: &[u8]) -> std::io::R
 pub fn kept_component(data_dir: &Path, sha256: &str) -> Option<Vec<u8>> {
     std::fs::read(component_path(data_dir, sha256)).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::migrate;
+    use crate::db::testing::test_databases;
+
+    fn v<'a>(version: &'a str, sha256: &'a str) -> NewVersion<'a> {
+        NewVersion {
+            name: "t",
+            version,
+            sha256,
+            wit_version: "0.1.0",
+            source: "test",
+        }
+    }
+
+    #[tokio::test]
+    async fn one_active_version_and_refusals_are_recorded() {
+        for (backend, db) in test_databases().await {
+            migrate::main(&db).await.unwrap();
+            activate(&db, &v("1.0.0", "a")).await.unwrap();
+            activate(&db, &v("1.1.0", "b")).await.unwrap();
+            record_refusal(&db, &v("1.2.0", "c"), "broken")
+                .await
+                .unwrap();
+            record_refusal(&db, &v("1.2.0", "c"), "still broken")
+                .await
+                .unwrap();
+            // Back to a: recorded once, active again.
+            activate(&db, &v("1.0.0", "a")).await.unwrap();
+            let rows = of_type(&db, "t").await.unwrap();
+            let summary: Vec<(&str, bool, Option<&str>)> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        r.sha256.as_str(),
+                        r.active,
+                        r.last_validation_error.as_deref(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                summary,
+                [
+                    ("a", true, None),
+                    ("b", false, None),
+                    ("c", false, Some("still broken"))
+                ],
+                "{backend}"
+            );
+            assert!(rows[2].activated_at.is_none());
+            assert_eq!(deactivate(&db, "t").await.unwrap(), 1);
+            assert!(of_type(&db, "t").await.unwrap().iter().all(|r| !r.active));
+        }
+    }
+
+    #[test]
+    fn kept_components_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(kept_component(dir.path(), "abc").is_none());
+        keep_component(dir.path(), "abc", b"bytes").unwrap();
+        keep_component(dir.path(), "abc", b"other").unwrap(); // kept once
+        assert_eq!(kept_component(dir.path(), "abc").unwrap(), b"bytes");
+    }
+}

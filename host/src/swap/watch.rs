@@ -139,3 +139,22 @@ async fn poll(site: &Arc<Site>, dir: &Path, seen: &mut HashMap<PathBuf, Seen>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_visible_wasm_files_are_components() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.wasm", "a.wasm", ".a.wasm", "notes.txt", ".part-1"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let names: Vec<String> = components(dir.path())
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(names, ["a.wasm", "b.wasm"]);
+        assert!(components(&dir.path().join("missing")).is_empty());
+    }
+}
