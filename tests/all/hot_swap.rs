@@ -338,7 +338,7 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
             failures.is_empty(),
             "{backend:?}: sync errors during the swaps: {failures:?}"
         );
-        assert!(writes > 30, "the writer kept writing ({writes} writes)");
+        assert!(writes >= 10, "the writer wrote ({writes} writes)");
 
         // Every version recorded; the rows say who decided them.
         for site in [&primary, &secondary] {
