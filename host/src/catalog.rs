@@ -103,6 +103,31 @@ impl Catalog {
         result
     }
 
+    /// Puts `plugin` in place of the installed type of the same name (or
+    /// adds it), atomically: batches that loaded the old snapshot finish on
+    /// the old version. Returns the type it replaced.
+    pub fn replace(&self, plugin: LoadedType) -> (Arc<InstalledType>, Option<Arc<InstalledType>>) {
+        let installed = Arc::new(InstalledType::new(plugin));
+        let previous = self.types.rcu(|current| {
+            let mut next = (**current).clone();
+            next.insert(installed.name().to_string(), installed.clone());
+            next
+        });
+        let old = previous.get(installed.name()).cloned();
+        (installed, old)
+    }
+
+    /// Takes a type out of the catalog; workers stop calling it from their
+    /// next batch on.
+    pub fn remove(&self, name: &str) -> Option<Arc<InstalledType>> {
+        let previous = self.types.rcu(|current| {
+            let mut next = (**current).clone();
+            next.remove(name);
+            next
+        });
+        previous.get(name).cloned()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<InstalledType>> {
         self.types.load().get(name).cloned()
     }

@@ -167,6 +167,13 @@ pub struct PluginSection {
     /// Memory cap of one plugin instance, in MiB.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: usize,
+    /// How often `dir` is polled for new or changed components (hot swap).
+    #[serde(default = "default_watch_interval_ms")]
+    pub watch_interval_ms: u64,
+}
+
+fn default_watch_interval_ms() -> u64 {
+    1000
 }
 
 impl Default for PluginSection {
@@ -177,6 +184,7 @@ impl Default for PluginSection {
             cache_dir: None,
             call_timeout_ms: default_call_timeout_ms(),
             memory_mib: default_memory_mib(),
+            watch_interval_ms: default_watch_interval_ms(),
         }
     }
 }

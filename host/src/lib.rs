@@ -20,4 +20,5 @@ pub mod site;
 pub mod states;
 pub mod status;
 pub mod storage;
+pub mod swap;
 pub mod topology;

@@ -189,4 +189,52 @@ pub fn init() {
     LazyLock::force(&STATUS_FAILED);
     LazyLock::force(&BULK_UPDATE_BATCHES);
     LazyLock::force(&BULK_UPDATE_ROWS);
+    LazyLock::force(&PLUGIN_SWAPS);
+    LazyLock::force(&PLUGIN_SCOPE_CHANGES);
+}
+
+/// `geohost_plugin_swaps_total{type,outcome}`: hot-swap attempts by
+/// outcome (`installed`, `upgraded`, `unchanged`, `refused`, `removed`).
+pub static PLUGIN_SWAPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "geohost_plugin_swaps_total",
+                "Type definition installs, upgrades, rollbacks and removals, by outcome",
+            ),
+            &["type", "outcome"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// `geohost_plugin_scope_changes_total{type,change}`: registries created
+/// (`entered`) and removed (`left`) by a swap's immediate scope
+/// re-evaluation.
+pub static PLUGIN_SCOPE_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "geohost_plugin_scope_changes_total",
+                "Registries created or removed because a new type version changed the scope",
+            ),
+            &["type", "change"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Records one hot-swap attempt.
+pub fn plugin_swap(name: &str, outcome: &str) {
+    PLUGIN_SWAPS.with_label_values(&[name, outcome]).inc();
+}
+
+/// Records a swap's scope changes.
+pub fn plugin_scope_changes(name: &str, entered: u64, left: u64) {
+    PLUGIN_SCOPE_CHANGES
+        .with_label_values(&[name, "entered"])
+        .inc_by(entered);
+    PLUGIN_SCOPE_CHANGES
+        .with_label_values(&[name, "left"])
+        .inc_by(left);
 }

@@ -32,6 +32,8 @@ pub struct Site {
     pub events: EventSignal,
     /// Cancelled when the site stops.
     pub shutdown: CancellationToken,
+    /// Hot swap: one at a time, and the refusals to report.
+    pub swaps: crate::swap::SwapState,
 }
 
 impl Site {
@@ -78,8 +80,12 @@ impl Site {
             secrets,
             events: EventSignal::default(),
             shutdown: CancellationToken::new(),
+            swaps: Default::default(),
         });
         site.load_types().await?;
+        crate::swap::restore(&site)
+            .await
+            .context("restoring the recorded type versions")?;
         if site.role() == Role::Primary {
             crate::primary::sites::ensure_self(&site)
                 .await
@@ -135,18 +141,43 @@ impl Site {
                 sources.push((path.display().to_string(), bytes));
             }
         }
-        for (source, bytes) in sources {
+        let shipped = builtin::BUILTIN.len();
+        for (index, (source, bytes)) in sources.into_iter().enumerate() {
             let runtime = self.runtime.clone();
-            let loaded: LoadedType = tokio::task::spawn_blocking(move || runtime.load(&bytes))
-                .await?
-                .with_context(|| format!("loading {source}"))?;
-            let installed = self
-                .catalog
-                .install(loaded)
-                .with_context(|| format!("installing {source}"))?;
+            let bytes = Arc::new(bytes);
+            let component = bytes.clone();
+            let loaded = tokio::task::spawn_blocking(move || runtime.load(&component)).await?;
+            let loaded: LoadedType = match loaded {
+                Ok(loaded) => loaded,
+                // A bad component in the watched folder must not stop the
+                // site (it may have been dropped there at runtime and
+                // refused): it is reported, as a refused hot swap is.
+                Err(error) if index >= shipped => {
+                    tracing::warn!(%source, %error, "component in the plugins folder not loaded");
+                    continue;
+                }
+                Err(error) => return Err(error).with_context(|| format!("loading {source}")),
+            };
+            // A folder component replaces a shipped type of the same name
+            // (an upgrade dropped there); `swap::restore` then applies the
+            // recorded active version.
+            let installed = if index >= shipped {
+                self.catalog.replace(loaded).0
+            } else {
+                self.catalog
+                    .install(loaded)
+                    .with_context(|| format!("installing {source}"))?
+            };
             self.prepare_tables(&installed)
                 .await
                 .with_context(|| format!("creating tables of {source}"))?;
+            // Kept so that a later upgrade can be rolled back to it.
+            crate::swap::versions::keep_component(
+                &self.config.site.data_dir,
+                installed.plugin.sha256(),
+                &bytes,
+            )
+            .with_context(|| format!("keeping {source} for rollback"))?;
             tracing::info!(
                 r#type = installed.name(),
                 version = %installed.identity.version,
@@ -212,6 +243,7 @@ impl Site {
                 }
             }
         }
+        workers.spawn(crate::swap::watch::run(self.clone()));
         tracing::info!(site = self.name(), role = ?self.role(), %address, "serving");
         let router = crate::api::router(self.clone());
         let served = crate::api::serve(listener, router, self.shutdown.clone()).await;

@@ -4,6 +4,7 @@
 mod admin_page;
 mod authoring;
 mod faults;
+mod hot_swap;
 mod npm;
 mod object_storage;
 mod operator;

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod geo;
 pub mod graphql;
 pub mod metrics;
+pub mod plugins;
 pub mod rejection;
 pub mod status;
 
@@ -80,6 +81,7 @@ fn admin_routes() -> AdminRoutes {
         .merge(status::routes())
         .merge(metrics::routes())
         .merge(graphql::routes())
+        .merge(plugins::routes())
 }
 
 /// The path of every admin route (`/api/v4/geo_sites/{id}` style), as the

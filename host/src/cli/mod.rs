@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod demo;
 pub mod plugin;
+pub mod plugin_admin;
 pub mod scaffold;
 pub mod status;
 

@@ -21,6 +21,39 @@ pub enum PluginCommand {
         #[arg(long)]
         fixtures: PathBuf,
     },
+    /// List a running site's types, their recorded versions and refusals.
+    List(super::plugin_admin::Remote),
+    /// Validate a component and, if it passes, make it live on a running site.
+    Install {
+        file: PathBuf,
+        /// The type it must be an upgrade of (refused if it is another type).
+        #[arg(long = "type")]
+        name: Option<String>,
+        #[command(flatten)]
+        remote: super::plugin_admin::Remote,
+    },
+    /// Go back to the version of a type that was active before.
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        remote: super::plugin_admin::Remote,
+    },
+    /// Stop replicating a type (its data is kept).
+    Remove {
+        name: String,
+        /// Remove it even though it has records or registries.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        remote: super::plugin_admin::Remote,
+    },
+    /// What a new version would change over the live data: records entering
+    /// or leaving scope, blob paths that change, with examples.
+    Diff {
+        file: PathBuf,
+        #[command(flatten)]
+        remote: super::plugin_admin::Remote,
+    },
 }
 
 pub fn run(command: PluginCommand) -> Result<()> {
@@ -30,6 +63,17 @@ pub fn run(command: PluginCommand) -> Result<()> {
             component,
             fixtures,
         } => test(&component, &fixtures),
+        PluginCommand::List(remote) => super::plugin_admin::list(&remote),
+        PluginCommand::Install { file, name, remote } => {
+            super::plugin_admin::install(&remote, &file, name.as_deref())
+        }
+        PluginCommand::Rollback { name, remote } => super::plugin_admin::rollback(&remote, &name),
+        PluginCommand::Remove {
+            name,
+            force,
+            remote,
+        } => super::plugin_admin::remove(&remote, &name, force),
+        PluginCommand::Diff { file, remote } => super::plugin_admin::diff(&remote, &file),
     }
 }
 

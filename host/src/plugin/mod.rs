@@ -155,7 +155,7 @@ impl PluginRuntime {
     /// Loads a type from component (or wit-bindgen core module) bytes.
     pub fn load(&self, bytes: &[u8]) -> Result<LoadedType, LoadError> {
         let component = to_component(bytes)?;
-        check_world(&component)?;
+        let wit_version = check_world(&component)?;
         let sha256 = hex::encode(Sha256::digest(&component));
 
         let started = Instant::now();
@@ -176,6 +176,7 @@ impl PluginRuntime {
         let mut loaded = LoadedType {
             identity: Arc::new(placeholder_identity()),
             sha256,
+            wit_version,
             component_size: component.len(),
             timings: LoadTimings {
                 compile,
@@ -228,6 +229,7 @@ impl PluginRuntime {
 pub struct LoadedType {
     identity: Arc<TypeIdentity>,
     sha256: String,
+    wit_version: String,
     component_size: usize,
     timings: LoadTimings,
     pre: ReplicableTypePre<HostState>,
@@ -260,6 +262,11 @@ impl LoadedType {
     /// SHA-256 (hex) of the component binary.
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// The `geohost:replicable` version the component was built against.
+    pub fn wit_version(&self) -> &str {
+        &self.wit_version
     }
 
     pub fn component_size(&self) -> usize {
@@ -465,8 +472,9 @@ fn to_component(bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
 }
 
 /// Reads the component's top-level imports and exports (without compiling)
-/// and checks them against the contract.
-fn check_world(component: &[u8]) -> Result<(), LoadError> {
+/// and checks them against the contract. Returns the exported
+/// `geohost:replicable` version.
+fn check_world(component: &[u8]) -> Result<String, LoadError> {
     use wasmparser::{Parser, Payload};
     let mut exports = Vec::new();
     let mut imports = Vec::new();
@@ -522,7 +530,22 @@ fn check_world(component: &[u8]) -> Result<(), LoadError> {
             });
         }
     }
-    Ok(())
+    Ok(version.to_string())
+}
+
+/// The contents of the first custom section called `name`, at any depth of
+/// a component or core module (wit-bindgen keeps a guest's own sections in
+/// its core module).
+pub fn custom_section(bytes: &[u8], name: &str) -> Option<Vec<u8>> {
+    use wasmparser::{Parser, Payload};
+    for payload in Parser::new(0).parse_all(bytes) {
+        if let Ok(Payload::CustomSection(section)) = payload
+            && section.name() == name
+        {
+            return Some(section.data().to_vec());
+        }
+    }
+    None
 }
 
 /// Semver compatibility with [`WIT_VERSION`]: for 0.x, the same minor.

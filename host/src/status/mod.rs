@@ -202,10 +202,24 @@ pub async fn current(
     client: Option<&PrimaryClient>,
 ) -> Result<Map<String, Value>, DbError> {
     let counts = all_type_counts(site).await?;
-    match site.role() {
+    let mut status = match site.role() {
         Role::Primary => primary_status(site, &counts).await,
         Role::Secondary => secondary_status(site, client, &counts).await,
-    }
+    }?;
+    status.insert("plugins".into(), plugins_json(site));
+    Ok(status)
+}
+
+/// Geohost's addition: the running version of each type and the hot swaps
+/// that were refused (the running version kept serving).
+fn plugins_json(site: &Site) -> Value {
+    let types: Vec<Value> = site
+        .catalog
+        .all()
+        .iter()
+        .map(|it| json!({"name": it.name(), "version": it.identity.version, "sha256": it.plugin.sha256()}))
+        .collect();
+    json!({"types": types, "failures": site.swaps.failures()})
 }
 
 async fn primary_status(site: &Site, counts: &[TypeCounts]) -> Result<Map<String, Value>, DbError> {

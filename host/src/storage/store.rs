@@ -320,6 +320,23 @@ impl BlobStore {
         }
     }
 
+    /// Copies blob `from` to `to` within type `type_name`, replacing `to`
+    /// (a hot swap that changes blob paths keeps both until it is done).
+    pub async fn copy(
+        &self,
+        type_name: &str,
+        from: &BlobPath,
+        to: &BlobPath,
+    ) -> Result<(), StorageError> {
+        let from = blob_location(type_name, from)?;
+        let to = blob_location(type_name, to)?;
+        self.inner
+            .store
+            .copy(&from, &to)
+            .await
+            .map_err(|e| StorageError::from_store("copy", &from, e))
+    }
+
     /// Moves blob `from` to `to` within type `type_name`, replacing `to`.
     /// Atomic on a local disk; a copy then a delete on object storage.
     pub async fn rename(

@@ -1,0 +1,160 @@
+//! The watched plugins folder (`plugins.dir`): a component file that
+//! appears or changes there is installed as soon as it has stopped
+//! changing, through [`super::install`] (every check, same reports).
+//!
+//! The folder is polled every `plugins.watch_interval_ms` (one `stat` per
+//! file; the bytes are read only when a file's size or modification time
+//! changed). Polling rather than inotify: it behaves the same on every
+//! file system (network mounts and container volumes deliver no inotify
+//! events for changes made elsewhere), and it gives the debounce for free.
+//! A file is taken when two polls in a row saw the same size and time; a
+//! writer that stalls longer than that yields a partial file, which fails
+//! validation, is reported, and is taken again once it changes.
+//!
+//! Write a component elsewhere and rename it in for an atomic drop; files
+//! whose name starts with `.` are ignored. A file keeps the type it first
+//! provided: a different type's component written over it is refused.
+//! Deleting a file does not remove its type (`geohost plugin remove` does).
+
+use crate::site::Site;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// What the watcher knows of one file.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    size: u64,
+    modified: Option<SystemTime>,
+    /// Polls in a row that saw this size and time.
+    stable: u32,
+    /// SHA-256 of the bytes last handled (installed or refused).
+    handled: Option<String>,
+    /// The type this file provides.
+    name: Option<String>,
+}
+
+/// Watches `site.config.plugins.dir` until shutdown.
+pub async fn run(site: Arc<Site>) {
+    let Some(dir) = site.config.plugins.dir.clone() else {
+        return;
+    };
+    let interval = Duration::from_millis(site.config.plugins.watch_interval_ms.max(10));
+    let mut seen = initial(&site, &dir).await;
+    tracing::info!(dir = %dir.display(), ?interval, "watching the plugins folder");
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = site.shutdown.cancelled() => return,
+        }
+        poll(&site, &dir, &mut seen).await;
+    }
+}
+
+fn components(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("wasm"))
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The files present at startup were loaded by `Site::open`: they count as
+/// handled, with the type whose recorded version has their hash.
+async fn initial(site: &Site, dir: &Path) -> HashMap<PathBuf, Seen> {
+    let recorded = super::versions::list(&site.db).await.unwrap_or_default();
+    let mut seen = HashMap::new();
+    for path in components(dir) {
+        let (Ok(meta), Ok(bytes)) = (std::fs::metadata(&path), std::fs::read(&path)) else {
+            continue;
+        };
+        let sha = hex::encode(Sha256::digest(&bytes));
+        let runtime_sha = site
+            .runtime
+            .load(&bytes)
+            .ok()
+            .map(|l| (l.sha256().to_string(), l.name().to_string()));
+        let name = runtime_sha
+            .as_ref()
+            .and_then(|(s, n)| recorded.iter().any(|v| &v.sha256 == s).then(|| n.clone()));
+        seen.insert(
+            path,
+            Seen {
+                size: meta.len(),
+                modified: meta.modified().ok(),
+                stable: 2,
+                handled: Some(sha),
+                name,
+            },
+        );
+    }
+    seen
+}
+
+async fn poll(site: &Arc<Site>, dir: &Path, seen: &mut HashMap<PathBuf, Seen>) {
+    for path in components(dir) {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let entry = seen.entry(path.clone()).or_default();
+        let modified = meta.modified().ok();
+        if entry.size != meta.len() || entry.modified != modified {
+            entry.size = meta.len();
+            entry.modified = modified;
+            entry.stable = 0;
+            continue;
+        }
+        entry.stable = entry.stable.saturating_add(1);
+        if entry.stable != 1 {
+            continue; // not settled yet, or already handled
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if entry.handled.as_deref() == Some(sha.as_str()) {
+            continue;
+        }
+        entry.handled = Some(sha);
+        let request = super::Request {
+            expect_name: entry.name.clone(),
+            source: path.display().to_string(),
+        };
+        match super::install(site, bytes, request).await {
+            Ok(report) => entry.name = Some(report.name),
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "component in the plugins folder not installed")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_visible_wasm_files_are_components() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.wasm", "a.wasm", ".a.wasm", "notes.txt", ".part-1"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let names: Vec<String> = components(dir.path())
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(names, ["a.wasm", "b.wasm"]);
+        assert!(components(&dir.path().join("missing")).is_empty());
+    }
+}
