@@ -614,15 +614,16 @@ where
 }
 
 /// The rows this scheduler's downloads hold, by type, for renewing their
-/// claims.
+/// claims. It keeps each type's registry table, not its installed version:
+/// holding the version would keep a hot swap from draining (`swap::drain`).
 #[derive(Clone, Default)]
-struct Held(Arc<std::sync::Mutex<HashMap<String, (Arc<InstalledType>, Vec<i64>)>>>);
+struct Held(Arc<std::sync::Mutex<HashMap<String, (Registry, Vec<i64>)>>>);
 
 impl Held {
-    fn add(&self, it: &Arc<InstalledType>, model_id: i64) {
+    fn add(&self, it: &InstalledType, model_id: i64) {
         let mut held = self.0.lock().expect("held claims");
         held.entry(it.name().to_string())
-            .or_insert_with(|| (it.clone(), Vec::new()))
+            .or_insert_with(|| (Registry::of(it), Vec::new()))
             .1
             .push(model_id);
     }
@@ -631,31 +632,28 @@ impl Held {
         let mut held = self.0.lock().expect("held claims");
         if let Some((_, ids)) = held.get_mut(it.name()) {
             ids.retain(|&id| id != model_id);
+            if ids.is_empty() {
+                held.remove(it.name());
+            }
         }
     }
 
     /// Renews every held claim (`last_synced_at = now`).
     async fn renew(&self, tracking: &Db) {
-        let snapshot: Vec<(Arc<InstalledType>, Vec<i64>)> = self
+        let snapshot: Vec<(String, Registry, Vec<i64>)> = self
             .0
             .lock()
             .expect("held claims")
-            .values()
-            .filter(|(_, ids)| !ids.is_empty())
-            .cloned()
+            .iter()
+            .map(|(name, (registry, ids))| (name.clone(), registry.clone(), ids.clone()))
             .collect();
-        for (it, ids) in snapshot {
-            match Registry::of(&it).renew_syncs(tracking, &ids).await {
+        for (name, registry, ids) in snapshot {
+            match registry.renew_syncs(tracking, &ids).await {
                 Ok(renewed) => {
-                    tracing::debug!(
-                        r#type = it.name(),
-                        held = ids.len(),
-                        renewed,
-                        "sync claims renewed"
-                    )
+                    tracing::debug!(r#type = %name, held = ids.len(), renewed, "sync claims renewed")
                 }
                 Err(error) => {
-                    tracing::warn!(r#type = it.name(), %error, "cannot renew the sync claims")
+                    tracing::warn!(r#type = %name, %error, "cannot renew the sync claims")
                 }
             }
         }
