@@ -105,6 +105,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("\nBoth sites keep serving:");
     println!("  primary    {primary_url}    admin token {token}");
     println!("  secondary  {secondary_url}    admin token {secondary_token}");
+    println!(
+        "\nIn a browser (enter that site's admin token): {primary_url}/admin/geo/sites\n  \
+         and {secondary_url}/admin/geo/replication/{HELM}"
+    );
     println!("\nTry:");
     println!(
         "  curl -s -H 'PRIVATE-TOKEN: {token}' {primary_url}/api/v4/geo_sites | head -c 600; echo"
