@@ -147,7 +147,10 @@ fn main() {
         None,
     );
     table.goal(
-        &format!("instantiate (median of {})", thousands(INSTANTIATIONS)),
+        &format!(
+            "instantiate (median of {})",
+            common::thousands(INSTANTIATIONS)
+        ),
         micros(instantiate),
         format!("≤ {}", micros(GOAL_INSTANTIATE)),
         instantiate <= GOAL_INSTANTIATE,
@@ -166,12 +169,12 @@ fn main() {
     println!(
         "{} records over {} projects in {} namespaces (3 levels), batches of {}; \
          namespaces selective sync on {} groups ({} records in scope), object storage off\n",
-        thousands(RECORDS),
-        thousands(PROJECTS as usize),
-        thousands(world.namespace_count),
-        thousands(BATCH),
+        common::thousands(RECORDS),
+        common::thousands(PROJECTS as usize),
+        common::thousands(world.namespace_count),
+        common::thousands(BATCH),
         world.selected.len(),
-        thousands(pass.in_scope),
+        common::thousands(pass.in_scope),
     );
     table.print();
     println!(
@@ -554,18 +557,6 @@ fn minor_page_faults() -> Option<u64> {
         .nth(7)?
         .parse()
         .ok()
-}
-
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn rate(per_sec: f64) -> String {

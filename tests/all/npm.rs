@@ -7,7 +7,6 @@
 
 use crate::sites::{self, HELM, NPM, TestSite, eventually};
 use crate::support::sha256_hex;
-use geohost::db::ident;
 use geohost::primary::sites::NewSite;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -40,32 +39,9 @@ fn npm_blob_path(project_id: i64, package_name: &str) -> String {
 
 /// (record id → (state, verification state)) of type `name` on the secondary.
 async fn registries(secondary: &TestSite, name: &str) -> BTreeMap<i64, (i16, i16)> {
-    let it = secondary.site.installed(name).unwrap();
-    let rows = secondary
-        .site
-        .tracking()
-        .unwrap()
-        .fetch_all(
-            &format!(
-                "SELECT {fk} AS id, state, verification_state FROM {}",
-                ident(&it.identity.registry_table()),
-                fk = ident(&it.identity.foreign_key())
-            ),
-            &[],
-        )
+    sites::registry_states_in(secondary.site.tracking().unwrap(), name)
         .await
-        .unwrap();
-    rows.iter()
-        .map(|r| {
-            (
-                r.i64("id").unwrap(),
-                (
-                    r.i16("state").unwrap(),
-                    r.i16("verification_state").unwrap(),
-                ),
-            )
-        })
-        .collect()
+        .unwrap()
 }
 
 /// Whether the secondary holds exactly `expected` records of `name`, all

@@ -13,32 +13,9 @@ const CONVERGE: Duration = Duration::from_secs(180);
 
 /// (registry id → (state, verification state)) on the secondary.
 async fn registries(secondary: &TestSite) -> BTreeMap<i64, (i16, i16)> {
-    let it = secondary.site.installed(HELM).unwrap();
-    let rows = secondary
-        .site
-        .tracking()
-        .unwrap()
-        .fetch_all(
-            &format!(
-                "SELECT {fk} AS id, state, verification_state FROM {}",
-                ident(&it.identity.registry_table()),
-                fk = ident(&it.identity.foreign_key())
-            ),
-            &[],
-        )
+    sites::registry_states_in(secondary.site.tracking().unwrap(), HELM)
         .await
-        .unwrap();
-    rows.iter()
-        .map(|r| {
-            (
-                r.i64("id").unwrap(),
-                (
-                    r.i16("state").unwrap(),
-                    r.i16("verification_state").unwrap(),
-                ),
-            )
-        })
-        .collect()
+        .unwrap()
 }
 
 /// Whether the secondary holds exactly `expected` ids, all synced and verified.

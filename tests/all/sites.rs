@@ -262,6 +262,33 @@ pub async fn put_npm(
         .expect("write succeeds")
 }
 
+/// Record id → (state, verification state) of every registry row of type
+/// `name` in the tracking database `db`.
+pub async fn registry_states_in(
+    db: &geohost::db::Db,
+    name: &str,
+) -> Result<std::collections::BTreeMap<i64, (i16, i16)>, geohost::db::DbError> {
+    use geohost::db::ident;
+    let rows = db
+        .fetch_all(
+            &format!(
+                "SELECT {} AS id, state, verification_state FROM {}",
+                ident(&format!("{name}_id")),
+                ident(&format!("{name}_registry"))
+            ),
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.i64("id")?,
+                (r.i16("state")?, r.i16("verification_state")?),
+            ))
+        })
+        .collect()
+}
+
 /// A group tree: root → (a → (a1, a2), b); returns (root, a, a1, a2, b).
 pub async fn group_tree(primary: &TestSite) -> [i64; 5] {
     let db = &primary.site.db;

@@ -66,33 +66,54 @@ pub(super) async fn hash_local(
     fs: &LocalFileSystem,
     location: &StorePath,
 ) -> Result<Written, StorageError> {
-    // `object_store`'s own mapping, so the file is the one `get` would open.
-    let file_path = fs
-        .path_to_filesystem(location)
-        .map_err(|e| StorageError::from_store("read", location, e))?;
+    let file_path = local_file_path(fs, location)?;
     let shown = location.to_string();
-    let io_error = |op, location: &str, source| StorageError::Io {
-        op,
-        location: location.to_string(),
-        source,
-    };
     tokio::task::spawn_blocking(move || {
-        let not_found = || StorageError::NotFound {
-            location: shown.clone(),
-        };
-        let file = match std::fs::File::open(&file_path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
-            Err(e) => return Err(io_error("open", &shown, e)),
-        };
-        let meta = file.metadata().map_err(|e| io_error("stat", &shown, e))?;
-        if meta.is_dir() {
-            return Err(not_found());
-        }
-        hash_file(file, 0, meta.len()).map_err(|e| io_error("read", &shown, e))
+        let (file, size) = open_local(&file_path, &shown)?;
+        hash_file(file, 0, size).map_err(|e| io_error("read", &shown, e))
     })
     .await
     .map_err(|e| io_error("hash", location.as_ref(), std::io::Error::other(e)))?
+}
+
+/// The file behind `location` of the local store `fs`, by `object_store`'s
+/// own mapping, so it is the file `get` would open.
+pub(super) fn local_file_path(
+    fs: &LocalFileSystem,
+    location: &StorePath,
+) -> Result<std::path::PathBuf, StorageError> {
+    fs.path_to_filesystem(location)
+        .map_err(|e| StorageError::from_store("read", location, e))
+}
+
+/// Opens a local blob file and takes its size (blocking). A missing file
+/// or a folder is [`StorageError::NotFound`]; `shown` names it in errors.
+pub(super) fn open_local(
+    path: &std::path::Path,
+    shown: &str,
+) -> Result<(std::fs::File, u64), StorageError> {
+    let not_found = || StorageError::NotFound {
+        location: shown.to_string(),
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+        Err(e) => return Err(io_error("open", shown, e)),
+    };
+    let meta = file.metadata().map_err(|e| io_error("stat", shown, e))?;
+    if meta.is_dir() {
+        return Err(not_found());
+    }
+    Ok((file, meta.len()))
+}
+
+/// A local I/O error of `op` on `location`.
+pub(super) fn io_error(op: &'static str, location: &str, source: std::io::Error) -> StorageError {
+    StorageError::Io {
+        op,
+        location: location.to_string(),
+        source,
+    }
 }
 
 /// Reads `len` bytes of `file` from `start` and hashes them (blocking).

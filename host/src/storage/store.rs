@@ -445,17 +445,10 @@ async fn serve_local(
     fs: &LocalFileSystem,
     location: &StorePath,
 ) -> Result<(u64, BoxStream<'static, Result<Bytes, StorageError>>), StorageError> {
+    use super::hash::{io_error, local_file_path, open_local};
     use std::io::Read;
-    // `object_store`'s own mapping, so the file is the one `get` would open.
-    let file_path = fs
-        .path_to_filesystem(location)
-        .map_err(|e| StorageError::from_store("read", location, e))?;
+    let file_path = local_file_path(fs, location)?;
     let shown = location.to_string();
-    let io_error = |op, location: &str, source| StorageError::Io {
-        op,
-        location: location.to_string(),
-        source,
-    };
     enum Opened {
         Whole(Bytes),
         Open(std::fs::File, u64),
@@ -463,19 +456,7 @@ async fn serve_local(
     let opened = {
         let shown = shown.clone();
         tokio::task::spawn_blocking(move || {
-            let not_found = || StorageError::NotFound {
-                location: shown.clone(),
-            };
-            let file = match std::fs::File::open(&file_path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
-                Err(e) => return Err(io_error("open", &shown, e)),
-            };
-            let meta = file.metadata().map_err(|e| io_error("stat", &shown, e))?;
-            if meta.is_dir() {
-                return Err(not_found());
-            }
-            let size = meta.len();
+            let (file, size) = open_local(&file_path, &shown)?;
             if size > SERVE_CHUNK as u64 {
                 return Ok(Opened::Open(file, size));
             }

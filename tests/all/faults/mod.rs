@@ -366,7 +366,7 @@ impl Pair {
                 ));
             }
         }
-        let registry = self.registry().await?;
+        let registry = self.registry(HELM).await?;
 
         for ((project, channel), record) in &records {
             let Some(checksum) = &record.checksum else {
@@ -497,31 +497,7 @@ impl Pair {
                 )
             })
             .collect();
-        let text = std::fs::read_to_string(&self.secondary.config_path).unwrap();
-        let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
-        let db = geohost::db::Db::connect_with(&config.tracking_database_url(), 1)
-            .await
-            .map_err(|e| e.to_string())?;
-        let rows = db
-            .fetch_all(
-                &format!("SELECT {POISONED_TYPE}_id AS id, state, verification_state FROM {POISONED_TYPE}_registry"),
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string());
-        db.close().await;
-        let registry: BTreeMap<i64, (i16, i16)> = rows?
-            .iter()
-            .map(|r| {
-                (
-                    r.i64("id").unwrap(),
-                    (
-                        r.i16("state").unwrap(),
-                        r.i16("verification_state").unwrap(),
-                    ),
-                )
-            })
-            .collect();
+        let registry = self.registry(POISONED_TYPE).await?;
         for (file, sha) in good {
             let id = ids
                 .get(file)
@@ -575,33 +551,19 @@ impl Pair {
         Ok(n? as usize)
     }
 
-    /// Registry rows of the secondary: record id → (state, verification state).
-    async fn registry(&self) -> Result<BTreeMap<i64, (i16, i16)>, String> {
+    /// Registry rows of type `name` on the secondary: record id → (state,
+    /// verification state).
+    async fn registry(&self, name: &str) -> Result<BTreeMap<i64, (i16, i16)>, String> {
         let text = std::fs::read_to_string(&self.secondary.config_path).unwrap();
         let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
         let db = geohost::db::Db::connect_with(&config.tracking_database_url(), 1)
             .await
             .map_err(|e| format!("tracking database: {e}"))?;
-        let rows = db
-            .fetch_all(
-                &format!("SELECT {HELM}_id AS id, state, verification_state FROM {HELM}_registry"),
-                &[],
-            )
+        let registry = crate::sites::registry_states_in(&db, name)
             .await
             .map_err(|e| format!("registry: {e}"));
         db.close().await;
-        rows?
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.i64("id").map_err(|e| e.to_string())?,
-                    (
-                        r.i16("state").map_err(|e| e.to_string())?,
-                        r.i16("verification_state").map_err(|e| e.to_string())?,
-                    ),
-                ))
-            })
-            .collect()
+        registry
     }
 }
 
