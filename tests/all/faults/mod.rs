@@ -318,8 +318,8 @@ impl Pair {
             &self.client,
             &self.primary.url,
             &self.token,
-            project,
-            channel,
+            HELM,
+            &helm_query(project, channel),
             content,
         )
         .await;
@@ -584,67 +584,44 @@ pub struct Writer {
 impl Writer {
     /// A write of any type, `query` its writer columns; retried until acknowledged.
     pub async fn write_query(&self, type_name: &str, query: &str, content: Vec<u8>) -> String {
-        let sha = sha256_hex(&content);
-        let started = Instant::now();
-        loop {
-            let answer = self
-                .client
-                .put(format!(
-                    "{}/api/v4/replicables/{type_name}?{query}",
-                    self.url
-                ))
-                .header("PRIVATE-TOKEN", &self.token)
-                .body(content.clone())
-                .send()
-                .await;
-            match answer {
-                Ok(a) if a.status().is_success() => return sha,
-                Ok(a) if a.status().is_client_error() => {
-                    panic!(
-                        "write refused: {} {}",
-                        a.status(),
-                        a.text().await.unwrap_or_default()
-                    )
-                }
-                _ => {}
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "the primary never acknowledged a write"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// One write, retried until acknowledged; returns the content's SHA-256.
-    pub async fn write(&self, project: i64, channel: &str, content: Vec<u8>) -> String {
         write_until_acked(
             &self.client,
             &self.url,
             &self.token,
-            project,
-            channel,
+            type_name,
+            query,
             content,
         )
         .await
     }
+
+    /// One write, retried until acknowledged; returns the content's SHA-256.
+    pub async fn write(&self, project: i64, channel: &str, content: Vec<u8>) -> String {
+        self.write_query(HELM, &helm_query(project, channel), content)
+            .await
+    }
 }
 
+/// The writer columns of a Helm record, as ingest's query string.
+fn helm_query(project: i64, channel: &str) -> String {
+    format!("project_id={project}&channel={channel}")
+}
+
+/// A write of type `type_name` (`query`: its writer columns), retried
+/// until acknowledged; returns the content's SHA-256.
 async fn write_until_acked(
     client: &reqwest::Client,
     url: &str,
     token: &str,
-    project: i64,
-    channel: &str,
+    type_name: &str,
+    query: &str,
     content: Vec<u8>,
 ) -> String {
     let sha = sha256_hex(&content);
     let started = Instant::now();
     loop {
         let answer = client
-            .put(format!(
-                "{url}/api/v4/replicables/{HELM}?project_id={project}&channel={channel}"
-            ))
+            .put(format!("{url}/api/v4/replicables/{type_name}?{query}"))
             .header("PRIVATE-TOKEN", token)
             .body(content.clone())
             .send()
