@@ -90,9 +90,7 @@ async fn records(primary: &TestSite, name: &str) -> BTreeMap<i64, (String, Strin
             verification_checksum: None,
         })
         .collect();
-    let paths = geohost::secondary::scope::blob_paths(&it, &feed)
-        .await
-        .unwrap();
+    let paths = it.blob_paths(&feed).await.unwrap();
     feed.iter()
         .zip(paths)
         .map(|(r, p)| {
@@ -284,7 +282,7 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
 
         // v2 leaves channel beta out: applied at once on the secondary.
         for site in [&primary, &secondary] {
-            let report = swap::install(&site.site, v2.clone(), request(HELM, "test"))
+            let report = swap::activate(&site.site, v2.clone(), request(HELM, "test"))
                 .await
                 .unwrap();
             assert_eq!(report.outcome, Outcome::Upgraded, "{backend:?}");
@@ -601,7 +599,7 @@ async fn a_path_rule_change_moves_blobs_on_both_sites() {
         .await;
         let before = records(&primary, HELM).await;
         for site in [&primary, &secondary] {
-            let report = swap::install(&site.site, v2.clone(), request(HELM, "test"))
+            let report = swap::activate(&site.site, v2.clone(), request(HELM, "test"))
                 .await
                 .unwrap();
             assert_eq!(report.blobs_moved, 4, "{backend:?}");

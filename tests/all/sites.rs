@@ -4,6 +4,7 @@
 use geohost::config::Config;
 use geohost::db::testing::{fresh_postgres_url, fresh_sqlite_url};
 use geohost::primary::{ingest, sites, topology};
+use geohost::runtime;
 use geohost::site::Site;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,9 +72,9 @@ impl TestSite {
     pub async fn restart(&mut self) {
         self.stop().await;
         let config = Config::from_toml(&self.config).expect("valid config");
-        let site = Site::open(config).await.expect("site reopens");
+        let site = runtime::open(config).await.expect("site reopens");
         let listener = bind_again(self.listen).await;
-        self.task = Some(tokio::spawn(site.clone().serve(listener)));
+        self.task = Some(tokio::spawn(runtime::serve(site.clone(), listener)));
         self.site = site;
     }
 
@@ -112,12 +113,12 @@ async fn bind_again(address: std::net::SocketAddr) -> tokio::net::TcpListener {
 async fn start(config_text: String, dir: PathBuf, tmp: Option<TempDir>) -> TestSite {
     let config = Config::from_toml(&config_text).expect("valid config");
     let listen = config.site.listen;
-    let site = Site::open(config).await.expect("site opens");
+    let site = runtime::open(config).await.expect("site opens");
     let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
     let listen = listener.local_addr().unwrap();
     // Rewrite the config with the real port, for restarts.
     let config_text = config_text.replace("127.0.0.1:0", &listen.to_string());
-    let task = Some(tokio::spawn(site.clone().serve(listener)));
+    let task = Some(tokio::spawn(runtime::serve(site.clone(), listener)));
     TestSite {
         site,
         url: format!("http://{listen}"),

@@ -126,12 +126,15 @@ fn temp_dir() -> TempDir {
 
 async fn start(config_text: String, tmp: TempDir, port: u16, serve: bool) -> BenchSite {
     let config = Config::from_toml(&config_text).expect("valid config");
-    let site = Site::open(config).await.expect("site opens");
+    let site = geohost::runtime::open(config).await.expect("site opens");
     let task = if serve {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind");
-        Some(tokio::spawn(site.clone().serve(listener)))
+        Some(tokio::spawn(geohost::runtime::serve(
+            site.clone(),
+            listener,
+        )))
     } else {
         None
     };

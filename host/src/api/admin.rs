@@ -14,7 +14,7 @@
 
 use super::{AdminRoutes, ApiError, AppState};
 use crate::config::Role;
-use crate::plugin::fixture::{json_to_value, text_to_json};
+use crate::plugin::value::{json_to_value, text_to_json};
 use crate::primary::{ingest, records, sites, topology};
 use axum::Json;
 use axum::body::Body;

@@ -17,15 +17,15 @@
 //! Every error is JSON `{"message": …}` with a 4xx or 5xx status; a failed
 //! authentication is always a bare 401, whatever failed.
 
-pub mod admin;
-pub mod admin_page;
+pub(crate) mod admin;
+pub(crate) mod admin_page;
 pub mod auth;
-pub mod geo;
-pub mod graphql;
-pub mod metrics;
-pub mod plugins;
-pub mod rejection;
-pub mod status;
+pub(crate) mod geo;
+pub(crate) mod graphql;
+pub(crate) mod metrics;
+pub(crate) mod plugins;
+pub(crate) mod rejection;
+pub(crate) mod status;
 
 use crate::site::Site;
 use axum::Router;

@@ -23,8 +23,8 @@
 
 pub mod admin_token;
 pub mod geo_jwt;
-pub mod keys;
-pub mod secret_box;
+pub(crate) mod keys;
+pub(crate) mod secret_box;
 
 pub use secret_box::SecretBox;
 

@@ -236,7 +236,7 @@ pub fn print(site: &crate::site::Site, status: &Map<String, Value>, now: DateTim
 
 /// `geohost status`.
 pub async fn status(args: SiteArgs) -> Result<()> {
-    let site = args.open().await?;
+    let site = args.open_without_blobs().await?;
     let status = crate::status::own(&site)
         .await
         .context("computing the status")?;
@@ -250,7 +250,7 @@ pub async fn registry(command: RegistryCommand) -> Result<()> {
         RegistryCommand::Resync(args) => (args, BulkAction::ResyncAll),
         RegistryCommand::Reverify(args) => (args, BulkAction::ReverifyAll),
     };
-    let site = args.site.open().await?;
+    let site = args.site.open_without_blobs().await?;
     let tracking = site
         .tracking()
         .context("registries exist on secondary sites only")?

@@ -17,8 +17,8 @@
 //! Callers see `chrono::DateTime<Utc>` either way and never use SQL's own
 //! clock functions, so both backends agree on "now".
 
-pub mod migrate;
-pub mod template;
+pub(crate) mod migrate;
+pub(crate) mod template;
 #[doc(hidden)]
 pub mod testing;
 

@@ -7,7 +7,7 @@
 //! - its **model table** (main database), generated from
 //!   [`TypeIdentity::table`]: a `id` primary key, then the declared columns in
 //!   order, with a unique index for the natural key and for each unique key
-//!   ([`model_table_ddl`]);
+//!   ([`ensure_primary_tables`]);
 //! - on the primary, **`<name>_states`** (main database), GitLab's
 //!   verification state table, one row per model row, deleted with it
 //!   ([`states_table_ddl`], from `migrations/templates/*/states.sql`);
@@ -193,7 +193,8 @@ fn model_statements(backend: Backend, identity: &TypeIdentity) -> Vec<String> {
 /// with an `id` primary key and the identity's columns in order (types,
 /// `NOT NULL`, defaults, text limits as `CHECK`s), then its unique indexes,
 /// named like GitLab's (`index_<table>_on_<col>_and_<col>`).
-pub fn model_table_ddl(backend: Backend, identity: &TypeIdentity) -> String {
+#[cfg(test)]
+fn model_table_ddl(backend: Backend, identity: &TypeIdentity) -> String {
     script(&model_statements(backend, identity))
 }
 
@@ -264,6 +265,7 @@ fn template_statements(text: &str) -> Vec<String> {
         .collect()
 }
 
+#[cfg(test)]
 fn script(statements: &[String]) -> String {
     statements
         .iter()
@@ -287,21 +289,75 @@ pub async fn ensure_primary_tables(db: &Db, identity: &TypeIdentity) -> Result<(
         reconcile(backend, identity, &existing)?
     };
     statements.extend(model_statements(backend, identity));
-    statements.extend(template_statements(&states_table_ddl(backend, identity)));
     for statement in &statements {
         tx.execute(statement, &[]).await?;
     }
+    let states = template_statements(&states_table_ddl(backend, identity));
+    run_host_template(&mut tx, &identity.states_table(), &states).await?;
     tx.commit().await
+}
+
+/// Checks, changing nothing, that [`ensure_primary_tables`] would accept
+/// `identity`: the model table, if it exists, can follow the identity.
+pub async fn check_primary_tables(db: &Db, identity: &TypeIdentity) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let existing = existing_columns(&mut tx, &identity.table.name).await?;
+    if !existing.is_empty() {
+        reconcile(db.backend(), identity, &existing)?;
+    }
+    Ok(()) // the transaction rolls back: it only read the catalog
+}
+
+/// The column names of `table`, in order; empty if there is no such table.
+pub async fn table_columns(db: &Db, table: &str) -> Result<Vec<String>> {
+    let mut tx = db.begin().await?;
+    Ok(existing_columns(&mut tx, table)
+        .await?
+        .into_iter()
+        .map(|c| c.name)
+        .collect())
 }
 
 /// Creates a secondary's `<name>_registry` table, with its indexes, in the
 /// tracking database. Idempotent.
 pub async fn ensure_tracking_tables(db: &Db, identity: &TypeIdentity) -> Result<()> {
     let mut tx = begin_ddl(db).await?;
-    for statement in template_statements(&registry_table_ddl(db.backend(), identity)) {
-        tx.execute(&statement, &[]).await?;
-    }
+    let statements = template_statements(&registry_table_ddl(db.backend(), identity));
+    run_host_template(&mut tx, &identity.registry_table(), &statements).await?;
     tx.commit().await
+}
+
+/// Columns the host tables' templates gained after a table could first
+/// have been created (the template's own definition of each): a table made
+/// by an earlier Geohost gets them before the template's indexes are
+/// created. Checked against the templates by a test.
+const ADDED_HOST_COLUMNS: &[(&str, &str)] = &[("plugin_sha256", "TEXT")];
+
+/// Runs a host table's template (its `CREATE TABLE` first, then indexes),
+/// adding to a table an earlier Geohost created the columns the template
+/// has gained since ([`ADDED_HOST_COLUMNS`]), inside the DDL transaction.
+async fn run_host_template(tx: &mut Tx, table: &str, statements: &[String]) -> Result<()> {
+    let Some((create, rest)) = statements.split_first() else {
+        return Ok(());
+    };
+    tx.execute(create, &[]).await?;
+    let existing = existing_columns(tx, table).await?;
+    for (column, sql_type) in ADDED_HOST_COLUMNS {
+        if !existing.iter().any(|c| c.name == *column) {
+            tx.execute(
+                &format!(
+                    "ALTER TABLE {} ADD COLUMN {column} {sql_type}",
+                    ident(table)
+                ),
+                &[],
+            )
+            .await?;
+        }
+    }
+    for statement in rest {
+        tx.execute(statement, &[]).await?;
+    }
+    Ok(())
 }
 
 /// A transaction for DDL. On PostgreSQL, a transaction-level advisory lock
@@ -714,6 +770,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tables_of_an_earlier_geohost_gain_the_columns_the_templates_added() {
+        let helm = helm();
+        for (name, _) in ADDED_HOST_COLUMNS {
+            for backend in [Backend::Postgres, Backend::Sqlite] {
+                for ddl in [
+                    states_table_ddl(backend, &helm),
+                    registry_table_ddl(backend, &helm),
+                ] {
+                    let create = &template_statements(&ddl)[0];
+                    assert!(create.contains(&format!("\n    {name} ")), "{create}");
+                }
+            }
+        }
+        for (backend, db) in test_databases().await {
+            ensure_primary_tables(&db, &helm).await.unwrap();
+            ensure_tracking_tables(&db, &helm).await.unwrap();
+            for table in [helm.states_table(), helm.registry_table()] {
+                for (name, _) in ADDED_HOST_COLUMNS {
+                    db.execute(
+                        &format!("ALTER TABLE {} DROP COLUMN {name}", ident(&table)),
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+            ensure_primary_tables(&db, &helm).await.unwrap();
+            ensure_tracking_tables(&db, &helm).await.unwrap();
+            for table in [helm.states_table(), helm.registry_table()] {
+                let columns = table_columns(&db, &table).await.unwrap();
+                for (name, _) in ADDED_HOST_COLUMNS {
+                    assert!(columns.iter().any(|c| c == name), "{backend} {table}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn helm_tables_follow_gitlab() {
         let helm = helm();
         for (backend, db) in test_databases().await {
@@ -812,6 +906,7 @@ mod tests {
                     ("verification_retry_count", small, true),
                     ("verification_checksum", bytes, false),
                     ("verification_failure", text, false),
+                    ("plugin_sha256", text, false),
                 ]),
                 "{backend}"
             );
@@ -897,6 +992,7 @@ mod tests {
                     ("verification_checksum_mismatched", bytes, false),
                     ("verification_failure", text, false),
                     ("last_sync_failure", text, false),
+                    ("plugin_sha256", text, false),
                 ]),
                 "{backend}"
             );

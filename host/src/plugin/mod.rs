@@ -25,11 +25,11 @@ pub mod builtin;
 mod cache;
 mod engine;
 pub mod fixture;
-pub mod identity;
-pub mod paths;
+pub(crate) mod identity;
+pub(crate) mod paths;
 mod slots;
-pub mod value;
-pub mod vectors;
+pub(crate) mod value;
+pub(crate) mod vectors;
 
 pub use cache::{CompileCache, CompileOutcome};
 pub use engine::{EPOCH_TICK, Limits};
@@ -109,6 +109,14 @@ pub enum PluginError {
     },
     #[error("plugin `{plugin}` could not be instantiated: {message}")]
     Instantiate { plugin: String, message: String },
+}
+
+impl PluginError {
+    /// Whether the failure may come from one record of the batch (a trap,
+    /// the deadline), so that the batch is worth splitting to find it.
+    pub fn is_isolable(&self) -> bool {
+        matches!(self, PluginError::Trap { .. } | PluginError::Timeout { .. })
+    }
 }
 
 /// Compiles, links and checks replicable types. One per process is enough;

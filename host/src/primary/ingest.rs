@@ -11,7 +11,7 @@ use super::events;
 use super::records::{self, Record};
 use crate::catalog::InstalledType;
 use crate::db::{Arg, DbError, ident, value_arg};
-use crate::plugin::fixture::json_to_value;
+use crate::plugin::value::json_to_value;
 use crate::plugin::{BlobPath, ColumnSource, PluginError, Row, Value};
 use crate::site::Site;
 use crate::storage::StorageError;

@@ -32,8 +32,8 @@
 
 use super::client::{ClientError, PrimaryClient};
 use super::registry::Registry;
-use super::scope::{self, Scope};
 use crate::catalog::InstalledType;
+use crate::catalog::Scope;
 use crate::db::{Db, DbError};
 use crate::feed::FeedRecord;
 use crate::states::{SyncState, VerificationState};
@@ -68,7 +68,7 @@ pub enum ConsistencyError {
     #[error("tracking database: {0}")]
     Db(#[from] DbError),
     #[error("deciding scope: {0}")]
-    Scope(#[from] scope::ScopeError),
+    Scope(#[from] crate::catalog::CallError),
 }
 
 /// One consistency pass over type `it`; see the [module docs](self).
@@ -145,7 +145,7 @@ async fn check_batch(
     high: Option<i64>,
     read_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Counts, ConsistencyError> {
-    let decisions = scope::in_scope(it, scope, records).await?;
+    let decisions = it.in_scope(scope, records).await?;
     let existing: HashMap<i64, _> = registry
         .in_range(tracking, low, high)
         .await?
@@ -227,7 +227,7 @@ async fn check_batch(
             .into_iter()
             .collect();
         counts.deleted += deleted.len() as u64;
-        let paths = scope::blob_paths(it, &out_of_scope).await?;
+        let paths = it.blob_paths(&out_of_scope).await?;
         for (record, path) in out_of_scope.iter().zip(paths) {
             if !deleted.contains(&record.id) {
                 continue;
@@ -308,7 +308,8 @@ mod tests {
             }
             registry.synced(&db, 4, true).await.unwrap();
             let record4 = primary.with(|s| s.records[&4].clone());
-            let path4 = scope::blob_paths(&it, &[record4])
+            let path4 = it
+                .blob_paths(&[record4])
                 .await
                 .unwrap()
                 .pop()

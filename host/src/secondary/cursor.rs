@@ -34,8 +34,8 @@
 
 use super::client::{ClientError, PrimaryClient};
 use super::registry::Registry;
-use super::scope::{self, Scope};
 use crate::catalog::InstalledType;
+use crate::catalog::Scope;
 use crate::db::{Backend, Db, DbError, Tx};
 use crate::feed::{EventPage, FeedEvent, FeedRecord};
 use crate::plugin::BlobPath;
@@ -68,7 +68,7 @@ pub enum CursorError {
     #[error("tracking database: {0}")]
     Db(#[from] DbError),
     #[error("deciding scope: {0}")]
-    Scope(#[from] scope::ScopeError),
+    Scope(#[from] crate::catalog::CallError),
 }
 
 /// What a batch did, for logs and tests.
@@ -146,7 +146,7 @@ pub async fn handle_events(
             ids.sort_unstable();
             ids.dedup();
             let records = cx.client.records_by_ids(name, &ids).await?;
-            let answers = scope::in_scope(it, scope, &records).await?;
+            let answers = it.in_scope(scope, &records).await?;
             let mut out = Vec::new();
             for (record, answer) in records.into_iter().zip(answers) {
                 if answer == Ok(false) {
@@ -164,7 +164,7 @@ pub async fn handle_events(
     {
         for (name, records) in rejected {
             let (it, _) = &cx.types[name];
-            let answers = scope::in_scope(it, &fresh, &records).await?;
+            let answers = it.in_scope(&fresh, &records).await?;
             for (record, answer) in records.iter().zip(answers) {
                 decisions.insert((name, record.id), answer);
             }
@@ -450,7 +450,8 @@ mod tests {
             primary.add(2, 11, b"two", true);
             primary.add(3, 12, b"three", true); // project 12 is newer than the cached topology
             let doomed = primary.add(5, 10, b"five", true);
-            let doomed_path = scope::blob_paths(&it, &[doomed])
+            let doomed_path = it
+                .blob_paths(&[doomed])
                 .await
                 .unwrap()
                 .pop()

@@ -14,7 +14,7 @@
 //! | verifier, `verification_max_capacity` per round | `VerificationBatchWorker` | [`verify`] |
 //! | event log cursor | Geo log cursor daemon, `EventWorker` | [`cursor`] |
 //! | stuck syncs and verifications, every minute | `SyncTimeoutCronWorker`, `VerificationTimeoutWorker` | here |
-//! | status report to the primary, every `status_interval_secs` | `Geo::MetricsUpdateWorker` | here, [`crate::status`] |
+//! | status report to the primary, every `status_interval_secs` | `Geo::MetricsUpdateWorker` | [`crate::status::report`] (started by the runtime) |
 //!
 //! Every idle loop pauses `workers.idle_poll_ms`, so tests converge fast.
 //! A type's feature flag `geo_<name>_replication` (table `feature_flags` of
@@ -23,7 +23,8 @@
 //! events are still applied.
 //!
 //! Architecture invariant: nothing here names a replicable type; columns,
-//! paths and scope come from the type's plugin ([`scope`]).
+//! paths and scope come from the type's plugin (the installed type's calls,
+//! [`crate::catalog::InstalledType::in_scope`] and `blob_paths`).
 //!
 //! ## Where Geohost differs from GitLab, and why
 //!
@@ -78,15 +79,14 @@
 //!   Timeout texts read "after 8 hours" (GitLab interpolates a duration's
 //!   seconds).
 
-pub mod bulk;
-pub mod client;
-pub mod consistency;
+pub(crate) mod bulk;
+pub(crate) mod client;
+pub(crate) mod consistency;
 pub mod cursor;
-pub mod listing;
-pub mod registry;
-pub mod scope;
-pub mod sync;
-pub mod verify;
+pub(crate) mod listing;
+pub(crate) mod registry;
+pub(crate) mod sync;
+pub(crate) mod verify;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -95,11 +95,11 @@ pub use client::{ClientError, PrimaryClient};
 pub use registry::{Registry, RegistryCounts, RegistryRow};
 
 use crate::catalog::InstalledType;
+use crate::catalog::Scope;
 use crate::db::{Db, DbError};
 use crate::feed::NodeSettings;
 use crate::site::Site;
 use anyhow::Context as _;
-use scope::Scope;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -366,7 +366,7 @@ impl Secondary {
     /// Whether this process runs the singleton duties now (consistency
     /// passes, stuck rows, status reports): waits for the first answer of
     /// the lease keeper; `false` on shutdown.
-    async fn holds_duties(&self) -> bool {
+    pub async fn holds_duties(&self) -> bool {
         let mut receiver = self.duties.subscribe();
         tokio::select! {
             held = receiver.wait_for(Option::is_some) => held.ok().and_then(|h| *h).unwrap_or(false),
@@ -376,14 +376,14 @@ impl Secondary {
 
     /// The pause of a duty loop in a process that does not hold the
     /// duties: it checks again at the lease keeper's pace.
-    fn duty_retry(&self, interval: Duration) -> Duration {
+    pub fn duty_retry(&self, interval: Duration) -> Duration {
         interval
             .min(self.site.config.claim_lease() / 3)
             .max(self.idle())
     }
 
     /// Sleeps `pause`; `false` if shutdown came first.
-    async fn pause(&self, pause: Duration) -> bool {
+    pub async fn pause(&self, pause: Duration) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(pause) => true,
             _ = self.site.shutdown.cancelled() => false,
@@ -393,8 +393,8 @@ impl Secondary {
 
 /// Starts the secondary's workers and runs them until `site.shutdown` is
 /// cancelled.
-pub async fn run(site: Arc<Site>) -> anyhow::Result<()> {
-    let secondary = Secondary::new(site.clone())?;
+pub async fn run(secondary: Arc<Secondary>) -> anyhow::Result<()> {
+    let site = secondary.site.clone();
     match site.blobs.cleanup_temp(TEMP_MAX_AGE).await {
         Ok(removed) if removed > 0 => tracing::info!(removed, "leftover downloads removed"),
         Ok(_) => {}
@@ -412,7 +412,6 @@ pub async fn run(site: Arc<Site>) -> anyhow::Result<()> {
     workers.spawn(run_verification(secondary.clone()));
     workers.spawn(run_cursor(secondary.clone()));
     workers.spawn(run_housekeeping(secondary.clone()));
-    workers.spawn(run_status_report(secondary.clone()));
     while let Some(done) = workers.join_next().await {
         if let Err(error) = done
             && error.is_panic()
@@ -691,39 +690,6 @@ async fn run_housekeeping(s: Arc<Secondary>) {
     }
 }
 
-/// Computes this site's status and sends it to the primary, every
-/// `workers.status_interval_secs`. A report the primary does not take
-/// counts in `geo_status_failed_total` (GitLab's counter).
-async fn run_status_report(s: Arc<Secondary>) {
-    let interval = Duration::from_secs(s.site.config.workers.status_interval_secs.max(1));
-    let name = s.site.name().to_string();
-    loop {
-        if !s.holds_duties().await {
-            if !s.pause(s.duty_retry(interval)).await {
-                return;
-            }
-            continue;
-        }
-        let sent = match crate::status::current(&s.site, Some(&s.client)).await {
-            Ok(status) => s
-                .client
-                .post_status(&status)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(error) => Err(error.to_string()),
-        };
-        if let Err(error) = sent {
-            tracing::warn!(%error, "status report to the primary failed");
-            crate::metrics::STATUS_FAILED
-                .with_label_values(&[&name, &name])
-                .inc();
-        }
-        if !s.pause(interval).await {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,10 +732,10 @@ mod tests {
             primary.url
         ))
         .unwrap();
-        let site = Site::open(config).await.unwrap();
+        let site = crate::runtime::open(config).await.unwrap();
         let it = site.installed(testing::helm().name()).unwrap();
         let tracking = site.tracking().unwrap().clone();
-        let workers = tokio::spawn(run(site.clone()));
+        let workers = tokio::spawn(run(Secondary::new(site.clone()).unwrap()));
 
         // The consistency pass finds the records; they are downloaded and verified.
         wait_for("the first five to be verified", async || {
@@ -781,7 +747,8 @@ mod tests {
         primary.add(6, 10, b"index 6", true);
         primary.event(cursor::CREATED, 6, serde_json::json!({}));
         let gone = primary.with(|s| s.records.remove(&1)).unwrap();
-        let path = scope::blob_paths(&it, &[gone])
+        let path = it
+            .blob_paths(&[gone])
             .await
             .unwrap()
             .pop()
@@ -793,12 +760,15 @@ mod tests {
             1,
             serde_json::json!({"blob_path": path.as_str()}),
         );
+        // (The consistency pass may remove the orphan row before the event
+        // comes; the event removes the blob.)
         wait_for("the event changes", async || {
             let counts = status_counts(&tracking, &it).await.unwrap();
-            counts.synced_count == 5 && Registry::of(&it).get(&tracking, 1).await.unwrap().is_none()
+            counts.synced_count == 5
+                && Registry::of(&it).get(&tracking, 1).await.unwrap().is_none()
+                && !site.blobs.exists(it.name(), &path).await.unwrap()
         })
         .await;
-        assert!(!site.blobs.exists(it.name(), &path).await.unwrap());
         let six = Registry::of(&it).get(&tracking, 6).await.unwrap().unwrap();
         assert_eq!(six.state, SyncState::Synced);
 

@@ -54,9 +54,6 @@ pub const COUNT_FIELDS: [(&str, &str); 10] = [
     ),
 ];
 
-/// The two percentage fields.
-pub const PERCENTAGE_FIELDS: [&str; 2] = ["_synced_in_percentage", "_verified_in_percentage"];
-
 /// GitLab's Prometheus name of a status field: `geo_` and the field without
 /// ONE trailing `_count` or `_total` (`…_checksum_total_count` →
 /// `geo_…_checksum_total`).

@@ -12,8 +12,9 @@
 //! A status is a JSON object, as GitLab's API returns it, because its field
 //! names depend on the installed types.
 
-pub mod fields;
-pub mod store;
+pub(crate) mod fields;
+pub(crate) mod report;
+pub(crate) mod store;
 
 use crate::catalog::InstalledType;
 use crate::config::Role;

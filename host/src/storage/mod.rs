@@ -47,10 +47,11 @@
 //! # Ok(()) }
 //! ```
 
+mod closed;
 mod hash;
 mod s3;
 mod store;
-pub mod sweeper;
+pub(crate) mod sweeper;
 mod temp;
 #[doc(hidden)]
 pub mod testing;

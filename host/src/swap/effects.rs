@@ -2,32 +2,44 @@
 //! which records enter or leave a secondary's scope, which blob paths
 //! change, and which version last decided each registry or state row.
 
-use crate::catalog::InstalledType;
+use super::SwapError;
+use crate::catalog::{InstalledType, Scope};
 use crate::config::Role;
-use crate::db::{Backend, Db, DbError, ident};
+use crate::db::{Db, DbError, ident};
 use crate::feed::FeedRecord;
 use crate::plugin::BlobPath;
+use crate::secondary::Secondary;
 use crate::secondary::consistency::{self, Counts};
-use crate::secondary::scope::{self, Scope};
 use crate::site::Site;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Records read per page from the model table or the primary's feed.
 const PAGE: i64 = 10_000;
 
 /// The column of every `<name>_registry` and `<name>_states` row naming the
-/// component (SHA-256) that last decided it. `NULL`: the active version
-/// (the row was created after the last swap, which stamps every row).
+/// component (SHA-256) that last decided it (in the templates). `NULL`: the
+/// active version (the row was created after the last swap, which stamps
+/// every row).
 pub const DECIDED_BY: &str = "plugin_sha256";
 
-/// Every record of type `it` as the primary has it: read locally on the
-/// primary, over the replication feed on a secondary.
-pub async fn live_records(site: &Arc<Site>, it: &InstalledType) -> Result<Vec<FeedRecord>, String> {
+/// The running secondary of `site` (its client of the primary and its
+/// scope), as the runtime registered it.
+pub fn running_secondary(site: &Site) -> Result<Arc<Secondary>, String> {
+    site.role_state
+        .get::<Secondary>()
+        .ok_or_else(|| "this secondary's workers are not running".to_string())
+}
+
+/// Every record of a type as the primary has it: read locally on the
+/// primary (from the model table, with the columns `reader` declares), over
+/// the replication feed on a secondary.
+pub async fn live_records(site: &Site, reader: &InstalledType) -> Result<Vec<FeedRecord>, String> {
     let mut out = Vec::new();
     let mut after = 0;
     match site.role() {
         Role::Primary => loop {
-            let page = crate::primary::records::page(&site.db, it, after, PAGE)
+            let page = crate::primary::records::page(&site.db, reader, after, PAGE)
                 .await
                 .map_err(|e| e.to_string())?;
             let Some(last) = page.last() else { break };
@@ -35,7 +47,7 @@ pub async fn live_records(site: &Arc<Site>, it: &InstalledType) -> Result<Vec<Fe
             let full = page.len() as i64 >= PAGE;
             out.extend(page.iter().map(|r| FeedRecord {
                 id: r.id,
-                columns: r.columns_json(it),
+                columns: r.columns_json(reader),
                 verification_state: r.verification_state,
                 verification_checksum: r.verification_checksum.as_ref().map(hex::encode),
             }));
@@ -44,10 +56,11 @@ pub async fn live_records(site: &Arc<Site>, it: &InstalledType) -> Result<Vec<Fe
             }
         },
         Role::Secondary => {
-            let client = client(site)?;
+            let secondary = running_secondary(site)?;
             loop {
-                let page = client
-                    .records_after(it.name(), after, PAGE)
+                let page = secondary
+                    .client
+                    .records_after(reader.name(), after, PAGE)
                     .await
                     .map_err(|e| e.to_string())?;
                 let Some(last) = page.records.last() else {
@@ -65,13 +78,89 @@ pub async fn live_records(site: &Arc<Site>, it: &InstalledType) -> Result<Vec<Fe
     Ok(out)
 }
 
-fn client(site: &Site) -> Result<crate::secondary::PrimaryClient, String> {
-    let primary = site
-        .config
-        .primary
-        .as_ref()
-        .ok_or("a secondary needs a [primary] section")?;
-    crate::secondary::PrimaryClient::new(primary).map_err(|e| e.to_string())
+/// The records a new version `new` must place, read before any change:
+/// with the running version's columns when there is one; otherwise, when
+/// the type's table already holds rows (a type installed again, or one
+/// whose recorded version is not what runs), with the columns of `new`
+/// that the table has. On a secondary, the primary's records, when this
+/// site holds any registry of the type.
+async fn records_to_place(
+    site: &Site,
+    current: Option<&InstalledType>,
+    new: &InstalledType,
+) -> Result<Vec<FeedRecord>, String> {
+    if let Some(current) = current {
+        return live_records(site, current).await;
+    }
+    let table = match site.role() {
+        Role::Primary => new.identity.table.name.clone(),
+        Role::Secondary => new.identity.registry_table(),
+    };
+    let db = site.decided_db().map_err(|e| format!("{e:#}"))?;
+    let columns = crate::db::template::table_columns(db, &table)
+        .await
+        .map_err(|e| e.to_string())?;
+    if columns.is_empty() {
+        return Ok(Vec::new());
+    }
+    match site.role() {
+        Role::Primary => {
+            let mut identity = (*new.identity).clone();
+            identity.table.columns.retain(|c| columns.contains(&c.name));
+            let reader = InstalledType {
+                plugin: new.plugin.clone(),
+                identity: Arc::new(identity),
+            };
+            live_records(site, &reader).await
+        }
+        // Not serving (startup): the consistency pass places the records.
+        Role::Secondary if site.role_state.get::<Secondary>().is_none() => Ok(Vec::new()),
+        Role::Secondary => {
+            let rows = db
+                .fetch_one(&format!("SELECT COUNT(*) AS n FROM {}", ident(&table)), &[])
+                .await
+                .map_err(|e| e.to_string())?
+                .i64("n")
+                .map_err(|e| e.to_string())?;
+            if rows == 0 {
+                return Ok(Vec::new());
+            }
+            live_records(site, new).await
+        }
+    }
+}
+
+/// Validates the blob paths of `new` over every live record, changing
+/// nothing: each must be a valid path, and together they must map records
+/// one-to-one onto paths no other record has now. Returns the blobs that
+/// move (from the running version's paths).
+pub async fn check_paths(
+    site: &Site,
+    current: Option<&InstalledType>,
+    new: &InstalledType,
+) -> Result<PathPlan, SwapError> {
+    let records = records_to_place(site, current, new)
+        .await
+        .map_err(|e| SwapError::Internal(format!("reading the live records: {e}")))?;
+    let plan = plan_paths(current, new, &records)
+        .await
+        .map_err(|e| SwapError::Refused(format!("computing its blob paths failed: {e}")))?;
+    if let Some((id, error)) = plan.invalid.first() {
+        return Err(SwapError::Refused(format!(
+            "{} of {} live records would get an invalid blob path (record {id}: {error})",
+            plan.invalid.len(),
+            records.len()
+        )));
+    }
+    if let Some(clash) = plan.clashes.first() {
+        return Err(SwapError::Refused(format!(
+            "its blob paths are not one-to-one over the live records: {} of {} records would \
+             take a path another record has ({clash})",
+            plan.clashes.len(),
+            records.len()
+        )));
+    }
+    Ok(plan)
 }
 
 /// A blob that moves: record id, old path, new path.
@@ -88,32 +177,59 @@ pub struct PathPlan {
     pub moves: Vec<Move>,
     /// Records whose new path is refused (escapes the root, empty, …).
     pub invalid: Vec<(i64, String)>,
+    /// Records whose new path another record has (under the new version,
+    /// or under the running one), described for the operator.
+    pub clashes: Vec<String>,
     pub unchanged: usize,
 }
 
-/// The paths of `records` under `old` and `new`.
+/// The paths of `records` under `old` (the running version, if any) and
+/// `new`, and the paths `new` would give two records, or give one record
+/// while another record keeps it under `old`.
 pub async fn plan_paths(
-    old: &Arc<InstalledType>,
-    new: &Arc<InstalledType>,
+    old: Option<&InstalledType>,
+    new: &InstalledType,
     records: &[FeedRecord],
 ) -> Result<PathPlan, String> {
-    let before = scope::blob_paths(old, records)
-        .await
-        .map_err(|e| e.to_string())?;
-    let after = scope::blob_paths(new, records)
-        .await
-        .map_err(|e| e.to_string())?;
+    let before = match old {
+        Some(old) => old.blob_paths(records).await.map_err(|e| e.to_string())?,
+        None => vec![Err("no running version".to_string()); records.len()],
+    };
+    let after = new.blob_paths(records).await.map_err(|e| e.to_string())?;
     let mut plan = PathPlan::default();
-    for ((record, from), to) in records.iter().zip(before).zip(after) {
-        match (from, to) {
-            (_, Err(error)) => plan.invalid.push((record.id, error)),
+    let held: HashMap<&BlobPath, i64> = records
+        .iter()
+        .zip(&before)
+        .filter_map(|(r, path)| path.as_ref().ok().map(|p| (p, r.id)))
+        .collect();
+    let mut taken: HashMap<&BlobPath, i64> = HashMap::new();
+    for ((record, from), to) in records.iter().zip(&before).zip(&after) {
+        let to = match to {
+            Ok(to) => to,
+            Err(error) => {
+                plan.invalid.push((record.id, error.clone()));
+                continue;
+            }
+        };
+        if let Some(other) = taken.insert(to, record.id) {
+            plan.clashes.push(format!(
+                "records {other} and {} would both be at `{to}`",
+                record.id
+            ));
+        } else if let Some(&other) = held.get(to).filter(|&&other| other != record.id) {
+            plan.clashes.push(format!(
+                "record {} would move to `{to}`, where record {other} is now",
+                record.id
+            ));
+        }
+        match from {
             // A record the old version could not place has no blob to move.
-            (Err(_), Ok(_)) => {}
-            (Ok(from), Ok(to)) if from == to => plan.unchanged += 1,
-            (Ok(from), Ok(to)) => plan.moves.push(Move {
+            Err(_) => {}
+            Ok(from) if from == to => plan.unchanged += 1,
+            Ok(from) => plan.moves.push(Move {
                 id: record.id,
-                from,
-                to,
+                from: from.clone(),
+                to: to.clone(),
             }),
         }
     }
@@ -144,7 +260,7 @@ pub async fn copy_to_new(site: &Site, name: &str, moves: &[Move]) -> Result<u64,
 
 /// Deletes the old copies of moved blobs (once the new version is live).
 pub async fn remove_old(site: &Site, name: &str, moves: &[Move]) {
-    let targets: std::collections::HashSet<&BlobPath> = moves.iter().map(|m| &m.to).collect();
+    let targets: HashSet<&BlobPath> = moves.iter().map(|m| &m.to).collect();
     for m in moves {
         if targets.contains(&m.from) {
             continue; // another record's new blob lives there
@@ -155,18 +271,31 @@ pub async fn remove_old(site: &Site, name: &str, moves: &[Move]) {
     }
 }
 
+/// The moves whose new path has no blob while the old one has.
+pub async fn missing_targets(site: &Site, name: &str, moves: &[Move]) -> Vec<Move> {
+    let mut out = Vec::new();
+    for m in moves {
+        if !site.blobs.exists(name, &m.to).await.unwrap_or(true) {
+            out.push(m.clone());
+        }
+    }
+    out
+}
+
 /// The scope decisions of `records` under `old` and `new`: the ids that
 /// enter and that leave the scope.
 pub async fn scope_changes(
-    old: &Arc<InstalledType>,
-    new: &Arc<InstalledType>,
+    old: &InstalledType,
+    new: &InstalledType,
     scope: &Scope,
     records: &[FeedRecord],
 ) -> Result<(Vec<i64>, Vec<i64>), String> {
-    let before = scope::in_scope(old, scope, records)
+    let before = old
+        .in_scope(scope, records)
         .await
         .map_err(|e| e.to_string())?;
-    let after = scope::in_scope(new, scope, records)
+    let after = new
+        .in_scope(scope, records)
         .await
         .map_err(|e| e.to_string())?;
     let (mut enter, mut leave) = (Vec::new(), Vec::new());
@@ -180,11 +309,10 @@ pub async fn scope_changes(
     Ok((enter, leave))
 }
 
-/// This secondary's scope, read from the primary now.
-pub async fn secondary_scope(
-    site: &Arc<Site>,
-) -> Result<(crate::secondary::PrimaryClient, Scope), String> {
-    let secondary = crate::secondary::Secondary::new(site.clone()).map_err(|e| format!("{e:#}"))?;
+/// This secondary's scope, with the topology read from the primary now,
+/// asked of the running secondary.
+pub async fn secondary_scope(site: &Site) -> Result<(Arc<Secondary>, Scope), String> {
+    let secondary = running_secondary(site)?;
     let view = secondary
         .refresh_topology()
         .await
@@ -193,70 +321,52 @@ pub async fn secondary_scope(
         .scope
         .clone()
         .ok_or("this site's selective-sync settings are unusable")?;
-    Ok((secondary.client.clone(), scope))
+    Ok((secondary, scope))
 }
 
 /// Makes a secondary's registry of `it` follow its scope now: a consistency
 /// pass of that type (rows created for records that entered, rows and
-/// blobs of records that left removed).
-pub async fn reevaluate_scope(site: &Arc<Site>, it: &Arc<InstalledType>) -> Result<Counts, String> {
-    let (client, scope) = secondary_scope(site).await?;
-    let tracking = site.tracking().map_err(|e| format!("{e:#}"))?;
-    consistency::check_type(&client, tracking, &site.blobs, it, &scope)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// The table whose rows a version decides on this site.
-pub fn decided_table(site: &Site, it: &InstalledType) -> (Db, String) {
-    match site.role() {
-        Role::Primary => (site.db.clone(), it.identity.states_table()),
-        Role::Secondary => (
-            site.tracking
-                .clone()
-                .expect("a secondary has a tracking database"),
-            it.identity.registry_table(),
-        ),
+/// blobs of records that left removed). `None` when the site is not
+/// serving (startup): its workers' first pass does it.
+pub async fn reevaluate_scope(
+    site: &Site,
+    it: &Arc<InstalledType>,
+) -> Result<Option<Counts>, String> {
+    if site.role_state.get::<Secondary>().is_none() {
+        return Ok(None);
     }
+    let (secondary, scope) = secondary_scope(site).await?;
+    consistency::check_type(
+        &secondary.client,
+        &secondary.tracking,
+        &site.blobs,
+        it,
+        &scope,
+    )
+    .await
+    .map(Some)
+    .map_err(|e| e.to_string())
 }
 
-/// Adds [`DECIDED_BY`] to `table` if it lacks it (tables created before
-/// hot swap existed).
-pub async fn ensure_decided_by(db: &Db, table: &str) -> Result<(), DbError> {
-    let sql = match db.backend() {
-        Backend::Postgres => {
-            "SELECT 1 AS found FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
-        }
-        Backend::Sqlite => "SELECT 1 AS found FROM pragma_table_info($1) WHERE name = $2",
+/// The table whose rows a version decides on this site, and its database.
+pub fn decided_table(site: &Site, it: &InstalledType) -> Result<(Db, String), DbError> {
+    let db = site
+        .decided_db()
+        .map_err(|e| DbError::Invalid(format!("{e:#}")))?;
+    let table = match site.role() {
+        Role::Primary => it.identity.states_table(),
+        Role::Secondary => it.identity.registry_table(),
     };
-    if db
-        .fetch_optional(sql, &[table.into(), DECIDED_BY.into()])
-        .await?
-        .is_some()
-    {
-        return Ok(());
-    }
-    let add = match db.backend() {
-        Backend::Postgres => "ADD COLUMN IF NOT EXISTS",
-        Backend::Sqlite => "ADD COLUMN",
-    };
-    match db
-        .execute(
-            &format!("ALTER TABLE {} {add} {DECIDED_BY} TEXT", ident(table)),
-            &[],
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        // Another process added it meanwhile (SQLite has no IF NOT EXISTS).
-        Err(e) if e.to_string().contains("duplicate column") => Ok(()),
-        Err(e) => Err(e),
-    }
+    Ok((db.clone(), table))
 }
 
-/// Records that version `sha256` decided every row of `table`.
-pub async fn stamp(db: &Db, table: &str, sha256: &str) -> Result<u64, DbError> {
+/// Records that version `it` decided every row of its decided table.
+pub async fn stamp(site: &Site, it: &InstalledType) -> Result<u64, DbError> {
+    let (db, table) = decided_table(site, it)?;
+    stamp_table(&db, &table, it.plugin.sha256()).await
+}
+
+async fn stamp_table(db: &Db, table: &str, sha256: &str) -> Result<u64, DbError> {
     db.execute(
         &format!(
             "UPDATE {} SET {DECIDED_BY} = $1 WHERE {DECIDED_BY} IS NULL OR {DECIDED_BY} <> $1",
@@ -273,31 +383,21 @@ mod tests {
     use crate::db::testing::test_databases;
 
     #[tokio::test]
-    async fn the_decided_by_column_is_added_once_and_stamped() {
+    async fn stamping_counts_the_rows_another_version_decided() {
         for (backend, db) in test_databases().await {
-            db.execute("CREATE TABLE t_registry (id BIGINT PRIMARY KEY)", &[])
-                .await
-                .unwrap();
+            db.execute(
+                "CREATE TABLE t_registry (id BIGINT PRIMARY KEY, plugin_sha256 TEXT)",
+                &[],
+            )
+            .await
+            .unwrap();
             db.execute("INSERT INTO t_registry (id) VALUES (1), (2)", &[])
                 .await
                 .unwrap();
-            ensure_decided_by(&db, "t_registry").await.unwrap();
-            ensure_decided_by(&db, "t_registry").await.unwrap();
-            assert_eq!(
-                stamp(&db, "t_registry", "aa").await.unwrap(),
-                2,
-                "{backend}"
-            );
-            assert_eq!(
-                stamp(&db, "t_registry", "aa").await.unwrap(),
-                0,
-                "{backend}"
-            );
-            assert_eq!(
-                stamp(&db, "t_registry", "bb").await.unwrap(),
-                2,
-                "{backend}"
-            );
+            let stamp = async |sha| stamp_table(&db, "t_registry", sha).await.unwrap();
+            assert_eq!(stamp("aa").await, 2, "{backend}");
+            assert_eq!(stamp("aa").await, 0, "{backend}");
+            assert_eq!(stamp("bb").await, 2, "{backend}");
         }
     }
 }

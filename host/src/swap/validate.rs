@@ -1,11 +1,15 @@
 //! The checks a new version passes before it goes live (besides compiling,
-//! linking and a checked identity, which [`PluginRuntime::load`] does):
-//! the same type, the same model table, and its own test vectors.
+//! linking and a checked identity, which [`PluginRuntime::load`] does, and
+//! its blob paths over the live records, [`super::effects::check_paths`]):
+//! the same type, the same model table, tables the template can prepare,
+//! and its own test vectors. None of them changes anything.
 //!
 //! [`PluginRuntime::load`]: crate::plugin::PluginRuntime::load
 
 use crate::catalog::InstalledType;
-use crate::plugin::{LoadedType, custom_section, fixture};
+use crate::config::Role;
+use crate::plugin::{LoadedType, TypeIdentity, custom_section, fixture};
+use crate::site::Site;
 
 /// The custom section in which a component may ship test vectors: JSON
 /// `{"fixture": <a geohost plugin test fixture>, "expected": [<one answer
@@ -23,6 +27,18 @@ pub fn compatible(installed: &InstalledType, new: &LoadedType) -> Result<(), Str
             "version {} renames the model table from `{}` to `{}`; a type's table cannot change",
             new.version, old.table.name, new.table.name
         ));
+    }
+    Ok(())
+}
+
+/// Refuses a version whose tables the template could not prepare: on a
+/// primary, an existing model table that cannot follow the identity (a dry
+/// run of [`crate::db::template::ensure_primary_tables`]).
+pub async fn tables(site: &Site, identity: &TypeIdentity) -> Result<(), String> {
+    if site.role() == Role::Primary {
+        crate::db::template::check_primary_tables(&site.db, identity)
+            .await
+            .map_err(|e| format!("its tables cannot be prepared: {e}"))?;
     }
     Ok(())
 }

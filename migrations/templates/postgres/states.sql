@@ -18,7 +18,9 @@ CREATE TABLE IF NOT EXISTS "{{name}}_states" (
     verification_state smallint DEFAULT 0 NOT NULL,
     verification_retry_count smallint DEFAULT 0 NOT NULL,
     verification_checksum bytea,
-    verification_failure text CHECK (char_length(verification_failure) <= 255)
+    verification_failure text CHECK (char_length(verification_failure) <= 255),
+    -- Geohost: SHA-256 of the component that last decided this row (hot swap).
+    plugin_sha256 text
 );
 
 CREATE UNIQUE INDEX IF NOT EXISTS "index_{{name}}_states_on_{{name}}_id"

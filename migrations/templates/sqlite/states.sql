@@ -20,7 +20,9 @@ CREATE TABLE IF NOT EXISTS "{{name}}_states" (
     verification_state INTEGER DEFAULT 0 NOT NULL,
     verification_retry_count INTEGER DEFAULT 0 NOT NULL,
     verification_checksum BLOB,
-    verification_failure TEXT CHECK (length(verification_failure) <= 255)
+    verification_failure TEXT CHECK (length(verification_failure) <= 255),
+    -- Geohost: SHA-256 of the component that last decided this row (hot swap).
+    plugin_sha256 TEXT
 );
 
 CREATE UNIQUE INDEX IF NOT EXISTS "index_{{name}}_states_on_{{name}}_id"

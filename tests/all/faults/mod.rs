@@ -31,7 +31,6 @@ use crate::sites::HELM;
 use crate::support::{helm_blob_path, sha256_hex};
 use geohost::config::Config;
 use geohost::primary::{sites as geo_sites, topology};
-use geohost::site::Site;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -241,7 +240,7 @@ impl Pair {
             databases.extra_config,
         );
         // Set up the primary in this process: a token, a project, the secondary.
-        let site = Site::open(Config::from_toml(&primary_config).unwrap())
+        let site = geohost::runtime::open(Config::from_toml(&primary_config).unwrap())
             .await
             .expect("the primary opens");
         let (_, token) = geohost::api::auth::create_token(&site.db, "faults")

@@ -53,8 +53,6 @@ use axum::extract::State;
 use axum::routing::post;
 use std::sync::{Arc, Mutex};
 
-pub use schema::build;
-
 /// The schema, rebuilt when the installed types change.
 #[derive(Default)]
 struct SchemaCache {

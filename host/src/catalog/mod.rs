@@ -2,7 +2,14 @@
 //!
 //! The catalog maps replicable names to loaded plugins. Readers take a
 //! snapshot (`Arc`) and keep it for a whole batch, so a batch always runs on
-//! one version of a type even if the catalog changes meanwhile.
+//! one version of a type even if the catalog changes meanwhile. Calls to a
+//! type ([`calls`]) and the site's hot-swap state ([`swaps`]) live beside it.
+
+mod calls;
+mod swaps;
+
+pub use calls::{CallError, FILE_STORE_REMOTE, ISOLATION_FAILED_CALLS, Scope};
+pub use swaps::{Failure, FolderTypes, SwapState};
 
 use crate::plugin::{Column, ColumnSource, LoadedType, Row, TypeIdentity, Value};
 use arc_swap::ArcSwap;

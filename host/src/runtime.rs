@@ -1,0 +1,158 @@
+//! Opening, starting and serving a site: the top floor, which the CLI, the
+//! demo and the tests call. It connects and migrates the databases, builds
+//! the [`Site`] context, brings the types up through the one lifecycle
+//! ([`crate::swap::startup`]), then serves the HTTP API and runs the role's
+//! workers until shutdown.
+
+use crate::catalog::Catalog;
+use crate::config::{Config, Role};
+use crate::db::{Db, migrate};
+use crate::plugin::PluginRuntime;
+use crate::secondary::Secondary;
+use crate::site::Site;
+use crate::storage::BlobStore;
+use anyhow::Context;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Whether a site opened for a command gets its blob storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blobs {
+    /// Open it (serving, and commands that read or write blobs).
+    Open,
+    /// Leave it closed: a command that touches no blob runs without the
+    /// storage's credentials or reachability; a blob operation fails with
+    /// an error saying so.
+    Closed,
+}
+
+/// Opens a site from its configuration, with its blob storage.
+pub async fn open(config: Config) -> anyhow::Result<Arc<Site>> {
+    open_with(config, Blobs::Open).await
+}
+
+/// Opens a site: databases (connected and migrated), blob storage (when
+/// asked), secrets, the plugin runtime; then its types (shipped, plugins
+/// folder, recorded versions) through the lifecycle.
+pub async fn open_with(config: Config, blobs: Blobs) -> anyhow::Result<Arc<Site>> {
+    std::fs::create_dir_all(&config.site.data_dir)
+        .with_context(|| format!("creating {}", config.site.data_dir.display()))?;
+    let max = config.database.max_connections.unwrap_or(16);
+    let db = Db::connect_with(&config.database_url(), max)
+        .await
+        .context("opening the site database")?;
+    migrate::main(&db)
+        .await
+        .context("migrating the site database")?;
+    let tracking = match config.site.role {
+        Role::Secondary => {
+            let max = config.tracking_database.max_connections.unwrap_or(16);
+            let tracking = Db::connect_with(&config.tracking_database_url(), max)
+                .await
+                .context("opening the tracking database")?;
+            migrate::tracking(&tracking)
+                .await
+                .context("migrating the tracking database")?;
+            Some(tracking)
+        }
+        Role::Primary => None,
+    };
+    let blobs = match blobs {
+        Blobs::Open => {
+            BlobStore::open(&config.storage, &config.blob_root()).context("opening blob storage")?
+        }
+        Blobs::Closed => BlobStore::closed(&config.storage),
+    };
+    let secrets = crate::auth::secret_box::SecretBox::load_or_create(&config.secrets_key_file())
+        .context("loading the secrets key")?;
+    if let Some(secs) = config.workers.retry_delay_max_secs {
+        crate::states::set_retry_delay_max(Some(std::time::Duration::from_secs(secs)));
+    }
+    let runtime = PluginRuntime::new(config.plugin_limits(), Some(config.plugin_cache_dir()))
+        .context("starting the plugin runtime")?;
+    let site = Arc::new(Site {
+        config,
+        db,
+        tracking,
+        blobs,
+        catalog: Arc::new(Catalog::new()),
+        runtime,
+        secrets,
+        events: Default::default(),
+        shutdown: CancellationToken::new(),
+        swaps: Default::default(),
+        role_state: Default::default(),
+    });
+    crate::swap::startup(&site)
+        .await
+        .context("bringing up the replicable types")?;
+    if site.role() == Role::Primary {
+        crate::primary::sites::ensure_self(&site)
+            .await
+            .context("registering this primary")?;
+    }
+    Ok(site)
+}
+
+/// Serves the HTTP API on `listener` and runs the role's background
+/// workers, until [`Site::shutdown`] is cancelled.
+pub async fn serve(site: Arc<Site>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let address = listener.local_addr()?;
+    if site.role() == Role::Secondary {
+        // What a swap or a diff asks for this site's scope: the secondary
+        // whose workers run here.
+        site.role_state.set(Secondary::new(site.clone())?);
+    }
+    let mut workers = tokio::task::JoinSet::new();
+    // SQLite takes one worker process; PostgreSQL any number (leases.rs).
+    let _single_worker = if site.config.workers.enabled {
+        let (db, url) = match site.role() {
+            Role::Primary => (&site.db, site.config.database_url()),
+            Role::Secondary => (site.tracking()?, site.config.tracking_database_url()),
+        };
+        crate::leases::SingleProcessLock::for_db(db, &url)?
+    } else {
+        None
+    };
+    if site.config.workers.enabled {
+        workers.spawn(crate::storage::sweeper::run(
+            site.blobs.clone(),
+            std::time::Duration::from_secs(site.config.storage.temp_max_age_secs),
+            site.shutdown.clone(),
+        ));
+        match site.role() {
+            Role::Primary => {
+                workers.spawn(crate::primary::verify::run(site.clone()));
+            }
+            Role::Secondary => {
+                let secondary = site
+                    .role_state
+                    .get::<Secondary>()
+                    .context("the secondary is set up above")?;
+                workers.spawn(crate::status::report::run(secondary.clone()));
+                workers.spawn(async move {
+                    if let Err(error) = crate::secondary::run(secondary).await {
+                        tracing::error!(error = %format!("{error:#}"), "secondary workers stopped");
+                    }
+                });
+            }
+        }
+    }
+    workers.spawn(crate::swap::watch::run(site.clone()));
+    tracing::info!(site = site.name(), role = ?site.role(), %address, "serving");
+    let router = crate::api::router(site.clone());
+    let served = crate::api::serve(listener, router, site.shutdown.clone()).await;
+    site.shutdown.cancel();
+    while workers.join_next().await.is_some() {}
+    site.role_state.clear();
+    served.map_err(Into::into)
+}
+
+/// Binds the configured address and serves (see [`serve`]).
+pub async fn run(site: Arc<Site>) -> anyhow::Result<()> {
+    let listen = site.config.site.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    serve(site, listener).await
+}
