@@ -15,7 +15,7 @@ use anyhow::Context;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Whether a site opened for a command gets its blob storage.
+/// Whether a site opened for a one-shot command gets its blob storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blobs {
     /// Open it (serving, and commands that read or write blobs).
@@ -26,15 +26,22 @@ pub enum Blobs {
     Closed,
 }
 
-/// Opens a site from its configuration, with its blob storage.
+/// Opens a site to serve it ([`serve`]): databases (connected and
+/// migrated), blob storage, secrets, the plugin runtime, a secondary's
+/// state; then its types through the lifecycle, upgrades found while it was
+/// down included.
 pub async fn open(config: Config) -> anyhow::Result<Arc<Site>> {
-    open_with(config, Blobs::Open).await
+    open_site(config, Blobs::Open, true).await
 }
 
-/// Opens a site: databases (connected and migrated), blob storage (when
-/// asked), secrets, the plugin runtime; then its types (shipped, plugins
-/// folder, recorded versions) through the lifecycle.
-pub async fn open_with(config: Config, blobs: Blobs) -> anyhow::Result<Arc<Site>> {
+/// Opens a site for a one-shot command: as [`open`], but its types come up
+/// at their recorded versions only (a component the site has never seen
+/// waits for the serving site), and its blob storage only if asked.
+pub async fn open_for_command(config: Config, blobs: Blobs) -> anyhow::Result<Arc<Site>> {
+    open_site(config, blobs, false).await
+}
+
+async fn open_site(config: Config, blobs: Blobs, serving: bool) -> anyhow::Result<Arc<Site>> {
     std::fs::create_dir_all(&config.site.data_dir)
         .with_context(|| format!("creating {}", config.site.data_dir.display()))?;
     let max = config.database.max_connections.unwrap_or(16);
@@ -83,7 +90,12 @@ pub async fn open_with(config: Config, blobs: Blobs) -> anyhow::Result<Arc<Site>
         swaps: Default::default(),
         role_state: Default::default(),
     });
-    crate::swap::startup(&site)
+    if serving && site.role() == Role::Secondary {
+        // What a swap or a diff asks for this site's scope and its
+        // primary's records: the secondary whose workers `serve` runs.
+        site.role_state.set(Secondary::new(site.clone())?);
+    }
+    crate::swap::startup(&site, serving)
         .await
         .context("bringing up the replicable types")?;
     if site.role() == Role::Primary {
@@ -98,9 +110,7 @@ pub async fn open_with(config: Config, blobs: Blobs) -> anyhow::Result<Arc<Site>
 /// workers, until [`Site::shutdown`] is cancelled.
 pub async fn serve(site: Arc<Site>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
-    if site.role() == Role::Secondary {
-        // What a swap or a diff asks for this site's scope: the secondary
-        // whose workers run here.
+    if site.role() == Role::Secondary && site.role_state.get::<Secondary>().is_none() {
         site.role_state.set(Secondary::new(site.clone())?);
     }
     let mut workers = tokio::task::JoinSet::new();

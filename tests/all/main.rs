@@ -5,6 +5,7 @@ mod admin_page;
 mod authoring;
 mod faults;
 mod hot_swap;
+mod lifecycle;
 mod npm;
 mod object_storage;
 mod operator;

@@ -47,7 +47,7 @@ impl SiteArgs {
 
     async fn open_with(&self, blobs: Blobs) -> anyhow::Result<Arc<Site>> {
         let config = Config::load(Some(&self.config))?;
-        crate::runtime::open_with(config, blobs).await
+        crate::runtime::open_for_command(config, blobs).await
     }
 }
 

@@ -358,6 +358,34 @@ async fn prepare_tables(site: &Site, it: &InstalledType) -> Result<(), String> {
     Ok(())
 }
 
+/// Activates a component found at startup; `false` if it was refused (and
+/// reported). Another failure (a database error, the primary unreachable)
+/// stops the site when `essential` (the type's base version), and is
+/// logged otherwise (an upgrade, tried again at the next start or when its
+/// file changes).
+async fn activate_at_startup(
+    site: &Arc<Site>,
+    name: &str,
+    found: Found,
+    essential: bool,
+) -> anyhow::Result<bool> {
+    let request = Request {
+        expect_name: Some(name.to_string()),
+        source: found.source.clone(),
+    };
+    match activate_loaded(site, &found.bytes, found.loaded, &request).await {
+        Ok(_) => Ok(true),
+        Err(SwapError::Refused(_)) => Ok(false),
+        Err(error) if essential => {
+            Err(error).with_context(|| format!("activating {}", request.source))
+        }
+        Err(error) => {
+            tracing::warn!(r#type = name, source = %request.source, %error, "upgrade not activated at startup; it is tried again at the next start or when its file changes");
+            Ok(false)
+        }
+    }
+}
+
 /// A component found at startup.
 struct Found {
     source: String,
@@ -367,16 +395,20 @@ struct Found {
 
 /// Brings a site's types up at startup, through [`activate`] like any
 /// other change. The recorded state wins: a type with a recorded active
-/// version runs that version (its kept component; an upgrade, rollback or
-/// API install survives a restart), found among the shipped and folder
-/// components or in `data_dir/plugins-versions/`; a type whose versions
-/// are all inactive was removed and stays out; any other shipped or folder
-/// component is installed (a folder component before a shipped one of the
-/// same type). A component that fails to load or validate is reported as
-/// refused and the site starts without it (a shipped one that does not
-/// load is a broken build and stops the site). What it found in the plugins
-/// folder is kept for the folder watcher.
-pub async fn startup(site: &Arc<Site>) -> anyhow::Result<()> {
+/// version runs that version (found among the shipped and folder
+/// components, or its kept component in `data_dir/plugins-versions/`), so
+/// an upgrade, a rollback or an API install survives a restart; a type
+/// whose versions are all inactive was removed and stays out; a type never
+/// recorded starts from its shipped component (or its first folder one).
+/// Then each component of the type this site has never seen (no recorded
+/// version has its hash: dropped into the folder, or shipped by a new
+/// build, while the site was down) is activated as an upgrade, with every
+/// check. A component that fails to load or validate is reported as refused
+/// and the site starts without it (a shipped one that does not load is a
+/// broken build and stops the site). With `upgrades` off (a one-shot
+/// command), the never-seen components wait for the serving site. What
+/// startup found in the plugins folder is kept for the folder watcher.
+pub async fn startup(site: &Arc<Site>, upgrades: bool) -> anyhow::Result<()> {
     let _one_at_a_time = site.swaps.one_at_a_time().await;
     let shipped = builtin::selected(site.config.plugins.builtin.as_deref())
         .map_err(anyhow::Error::msg)
@@ -436,53 +468,60 @@ pub async fn startup(site: &Arc<Site>) -> anyhow::Result<()> {
 
     for (name, mut candidates) in by_name {
         let rows: Vec<_> = recorded.iter().filter(|v| v.name == name).collect();
-        let active = rows.iter().find(|v| v.active);
-        let chosen = match active {
-            None if rows.iter().any(|v| v.activated_at.is_some()) => {
-                tracing::info!(r#type = %name, "type stays removed (no active version recorded)");
-                continue;
-            }
-            None => candidates.pop(),
-            Some(v) => {
-                let position = candidates
-                    .iter()
-                    .position(|f| f.loaded.as_ref().is_ok_and(|l| l.sha256() == v.sha256));
-                match position {
-                    Some(i) => Some(candidates.swap_remove(i)),
-                    None => match versions::kept_component(&site.config.site.data_dir, &v.sha256) {
-                        Some(bytes) => {
-                            let loaded = load(site, bytes.clone()).await?;
-                            Some(Found {
-                                source: format!("kept version {}", v.version),
-                                bytes,
-                                loaded,
-                            })
-                        }
-                        None => {
-                            tracing::warn!(r#type = %name, sha256 = %v.sha256, "the recorded active version is no longer kept; running the one found at startup");
-                            candidates.pop()
-                        }
-                    },
-                }
-            }
-        };
-        let Some(mut chosen) = chosen else { continue };
-        loop {
-            let request = Request {
-                expect_name: Some(name.clone()),
-                source: chosen.source.clone(),
-            };
-            match activate_loaded(site, &chosen.bytes, chosen.loaded, &request).await {
-                Ok(_) => break,
-                // A refused component gives way to the next candidate.
-                Err(SwapError::Refused(_)) => match candidates.pop() {
-                    Some(next) => chosen = next,
-                    None => break,
+        if rows.iter().all(|v| !v.active) && rows.iter().any(|v| v.activated_at.is_some()) {
+            tracing::info!(r#type = %name, "type stays removed (no active version recorded)");
+            continue;
+        }
+        let sha_of = |f: &Found| f.loaded.as_ref().map(|l| l.sha256().to_string()).ok();
+        // The base: the recorded active version (found at startup, or its
+        // kept component); for a type never recorded, its first component
+        // (shipped before folder).
+        let base = match rows.iter().find(|v| v.active) {
+            Some(v) => match candidates
+                .iter()
+                .position(|f| sha_of(f).as_deref() == Some(v.sha256.as_str()))
+            {
+                Some(i) => Some(candidates.remove(i)),
+                None => match versions::kept_component(&site.config.site.data_dir, &v.sha256) {
+                    Some(bytes) => Some(Found {
+                        source: format!("kept version {}", v.version),
+                        loaded: load(site, bytes.clone()).await?,
+                        bytes,
+                    }),
+                    None => {
+                        tracing::warn!(r#type = %name, sha256 = %v.sha256, "the recorded active version is no longer kept");
+                        None
+                    }
                 },
-                Err(error) => {
-                    return Err(error).with_context(|| format!("activating {}", request.source));
-                }
+            },
+            None if candidates.is_empty() => None,
+            None => Some(candidates.remove(0)),
+        };
+        // Then every component this site has never seen (an upgrade dropped
+        // into the folder, or shipped with a new build while it was down),
+        // as an upgrade: validated over the live data like any other.
+        let never_seen =
+            |f: &Found| sha_of(f).is_some_and(|sha| !rows.iter().any(|v| v.sha256 == sha));
+        let (mut new, known): (Vec<Found>, Vec<Found>) =
+            candidates.into_iter().partition(|f| never_seen(f));
+        if !upgrades && base.is_some() {
+            new.clear(); // they wait for the serving site
+        }
+        let mut live = false;
+        if let Some(base) = base {
+            live = activate_at_startup(site, &name, base, true).await?;
+        }
+        for found in new {
+            let essential = !live;
+            live |= activate_at_startup(site, &name, found, essential).await?;
+        }
+        // Nothing live (the recorded version no longer loads): the most
+        // preferred component found at startup runs.
+        for found in known.into_iter().rev() {
+            if live {
+                break;
             }
+            live = activate_at_startup(site, &name, found, true).await?;
         }
     }
     site.swaps.set_startup_folder(folder);
