@@ -128,6 +128,7 @@ pub async fn serve(site: Arc<Site>, listener: tokio::net::TcpListener) -> anyhow
         workers.spawn(crate::storage::sweeper::run(
             site.blobs.clone(),
             std::time::Duration::from_secs(site.config.storage.temp_max_age_secs),
+            std::time::Duration::from_secs(site.config.deletions.quarantine_secs),
             site.shutdown.clone(),
         ));
         match site.role() {

@@ -280,7 +280,9 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
         })
         .await;
 
-        // v2 leaves channel beta out: applied at once on the secondary.
+        // v2 leaves channel beta out: re-evaluated at once on the
+        // secondary, where removing more than a tenth of the registries
+        // waits for an operator's confirmation (guarded deletions).
         for site in [&primary, &secondary] {
             let report = swap::activate(&site.site, v2.clone(), request(HELM, "test"))
                 .await
@@ -289,9 +291,25 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
             assert_eq!(report.version, "1.1.0");
             assert_eq!(report.previous_version.as_deref(), Some("1.0.0"));
             if site.site.role() == geohost::config::Role::Secondary {
-                // Applied at once, not at the next periodic pass.
-                assert!(report.registries_removed > 0, "{backend:?}: {report:?}");
+                // Decided at once, not at the next periodic pass.
+                assert!(
+                    report.registries_removed + report.registries_held > 0,
+                    "{backend:?}: {report:?}"
+                );
             }
+        }
+        let tracking = secondary.site.tracking().unwrap();
+        if geohost::secondary::guard::confirm(tracking, HELM)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            secondary
+                .site
+                .role_state
+                .get::<geohost::secondary::Secondary>()
+                .unwrap()
+                .request_pass();
         }
         let v2_sha = secondary
             .site

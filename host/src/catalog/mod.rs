@@ -86,6 +86,9 @@ pub enum CatalogError {
 #[derive(Default)]
 pub struct Catalog {
     types: ArcSwap<BTreeMap<String, Arc<InstalledType>>>,
+    /// Per type: writes hold it shared, a hot swap that moves the type's
+    /// blobs holds it exclusively (see [`Catalog::writing`]).
+    gates: std::sync::Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 impl Catalog {
@@ -133,6 +136,28 @@ impl Catalog {
             next
         });
         previous.get(name).cloned()
+    }
+
+    fn gate(&self, name: &str) -> Arc<tokio::sync::RwLock<()>> {
+        self.gates
+            .lock()
+            .expect("gates")
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Held by a write to type `name` (a record and its blob): waits while
+    /// a hot swap moves the type's blobs, so a write lands entirely before
+    /// the move or entirely after it, under the new version.
+    pub async fn writing(&self, name: &str) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.gate(name).read_owned().await
+    }
+
+    /// Held by a hot swap while it moves type `name`'s blobs: waits for the
+    /// writes in progress, and holds new ones back.
+    pub async fn moving(&self, name: &str) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.gate(name).write_owned().await
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<InstalledType>> {

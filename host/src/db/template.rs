@@ -220,6 +220,59 @@ pub fn registry_table_ddl(backend: Backend, identity: &TypeIdentity) -> String {
     render(template, identity)
 }
 
+/// Every table and index a type's templates create on either site (its
+/// model table and `<name>_states` on a primary, `<name>_registry` on a
+/// secondary), as the database names them: the names that belong to the
+/// type (`swap/owners.rs`).
+pub fn type_objects(identity: &TypeIdentity) -> std::collections::BTreeSet<String> {
+    let backend = Backend::Postgres; // identifiers are the same on both
+    let mut sql = model_statements(backend, identity).join(";\n");
+    sql.push_str(";\n");
+    sql.push_str(&states_table_ddl(backend, identity));
+    sql.push_str(&registry_table_ddl(backend, identity));
+    created_objects(&sql).into_iter().collect()
+}
+
+/// The names of the tables and indexes `sql` creates (`CREATE [UNIQUE]
+/// TABLE|INDEX [IF NOT EXISTS] <name>`), unquoted. `--` comments are
+/// skipped.
+pub fn created_objects(sql: &str) -> Vec<String> {
+    let code: String = sql
+        .lines()
+        .map(|line| line.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let words: Vec<&str> = code
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut names = Vec::new();
+    for (i, word) in words.iter().enumerate() {
+        if !word.eq_ignore_ascii_case("create") {
+            continue;
+        }
+        let mut rest = words[i + 1..].iter().copied();
+        let mut next = rest.next();
+        if next.is_some_and(|w| w.eq_ignore_ascii_case("unique")) {
+            next = rest.next();
+        }
+        if !next.is_some_and(|w| w.eq_ignore_ascii_case("table") || w.eq_ignore_ascii_case("index"))
+        {
+            continue;
+        }
+        let mut name = rest.next();
+        if name.is_some_and(|w| w.eq_ignore_ascii_case("if")) {
+            rest.next(); // NOT
+            rest.next(); // EXISTS
+            name = rest.next();
+        }
+        if let Some(name) = name {
+            names.push(name.trim_matches('"').to_string());
+        }
+    }
+    names
+}
+
 /// Fills a template's placeholders, then shortens its quoted identifiers.
 fn render(template: &str, identity: &TypeIdentity) -> String {
     let text = template
@@ -293,7 +346,13 @@ pub async fn ensure_primary_tables(db: &Db, identity: &TypeIdentity) -> Result<(
         tx.execute(statement, &[]).await?;
     }
     let states = template_statements(&states_table_ddl(backend, identity));
-    run_host_template(&mut tx, &identity.states_table(), &states).await?;
+    run_host_template(
+        &mut tx,
+        &identity.states_table(),
+        &states,
+        ADDED_STATES_COLUMNS,
+    )
+    .await?;
     tx.commit().await
 }
 
@@ -323,26 +382,40 @@ pub async fn table_columns(db: &Db, table: &str) -> Result<Vec<String>> {
 pub async fn ensure_tracking_tables(db: &Db, identity: &TypeIdentity) -> Result<()> {
     let mut tx = begin_ddl(db).await?;
     let statements = template_statements(&registry_table_ddl(db.backend(), identity));
-    run_host_template(&mut tx, &identity.registry_table(), &statements).await?;
+    run_host_template(
+        &mut tx,
+        &identity.registry_table(),
+        &statements,
+        ADDED_REGISTRY_COLUMNS,
+    )
+    .await?;
     tx.commit().await
 }
 
-/// Columns the host tables' templates gained after a table could first
-/// have been created (the template's own definition of each): a table made
-/// by an earlier Geohost gets them before the template's indexes are
-/// created. Checked against the templates by a test.
-const ADDED_HOST_COLUMNS: &[(&str, &str)] = &[("plugin_sha256", "TEXT")];
+/// Columns the states template gained after a table could first have been
+/// created (the template's own definition of each): a table made by an
+/// earlier Geohost gets them before the template's indexes are created.
+/// Checked against the templates by a test.
+const ADDED_STATES_COLUMNS: &[(&str, &str)] = &[("plugin_sha256", "TEXT"), ("blob_path", "TEXT")];
+
+/// The same for the registry template.
+const ADDED_REGISTRY_COLUMNS: &[(&str, &str)] = &[("plugin_sha256", "TEXT")];
 
 /// Runs a host table's template (its `CREATE TABLE` first, then indexes),
 /// adding to a table an earlier Geohost created the columns the template
-/// has gained since ([`ADDED_HOST_COLUMNS`]), inside the DDL transaction.
-async fn run_host_template(tx: &mut Tx, table: &str, statements: &[String]) -> Result<()> {
+/// has gained since (`added`), inside the DDL transaction.
+async fn run_host_template(
+    tx: &mut Tx,
+    table: &str,
+    statements: &[String],
+    added: &[(&str, &str)],
+) -> Result<()> {
     let Some((create, rest)) = statements.split_first() else {
         return Ok(());
     };
     tx.execute(create, &[]).await?;
     let existing = existing_columns(tx, table).await?;
-    for (column, sql_type) in ADDED_HOST_COLUMNS {
+    for (column, sql_type) in added {
         if !existing.iter().any(|c| c.name == *column) {
             tx.execute(
                 &format!(
@@ -530,6 +603,7 @@ mod tests {
     const HELM_STATES_INDEXES: &[&str] = &[
         "index_packages_helm_metadata_cache_states_failed_verification",
         "index_packages_helm_metadata_cache_states_needs_verification_id",
+        "index_packages_helm_metadata_cache_states_on_blob_path",
         "index_packages_helm_metadata_cache_states_on_packages__b9505ae0",
         "index_packages_helm_metadata_cache_states_on_verificat_095133f0",
         "index_packages_helm_metadata_cache_states_on_verification_state",
@@ -772,13 +846,22 @@ mod tests {
     #[tokio::test]
     async fn tables_of_an_earlier_geohost_gain_the_columns_the_templates_added() {
         let helm = helm();
-        for (name, _) in ADDED_HOST_COLUMNS {
+        let templates: [(
+            fn(Backend, &TypeIdentity) -> String,
+            String,
+            &[(&str, &str)],
+        ); 2] = [
+            (states_table_ddl, helm.states_table(), ADDED_STATES_COLUMNS),
+            (
+                registry_table_ddl,
+                helm.registry_table(),
+                ADDED_REGISTRY_COLUMNS,
+            ),
+        ];
+        for (ddl, _, added) in &templates {
             for backend in [Backend::Postgres, Backend::Sqlite] {
-                for ddl in [
-                    states_table_ddl(backend, &helm),
-                    registry_table_ddl(backend, &helm),
-                ] {
-                    let create = &template_statements(&ddl)[0];
+                let create = &template_statements(&ddl(backend, &helm))[0];
+                for (name, _) in *added {
                     assert!(create.contains(&format!("\n    {name} ")), "{create}");
                 }
             }
@@ -786,10 +869,24 @@ mod tests {
         for (backend, db) in test_databases().await {
             ensure_primary_tables(&db, &helm).await.unwrap();
             ensure_tracking_tables(&db, &helm).await.unwrap();
-            for table in [helm.states_table(), helm.registry_table()] {
-                for (name, _) in ADDED_HOST_COLUMNS {
+            // As an earlier Geohost made them: without the added columns
+            // (and the indexes over them).
+            db.execute(
+                &format!(
+                    "DROP INDEX {}",
+                    ident(&identifier(&format!(
+                        "index_{}_states_on_blob_path",
+                        helm.name
+                    )))
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+            for (_, table, added) in &templates {
+                for (name, _) in *added {
                     db.execute(
-                        &format!("ALTER TABLE {} DROP COLUMN {name}", ident(&table)),
+                        &format!("ALTER TABLE {} DROP COLUMN {name}", ident(table)),
                         &[],
                     )
                     .await
@@ -798,9 +895,9 @@ mod tests {
             }
             ensure_primary_tables(&db, &helm).await.unwrap();
             ensure_tracking_tables(&db, &helm).await.unwrap();
-            for table in [helm.states_table(), helm.registry_table()] {
-                let columns = table_columns(&db, &table).await.unwrap();
-                for (name, _) in ADDED_HOST_COLUMNS {
+            for (_, table, added) in &templates {
+                let columns = table_columns(&db, table).await.unwrap();
+                for (name, _) in *added {
                     assert!(columns.iter().any(|c| c == name), "{backend} {table}");
                 }
             }
@@ -907,6 +1004,7 @@ mod tests {
                     ("verification_checksum", bytes, false),
                     ("verification_failure", text, false),
                     ("plugin_sha256", text, false),
+                    ("blob_path", text, false),
                 ]),
                 "{backend}"
             );

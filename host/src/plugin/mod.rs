@@ -32,12 +32,15 @@ pub(crate) mod value;
 pub(crate) mod vectors;
 
 pub use cache::{CompileCache, CompileOutcome};
-pub use engine::{EPOCH_TICK, Limits};
+pub use engine::{
+    EPOCH_TICK, HOSTCALL_FUEL_BASE, HOSTCALL_FUEL_PER_ROW, Limits, MAX_PROJECT_IDS,
+    MAX_PROJECT_IDS_PER_CALL,
+};
 pub use identity::{Column, ColumnSource, ColumnType, ModelTable, TypeIdentity};
 pub use paths::{BlobPath, PathError};
 pub use value::{Row, SelectiveSync, SyncSettings, Value};
 
-use crate::topology::ProjectLookup;
+use crate::topology::{ProjectInfo, ProjectLookup};
 use sha2::{Digest, Sha256};
 use slots::Slots;
 use std::path::PathBuf;
@@ -52,6 +55,8 @@ pub mod bindings {
         path: "../wit",
         world: "replicable-type",
         additional_derives: [PartialEq, Eq],
+        // A lookup past its bounds traps (see `HostState::projects`).
+        imports: { "geohost:replicable/site.projects": trappable },
     });
 }
 
@@ -109,14 +114,37 @@ pub enum PluginError {
     },
     #[error("plugin `{plugin}` could not be instantiated: {message}")]
     Instantiate { plugin: String, message: String },
+    /// The call went past one of the host's bounds on what a plugin may
+    /// ask of it or hand back (named in the message), and was stopped.
+    #[error("plugin `{plugin}` was stopped: {message}")]
+    Limit { plugin: String, message: String },
 }
 
 impl PluginError {
     /// Whether the failure may come from one record of the batch (a trap,
-    /// the deadline), so that the batch is worth splitting to find it.
+    /// the deadline, a bound), so that the batch is worth splitting to find
+    /// it.
     pub fn is_isolable(&self) -> bool {
-        matches!(self, PluginError::Trap { .. } | PluginError::Timeout { .. })
+        matches!(
+            self,
+            PluginError::Trap { .. } | PluginError::Timeout { .. } | PluginError::Limit { .. }
+        )
     }
+}
+
+/// A bound a plugin's call went past in the host's own code (an import).
+#[derive(Debug, thiserror::Error)]
+enum HostLimit {
+    #[error(
+        "`site.projects` was asked for {asked} ids in one lookup; a lookup may ask for at most {MAX_PROJECT_IDS}"
+    )]
+    LookupIds { asked: usize },
+    #[error(
+        "`site.projects` was asked for {asked} ids in one call; a call may ask for at most {MAX_PROJECT_IDS_PER_CALL}"
+    )]
+    CallIds { asked: usize },
+    #[error("the call's deadline passed during a `site.projects` lookup")]
+    Deadline,
 }
 
 /// Compiles, links and checks replicable types. One per process is enough;
@@ -195,7 +223,7 @@ impl PluginRuntime {
             runtime: self.clone(),
         };
         let raw = loaded
-            .call("describe", None, |store, instance| {
+            .call("describe", None, 0, |store, instance| {
                 instance
                     .geohost_replicable_replicable()
                     .call_describe(store)
@@ -209,12 +237,17 @@ impl PluginRuntime {
     pub fn instantiate_once(&self, loaded: &LoadedType) -> anyhow::Result<Duration> {
         let _slot = self.slots.acquire();
         let started = Instant::now();
-        let mut store = self.new_store(None);
+        let mut store = self.new_store(None, 0);
         loaded.pre.instantiate(&mut store)?;
         Ok(started.elapsed())
     }
 
-    fn new_store(&self, lookup: Option<Arc<dyn ProjectLookup>>) -> Store<HostState> {
+    /// A fresh store for one call over `rows` rows: the memory cap, the
+    /// deadline (guest code by epoch interruption, host lookups by
+    /// [`HostState`]'s clock, both from now), and the hostcall fuel (the
+    /// bytes the plugin may hand the host in one transfer: its answer, or
+    /// the arguments of one import call).
+    fn new_store(&self, lookup: Option<Arc<dyn ProjectLookup>>, rows: usize) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(16)
@@ -222,10 +255,17 @@ impl PluginRuntime {
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(&self.engine, HostState { limits, lookup });
+        let state = HostState {
+            limits,
+            lookup,
+            deadline: Instant::now() + self.limits.call_timeout,
+            ids_asked: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.limits.deadline_ticks());
         store.epoch_deadline_trap();
+        store.set_hostcall_fuel(self.limits.hostcall_fuel(rows));
         store
     }
 }
@@ -289,7 +329,7 @@ impl LoadedType {
     /// table order. Each answer is checked against the derived columns'
     /// count, types, nullability and lengths.
     pub fn derive(&self, rows: &[Row]) -> Result<Vec<Result<Vec<Value>, String>>, PluginError> {
-        let answers = self.call("derive", None, |store, instance| {
+        let answers = self.call("derive", None, rows.len(), |store, instance| {
             instance
                 .geohost_replicable_replicable()
                 .call_derive(store, rows)
@@ -322,7 +362,7 @@ impl LoadedType {
     /// The blob path of each record; rows carry `identity.path_columns`.
     /// A path that breaks [`BlobPath::parse`] is an error for that record.
     pub fn blob_paths(&self, rows: &[Row]) -> Result<Vec<Result<BlobPath, String>>, PluginError> {
-        let answers = self.call("blob-paths", None, |store, instance| {
+        let answers = self.call("blob-paths", None, rows.len(), |store, instance| {
             instance
                 .geohost_replicable_replicable()
                 .call_blob_paths(store, rows)
@@ -342,7 +382,7 @@ impl LoadedType {
         lookup: Arc<dyn ProjectLookup>,
         rows: &[Row],
     ) -> Result<Vec<Result<bool, String>>, PluginError> {
-        let answers = self.call("in-scope", Some(lookup), |store, instance| {
+        let answers = self.call("in-scope", Some(lookup), rows.len(), |store, instance| {
             instance
                 .geohost_replicable_replicable()
                 .call_in_scope(store, settings, rows)
@@ -363,18 +403,20 @@ impl LoadedType {
         }
     }
 
-    /// Runs `f` on a fresh instance, under the call timeout and memory cap.
+    /// Runs `f` on a fresh instance over `rows` rows, under the call's
+    /// bounds ([`PluginRuntime::new_store`]).
     fn call<R>(
         &self,
         function: &'static str,
         lookup: Option<Arc<dyn ProjectLookup>>,
+        rows: usize,
         f: impl FnOnce(&mut Store<HostState>, &bindings::ReplicableType) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let runtime = &self.runtime;
         let _slot = runtime.slots.acquire();
         let plugin = self.identity.name.clone();
         let started = Instant::now();
-        let mut store = runtime.new_store(lookup);
+        let mut store = runtime.new_store(lookup, rows);
         let instance = self
             .pre
             .instantiate(&mut store)
@@ -383,12 +425,33 @@ impl LoadedType {
                 message: format!("{e:#}"),
             })?;
         let result = f(&mut store, &instance).map_err(|error| {
-            let error = match error.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt) => PluginError::Timeout {
+            let timeout = || PluginError::Timeout {
+                plugin: plugin.clone(),
+                limit: runtime.limits.call_timeout,
+            };
+            let error = match (error.downcast_ref::<Trap>(), error.downcast_ref::<HostLimit>()) {
+                (Some(Trap::Interrupt), _) | (_, Some(HostLimit::Deadline)) => timeout(),
+                (_, Some(limit)) => PluginError::Limit {
                     plugin: plugin.clone(),
-                    limit: runtime.limits.call_timeout,
+                    message: limit.to_string(),
                 },
-                _ => PluginError::Trap { plugin: plugin.clone(), message: trap_message(&error) },
+                (Some(_), None) => PluginError::Trap {
+                    plugin: plugin.clone(),
+                    message: trap_message(&error),
+                },
+                // Not a wasm trap: a bound the host enforces stopped it (the
+                // memory cap, or the hostcall fuel on what the plugin hands
+                // the host), or its answer was malformed. Name the bounds.
+                (None, None) => PluginError::Trap {
+                    plugin: plugin.clone(),
+                    message: format!(
+                        "{}; this call's bounds: {} MiB of memory, {} bytes handed to the host \
+                         at a time ({rows} rows)",
+                        trap_message(&error),
+                        runtime.limits.memory_bytes >> 20,
+                        runtime.limits.hostcall_fuel(rows)
+                    ),
+                },
             };
             tracing::warn!(plugin = %plugin, function, %error, "plugin call failed; instance discarded");
             error
@@ -408,29 +471,64 @@ fn trap_message(error: &wasmtime::Error) -> String {
     message.lines().next().unwrap_or("trap").to_string()
 }
 
-/// Store data: the memory limiter and the project lookups of this call.
+/// Store data: the memory limiter, the project lookups of this call and
+/// their bounds.
 pub struct HostState {
     limits: StoreLimits,
     lookup: Option<Arc<dyn ProjectLookup>>,
+    /// When the call's time is up (host lookups check it; guest code is
+    /// stopped by the epoch deadline set at the same moment).
+    deadline: Instant,
+    /// Project ids this call has asked for so far.
+    ids_asked: usize,
+}
+
+impl HostState {
+    /// The projects of `ids`, in order (`None`: no such project), within
+    /// the bounds: at most [`MAX_PROJECT_IDS`] ids per lookup and
+    /// [`MAX_PROJECT_IDS_PER_CALL`] per call, and within the call's
+    /// deadline. Past a bound, the call traps with a [`HostLimit`].
+    fn lookup_projects(&mut self, ids: &[i64]) -> wasmtime::Result<Vec<Option<ProjectInfo>>> {
+        if ids.len() > MAX_PROJECT_IDS {
+            return Err(HostLimit::LookupIds { asked: ids.len() }.into());
+        }
+        self.ids_asked = self.ids_asked.saturating_add(ids.len());
+        if self.ids_asked > MAX_PROJECT_IDS_PER_CALL {
+            return Err(HostLimit::CallIds {
+                asked: self.ids_asked,
+            }
+            .into());
+        }
+        let Some(lookup) = &self.lookup else {
+            return Ok(vec![None; ids.len()]);
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1024) {
+            if Instant::now() >= self.deadline {
+                return Err(HostLimit::Deadline.into());
+            }
+            out.extend(chunk.iter().map(|&id| lookup.project(id)));
+        }
+        Ok(out)
+    }
 }
 
 impl wit::Host for HostState {}
 
 impl site::Host for HostState {
-    fn projects(&mut self, ids: Vec<i64>) -> Vec<Option<wit::Project>> {
-        let Some(lookup) = &self.lookup else {
-            return ids.iter().map(|_| None).collect();
-        };
-        ids.into_iter()
-            .map(|id| {
-                lookup.project(id).map(|p| wit::Project {
+    fn projects(&mut self, ids: Vec<i64>) -> wasmtime::Result<Vec<Option<wit::Project>>> {
+        Ok(self
+            .lookup_projects(&ids)?
+            .into_iter()
+            .map(|p| {
+                p.map(|p| wit::Project {
                     id: p.id,
                     namespace_id: p.namespace_id,
                     namespace_ancestry: p.namespace_ancestry,
                     repository_storage: p.repository_storage,
                 })
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -211,8 +211,8 @@ pub async fn handle_events(
                     .and_then(serde_json::Value::as_str);
                 match path.map(BlobPath::parse) {
                     Some(Ok(path)) => {
-                        if let Err(error) = cx.blobs.delete(name, &path).await {
-                            tracing::warn!(event_id = event.id, r#type = name, id, %error, "cannot delete the blob of a deleted record");
+                        if let Err(error) = cx.blobs.quarantine(name, &path).await {
+                            tracing::warn!(event_id = event.id, r#type = name, id, %error, "cannot quarantine the blob of a deleted record");
                         }
                     }
                     Some(Err(error)) => {

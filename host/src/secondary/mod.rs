@@ -83,6 +83,7 @@ pub(crate) mod bulk;
 pub(crate) mod client;
 pub(crate) mod consistency;
 pub mod cursor;
+pub mod guard;
 pub(crate) mod listing;
 pub(crate) mod registry;
 pub(crate) mod sync;
@@ -94,8 +95,7 @@ pub(crate) mod testing;
 pub use client::{ClientError, PrimaryClient};
 pub use registry::{Registry, RegistryCounts, RegistryRow};
 
-use crate::catalog::InstalledType;
-use crate::catalog::Scope;
+use crate::catalog::{InstalledType, Scope};
 use crate::db::{Db, DbError};
 use crate::feed::NodeSettings;
 use crate::site::Site;
@@ -175,6 +175,19 @@ impl Secondary {
             flags: Mutex::new(HashMap::new()),
             duties: watch::channel(None).0,
         }))
+    }
+
+    /// How this site guards a pass's registry removals.
+    pub fn guard(&self, cause: guard::Cause) -> guard::Guard {
+        guard::Guard {
+            max_share: self.site.config.deletions.max_removal_share,
+            cause,
+        }
+    }
+
+    /// Asks for a consistency pass now (removals were confirmed).
+    pub fn request_pass(&self) {
+        self.node_changed.notify_one();
     }
 
     /// The pause of idle loops (`workers.idle_poll_ms`).
@@ -323,6 +336,7 @@ impl Secondary {
                 &self.site.blobs,
                 &it,
                 scope,
+                self.guard(guard::Cause::Consistency),
             )
             .await
             {

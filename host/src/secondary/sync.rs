@@ -317,8 +317,8 @@ impl Downloader {
                     id = model_id,
                     "record deleted during the download; blob removed"
                 );
-                if let Err(error) = self.blobs.delete(it.name(), path).await {
-                    tracing::warn!(r#type = it.name(), id = model_id, %error, "cannot remove the blob of a deleted record");
+                if let Err(error) = self.blobs.quarantine(it.name(), path).await {
+                    tracing::warn!(r#type = it.name(), id = model_id, %error, "cannot quarantine the blob of a deleted record");
                 }
             }
             Err(error) => {

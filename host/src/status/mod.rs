@@ -208,6 +208,11 @@ pub async fn current(
         Role::Secondary => secondary_status(site, client, &counts).await,
     }?;
     status.insert("plugins".into(), plugins_json(site));
+    if let Some(tracking) = &site.tracking {
+        // Geohost's addition: registry removals held for an operator.
+        let holds = crate::secondary::guard::holds(tracking).await?;
+        status.insert("removal_holds".into(), json!(holds));
+    }
     Ok(status)
 }
 

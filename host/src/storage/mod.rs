@@ -49,6 +49,7 @@
 
 mod closed;
 mod hash;
+mod quarantine;
 mod s3;
 mod store;
 pub(crate) mod sweeper;
@@ -56,6 +57,7 @@ mod temp;
 #[doc(hidden)]
 pub mod testing;
 
+pub use quarantine::{QUARANTINE_DIR, Restored};
 pub use s3::S3Settings;
 pub use store::BlobStore;
 pub use temp::{FinishedTemp, TempBlob};

@@ -11,7 +11,7 @@ use crate::plugin::BlobPath;
 use crate::secondary::Secondary;
 use crate::secondary::consistency::{self, Counts};
 use crate::site::Site;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Records read per page from the model table or the primary's feed.
@@ -163,12 +163,17 @@ pub async fn check_paths(
     Ok(plan)
 }
 
-/// A blob that moves: record id, old path, new path.
+/// A blob that moves: record id, old path, new path, and what its content
+/// must be (the record's verification checksum, when it has one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Move {
     pub id: i64,
     pub from: BlobPath,
     pub to: BlobPath,
+    /// The record's checksum as the primary stores it (hex), if verified.
+    pub checksum: Option<String>,
+    /// Whether the checksum is GitLab's object-storage one (the size).
+    pub object_stored: bool,
 }
 
 /// How a new version's paths compare with the installed one's.
@@ -230,6 +235,8 @@ pub async fn plan_paths(
                 id: record.id,
                 from: from.clone(),
                 to: to.clone(),
+                checksum: record.verification_checksum.clone(),
+                object_stored: new.is_object_stored(record),
             }),
         }
     }
@@ -237,49 +244,184 @@ pub async fn plan_paths(
 }
 
 /// Copies each moving blob that exists to its new path (the old copy stays
-/// until [`remove_old`]), so the record has a blob under either version.
-/// Returns how many were copied.
+/// until [`finish_moves`]), so the record has a blob under either version.
+/// On a failure, the copies made are removed (no record uses their paths)
+/// and the error is returned.
 pub async fn copy_to_new(site: &Site, name: &str, moves: &[Move]) -> Result<u64, String> {
-    let mut copied = 0;
+    let mut copied: Vec<&Move> = Vec::new();
+    let mut result = Ok(());
     for m in moves {
-        let present = site
-            .blobs
-            .exists(name, &m.from)
+        let step = async {
+            if site.blobs.exists(name, &m.from).await? {
+                site.blobs.copy(name, &m.from, &m.to).await?;
+                return Ok(true);
+            }
+            Ok::<_, crate::storage::StorageError>(false)
+        };
+        match step.await {
+            Ok(true) => copied.push(m),
+            Ok(false) => {}
+            Err(e) => {
+                result = Err(format!("copying the blob of record {}: {e}", m.id));
+                break;
+            }
+        }
+    }
+    if let Err(error) = result {
+        for m in copied {
+            let _ = site.blobs.delete(name, &m.to).await;
+        }
+        return Err(error);
+    }
+    Ok(copied.len() as u64)
+}
+
+/// The checksum of a stored blob in the form `m`'s record keeps it (hex).
+async fn checksum_of(
+    site: &Site,
+    name: &str,
+    path: &BlobPath,
+    object_stored: bool,
+) -> Result<Option<String>, crate::storage::StorageError> {
+    match site.blobs.checksum(name, path).await {
+        Ok(written) if object_stored => Ok(Some(crate::storage::format_file_size_for_checksum(
+            written.size,
+        ))),
+        Ok(written) => Ok(Some(written.sha256)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Ends the moves once the new version is live: each new copy is checked
+/// against the record's checksum (or, for a record not verified yet, the
+/// old copy's), copied again if the old copy changed since (a download
+/// that finished under the old version), and only then is the old copy
+/// deleted. A new copy that does not match keeps its old copy (logged).
+/// Returns how many moves ended with their old copy deleted, and warnings.
+pub async fn finish_moves(site: &Site, name: &str, moves: &[Move]) -> (u64, Vec<String>) {
+    let mut done = 0;
+    let mut warnings = Vec::new();
+    for m in moves {
+        let result = async {
+            let Some(old) = checksum_of(site, name, &m.from, m.object_stored).await? else {
+                return Ok(false); // nothing at the old path: nothing to delete
+            };
+            let mut new = checksum_of(site, name, &m.to, m.object_stored).await?;
+            if new.as_deref() != Some(old.as_str()) {
+                site.blobs.copy(name, &m.from, &m.to).await?;
+                new = checksum_of(site, name, &m.to, m.object_stored).await?;
+            }
+            let expected = m.checksum.as_deref().unwrap_or(&old);
+            if new.as_deref() != Some(expected) {
+                return Err(MoveError::Mismatch(format!(
+                    "the new copy of record {}'s blob ({}) does not match its checksum {expected}; \
+                     the old copy at `{}` is kept",
+                    m.id,
+                    new.as_deref().unwrap_or("missing"),
+                    m.from
+                )));
+            }
+            site.blobs.delete(name, &m.from).await?;
+            Ok(true)
+        }
+        .await
+        .map_err(|e: MoveError| e.to_string());
+        match result {
+            Ok(true) => done += 1,
+            Ok(false) => {}
+            Err(warning) => warnings.push(warning),
+        }
+    }
+    (done, warnings)
+}
+
+/// Why a move could not end.
+#[derive(Debug, thiserror::Error)]
+enum MoveError {
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// Records the new blob path of each moved record in `<name>_states`
+/// (primary), in one transaction.
+pub async fn record_paths(db: &Db, it: &InstalledType, moves: &[Move]) -> Result<(), DbError> {
+    let states = ident(&it.identity.states_table());
+    let fk = ident(&it.identity.foreign_key());
+    let mut tx = db.begin().await?;
+    for m in moves {
+        tx.execute(
+            &format!("UPDATE {states} SET blob_path = $1 WHERE {fk} = $2"),
+            &[m.to.as_str().into(), m.id.into()],
+        )
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// Gives every state row without a blob path (records written before the
+/// column existed) its record's path under `it` (primary). Two records
+/// with one path keep the first's; the other is logged and stays without.
+pub async fn backfill_blob_paths(db: &Db, it: &InstalledType) -> Result<u64, String> {
+    let states = ident(&it.identity.states_table());
+    let fk = ident(&it.identity.foreign_key());
+    let mut filled = 0;
+    let mut after = 0;
+    loop {
+        let ids: Vec<i64> = db
+            .fetch_all(
+                &format!(
+                    "SELECT {fk} AS id FROM {states} WHERE blob_path IS NULL AND {fk} > $1 \
+                     ORDER BY {fk} LIMIT 1000"
+                ),
+                &[after.into()],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|row| row.i64("id"))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let Some(&last) = ids.last() else {
+            return Ok(filled);
+        };
+        after = last;
+        let records = crate::primary::records::by_ids(db, it, &ids)
             .await
             .map_err(|e| e.to_string())?;
-        if present {
-            site.blobs
-                .copy(name, &m.from, &m.to)
-                .await
-                .map_err(|e| format!("copying the blob of record {}: {e}", m.id))?;
-            copied += 1;
+        let rows = records
+            .iter()
+            .map(|r| Ok(it.path_row(r.id, &r.values)))
+            .collect();
+        let paths = it
+            .blob_paths_of_rows(rows)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (record, path) in records.iter().zip(paths) {
+            let Ok(path) = path else { continue };
+            let written = db
+                .execute(
+                    &format!(
+                        "UPDATE {states} SET blob_path = $1 WHERE {fk} = $2 AND blob_path IS NULL"
+                    ),
+                    &[path.as_str().into(), record.id.into()],
+                )
+                .await;
+            match written {
+                Ok(n) => filled += n,
+                Err(e) if e.is_unique_violation() => tracing::error!(
+                    r#type = it.name(),
+                    id = record.id,
+                    path = %path,
+                    "this record's blob path is another record's: deleting either would delete \
+                     the other's blob; change one of them"
+                ),
+                Err(e) => return Err(e.to_string()),
+            }
         }
     }
-    Ok(copied)
-}
-
-/// Deletes the old copies of moved blobs (once the new version is live).
-pub async fn remove_old(site: &Site, name: &str, moves: &[Move]) {
-    let targets: HashSet<&BlobPath> = moves.iter().map(|m| &m.to).collect();
-    for m in moves {
-        if targets.contains(&m.from) {
-            continue; // another record's new blob lives there
-        }
-        if let Err(error) = site.blobs.delete(name, &m.from).await {
-            tracing::warn!(r#type = name, id = m.id, %error, "could not delete a moved blob's old copy");
-        }
-    }
-}
-
-/// The moves whose new path has no blob while the old one has.
-pub async fn missing_targets(site: &Site, name: &str, moves: &[Move]) -> Vec<Move> {
-    let mut out = Vec::new();
-    for m in moves {
-        if !site.blobs.exists(name, &m.to).await.unwrap_or(true) {
-            out.push(m.clone());
-        }
-    }
-    out
 }
 
 /// The scope decisions of `records` under `old` and `new`: the ids that
@@ -342,6 +484,7 @@ pub async fn reevaluate_scope(
         &site.blobs,
         it,
         &scope,
+        secondary.guard(crate::secondary::guard::Cause::Swap),
     )
     .await
     .map(Some)

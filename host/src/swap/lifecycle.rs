@@ -24,7 +24,7 @@
 //! status), in `geohost_plugin_swaps_total{outcome="refused"}`, in the log
 //! and in `plugin_versions.last_validation_error`.
 
-use super::effects::{self, Move};
+use super::effects;
 use super::{Outcome, Request, SwapError, SwapReport, drain, validate, versions};
 use crate::catalog::{Failure, FolderTypes, InstalledType};
 use crate::config::Role;
@@ -161,7 +161,6 @@ struct Plan {
     previous_version: Option<String>,
     previous_sha256: Option<String>,
     test_vectors: usize,
-    moves: Vec<Move>,
     /// The component is the recorded active version of its type (a
     /// restart, or a site coming back to what it ran): it was checked over
     /// the live records, and decided the rows, when it went live.
@@ -190,7 +189,6 @@ async fn check(
         previous_version: current.as_ref().map(|c| c.identity.version.clone()),
         previous_sha256: current.as_ref().map(|c| c.plugin.sha256().to_string()),
         test_vectors: 0,
-        moves: Vec::new(),
         restored: false,
     };
     if let Some(current) = &current {
@@ -217,12 +215,6 @@ async fn check(
     plan.restored = versions::active_sha256(&site.db, name)
         .await?
         .is_some_and(|sha| sha == loaded.sha256());
-    if !plan.restored {
-        let new = InstalledType::new(loaded.clone());
-        plan.moves = effects::check_paths(site, current.as_deref(), &new)
-            .await?
-            .moves;
-    }
     Ok(plan)
 }
 
@@ -248,6 +240,7 @@ async fn go_live(
         test_vectors: plan.test_vectors,
         registries_created: 0,
         registries_removed: 0,
+        registries_held: 0,
         blobs_moved: 0,
         drained: true,
         warnings: Vec::new(),
@@ -259,11 +252,28 @@ async fn go_live(
         return Ok(report);
     }
     let new = InstalledType::new(loaded.clone());
+    // On a primary, writes to the type wait from here until its blobs have
+    // moved: the paths are planned over every record as it stands, and a
+    // record written afterwards gets the new version's path.
+    let gate = match (site.role(), &report.outcome) {
+        (Role::Primary, Outcome::Upgraded) => Some(site.catalog.moving(&name).await),
+        _ => None,
+    };
+    // The last check, still changing nothing: every live record's new
+    // path (a version recorded active was checked when it went live, and
+    // every record written since got its path from it).
+    let moves = if plan.restored {
+        Vec::new()
+    } else {
+        let current = site.catalog.get(&name);
+        effects::check_paths(site, current.as_deref(), &new)
+            .await?
+            .moves
+    };
     prepare_tables(site, &new)
         .await
         .map_err(|e| SwapError::Refused(format!("its tables cannot be prepared: {e}")))?;
-
-    let (moves, restored) = (plan.moves, plan.restored);
+    super::owners::record(&site.db, &new.identity).await?;
     effects::copy_to_new(site, &name, &moves)
         .await
         .map_err(SwapError::Internal)?;
@@ -272,9 +282,19 @@ async fn go_live(
     let (installed, old) = site.catalog.replace(loaded.clone());
     report.swap_time = started.elapsed();
     record_active(site, bytes, loaded, &request.source).await?;
+    if site.role() == Role::Primary {
+        if !moves.is_empty() {
+            effects::record_paths(&site.db, &installed, &moves).await?;
+        }
+        if let Err(error) = effects::backfill_blob_paths(&site.db, &installed).await {
+            report
+                .warnings
+                .push(format!("blob paths of older records not recorded: {error}"));
+        }
+    }
     // Batches that took the old version (a cursor round, a consistency
-    // pass, a download, a write) finish on it; what they did is then
-    // brought in line with the new version below.
+    // pass, a download) finish on it; what they did is then brought in
+    // line with the new version below.
     if let Some(old) = old {
         report.drained = drain(old).await;
         if !report.drained {
@@ -285,17 +305,12 @@ async fn go_live(
             ));
         }
     }
-
-    // Blobs written under the old version while the copies were made.
-    if !moves.is_empty() {
-        let missing = effects::missing_targets(site, &name, &moves).await;
-        if let Err(e) = effects::copy_to_new(site, &name, &missing).await {
-            report.warnings.push(e);
-        }
-        effects::remove_old(site, &name, &moves).await;
-        report.blobs_moved = moves.len() as u64;
-    }
-    if restored {
+    // An old copy goes only once its new copy is checked.
+    let (moved, warnings) = effects::finish_moves(site, &name, &moves).await;
+    report.blobs_moved = moved;
+    report.warnings.extend(warnings);
+    drop(gate);
+    if plan.restored {
         return Ok(report);
     }
     if site.role() == Role::Secondary {
@@ -304,7 +319,16 @@ async fn go_live(
             Ok(Some(counts)) => {
                 report.registries_created = counts.created;
                 report.registries_removed = counts.deleted;
+                report.registries_held = counts.held;
                 crate::metrics::plugin_scope_changes(&name, counts.created, counts.deleted);
+                if counts.held > 0 {
+                    report.warnings.push(format!(
+                        "{} registry removals are held: more than the allowed share of the \
+                         type's registries would go; nothing is removed until an operator \
+                         confirms (`geohost registry confirm-removals {name}`)",
+                        counts.held
+                    ));
+                }
             }
             Err(error) => report.warnings.push(format!(
                 "scope not re-evaluated now (the periodic pass will): {error}"

@@ -9,6 +9,7 @@
 pub mod diff;
 pub mod effects;
 pub(crate) mod lifecycle;
+pub(crate) mod owners;
 pub(crate) mod validate;
 pub mod versions;
 pub mod watch;
@@ -82,6 +83,9 @@ pub struct SwapReport {
     /// (secondary).
     pub registries_created: u64,
     pub registries_removed: u64,
+    /// Registry removals the re-evaluation held for an operator's
+    /// confirmation (more than `deletions.max_removal_share`).
+    pub registries_held: u64,
     /// Blobs copied to a new path (and their old copy removed).
     pub blobs_moved: u64,
     /// Whether every batch running on the old version had finished before

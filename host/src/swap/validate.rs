@@ -31,10 +31,12 @@ pub fn compatible(installed: &InstalledType, new: &LoadedType) -> Result<(), Str
     Ok(())
 }
 
-/// Refuses a version whose tables the template could not prepare: on a
-/// primary, an existing model table that cannot follow the identity (a dry
-/// run of [`crate::db::template::ensure_primary_tables`]).
+/// Refuses a version whose tables are not its own (another type's, or the
+/// host's: [`super::owners`]), or that the template could not prepare: on
+/// a primary, an existing model table that cannot follow the identity (a
+/// dry run of [`crate::db::template::ensure_primary_tables`]).
 pub async fn tables(site: &Site, identity: &TypeIdentity) -> Result<(), String> {
+    super::owners::check(site, identity).await?;
     if site.role() == Role::Primary {
         crate::db::template::check_primary_tables(&site.db, identity)
             .await
