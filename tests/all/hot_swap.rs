@@ -46,7 +46,10 @@ fn request(name: &str, source: &str) -> Request {
 }
 
 /// (record id → (state, verification state, failure)) of a secondary's registry of `name`.
-async fn registry(site: &TestSite, name: &str) -> BTreeMap<i64, (i16, i16, Option<String>)> {
+pub(crate) async fn registry(
+    site: &TestSite,
+    name: &str,
+) -> BTreeMap<i64, (i16, i16, Option<String>)> {
     let it = site.site.installed(name).unwrap();
     site.site
         .tracking()
@@ -76,7 +79,7 @@ async fn registry(site: &TestSite, name: &str) -> BTreeMap<i64, (i16, i16, Optio
 }
 
 /// The primary's records of `name`: id → (channel, blob path).
-async fn records(primary: &TestSite, name: &str) -> BTreeMap<i64, (String, String)> {
+pub(crate) async fn records(primary: &TestSite, name: &str) -> BTreeMap<i64, (String, String)> {
     let it = primary.site.installed(name).unwrap();
     let rows = geohost::primary::records::page(&primary.site.db, &it, 0, 100_000)
         .await
@@ -110,19 +113,19 @@ async fn records(primary: &TestSite, name: &str) -> BTreeMap<i64, (String, Strin
         .collect()
 }
 
-fn sha(path: &std::path::Path) -> Option<String> {
+pub(crate) fn sha(path: &std::path::Path) -> Option<String> {
     std::fs::read(path)
         .ok()
         .map(|b| hex::encode(Sha256::digest(b)))
 }
 
-fn blob(site: &TestSite, name: &str, path: &str) -> std::path::PathBuf {
+pub(crate) fn blob(site: &TestSite, name: &str, path: &str) -> std::path::PathBuf {
     site.dir.join("blobs").join(name).join(path)
 }
 
 /// Whether the secondary holds exactly the records `wanted` says, all
 /// synced and verified, byte-identical to the primary's.
-async fn follows(
+pub(crate) async fn follows(
     primary: &TestSite,
     secondary: &TestSite,
     name: &str,

@@ -24,7 +24,7 @@ fn npm_component() -> Vec<u8> {
     .unwrap()
 }
 
-async fn token(site: &TestSite) -> String {
+pub(crate) async fn token(site: &TestSite) -> String {
     geohost::api::auth::create_token(&site.site.db, "ops")
         .await
         .unwrap()
@@ -32,7 +32,7 @@ async fn token(site: &TestSite) -> String {
 }
 
 /// Sends an admin request; returns the status and the JSON answer.
-async fn admin(
+pub(crate) async fn admin(
     site: &TestSite,
     token: &str,
     method: reqwest::Method,
@@ -51,7 +51,7 @@ async fn admin(
 }
 
 /// Runs the `geohost` binary; returns whether it succeeded, its stdout and stderr.
-fn cli(args: &[&str]) -> (bool, String, String) {
+pub(crate) fn cli(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_geohost"))
         .args(args)
         .output()
@@ -182,7 +182,7 @@ async fn types_installed_upgraded_and_rolled_back_through_the_api_come_back_afte
 
 /// The schema of a database, as text: every table's columns, indexes and
 /// constraints (the catalog's own definitions).
-async fn schema(db: &Db) -> String {
+pub(crate) async fn schema(db: &Db) -> String {
     let sql = match db.backend() {
         DbBackend::Postgres => {
             "SELECT table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable \

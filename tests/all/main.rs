@@ -13,6 +13,7 @@ mod plugin;
 mod primary;
 mod replication;
 mod robustness;
+mod safety;
 mod scale_out;
 mod sites;
 mod support;

@@ -351,6 +351,12 @@ pub struct SecondaryProcess {
 
 impl SecondaryProcess {
     pub async fn start(backend: Backend, primary: &TestSite) -> SecondaryProcess {
+        Self::start_with(backend, primary, "").await
+    }
+
+    /// Starts one with `extra` appended to its configuration (after its
+    /// `[workers]` section: more worker settings, or other sections).
+    pub async fn start_with(backend: Backend, primary: &TestSite, extra: &str) -> SecondaryProcess {
         let tmp = TempDir::new().unwrap();
         let dir = tmp.path().to_path_buf();
         let port = free_port();
@@ -370,7 +376,7 @@ impl SecondaryProcess {
             "[site]\nname = \"killable\"\nrole = \"secondary\"\nlisten = \"127.0.0.1:{port}\"\nurl = \"{url}\"\n\
              data_dir = {:?}\n[database]\nurl = {:?}\n[tracking_database]\nurl = {:?}\n\
              [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n\
-             [workers]\nidle_poll_ms = 50\nconsistency_interval_secs = 2\nsync_timeout_secs = 4\nverification_timeout_secs = 4\n",
+             [workers]\nidle_poll_ms = 50\nconsistency_interval_secs = 2\nsync_timeout_secs = 4\nverification_timeout_secs = 4\n{extra}",
             dir.display().to_string(),
             database_url(backend).await,
             tracking_url,
@@ -406,6 +412,21 @@ impl SecondaryProcess {
             .spawn()
             .expect("geohost starts");
         self.child = Some(child);
+    }
+
+    /// Its tracking database.
+    pub fn tracking_url(&self) -> &str {
+        &self.tracking_url
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// What the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
 
     /// SIGKILL, no warning.

@@ -79,6 +79,10 @@ where
     // them first refuses a bad record (say, an invalid channel) before its
     // body is read. They are used only if the record turns out to be new.
     let derived = derive(&first, &writer).await?;
+    // Only its hash from here on: a hot swap waits for the old version's
+    // holders to drop it, and this write may wait for that swap.
+    let first_sha = first.plugin.sha256().to_string();
+    drop(first);
 
     // The blob next, into a temporary object: no transaction is held while
     // the client uploads.
@@ -108,7 +112,7 @@ where
     let result = async {
         let _writing = site.catalog.writing(type_name).await;
         let it = installed(site, type_name)?;
-        let (writer, derived) = if Arc::ptr_eq(&it, &first) {
+        let (writer, derived) = if it.plugin.sha256() == first_sha {
             (writer, derived)
         } else {
             let writer = writer_values(&it, columns)?;

@@ -92,9 +92,12 @@ pub struct EventContext<'a> {
     pub client: &'a PrimaryClient,
     pub tracking: &'a Db,
     pub blobs: &'a BlobStore,
-    /// Installed types by name, with whether their replication is enabled.
-    pub types: HashMap<String, (Arc<InstalledType>, bool)>,
 }
+
+/// Installed types by name, with whether their replication is enabled.
+/// Taken once a round's events have arrived, never across its long poll:
+/// a held version would keep a hot swap from draining.
+pub type Types = HashMap<String, (Arc<InstalledType>, bool)>;
 
 fn model_id(event: &FeedEvent) -> Option<i64> {
     event
@@ -115,6 +118,7 @@ fn model_id(event: &FeedEvent) -> Option<i64> {
 /// An error means the batch must be retried (handling is idempotent).
 pub async fn handle_events(
     cx: &EventContext<'_>,
+    types: &Types,
     scope: Option<&Scope>,
     refresh: impl AsyncFnOnce() -> Option<Scope>,
     events: &[FeedEvent],
@@ -124,7 +128,7 @@ pub async fn handle_events(
     let mut wanted: HashMap<&str, Vec<i64>> = HashMap::new();
     for event in events {
         if matches!(event.event_name.as_str(), CREATED | UPDATED)
-            && let Some((_, true)) = cx.types.get(&event.replicable_name)
+            && let Some((_, true)) = types.get(&event.replicable_name)
             && let Some(id) = model_id(event)
         {
             wanted
@@ -142,7 +146,7 @@ pub async fn handle_events(
     }
     if let Some(scope) = scope {
         for (name, mut ids) in wanted {
-            let (it, _) = &cx.types[name];
+            let (it, _) = &types[name];
             ids.sort_unstable();
             ids.dedup();
             let records = cx.client.records_by_ids(name, &ids).await?;
@@ -163,7 +167,7 @@ pub async fn handle_events(
         && let Some(fresh) = refresh().await
     {
         for (name, records) in rejected {
-            let (it, _) = &cx.types[name];
+            let (it, _) = &types[name];
             let answers = it.in_scope(&fresh, &records).await?;
             for (record, answer) in records.iter().zip(answers) {
                 decisions.insert((name, record.id), answer);
@@ -174,7 +178,7 @@ pub async fn handle_events(
     let mut counts = EventCounts::default();
     for event in events {
         let name = event.replicable_name.as_str();
-        let Some((it, enabled)) = cx.types.get(name) else {
+        let Some((it, enabled)) = types.get(name) else {
             tracing::info!(event_id = event.id, r#type = name, event = %event.event_name, "event of a type not installed here; skipped");
             counts.skipped += 1;
             continue;
@@ -332,6 +336,7 @@ pub enum Round {
 /// [`handle_events`]), save the position.
 pub async fn round(
     cx: &EventContext<'_>,
+    types: impl AsyncFnOnce() -> Types,
     scope: Option<&Scope>,
     refresh: impl AsyncFnOnce() -> Option<Scope>,
     wait: Duration,
@@ -354,7 +359,7 @@ pub async fn round(
         }
         lease = Some(tx);
     }
-    let outcome = follow(cx, scope, refresh, wait, cancel, lease.as_mut()).await;
+    let outcome = follow(cx, types, scope, refresh, wait, cancel, lease.as_mut()).await;
     // End the lease's transaction on every path: a dropped sqlx transaction
     // is only rolled back when its connection is next used, and would hold
     // the lock until then.
@@ -366,8 +371,10 @@ pub async fn round(
 
 /// The body of [`round`], under the lease (if any), which also saves the
 /// position.
+#[allow(clippy::too_many_arguments)]
 async fn follow(
     cx: &EventContext<'_>,
+    types: impl AsyncFnOnce() -> Types,
     scope: Option<&Scope>,
     refresh: impl AsyncFnOnce() -> Option<Scope>,
     wait: Duration,
@@ -380,7 +387,7 @@ async fn follow(
         page = cx.client.events(position, BATCH_SIZE, wait.as_millis() as u64) => page?,
         _ = cancel.cancelled() => return Ok(Round::Stopped),
     };
-    let counts = handle_events(cx, scope, refresh, &page.events).await?;
+    let counts = handle_events(cx, &types().await, scope, refresh, &page.events).await?;
     let new_position = page.events.last().map_or(position, |e| e.id);
     match lease {
         Some(tx) => save_position(tx, new_position).await?,
@@ -496,15 +503,15 @@ mod tests {
                 client: &client,
                 tracking: &db,
                 blobs: &blobs,
-                types: types(true),
             };
+            let enabled = types(true);
             let cached = scope(&[(10, 1), (11, 2)]);
             let refreshes = Cell::new(0);
             let refresh = async || {
                 refreshes.set(refreshes.get() + 1);
                 Some(scope(&[(10, 1), (11, 2), (12, 1)]))
             };
-            let counts = handle_events(&cx, Some(&cached), refresh, &events)
+            let counts = handle_events(&cx, &enabled, Some(&cached), refresh, &events)
                 .await
                 .unwrap();
             assert_eq!(
@@ -563,8 +570,8 @@ mod tests {
                 client: &client,
                 tracking: &db,
                 blobs: &blobs,
-                types: types(false),
             };
+            let enabled = types(false);
             registry.insert_missing(&db, &[9]).await.unwrap();
             let later = [
                 primary.event(CREATED, 2, json!({})),
@@ -577,7 +584,7 @@ mod tests {
                     .cloned()
                     .collect()
             });
-            let counts = handle_events(&cx, Some(&cached), async || None, &events)
+            let counts = handle_events(&cx, &enabled, Some(&cached), async || None, &events)
                 .await
                 .unwrap();
             assert_eq!((counts.ignored, counts.deleted), (1, 1), "{backend}");
@@ -598,26 +605,40 @@ mod tests {
                 client: &client,
                 tracking: &db,
                 blobs: &blobs,
-                types: types(true),
             };
+            let enabled = types(true);
             let cancel = tokio_util::sync::CancellationToken::new();
             let cached = scope(&[(10, 1)]);
             let wait = Duration::ZERO;
 
             // A new cursor starts at the primary's newest event.
             assert_eq!(position(&db).await.unwrap(), None);
-            let first = round(&cx, Some(&cached), async || None, wait, &cancel)
-                .await
-                .unwrap();
+            let first = round(
+                &cx,
+                async || enabled.clone(),
+                Some(&cached),
+                async || None,
+                wait,
+                &cancel,
+            )
+            .await
+            .unwrap();
             assert_eq!(first, Round::Handled(0), "{backend}");
             assert_eq!(position(&db).await.unwrap(), Some(3), "{backend}");
 
             primary.add(1, 10, b"one", true);
             primary.event(CREATED, 1, json!({}));
             primary.event(UPDATED, 1, json!({}));
-            let second = round(&cx, Some(&cached), async || None, wait, &cancel)
-                .await
-                .unwrap();
+            let second = round(
+                &cx,
+                async || enabled.clone(),
+                Some(&cached),
+                async || None,
+                wait,
+                &cancel,
+            )
+            .await
+            .unwrap();
             assert_eq!(second, Round::Handled(2), "{backend}");
             assert_eq!(position(&db).await.unwrap(), Some(5), "{backend}");
             assert!(Registry::of(&helm()).get(&db, 1).await.unwrap().is_some());
@@ -634,15 +655,29 @@ mod tests {
                     .execute("SELECT pg_advisory_xact_lock($1)", &[LEASE_KEY.into()])
                     .await
                     .unwrap();
-                let leased = round(&cx, Some(&cached), async || None, wait, &cancel)
-                    .await
-                    .unwrap();
+                let leased = round(
+                    &cx,
+                    async || enabled.clone(),
+                    Some(&cached),
+                    async || None,
+                    wait,
+                    &cancel,
+                )
+                .await
+                .unwrap();
                 assert_eq!(leased, Round::Leased, "{backend}");
                 other.commit().await.unwrap();
                 primary.event(CREATED, 1, json!({}));
-                let third = round(&cx, Some(&cached), async || None, wait, &cancel)
-                    .await
-                    .unwrap();
+                let third = round(
+                    &cx,
+                    async || enabled.clone(),
+                    Some(&cached),
+                    async || None,
+                    wait,
+                    &cancel,
+                )
+                .await
+                .unwrap();
                 assert_eq!(third, Round::Handled(1), "{backend}");
             }
         }

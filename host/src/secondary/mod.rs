@@ -642,16 +642,18 @@ async fn run_cursor(s: Arc<Secondary>) {
         if s.wait_view().await.is_none() {
             return;
         }
-        let mut types = HashMap::new();
-        for it in s.site.catalog.all() {
-            let enabled = s.replication_enabled(&it).await;
-            types.insert(it.name().to_string(), (it, enabled));
-        }
+        let types = async || {
+            let mut types = HashMap::new();
+            for it in s.site.catalog.all() {
+                let enabled = s.replication_enabled(&it).await;
+                types.insert(it.name().to_string(), (it, enabled));
+            }
+            types
+        };
         let cx = cursor::EventContext {
             client: &s.client,
             tracking: &s.tracking,
             blobs: &s.site.blobs,
-            types,
         };
         let scope = s.view().and_then(|view| view.scope.clone());
         let refresh = async || match s.refresh_topology().await {
@@ -662,7 +664,7 @@ async fn run_cursor(s: Arc<Secondary>) {
             }
         };
         let wait = cursor::LONG_POLL;
-        match cursor::round(&cx, scope.as_ref(), refresh, wait, &s.site.shutdown).await {
+        match cursor::round(&cx, types, scope.as_ref(), refresh, wait, &s.site.shutdown).await {
             Ok(cursor::Round::Handled(_)) => backoff = cursor::BACKOFF_START,
             Ok(cursor::Round::Stopped) => return,
             Ok(cursor::Round::Leased) => {

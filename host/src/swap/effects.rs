@@ -35,8 +35,16 @@ pub fn running_secondary(site: &Site) -> Result<Arc<Secondary>, String> {
 /// primary (from the model table, with the columns `reader` declares), over
 /// the replication feed on a secondary.
 pub async fn live_records(site: &Site, reader: &InstalledType) -> Result<Vec<FeedRecord>, String> {
+    live_records_after(site, reader, 0).await
+}
+
+/// [`live_records`] with ids above `after`.
+async fn live_records_after(
+    site: &Site,
+    reader: &InstalledType,
+    mut after: i64,
+) -> Result<Vec<FeedRecord>, String> {
     let mut out = Vec::new();
-    let mut after = 0;
     match site.role() {
         Role::Primary => loop {
             let page = crate::primary::records::page(&site.db, reader, after, PAGE)
@@ -163,16 +171,14 @@ pub async fn check_paths(
     Ok(plan)
 }
 
-/// A blob that moves: record id, old path, new path, and what its content
-/// must be (the record's verification checksum, when it has one).
+/// A blob that moves: record id, old path, new path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Move {
     pub id: i64,
     pub from: BlobPath,
     pub to: BlobPath,
-    /// The record's checksum as the primary stores it (hex), if verified.
-    pub checksum: Option<String>,
-    /// Whether the checksum is GitLab's object-storage one (the size).
+    /// Whether the record's checksum is GitLab's object-storage one (the
+    /// size) rather than SHA-256.
     pub object_stored: bool,
 }
 
@@ -186,6 +192,8 @@ pub struct PathPlan {
     /// or under the running one), described for the operator.
     pub clashes: Vec<String>,
     pub unchanged: usize,
+    /// The highest record id planned.
+    pub last_id: i64,
 }
 
 /// The paths of `records` under `old` (the running version, if any) and
@@ -201,7 +209,10 @@ pub async fn plan_paths(
         None => vec![Err("no running version".to_string()); records.len()],
     };
     let after = new.blob_paths(records).await.map_err(|e| e.to_string())?;
-    let mut plan = PathPlan::default();
+    let mut plan = PathPlan {
+        last_id: records.iter().map(|r| r.id).max().unwrap_or(0),
+        ..PathPlan::default()
+    };
     let held: HashMap<&BlobPath, i64> = records
         .iter()
         .zip(&before)
@@ -235,7 +246,6 @@ pub async fn plan_paths(
                 id: record.id,
                 from: from.clone(),
                 to: to.clone(),
-                checksum: record.verification_checksum.clone(),
                 object_stored: new.is_object_stored(record),
             }),
         }
@@ -293,56 +303,116 @@ async fn checksum_of(
     }
 }
 
-/// Ends the moves once the new version is live: each new copy is checked
-/// against the record's checksum (or, for a record not verified yet, the
-/// old copy's), copied again if the old copy changed since (a download
-/// that finished under the old version), and only then is the old copy
-/// deleted. A new copy that does not match keeps its old copy (logged).
-/// Returns how many moves ended with their old copy deleted, and warnings.
-pub async fn finish_moves(site: &Site, name: &str, moves: &[Move]) -> (u64, Vec<String>) {
+/// The verification checksum (hex, as stored) of each moved record that
+/// has one now: read from the states table on a primary, from the
+/// primary's feed on a secondary. A record updated since the plan has its
+/// new checksum, or none until it is verified again.
+async fn current_checksums(
+    site: &Site,
+    it: &InstalledType,
+    moves: &[Move],
+) -> Result<HashMap<i64, String>, String> {
+    let ids: Vec<i64> = moves.iter().map(|m| m.id).collect();
+    let verified = |state, checksum: Option<String>| {
+        (state == crate::states::VerificationState::Succeeded)
+            .then_some(checksum)
+            .flatten()
+    };
+    let mut out = HashMap::new();
+    match site.role() {
+        Role::Primary => {
+            for r in crate::primary::records::by_ids(&site.db, it, &ids)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                let checksum = r.verification_checksum.as_ref().map(hex::encode);
+                if let Some(checksum) = verified(r.verification_state, checksum) {
+                    out.insert(r.id, checksum);
+                }
+            }
+        }
+        Role::Secondary => {
+            let secondary = running_secondary(site)?;
+            for r in secondary
+                .client
+                .records_by_ids(it.name(), &ids)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                if let Some(checksum) = verified(r.verification_state, r.verification_checksum) {
+                    out.insert(r.id, checksum);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Ends the moves once the new version is live. The reference is the
+/// record's checksum as it is now (or, for a record not verified yet, the
+/// old copy's): a new copy that matches it lets the old copy go; an old
+/// copy that matches it while the new one does not (a download finished
+/// under the old version after the copy) is copied again first. A move
+/// whose copies match neither (the record is changing) is returned as
+/// deferred: the caller tries again once the record has settled. Returns
+/// the moves ended (old copy deleted), the deferred ones, and warnings.
+pub async fn finish_moves(
+    site: &Site,
+    it: &InstalledType,
+    moves: &[Move],
+) -> (u64, Vec<Move>, Vec<String>) {
+    let name = it.name();
     let mut done = 0;
+    let mut deferred = Vec::new();
     let mut warnings = Vec::new();
+    if moves.is_empty() {
+        return (0, deferred, warnings);
+    }
+    let checksums = match current_checksums(site, it, moves).await {
+        Ok(checksums) => checksums,
+        Err(error) => {
+            warnings.push(format!("the records' checksums could not be read: {error}"));
+            return (0, moves.to_vec(), warnings);
+        }
+    };
     for m in moves {
         let result = async {
             let Some(old) = checksum_of(site, name, &m.from, m.object_stored).await? else {
-                return Ok(false); // nothing at the old path: nothing to delete
+                return Ok(true); // nothing at the old path: nothing to delete
             };
-            let mut new = checksum_of(site, name, &m.to, m.object_stored).await?;
-            if new.as_deref() != Some(old.as_str()) {
-                site.blobs.copy(name, &m.from, &m.to).await?;
-                new = checksum_of(site, name, &m.to, m.object_stored).await?;
-            }
-            let expected = m.checksum.as_deref().unwrap_or(&old);
+            let new = checksum_of(site, name, &m.to, m.object_stored).await?;
+            let expected = match checksums.get(&m.id) {
+                Some(checksum) => checksum.as_str(),
+                // Not verified: the old copy is the reference, unless the
+                // new path already holds something else (a download under
+                // the new version, of content the primary has not checked).
+                None if new.as_ref().is_some_and(|n| *n != old) => return Ok(false),
+                None => old.as_str(),
+            };
             if new.as_deref() != Some(expected) {
-                return Err(MoveError::Mismatch(format!(
-                    "the new copy of record {}'s blob ({}) does not match its checksum {expected}; \
-                     the old copy at `{}` is kept",
-                    m.id,
-                    new.as_deref().unwrap_or("missing"),
-                    m.from
-                )));
+                if old != expected {
+                    return Ok(false); // neither copy is the record's content yet
+                }
+                site.blobs.copy(name, &m.from, &m.to).await?;
+                if checksum_of(site, name, &m.to, m.object_stored)
+                    .await?
+                    .as_deref()
+                    != Some(expected)
+                {
+                    return Ok(false);
+                }
             }
             site.blobs.delete(name, &m.from).await?;
-            Ok(true)
+            Ok::<_, crate::storage::StorageError>(true)
         }
-        .await
-        .map_err(|e: MoveError| e.to_string());
+        .await;
         match result {
             Ok(true) => done += 1,
-            Ok(false) => {}
-            Err(warning) => warnings.push(warning),
+            Ok(false) => deferred.push(m.clone()),
+            Err(error) => warnings.push(format!("moving the blob of record {}: {error}", m.id)),
         }
     }
-    (done, warnings)
-}
-
-/// Why a move could not end.
-#[derive(Debug, thiserror::Error)]
-enum MoveError {
-    #[error(transparent)]
-    Storage(#[from] crate::storage::StorageError),
-    #[error("{0}")]
-    Mismatch(String),
+    (done, deferred, warnings)
 }
 
 /// Records the new blob path of each moved record in `<name>_states`
@@ -422,6 +492,20 @@ pub async fn backfill_blob_paths(db: &Db, it: &InstalledType) -> Result<u64, Str
             }
         }
     }
+}
+
+/// On a secondary, the moves of records above `after` (the last one
+/// planned): downloads go on during a swap, so a record the primary
+/// created meanwhile may have landed at its old version's path. Read once
+/// the old version has drained.
+pub async fn late_moves(
+    site: &Site,
+    old: &InstalledType,
+    new: &InstalledType,
+    after: i64,
+) -> Result<Vec<Move>, String> {
+    let records = live_records_after(site, new, after).await?;
+    Ok(plan_paths(Some(old), new, &records).await?.moves)
 }
 
 /// The scope decisions of `records` under `old` and `new`: the ids that

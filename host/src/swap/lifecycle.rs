@@ -36,6 +36,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long a swap keeps trying to end the moves of records that are
+/// changing (their copies match neither each other nor a checksum yet).
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+
 /// Validates `bytes` and, if every check passes, makes it the live version
 /// of its type; see the [module docs](self).
 pub async fn activate(
@@ -262,13 +266,17 @@ async fn go_live(
     // The last check, still changing nothing: every live record's new
     // path (a version recorded active was checked when it went live, and
     // every record written since got its path from it).
-    let moves = if plan.restored {
-        Vec::new()
+    // The running version's calls (not its `Arc`, which would keep the
+    // swap from draining), for the records a secondary downloads meanwhile.
+    let old_version = site
+        .catalog
+        .get(&name)
+        .map(|current| InstalledType::new(current.plugin.clone()));
+    let (mut moves, planned_up_to) = if plan.restored {
+        (Vec::new(), 0)
     } else {
-        let current = site.catalog.get(&name);
-        effects::check_paths(site, current.as_deref(), &new)
-            .await?
-            .moves
+        let paths = effects::check_paths(site, old_version.as_ref(), &new).await?;
+        (paths.moves, paths.last_id)
     };
     prepare_tables(site, &new)
         .await
@@ -305,10 +313,39 @@ async fn go_live(
             ));
         }
     }
-    // An old copy goes only once its new copy is checked.
-    let (moved, warnings) = effects::finish_moves(site, &name, &moves).await;
-    report.blobs_moved = moved;
-    report.warnings.extend(warnings);
+    // A secondary's downloads went on: records created since the plan may
+    // have landed at their old path.
+    if let (Role::Secondary, Some(old_version)) = (site.role(), &old_version)
+        && !plan.restored
+    {
+        match effects::late_moves(site, old_version, &installed, planned_up_to).await {
+            Ok(late) => moves.extend(late),
+            Err(error) => report.warnings.push(format!(
+                "records created during the swap not checked: {error}"
+            )),
+        }
+    }
+    // An old copy goes only once its new copy is checked; a record that is
+    // changing is tried again for a while.
+    let settle = Instant::now() + SETTLE_LIMIT;
+    loop {
+        let (moved, deferred, warnings) = effects::finish_moves(site, &installed, &moves).await;
+        report.blobs_moved += moved;
+        report.warnings.extend(warnings);
+        if deferred.is_empty() || Instant::now() >= settle {
+            if !deferred.is_empty() {
+                report.warnings.push(format!(
+                    "{} moved blobs keep their old copy: their new copy does not match the \
+                     record's checksum yet (records {:?}…)",
+                    deferred.len(),
+                    deferred.iter().take(5).map(|m| m.id).collect::<Vec<_>>()
+                ));
+            }
+            break;
+        }
+        moves = deferred;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     drop(gate);
     if plan.restored {
         return Ok(report);
