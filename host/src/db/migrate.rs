@@ -83,6 +83,7 @@ mod tests {
     const MAIN_TABLES: &[&str] = &[
         "admin_tokens",
         "feature_flags",
+        "geo_blob_writes",
         "geo_event_log",
         "geo_events",
         "geo_leases",

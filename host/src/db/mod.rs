@@ -451,6 +451,17 @@ impl Tx {
         }
         .map_err(|e| DbError::sqlx("COMMIT", e))
     }
+
+    /// Rolls back now. (A dropped transaction is rolled back only when its
+    /// connection is next used, and on SQLite holds the write lock until
+    /// then.)
+    pub async fn rollback(self) -> Result<()> {
+        match self {
+            Tx::Sqlite(tx) => tx.rollback().await,
+            Tx::Postgres(tx) => tx.rollback().await,
+        }
+        .map_err(|e| DbError::sqlx("ROLLBACK", e))
+    }
 }
 
 /// One result row, read by column name with the type the caller expects.
