@@ -10,6 +10,7 @@ use crate::db::{Arg, Db, DbError, DbRow};
 use crate::feed::NodeSettings;
 use crate::site::Site;
 use serde::{Deserialize, Serialize};
+use std::ops::RangeInclusive;
 
 /// Settings of a new secondary.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -172,13 +173,42 @@ fn check_scope(kind: &Option<String>) -> Result<Option<String>, SiteError> {
     }
 }
 
-fn check_capacity(what: &str, value: Option<i32>) -> Result<(), SiteError> {
+/// The bounds of `files_max_capacity` and `verification_max_capacity`
+/// (checked by the API, with a 422, and by the CLI).
+pub const CAPACITY_BOUNDS: RangeInclusive<i32> = 1..=10_000;
+/// The bounds of `minimum_reverification_interval`, in days: GitLab's
+/// minimum of one day, and at most ten years (GitLab sets no maximum; a
+/// larger value meant "never" and overflowed the date arithmetic).
+pub const REVERIFICATION_DAYS_BOUNDS: RangeInclusive<i32> = 1..=3_650;
+
+/// Refuses a setting outside its bounds, naming them.
+fn check_bound(
+    what: &str,
+    value: Option<i32>,
+    bounds: RangeInclusive<i32>,
+    unit: &str,
+) -> Result<(), SiteError> {
     match value {
-        Some(v) if !(1..=10_000).contains(&v) => {
-            Err(SiteError::Invalid(format!("{what} must be 1 to 10000")))
-        }
+        Some(v) if !bounds.contains(&v) => Err(SiteError::Invalid(format!(
+            "{what} must be between {} and {}{unit}, not {v}",
+            bounds.start(),
+            bounds.end()
+        ))),
         _ => Ok(()),
     }
+}
+
+fn check_capacity(what: &str, value: Option<i32>) -> Result<(), SiteError> {
+    check_bound(what, value, CAPACITY_BOUNDS, "")
+}
+
+fn check_url(url: &str) -> Result<(), SiteError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 255 {
+        return Err(SiteError::Invalid(format!(
+            "url {url:?} must be http:// or https://, at most 255 characters"
+        )));
+    }
+    Ok(())
 }
 
 /// Registers a secondary; returns its settings and its keys (shown once).
@@ -191,12 +221,7 @@ pub async fn add_secondary(
             "name must be 1 to 255 characters".into(),
         ));
     }
-    if !(new.url.starts_with("http://") || new.url.starts_with("https://")) {
-        return Err(SiteError::Invalid(format!(
-            "url {:?} must be http:// or https://",
-            new.url
-        )));
-    }
+    check_url(&new.url)?;
     let kind = check_scope(&new.selective_sync_type)?;
     check_capacity("files_max_capacity", new.files_max_capacity)?;
     check_capacity("verification_max_capacity", new.verification_max_capacity)?;
@@ -283,12 +308,14 @@ pub async fn update(site: &Site, id: i64, change: SiteUpdate) -> Result<NodeSett
         "verification_max_capacity",
         change.verification_max_capacity,
     )?;
-    if let Some(days) = change.minimum_reverification_interval
-        && days < 1
-    {
-        return Err(SiteError::Invalid(
-            "minimum_reverification_interval must be at least 1 day".into(),
-        ));
+    check_bound(
+        "minimum_reverification_interval",
+        change.minimum_reverification_interval,
+        REVERIFICATION_DAYS_BOUNDS,
+        " days",
+    )?;
+    if let Some(url) = &change.url {
+        check_url(url)?;
     }
     let now = Db::now();
     let mut tx = site.db.begin().await?;

@@ -108,8 +108,6 @@ use tokio::sync::{Notify, watch};
 /// How often stuck rows are looked for (GitLab: every minute, 10 minutes
 /// for syncs).
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
-/// Temporary objects older than this are leftovers of a crash.
-pub const TEMP_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// What this secondary knows of the primary right now.
 #[derive(Debug, Clone)]
@@ -391,36 +389,28 @@ impl Secondary {
     }
 }
 
-/// Starts the secondary's workers and runs them until `site.shutdown` is
-/// cancelled.
-pub async fn run(site: Arc<Site>) -> anyhow::Result<()> {
-    let secondary = Secondary::new(site.clone())?;
-    match site.blobs.cleanup_temp(TEMP_MAX_AGE).await {
-        Ok(removed) if removed > 0 => tracing::info!(removed, "leftover downloads removed"),
-        Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "cannot clean temporary downloads"),
-    }
+/// Starts the secondary's duties under `duties` (the site's supervisor);
+/// they run until `site.shutdown` is cancelled.
+pub fn start(site: Arc<Site>, duties: &mut crate::supervisor::Supervisor) -> anyhow::Result<()> {
+    let secondary = Secondary::new(site)?;
     tracing::info!(
         primary = secondary.client.base_url(),
         "secondary workers starting"
     );
-    let mut workers = tokio::task::JoinSet::new();
-    workers.spawn(run_duty_lease(secondary.clone()));
-    workers.spawn(watch_node(secondary.clone()));
-    workers.spawn(run_consistency(secondary.clone()));
-    workers.spawn(run_sync(secondary.clone()));
-    workers.spawn(run_verification(secondary.clone()));
-    workers.spawn(run_cursor(secondary.clone()));
-    workers.spawn(run_housekeeping(secondary.clone()));
-    workers.spawn(run_status_report(secondary.clone()));
-    while let Some(done) = workers.join_next().await {
-        if let Err(error) = done
-            && error.is_panic()
-        {
-            tracing::error!(%error, "a secondary worker panicked");
-        }
+    macro_rules! duty {
+        ($name:literal, $run:path) => {{
+            let s = secondary.clone();
+            duties.spawn($name, move || $run(s.clone()));
+        }};
     }
-    tracing::info!("secondary workers stopped");
+    duty!("duty-lease", run_duty_lease);
+    duty!("node-watch", watch_node);
+    duty!("consistency", run_consistency);
+    duty!("sync", run_sync);
+    duty!("verification", run_verification);
+    duty!("event-cursor", run_cursor);
+    duty!("stuck-rows", run_housekeeping);
+    duty!("status-report", run_status_report);
     Ok(())
 }
 
@@ -478,6 +468,7 @@ async fn watch_node(s: Arc<Secondary>) {
     loop {
         let pause = match s.refresh_node().await {
             Ok(changed) => {
+                crate::health::round_ok();
                 backoff = cursor::BACKOFF_START;
                 if first {
                     first = false;
@@ -489,6 +480,7 @@ async fn watch_node(s: Arc<Secondary>) {
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot read this site's settings from the primary");
+                crate::health::round_failed(&error);
                 let pause = backoff;
                 backoff = next_backoff(backoff);
                 pause
@@ -540,8 +532,13 @@ async fn run_consistency(s: Arc<Secondary>) {
     let interval = Duration::from_secs(s.site.config.workers.consistency_interval_secs.max(1));
     loop {
         let pause = if s.holds_duties().await {
-            if let Err(error) = s.consistency_pass().await {
-                tracing::warn!(error = %format!("{error:#}"), "consistency pass failed");
+            match s.consistency_pass().await {
+                Ok(_) => crate::health::round_ok(),
+                Err(error) => {
+                    let error = format!("{error:#}");
+                    tracing::warn!(%error, "consistency pass failed");
+                    crate::health::round_failed(&error);
+                }
             }
             interval
         } else {
@@ -602,8 +599,12 @@ async fn run_verification(s: Arc<Secondary>) {
                 Err(error) => {
                     failed = true;
                     tracing::warn!(r#type = it.name(), %error, "verification batch failed");
+                    crate::health::round_failed(&error);
                 }
             }
+        }
+        if !failed {
+            crate::health::round_ok();
         }
         if worked > 0 {
             backoff = cursor::BACKOFF_START;
@@ -650,7 +651,10 @@ async fn run_cursor(s: Arc<Secondary>) {
         };
         let wait = cursor::LONG_POLL;
         match cursor::round(&cx, scope.as_ref(), refresh, wait, &s.site.shutdown).await {
-            Ok(cursor::Round::Handled(_)) => backoff = cursor::BACKOFF_START,
+            Ok(cursor::Round::Handled(_)) => {
+                crate::health::round_ok();
+                backoff = cursor::BACKOFF_START
+            }
             Ok(cursor::Round::Stopped) => return,
             Ok(cursor::Round::Leased) => {
                 if !s.pause(s.idle().max(cursor::BACKOFF_START)).await {
@@ -659,6 +663,7 @@ async fn run_cursor(s: Arc<Secondary>) {
             }
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "event cursor failed; retrying");
+                crate::health::round_failed(&error);
                 if !s.pause(backoff).await {
                     return;
                 }
@@ -712,6 +717,10 @@ async fn run_status_report(s: Arc<Secondary>) {
                 .map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
         };
+        match &sent {
+            Ok(()) => crate::health::round_ok(),
+            Err(error) => crate::health::round_failed(error),
+        }
         if let Err(error) = sent {
             tracing::warn!(%error, "status report to the primary failed");
             crate::metrics::STATUS_FAILED
@@ -769,7 +778,9 @@ mod tests {
         let site = Site::open(config).await.unwrap();
         let it = site.installed(testing::helm().name()).unwrap();
         let tracking = site.tracking().unwrap().clone();
-        let workers = tokio::spawn(run(site.clone()));
+        let mut duties =
+            crate::supervisor::Supervisor::new(site.duties.clone(), site.shutdown.clone());
+        start(site.clone(), &mut duties).unwrap();
 
         // The consistency pass finds the records; they are downloaded and verified.
         wait_for("the first five to be verified", async || {
@@ -817,6 +828,7 @@ mod tests {
         assert!(Registry::of(&it).get(&tracking, 7).await.unwrap().is_none());
 
         site.shutdown.cancel();
-        workers.await.unwrap().unwrap();
+        duties.join().await;
+        assert_eq!(site.duties.problem(), None);
     }
 }
