@@ -159,7 +159,8 @@ impl DutyBoard {
         (!failing.is_empty()).then(|| failing.join("; "))
     }
 
-    /// Test hook: the next `times` starts of duty `name` panic at once.
+    /// Test hook: duty `name` panics `times` times, at its next starts or
+    /// rounds.
     #[doc(hidden)]
     pub fn inject_panics(&self, name: &str, times: u32) {
         self.with(name, |d| d.injected_panics = times);
@@ -190,12 +191,25 @@ tokio::task_local! {
 /// The current duty completed a round. Outside a supervised duty (tests
 /// calling a loop directly), nothing.
 pub fn round_ok() {
-    let _ = CURRENT.try_with(|d| d.board.ok(d.name));
+    let _ = CURRENT.try_with(|d| {
+        injected_panic(d);
+        d.board.ok(d.name)
+    });
 }
 
 /// The current duty's round failed with `error` (it goes on by itself).
 pub fn round_failed(error: &dyn std::fmt::Display) {
-    let _ = CURRENT.try_with(|d| d.board.failed(d.name, &error.to_string(), false));
+    let _ = CURRENT.try_with(|d| {
+        injected_panic(d);
+        d.board.failed(d.name, &error.to_string(), false)
+    });
+}
+
+/// The test hook, in the middle of a running duty.
+fn injected_panic(duty: &CurrentDuty) {
+    if duty.board.take_injected_panic(duty.name) {
+        panic!("test hook: duty {} made to panic", duty.name);
+    }
 }
 
 #[cfg(test)]

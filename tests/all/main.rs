@@ -13,5 +13,6 @@ mod primary;
 mod replication;
 mod robustness;
 mod scale_out;
+mod self_healing;
 mod sites;
 mod support;

@@ -207,6 +207,16 @@ pub async fn current(
         Role::Secondary => secondary_status(site, client, &counts).await,
     }?;
     status.insert("plugins".into(), plugins_json(site));
+    // Geohost's addition: the background duties, and any that keep failing
+    // make the site unhealthy (`health.rs`).
+    status.insert("duties".into(), json!(site.duties.reports()));
+    if let Some(problem) = site.duties.problem() {
+        let health = match status.get("health").and_then(Value::as_str) {
+            Some(HEALTHY) | None => problem,
+            Some(other) => format!("{other}; {problem}"),
+        };
+        set_health(&mut status, &health);
+    }
     Ok(status)
 }
 

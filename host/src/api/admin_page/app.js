@@ -316,6 +316,13 @@ function siteCard(status, site) {
   const fact = (term, ...value) => facts.append(el("dt", {}, term), el("dd", {}, ...value));
   if (url) fact("URL", el("a", { href: url }, url));
   if (status && !healthy) fact("Health", el("span", { class: "error" }, status.health));
+  // Background duties that failed since the site started (health.rs).
+  const troubled = (status?.duties || []).filter((d) => d.state !== "running" || d.restarts > 0);
+  if (troubled.length) {
+    fact("Background duties", ...troubled.map((d) =>
+      el("span", { class: d.state === "failing" ? "error duty" : "duty", "data-duty": d.name },
+        `${d.name}: ${d.state}, ${fmt(d.failures)} failures, ${fmt(d.restarts)} restarts`)));
+  }
   if (status) {
     const updated = status.updated_at || status.last_successful_status_check_timestamp;
     if (status.updated_at) fact("Status updated", timeCell(status.updated_at));

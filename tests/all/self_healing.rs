@@ -1,0 +1,238 @@
+//! Issue 15: a site keeps its duties running and says when they fail, and
+//! its settings have bounds.
+
+use crate::sites::{self, Backend, HELM, TestSite};
+use geohost::primary::sites::NewSite;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn token(site: &TestSite) -> String {
+    geohost::api::auth::create_token(&site.site.db, "ops")
+        .await
+        .expect("a token")
+        .1
+}
+
+/// Registries synced on a secondary.
+async fn synced(secondary: &TestSite) -> usize {
+    sites::registry_states_in(secondary.site.tracking().unwrap(), HELM)
+        .await
+        .unwrap()
+        .values()
+        .filter(|(state, _)| *state == 2)
+        .count()
+}
+
+async fn own_status(site: &TestSite, token: &str) -> Value {
+    let list: Value = reqwest::Client::new()
+        .get(format!("{}/api/v4/geo_sites/status", site.url))
+        .header("PRIVATE-TOKEN", token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list.as_array()
+        .and_then(|l| l.first())
+        .cloned()
+        .expect("the site's own status")
+}
+
+async fn metrics(site: &TestSite, token: &str) -> String {
+    reqwest::Client::new()
+        .get(format!("{}/metrics", site.url))
+        .header("PRIVATE-TOKEN", token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the sample of `metric` whose labels contain `labels`.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|w| l.contains(w)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duty_made_to_panic_is_restarted_and_reported() {
+    let mut primary = sites::primary(Backend::Sqlite).await;
+    let new = NewSite {
+        name: "secondary".into(),
+        ..NewSite::default()
+    };
+    let mut secondary = sites::secondary(Backend::Sqlite, &primary, new).await;
+    let token = token(&secondary).await;
+    let [_, group, ..] = sites::group_tree(&primary).await;
+    let project = sites::project(&primary, group, "p").await;
+    sites::put_helm(
+        &primary,
+        project,
+        "stable",
+        &sites::index_yaml(project, "stable", 1),
+    )
+    .await;
+    sites::eventually(
+        Duration::from_secs(60),
+        "the first record synced",
+        || async { synced(&secondary).await == 1 },
+    )
+    .await;
+    assert_eq!(own_status(&secondary, &token).await["healthy"], true);
+
+    // The event cursor panics three times in a row (the test hook), in
+    // the middle of its loop and then at each restart.
+    secondary.site.duties.inject_panics("event-cursor", 3);
+    sites::eventually(Duration::from_secs(60), "the site unhealthy", || async {
+        let status = own_status(&secondary, &token).await;
+        status["healthy"] == false
+    })
+    .await;
+    let status = own_status(&secondary, &token).await;
+    let health = status["health"].as_str().unwrap();
+    assert!(
+        health.contains("event-cursor") && health.contains("panicked"),
+        "{health}"
+    );
+    let cursor = status["duties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "event-cursor")
+        .unwrap();
+    assert_eq!(cursor["state"], "failing", "{cursor}");
+    assert!(cursor["restarts"].as_u64().unwrap() >= 2, "{cursor}");
+    let text = metrics(&secondary, &token).await;
+    let duty = ["duty=\"event-cursor\"", "site=\"secondary\""];
+    assert_eq!(sample(&text, "geohost_duty_up", &duty), Some(0.0), "{text}");
+    assert!(sample(&text, "geohost_duty_failures_total", &duty).unwrap() >= 3.0);
+    assert!(sample(&text, "geohost_duty_restarts_total", &duty).unwrap() >= 2.0);
+
+    // After the third panic it runs again, the site is healthy again and
+    // events flow.
+    sites::eventually(
+        Duration::from_secs(60),
+        "the site healthy again",
+        || async { own_status(&secondary, &token).await["healthy"] == true },
+    )
+    .await;
+    sites::put_helm(
+        &primary,
+        project,
+        "beta",
+        &sites::index_yaml(project, "beta", 1),
+    )
+    .await;
+    sites::eventually(Duration::from_secs(60), "the new record synced", || async {
+        synced(&secondary).await == 2
+    })
+    .await;
+    let text = metrics(&secondary, &token).await;
+    assert_eq!(sample(&text, "geohost_duty_up", &duty), Some(1.0));
+    secondary.stop().await;
+    primary.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_settings_are_bounded_at_the_api_and_the_cli() {
+    let mut primary = sites::primary(Backend::Sqlite).await;
+    let token = token(&primary).await;
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{}/api/v4/geo_sites", primary.url))
+        .header("PRIVATE-TOKEN", &token)
+        .json(&json!({"name": "eu", "url": "http://127.0.0.1:9"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["site"]["id"].as_i64().unwrap();
+    for (body, bound) in [
+        (
+            json!({"minimum_reverification_interval": 2147483647}),
+            "between 1 and 3650 days",
+        ),
+        (
+            json!({"minimum_reverification_interval": 0}),
+            "between 1 and 3650 days",
+        ),
+        (json!({"files_max_capacity": 0}), "between 1 and 10000"),
+        (
+            json!({"verification_max_capacity": 10001}),
+            "between 1 and 10000",
+        ),
+        (json!({"url": "ftp://x"}), "http:// or https://"),
+    ] {
+        let answer = client
+            .put(format!("{}/api/v4/geo_sites/{id}", primary.url))
+            .header("PRIVATE-TOKEN", &token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 422, "{body}");
+        let message: Value = answer.json().await.unwrap();
+        assert!(
+            message["message"].as_str().unwrap().contains(bound),
+            "{body}: {message}"
+        );
+    }
+    let answer = client
+        .post(format!("{}/api/v4/geo_sites", primary.url))
+        .header("PRIVATE-TOKEN", &token)
+        .json(&json!({"name": "us", "url": "http://127.0.0.1:8", "files_max_capacity": 20000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 422);
+
+    // The CLI checks the same bounds before it touches anything.
+    let config = primary.write_config();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_geohost"))
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .expect("geohost runs")
+    };
+    let id = id.to_string();
+    let refused = cli(&[
+        "site",
+        "update",
+        &id,
+        "--minimum-reverification-interval",
+        "99999",
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("1..=3650"), "{stderr}");
+    let refused = cli(&[
+        "site",
+        "add",
+        "--name",
+        "x",
+        "--url",
+        "http://h",
+        "--files-max-capacity",
+        "0",
+    ]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("1..=10000"));
+    let changed = cli(&[
+        "site",
+        "update",
+        &id,
+        "--minimum-reverification-interval",
+        "30",
+    ]);
+    assert!(changed.status.success(), "{changed:?}");
+    let settings: Value = serde_json::from_slice(&changed.stdout).unwrap();
+    assert_eq!(settings["minimum_reverification_interval"], 30);
+    primary.stop().await;
+}
