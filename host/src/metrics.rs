@@ -194,7 +194,20 @@ pub fn init() {
     LazyLock::force(&DUTY_FAILURES);
     LazyLock::force(&DUTY_RESTARTS);
     LazyLock::force(&DUTY_UP);
+    LazyLock::force(&EVENT_GAPS);
 }
+
+/// `geohost_event_gaps`: ids the event cursor passed without an event,
+/// read again until their event appears (`secondary/cursor.rs`).
+pub static EVENT_GAPS: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    register(
+        prometheus::IntGauge::new(
+            "geohost_event_gaps",
+            "Gaps in the event ids the secondary's cursor still waits for",
+        )
+        .expect("valid metric"),
+    )
+});
 
 /// `geohost_duty_failures_total{site,duty}`: a background duty panicked,
 /// stopped early or reported a failed round (`health.rs`).

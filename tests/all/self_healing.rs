@@ -2,6 +2,7 @@
 //! its settings have bounds.
 
 use crate::sites::{self, Backend, HELM, TestSite};
+use crate::support::helm_blob_path;
 use geohost::primary::sites::NewSite;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -234,5 +235,153 @@ async fn site_settings_are_bounded_at_the_api_and_the_cli() {
     assert!(changed.status.success(), "{changed:?}");
     let settings: Value = serde_json::from_slice(&changed.stdout).unwrap();
     assert_eq!(settings["minimum_reverification_interval"], 30);
+    primary.stop().await;
+}
+
+/// Issue 15's measured bug: on PostgreSQL, event ids come from a sequence
+/// and become visible at commit, so with concurrent writers the cursor
+/// passed ids whose transactions committed a moment later, and those
+/// changes waited for the consistency pass. Here every tenth event's
+/// transaction is held open on purpose (a trigger sleeps after the event
+/// row is inserted), ten writers run at once, the consistency pass never
+/// runs after the start and the primary does not checksum (so no
+/// `checksum_succeeded` event repairs a missed update): every create and
+/// update must still arrive through the event feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_is_skipped_when_commits_come_out_of_id_order() {
+    if !sites::backends().contains(&Backend::Postgres) {
+        eprintln!("note: needs PostgreSQL (GEOHOST_TEST_POSTGRES_URL); skipped");
+        return;
+    }
+    const WRITERS: i64 = 10;
+    const RECORDS_PER_WRITER: i64 = 40;
+    const VERSIONS: u32 = 3; // a create and two updates each: 1,200 events
+    let mut primary = sites::primary_with(Backend::Postgres, "enabled = false\n").await;
+    primary
+        .site
+        .db
+        .execute_script(
+            "CREATE FUNCTION hold_some_commits() RETURNS trigger AS $$ BEGIN \
+               IF NEW.id % 10 = 0 THEN PERFORM pg_sleep(0.8); \
+               ELSE PERFORM pg_sleep(random() * 0.02); END IF; \
+               RETURN NEW; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER hold_some_commits AFTER INSERT ON geo_event_log \
+               FOR EACH ROW EXECUTE FUNCTION hold_some_commits()",
+        )
+        .await
+        .unwrap();
+    let [_, group, ..] = sites::group_tree(&primary).await;
+    let project = sites::project(&primary, group, "p").await;
+    let new = NewSite {
+        name: "secondary".into(),
+        ..NewSite::default()
+    };
+    let mut secondary = sites::secondary_with(
+        Backend::Postgres,
+        &primary,
+        new,
+        "idle_poll_ms = 50\nconsistency_interval_secs = 86400\n",
+    )
+    .await;
+    let tracking = secondary.site.tracking().unwrap().clone();
+    // The cursor has its starting point before the first write.
+    sites::eventually(Duration::from_secs(30), "the cursor to start", || async {
+        geohost::secondary::cursor::position(&tracking)
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let site = primary.site.clone();
+            tokio::spawn(async move {
+                for version in 1..=VERSIONS {
+                    for r in 0..RECORDS_PER_WRITER {
+                        let channel = format!("w{w}r{r}");
+                        let mut columns = serde_json::Map::new();
+                        columns.insert("project_id".into(), project.into());
+                        columns.insert("channel".into(), channel.clone().into());
+                        let body = sites::index_yaml(project, &channel, version);
+                        let body = futures::stream::iter([Ok::<_, std::io::Error>(
+                            bytes::Bytes::from(body),
+                        )]);
+                        geohost::primary::ingest::upsert(&site, HELM, &columns, body)
+                            .await
+                            .expect("write succeeds");
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut most_gaps = 0;
+    for writer in writers {
+        while !writer.is_finished() {
+            let gaps = geohost::secondary::cursor::gaps(&tracking).await.unwrap();
+            most_gaps = most_gaps.max(gaps.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        writer.await.unwrap();
+    }
+    let events = primary
+        .site
+        .db
+        .fetch_one(
+            "SELECT COUNT(*) AS n, MAX(id) AS last FROM geo_event_log",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (count, last) = (events.i64("n").unwrap(), events.i64("last").unwrap());
+    assert!(count >= 1000, "{count} events");
+
+    let records = primary
+        .site
+        .db
+        .fetch_all(
+            "SELECT id FROM packages_helm_metadata_caches ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let expected = (WRITERS * RECORDS_PER_WRITER) as usize;
+    assert_eq!(records.len(), expected);
+    let started = std::time::Instant::now();
+    sites::eventually(
+        Duration::from_secs(120),
+        "every create and update on the secondary",
+        || async {
+            let states = sites::registry_states_in(&tracking, HELM).await.unwrap();
+            if states.len() < expected || states.values().any(|(s, _)| *s != 2) {
+                return false;
+            }
+            // The latest content of every record, byte for byte.
+            let mut same = true;
+            for w in 0..WRITERS {
+                for r in 0..RECORDS_PER_WRITER {
+                    let path = helm_blob_path(project, &format!("w{w}r{r}"));
+                    let theirs = std::fs::read(primary.blob_file(&path)).ok();
+                    let ours = std::fs::read(secondary.blob_file(&path)).ok();
+                    same &= theirs.is_some() && theirs == ours;
+                }
+            }
+            same
+        },
+    )
+    .await;
+    let converged = started.elapsed();
+    let position = geohost::secondary::cursor::position(&tracking)
+        .await
+        .unwrap();
+    assert_eq!(position, Some(last), "the cursor read the whole log");
+    assert!(
+        most_gaps > 0,
+        "the test must make the cursor meet transactions committed out of id order"
+    );
+    eprintln!(
+        "{count} events, up to {most_gaps} gaps tracked at once, converged {converged:?} after the last write"
+    );
+    secondary.stop().await;
     primary.stop().await;
 }

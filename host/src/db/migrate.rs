@@ -137,7 +137,12 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{backend}: {e}"));
             assert_eq!(
                 tables(&tracking_db).await,
-                ["event_log_states", "geo_leases", "plugin_versions"],
+                [
+                    "event_log_gaps",
+                    "event_log_states",
+                    "geo_leases",
+                    "plugin_versions"
+                ],
                 "{backend}"
             );
 
