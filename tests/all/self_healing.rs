@@ -385,3 +385,118 @@ async fn no_event_is_skipped_when_commits_come_out_of_id_order() {
     secondary.stop().await;
     primary.stop().await;
 }
+
+/// A bulk reverify asked through GraphQL is kept: a restart in the middle
+/// resumes it after the last batch done, and it completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_reverify_of_10000_registries_completes_after_a_restart() {
+    const ROWS: i64 = 10_000;
+    const FIRST: i64 = 1_000_000;
+    for backend in sites::backends() {
+        let mut primary = sites::primary(backend).await;
+        let new = NewSite {
+            name: "secondary".into(),
+            ..NewSite::default()
+        };
+        let mut secondary = sites::secondary_with(
+            backend,
+            &primary,
+            new,
+            "idle_poll_ms = 50\nbulk_update_pause_ms = 300\n",
+        )
+        .await;
+        // Replication of the type off on the secondary: no consistency pass
+        // prunes these registries of records the primary does not have, no
+        // verifier touches them; the bulk job alone changes them.
+        let it = secondary.site.installed(HELM).unwrap();
+        secondary
+            .site
+            .db
+            .execute(
+                "INSERT INTO feature_flags (name, enabled) VALUES ($1, $2)",
+                &[it.identity.feature_flag().into(), false.into()],
+            )
+            .await
+            .unwrap();
+        let registry = geohost::secondary::Registry::of(&it);
+        let tracking = secondary.site.tracking().unwrap().clone();
+        let ids: Vec<i64> = (FIRST..FIRST + ROWS).collect();
+        registry.insert_missing(&tracking, &ids).await.unwrap();
+        tracking
+            .execute(
+                &format!(
+                    "UPDATE {} SET state = 2, verification_state = 2",
+                    registry.table()
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        drop(it);
+        let pending = format!(
+            "SELECT COUNT(*) AS n FROM {} WHERE verification_state = 0",
+            registry.table()
+        );
+        let token = token(&secondary).await;
+        let answer: Value = reqwest::Client::new()
+            .post(format!("{}/api/graphql", secondary.url))
+            .header("PRIVATE-TOKEN", &token)
+            .json(
+                &json!({"query": "mutation { geoRegistriesBulkUpdate(input: \
+                {registryClass: PACKAGES_HELM_METADATA_CACHE_REGISTRY, action: REVERIFY_ALL}) \
+                { registryClass errors } }"}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer["data"]["geoRegistriesBulkUpdate"]["errors"],
+            json!([]),
+            "{answer}"
+        );
+
+        // Restart once a few batches are done.
+        let count = |db: geohost::db::Db| {
+            let pending = pending.clone();
+            async move { db.fetch_one(&pending, &[]).await.unwrap().i64("n").unwrap() }
+        };
+        sites::eventually(Duration::from_secs(60), "two batches done", || {
+            let db = tracking.clone();
+            async move { count(db).await >= 2_000 }
+        })
+        .await;
+        secondary.restart().await;
+        let tracking = secondary.site.tracking().unwrap().clone();
+        let at_restart = count(tracking.clone()).await;
+        assert!(
+            at_restart < ROWS,
+            "{backend:?}: the job ended before the restart"
+        );
+        sites::eventually(Duration::from_secs(120), "the job to complete", || {
+            let db = tracking.clone();
+            async move {
+                let jobs = geohost::secondary::bulk::jobs(&db, 1).await.unwrap();
+                jobs[0].state != geohost::secondary::bulk::JobState::Queued
+            }
+        })
+        .await;
+        assert_eq!(count(tracking.clone()).await, ROWS, "{backend:?}");
+        let jobs = geohost::secondary::bulk::jobs(&tracking, 10).await.unwrap();
+        let job = &jobs[0];
+        assert_eq!(
+            job.state,
+            geohost::secondary::bulk::JobState::Done,
+            "{backend:?}: {job:?}"
+        );
+        assert_eq!(job.rows, ROWS, "{backend:?}: each row changed once");
+        eprintln!(
+            "{backend:?}: {at_restart} of {ROWS} done at the restart; {} batches in all",
+            job.batches
+        );
+        secondary.stop().await;
+        primary.stop().await;
+    }
+}

@@ -140,6 +140,7 @@ mod tests {
                 [
                     "event_log_gaps",
                     "event_log_states",
+                    "geo_bulk_jobs",
                     "geo_leases",
                     "plugin_versions"
                 ],

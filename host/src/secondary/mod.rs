@@ -15,6 +15,7 @@
 //! | event log cursor | Geo log cursor daemon, `EventWorker` | [`cursor`] |
 //! | stuck syncs and verifications, every minute | `SyncTimeoutCronWorker`, `VerificationTimeoutWorker` | here |
 //! | status report to the primary, every `status_interval_secs` | `Geo::MetricsUpdateWorker` | here, [`crate::status`] |
+//! | bulk resync and reverify jobs, resumed after a restart | `Geo::BulkMarkPendingBatchWorker`, `Geo::BulkMarkVerificationPendingBatchWorker` | [`bulk`] |
 //!
 //! Every idle loop pauses `workers.idle_poll_ms`, so tests converge fast.
 //! A type's feature flag `geo_<name>_replication` (table `feature_flags` of
@@ -411,6 +412,7 @@ pub fn start(site: Arc<Site>, duties: &mut crate::supervisor::Supervisor) -> any
     duty!("event-cursor", run_cursor);
     duty!("stuck-rows", run_housekeeping);
     duty!("status-report", run_status_report);
+    duty!("bulk-jobs", run_bulk_jobs);
     Ok(())
 }
 
@@ -692,6 +694,49 @@ async fn run_housekeeping(s: Arc<Secondary>) {
         };
         if !s.pause(pause).await {
             return;
+        }
+    }
+}
+
+/// Runs the kept bulk resync and reverify jobs (`bulk.rs`), oldest first,
+/// in the process holding the singleton duties; a job stops between two
+/// batches when the duties move or the site stops, and the next holder
+/// resumes it.
+async fn run_bulk_jobs(s: Arc<Secondary>) {
+    let pause = Duration::from_millis(s.site.config.workers.bulk_update_pause_ms);
+    let idle = s.idle().max(Duration::from_millis(200));
+    loop {
+        if !s.holds_duties().await {
+            if !s.pause(s.duty_retry(idle)).await {
+                return;
+            }
+            continue;
+        }
+        let job = match bulk::next_job(&s.tracking).await {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the bulk jobs");
+                crate::health::round_failed(&error);
+                None
+            }
+        };
+        let Some(job) = job else {
+            if !s.pause(idle).await {
+                return;
+            }
+            continue;
+        };
+        let go_on = || *s.duties.borrow() == Some(true);
+        let cancel = &s.site.shutdown;
+        match bulk::run_job(&s.tracking, &s.site.catalog, job, pause, cancel, go_on).await {
+            Ok(_) => crate::health::round_ok(),
+            Err(error) => {
+                tracing::warn!(%error, "bulk registry update failed; retrying");
+                crate::health::round_failed(&error);
+                if !s.pause(cursor::BACKOFF_START).await {
+                    return;
+                }
+            }
         }
     }
 }
