@@ -52,6 +52,7 @@ mod hash;
 #[cfg(test)]
 mod recording;
 mod s3;
+mod s3_staging;
 mod store;
 pub mod sweeper;
 mod temp;

@@ -41,6 +41,8 @@ struct Inner {
     part_concurrency: usize,
     /// Shown in logs and `Debug`.
     description: String,
+    /// On S3, the multipart uploads crashed writers left (`s3_staging.rs`).
+    staging: Option<super::s3_staging::S3Staging>,
 }
 
 struct Local {
@@ -66,6 +68,14 @@ impl std::fmt::Display for BlobStore {
 }
 
 impl BlobStore {
+    /// The same store, sweeping its S3 staging uploads too (`s3.rs`).
+    pub(super) fn with_staging(mut self, staging: super::s3_staging::S3Staging) -> BlobStore {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.staging = Some(staging);
+        }
+        self
+    }
+
     /// Blob storage in the local folder `root`, created if missing. Every
     /// write is on stable storage when it returns (`durable.rs`).
     pub fn local(root: &Path) -> Result<BlobStore, StorageError> {
@@ -107,6 +117,7 @@ impl BlobStore {
                 // size, so keep memory per download small.
                 part_size: 1024 * 1024,
                 part_concurrency: 2,
+                staging: None,
             }),
         })
     }
@@ -129,6 +140,7 @@ impl BlobStore {
                 part_size: 8 * 1024 * 1024,
                 part_concurrency: 4,
                 description: description.into(),
+                staging: None,
             }),
         }
     }
@@ -414,8 +426,9 @@ impl BlobStore {
     }
 
     /// Removes temporary objects last written more than `older_than` ago:
-    /// what a crash or a cancelled download left behind. Returns how many
-    /// were removed.
+    /// what a crash or a cancelled download left behind, including, on S3,
+    /// the incomplete multipart uploads of temporary keys
+    /// (`s3_staging.rs`). Returns how many were removed.
     ///
     /// `older_than` must exceed the longest a download may take, or this
     /// races with it; the downloader's stall timeouts bound that.
@@ -452,7 +465,11 @@ impl BlobStore {
                 for location in &stale {
                     self.delete_location(location).await?;
                 }
-                stale.len()
+                let aborted = match &self.inner.staging {
+                    Some(staging) => staging.sweep(older_than).await?,
+                    None => 0,
+                };
+                stale.len() + aborted
             }
         };
         if removed > 0 {
