@@ -500,3 +500,69 @@ async fn a_bulk_reverify_of_10000_registries_completes_after_a_restart() {
         primary.stop().await;
     }
 }
+
+/// A record whose event never reached the secondary has no registry row
+/// until the next consistency pass; the secondary's status counts it as
+/// not synced (it used to read "synced 2 / total 2 (100%)").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_registry_shows_as_not_synced_in_the_status() {
+    let mut primary = sites::primary(Backend::Sqlite).await;
+    let [_, group, ..] = sites::group_tree(&primary).await;
+    let project = sites::project(&primary, group, "p").await;
+    let new = NewSite {
+        name: "secondary".into(),
+        ..NewSite::default()
+    };
+    let mut secondary = sites::secondary_with(
+        Backend::Sqlite,
+        &primary,
+        new,
+        "idle_poll_ms = 50\nconsistency_interval_secs = 3600\n",
+    )
+    .await;
+    let token = token(&secondary).await;
+    for channel in ["a", "b"] {
+        sites::put_helm(&primary, project, channel, "v1").await;
+    }
+    sites::eventually(Duration::from_secs(60), "two records synced", || async {
+        synced(&secondary).await == 2
+    })
+    .await;
+    // Three writes whose events are never published (the type's feature
+    // flag off on the primary): as if the cursor had missed them.
+    let flag = "geo_packages_helm_metadata_cache_replication";
+    primary
+        .site
+        .db
+        .execute(
+            "INSERT INTO feature_flags (name, enabled) VALUES ($1, $2)",
+            &[flag.into(), false.into()],
+        )
+        .await
+        .unwrap();
+    for channel in ["c", "d", "e"] {
+        sites::put_helm(&primary, project, channel, "v1").await;
+    }
+    let status = own_status(&secondary, &token).await;
+    let field = |suffix: &str| status[format!("packages_helm_metadata_caches{suffix}")].clone();
+    assert_eq!(field("_registry_count"), 2, "{status:#}");
+    assert_eq!(field("_synced_count"), 2);
+    assert_eq!(
+        field("_count"),
+        5,
+        "the three records without a registry count"
+    );
+    assert_eq!(field("_synced_in_percentage"), "40.00%");
+
+    // `geohost status` says the same.
+    let config = secondary.write_config();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_geohost"))
+        .args(["status", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("succeeded 2 / total 5 (40%)"), "{text}");
+    secondary.stop().await;
+    primary.stop().await;
+}

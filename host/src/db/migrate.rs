@@ -142,7 +142,8 @@ mod tests {
                     "event_log_states",
                     "geo_bulk_jobs",
                     "geo_leases",
-                    "plugin_versions"
+                    "plugin_versions",
+                    "registry_consistency_marks"
                 ],
                 "{backend}"
             );

@@ -382,7 +382,8 @@ function siteCard(status, site) {
         el("td", { class: "num", "data-count": "total" }, fmt(count("_count"))),
       );
     } else {
-      const total = count("_registry_count");
+      // Registries, and the records in scope without one yet (status/fields.rs).
+      const total = count("_count") ?? count("_registry_count");
       const failed = count("_failed_count");
       const verificationFailed = count("_verification_failed_count");
       const failedAll =
