@@ -44,7 +44,8 @@ impl Site {
         std::fs::create_dir_all(&config.site.data_dir)
             .with_context(|| format!("creating {}", config.site.data_dir.display()))?;
         let max = config.database.max_connections.unwrap_or(16);
-        let db = Db::connect_with(&config.database_url(), max)
+        // Its commits are acknowledged to writers: durable when they return.
+        let db = Db::connect_durable(&config.database_url(), max)
             .await
             .context("opening the site database")?;
         migrate::main(&db)
