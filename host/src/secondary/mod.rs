@@ -82,6 +82,7 @@ pub mod bulk;
 pub mod client;
 pub mod consistency;
 pub mod cursor;
+pub mod failures;
 pub mod listing;
 pub mod registry;
 pub mod scope;
