@@ -10,6 +10,7 @@ mod object_storage;
 mod operator;
 mod plugin;
 mod primary;
+mod probes;
 mod replication;
 mod robustness;
 mod scale_out;
