@@ -682,7 +682,8 @@ async fn graphql_ok(site: &TestSite, token: &str, query: &str, variables: Value)
 
 const LIST: &str = r#"
 query($first: Int, $after: String, $last: Int, $before: String, $sort: GeoRegistrySort,
-      $state: ReplicationStateEnum, $vstate: VerificationStateEnum, $ids: [ID!], $keyword: String) {
+      $state: ReplicationStateEnum, $vstate: VerificationStateEnum, $ids: [GeoPackagesHelmMetadataCacheRegistryID!],
+      $keyword: String) {
   geoNode {
     name
     primary
@@ -740,7 +741,7 @@ async fn graphql_registries_filter_sort_page_and_mutate() {
         assert_eq!(
             node,
             &json!({
-                "id": format!("gid://geo/{REGISTRY_TYPE}/{}", failed_row.id),
+                "id": format!("gid://gitlab/Geo::{REGISTRY_TYPE}/{}", failed_row.id),
                 "state": "FAILED",
                 "retryCount": 1,
                 "lastSyncFailure": "test failure",
@@ -773,6 +774,7 @@ async fn graphql_registries_filter_sort_page_and_mutate() {
         )
         .await;
         assert_eq!(record_ids(&data).len(), 7, "{backend:?}");
+        // The form earlier versions gave out is still accepted.
         let two: Vec<String> = rows[..2]
             .iter()
             .map(|r| format!("gid://geo/{REGISTRY_TYPE}/{}", r.id))
@@ -943,7 +945,7 @@ async fn graphql_registries_filter_sort_page_and_mutate() {
         );
 
         // Single mutations.
-        const UPDATE: &str = r#"mutation($id: ID!, $action: GeoRegistryAction!) {
+        const UPDATE: &str = r#"mutation($id: GeoBaseRegistryID!, $action: GeoRegistryAction!) {
             geoRegistriesUpdate(input: {registryId: $id, action: $action, clientMutationId: "m1"}) {
               clientMutationId errors registry { ... on PackagesHelmMetadataCacheRegistry { id modelRecordId } } } }"#;
         let target = rows
@@ -951,7 +953,7 @@ async fn graphql_registries_filter_sort_page_and_mutate() {
             .find(|r| r.model_id == p.in_scope[3])
             .unwrap()
             .clone();
-        let gid = format!("gid://geo/{REGISTRY_TYPE}/{}", target.id);
+        let gid = format!("gid://gitlab/Geo::{REGISTRY_TYPE}/{}", target.id);
         let answer = graphql_ok(s, token, UPDATE, json!({"id": gid, "action": "RESYNC"})).await;
         let payload = &answer["geoRegistriesUpdate"];
         assert_eq!(payload["clientMutationId"], "m1");
@@ -988,7 +990,7 @@ async fn graphql_registries_filter_sort_page_and_mutate() {
             s,
             token,
             UPDATE,
-            json!({"id": format!("gid://geo/{REGISTRY_TYPE}/999999"), "action": "RESYNC"}),
+            json!({"id": format!("gid://gitlab/Geo::{REGISTRY_TYPE}/999999"), "action": "RESYNC"}),
         )
         .await;
         assert!(
