@@ -71,7 +71,7 @@ pub enum Command {
 /// Entry point of the binary.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(default_log_level(&cli.command));
     match cli.command {
         Command::Plugin(command) => plugin::run(command),
         command => {
@@ -107,10 +107,22 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Structured logs on stderr; `RUST_LOG` filters, `GEOHOST_LOG_FORMAT=json` for JSON lines.
-pub fn init_tracing() {
+/// The log level when `RUST_LOG` is unset: a server (`serve`) logs what it
+/// does (`info`); the demo and the one-shot commands print their own
+/// answer, and log only warnings and errors (their per-record and
+/// type-loading lines appear with `RUST_LOG=info`).
+pub fn default_log_level(command: &Command) -> &'static str {
+    match command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    }
+}
+
+/// Structured logs on stderr; `RUST_LOG` filters (`default` when unset),
+/// `GEOHOST_LOG_FORMAT=json` for JSON lines.
+pub fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
