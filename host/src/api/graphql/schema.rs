@@ -183,6 +183,12 @@ fn string_arg(ctx: &ResolverContext<'_>, name: &str) -> Result<Option<String>, E
     }
 }
 
+/// A page cursor; `""` is none, as GitLab's admin page sends
+/// `$after: String!` empty for the first page.
+fn cursor_arg(ctx: &ResolverContext<'_>, name: &str) -> Result<Option<String>, Error> {
+    Ok(string_arg(ctx, name)?.filter(|c| !c.is_empty()))
+}
+
 fn enum_arg(ctx: &ResolverContext<'_>, name: &str) -> Result<Option<String>, Error> {
     match ctx.args.get(name) {
         Some(v) if !v.is_null() => Ok(Some(v.enum_name()?.to_string())),
@@ -214,9 +220,9 @@ fn list_args(ctx: &ResolverContext<'_>) -> Result<ListArgs, Error> {
         keyword: string_arg(ctx, "keyword")?,
         sort: enum_arg(ctx, "sort")?,
         first: int_arg(ctx, "first")?,
-        after: string_arg(ctx, "after")?,
+        after: cursor_arg(ctx, "after")?,
         last: int_arg(ctx, "last")?,
-        before: string_arg(ctx, "before")?,
+        before: cursor_arg(ctx, "before")?,
     })
 }
 
@@ -589,9 +595,9 @@ fn geo_node(types: &[Arc<InstalledType>]) -> Object {
                         let all = resolve::selective_sync_namespaces(site, node).await?;
                         let args = ListArgs {
                             first: int_arg(&ctx, "first")?,
-                            after: string_arg(&ctx, "after")?,
+                            after: cursor_arg(&ctx, "after")?,
                             last: int_arg(&ctx, "last")?,
-                            before: string_arg(&ctx, "before")?,
+                            before: cursor_arg(&ctx, "before")?,
                             ..ListArgs::default()
                         };
                         Ok(Some(FieldValue::owned_any(namespace_page(all, &args)?)))
@@ -953,15 +959,22 @@ mod tests {
         assert_eq!(n.field, "packagesHelmMetadataCacheRegistries");
         assert_eq!(n.fk_field, "packagesHelmMetadataCacheId");
         assert_eq!(n.class, "PACKAGES_HELM_METADATA_CACHE_REGISTRY");
+        assert_eq!(n.id_type, "GeoPackagesHelmMetadataCacheRegistryID");
         let sdl = build(&[it]).unwrap().sdl();
         for needle in [
-            "packagesHelmMetadataCacheRegistries(ids: [ID!], replicationState: ReplicationStateEnum",
+            "packagesHelmMetadataCacheRegistries(ids: [GeoPackagesHelmMetadataCacheRegistryID!], replicationState: ReplicationStateEnum",
+            "registries(ids: [GeoBaseRegistryID!]",
             "type PackagesHelmMetadataCacheRegistry implements GeoRegistry",
             "union RegistrableType = PackagesHelmMetadataCacheRegistry",
             "geoReplicableTypes: [GeoReplicableType!]!",
-            "count: Int!",
+            "limit: Int = 1000",
             "geoRegistriesBulkUpdate(input: GeoRegistriesBulkUpdateInput!)",
+            "registryId: GeoBaseRegistryID!",
+            "ids: [GeoBaseRegistryID!]",
+            "scalar GeoBaseRegistryID",
+            "scalar GeoPackagesHelmMetadataCacheRegistryID",
             "PACKAGES_HELM_METADATA_CACHE_REGISTRY",
+            "selectiveSyncNamespaces(first: Int, after: String, last: Int, before: String): NamespaceConnection",
         ] {
             assert!(sdl.contains(needle), "{needle} not in\n{sdl}");
         }
@@ -978,6 +991,35 @@ mod tests {
             Some((Some("PackagesHelmMetadataCacheRegistry".into()), 3))
         );
         assert_eq!(resolve::parse_gid("7"), Some((None, 7)));
+        let helm = "PackagesHelmMetadataCacheRegistry";
+        for (text, any, typed) in [
+            (
+                "gid://gitlab/Geo::PackagesHelmMetadataCacheRegistry/3",
+                true,
+                true,
+            ),
+            ("gid://geo/PackagesHelmMetadataCacheRegistry/3", true, true),
+            (
+                "gid://gitlab/Geo::PackagesNpmMetadataCacheRegistry/3",
+                true,
+                false,
+            ),
+            ("gid://gitlab/Project/3", false, false),
+            (
+                "gid://gitlab/Geo::PackagesHelmMetadataCacheRegistry/x",
+                false,
+                false,
+            ),
+            (
+                "gid://gitlab/Geo::PackagesHelmMetadataCacheRegistry/0",
+                false,
+                false,
+            ),
+            ("3", false, false),
+        ] {
+            assert_eq!(resolve::is_registry_gid(text, None), any, "{text}");
+            assert_eq!(resolve::is_registry_gid(text, Some(helm)), typed, "{text}");
+        }
         assert_eq!(resolve::parse_gid("gid://other/X/1"), None);
         assert_eq!(resolve::parse_gid("gid://geo/X/abc"), None);
     }
