@@ -3,7 +3,10 @@
 
 mod admin_page;
 mod authoring;
+mod cli_output;
+mod deployment;
 mod faults;
+mod gitlab_clients;
 mod hot_swap;
 mod npm;
 mod object_storage;
