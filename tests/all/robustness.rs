@@ -337,6 +337,63 @@ fn cases(project: i64) -> Vec<Case> {
             None,
             "",
         ),
+        // The older route family, same handlers.
+        case(
+            "geo_nodes, a primary created by the API",
+            Method::POST,
+            "/api/v4/geo_nodes",
+            JSON,
+            "{\"name\": \"s4\", \"url\": \"http://127.0.0.1:9\", \"primary\": true}",
+        ),
+        case(
+            "geo_nodes, capacity out of range",
+            Method::PUT,
+            "/api/v4/geo_nodes/1",
+            JSON,
+            "{\"repos_max_capacity\": -1}",
+        ),
+        case(
+            "geo_nodes, mistyped capacity",
+            Method::PUT,
+            "/api/v4/geo_nodes/1",
+            JSON,
+            "{\"files_max_capacity\": \"many\"}",
+        ),
+        case(
+            "geo_nodes, repair of an unknown site",
+            Method::POST,
+            "/api/v4/geo_nodes/987654/repair",
+            None,
+            "",
+        ),
+        case(
+            "geo_nodes, delete of an unknown site",
+            Method::DELETE,
+            "/api/v4/geo_nodes/987654",
+            None,
+            "",
+        ),
+        case(
+            "geo_sites, page is not a number",
+            Method::GET,
+            "/api/v4/geo_sites?page=two",
+            None,
+            "",
+        ),
+        case(
+            "geo_sites, page 0",
+            Method::GET,
+            "/api/v4/geo_sites/status?page=0",
+            None,
+            "",
+        ),
+        case(
+            "failures on the primary",
+            Method::GET,
+            "/api/v4/geo_nodes/current/failures",
+            None,
+            "",
+        ),
         // Status.
         case(
             "status, non-numeric id",
