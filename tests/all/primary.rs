@@ -504,8 +504,7 @@ async fn ingest_refuses_a_record_of_a_missing_project() {
             .unwrap();
         assert_eq!(states, Some(0), "{backend:?}: no state row");
         assert_eq!(events(db).await, events_before, "{backend:?}: no event");
-        let root = f.primary.dir.join("blobs");
-        let files: Vec<_> = walk(&root);
+        let files = crate::faults::files_under(&f.primary.dir.join("blobs"));
         assert!(files.is_empty(), "{backend:?}: files left: {files:?}");
 
         // The same record for a project that exists is written.
@@ -518,21 +517,4 @@ async fn ingest_refuses_a_record_of_a_missing_project() {
         .await;
         assert_eq!(response.status(), 201, "{backend:?}");
     }
-}
-
-/// Every file under `root` (recursively).
-fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }

@@ -5,6 +5,7 @@
 //! connection), and nothing is written outside the site's data folder or
 //! beside the blobs of real records.
 
+use crate::faults::files_under;
 use crate::sites::{self, Backend, HELM, TestSite};
 use geohost::auth::geo_jwt;
 use geohost::feed;
@@ -541,26 +542,6 @@ fn signed_cases(access_key: &str, secret: &str) -> Vec<Case> {
         feed::retrieve_claim(HELM, 987_654),
     );
     list
-}
-
-/// Every file under `root`, relative.
-fn files_under(root: &Path) -> BTreeSet<PathBuf> {
-    let mut found = BTreeSet::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                found.insert(path.strip_prefix(root).unwrap().to_path_buf());
-            }
-        }
-    }
-    found
 }
 
 /// No file or folder named after the probe under `root`.

@@ -371,31 +371,21 @@ fn namespace_types() -> [Object; 3] {
             TypeRef::named(TypeRef::STRING),
             |n| opt(n.full_name.clone()),
         ));
+    // `nodes` and `edges` list the same values; an edge reads its cursor
+    // and node from the namespace.
+    let list = |name: &str, item_type: &str| {
+        Field::new(name, TypeRef::named_list(item_type), |ctx| {
+            FieldFuture::new(async move {
+                let page = ctx.parent_value.try_downcast_ref::<NamespacePage>()?;
+                Ok(Some(FieldValue::list(
+                    page.nodes.iter().map(|n| FieldValue::owned_any(n.clone())),
+                )))
+            })
+        })
+    };
     let connection = Object::new("NamespaceConnection")
-        .field(Field::new(
-            "nodes",
-            TypeRef::named_list("Namespace"),
-            |ctx| {
-                FieldFuture::new(async move {
-                    let page = ctx.parent_value.try_downcast_ref::<NamespacePage>()?;
-                    Ok(Some(FieldValue::list(
-                        page.nodes.iter().map(|n| FieldValue::owned_any(n.clone())),
-                    )))
-                })
-            },
-        ))
-        .field(Field::new(
-            "edges",
-            TypeRef::named_list("NamespaceEdge"),
-            |ctx| {
-                FieldFuture::new(async move {
-                    let page = ctx.parent_value.try_downcast_ref::<NamespacePage>()?;
-                    Ok(Some(FieldValue::list(
-                        page.nodes.iter().map(|n| FieldValue::owned_any(n.clone())),
-                    )))
-                })
-            },
-        ))
+        .field(list("nodes", "Namespace"))
+        .field(list("edges", "NamespaceEdge"))
         .field(Field::new(
             "pageInfo",
             TypeRef::named_nn("PageInfo"),
