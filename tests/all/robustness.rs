@@ -368,6 +368,13 @@ fn cases(project: i64) -> Vec<Case> {
             "",
         ),
         case(
+            "geo_nodes, delete of the primary",
+            Method::DELETE,
+            "/api/v4/geo_nodes/1",
+            None,
+            "",
+        ),
+        case(
             "geo_nodes, delete of an unknown site",
             Method::DELETE,
             "/api/v4/geo_nodes/987654",

@@ -525,7 +525,13 @@ pub async fn remove(site: &Site, id: i64) -> Result<(), SiteError> {
         )
         .await?;
     if removed == 0 {
-        return Err(SiteError::NotFound(format!("secondary {id}")));
+        return Err(match get(&site.db, id).await? {
+            Some(node) if node.primary => SiteError::Invalid(format!(
+                "site {:?} is this primary: only secondaries are removed",
+                node.name
+            )),
+            _ => SiteError::NotFound(id.to_string()),
+        });
     }
     Ok(())
 }
