@@ -4,7 +4,7 @@
 //!   GitLab Geo way (`GL-Geo <access_key>:<JWT>`): the retrieve API and the
 //!   replication feed ([`crate::feed`]).
 //! - [`admin`]: what operators and package registries call, with an admin
-//!   token: ingest, namespaces and projects, sites.
+//!   token: ingest, namespaces and projects.
 //! - [`geo_sites`]: GitLab's Geo sites API, in both route families
 //!   (`/api/v4/geo_sites`, `/api/v4/geo_nodes`): sites, their status, a
 //!   secondary's failures.
@@ -15,8 +15,11 @@
 //! - [`admin_page`]: `/admin/geo/…`, the admin web page (a shell without
 //!   data; its script calls the admin routes with the token).
 //!
-//! Every route of the last four is an admin route ([`AdminRoutes`]): the
-//! admin-token check ([`auth::require_admin`]) runs before anything else.
+//! Every route of [`admin`], [`geo_sites`], [`metrics`], [`graphql`] and
+//! [`plugins`] is an admin route ([`AdminRoutes`]): the admin-token check
+//! ([`auth::require_admin`]) runs before anything else. The admin page's
+//! shell is public (it holds no data); the probes answer the allow-listed
+//! networks, or an admin token.
 //!
 //! Every error is JSON `{"message": …}` with a 4xx or 5xx status; a failed
 //! authentication is always a bare 401, whatever failed.

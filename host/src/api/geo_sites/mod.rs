@@ -185,24 +185,19 @@ async fn entities(
         .collect())
 }
 
+/// The entity of `node` (which must be in the list: `current` needs the
+/// primary's id, among the others).
 async fn one_entity(
     family: Family,
     site: &Site,
     node: &crate::feed::NodeSettings,
 ) -> Result<Value, ApiError> {
-    let current = sites::list(&site.db)
-        .await?
-        .into_iter()
-        .filter(|n| n.primary || n.id == node.id)
-        .collect::<Vec<_>>();
-    let all = entities(family, site, &current).await?;
-    let position = current
+    let all = sites::list(&site.db).await?;
+    let position = all
         .iter()
         .position(|n| n.id == node.id)
-        .unwrap_or_default();
-    all.into_iter()
-        .nth(position)
-        .ok_or_else(|| ApiError::Internal(format!("site {} vanished", node.id)))
+        .ok_or_else(|| not_found(family))?;
+    Ok(entities(family, site, &all).await?.swap_remove(position))
 }
 
 fn not_found(family: Family) -> ApiError {
