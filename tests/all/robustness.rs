@@ -665,6 +665,10 @@ async fn bad_requests_get_a_4xx_with_a_json_message_and_write_nothing() {
             "{ nosuchField }",
             "{ geoNode { packagesHelmMetadataCacheRegistries(first: \"x\") { nodes { id } } } }",
             "mutation { geoRegistriesUpdate(input: {registryId: \"gid://geo/Nope/1\", action: RESYNC}) { errors } }",
+            "mutation { geoRegistriesUpdate(input: {registryId: \"7\", action: RESYNC}) { errors } }",
+            "{ geoNode { packagesHelmMetadataCacheRegistries(ids: [\"gid://gitlab/Geo::PackagesNpmMetadataCacheRegistry/1\"]) { count } } }",
+            "{ geoNode { packagesHelmMetadataCacheRegistries { count(limit: 0) } } }",
+            "{ geoNode { packagesHelmMetadataCacheRegistries { count(limit: 1001) } } }",
         ] {
             let response = client
                 .post(format!("{}/api/graphql", primary.url))
