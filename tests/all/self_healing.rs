@@ -153,7 +153,7 @@ async fn site_settings_are_bounded_at_the_api_and_the_cli() {
         .json()
         .await
         .unwrap();
-    let id = created["site"]["id"].as_i64().unwrap();
+    let id = created["id"].as_i64().unwrap();
     for (body, bound) in [
         (
             json!({"minimum_reverification_interval": 2147483647}),

@@ -184,6 +184,7 @@ pub async fn site(command: SiteCommand) -> Result<()> {
                 sync_object_storage,
                 files_max_capacity,
                 verification_max_capacity,
+                ..Default::default()
             };
             let (settings, credentials) = sites::add_secondary(&site, new).await?;
             println!(
@@ -231,6 +232,7 @@ pub async fn site(command: SiteCommand) -> Result<()> {
                 files_max_capacity,
                 verification_max_capacity,
                 minimum_reverification_interval,
+                ..Default::default()
             };
             let settings = sites::update(&site, id, change).await?;
             println!("{}", serde_json::to_string(&settings)?);
