@@ -448,6 +448,17 @@ mod tests {
         ))
         .unwrap();
         let plain = Site::open(config.clone()).await.unwrap();
+        // Ingest refuses a record of a project that does not exist.
+        let group = crate::primary::topology::create_namespace(&plain.db, "g", "g", None)
+            .await
+            .unwrap()
+            .id;
+        let project =
+            crate::primary::topology::create_project(&plain.db, "p", "p", group, "default")
+                .await
+                .unwrap()
+                .id;
+        assert_eq!(project, 1, "the writes below name project 1");
         let recorder = Recorder::new(&config.blob_root());
         let site = Arc::new(Site {
             db: recorder.sqlite(&config.database_url()).await,
