@@ -29,7 +29,8 @@ use std::path::Path;
 /// Makes files and folders durable. [`OsSync`] is the real one; tests wrap
 /// it to record the order of syncs.
 pub trait SyncFs: Send + Sync + std::fmt::Debug + 'static {
-    /// Flushes a file's data and metadata to stable storage (`fsync`).
+    /// Flushes a file's data to stable storage, with the metadata reading
+    /// it back needs (`fdatasync`).
     fn sync_file(&self, path: &Path) -> std::io::Result<()>;
     /// Flushes a folder's entries to stable storage (`fsync` on the folder).
     fn sync_dir(&self, path: &Path) -> std::io::Result<()>;
@@ -41,7 +42,9 @@ pub struct OsSync;
 
 impl SyncFs for OsSync {
     fn sync_file(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::File::open(path)?.sync_all()
+        // `fdatasync`: the data and what reading it back needs (the size),
+        // not the times.
+        std::fs::File::open(path)?.sync_data()
     }
 
     fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
