@@ -88,6 +88,7 @@ async fn a_duty_made_to_panic_is_restarted_and_reported() {
     // The event cursor panics three times in a row (the test hook), in
     // the middle of its loop and then at each restart.
     secondary.site.duties.inject_panics("event-cursor", 3);
+    let injected = std::time::Instant::now();
     sites::eventually(Duration::from_secs(60), "the site unhealthy", || async {
         let status = own_status(&secondary, &token).await;
         status["healthy"] == false
@@ -115,12 +116,17 @@ async fn a_duty_made_to_panic_is_restarted_and_reported() {
 
     // After the third panic it runs again, the site is healthy again and
     // events flow.
+    let unhealthy_after = injected.elapsed();
     sites::eventually(
         Duration::from_secs(60),
         "the site healthy again",
         || async { own_status(&secondary, &token).await["healthy"] == true },
     )
     .await;
+    eprintln!(
+        "unhealthy {unhealthy_after:?} after the hook, healthy again {:?} after it",
+        injected.elapsed()
+    );
     sites::put_helm(
         &primary,
         project,
@@ -469,6 +475,7 @@ async fn a_bulk_reverify_of_10000_registries_completes_after_a_restart() {
         })
         .await;
         secondary.restart().await;
+        let restarted = std::time::Instant::now();
         let tracking = secondary.site.tracking().unwrap().clone();
         let at_restart = count(tracking.clone()).await;
         assert!(
@@ -493,8 +500,9 @@ async fn a_bulk_reverify_of_10000_registries_completes_after_a_restart() {
         );
         assert_eq!(job.rows, ROWS, "{backend:?}: each row changed once");
         eprintln!(
-            "{backend:?}: {at_restart} of {ROWS} done at the restart; {} batches in all",
-            job.batches
+            "{backend:?}: {at_restart} of {ROWS} done at the restart; {} batches in all; done {:?} after the restart",
+            job.batches,
+            restarted.elapsed()
         );
         secondary.stop().await;
         primary.stop().await;
