@@ -14,6 +14,16 @@ async fn token(site: &TestSite) -> String {
         .1
 }
 
+/// A secondary named `secondary` of `primary`, with these `[workers]`
+/// settings.
+async fn secondary(backend: Backend, primary: &TestSite, workers: &str) -> TestSite {
+    let new = NewSite {
+        name: "secondary".into(),
+        ..NewSite::default()
+    };
+    sites::secondary_with(backend, primary, new, workers).await
+}
+
 /// Registries synced on a secondary.
 async fn synced(secondary: &TestSite) -> usize {
     sites::registry_states_in(secondary.site.tracking().unwrap(), HELM)
@@ -62,11 +72,8 @@ fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duty_made_to_panic_is_restarted_and_reported() {
     let mut primary = sites::primary(Backend::Sqlite).await;
-    let new = NewSite {
-        name: "secondary".into(),
-        ..NewSite::default()
-    };
-    let mut secondary = sites::secondary(Backend::Sqlite, &primary, new).await;
+    let workers = "idle_poll_ms = 50\nconsistency_interval_secs = 2\n";
+    let mut secondary = secondary(Backend::Sqlite, &primary, workers).await;
     let token = token(&secondary).await;
     let [_, group, ..] = sites::group_tree(&primary).await;
     let project = sites::project(&primary, group, "p").await;
@@ -278,14 +285,9 @@ async fn no_event_is_skipped_when_commits_come_out_of_id_order() {
         .unwrap();
     let [_, group, ..] = sites::group_tree(&primary).await;
     let project = sites::project(&primary, group, "p").await;
-    let new = NewSite {
-        name: "secondary".into(),
-        ..NewSite::default()
-    };
-    let mut secondary = sites::secondary_with(
+    let mut secondary = secondary(
         Backend::Postgres,
         &primary,
-        new,
         "idle_poll_ms = 50\nconsistency_interval_secs = 86400\n",
     )
     .await;
@@ -400,14 +402,9 @@ async fn a_bulk_reverify_of_10000_registries_completes_after_a_restart() {
     const FIRST: i64 = 1_000_000;
     for backend in sites::backends() {
         let mut primary = sites::primary(backend).await;
-        let new = NewSite {
-            name: "secondary".into(),
-            ..NewSite::default()
-        };
-        let mut secondary = sites::secondary_with(
+        let mut secondary = secondary(
             backend,
             &primary,
-            new,
             "idle_poll_ms = 50\nbulk_update_pause_ms = 300\n",
         )
         .await;
@@ -517,14 +514,9 @@ async fn a_missing_registry_shows_as_not_synced_in_the_status() {
     let mut primary = sites::primary(Backend::Sqlite).await;
     let [_, group, ..] = sites::group_tree(&primary).await;
     let project = sites::project(&primary, group, "p").await;
-    let new = NewSite {
-        name: "secondary".into(),
-        ..NewSite::default()
-    };
-    let mut secondary = sites::secondary_with(
+    let mut secondary = secondary(
         Backend::Sqlite,
         &primary,
-        new,
         "idle_poll_ms = 50\nconsistency_interval_secs = 3600\n",
     )
     .await;

@@ -318,6 +318,25 @@ impl Pair {
         }
     }
 
+    /// The scenario's row of the table: the records lost, and a note if a
+    /// site died.
+    async fn outcome(
+        &mut self,
+        scenario: &str,
+        iterations: usize,
+        faults: String,
+        times: Vec<Result<Duration, String>>,
+    ) -> Outcome {
+        let lost = self.lost().await;
+        let alive = self.primary.alive() && self.secondary.alive();
+        let note = if alive {
+            String::new()
+        } else {
+            "a site died".into()
+        };
+        outcome(scenario, iterations, faults, times, lost, note)
+    }
+
     /// Rewrites one setting of the secondary's configuration.
     pub fn set_secondary_setting(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.secondary.config_path).unwrap();
@@ -1048,20 +1067,8 @@ async fn postgres_restart_scenario(seed: u64) -> Outcome {
         }
         times.push(pair.converge().await);
     }
-    let lost = pair.lost().await;
-    let alive = pair.primary.alive() && pair.secondary.alive();
-    outcome(
-        NAME,
-        rounds as usize,
-        format!("{rounds} restarts"),
-        times,
-        lost,
-        if alive {
-            String::new()
-        } else {
-            "a site died".into()
-        },
-    )
+    pair.outcome(NAME, rounds as usize, format!("{rounds} restarts"), times)
+        .await
 }
 
 /// `out-of-order`: on PostgreSQL, event ids come from a sequence and
@@ -1147,20 +1154,8 @@ async fn out_of_order_scenario(seed: u64) -> Outcome {
         .i64("n")
         .unwrap();
     db.close().await;
-    let lost = pair.lost().await;
-    let alive = pair.primary.alive() && pair.secondary.alive();
-    outcome(
-        NAME,
-        rounds as usize,
-        format!("{held} transactions held open 0.5–1.5 s, 6 writers at once"),
-        times,
-        lost,
-        if alive {
-            String::new()
-        } else {
-            "a site died".into()
-        },
-    )
+    let faults = format!("{held} transactions held open 0.5–1.5 s, 6 writers at once");
+    pair.outcome(NAME, rounds as usize, faults, times).await
 }
 
 /// The fixture type of the plugin scenario, and its poisoned projects.
