@@ -25,6 +25,7 @@
 //! HTTP handlers, the CLI's commands, the secondary's workers, the SQL of
 //! registries and templates); `leases` is internal as a whole.
 
+pub mod allow_list;
 pub mod api;
 pub mod auth;
 pub mod catalog;
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod feed;
+pub mod health;
 pub(crate) mod leases;
 pub mod metrics;
 pub mod plugin;
@@ -42,5 +44,6 @@ pub mod site;
 pub mod states;
 pub mod status;
 pub mod storage;
+pub mod supervisor;
 pub mod swap;
 pub mod topology;

@@ -45,7 +45,8 @@ async fn open_site(config: Config, blobs: Blobs, serving: bool) -> anyhow::Resul
     std::fs::create_dir_all(&config.site.data_dir)
         .with_context(|| format!("creating {}", config.site.data_dir.display()))?;
     let max = config.database.max_connections.unwrap_or(16);
-    let db = Db::connect_with(&config.database_url(), max)
+    // Its commits are acknowledged to writers: durable when they return.
+    let db = Db::connect_durable(&config.database_url(), max)
         .await
         .context("opening the site database")?;
     migrate::main(&db)
@@ -77,7 +78,9 @@ async fn open_site(config: Config, blobs: Blobs, serving: bool) -> anyhow::Resul
     }
     let runtime = PluginRuntime::new(config.plugin_limits(), Some(config.plugin_cache_dir()))
         .context("starting the plugin runtime")?;
+    let duties = crate::health::DutyBoard::new(&config.site.name);
     let site = Arc::new(Site {
+        duties,
         config,
         db,
         tracking,
@@ -107,15 +110,16 @@ async fn open_site(config: Config, blobs: Blobs, serving: bool) -> anyhow::Resul
 }
 
 /// Serves the HTTP API on `listener` and runs the role's background
-/// workers, until [`Site::shutdown`] is cancelled.
+/// duties (each under the site's supervisor, `supervisor.rs`), until
+/// [`Site::shutdown`] is cancelled.
 pub async fn serve(site: Arc<Site>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     if site.role() == Role::Secondary && site.role_state.get::<Secondary>().is_none() {
         site.role_state.set(Secondary::new(site.clone())?);
     }
-    let mut workers = tokio::task::JoinSet::new();
+    let mut duties = crate::supervisor::Supervisor::new(site.duties.clone(), site.shutdown.clone());
     // SQLite takes one worker process; PostgreSQL any number (leases.rs).
-    let _single_worker = if site.config.workers.enabled {
+    let single_worker = if site.config.workers.enabled {
         let (db, url) = match site.role() {
             Role::Primary => (&site.db, site.config.database_url()),
             Role::Secondary => (site.tracking()?, site.config.tracking_database_url()),
@@ -125,36 +129,61 @@ pub async fn serve(site: Arc<Site>, listener: tokio::net::TcpListener) -> anyhow
         None
     };
     if site.config.workers.enabled {
-        workers.spawn(crate::storage::sweeper::run(
+        if site.role() == Role::Primary {
+            // Writes a crash cut short are settled before any new one:
+            // all of them when this process has the database alone.
+            let older_than = if single_worker.is_some() {
+                std::time::Duration::ZERO
+            } else {
+                site.temp_max_age()
+            };
+            crate::primary::journal::recover(&site.db, &site.blobs, older_than)
+                .await
+                .context("settling the blob writes a crash left")?;
+        }
+        let (blobs, max_age, shutdown) = (
             site.blobs.clone(),
-            std::time::Duration::from_secs(site.config.storage.temp_max_age_secs),
-            std::time::Duration::from_secs(site.config.deletions.quarantine_secs),
+            site.temp_max_age(),
             site.shutdown.clone(),
-        ));
+        );
+        let quarantine = std::time::Duration::from_secs(site.config.deletions.quarantine_secs);
+        duties.spawn("temp-sweeper", move || {
+            crate::storage::sweeper::run(blobs.clone(), max_age, quarantine, shutdown.clone())
+        });
         match site.role() {
             Role::Primary => {
-                workers.spawn(crate::primary::verify::run(site.clone()));
+                let s = site.clone();
+                duties.spawn("verification", move || {
+                    crate::primary::verify::run(s.clone())
+                });
+                let s = site.clone();
+                duties.spawn("write-journal", move || {
+                    crate::primary::journal::run(s.clone())
+                });
             }
             Role::Secondary => {
                 let secondary = site
                     .role_state
                     .get::<Secondary>()
                     .context("the secondary is set up above")?;
-                workers.spawn(crate::status::report::run(secondary.clone()));
-                workers.spawn(async move {
-                    if let Err(error) = crate::secondary::run(secondary).await {
-                        tracing::error!(error = %format!("{error:#}"), "secondary workers stopped");
-                    }
+                let s = secondary.clone();
+                duties.spawn("status-report", move || {
+                    crate::status::report::run(s.clone())
                 });
+                crate::secondary::start(secondary, &mut duties)?;
             }
         }
     }
-    workers.spawn(crate::swap::watch::run(site.clone()));
+    if site.config.plugins.dir.is_some() {
+        let s = site.clone();
+        duties.spawn("plugin-watch", move || crate::swap::watch::run(s.clone()));
+    }
     tracing::info!(site = site.name(), role = ?site.role(), %address, "serving");
     let router = crate::api::router(site.clone());
     let served = crate::api::serve(listener, router, site.shutdown.clone()).await;
     site.shutdown.cancel();
-    while workers.join_next().await.is_some() {}
+    duties.join().await;
+    drop(single_worker);
     site.role_state.clear();
     served.map_err(Into::into)
 }

@@ -37,6 +37,8 @@ pub struct Site {
     /// The running role's own state (a secondary's view of its primary),
     /// set by the runtime; see [`RoleState`].
     pub role_state: RoleState,
+    /// How the background duties are doing (`health.rs`).
+    pub duties: crate::health::DutyBoard,
 }
 
 impl Site {
@@ -66,6 +68,12 @@ impl Site {
     /// The installed type called `name`.
     pub fn installed(&self, name: &str) -> Option<Arc<InstalledType>> {
         self.catalog.get(name)
+    }
+
+    /// How long a temporary object (or a write's journal) may stay
+    /// untouched before it counts as a crash's leftover.
+    pub fn temp_max_age(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.config.storage.temp_max_age_secs)
     }
 
     /// The database holding the rows a type's version decides on this

@@ -3,7 +3,10 @@
 
 mod admin_page;
 mod authoring;
+mod cli_output;
+mod deployment;
 mod faults;
+mod gitlab_clients;
 mod hot_swap;
 mod lifecycle;
 mod npm;
@@ -11,9 +14,11 @@ mod object_storage;
 mod operator;
 mod plugin;
 mod primary;
+mod probes;
 mod replication;
 mod robustness;
 mod safety;
 mod scale_out;
+mod self_healing;
 mod sites;
 mod support;

@@ -102,6 +102,7 @@ mod tests {
     const MAIN_TABLES: &[&str] = &[
         "admin_tokens",
         "feature_flags",
+        "geo_blob_writes",
         "geo_event_log",
         "geo_events",
         "geo_leases",
@@ -157,10 +158,13 @@ mod tests {
             assert_eq!(
                 tables(&tracking_db).await,
                 [
+                    "event_log_gaps",
                     "event_log_states",
+                    "geo_bulk_jobs",
                     "geo_leases",
                     "geo_removal_guards",
-                    "plugin_versions"
+                    "plugin_versions",
+                    "registry_consistency_marks"
                 ],
                 "{backend}"
             );

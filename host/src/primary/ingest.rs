@@ -3,11 +3,15 @@
 //!
 //! Order of a write, so that no reader ever sees a record without its blob:
 //! the body is streamed into a temporary object (hashed and counted on the
-//! way), then in one transaction the row and its state are written and the
-//! event is logged; the blob is moved into place before the commit; the
-//! commit makes it all visible at once. A failed commit removes a new blob.
+//! way, on stable storage when complete), then in one transaction the row
+//! and its state are written and the event is logged; the write's journal
+//! and the blob's previous content are kept (`journal`); the blob is moved
+//! into place, durably, before the commit; the commit makes it all visible
+//! at once. A write that fails or is cut short before its commit is undone
+//! from its journal: a new blob removed, a replaced one put back.
 
 use super::events;
+use super::journal::{JournalError, PendingWrite};
 use super::records::{self, Record};
 use crate::catalog::InstalledType;
 use crate::db::{Arg, DbError, ident, value_arg};
@@ -37,6 +41,8 @@ pub enum IngestError {
     Db(#[from] DbError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Journal(JournalError),
     #[error("reading the request body: {0}")]
     Body(String),
     #[error("the blob is larger than this site's storage.max_blob_bytes ({0} bytes)")]
@@ -75,6 +81,15 @@ where
 {
     let first = installed(site, type_name)?;
     let writer = writer_values(&first, columns)?;
+    // A missing project refuses the write before its body is read; the
+    // transaction checks again, under a lock (see `write_record`).
+    if let Some(project) = project_of(&first, &writer) {
+        let found = site
+            .db
+            .fetch_optional(&project_query(None), &[project.into()])
+            .await?;
+        project_found(project, found.is_some())?;
+    }
     // Derived columns are a pure function of the writer columns: computing
     // them first refuses a bad record (say, an invalid channel) before its
     // body is read. They are used only if the record turns out to be new.
@@ -141,6 +156,12 @@ async fn write_record(
 ) -> Result<WriteOutcome, IngestError> {
     let written = temp.as_ref().expect("a temporary blob").written();
     let mut tx = site.db.begin().await?;
+    if let Some(project) = project_of(it, &writer) {
+        let found = tx
+            .fetch_optional(&project_query(Some(tx.backend())), &[project.into()])
+            .await?;
+        project_found(project, found.is_some())?;
+    }
     let key: Vec<(String, Arg)> = it
         .identity
         .table
@@ -246,14 +267,27 @@ async fn write_record(
     };
     let published = events::publish(&mut tx, it.name(), event, events::payload(id)).await?;
 
+    // The blob goes into place before the commit, durably; what it
+    // replaces is kept until the commit settles (`journal`).
+    let pending = PendingWrite::begin(&mut tx, &site.blobs, it.name(), &path, &written.sha256)
+        .await
+        .map_err(journal_error)?;
     let blob = temp.take().expect("a temporary blob");
-    blob.promote(it.name(), &path).await?;
-    if let Err(error) = tx.commit().await {
-        if created {
-            let _ = site.blobs.delete(it.name(), &path).await;
+    let placed = blob.promote(it.name(), &path).await;
+    let committed = match placed {
+        Ok(_) => tx.commit().await.map_err(IngestError::from),
+        Err(error) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "cannot roll back a failed write");
+            }
+            Err(error.into())
         }
-        return Err(error.into());
+    };
+    if let Err(error) = committed {
+        pending.abandon(&site.db).await;
+        return Err(error);
     }
+    pending.finish().await;
     if published {
         site.events.notify();
     }
@@ -320,6 +354,14 @@ pub async fn delete(site: &Site, type_name: &str, id: i64) -> Result<Record, Ing
     Ok(record)
 }
 
+fn journal_error(error: JournalError) -> IngestError {
+    match error {
+        JournalError::Storage(e) => IngestError::Storage(e),
+        JournalError::Db(e) => IngestError::Db(e),
+        other => IngestError::Journal(other),
+    }
+}
+
 /// Resolves a record id from natural-key columns.
 pub async fn find_by_key(
     site: &Site,
@@ -340,6 +382,47 @@ pub async fn find_by_key(
     let found = records::by_natural_key(&mut tx, &it, &key).await?;
     tx.commit().await?;
     found.ok_or_else(|| IngestError::NotFound(format!("{} with that key", it.identity.title)))
+}
+
+/// The writer column that names a record's project: GitLab's
+/// `belongs_to :project` (`project_id`, a foreign key to `projects`).
+pub const PROJECT_COLUMN: &str = "project_id";
+
+/// The project a record belongs to: its `project_id` writer column, if the
+/// type has one and it is set.
+fn project_of(it: &InstalledType, writer: &HashMap<String, Value>) -> Option<i64> {
+    let column = it.identity.table.column(PROJECT_COLUMN)?;
+    if column.source != ColumnSource::Writer {
+        return None;
+    }
+    match writer.get(PROJECT_COLUMN) {
+        Some(Value::Int(id)) => Some(*id),
+        _ => None,
+    }
+}
+
+/// The query finding a project by id. Inside a write's transaction
+/// (`locking` on its backend) the row is share-locked on PostgreSQL until
+/// the transaction ends, so a concurrent delete of the project waits for
+/// the write; SQLite has a single writer.
+fn project_query(locking: Option<crate::db::Backend>) -> String {
+    let lock = match locking {
+        Some(crate::db::Backend::Postgres) => " FOR KEY SHARE",
+        _ => "",
+    };
+    format!("SELECT id FROM projects WHERE id = $1{lock}")
+}
+
+/// Refuses a record of a project that does not exist, as GitLab's foreign
+/// key does (422, naming the project).
+fn project_found(project: i64, found: bool) -> Result<(), IngestError> {
+    if found {
+        Ok(())
+    } else {
+        Err(IngestError::Invalid(format!(
+            "project {project} does not exist"
+        )))
+    }
 }
 
 /// The writer columns of a request, typed and checked; missing ones take

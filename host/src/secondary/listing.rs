@@ -179,8 +179,9 @@ impl Cursor {
     }
 }
 
-/// Which registries a list (or a bulk update) takes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Which registries a list (or a bulk update) takes. Kept as JSON with a
+/// bulk job (`bulk.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Filter {
     /// Registry ids.
     pub ids: Option<Vec<i64>>,
@@ -257,6 +258,7 @@ pub enum ListError {
 /// How many of `registry`'s rows match `filter` (GraphQL's `count`): one
 /// `COUNT(*)` over the same conditions as [`page`], answered from the
 /// `state` index when the replication state is filtered.
+#[cfg(test)]
 pub async fn count(db: &Db, registry: &Registry, filter: &Filter) -> Result<i64, DbError> {
     let mut args = Vec::new();
     let conditions = filter.conditions(registry, &mut args);

@@ -27,6 +27,10 @@ pub async fn run(s: Arc<Secondary>) {
                 .map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
         };
+        match &sent {
+            Ok(()) => crate::health::round_ok(),
+            Err(error) => crate::health::round_failed(error),
+        }
         if let Err(error) = sent {
             tracing::warn!(%error, "status report to the primary failed");
             crate::metrics::STATUS_FAILED

@@ -27,8 +27,12 @@ pub async fn run(
         .min(quarantine / 2)
         .clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
-        if let Err(error) = blobs.cleanup_temp(max_age).await {
-            tracing::warn!(%error, "could not clean temporary blobs");
+        match blobs.cleanup_temp(max_age).await {
+            Ok(_) => crate::health::round_ok(),
+            Err(error) => {
+                tracing::warn!(%error, "could not clean temporary blobs");
+                crate::health::round_failed(&error);
+            }
         }
         if let Err(error) = blobs.purge_quarantine(quarantine).await {
             tracing::warn!(%error, "could not purge the quarantine");

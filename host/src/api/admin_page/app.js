@@ -6,6 +6,8 @@
 const TOKEN_KEY = "geohost.adminToken";
 const REFRESH_MS = 5000;
 const PAGE_SIZE = 50;
+// The largest count GitLab's registries connection gives (`count(limit:)`).
+const COUNT_LIMIT = 1000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -316,6 +318,13 @@ function siteCard(status, site) {
   const fact = (term, ...value) => facts.append(el("dt", {}, term), el("dd", {}, ...value));
   if (url) fact("URL", el("a", { href: url }, url));
   if (status && !healthy) fact("Health", el("span", { class: "error" }, status.health));
+  // Background duties that failed since the site started (health.rs).
+  const troubled = (status?.duties || []).filter((d) => d.state !== "running" || d.restarts > 0);
+  if (troubled.length) {
+    fact("Background duties", ...troubled.map((d) =>
+      el("span", { class: d.state === "failing" ? "error duty" : "duty", "data-duty": d.name },
+        `${d.name}: ${d.state}, ${fmt(d.failures)} failures, ${fmt(d.restarts)} restarts`)));
+  }
   if (status) {
     const updated = status.updated_at || status.last_successful_status_check_timestamp;
     if (status.updated_at) fact("Status updated", timeCell(status.updated_at));
@@ -375,7 +384,8 @@ function siteCard(status, site) {
         el("td", { class: "num", "data-count": "total" }, fmt(count("_count"))),
       );
     } else {
-      const total = count("_registry_count");
+      // Registries, and the records in scope without one yet (status/fields.rs).
+      const total = count("_count") ?? count("_registry_count");
       const failed = count("_failed_count");
       const verificationFailed = count("_verification_failed_count");
       const failedAll =
@@ -470,7 +480,7 @@ async function loadRegistries() {
         registries: ${type.graphqlFieldName}(replicationState: $replicationState,
             verificationState: $verificationState, keyword: $keyword,
             first: $first, after: $after, last: $last, before: $before) {
-          count
+          count(limit: ${COUNT_LIMIT})
           nodes { ${ROW_FIELDS} }
           pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
         }
@@ -517,9 +527,11 @@ function renderRegistries() {
   tbody.replaceChildren(...rows);
   const first = view.rows.length ? view.page.start + 1 : 0;
   const last = view.page.start + view.rows.length;
+  // GitLab's `count` stops at its limit and answers limit + 1 beyond it.
+  const total = view.count > COUNT_LIMIT ? `${fmt(COUNT_LIMIT)}+` : fmt(view.count);
   const range = view.rows.length
-    ? `${fmt(first)}–${fmt(last)} of ${fmt(view.count)}`
-    : `0 of ${fmt(view.count)}`;
+    ? `${fmt(first)}–${fmt(last)} of ${total}`
+    : `0 of ${total}`;
   const noun = view.count === 1 ? "registry" : "registries";
   $("registries-caption").textContent =
     `${type.titlePlural} on ${thisSite ? thisSite.name : "this site"}: ${range} ${noun}`;
@@ -599,7 +611,7 @@ async function updateOne(id, action, number) {
   const verb = action === "RESYNC" ? "Resync" : "Reverify";
   try {
     const data = await graphql(
-      `mutation($id: ID!, $action: GeoRegistryAction!) {
+      `mutation($id: GeoBaseRegistryID!, $action: GeoRegistryAction!) {
         geoRegistriesUpdate(input: { registryId: $id, action: $action }) { errors }
       }`,
       { id, action },
