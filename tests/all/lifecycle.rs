@@ -271,6 +271,8 @@ async fn a_poisoned_record_fails_its_own_primary_verification_and_no_other() {
     const NAME: &str = "fixture_poisoned_paths";
     for backend in sites::backends() {
         let primary = sites::primary(backend).await;
+        let [_, a, ..] = sites::group_tree(&primary).await;
+        let project = sites::project(&primary, a, "p").await;
         let request = geohost::swap::Request {
             expect_name: None,
             source: "test".into(),
@@ -280,7 +282,7 @@ async fn a_poisoned_record_fails_its_own_primary_verification_and_no_other() {
             .unwrap();
         for i in 1..=4 {
             let mut columns = serde_json::Map::new();
-            columns.insert("project_id".into(), 1.into());
+            columns.insert("project_id".into(), project.into());
             columns.insert("file".into(), format!("f{i}").into());
             let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(
                 format!("blob {i}"),

@@ -1,7 +1,7 @@
 //! `GET /metrics`: Prometheus text exposition.
 //!
 //! Two parts, one page:
-//! - GitLab's Geo gauges (reference §7), computed from the databases at
+//! - GitLab's Geo gauges (`ee/app/models/geo_node_status.rb`), computed from the databases at
 //!   scrape time: for each type the ten `geo_<plural>…` counts, and the
 //!   event ids and timestamps, labelled `name` and `url` (both the site's
 //!   name, as GitLab does). The primary exports its own and each

@@ -171,12 +171,6 @@ impl From<Option<Vec<u8>>> for Arg {
     }
 }
 
-/// Builds a `Vec<Arg>` from values convertible into [`Arg`].
-#[macro_export]
-macro_rules! args {
-    ($($value:expr),* $(,)?) => { vec![$($crate::db::Arg::from($value)),*] };
-}
-
 fn micros(ts: DateTime<Utc>) -> i64 {
     ts.timestamp_micros()
 }

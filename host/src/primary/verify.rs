@@ -8,7 +8,8 @@
 //! written only if that stamp is unchanged, so an update of the record
 //! during checksumming (which resets the row to pending) wins.
 //!
-//! Checksums (GitLab, reference section 3): SHA-256 hex of a local blob,
+//! Checksums (GitLab's `ee/app/models/concerns/geo/blob_replicator_strategy.rb`):
+//! SHA-256 hex of a local blob,
 //! streamed; the padded decimal size for object storage. Pending rows go
 //! first, then failed rows whose retry is due; failures back off with
 //! GitLab's `next_retry_time`; `started` rows older than the timeout fail;

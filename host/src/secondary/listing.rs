@@ -1,5 +1,6 @@
 //! Listing a type's registries as GitLab's GraphQL registries resolver does
-//! (reference §8): filters, sort orders and Relay keyset pages.
+//! (GitLab's `ee/app/graphql/resolvers/geo/registries_resolver.rb`): filters,
+//! sort orders and Relay keyset pages.
 //!
 //! Sorts: `ID_ASC`, `ID_DESC`, `VERIFIED_AT_ASC/DESC`,
 //! `LAST_SYNCED_AT_ASC/DESC`, always with the registry id as tie-breaker.

@@ -120,7 +120,7 @@ pub struct PrimaryView {
     pub scope: Option<Scope>,
 }
 
-/// GitLab's secondary status counts of one type (reference §7): all rows,
+/// GitLab's secondary status counts of one type (`ee/app/models/geo_node_status.rb`): all rows,
 /// synced, failed, verified, verification failed, verification total.
 pub async fn status_counts(tracking: &Db, it: &InstalledType) -> Result<RegistryCounts, DbError> {
     Registry::of(it).counts(tracking).await

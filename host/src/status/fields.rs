@@ -1,4 +1,4 @@
-//! The per-type status fields (reference §7): GitLab's twelve
+//! The per-type status fields (`ee/app/models/geo_node_status.rb`): GitLab's twelve
 //! `<replicable_name_plural>_…` fields, and the Prometheus gauges derived
 //! from them.
 //!

@@ -1,4 +1,4 @@
-//! Site status, GitLab's `GeoNodeStatus` (reference §7): what
+//! Site status, GitLab's `GeoNodeStatus` (`ee/app/models/geo_node_status.rb`): what
 //! `GET /api/v4/geo_sites/status`, `/metrics` and `geohost status` show.
 //!
 //! Each site computes its own status live ([`current`]): the per-type

@@ -435,7 +435,17 @@ async fn activate_at_startup(
         source: found.source.clone(),
     };
     match activate_loaded(site, &found.bytes, found.loaded, &request).await {
-        Ok(_) => Ok(true),
+        Ok(report) => {
+            tracing::info!(
+                r#type = %report.name,
+                version = %report.version,
+                sha256 = %report.sha256,
+                compile = ?report.compile,
+                source = %request.source,
+                "type installed"
+            );
+            Ok(true)
+        }
         Err(SwapError::Refused(_)) => Ok(false),
         Err(error) if essential => {
             Err(error).with_context(|| format!("activating {}", request.source))

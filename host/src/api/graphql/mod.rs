@@ -1,4 +1,5 @@
-//! `POST /api/graphql`: GitLab's Geo GraphQL (reference §8), with
+//! `POST /api/graphql`: GitLab's Geo GraphQL (its
+//! `ee/app/graphql/resolvers/geo/registries_resolver.rb`), with
 //! async-graphql's dynamic schema built from the installed types, since the
 //! host names no type.
 //!
