@@ -17,6 +17,7 @@
 //! Callers see `chrono::DateTime<Utc>` either way and never use SQL's own
 //! clock functions, so both backends agree on "now".
 
+pub mod claim;
 pub mod migrate;
 pub mod template;
 #[doc(hidden)]
@@ -37,6 +38,27 @@ use std::time::Duration;
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+impl Backend {
+    /// `FOR UPDATE SKIP LOCKED` on PostgreSQL: concurrent claimers pass
+    /// over each other's rows. Empty on SQLite, whose one writer at a time
+    /// already keeps two claims apart.
+    pub fn skip_locked(self) -> &'static str {
+        match self {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        }
+    }
+
+    /// `FOR UPDATE` on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already holds
+    /// the lock.
+    pub fn row_lock(self) -> &'static str {
+        match self {
+            Backend::Postgres => "FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
 }
 
 /// Database errors, with the statement that failed where there is one.
@@ -610,6 +632,30 @@ pub fn value_arg(
     })
 }
 
+/// `count` placeholders from `$first`: `$1, $2, $3`, the list of an `IN (…)`.
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `rows` tuples of `width` placeholders from `$first`, for a multi-row
+/// `VALUES`: `value_rows(1, 2, 2)` is `($1, $2), ($3, $4)`.
+pub fn value_rows(first: usize, rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|row| format!("({})", placeholders(first + row * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A checksum as stored (`bytea`): GitLab's `sha_attribute` packs the hex
+/// string into bytes (SHA-256 hex and the padded object-storage size are
+/// both hex). Text that is not hex (never produced here) is kept verbatim.
+pub fn stored_checksum(hex_text: &str) -> Vec<u8> {
+    hex::decode(hex_text).unwrap_or_else(|_| hex_text.as_bytes().to_vec())
+}
+
 /// Quotes an identifier that [`crate::plugin::TypeIdentity::check`] has
 /// already restricted to `[a-z][a-z0-9_]*`.
 pub fn ident(name: &str) -> String {
@@ -618,4 +664,24 @@ pub fn ident(name: &str) -> String {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     );
     format!("\"{name}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_lists_and_value_rows() {
+        assert_eq!(placeholders(1, 3), "$1, $2, $3");
+        assert_eq!(placeholders(4, 1), "$4");
+        assert_eq!(placeholders(2, 0), "");
+        assert_eq!(value_rows(1, 2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(value_rows(3, 1, 3), "($3, $4, $5)");
+    }
+
+    #[test]
+    fn checksums_are_stored_as_the_bytes_of_their_hex() {
+        assert_eq!(stored_checksum("00ff"), vec![0, 255]);
+        assert_eq!(stored_checksum("not hex"), b"not hex".to_vec());
+    }
 }

@@ -35,8 +35,9 @@
 use super::events;
 use super::records;
 use crate::catalog::InstalledType;
-use crate::db::{Arg, Backend, Db, DbError, ident};
+use crate::db::{Arg, Db, DbError, claim, ident, stored_checksum};
 use crate::site::Site;
+use crate::states::sql::*;
 use crate::states::{self, VerificationState};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -58,12 +59,6 @@ struct Claim {
 enum Outcome {
     Succeeded(String),
     Failed(String),
-}
-
-/// A checksum as stored: GitLab's `sha_attribute` packs the hex string
-/// into bytes (SHA-256 hex and the padded object-storage size are both hex).
-pub fn stored_form(checksum: &str) -> Vec<u8> {
-    hex::decode(checksum).unwrap_or_else(|_| checksum.as_bytes().to_vec())
 }
 
 /// Inserts the missing state rows of a type (records that predate it).
@@ -92,23 +87,16 @@ async fn claim(
 ) -> Result<Vec<Claim>, DbError> {
     let states = ident(&it.identity.states_table());
     let fk = ident(&it.identity.foreign_key());
-    let lock = match db.backend() {
-        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-        Backend::Sqlite => "",
-    };
     let now = Db::now();
-    let expired = "(verification_state = 1 AND verification_started_at < $3)";
-    let sql = format!(
-        "UPDATE {states} SET verification_state = 1, verification_started_at = $1 \
-         WHERE id IN (SELECT id FROM {states} \
-           WHERE verification_state = 0 \
-              OR (verification_state = 3 AND (verification_retry_at IS NULL OR verification_retry_at <= $1)) \
-              OR {expired} \
-           ORDER BY verification_state, verified_at NULLS FIRST, verification_retry_at NULLS FIRST \
-           LIMIT $2 {lock}) \
-         AND (verification_state IN (0, 3) OR {expired}) \
-         RETURNING {fk} AS id, verification_started_at, verification_retry_count, verification_checksum"
-    );
+    let sql = claim::VerificationClaim {
+        table: &states,
+        only: None,
+        lease: true,
+        returning: &format!(
+            "{fk} AS id, verification_started_at, verification_retry_count, verification_checksum"
+        ),
+    }
+    .sql(db.backend());
     let cutoff = crate::leases::expired_before(now, lease);
     db.fetch_all(&sql, &[now.into(), limit.into(), cutoff.into()])
         .await?
@@ -155,7 +143,7 @@ pub async fn verify_batch(
                             // Ingest clears the checksum when it writes a blob, so a
                             // different checksum here means the blob changed behind
                             // Geohost's back: corruption, not an update.
-                            Some(previous) if *previous != stored_form(&checksum) => Outcome::Failed(format!(
+                            Some(previous) if *previous != stored_checksum(&checksum) => Outcome::Failed(format!(
                                 "Checksum mismatch: the blob changed on disk since it was checksummed \
                                  (stored {}, now {checksum})",
                                 hex::encode(previous)
@@ -186,14 +174,14 @@ pub async fn verify_batch(
     for (claim, outcome) in &outcomes {
         match outcome {
             Outcome::Succeeded(checksum) => {
-                let checksum = stored_form(checksum);
+                let checksum = stored_checksum(checksum);
                 let changed = tx
                     .execute(
                         &format!(
-                            "UPDATE {states} SET verification_state = 2, verification_checksum = $1, \
+                            "UPDATE {states} SET verification_state = {V_SUCCEEDED}, verification_checksum = $1, \
                              verified_at = $2, verification_failure = NULL, verification_retry_count = 0, \
                              verification_retry_at = NULL \
-                             WHERE {fk} = $3 AND verification_state = 1 AND verification_started_at = $4"
+                             WHERE {fk} = $3 AND verification_state = {V_STARTED} AND verification_started_at = $4"
                         ),
                         &[checksum.into(), now.into(), claim.id.into(), claim.started_at.into()],
                     )
@@ -213,10 +201,10 @@ pub async fn verify_batch(
                 let retry_count = claim.retry_count + 1;
                 tx.execute(
                     &format!(
-                        "UPDATE {states} SET verification_state = 3, verification_failure = $1, \
+                        "UPDATE {states} SET verification_state = {V_FAILED}, verification_failure = $1, \
                          verification_retry_count = $2, \
                          verification_retry_at = $3, verified_at = $4 \
-                         WHERE {fk} = $5 AND verification_state = 1 AND verification_started_at = $6"
+                         WHERE {fk} = $5 AND verification_state = {V_STARTED} AND verification_started_at = $6"
                     ),
                     &[
                         states::failure_text(message).into(),
@@ -251,9 +239,9 @@ pub async fn fail_stuck(db: &Db, it: &InstalledType, timeout: Duration) -> Resul
     };
     db.execute(
         &format!(
-            "UPDATE {states} SET verification_state = 3, verification_failure = $1, \
+            "UPDATE {states} SET verification_state = {V_FAILED}, verification_failure = $1, \
              verification_retry_count = verification_retry_count + 1, verification_retry_at = $2, verified_at = $3 \
-             WHERE verification_state = 1 AND verification_started_at < $4"
+             WHERE verification_state = {V_STARTED} AND verification_started_at < $4"
         ),
         &[message.into(), states::next_retry_time(now, 1, None).into(), now.into(), cutoff.into()],
     )
@@ -267,9 +255,9 @@ pub async fn reverify_due(db: &Db, it: &InstalledType, interval_days: i64) -> Re
     let cutoff = Db::now() - chrono::Duration::days(interval_days.max(1));
     db.execute(
         &format!(
-            "UPDATE {states} SET verification_state = 0, verification_retry_count = 0, \
+            "UPDATE {states} SET verification_state = {V_PENDING}, verification_retry_count = 0, \
              verification_retry_at = NULL, verification_failure = NULL \
-             WHERE id IN (SELECT id FROM {states} WHERE verification_state = 2 AND verified_at < $1 \
+             WHERE id IN (SELECT id FROM {states} WHERE verification_state = {V_SUCCEEDED} AND verified_at < $1 \
              ORDER BY verified_at LIMIT 1000)"
         ),
         &[cutoff.into()],

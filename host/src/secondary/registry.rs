@@ -31,8 +31,9 @@
 //! Deliberate differences from GitLab are listed in the [parent module](super).
 
 use crate::catalog::InstalledType;
-use crate::db::{Arg, Backend, Db, DbError, DbRow, ident};
+use crate::db::{Arg, Db, DbError, DbRow, claim, ident, placeholders, stored_checksum, value_rows};
 use crate::plugin::TypeIdentity;
+use crate::states::sql::*;
 use crate::states::{self, SyncState, VerificationState};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -142,27 +143,6 @@ pub struct Registry {
     fk: String,
 }
 
-/// A checksum as stored (`bytea`): the hex string's bytes, like GitLab's
-/// `sha_attribute`. Not-hex text (never produced here) is kept verbatim.
-pub fn checksum_bytes(hex_text: &str) -> Vec<u8> {
-    hex::decode(hex_text).unwrap_or_else(|_| hex_text.as_bytes().to_vec())
-}
-
-/// `FOR UPDATE` on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already holds the lock.
-fn row_lock(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Postgres => "FOR UPDATE",
-        Backend::Sqlite => "",
-    }
-}
-
-fn skip_locked(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-        Backend::Sqlite => "",
-    }
-}
-
 fn small(n: i64) -> Arg {
     Arg::I16(Some(n.clamp(0, i16::MAX as i64) as i16))
 }
@@ -205,13 +185,20 @@ pub fn mismatch_text(checksum: &str, primary_checksum: &str, registry_id: i64) -
 /// time, failure, and on a registry `checksum_mismatch` and
 /// `verification_checksum_mismatched`); from failed, only the failure text,
 /// so resyncs caused by verification failures keep backing off.
-const VERIFICATION_PENDING_SET: &str = "verification_state = 0, \
-     verification_failure = NULL, \
-     verification_retry_count = CASE WHEN verification_state = 3 THEN verification_retry_count ELSE 0 END, \
-     verification_retry_at = CASE WHEN verification_state = 3 THEN verification_retry_at ELSE NULL END, \
-     checksum_mismatch = CASE WHEN verification_state = 3 THEN checksum_mismatch ELSE false END, \
-     verification_checksum_mismatched = CASE WHEN verification_state = 3 \
-         THEN verification_checksum_mismatched ELSE NULL END";
+fn verification_pending_set() -> String {
+    format!(
+        "verification_state = {V_PENDING}, \
+         verification_failure = NULL, \
+         verification_retry_count = CASE WHEN verification_state = {V_FAILED} \
+             THEN verification_retry_count ELSE 0 END, \
+         verification_retry_at = CASE WHEN verification_state = {V_FAILED} \
+             THEN verification_retry_at ELSE NULL END, \
+         checksum_mismatch = CASE WHEN verification_state = {V_FAILED} \
+             THEN checksum_mismatch ELSE false END, \
+         verification_checksum_mismatched = CASE WHEN verification_state = {V_FAILED} \
+             THEN verification_checksum_mismatched ELSE NULL END"
+    )
+}
 
 const COLUMNS: &str = "id, created_at, last_synced_at, retry_at, verified_at, \
      verification_started_at, verification_retry_at, state, verification_state, retry_count, \
@@ -358,17 +345,16 @@ impl Registry {
         let now = Db::now();
         let mut inserted = 0;
         for chunk in model_ids.chunks(CHUNK) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(${}, $1)", i + 2))
-                .collect();
             let sql = format!(
                 "INSERT INTO {t} ({fk}, created_at) VALUES {values} ON CONFLICT ({fk}) DO NOTHING",
                 t = self.table,
                 fk = self.fk,
-                values = values.join(", ")
+                values = value_rows(1, chunk.len(), 2)
             );
-            let mut args = vec![Arg::from(now)];
-            args.extend(chunk.iter().map(|&id| Arg::from(id)));
+            let args: Vec<Arg> = chunk
+                .iter()
+                .flat_map(|&id| [Arg::from(id), Arg::from(now)])
+                .collect();
             inserted += db.execute(&sql, &args).await?;
         }
         Ok(inserted)
@@ -378,10 +364,9 @@ impl Registry {
     pub async fn delete(&self, db: &Db, model_ids: &[i64]) -> Result<u64, DbError> {
         let mut deleted = 0;
         for chunk in model_ids.chunks(CHUNK) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "DELETE FROM {t} WHERE {fk} IN ({})",
-                placeholders.join(", "),
+                placeholders(1, chunk.len()),
                 t = self.table,
                 fk = self.fk
             );
@@ -397,10 +382,9 @@ impl Registry {
     pub async fn delete_idle(&self, db: &Db, model_ids: &[i64]) -> Result<Vec<i64>, DbError> {
         let mut deleted = Vec::new();
         for chunk in model_ids.chunks(CHUNK) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "DELETE FROM {t} WHERE {fk} IN ({}) AND state <> 1 RETURNING {fk} AS model_id",
-                placeholders.join(", "),
+                "DELETE FROM {t} WHERE {fk} IN ({}) AND state <> {S_STARTED} RETURNING {fk} AS model_id",
+                placeholders(1, chunk.len()),
                 t = self.table,
                 fk = self.fk
             );
@@ -417,7 +401,7 @@ impl Registry {
     /// started: a sync in progress elsewhere keeps its row).
     pub async fn start(&self, db: &Db, model_id: i64) -> Result<bool, DbError> {
         let sql = format!(
-            "UPDATE {t} SET state = 1, last_synced_at = $1 WHERE {fk} = $2 AND state IN (0, 2, 3)",
+            "UPDATE {t} SET state = {S_STARTED}, last_synced_at = $1 WHERE {fk} = $2 AND state IN ({S_PENDING}, {S_SYNCED}, {S_FAILED})",
             t = self.table,
             fk = self.fk
         );
@@ -449,21 +433,21 @@ impl Registry {
             return Ok(Vec::new());
         }
         let (t, fk) = (&self.table, &self.fk);
-        let lock = skip_locked(db.backend());
+        let lock = db.backend().skip_locked();
         let now = Db::now();
         let (expired, expired_guard) = match lease {
-            Some(_) => (
-                " OR (state = 1 AND last_synced_at < $3)",
-                " OR (state = 1 AND last_synced_at < $3)",
-            ),
-            None => ("", ""),
+            Some(_) => {
+                let expired = format!(" OR (state = {S_STARTED} AND last_synced_at < $3)");
+                (expired.clone(), expired)
+            }
+            None => (String::new(), String::new()),
         };
         let sql = format!(
-            "UPDATE {t} SET state = 1, last_synced_at = $1 \
+            "UPDATE {t} SET state = {S_STARTED}, last_synced_at = $1 \
              WHERE id IN (SELECT id FROM {t} \
-               WHERE state = 0 OR (state = 3 AND (retry_at IS NULL OR retry_at <= $1)){expired} \
+               WHERE state = {S_PENDING} OR (state = {S_FAILED} AND (retry_at IS NULL OR retry_at <= $1)){expired} \
                ORDER BY state, retry_at NULLS FIRST, id LIMIT $2 {lock}) \
-             AND (state IN (0, 3){expired_guard}) \
+             AND (state IN ({S_PENDING}, {S_FAILED}){expired_guard}) \
              RETURNING {fk} AS model_id, retry_count"
         );
         let mut args: Vec<Arg> = vec![now.into(), limit.into()];
@@ -487,10 +471,9 @@ impl Registry {
     pub async fn renew_syncs(&self, db: &Db, model_ids: &[i64]) -> Result<u64, DbError> {
         let mut renewed = 0;
         for chunk in model_ids.chunks(CHUNK) {
-            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "UPDATE {t} SET last_synced_at = $1 WHERE state = 1 AND {fk} IN ({})",
-                placeholders.join(", "),
+                "UPDATE {t} SET last_synced_at = $1 WHERE state = {S_STARTED} AND {fk} IN ({})",
+                placeholders(2, chunk.len()),
                 t = self.table,
                 fk = self.fk
             );
@@ -527,13 +510,13 @@ impl Registry {
         // `mark_synced_atomically`, with `after_synced` in the same statement
         // so that no verifier sees a synced row with a stale verification state.
         let after_synced = if primary_verified {
-            VERIFICATION_PENDING_SET
+            verification_pending_set()
         } else {
-            "verification_state = 4"
+            format!("verification_state = {V_DISABLED}")
         };
         let changed = db
             .execute(
-                &format!("UPDATE {t} SET state = 2, {after_synced} WHERE {fk} = $1 AND state = 1"),
+                &format!("UPDATE {t} SET state = {S_SYNCED}, {after_synced} WHERE {fk} = $1 AND state = {S_STARTED}"),
                 &[model_id.into()],
             )
             .await?;
@@ -553,7 +536,7 @@ impl Registry {
     ) -> Result<bool, DbError> {
         let (t, fk) = (&self.table, &self.fk);
         let mut tx = db.begin().await?;
-        let lock = row_lock(tx.backend());
+        let lock = tx.backend().row_lock();
         let Some(row) = tx
             .fetch_optional(
                 &format!("SELECT retry_count FROM {t} WHERE {fk} = $1 {lock}"),
@@ -570,7 +553,7 @@ impl Registry {
         let now = Db::now();
         tx.execute(
             &format!(
-                "UPDATE {t} SET state = 3, retry_count = $1, retry_at = $2, last_sync_failure = $3 \
+                "UPDATE {t} SET state = {S_FAILED}, retry_count = $1, retry_at = $2, last_sync_failure = $3 \
                  WHERE {fk} = $4"
             ),
             &[
@@ -590,17 +573,19 @@ impl Registry {
     /// running now can then no longer mark the row synced. Returns whether
     /// the row exists.
     pub async fn pending(&self, db: &Db, model_id: i64) -> Result<bool, DbError> {
-        self.to_pending(db, model_id, "state IN (0, 1, 2, 3)").await
+        let from = format!("state IN ({S_PENDING}, {S_STARTED}, {S_SYNCED}, {S_FAILED})");
+        self.to_pending(db, model_id, &from).await
     }
 
     /// GitLab's `resync`: synced or failed → pending, as [`Registry::pending`].
     pub async fn resync(&self, db: &Db, model_id: i64) -> Result<bool, DbError> {
-        self.to_pending(db, model_id, "state IN (2, 3)").await
+        let from = format!("state IN ({S_SYNCED}, {S_FAILED})");
+        self.to_pending(db, model_id, &from).await
     }
 
     async fn to_pending(&self, db: &Db, model_id: i64, from: &str) -> Result<bool, DbError> {
         let sql = format!(
-            "UPDATE {t} SET state = 0, retry_at = NULL, retry_count = 0, verification_state = 4 \
+            "UPDATE {t} SET state = {S_PENDING}, retry_at = NULL, retry_count = 0, verification_state = {V_DISABLED} \
              WHERE {fk} = $1 AND {from}",
             t = self.table,
             fk = self.fk
@@ -616,8 +601,8 @@ impl Registry {
         let cutoff =
             now - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::hours(8));
         let sql = format!(
-            "UPDATE {t} SET state = 3, last_sync_failure = $1, retry_count = 1, retry_at = $2 \
-             WHERE state = 1 AND last_synced_at < $3",
+            "UPDATE {t} SET state = {S_FAILED}, last_sync_failure = $1, retry_count = 1, retry_at = $2 \
+             WHERE state = {S_STARTED} AND last_synced_at < $3",
             t = self.table
         );
         db.execute(
@@ -635,9 +620,10 @@ impl Registry {
     /// the row exists.
     pub async fn verification_pending(&self, db: &Db, model_id: i64) -> Result<bool, DbError> {
         let sql = format!(
-            "UPDATE {t} SET {VERIFICATION_PENDING_SET} WHERE {fk} = $1",
+            "UPDATE {t} SET {set} WHERE {fk} = $1",
             t = self.table,
-            fk = self.fk
+            fk = self.fk,
+            set = verification_pending_set()
         );
         Ok(db.execute(&sql, &[model_id.into()]).await? == 1)
     }
@@ -651,9 +637,10 @@ impl Registry {
         model_id: i64,
     ) -> Result<bool, DbError> {
         let sql = format!(
-            "UPDATE {t} SET {VERIFICATION_PENDING_SET} WHERE {fk} = $1 AND state = 2",
+            "UPDATE {t} SET {set} WHERE {fk} = $1 AND state = {S_SYNCED}",
             t = self.table,
-            fk = self.fk
+            fk = self.fk,
+            set = verification_pending_set()
         );
         Ok(db.execute(&sql, &[model_id.into()]).await? == 1)
     }
@@ -670,7 +657,7 @@ impl Registry {
         let changed = match claim {
             None => {
                 db.execute(
-                    &format!("UPDATE {t} SET verification_state = 4 WHERE {fk} = $1"),
+                    &format!("UPDATE {t} SET verification_state = {V_DISABLED} WHERE {fk} = $1"),
                     &[model_id.into()],
                 )
                 .await?
@@ -678,8 +665,8 @@ impl Registry {
             Some(started_at) => {
                 db.execute(
                     &format!(
-                        "UPDATE {t} SET verification_state = 4 \
-                         WHERE {fk} = $1 AND verification_state = 1 AND verification_started_at = $2"
+                        "UPDATE {t} SET verification_state = {V_DISABLED} \
+                         WHERE {fk} = $1 AND verification_state = {V_STARTED} AND verification_started_at = $2"
                     ),
                     &[model_id.into(), started_at.into()],
                 )
@@ -714,24 +701,14 @@ impl Registry {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        let (t, fk) = (&self.table, &self.fk);
-        let lock = skip_locked(db.backend());
         let now = Db::now();
-        let expired = match lease {
-            Some(_) => " OR (verification_state = 1 AND verification_started_at < $3)",
-            None => "",
-        };
-        let sql = format!(
-            "UPDATE {t} SET verification_state = 1, verification_started_at = $1 \
-             WHERE id IN (SELECT id FROM {t} \
-               WHERE state = 2 AND (verification_state = 0 OR (verification_state = 3 \
-                 AND (verification_retry_at IS NULL OR verification_retry_at <= $1)){expired}) \
-               ORDER BY verification_state, verified_at NULLS FIRST, \
-                 verification_retry_at NULLS FIRST, id \
-               LIMIT $2 {lock}) \
-             AND state = 2 AND (verification_state IN (0, 3){expired}) \
-             RETURNING id, {fk} AS model_id, verification_started_at"
-        );
+        let sql = claim::VerificationClaim {
+            table: &self.table,
+            only: Some(&format!("state = {S_SYNCED}")),
+            lease: lease.is_some(),
+            returning: &format!("id, {} AS model_id, verification_started_at", self.fk),
+        }
+        .sql(db.backend());
         let mut args: Vec<Arg> = vec![now.into(), limit.into()];
         if let Some(lease) = lease {
             args.push(crate::leases::expired_before(now, lease).into());
@@ -759,8 +736,8 @@ impl Registry {
         started_at: DateTime<Utc>,
     ) -> Result<bool, DbError> {
         let sql = format!(
-            "UPDATE {t} SET verification_state = 0 \
-             WHERE {fk} = $1 AND verification_state = 1 AND verification_started_at = $2",
+            "UPDATE {t} SET verification_state = {V_PENDING} \
+             WHERE {fk} = $1 AND verification_state = {V_STARTED} AND verification_started_at = $2",
             t = self.table,
             fk = self.fk
         );
@@ -781,15 +758,15 @@ impl Registry {
         started_at: DateTime<Utc>,
     ) -> Result<bool, DbError> {
         let sql = format!(
-            "UPDATE {t} SET verification_state = 2, verification_checksum = $1, verified_at = $2, \
+            "UPDATE {t} SET verification_state = {V_SUCCEEDED}, verification_checksum = $1, verified_at = $2, \
              verification_retry_count = 0, verification_retry_at = NULL, verification_failure = NULL, \
              checksum_mismatch = false, verification_checksum_mismatched = NULL \
-             WHERE {fk} = $3 AND verification_state = 1 AND verification_started_at = $4",
+             WHERE {fk} = $3 AND verification_state = {V_STARTED} AND verification_started_at = $4",
             t = self.table,
             fk = self.fk
         );
         let args = [
-            Arg::from(checksum_bytes(checksum)),
+            Arg::from(stored_checksum(checksum)),
             Db::now().into(),
             model_id.into(),
             started_at.into(),
@@ -817,7 +794,7 @@ impl Registry {
     ) -> Result<bool, DbError> {
         let (t, fk) = (&self.table, &self.fk);
         let mut tx = db.begin().await?;
-        let lock = row_lock(tx.backend());
+        let lock = tx.backend().row_lock();
         let Some(row) = tx
             .fetch_optional(
                 &format!(
@@ -852,7 +829,7 @@ impl Registry {
                 primary_checksum,
             } => (
                 mismatch_text(checksum, primary_checksum, registry_id),
-                Some(checksum_bytes(checksum)),
+                Some(stored_checksum(checksum)),
                 true,
             ),
             VerificationFailure::Error(message) => (message.clone(), None, false),
@@ -866,10 +843,10 @@ impl Registry {
         };
         tx.execute(
             &format!(
-                "UPDATE {t} SET verification_state = 3, verification_checksum = $2, \
+                "UPDATE {t} SET verification_state = {V_FAILED}, verification_checksum = $2, \
                  verification_failure = $3, verification_retry_count = $4, \
                  verification_retry_at = $5, verified_at = $6, \
-                 state = 3, retry_count = $4, retry_at = $7, last_sync_failure = $8{mismatch_set} \
+                 state = {S_FAILED}, retry_count = $4, retry_at = $7, last_sync_failure = $8{mismatch_set} \
                  WHERE {fk} = $1"
             ),
             &[
@@ -901,7 +878,7 @@ impl Registry {
             Db::now() - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::hours(8));
         let sql = format!(
             "SELECT {fk} AS model_id, verification_started_at FROM {t} \
-             WHERE verification_state = 1 AND verification_started_at < $1 LIMIT 1000",
+             WHERE verification_state = {V_STARTED} AND verification_started_at < $1 LIMIT 1000",
             t = self.table,
             fk = self.fk
         );
@@ -927,13 +904,13 @@ impl Registry {
     pub async fn counts(&self, db: &Db) -> Result<RegistryCounts, DbError> {
         let sql = format!(
             "SELECT COUNT(*) AS registry, \
-             COALESCE(SUM(CASE WHEN state = 0 THEN 1 ELSE 0 END), 0) AS pending, \
-             COALESCE(SUM(CASE WHEN state = 1 THEN 1 ELSE 0 END), 0) AS started, \
-             COALESCE(SUM(CASE WHEN state = 2 THEN 1 ELSE 0 END), 0) AS synced, \
-             COALESCE(SUM(CASE WHEN state = 3 THEN 1 ELSE 0 END), 0) AS failed, \
-             COALESCE(SUM(CASE WHEN state = 2 AND verification_state = 2 THEN 1 ELSE 0 END), 0) AS verified, \
-             COALESCE(SUM(CASE WHEN state = 2 AND verification_state = 3 THEN 1 ELSE 0 END), 0) AS verification_failed, \
-             COALESCE(SUM(CASE WHEN state = 2 AND verification_state <> 4 THEN 1 ELSE 0 END), 0) AS verification_total \
+             COALESCE(SUM(CASE WHEN state = {S_PENDING} THEN 1 ELSE 0 END), 0) AS pending, \
+             COALESCE(SUM(CASE WHEN state = {S_STARTED} THEN 1 ELSE 0 END), 0) AS started, \
+             COALESCE(SUM(CASE WHEN state = {S_SYNCED} THEN 1 ELSE 0 END), 0) AS synced, \
+             COALESCE(SUM(CASE WHEN state = {S_FAILED} THEN 1 ELSE 0 END), 0) AS failed, \
+             COALESCE(SUM(CASE WHEN state = {S_SYNCED} AND verification_state = {V_SUCCEEDED} THEN 1 ELSE 0 END), 0) AS verified, \
+             COALESCE(SUM(CASE WHEN state = {S_SYNCED} AND verification_state = {V_FAILED} THEN 1 ELSE 0 END), 0) AS verification_failed, \
+             COALESCE(SUM(CASE WHEN state = {S_SYNCED} AND verification_state <> {V_DISABLED} THEN 1 ELSE 0 END), 0) AS verification_total \
              FROM {t}",
             t = self.table
         );
