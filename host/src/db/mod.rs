@@ -12,6 +12,11 @@
 //! accept. Where the dialects differ (DDL, `FOR UPDATE SKIP LOCKED`),
 //! callers branch on [`Backend`].
 //!
+//! SQLite takes one writer at a time: a [`SqliteDb`] sends every statement
+//! that may write to its one writer connection, where writers queue instead
+//! of sleeping in SQLite's busy handler, and plain `SELECT`s to parallel
+//! reader connections. PostgreSQL keeps one pool.
+//!
 //! Timestamps: `timestamptz` on PostgreSQL; on SQLite an `INTEGER` of
 //! microseconds since the Unix epoch (sortable, exact, and cheap to compare).
 //! Callers see `chrono::DateTime<Utc>` either way and never use SQL's own
@@ -116,8 +121,78 @@ pub type Result<T, E = DbError> = std::result::Result<T, E>;
 /// A connection pool to SQLite or PostgreSQL.
 #[derive(Clone, Debug)]
 pub enum Db {
-    Sqlite(SqlitePool),
+    Sqlite(SqliteDb),
     Postgres(PgPool),
+}
+
+/// A SQLite database: **one writer connection**, and reader connections.
+///
+/// SQLite lets one connection write at a time. With a pool of writers,
+/// those that collide wait in SQLite's busy handler, which *sleeps* (1, 2,
+/// 5, 10 … ms) and then retries; thousands of such sleeps a second were
+/// the largest cost of small-blob sync. So every statement that may write
+/// (every [`Db::execute`], [`Db::begin`], a [`Db::fetch_all`] that is not
+/// a plain `SELECT` such as `UPDATE … RETURNING`) goes to a pool of one
+/// connection, where writers queue without sleeping, and a `SELECT` goes
+/// to the readers, which run in parallel with the writer (WAL). The
+/// readers are `query_only`: a write sent there by mistake fails at once
+/// instead of waiting for the lock. The busy handler stays for writers in
+/// other processes (the CLI).
+#[derive(Clone, Debug)]
+pub struct SqliteDb {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqliteDb {
+    /// The one writer connection's pool (migrations).
+    pub(crate) fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// The pool for `sql`: the readers for a plain `SELECT`, else the writer.
+    fn pool_for(&self, sql: &str) -> &SqlitePool {
+        if is_select(sql) {
+            &self.readers
+        } else {
+            &self.writer
+        }
+    }
+}
+
+/// Opens a SQLite database: its writer, then its readers (see [`SqliteDb`]).
+/// `busy_timeout` is how long a writer waits for another process's lock.
+async fn connect_sqlite(url: &str, max_connections: u32, busy_timeout: Duration) -> Result<Db> {
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| DbError::sqlx(format!("parsing {url}"), e))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(busy_timeout);
+    // The writer first: it creates the file and sets WAL mode, and its one
+    // connection stays open.
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect_with(options.clone())
+        .await
+        .map_err(|e| DbError::sqlx(format!("opening {url}"), e))?;
+    let readers = SqlitePoolOptions::new()
+        .max_connections(max_connections.max(2) - 1)
+        .connect_with(options.pragma("query_only", "ON"))
+        .await
+        .map_err(|e| DbError::sqlx(format!("opening {url} for reading"), e))?;
+    Ok(Db::Sqlite(SqliteDb { writer, readers }))
+}
+
+/// Whether `sql` is a plain query (`SELECT …`), which cannot write.
+fn is_select(sql: &str) -> bool {
+    let head = sql.trim_start();
+    head.len() >= 6 && head[..6].eq_ignore_ascii_case("select")
 }
 
 /// A typed, nullable bind argument.
@@ -299,19 +374,7 @@ impl Db {
     /// Like [`Db::connect`], with at most `max_connections` pooled connections.
     pub async fn connect_with(url: &str, max_connections: u32) -> Result<Db> {
         if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(|e| DbError::sqlx(format!("parsing {url}"), e))?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(30));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(max_connections.max(2))
-                .connect_with(options)
-                .await
-                .map_err(|e| DbError::sqlx(format!("opening {url}"), e))?;
-            Ok(Db::Sqlite(pool))
+            connect_sqlite(url, max_connections, Duration::from_secs(30)).await
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)
                 .map_err(|e| DbError::sqlx("parsing the PostgreSQL URL", e))?;
@@ -334,10 +397,14 @@ impl Db {
         }
     }
 
-    /// A pooled connection, for one statement.
-    async fn acquire(&self) -> Result<PooledConnection> {
+    /// A pooled connection, for the one statement `sql`.
+    async fn acquire(&self, sql: &str) -> Result<PooledConnection> {
         match self {
-            Db::Sqlite(pool) => pool.acquire().await.map(PooledConnection::Sqlite),
+            Db::Sqlite(db) => db
+                .pool_for(sql)
+                .acquire()
+                .await
+                .map(PooledConnection::Sqlite),
             Db::Postgres(pool) => pool.acquire().await.map(PooledConnection::Postgres),
         }
         .map_err(|e| DbError::sqlx("acquiring", e))
@@ -345,12 +412,16 @@ impl Db {
 
     /// Runs a statement; returns the number of rows it changed.
     pub async fn execute(&self, sql: &str, args: &[Arg]) -> Result<u64> {
-        self.acquire().await?.executor().execute(sql, args).await
+        self.acquire(sql).await?.executor().execute(sql, args).await
     }
 
     /// Runs a query; returns every row.
     pub async fn fetch_all(&self, sql: &str, args: &[Arg]) -> Result<Vec<DbRow>> {
-        self.acquire().await?.executor().fetch_all(sql, args).await
+        self.acquire(sql)
+            .await?
+            .executor()
+            .fetch_all(sql, args)
+            .await
     }
 
     /// Runs a query; returns its first row, if any.
@@ -368,8 +439,8 @@ impl Db {
     /// Runs several statements separated by `;` (DDL), without arguments.
     pub async fn execute_script(&self, sql: &str) -> Result<()> {
         match self {
-            Db::Sqlite(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(pool)
+            Db::Sqlite(db) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&db.writer)
                 .await
                 .map(|_| ()),
             Db::Postgres(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
@@ -380,11 +451,15 @@ impl Db {
         .map_err(|e| DbError::sqlx(short(sql), e))
     }
 
-    /// Starts a transaction. On SQLite it takes the write lock up front
-    /// (`BEGIN IMMEDIATE`), so two writers queue instead of deadlocking.
+    /// Starts a transaction. On SQLite it holds the one writer connection
+    /// and takes the write lock up front (`BEGIN IMMEDIATE`): while it is
+    /// open, every other writer of this [`Db`] waits for it, so code
+    /// holding a transaction must not wait for another write of the same
+    /// database.
     pub async fn begin(&self) -> Result<Tx> {
         match self {
-            Db::Sqlite(pool) => pool
+            Db::Sqlite(db) => db
+                .writer
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map(Tx::Sqlite)
@@ -400,7 +475,10 @@ impl Db {
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         match self {
-            Db::Sqlite(pool) => pool.close().await,
+            Db::Sqlite(db) => {
+                db.readers.close().await;
+                db.writer.close().await;
+            }
             Db::Postgres(pool) => pool.close().await,
         }
     }
@@ -677,6 +755,68 @@ mod tests {
         assert_eq!(placeholders(2, 0), "");
         assert_eq!(value_rows(1, 2, 2), "($1, $2), ($3, $4)");
         assert_eq!(value_rows(3, 1, 3), "($3, $4, $5)");
+    }
+
+    /// Writers of one SQLite database never collide: with the busy handler
+    /// off (a collision would fail at once with "database is locked"),
+    /// many concurrent transactions, single writes and `UPDATE … RETURNING`
+    /// all succeed beside concurrent reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_writers_queue_on_one_connection_and_readers_run_beside() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("w.db").display());
+        let db = connect_sqlite(&url, 16, Duration::ZERO).await.unwrap();
+        db.execute_script("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64_i64 {
+            let db = db.clone();
+            tasks.spawn(async move {
+                let mut tx = db.begin().await?;
+                tx.execute("INSERT INTO t (id, n) VALUES ($1, 0)", &[i.into()])
+                    .await?;
+                tx.commit().await?;
+                db.execute("UPDATE t SET n = n + 1 WHERE id = $1", &[i.into()])
+                    .await?;
+                let back = db
+                    .fetch_one(
+                        "UPDATE t SET n = n + 1 WHERE id = $1 RETURNING n",
+                        &[i.into()],
+                    )
+                    .await?;
+                assert_eq!(back.i64("n")?, 2);
+                db.fetch_all("SELECT COUNT(*) AS c FROM t", &[]).await?;
+                Ok::<_, DbError>(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().unwrap();
+        }
+        let total = db
+            .fetch_one("SELECT SUM(n) AS s FROM t", &[])
+            .await
+            .unwrap();
+        assert_eq!(total.int("s").unwrap(), Some(128));
+        // A write sent to a reader fails at once rather than waiting.
+        let Db::Sqlite(sqlite) = &db else {
+            unreachable!()
+        };
+        let mut reader = sqlite.readers.acquire().await.unwrap();
+        let refused = Executor::Sqlite(&mut reader)
+            .execute("INSERT INTO t (id, n) VALUES (1000, 0)", &[])
+            .await;
+        assert!(refused.is_err());
+    }
+
+    #[test]
+    fn only_plain_selects_go_to_the_readers() {
+        assert!(is_select("SELECT 1"));
+        assert!(is_select("  select id FROM t"));
+        assert!(!is_select("UPDATE t SET n = 1 RETURNING n"));
+        assert!(!is_select("WITH x AS (SELECT 1) UPDATE t SET n = 1"));
+        assert!(!is_select("INSERT INTO t VALUES (1) RETURNING id"));
+        assert!(!is_select("sel"));
     }
 
     #[test]
