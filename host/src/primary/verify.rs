@@ -85,18 +85,15 @@ async fn claim(
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Claim>, DbError> {
-    let states = ident(&it.identity.states_table());
     let fk = ident(&it.identity.foreign_key());
     let now = Db::now();
-    let sql = claim::VerificationClaim {
-        table: &states,
-        only: None,
-        lease: true,
-        returning: &format!(
+    let sql = claim::VerificationTable::states(&it.identity).claim_sql(
+        db.backend(),
+        true,
+        &format!(
             "{fk} AS id, verification_started_at, verification_retry_count, verification_checksum"
         ),
-    }
-    .sql(db.backend());
+    );
     let cutoff = crate::leases::expired_before(now, lease);
     db.fetch_all(&sql, &[now.into(), limit.into(), cutoff.into()])
         .await?

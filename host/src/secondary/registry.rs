@@ -141,6 +141,10 @@ pub struct Registry {
     table: String,
     /// Quoted foreign-key column.
     fk: String,
+    /// The quoted index on `state` (pending rows in id order).
+    state_index: String,
+    /// The table as the verification claim sees it.
+    verification: claim::VerificationTable,
 }
 
 fn small(n: i64) -> Arg {
@@ -211,6 +215,8 @@ impl Registry {
         Registry {
             table: ident(&identity.registry_table()),
             fk: ident(&identity.foreign_key()),
+            state_index: claim::index(&format!("index_{}_registry_on_state", identity.name)),
+            verification: claim::VerificationTable::registry(identity),
         }
     }
 
@@ -432,23 +438,14 @@ impl Registry {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        let (t, fk) = (&self.table, &self.fk);
-        let lock = db.backend().skip_locked();
         let now = Db::now();
-        let (expired, expired_guard) = match lease {
-            Some(_) => {
-                let expired = format!(" OR (state = {S_STARTED} AND last_synced_at < $3)");
-                (expired.clone(), expired)
-            }
-            None => (String::new(), String::new()),
-        };
-        let sql = format!(
-            "UPDATE {t} SET state = {S_STARTED}, last_synced_at = $1 \
-             WHERE id IN (SELECT id FROM {t} \
-               WHERE state = {S_PENDING} OR (state = {S_FAILED} AND (retry_at IS NULL OR retry_at <= $1)){expired} \
-               ORDER BY state, retry_at NULLS FIRST, id LIMIT $2 {lock}) \
-             AND (state IN ({S_PENDING}, {S_FAILED}){expired_guard}) \
-             RETURNING {fk} AS model_id, retry_count"
+        let kinds = self.sync_candidates(lease.is_some());
+        let sql = claim::claim_sql(
+            db.backend(),
+            &self.table,
+            &format!("state = {S_STARTED}, last_synced_at = $1"),
+            &kinds,
+            &format!("{} AS model_id, retry_count", self.fk),
         );
         let mut args: Vec<Arg> = vec![now.into(), limit.into()];
         if let Some(lease) = lease {
@@ -464,6 +461,39 @@ impl Registry {
                 })
             })
             .collect()
+    }
+
+    /// The sync claim's candidates: pending rows by id, then failed rows
+    /// whose retry is due by retry time, then, with `lease`, rows started
+    /// before `$3` (see [`claim`]).
+    pub fn sync_candidates(&self, lease: bool) -> Vec<claim::Candidates> {
+        let mut kinds = vec![
+            // Pending rows by id: the `state` index holds them in that order.
+            claim::Candidates {
+                index: Some(self.state_index.clone()),
+                condition: format!("state = {S_PENDING}"),
+                order: Some("id".into()),
+            },
+            // Failed rows whose retry is due (few: sorting them is cheap).
+            claim::Candidates {
+                index: None,
+                condition: format!("state = {S_FAILED} AND (retry_at IS NULL OR retry_at <= $1)"),
+                order: Some("retry_at NULLS FIRST, id".into()),
+            },
+        ];
+        if lease {
+            kinds.push(claim::Candidates {
+                index: None,
+                condition: format!("state = {S_STARTED} AND last_synced_at < $3"),
+                order: None,
+            });
+        }
+        kinds
+    }
+
+    /// The verification claim's candidates (see [`claim`]).
+    pub fn verification_candidates(&self, lease: bool) -> Vec<claim::Candidates> {
+        self.verification.candidates(lease)
     }
 
     /// Renews the claims of syncs this process is running: `last_synced_at
@@ -702,13 +732,11 @@ impl Registry {
             return Ok(Vec::new());
         }
         let now = Db::now();
-        let sql = claim::VerificationClaim {
-            table: &self.table,
-            only: Some(&format!("state = {S_SYNCED}")),
-            lease: lease.is_some(),
-            returning: &format!("id, {} AS model_id, verification_started_at", self.fk),
-        }
-        .sql(db.backend());
+        let sql = self.verification.claim_sql(
+            db.backend(),
+            lease.is_some(),
+            &format!("id, {} AS model_id, verification_started_at", self.fk),
+        );
         let mut args: Vec<Arg> = vec![now.into(), limit.into()];
         if let Some(lease) = lease {
             args.push(crate::leases::expired_before(now, lease).into());
