@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod blob_batch;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -727,6 +727,23 @@ pub fn value_rows(first: usize, rows: usize, width: usize) -> String {
         .join(", ")
 }
 
+/// A common table expression of bound rows, for one multi-row statement
+/// with per-row values (`WITH … UPDATE t SET … FROM name WHERE …`, on
+/// both backends): `name(a, b) AS (VALUES ($first, …), …)`.
+pub fn values_cte(name: &str, columns: &[&str], first: usize, rows: usize) -> String {
+    format!(
+        "{name}({}) AS (VALUES {})",
+        columns.join(", "),
+        value_rows(first, rows, columns.len())
+    )
+}
+
+/// Most rows in one multi-row statement of `width` bound values each
+/// (well under SQLite's 32,766 and PostgreSQL's 65,535 bind limits).
+pub fn rows_per_statement(width: usize) -> usize {
+    (30_000 / width.max(1)).min(1000)
+}
+
 /// A checksum as stored (`bytea`): GitLab's `sha_attribute` packs the hex
 /// string into bytes (SHA-256 hex and the padded object-storage size are
 /// both hex). Text that is not hex (never produced here) is kept verbatim.
@@ -755,6 +772,10 @@ mod tests {
         assert_eq!(placeholders(2, 0), "");
         assert_eq!(value_rows(1, 2, 2), "($1, $2), ($3, $4)");
         assert_eq!(value_rows(3, 1, 3), "($3, $4, $5)");
+        assert_eq!(
+            values_cte("v", &["a", "b"], 2, 2),
+            "v(a, b) AS (VALUES ($2, $3), ($4, $5))"
+        );
     }
 
     /// Writers of one SQLite database never collide: with the busy handler

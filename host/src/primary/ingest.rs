@@ -225,6 +225,7 @@ async fn write_record(
         }
         return Err(error.into());
     }
+    site.events.record_written();
     if published {
         site.events.notify();
     }

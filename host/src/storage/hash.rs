@@ -119,7 +119,7 @@ pub(super) fn io_error(op: &'static str, location: &str, source: std::io::Error)
 /// Reads `len` bytes of `file` from `start` and hashes them (blocking).
 ///
 /// Stops early at end of file: the size returned is what was hashed.
-fn hash_file(mut file: std::fs::File, start: u64, len: u64) -> std::io::Result<Written> {
+pub(super) fn hash_file(mut file: std::fs::File, start: u64, len: u64) -> std::io::Result<Written> {
     if start != 0 {
         file.seek(SeekFrom::Start(start))?;
     }

@@ -47,6 +47,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod hash;
 mod s3;
 mod store;
@@ -55,6 +56,7 @@ mod temp;
 #[doc(hidden)]
 pub mod testing;
 
+pub use batch::SmallRead;
 pub use s3::S3Settings;
 pub use store::BlobStore;
 pub use temp::{FinishedTemp, TempBlob};

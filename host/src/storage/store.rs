@@ -116,6 +116,11 @@ impl BlobStore {
         }
     }
 
+    /// The local backend, for a local store (the batch fast paths).
+    pub(super) fn local_fs(&self) -> Option<&Arc<LocalFileSystem>> {
+        self.inner.local.as_ref().map(|local| &local.fs)
+    }
+
     /// What kind of storage this is; it decides the verification checksum.
     pub fn kind(&self) -> StoreKind {
         self.inner.kind
@@ -173,8 +178,7 @@ impl BlobStore {
     /// temporary object, invisible at any blob path until
     /// [`FinishedTemp::promote`](super::FinishedTemp::promote).
     pub fn begin_temp(&self) -> TempBlob {
-        let location =
-            StorePath::from_iter([TEMP_DIR.to_string(), uuid::Uuid::new_v4().to_string()]);
+        let location = super::batch::temp_location();
         TempBlob::new(
             self.clone(),
             location,
