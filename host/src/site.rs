@@ -34,6 +34,8 @@ pub struct Site {
     pub shutdown: CancellationToken,
     /// Hot swap: one at a time, and the refusals to report.
     pub swaps: crate::swap::SwapState,
+    /// Secondaries authenticated lately (primary).
+    pub auth_cache: crate::primary::sites::AuthCache,
 }
 
 impl Site {
@@ -81,6 +83,7 @@ impl Site {
             events: EventSignal::default(),
             shutdown: CancellationToken::new(),
             swaps: Default::default(),
+            auth_cache: Default::default(),
         });
         site.load_types().await?;
         crate::swap::restore(&site)

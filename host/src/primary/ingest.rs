@@ -400,6 +400,24 @@ pub async fn blob_path(
         .map_err(IngestError::Invalid)
 }
 
+/// The blob paths of `records`, from one call of the type's plugin: one
+/// answer per record, in order (a record whose path is refused fails alone).
+pub async fn blob_paths(
+    it: &InstalledType,
+    records: &[records::Record],
+) -> Result<Vec<Result<BlobPath, String>>, IngestError> {
+    let rows: Vec<Row> = records
+        .iter()
+        .map(|r| it.path_row(r.id, &r.values))
+        .collect();
+    let plugin = it.plugin.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || plugin.blob_paths(&rows))
+            .await
+            .map_err(|e| IngestError::Invalid(format!("plugin task failed: {e}")))??,
+    )
+}
+
 async fn insert_row(
     tx: &mut crate::db::Tx,
     it: &InstalledType,

@@ -350,6 +350,7 @@ pub async fn update(site: &Site, id: i64, change: SiteUpdate) -> Result<NodeSett
         }
     }
     tx.commit().await?;
+    site.auth_cache.clear();
     get(&site.db, id)
         .await?
         .ok_or_else(|| SiteError::NotFound(id.to_string()))
@@ -367,11 +368,81 @@ pub async fn remove(site: &Site, id: i64) -> Result<(), SiteError> {
     if removed == 0 {
         return Err(SiteError::NotFound(format!("secondary {id}")));
     }
+    site.auth_cache.clear();
     Ok(())
 }
 
-/// The enabled secondary with this access key, and its secret.
+/// How long an authenticated secondary is remembered: a site disabled,
+/// removed or given new keys by another process (the CLI) is refused
+/// within this time; a change through this process's API clears the cache
+/// at once.
+pub const AUTH_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most secondaries remembered at once.
+const AUTH_CACHE_MAX: usize = 1024;
+
+/// The secondaries authenticated lately, by access key: their settings and
+/// opened secret, so that a request does not read `geo_nodes` and open the
+/// sealed secret (AES-GCM) each time. Only a found, enabled site is kept:
+/// unknown keys cost a lookup each and cannot fill the cache.
+#[derive(Debug, Default)]
+pub struct AuthCache {
+    entries: std::sync::Mutex<
+        std::collections::HashMap<String, (std::time::Instant, std::sync::Arc<Authenticated>)>,
+    >,
+}
+
+/// A secondary as authenticated: its settings and secret.
+#[derive(Debug)]
+pub struct Authenticated {
+    pub node: NodeSettings,
+    pub secret: String,
+}
+
+impl AuthCache {
+    fn get(&self, access_key: &str) -> Option<std::sync::Arc<Authenticated>> {
+        let entries = self.entries.lock().expect("auth cache");
+        entries
+            .get(access_key)
+            .filter(|(at, _)| at.elapsed() < AUTH_CACHE_TTL)
+            .map(|(_, found)| found.clone())
+    }
+
+    fn put(&self, access_key: &str, found: std::sync::Arc<Authenticated>) {
+        let mut entries = self.entries.lock().expect("auth cache");
+        if entries.len() >= AUTH_CACHE_MAX {
+            entries.retain(|_, (at, _)| at.elapsed() < AUTH_CACHE_TTL);
+            if entries.len() >= AUTH_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(access_key.to_string(), (std::time::Instant::now(), found));
+    }
+
+    /// Forgets every site (after a change of `geo_nodes`).
+    pub fn clear(&self) {
+        self.entries.lock().expect("auth cache").clear();
+    }
+}
+
+/// The enabled secondary with this access key, and its secret, remembered
+/// for [`AUTH_CACHE_TTL`] ([`AuthCache`]).
 pub async fn authenticate(
+    site: &Site,
+    access_key: &str,
+) -> Result<Option<std::sync::Arc<Authenticated>>, SiteError> {
+    if let Some(found) = site.auth_cache.get(access_key) {
+        return Ok(Some(found));
+    }
+    let Some((node, secret)) = lookup(site, access_key).await? else {
+        return Ok(None);
+    };
+    let found = std::sync::Arc::new(Authenticated { node, secret });
+    site.auth_cache.put(access_key, found.clone());
+    Ok(Some(found))
+}
+
+/// The enabled secondary with this access key, and its secret, read now.
+async fn lookup(
     site: &Site,
     access_key: &str,
 ) -> Result<Option<(NodeSettings, String)>, SiteError> {

@@ -121,9 +121,7 @@ pub async fn verify_batch(
     }
     let ids: Vec<i64> = claims.iter().map(|c| c.id).collect();
     let found = records::by_ids(&site.db, it, &ids).await?;
-    let rows: Vec<_> = found.iter().map(|r| it.path_row(r.id, &r.values)).collect();
-    let plugin = it.plugin.clone();
-    let paths = tokio::task::spawn_blocking(move || plugin.blob_paths(&rows)).await??;
+    let paths = super::ingest::blob_paths(it, &found).await?;
     let by_id: std::collections::HashMap<i64, _> = found.iter().map(|r| r.id).zip(paths).collect();
 
     let started = std::time::Instant::now();

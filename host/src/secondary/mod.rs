@@ -83,6 +83,7 @@ pub mod client;
 pub mod consistency;
 pub mod cursor;
 pub mod listing;
+pub mod outcomes;
 pub mod registry;
 pub mod scope;
 pub mod sync;

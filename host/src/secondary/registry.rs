@@ -30,8 +30,9 @@
 //!
 //! Deliberate differences from GitLab are listed in the [parent module](super).
 
+use super::outcomes::{SyncOutcome, VerificationOutcome};
 use crate::catalog::InstalledType;
-use crate::db::{Arg, Db, DbError, DbRow, claim, ident, placeholders, stored_checksum, value_rows};
+use crate::db::{Arg, Db, DbError, DbRow, claim, ident, placeholders, value_rows};
 use crate::plugin::TypeIdentity;
 use crate::states::sql::*;
 use crate::states::{self, SyncState, VerificationState};
@@ -147,10 +148,6 @@ pub struct Registry {
     verification: claim::VerificationTable,
 }
 
-fn small(n: i64) -> Arg {
-    Arg::I16(Some(n.clamp(0, i16::MAX as i64) as i16))
-}
-
 fn sync_state(row: &DbRow, column: &str) -> Result<SyncState, DbError> {
     SyncState::try_from(row.i16(column)?).map_err(|e| DbError::Decode {
         column: column.into(),
@@ -189,7 +186,7 @@ pub fn mismatch_text(checksum: &str, primary_checksum: &str, registry_id: i64) -
 /// time, failure, and on a registry `checksum_mismatch` and
 /// `verification_checksum_mismatched`); from failed, only the failure text,
 /// so resyncs caused by verification failures keep backing off.
-fn verification_pending_set() -> String {
+pub(super) fn verification_pending_set() -> String {
     format!(
         "verification_state = {V_PENDING}, \
          verification_failure = NULL, \
@@ -527,30 +524,10 @@ impl Registry {
         model_id: i64,
         primary_verified: bool,
     ) -> Result<bool, DbError> {
-        let (t, fk) = (&self.table, &self.fk);
-        // `before_synced` + `save!` (GitLab saves these whatever the state).
-        db.execute(
-            &format!(
-                "UPDATE {t} SET retry_count = 0, last_sync_failure = NULL, retry_at = NULL \
-                 WHERE {fk} = $1"
-            ),
-            &[model_id.into()],
-        )
-        .await?;
-        // `mark_synced_atomically`, with `after_synced` in the same statement
-        // so that no verifier sees a synced row with a stale verification state.
-        let after_synced = if primary_verified {
-            verification_pending_set()
-        } else {
-            format!("verification_state = {V_DISABLED}")
-        };
-        let changed = db
-            .execute(
-                &format!("UPDATE {t} SET state = {S_SYNCED}, {after_synced} WHERE {fk} = $1 AND state = {S_STARTED}"),
-                &[model_id.into()],
-            )
+        let recorded = self
+            .record_sync_outcomes(db, &[(model_id, SyncOutcome::Synced { primary_verified })])
             .await?;
-        Ok(changed == 1)
+        Ok(recorded.synced == [model_id])
     }
 
     /// GitLab's `failed!(message:, missing_on_primary:)`: any → failed,
@@ -564,38 +541,14 @@ impl Registry {
         message: &str,
         missing_on_primary: bool,
     ) -> Result<bool, DbError> {
-        let (t, fk) = (&self.table, &self.fk);
-        let mut tx = db.begin().await?;
-        let lock = tx.backend().row_lock();
-        let Some(row) = tx
-            .fetch_optional(
-                &format!("SELECT retry_count FROM {t} WHERE {fk} = $1 {lock}"),
-                &[model_id.into()],
-            )
-            .await?
-        else {
-            // End the transaction now rather than when its connection is reused.
-            tx.commit().await?;
-            return Ok(false);
+        let outcome = SyncOutcome::Failed {
+            message: message.to_string(),
+            missing_on_primary,
         };
-        let retry_count = row.int("retry_count")?.unwrap_or(0).saturating_add(1);
-        let cap = missing_on_primary.then_some(states::MISSING_ON_PRIMARY_CAP);
-        let now = Db::now();
-        tx.execute(
-            &format!(
-                "UPDATE {t} SET state = {S_FAILED}, retry_count = $1, retry_at = $2, last_sync_failure = $3 \
-                 WHERE {fk} = $4"
-            ),
-            &[
-                small(retry_count),
-                states::next_retry_time(now, retry_count, cap).into(),
-                states::failure_text(message).into(),
-                model_id.into(),
-            ],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        let recorded = self
+            .record_sync_outcomes(db, &[(model_id, outcome)])
+            .await?;
+        Ok(recorded.failed == [model_id])
     }
 
     /// GitLab's `pending!`: any → pending, `retry_at = NULL`,
@@ -683,27 +636,10 @@ impl Registry {
         model_id: i64,
         claim: Option<DateTime<Utc>>,
     ) -> Result<bool, DbError> {
-        let (t, fk) = (&self.table, &self.fk);
-        let changed = match claim {
-            None => {
-                db.execute(
-                    &format!("UPDATE {t} SET verification_state = {V_DISABLED} WHERE {fk} = $1"),
-                    &[model_id.into()],
-                )
-                .await?
-            }
-            Some(started_at) => {
-                db.execute(
-                    &format!(
-                        "UPDATE {t} SET verification_state = {V_DISABLED} \
-                         WHERE {fk} = $1 AND verification_state = {V_STARTED} AND verification_started_at = $2"
-                    ),
-                    &[model_id.into(), started_at.into()],
-                )
-                .await?
-            }
-        };
-        Ok(changed == 1)
+        let recorded = self
+            .record_verification_outcomes(db, &[(model_id, claim, VerificationOutcome::Disabled)])
+            .await?;
+        Ok(recorded.disabled == [model_id])
     }
 
     /// Claims up to `limit` synced rows due for verification, atomically
@@ -785,21 +721,11 @@ impl Registry {
         checksum: &str,
         started_at: DateTime<Utc>,
     ) -> Result<bool, DbError> {
-        let sql = format!(
-            "UPDATE {t} SET verification_state = {V_SUCCEEDED}, verification_checksum = $1, verified_at = $2, \
-             verification_retry_count = 0, verification_retry_at = NULL, verification_failure = NULL, \
-             checksum_mismatch = false, verification_checksum_mismatched = NULL \
-             WHERE {fk} = $3 AND verification_state = {V_STARTED} AND verification_started_at = $4",
-            t = self.table,
-            fk = self.fk
-        );
-        let args = [
-            Arg::from(stored_checksum(checksum)),
-            Db::now().into(),
-            model_id.into(),
-            started_at.into(),
-        ];
-        Ok(db.execute(&sql, &args).await? == 1)
+        let outcome = VerificationOutcome::Succeeded(checksum.to_string());
+        let recorded = self
+            .record_verification_outcomes(db, &[(model_id, Some(started_at), outcome)])
+            .await?;
+        Ok(recorded.succeeded == [model_id])
     }
 
     /// A verification failure, GitLab's registry rule (reference §1): the
@@ -820,78 +746,11 @@ impl Registry {
         failure: &VerificationFailure,
         claim: Option<DateTime<Utc>>,
     ) -> Result<bool, DbError> {
-        let (t, fk) = (&self.table, &self.fk);
-        let mut tx = db.begin().await?;
-        let lock = tx.backend().row_lock();
-        let Some(row) = tx
-            .fetch_optional(
-                &format!(
-                    "SELECT id, verification_retry_count, verification_state, verification_started_at \
-                     FROM {t} WHERE {fk} = $1 {lock}"
-                ),
-                &[model_id.into()],
-            )
-            .await?
-        else {
-            // End the transaction now rather than when its connection is reused.
-            tx.commit().await?;
-            return Ok(false);
-        };
-        if let Some(started_at) = claim {
-            let still_claimed = verification_state(&row, "verification_state")?
-                == VerificationState::Started
-                && row.opt_ts("verification_started_at")? == Some(started_at);
-            if !still_claimed {
-                tx.commit().await?;
-                return Ok(false);
-            }
-        }
-        let registry_id = row.i64("id")?;
-        let count = row
-            .int("verification_retry_count")?
-            .unwrap_or(0)
-            .saturating_add(1);
-        let (text, checksum, mismatch) = match failure {
-            VerificationFailure::Mismatch {
-                checksum,
-                primary_checksum,
-            } => (
-                mismatch_text(checksum, primary_checksum, registry_id),
-                Some(stored_checksum(checksum)),
-                true,
-            ),
-            VerificationFailure::Error(message) => (message.clone(), None, false),
-        };
-        let text = states::failure_text(&text);
-        let now = Db::now();
-        let mismatch_set = if mismatch {
-            ", checksum_mismatch = true, verification_checksum_mismatched = $2"
-        } else {
-            ""
-        };
-        tx.execute(
-            &format!(
-                "UPDATE {t} SET verification_state = {V_FAILED}, verification_checksum = $2, \
-                 verification_failure = $3, verification_retry_count = $4, \
-                 verification_retry_at = $5, verified_at = $6, \
-                 state = {S_FAILED}, retry_count = $4, retry_at = $7, last_sync_failure = $8{mismatch_set} \
-                 WHERE {fk} = $1"
-            ),
-            &[
-                model_id.into(),
-                Arg::Bytes(checksum),
-                text.clone().into(),
-                small(count),
-                states::next_retry_time(now, count, None).into(),
-                now.into(),
-                // The sync `failed` event adds one to `verification_retry_count - 1`.
-                states::next_retry_time(now, count, None).into(),
-                states::failure_text(&format!("Verification failed with: {text}")).into(),
-            ],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        let outcome = VerificationOutcome::Failed(failure.clone());
+        let recorded = self
+            .record_verification_outcomes(db, &[(model_id, claim, outcome)])
+            .await?;
+        Ok(recorded.failed == [model_id])
     }
 
     /// GitLab's verification timeout: rows whose verification started more
