@@ -250,6 +250,20 @@ pub struct WorkerSection {
     /// failures heal within seconds. Per process.
     #[serde(default)]
     pub retry_delay_max_secs: Option<u64>,
+    /// A secondary fetches blobs of at most this many bytes through batch
+    /// retrieves, many in one request (`docs/batch-retrieve.md`), and larger
+    /// ones one per request. 0: every blob one per request (the per-blob
+    /// path). At most 16 MiB.
+    #[serde(default = "default_sync_batch_max_blob_bytes")]
+    pub sync_batch_max_blob_bytes: u64,
+    /// Rows a secondary claims for one batch retrieve (at most 1,000).
+    #[serde(default = "default_sync_batch_size")]
+    pub sync_batch_size: i64,
+    /// Batch retrieves a secondary runs at once. The blobs too large for a
+    /// batch are downloaded `files_max_capacity` at a time (GitLab's
+    /// setting, on the primary).
+    #[serde(default = "default_sync_batches_in_flight")]
+    pub sync_batches_in_flight: usize,
 }
 
 impl Default for WorkerSection {
@@ -265,6 +279,9 @@ impl Default for WorkerSection {
             bulk_update_pause_ms: default_bulk_pause_ms(),
             claim_lease_secs: default_claim_lease_secs(),
             retry_delay_max_secs: None,
+            sync_batch_max_blob_bytes: default_sync_batch_max_blob_bytes(),
+            sync_batch_size: default_sync_batch_size(),
+            sync_batches_in_flight: default_sync_batches_in_flight(),
         }
     }
 }
@@ -301,6 +318,15 @@ fn default_bulk_pause_ms() -> u64 {
 }
 fn default_claim_lease_secs() -> u64 {
     300
+}
+fn default_sync_batch_max_blob_bytes() -> u64 {
+    crate::blob_batch::DEFAULT_MAX_PART_BYTES
+}
+fn default_sync_batch_size() -> i64 {
+    200
+}
+fn default_sync_batches_in_flight() -> usize {
+    4
 }
 fn default_true() -> bool {
     true
@@ -359,6 +385,24 @@ impl Config {
     fn check(&self) -> Result<(), ConfigError> {
         if self.site.name.trim().is_empty() {
             return Err(ConfigError::Invalid("site.name is empty".into()));
+        }
+        let workers = &self.workers;
+        if workers.sync_batch_max_blob_bytes > crate::blob_batch::MAX_PART_BYTES_LIMIT {
+            return Err(ConfigError::Invalid(format!(
+                "workers.sync_batch_max_blob_bytes must be at most {} (16 MiB)",
+                crate::blob_batch::MAX_PART_BYTES_LIMIT
+            )));
+        }
+        if !(1..=crate::blob_batch::MAX_BATCH_IDS as i64).contains(&workers.sync_batch_size) {
+            return Err(ConfigError::Invalid(format!(
+                "workers.sync_batch_size must be 1 to {}",
+                crate::blob_batch::MAX_BATCH_IDS
+            )));
+        }
+        if workers.sync_batches_in_flight == 0 {
+            return Err(ConfigError::Invalid(
+                "workers.sync_batches_in_flight must be at least 1".into(),
+            ));
         }
         if self.site.role == Role::Secondary && self.primary.is_none() {
             return Err(ConfigError::Invalid(

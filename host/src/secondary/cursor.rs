@@ -94,6 +94,8 @@ pub struct EventContext<'a> {
     pub blobs: &'a BlobStore,
     /// Installed types by name, with whether their replication is enabled.
     pub types: HashMap<String, (Arc<InstalledType>, bool)>,
+    /// Woken when events make rows pending or due for verification.
+    pub wakes: Option<&'a super::Wakes>,
 }
 
 fn model_id(event: &FeedEvent) -> Option<i64> {
@@ -381,6 +383,14 @@ async fn follow(
         _ = cancel.cancelled() => return Ok(Round::Stopped),
     };
     let counts = handle_events(cx, scope, refresh, &page.events).await?;
+    if let Some(wakes) = cx.wakes {
+        if counts.pending > 0 {
+            wakes.sync.notify_one();
+        }
+        if counts.verification_pending > 0 {
+            wakes.verification.notify_one();
+        }
+    }
     let new_position = page.events.last().map_or(position, |e| e.id);
     match lease {
         Some(tx) => save_position(tx, new_position).await?,
@@ -496,6 +506,7 @@ mod tests {
                 tracking: &db,
                 blobs: &blobs,
                 types: types(true),
+                wakes: None,
             };
             let cached = scope(&[(10, 1), (11, 2)]);
             let refreshes = Cell::new(0);
@@ -563,6 +574,7 @@ mod tests {
                 tracking: &db,
                 blobs: &blobs,
                 types: types(false),
+                wakes: None,
             };
             registry.insert_missing(&db, &[9]).await.unwrap();
             let later = [
@@ -598,6 +610,7 @@ mod tests {
                 tracking: &db,
                 blobs: &blobs,
                 types: types(true),
+                wakes: None,
             };
             let cancel = tokio_util::sync::CancellationToken::new();
             let cached = scope(&[(10, 1)]);

@@ -619,13 +619,32 @@ impl Registry {
         db: &Db,
         model_id: i64,
     ) -> Result<bool, DbError> {
-        let sql = format!(
-            "UPDATE {t} SET {set} WHERE {fk} = $1 AND state = {S_SYNCED}",
-            t = self.table,
-            fk = self.fk,
-            set = verification_pending_set()
-        );
-        Ok(db.execute(&sql, &[model_id.into()]).await? == 1)
+        Ok(self
+            .verification_pending_if_synced_many(db, &[model_id])
+            .await?
+            == 1)
+    }
+
+    /// [`Registry::verification_pending_if_synced`] of many rows, in one
+    /// statement per 500. Returns how many it changed.
+    pub async fn verification_pending_if_synced_many(
+        &self,
+        db: &Db,
+        model_ids: &[i64],
+    ) -> Result<u64, DbError> {
+        let mut changed = 0;
+        for chunk in model_ids.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE {t} SET {set} WHERE {fk} IN ({ids}) AND state = {S_SYNCED}",
+                t = self.table,
+                fk = self.fk,
+                set = verification_pending_set(),
+                ids = placeholders(1, chunk.len()),
+            );
+            let args: Vec<Arg> = chunk.iter().map(|&id| Arg::from(id)).collect();
+            changed += db.execute(&sql, &args).await?;
+        }
+        Ok(changed)
     }
 
     /// GitLab's `verification_disabled!` (any → disabled). With `claim`,

@@ -311,6 +311,7 @@ mod tests {
                 blobs: blobs.clone(),
                 cancel: Default::default(),
                 lease: None,
+                wakes: Default::default(),
             };
             let mut records = Vec::new();
             for id in 1..=5 {
