@@ -180,11 +180,10 @@ impl BatchQuery {
         let mut raw_ids = None;
         let mut max = None;
         let mut unknown = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "ids" if raw_ids.is_none() => raw_ids = Some(value.to_string()),
-                "max_part_bytes" if max.is_none() => max = Some(value.to_string()),
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "ids" if raw_ids.is_none() => raw_ids = Some(value.into_owned()),
+                "max_part_bytes" if max.is_none() => max = Some(value.into_owned()),
                 other => unknown = Some(other.to_string()),
             }
         }
