@@ -3,6 +3,7 @@
 
 mod admin_page;
 mod authoring;
+mod batch;
 mod faults;
 mod hot_swap;
 mod npm;

@@ -136,6 +136,9 @@ async fn retrieve_batch(
     };
     let requester = auth::geo(&site, &headers, &expected).await?;
     let ids = query.ids.map_err(ApiError::BadRequest)?;
+    if let Some(problem) = query.problem {
+        return Err(ApiError::BadRequest(problem));
+    }
     let max_part = query.max_part_bytes.map_err(ApiError::BadRequest)?;
     let it = site
         .installed(&name)
@@ -151,6 +154,9 @@ async fn retrieve_batch(
     let work: Vec<(i64, Option<(records::Record, Result<BlobPath, String>)>)> =
         ids.iter().map(|&id| (id, by_id.remove(&id))).collect();
     let (sender, body) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    crate::metrics::RETRIEVE_BATCHES
+        .with_label_values(&[it.name(), &requester.name])
+        .inc();
     let served = crate::metrics::RETRIEVE_SERVED.with_label_values(&[it.name(), &requester.name]);
     tokio::spawn(answer_batch(
         site.clone(),
@@ -168,49 +174,50 @@ async fn retrieve_batch(
     Ok(response)
 }
 
-/// The query of a batch retrieve, checked.
+/// The query of a batch retrieve: the ids as parsed (what the token must
+/// sign), and what is wrong with the request otherwise (said only after
+/// authentication).
 struct BatchQuery {
     raw_ids: String,
+    /// The ids, if they are integers.
     ids: Result<Vec<i64>, String>,
     max_part_bytes: Result<u64, String>,
+    /// A limit or rule the request breaks.
+    problem: Option<String>,
 }
 
 impl BatchQuery {
     fn parse(query: &str) -> BatchQuery {
         let mut raw_ids = None;
         let mut max = None;
-        let mut unknown = None;
+        let mut problem = None;
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match key.as_ref() {
                 "ids" if raw_ids.is_none() => raw_ids = Some(value.into_owned()),
                 "max_part_bytes" if max.is_none() => max = Some(value.into_owned()),
-                other => unknown = Some(other.to_string()),
+                other => problem = Some(format!("unknown or repeated query parameter {other:?}")),
             }
         }
-        let raw = raw_ids.clone().unwrap_or_default();
-        let ids = (|| {
-            if let Some(key) = &unknown {
-                return Err(format!("unknown or repeated query parameter {key:?}"));
-            }
-            let list = raw_ids.ok_or("ids is required")?;
-            let ids: Vec<i64> = list
+        let ids = match &raw_ids {
+            None => Err("ids is required".to_string()),
+            Some(list) => list
                 .split(',')
                 .map(|s| s.trim().parse::<i64>())
-                .collect::<Result<_, _>>()
-                .map_err(|_| "ids must be comma-separated integers".to_string())?;
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| "ids must be comma-separated integers".to_string()),
+        };
+        if let Ok(ids) = &ids {
+            let distinct: std::collections::HashSet<i64> = ids.iter().copied().collect();
             if ids.len() > blob_batch::MAX_BATCH_IDS {
-                return Err(format!(
+                problem = Some(format!(
                     "at most {} ids per batch retrieve, {} asked",
                     blob_batch::MAX_BATCH_IDS,
                     ids.len()
                 ));
+            } else if distinct.len() != ids.len() {
+                problem = Some("ids must not repeat".into());
             }
-            let distinct: std::collections::HashSet<i64> = ids.iter().copied().collect();
-            if distinct.len() != ids.len() {
-                return Err("ids must not repeat".into());
-            }
-            Ok(ids)
-        })();
+        }
         let max_part_bytes = match max {
             None => Ok(blob_batch::DEFAULT_MAX_PART_BYTES),
             Some(text) => match text.parse::<u64>() {
@@ -222,9 +229,10 @@ impl BatchQuery {
             },
         };
         BatchQuery {
-            raw_ids: raw,
+            raw_ids: raw_ids.unwrap_or_default(),
             ids,
             max_part_bytes,
+            problem,
         }
     }
 }

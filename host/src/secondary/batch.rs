@@ -171,6 +171,35 @@ pub async fn run_batch_scheduler<F, Fut>(
     while in_flight.join_next().await.is_some() {}
 }
 
+/// Claims one batch of `it` and syncs it now, whatever else runs (for
+/// operators' tools and tests). Returns how many rows it claimed.
+pub async fn sync_one_batch(
+    downloader: &Downloader,
+    it: &Arc<InstalledType>,
+    settings: BatchSettings,
+) -> Result<usize, crate::db::DbError> {
+    let claims = Registry::of(it)
+        .claim_sync_leased(&downloader.tracking, settings.size, downloader.lease)
+        .await?;
+    let claimed = claims.len();
+    let held = Held::default();
+    for claim in &claims {
+        held.add(it, claim.model_id);
+    }
+    if claimed > 0 {
+        sync_batch(
+            downloader.clone(),
+            it.clone(),
+            claims,
+            settings,
+            Arc::new(Semaphore::new(4)),
+            held,
+        )
+        .await;
+    }
+    Ok(claimed)
+}
+
 /// Syncs one claimed batch of `it` and records its outcomes; the rows are
 /// never left started (but by a crash, which the claim lease covers).
 async fn sync_batch(
