@@ -4,13 +4,17 @@
 mod admin_page;
 mod authoring;
 mod batch;
+mod cli_output;
+mod deployment;
 mod faults;
+mod gitlab_clients;
 mod hot_swap;
 mod npm;
 mod object_storage;
 mod operator;
 mod plugin;
 mod primary;
+mod probes;
 mod replication;
 mod robustness;
 mod scale_out;

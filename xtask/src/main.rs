@@ -22,6 +22,7 @@ mod moto;
 mod plugins;
 mod postgres;
 mod test;
+mod venv;
 
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};

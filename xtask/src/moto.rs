@@ -57,14 +57,7 @@ fn ensure_installed(venv: &Path) -> Result<PathBuf> {
     if server.exists() {
         return Ok(server);
     }
-    if !venv.join("bin").join("pip").exists() {
-        // Debian's python3 needs python3-venv for `-m venv` to bring pip.
-        if let Err(error) = crate::ensure_debian_packages(&["python3-venv"]) {
-            eprintln!("xtask: {error:#}");
-        }
-        eprintln!("xtask: creating {}", venv.display());
-        crate::run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
-    }
+    crate::venv::create(venv)?;
     eprintln!("xtask: installing moto[server] (S3 test server)");
     crate::run(
         Command::new(venv.join("bin").join("pip"))
