@@ -86,16 +86,7 @@ async fn primary_with_small_records(
     geohost::primary::verify::backfill_states(&primary.site.db, &it)
         .await
         .unwrap();
-    eventually(LIMIT, "the primary to verify every record", || async {
-        geohost::primary::verify::state_counts(&primary.site.db, &it)
-            .await
-            .unwrap()
-            .iter()
-            .any(|&(state, count)| {
-                state == geohost::states::VerificationState::Succeeded && count == n as i64
-            })
-    })
-    .await;
+    sites::primary_verified(&primary, n).await;
     (primary, records)
 }
 
@@ -192,14 +183,7 @@ async fn each_record_of_a_batch_ends_as_it_would_alone() {
         let large_body = "x".repeat(300 * 1024);
         let large = sites::put_helm(&primary, project, "large", &large_body).await;
         let it = primary.site.installed(HELM).unwrap();
-        eventually(LIMIT, "the primary's checksums", || async {
-            geohost::primary::verify::state_counts(&primary.site.db, &it)
-                .await
-                .unwrap()
-                .iter()
-                .any(|&(s, n)| s == geohost::states::VerificationState::Succeeded && n == 4)
-        })
-        .await;
+        sites::primary_verified(&primary, 4).await;
         // A secondary without workers: its registry is filled, then one
         // batch is run by hand once the primary has changed.
         let secondary = sites::secondary_with(

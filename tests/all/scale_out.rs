@@ -207,17 +207,7 @@ async fn primary_with_records(n: usize) -> TestSite {
             }
         })
         .await;
-    let it = primary.site.installed(HELM).unwrap();
-    eventually(CONVERGE, "the primary to verify every record", || async {
-        geohost::primary::verify::state_counts(&primary.site.db, &it)
-            .await
-            .unwrap()
-            .iter()
-            .any(|&(state, count)| {
-                state == geohost::states::VerificationState::Succeeded && count == n as i64
-            })
-    })
-    .await;
+    sites::primary_verified(&primary, n).await;
     primary
 }
 

@@ -354,6 +354,25 @@ pub async fn project(primary: &TestSite, namespace: i64, name: &str) -> i64 {
         .id
 }
 
+/// Waits until the primary has verified `n` records of Helm.
+pub async fn primary_verified(primary: &TestSite, n: usize) {
+    let it = primary.site.installed(HELM).unwrap();
+    eventually(
+        Duration::from_secs(600),
+        "the primary to verify every record",
+        || async {
+            geohost::primary::verify::state_counts(&primary.site.db, &it)
+                .await
+                .unwrap()
+                .iter()
+                .any(|&(state, count)| {
+                    state == geohost::states::VerificationState::Succeeded && count == n as i64
+                })
+        },
+    )
+    .await;
+}
+
 /// Polls `check` until it returns true or `limit` passes.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where

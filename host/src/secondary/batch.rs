@@ -661,46 +661,16 @@ async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::Db;
-    use crate::secondary::testing::{FakePrimary, blob_store, helm, tracking_databases};
+    use crate::secondary::testing::{
+        FakePrimary, blob_store, downloader, helm, stored, tracking_databases,
+    };
     use crate::states::SyncState;
-    use crate::storage::BlobStore;
 
     const SETTINGS: BatchSettings = BatchSettings {
         max_blob_bytes: 64,
         size: 100,
         in_flight: 2,
     };
-
-    fn downloader(primary: &FakePrimary, tracking: &Db, blobs: &BlobStore) -> Downloader {
-        Downloader {
-            client: primary.client(),
-            tracking: tracking.clone(),
-            blobs: blobs.clone(),
-            cancel: Default::default(),
-            lease: None,
-            wakes: Default::default(),
-        }
-    }
-
-    async fn stored(blobs: &BlobStore, record: &FeedRecord) -> Option<Vec<u8>> {
-        let it = helm();
-        let path = scope::blob_paths(&it, std::slice::from_ref(record))
-            .await
-            .unwrap()
-            .pop()
-            .unwrap()
-            .unwrap();
-        blobs
-            .read_small(it.name(), &[path], u64::MAX, u64::MAX)
-            .await
-            .pop()?
-            .ok()
-            .map(|r| match r {
-                crate::storage::SmallRead::Whole(bytes) => bytes.to_vec(),
-                crate::storage::SmallRead::TooLarge(_) => unreachable!(),
-            })
-    }
 
     /// Claims every pending row and syncs them as one batch.
     async fn run_one_batch(d: &Downloader) -> usize {

@@ -689,37 +689,10 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secondary::testing::{FakePrimary, blob_store, helm, sha256, tracking_databases};
+    use crate::secondary::testing::{
+        FakePrimary, blob_store, downloader, helm, sha256, stored, tracking_databases,
+    };
     use crate::states::SyncState;
-
-    fn downloader(primary: &FakePrimary, tracking: &Db, blobs: &BlobStore) -> Downloader {
-        Downloader {
-            client: primary.client(),
-            tracking: tracking.clone(),
-            blobs: blobs.clone(),
-            cancel: CancellationToken::new(),
-            lease: None,
-            wakes: Default::default(),
-        }
-    }
-
-    async fn stored(blobs: &BlobStore, record: &FeedRecord) -> Option<Vec<u8>> {
-        let it = helm();
-        let path = scope::blob_paths(&it, std::slice::from_ref(record))
-            .await
-            .unwrap()
-            .pop()
-            .unwrap()
-            .unwrap();
-        let (_, stream) = blobs.get(it.name(), &path).await.ok()?;
-        let chunks: Vec<_> = stream.collect().await;
-        Some(
-            chunks
-                .into_iter()
-                .flat_map(|c| c.unwrap().to_vec())
-                .collect(),
-        )
-    }
 
     #[tokio::test]
     async fn downloads_check_and_place_the_blob() {

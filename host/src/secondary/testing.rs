@@ -376,6 +376,42 @@ async fn retrieve_batch(
     body.into_response()
 }
 
+/// A downloader of `primary` into `tracking` and `blobs`, without lease.
+pub fn downloader(
+    primary: &FakePrimary,
+    tracking: &Db,
+    blobs: &crate::storage::BlobStore,
+) -> super::sync::Downloader {
+    super::sync::Downloader {
+        client: primary.client(),
+        tracking: tracking.clone(),
+        blobs: blobs.clone(),
+        cancel: Default::default(),
+        lease: None,
+        wakes: Default::default(),
+    }
+}
+
+/// The blob of a Helm `record` in `blobs`, if there is one.
+pub async fn stored(blobs: &crate::storage::BlobStore, record: &FeedRecord) -> Option<Vec<u8>> {
+    let it = helm();
+    let path = super::scope::blob_paths(&it, std::slice::from_ref(record))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    match blobs
+        .read_small(it.name(), &[path], u64::MAX, u64::MAX)
+        .await
+        .pop()?
+        .ok()?
+    {
+        crate::storage::SmallRead::Whole(bytes) => Some(bytes.to_vec()),
+        crate::storage::SmallRead::TooLarge(_) => None,
+    }
+}
+
 /// A blob store in a new temporary folder (kept alive by the returned guard).
 pub fn blob_store() -> (tempfile::TempDir, crate::storage::BlobStore) {
     let dir = tempfile::tempdir().expect("a temporary folder");

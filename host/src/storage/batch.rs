@@ -9,14 +9,13 @@
 //! time. Memory stays bounded: [`BlobStore::read_small`] reads up to a byte
 //! budget per call, and no blob larger than the caller's limit is read.
 
-use super::hash::{hash_file, io_error, open_local};
+use super::hash::{hash_file, io_error, open_local, read_whole};
 use super::{BlobStore, StorageError, StoreKind, TEMP_DIR, Written, blob_location};
 use crate::plugin::BlobPath;
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{GetOptions, ObjectStoreExt, PutPayload};
-use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -124,19 +123,8 @@ impl BlobStore {
         max: u64,
         budget: u64,
     ) -> Vec<Result<SmallRead, StorageError>> {
-        let locations: Vec<Result<StorePath, StorageError>> =
-            paths.iter().map(|p| blob_location(type_name, p)).collect();
         if let Some(fs) = self.local_fs() {
-            let files: Vec<Result<(std::path::PathBuf, String), StorageError>> = locations
-                .into_iter()
-                .map(|l| {
-                    let l = l?;
-                    let file = fs
-                        .path_to_filesystem(&l)
-                        .map_err(|e| StorageError::from_store("read", &l, e))?;
-                    Ok((file, l.to_string()))
-                })
-                .collect();
+            let files = local_files(fs, type_name, paths);
             // One blocking task: reading small files is cheaper than the
             // hand-offs between several.
             return tokio::task::spawn_blocking(move || {
@@ -157,6 +145,8 @@ impl BlobStore {
             .await
             .unwrap_or_else(|e| vec![Err(io_error("read", type_name, std::io::Error::other(e)))]);
         }
+        let locations: Vec<Result<StorePath, StorageError>> =
+            paths.iter().map(|p| blob_location(type_name, p)).collect();
         let mut out = Vec::new();
         let mut total = 0u64;
         let mut reads = futures::stream::iter(locations)
@@ -208,29 +198,20 @@ impl BlobStore {
         parallel: usize,
     ) -> Vec<Result<Written, StorageError>> {
         if let Some(fs) = self.local_fs() {
-            let files: Vec<Result<(std::path::PathBuf, String), StorageError>> = paths
-                .iter()
-                .map(|p| {
-                    let l = blob_location(type_name, p)?;
-                    let file = fs
-                        .path_to_filesystem(&l)
-                        .map_err(|e| StorageError::from_store("read", &l, e))?;
-                    Ok((file, l.to_string()))
-                })
-                .collect();
-            return run_prepared(files, parallel, |(file, shown)| {
-                let (handle, size) = open_local(file, shown)?;
-                hash_file(handle, 0, size).map_err(|e| io_error("read", shown, e))
-            })
+            return run_prepared(
+                local_files(fs, type_name, paths),
+                parallel,
+                |(file, shown)| {
+                    let (handle, size) = open_local(file, shown)?;
+                    hash_file(handle, 0, size).map_err(|e| io_error("read", shown, e))
+                },
+            )
             .await;
         }
-        // Owned paths: a closure over borrowed ones is not general enough
-        // for a `Send` future.
-        futures::stream::iter(paths.to_vec())
-            .map(|path| async move { self.checksum(type_name, &path).await })
-            .buffered(parallel.max(1))
-            .collect()
-            .await
+        each_path(paths, parallel, |path| async move {
+            self.checksum(type_name, &path).await
+        })
+        .await
     }
 
     /// GitLab's verification checksum of each blob of `type_name`, in
@@ -250,15 +231,12 @@ impl BlobStore {
                 .map(|r| r.map(|w| w.sha256))
                 .collect(),
             StoreKind::ObjectStorage => {
-                futures::stream::iter(paths.to_vec())
-                    .map(|path| async move {
-                        Ok(super::format_file_size_for_checksum(
-                            self.size(type_name, &path).await?,
-                        ))
-                    })
-                    .buffered(parallel.max(1))
-                    .collect()
-                    .await
+                each_path(paths, parallel, |path| async move {
+                    Ok(super::format_file_size_for_checksum(
+                        self.size(type_name, &path).await?,
+                    ))
+                })
+                .await
             }
         }
     }
@@ -334,22 +312,41 @@ fn read_local(file: &std::path::Path, shown: &str, max: u64) -> Result<SmallRead
     if size > max {
         return Ok(SmallRead::TooLarge(size));
     }
-    let mut content = Vec::with_capacity(size as usize);
-    handle
-        .take(size)
-        .read_to_end(&mut content)
-        .map_err(|e| io_error("read", shown, e))?;
-    if content.len() as u64 != size {
-        let short = std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!(
-                "the file shrank to {} of {size} bytes while read",
-                content.len()
-            ),
-        );
-        return Err(io_error("read", shown, short));
-    }
-    Ok(SmallRead::Whole(Bytes::from(content)))
+    Ok(SmallRead::Whole(read_whole(handle, size, shown)?))
+}
+
+/// The files of blobs of `type_name` in the local store `fs`, each with
+/// its location as shown in errors.
+fn local_files(
+    fs: &object_store::local::LocalFileSystem,
+    type_name: &str,
+    paths: &[BlobPath],
+) -> Vec<Result<(std::path::PathBuf, String), StorageError>> {
+    paths
+        .iter()
+        .map(|p| {
+            let location = blob_location(type_name, p)?;
+            let file = fs
+                .path_to_filesystem(&location)
+                .map_err(|e| StorageError::from_store("read", &location, e))?;
+            Ok((file, location.to_string()))
+        })
+        .collect()
+}
+
+/// `each(path)` for every path, `parallel` at a time, results in order.
+/// (Owned paths: a closure over borrowed ones is not general enough for a
+/// `Send` future.)
+async fn each_path<T, F, Fut>(paths: &[BlobPath], parallel: usize, each: F) -> Vec<T>
+where
+    F: Fn(BlobPath) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    futures::stream::iter(paths.to_vec())
+        .map(each)
+        .buffered(parallel.max(1))
+        .collect()
+        .await
 }
 
 /// Writes `bytes` to the new file `temp`, then renames it to `target`,

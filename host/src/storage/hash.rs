@@ -107,6 +107,30 @@ pub(super) fn open_local(
     Ok((file, meta.len()))
 }
 
+/// Reads exactly `size` bytes of an open local blob (blocking): an error if
+/// the file shrank while read.
+pub(super) fn read_whole(
+    file: std::fs::File,
+    size: u64,
+    shown: &str,
+) -> Result<bytes::Bytes, StorageError> {
+    let mut content = Vec::with_capacity(size as usize);
+    file.take(size)
+        .read_to_end(&mut content)
+        .map_err(|e| io_error("read", shown, e))?;
+    if content.len() as u64 != size {
+        let short = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "the file shrank to {} of {size} bytes while read",
+                content.len()
+            ),
+        );
+        return Err(io_error("read", shown, short));
+    }
+    Ok(bytes::Bytes::from(content))
+}
+
 /// A local I/O error of `op` on `location`.
 pub(super) fn io_error(op: &'static str, location: &str, source: std::io::Error) -> StorageError {
     StorageError::Io {

@@ -477,8 +477,7 @@ async fn serve_local(
     fs: &LocalFileSystem,
     location: &StorePath,
 ) -> Result<(u64, BoxStream<'static, Result<Bytes, StorageError>>), StorageError> {
-    use super::hash::{io_error, local_file_path, open_local};
-    use std::io::Read;
+    use super::hash::{io_error, local_file_path, open_local, read_whole};
     let file_path = local_file_path(fs, location)?;
     let shown = location.to_string();
     enum Opened {
@@ -493,21 +492,7 @@ async fn serve_local(
                 return Ok(Opened::Open(file, size));
             }
             // Exactly the size taken at open, as the streamed case yields.
-            let mut content = Vec::with_capacity(size as usize);
-            file.take(size)
-                .read_to_end(&mut content)
-                .map_err(|e| io_error("read", &shown, e))?;
-            if content.len() as u64 != size {
-                let short = std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "the file shrank to {} of {size} bytes while read",
-                        content.len()
-                    ),
-                );
-                return Err(io_error("read", &shown, short));
-            }
-            Ok(Opened::Whole(Bytes::from(content)))
+            Ok(Opened::Whole(read_whole(file, size, &shown)?))
         })
         .await
         .map_err(|e| io_error("read", location.as_ref(), std::io::Error::other(e)))??
