@@ -26,7 +26,6 @@ use geohost::config::Config;
 use geohost::db::{Arg, Db};
 use geohost::primary::{sites as geo_sites, topology};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const BACKFILL_RECORDS: usize = 1_000_000;
@@ -183,62 +182,6 @@ struct Peaks {
     primary: u64,
     secondary: u64,
     rows: Vec<(String, String)>,
-}
-
-/// A `geohost serve` process, killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Process {
-    fn start(config: &Path, log: &Path) -> Process {
-        let log = std::fs::File::create(log).expect("log file");
-        Process(
-            Command::new(env!("CARGO_BIN_EXE_geohost"))
-                .args(["serve", "--config"])
-                .arg(config)
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("geohost serve starts"),
-        )
-    }
-
-    /// `VmHWM` of the process, in bytes.
-    fn peak_rss(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kib| kib.parse::<u64>().ok())
-            })
-            .map_or(0, |kib| kib * 1024)
-    }
-}
-
-async fn wait_listening(address: &str) {
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(address).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{address} never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a port")
-        .port()
 }
 
 async fn peak_rss_per_site() -> Peaks {

@@ -265,6 +265,20 @@ pub struct WorkerSection {
     /// failures heal within seconds. Per process.
     #[serde(default)]
     pub retry_delay_max_secs: Option<u64>,
+    /// A secondary fetches blobs of at most this many bytes through batch
+    /// retrieves, many in one request (`docs/batch-retrieve.md`), and larger
+    /// ones one per request. 0: every blob one per request (the per-blob
+    /// path). At most 16 MiB.
+    #[serde(default = "default_sync_batch_max_blob_bytes")]
+    pub sync_batch_max_blob_bytes: u64,
+    /// Rows a secondary claims for one batch retrieve (at most 1,000).
+    #[serde(default = "default_sync_batch_size")]
+    pub sync_batch_size: i64,
+    /// Batch retrieves a secondary runs at once. The blobs too large for a
+    /// batch are downloaded `files_max_capacity` at a time (GitLab's
+    /// setting, on the primary).
+    #[serde(default = "default_sync_batches_in_flight")]
+    pub sync_batches_in_flight: usize,
 }
 
 /// Guarded deletions on a secondary (`storage/quarantine.rs`,
@@ -312,6 +326,9 @@ impl Default for WorkerSection {
             bulk_update_pause_ms: default_bulk_pause_ms(),
             claim_lease_secs: default_claim_lease_secs(),
             retry_delay_max_secs: None,
+            sync_batch_max_blob_bytes: default_sync_batch_max_blob_bytes(),
+            sync_batch_size: default_sync_batch_size(),
+            sync_batches_in_flight: default_sync_batches_in_flight(),
         }
     }
 }
@@ -348,6 +365,15 @@ fn default_bulk_pause_ms() -> u64 {
 }
 fn default_claim_lease_secs() -> u64 {
     300
+}
+fn default_sync_batch_max_blob_bytes() -> u64 {
+    crate::blob_batch::DEFAULT_MAX_PART_BYTES
+}
+fn default_sync_batch_size() -> i64 {
+    200
+}
+fn default_sync_batches_in_flight() -> usize {
+    4
 }
 fn default_true() -> bool {
     true
@@ -411,7 +437,7 @@ impl Config {
         const YEAR: i128 = 365 * DAY;
         let w = &self.workers;
         let n = |v: u64| Some(i128::from(v));
-        let bounds: [(&str, Option<i128>, i128, i128); 10] = [
+        let bounds: [(&str, Option<i128>, i128, i128); 13] = [
             ("workers.sync_timeout_secs", n(w.sync_timeout_secs), 1, YEAR),
             (
                 "workers.verification_timeout_secs",
@@ -456,6 +482,24 @@ impl Config {
                 Some(w.verification_batch.into()),
                 1,
                 10_000,
+            ),
+            (
+                "workers.sync_batch_max_blob_bytes",
+                n(w.sync_batch_max_blob_bytes),
+                0,
+                crate::blob_batch::MAX_PART_BYTES_LIMIT.into(),
+            ),
+            (
+                "workers.sync_batch_size",
+                Some(w.sync_batch_size.into()),
+                1,
+                crate::blob_batch::MAX_BATCH_IDS as i128,
+            ),
+            (
+                "workers.sync_batches_in_flight",
+                Some(w.sync_batches_in_flight as i128),
+                1,
+                64,
             ),
         ];
         for (name, value, min, max) in bounds {

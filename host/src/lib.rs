@@ -28,6 +28,7 @@
 pub mod allow_list;
 pub mod api;
 pub mod auth;
+pub mod blob_batch;
 pub mod catalog;
 pub mod cli;
 pub mod config;

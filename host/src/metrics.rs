@@ -118,6 +118,22 @@ pub static RETRIEVE_SERVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// `geohost_retrieve_batches_total{type,site}` (primary): batch retrieves
+/// answered (each serves many blobs, counted in
+/// `geohost_retrieve_served_total`).
+pub static RETRIEVE_BATCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "geohost_retrieve_batches_total",
+                "Batch retrieves answered to secondaries",
+            ),
+            &["type", "site"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// `geohost_replication_lag_seconds`: age of the newest event this
 /// secondary has processed relative to the primary's newest.
 pub static REPLICATION_LAG: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
@@ -201,6 +217,7 @@ pub fn init() {
     LazyLock::force(&SYNC_SECONDS);
     LazyLock::force(&SYNC_BYTES);
     LazyLock::force(&RETRIEVE_SERVED);
+    LazyLock::force(&RETRIEVE_BATCHES);
     LazyLock::force(&REPLICATION_LAG);
     LazyLock::force(&STATUS_FAILED);
     LazyLock::force(&BULK_UPDATE_BATCHES);

@@ -39,6 +39,8 @@ pub struct Site {
     pub role_state: RoleState,
     /// How the background duties are doing (`health.rs`).
     pub duties: crate::health::DutyBoard,
+    /// Secondaries authenticated lately (primary).
+    pub auth_cache: crate::auth::cache::AuthCache,
 }
 
 impl Site {
@@ -87,21 +89,37 @@ impl Site {
     }
 }
 
-/// Wakes long-polling readers when events are committed in this process.
+/// Wakes long-polling readers when events are committed in this process,
+/// and the verifier when a record's blob is written: work is taken when it
+/// appears, not at the next idle poll (which still finds what other
+/// processes wrote).
 #[derive(Debug, Clone)]
 pub struct EventSignal {
     sender: watch::Sender<u64>,
+    written: Arc<tokio::sync::Notify>,
 }
 
 impl Default for EventSignal {
     fn default() -> Self {
         EventSignal {
             sender: watch::channel(0).0,
+            written: Default::default(),
         }
     }
 }
 
 impl EventSignal {
+    /// Call after a transaction that wrote a record's blob commits.
+    pub fn record_written(&self) {
+        self.written.notify_one();
+    }
+
+    /// Waits for [`EventSignal::record_written`] (a write since the last
+    /// wait counts).
+    pub async fn written(&self) {
+        self.written.notified().await
+    }
+
     /// Call after a transaction that wrote events commits.
     pub fn notify(&self) {
         self.sender.send_modify(|n| *n = n.wrapping_add(1));

@@ -126,6 +126,25 @@ impl VerificationState {
     }
 }
 
+/// The states as SQL literals, for the statements that must name them:
+/// a partial index (GitLab's `WHERE verification_state = 0`) serves only a
+/// query whose condition names the same literal, so states are not bound
+/// as arguments. SQL text takes its numbers from here, never from digits.
+pub mod sql {
+    use super::{SyncState, VerificationState};
+
+    pub const S_PENDING: i16 = SyncState::Pending as i16;
+    pub const S_STARTED: i16 = SyncState::Started as i16;
+    pub const S_SYNCED: i16 = SyncState::Synced as i16;
+    pub const S_FAILED: i16 = SyncState::Failed as i16;
+
+    pub const V_PENDING: i16 = VerificationState::Pending as i16;
+    pub const V_STARTED: i16 = VerificationState::Started as i16;
+    pub const V_SUCCEEDED: i16 = VerificationState::Succeeded as i16;
+    pub const V_FAILED: i16 = VerificationState::Failed as i16;
+    pub const V_DISABLED: i16 = VerificationState::Disabled as i16;
+}
+
 /// The default cap on retry delays: one hour (plus `delay(1)`).
 pub const RETRY_CAP: Duration = Duration::hours(1);
 /// The cap for files missing on the primary: four hours.

@@ -3,6 +3,7 @@
 
 mod admin_page;
 mod authoring;
+mod batch;
 mod cli_output;
 mod deployment;
 mod faults;

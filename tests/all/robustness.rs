@@ -483,6 +483,10 @@ fn cases(project: i64) -> Vec<Case> {
             format!("/api/v4/geo/replication/{HELM}/records?ids=1,x"),
         ),
         (
+            "batch retrieve, bad ids",
+            format!("/api/v4/geo/retrieve/{HELM}?ids=1,..%2F{PROBE}&max_part_bytes=x"),
+        ),
+        (
             "events, bad limit",
             "/api/v4/geo/events?limit=-1&wait_ms=abc".to_string(),
         ),
@@ -542,6 +546,39 @@ fn signed_cases(access_key: &str, secret: &str) -> Vec<Case> {
         "events, limit too large",
         "/api/v4/geo/events?limit=100000".into(),
         feed::feed_claim("events"),
+    );
+    let batch = |ids: &str| serde_json::json!({"replicable_name": HELM, "replicable_ids": ids});
+    signed(
+        "batch retrieve, ids not integers",
+        format!("/api/v4/geo/retrieve/{HELM}?ids=1,{PROBE}"),
+        batch(&format!("1,{PROBE}")),
+    );
+    let many: Vec<i64> = (1..=1001).collect();
+    signed(
+        "batch retrieve, too many ids",
+        format!(
+            "/api/v4/geo/retrieve/{HELM}?ids={}",
+            many.iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        geohost::blob_batch::batch_claim(HELM, &many),
+    );
+    signed(
+        "batch retrieve, a repeated id",
+        format!("/api/v4/geo/retrieve/{HELM}?ids=1,1"),
+        geohost::blob_batch::batch_claim(HELM, &[1, 1]),
+    );
+    signed(
+        "batch retrieve, parts too large",
+        format!("/api/v4/geo/retrieve/{HELM}?ids=1&max_part_bytes=99999999999"),
+        geohost::blob_batch::batch_claim(HELM, &[1]),
+    );
+    signed(
+        "batch retrieve, unknown parameter",
+        format!("/api/v4/geo/retrieve/{HELM}?ids=1&{PROBE}=1"),
+        geohost::blob_batch::batch_claim(HELM, &[1]),
     );
     signed(
         "retrieve, unknown record",

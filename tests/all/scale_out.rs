@@ -207,17 +207,7 @@ async fn primary_with_records(n: usize) -> TestSite {
             }
         })
         .await;
-    let it = primary.site.installed(HELM).unwrap();
-    eventually(CONVERGE, "the primary to verify every record", || async {
-        geohost::primary::verify::state_counts(&primary.site.db, &it)
-            .await
-            .unwrap()
-            .iter()
-            .any(|&(state, count)| {
-                state == geohost::states::VerificationState::Succeeded && count == n as i64
-            })
-    })
-    .await;
+    sites::primary_verified(&primary, n).await;
     primary
 }
 
@@ -308,11 +298,15 @@ async fn a_killed_workers_claims_are_taken_over() {
         secondary.counts(&primary).await,
         secondary.logs()
     );
-    // Only downloads the killed worker had in flight can have been served
-    // twice: at most its capacity.
+    // Only blobs the killed worker had in flight can have been served
+    // twice: at most its claims, its batches in flight and its single
+    // downloads.
+    let workers = geohost::config::WorkerSection::default();
+    let in_flight =
+        workers.sync_batches_in_flight as i64 * workers.sync_batch_size + CAPACITY as i64;
     let served = secondary.served();
     assert!(
-        served >= N as u64 && served <= (N + CAPACITY as i64) as u64,
+        served >= N as u64 && served <= (N + in_flight) as u64,
         "served {served} blobs for {N} records"
     );
 }

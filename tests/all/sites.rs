@@ -44,6 +44,38 @@ async fn database_url(backend: Backend) -> String {
     }
 }
 
+/// Where the data folders of sites started from now on go (default: the
+/// system's temporary folder); see [`sites_in_memory`].
+static SITE_PARENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Puts the data folders (blob trees) of the sites this test process starts
+/// from now on in memory, on `/dev/shm`, when it is a tmpfs with at least
+/// 1 GiB free. Removing tens of thousands of GitLab's hashed folders from a
+/// disk shared with other builds took longer than the test that made them.
+pub fn sites_in_memory() {
+    let shm = std::path::Path::new("/dev/shm");
+    let Ok(c_path) = std::ffi::CString::new("/dev/shm") else {
+        return;
+    };
+    // SAFETY: `statvfs` writes into the zeroed struct it is given.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    let free = if unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) } == 0 {
+        stats.f_bavail as u64 * stats.f_frsize as u64
+    } else {
+        0
+    };
+    if shm.is_dir() && free >= 1 << 30 {
+        let _ = SITE_PARENT.set(shm.to_path_buf());
+    }
+}
+
+fn site_dir() -> TempDir {
+    match SITE_PARENT.get() {
+        Some(parent) => TempDir::new_in(parent).unwrap(),
+        None => TempDir::new().unwrap(),
+    }
+}
+
 /// A running site.
 pub struct TestSite {
     pub site: Arc<Site>,
@@ -145,7 +177,7 @@ pub async fn primary(backend: Backend) -> TestSite {
 
 /// Starts a primary with these `[workers]` settings.
 pub async fn primary_with(backend: Backend, workers: &str) -> TestSite {
-    let tmp = TempDir::new().unwrap();
+    let tmp = site_dir();
     let dir = tmp.path().to_path_buf();
     let port = free_port();
     let config = format!(
@@ -176,7 +208,7 @@ pub async fn secondary_with(
     new: sites::NewSite,
     workers: &str,
 ) -> TestSite {
-    let tmp = TempDir::new().unwrap();
+    let tmp = site_dir();
     let dir = tmp.path().to_path_buf();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -321,6 +353,25 @@ pub async fn project(primary: &TestSite, namespace: i64, name: &str) -> i64 {
         .await
         .unwrap()
         .id
+}
+
+/// Waits until the primary has verified `n` records of Helm.
+pub async fn primary_verified(primary: &TestSite, n: usize) {
+    let it = primary.site.installed(HELM).unwrap();
+    eventually(
+        Duration::from_secs(600),
+        "the primary to verify every record",
+        || async {
+            geohost::primary::verify::state_counts(&primary.site.db, &it)
+                .await
+                .unwrap()
+                .iter()
+                .any(|&(state, count)| {
+                    state == geohost::states::VerificationState::Succeeded && count == n as i64
+                })
+        },
+    )
+    .await;
 }
 
 /// Polls `check` until it returns true or `limit` passes.

@@ -85,6 +85,8 @@ pub struct BenchSite {
     pub site: Arc<Site>,
     pub url: String,
     pub dir: PathBuf,
+    /// Its configuration (TOML), to run it again as a process.
+    pub config: String,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _tmp: TempDir,
 }
@@ -95,7 +97,13 @@ impl BenchSite {
         self.site.config.blob_root().join(HELM)
     }
 
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        drop(self.stop_keeping_data().await);
+    }
+
+    /// Stops the site and hands back its folder (to serve it again from
+    /// the binary with [`Process`]).
+    pub async fn stop_keeping_data(mut self) -> TempDir {
         self.site.shutdown.cancel();
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
@@ -104,6 +112,75 @@ impl BenchSite {
         if let Some(t) = &self.site.tracking {
             t.close().await;
         }
+        self._tmp
+    }
+}
+
+/// A `geohost serve` process (the release binary), killed when dropped.
+pub struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Process {
+    /// Serves the site of `config` (a file), logging to `log`.
+    pub fn start(config: &Path, log: &Path) -> Process {
+        let log = std::fs::File::create(log).expect("log file");
+        Process(
+            Command::new(env!("CARGO_BIN_EXE_geohost"))
+                .args(["serve", "--config"])
+                .arg(config)
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("geohost serve starts"),
+        )
+    }
+
+    /// `VmHWM` of the process, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kib| kib.parse::<u64>().ok())
+            })
+            .map_or(0, |kib| kib * 1024)
+    }
+
+    /// CPU time (user + system, every thread) the process used so far.
+    pub fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime is
+        // the 14th field of the line, stime the 15th.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<u64> = after
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let ticks = fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0);
+        // SAFETY: sysconf reads a constant.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_micros(ticks * 1_000_000 / per_sec)
+    }
+}
+
+/// Waits until something listens on `address`.
+pub async fn wait_listening(address: &str) {
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{address} never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -142,6 +219,7 @@ async fn start(config_text: String, tmp: TempDir, port: u16, serve: bool) -> Ben
         site,
         url: format!("http://127.0.0.1:{port}"),
         dir: tmp.path().to_path_buf(),
+        config: config_text,
         task,
         _tmp: tmp,
     }
@@ -163,8 +241,26 @@ pub async fn primary(workers: &str, serve: bool) -> BenchSite {
 /// Registers a secondary of `primary` (default settings but
 /// `files_max_capacity`) and starts it on SQLite and local disk.
 pub async fn secondary(primary: &BenchSite, files_max_capacity: i32) -> BenchSite {
-    let tmp = temp_dir();
-    let port = free_port();
+    secondary_with(primary, files_max_capacity, &SecondaryOptions::default()).await
+}
+
+/// How a bench secondary differs from the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct SecondaryOptions {
+    /// `[workers]` lines.
+    pub workers: String,
+    /// The tracking database's URL (`None`: SQLite in the data folder).
+    pub tracking_url: Option<String>,
+}
+
+/// The secondary's configuration after registering it on `primary`.
+pub async fn secondary_config(
+    primary: &BenchSite,
+    files_max_capacity: i32,
+    options: &SecondaryOptions,
+    dir: &Path,
+    port: u16,
+) -> String {
     let url = format!("http://127.0.0.1:{port}");
     let (_, credentials) = sites::add_secondary(
         &primary.site,
@@ -177,16 +273,44 @@ pub async fn secondary(primary: &BenchSite, files_max_capacity: i32) -> BenchSit
     )
     .await
     .expect("secondary registered");
-    let config = format!(
+    let tracking = options
+        .tracking_url
+        .as_ref()
+        .map(|url| format!("[tracking_database]\nurl = {url:?}\n"))
+        .unwrap_or_default();
+    format!(
         "[site]\nname = \"secondary\"\nrole = \"secondary\"\nlisten = \"127.0.0.1:{port}\"\n\
-         url = \"{url}\"\ndata_dir = {:?}\n\
-         [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n",
-        tmp.path().display().to_string(),
+         url = \"{url}\"\ndata_dir = {:?}\n{tracking}\
+         [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n\
+         [workers]\n{}",
+        dir.display().to_string(),
         primary.url,
         credentials.access_key,
         credentials.secret_access_key,
-    );
+        options.workers,
+    )
+}
+
+/// [`secondary`] with `options`.
+pub async fn secondary_with(
+    primary: &BenchSite,
+    files_max_capacity: i32,
+    options: &SecondaryOptions,
+) -> BenchSite {
+    let tmp = temp_dir();
+    let port = free_port();
+    let config = secondary_config(primary, files_max_capacity, options, tmp.path(), port).await;
     start(config, tmp, port, true).await
+}
+
+/// A new folder for a site (under `GEOHOST_BENCH_DIR` when set).
+pub fn site_folder() -> TempDir {
+    temp_dir()
+}
+
+/// A free loopback port.
+pub fn port() -> u16 {
+    free_port()
 }
 
 /// The namespace and project every benchmark record belongs to.
@@ -257,6 +381,68 @@ pub async fn write_set(
         written.push(write_one(primary, project, n, set.size).await);
     }
     (written, started.elapsed())
+}
+
+/// Writes a whole set without ingest, for sets too large to write through
+/// it in a bench's time: the model rows in multi-row statements, each blob
+/// as a file at the path GitLab's `HashedPath` gives it (what ingest
+/// writes), and pending verification states for the primary's verifier.
+pub async fn write_bulk(primary: &BenchSite, project: i64, set: BlobSet) -> Vec<Written> {
+    use geohost::db::{Arg, ident, value_rows};
+    use sha2::{Digest, Sha256};
+    let it = primary.site.installed(HELM).expect("the Helm type");
+    let h = hex::encode(Sha256::digest(project.to_string().as_bytes()));
+    let now = geohost::db::Db::now();
+    let mut written = Vec::with_capacity(set.count);
+    let indexes: Vec<usize> = (0..set.count).collect();
+    for chunk in indexes.chunks(1000) {
+        let mut args: Vec<Arg> = Vec::new();
+        for &n in chunk {
+            let channel = format!("bulk-{n}");
+            let key = format!(
+                "{}/{}/{h}/packages/helm/metadata_caches/{}",
+                &h[0..2],
+                &h[2..4],
+                hex::encode(Sha256::digest(channel.as_bytes()))
+            );
+            let file = primary.blob_root().join(&key).join("index.yaml");
+            std::fs::create_dir_all(file.parent().expect("a folder")).expect("blob folder");
+            std::fs::write(&file, random_bytes(n as u64 + 1, set.size)).expect("blob file");
+            written.push(Written {
+                id: 0,
+                file,
+                at: Instant::now(),
+            });
+            args.extend([
+                Arg::from(now),
+                Arg::from(now),
+                Arg::from(project),
+                Arg::I32(Some(set.size as i32)),
+                Arg::I16(Some(1)),
+                Arg::from(channel),
+                Arg::from("index.yaml"),
+                Arg::from(key),
+            ]);
+        }
+        primary
+            .site
+            .db
+            .execute(
+                &format!(
+                    "INSERT INTO {} (created_at, updated_at, project_id, size, file_store, \
+                     channel, file, object_storage_key) VALUES {}",
+                    ident(&it.identity.table.name),
+                    value_rows(1, chunk.len(), 8)
+                ),
+                &args,
+            )
+            .await
+            .expect("bulk insert");
+    }
+    geohost::primary::verify::backfill_states(&primary.site.db, &it)
+        .await
+        .expect("state rows");
+    written
 }
 
 /// Polls `check` every `every` until it gives `Some`, or panics after `limit`.

@@ -25,13 +25,13 @@ pub async fn geo(
         .to_str()
         .map_err(|_| deny("Authorization header is not ASCII".into()))?;
     let (access_key, token) = geo_jwt::parse_header(header).map_err(|e| deny(e.to_string()))?;
-    let (node, secret) = crate::primary::sites::authenticate(site, &access_key)
+    let found = crate::primary::sites::authenticate(site, &access_key)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or_else(|| deny("unknown or disabled access key".into()))?;
-    geo_jwt::verify(&token, &secret, expected)
-        .map_err(|e| deny(format!("site {}: {e}", node.name)))?;
-    Ok(node)
+    geo_jwt::verify(&token, &found.secret, expected)
+        .map_err(|e| deny(format!("site {}: {e}", found.node.name)))?;
+    Ok(found.node.clone())
 }
 
 /// Checks an admin token (`PRIVATE-TOKEN` or `Authorization: Bearer`).

@@ -4,14 +4,18 @@
 //! learns nothing (not even whether the record exists) and gets no byte.
 
 use super::{ApiError, AppState, auth};
+use crate::blob_batch;
 use crate::feed::{self, EventPage, FeedRecord, RecordPage, TypeInfo};
+use crate::plugin::BlobPath;
 use crate::primary::{events, ingest, records, topology};
+use crate::storage;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bytes::Bytes;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -20,6 +24,10 @@ pub fn routes() -> axum::Router<AppState> {
         .route(
             "/api/v4/geo/retrieve/{replicable_name}/{replicable_id}",
             get(retrieve),
+        )
+        .route(
+            "/api/v4/geo/retrieve/{replicable_name}",
+            get(retrieve_batch),
         )
         .route("/api/v4/geo/node", get(node))
         .route("/api/v4/geo/topology", get(topology))
@@ -101,6 +109,237 @@ async fn retrieve(
         h.insert("x-geo-checksum", v);
     }
     Ok(response)
+}
+
+/// Bytes read ahead per group of a batch answer: with the channel's two
+/// groups in flight, what a batch answer holds in memory whatever its size.
+const BATCH_READ_BUDGET: u64 = 1024 * 1024;
+/// Most blobs read per group of a batch answer.
+const BATCH_READ_GROUP: usize = 64;
+
+/// `GET /api/v4/geo/retrieve/:replicable_name?ids=1,2,3&max_part_bytes=N`:
+/// many small blobs of one type in one answer ([`crate::blob_batch`],
+/// `docs/batch-retrieve.md`). The JWT `data` names the type and exactly
+/// this id list, so a token for one set fetches nothing outside it.
+async fn retrieve_batch(
+    State(site): State<AppState>,
+    Path(name): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let query = BatchQuery::parse(query.as_deref().unwrap_or(""));
+    // The token must sign exactly this id list; a list that does not parse
+    // is signed as the text it is, and refused after authentication.
+    let expected = match &query.ids {
+        Ok(ids) => blob_batch::batch_claim(&name, ids),
+        Err(_) => serde_json::json!({"replicable_name": name, "replicable_ids": query.raw_ids}),
+    };
+    let requester = auth::geo(&site, &headers, &expected).await?;
+    let ids = query.ids.map_err(ApiError::BadRequest)?;
+    if let Some(problem) = query.problem {
+        return Err(ApiError::BadRequest(problem));
+    }
+    let max_part = query.max_part_bytes.map_err(ApiError::BadRequest)?;
+    let it = site
+        .installed(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
+    let found = records::by_ids(&site.db, &it, &ids).await?;
+    // Isolated per record: a record the plugin traps on fails its own part.
+    let rows = found
+        .iter()
+        .map(|r| Ok(it.path_row(r.id, &r.values)))
+        .collect();
+    let paths = it.blob_paths_of_rows(rows).await?;
+    let mut by_id: std::collections::HashMap<i64, (records::Record, Result<BlobPath, String>)> =
+        found
+            .into_iter()
+            .zip(paths)
+            .map(|(record, path)| (record.id, (record, path)))
+            .collect();
+    let work: Vec<(i64, Option<(records::Record, Result<BlobPath, String>)>)> =
+        ids.iter().map(|&id| (id, by_id.remove(&id))).collect();
+    let (sender, body) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    crate::metrics::RETRIEVE_BATCHES
+        .with_label_values(&[it.name(), &requester.name])
+        .inc();
+    let served = crate::metrics::RETRIEVE_SERVED.with_label_values(&[it.name(), &requester.name]);
+    tokio::spawn(answer_batch(
+        site.clone(),
+        it,
+        work,
+        max_part,
+        sender,
+        served,
+    ));
+    let mut response = Body::from_stream(body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(blob_batch::CONTENT_TYPE),
+    );
+    Ok(response)
+}
+
+/// The query of a batch retrieve: the ids as parsed (what the token must
+/// sign), and what is wrong with the request otherwise (said only after
+/// authentication).
+struct BatchQuery {
+    raw_ids: String,
+    /// The ids, if they are integers.
+    ids: Result<Vec<i64>, String>,
+    max_part_bytes: Result<u64, String>,
+    /// A limit or rule the request breaks.
+    problem: Option<String>,
+}
+
+impl BatchQuery {
+    fn parse(query: &str) -> BatchQuery {
+        let mut raw_ids = None;
+        let mut max = None;
+        let mut problem = None;
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "ids" if raw_ids.is_none() => raw_ids = Some(value.into_owned()),
+                "max_part_bytes" if max.is_none() => max = Some(value.into_owned()),
+                other => problem = Some(format!("unknown or repeated query parameter {other:?}")),
+            }
+        }
+        let ids = match &raw_ids {
+            None => Err("ids is required".to_string()),
+            Some(list) => list
+                .split(',')
+                .map(|s| s.trim().parse::<i64>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| "ids must be comma-separated integers".to_string()),
+        };
+        if let Ok(ids) = &ids {
+            let distinct: std::collections::HashSet<i64> = ids.iter().copied().collect();
+            if ids.len() > blob_batch::MAX_BATCH_IDS {
+                problem = Some(format!(
+                    "at most {} ids per batch retrieve, {} asked",
+                    blob_batch::MAX_BATCH_IDS,
+                    ids.len()
+                ));
+            } else if distinct.len() != ids.len() {
+                problem = Some("ids must not repeat".into());
+            }
+        }
+        let max_part_bytes = match max {
+            None => Ok(blob_batch::DEFAULT_MAX_PART_BYTES),
+            Some(text) => match text.parse::<u64>() {
+                Ok(n) if n <= blob_batch::MAX_PART_BYTES_LIMIT => Ok(n),
+                _ => Err(format!(
+                    "max_part_bytes must be an integer from 0 to {}",
+                    blob_batch::MAX_PART_BYTES_LIMIT
+                )),
+            },
+        };
+        BatchQuery {
+            raw_ids: raw_ids.unwrap_or_default(),
+            ids,
+            max_part_bytes,
+            problem,
+        }
+    }
+}
+
+/// Writes a batch answer into `sender`: one part per id in order, read in
+/// groups of at most [`BATCH_READ_BUDGET`] bytes, then the end mark. Stops
+/// when the client goes away.
+async fn answer_batch(
+    site: AppState,
+    it: std::sync::Arc<crate::catalog::InstalledType>,
+    work: Vec<(i64, Option<(records::Record, Result<BlobPath, String>)>)>,
+    max_part: u64,
+    mut sender: futures::channel::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    served: prometheus::IntCounter,
+) {
+    use futures::SinkExt;
+    use storage::SmallRead;
+    let name = it.name().to_string();
+    let mut encoder = blob_batch::Encoder::default();
+    let mut at = 0;
+    while at < work.len() {
+        let mut frame = bytes::BytesMut::new();
+        let (id, found) = &work[at];
+        match found {
+            // No record, or no path: its part, alone.
+            None | Some((_, Err(_))) => {
+                let header = match found {
+                    Some((_, Err(error))) => blob_batch::PartHeader::failed(
+                        *id,
+                        blob_batch::PartStatus::Error,
+                        format!("blob path: {error}"),
+                    ),
+                    _ => blob_batch::PartHeader::failed(
+                        *id,
+                        blob_batch::PartStatus::NotFound,
+                        format!("{name} not found"),
+                    ),
+                };
+                for piece in encoder.part(&header, None) {
+                    frame.extend_from_slice(&piece);
+                }
+                at += 1;
+            }
+            // The run of records with a path from here, read together (up
+            // to the byte budget: the rest waits for the next group).
+            Some((_, Ok(_))) => {
+                let group: Vec<(i64, &records::Record, BlobPath)> = work[at..]
+                    .iter()
+                    .take(BATCH_READ_GROUP)
+                    .map_while(|(id, found)| match found {
+                        Some((record, Ok(path))) => Some((*id, record, path.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                let paths: Vec<BlobPath> = group.iter().map(|(_, _, p)| p.clone()).collect();
+                let reads = site
+                    .blobs
+                    .read_small(&name, &paths, max_part, BATCH_READ_BUDGET)
+                    .await;
+                at += reads.len();
+                for ((id, record, _), read) in group.into_iter().zip(reads) {
+                    let (header, bytes) = match read {
+                        Ok(SmallRead::Whole(bytes)) => {
+                            served.inc();
+                            let checksum =
+                                record.verification_checksum.as_deref().map(checksum_hex);
+                            (
+                                blob_batch::PartHeader::ok(id, bytes.len() as u64, checksum),
+                                Some(bytes),
+                            )
+                        }
+                        Ok(SmallRead::TooLarge(size)) => {
+                            (blob_batch::PartHeader::too_large(id, size), None)
+                        }
+                        Err(error) if error.is_not_found() => (
+                            blob_batch::PartHeader::failed(
+                                id,
+                                blob_batch::PartStatus::Missing,
+                                format!("{name} {id} file not found"),
+                            ),
+                            None,
+                        ),
+                        Err(error) => (
+                            blob_batch::PartHeader::failed(
+                                id,
+                                blob_batch::PartStatus::Error,
+                                error.to_string(),
+                            ),
+                            None,
+                        ),
+                    };
+                    for piece in encoder.part(&header, bytes) {
+                        frame.extend_from_slice(&piece);
+                    }
+                }
+            }
+        }
+        if sender.send(Ok(frame.freeze())).await.is_err() {
+            return; // the client went away
+        }
+    }
+    let _ = sender.send(Ok(encoder.end())).await;
 }
 
 /// A stored checksum as hex: SHA-256 checksums are stored as bytes; GitLab's

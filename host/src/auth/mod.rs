@@ -23,6 +23,7 @@
 //! credential or the secret itself; the API answers all of them with 401.
 
 pub mod admin_token;
+pub mod cache;
 pub mod geo_jwt;
 pub(crate) mod keys;
 pub(crate) mod secret_box;

@@ -42,7 +42,7 @@ pub async fn tracking(db: &Db) -> Result<()> {
 
 async fn run(db: &Db, sqlite: &Migrator, postgres: &Migrator) -> Result<()> {
     match db {
-        Db::Sqlite(pool) => sqlite.run(pool).await?,
+        Db::Sqlite(db) => sqlite.run(db.writer()).await?,
         Db::Postgres(pool) => postgres.run(pool).await?,
     }
     Ok(())

@@ -12,11 +12,17 @@
 //! accept. Where the dialects differ (DDL, `FOR UPDATE SKIP LOCKED`),
 //! callers branch on [`Backend`].
 //!
+//! SQLite takes one writer at a time: a [`SqliteDb`] sends every statement
+//! that may write to its one writer connection, where writers queue instead
+//! of sleeping in SQLite's busy handler, and plain `SELECT`s to parallel
+//! reader connections. PostgreSQL keeps one pool.
+//!
 //! Timestamps: `timestamptz` on PostgreSQL; on SQLite an `INTEGER` of
 //! microseconds since the Unix epoch (sortable, exact, and cheap to compare).
 //! Callers see `chrono::DateTime<Utc>` either way and never use SQL's own
 //! clock functions, so both backends agree on "now".
 
+pub(crate) mod claim;
 pub(crate) mod migrate;
 pub(crate) mod template;
 #[doc(hidden)]
@@ -37,6 +43,27 @@ use std::time::Duration;
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+impl Backend {
+    /// `FOR UPDATE SKIP LOCKED` on PostgreSQL: concurrent claimers pass
+    /// over each other's rows. Empty on SQLite, whose one writer at a time
+    /// already keeps two claims apart.
+    pub fn skip_locked(self) -> &'static str {
+        match self {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        }
+    }
+
+    /// `FOR UPDATE` on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already holds
+    /// the lock.
+    pub fn row_lock(self) -> &'static str {
+        match self {
+            Backend::Postgres => "FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
 }
 
 /// Database errors, with the statement that failed where there is one.
@@ -94,8 +121,93 @@ pub type Result<T, E = DbError> = std::result::Result<T, E>;
 /// A connection pool to SQLite or PostgreSQL.
 #[derive(Clone, Debug)]
 pub enum Db {
-    Sqlite(SqlitePool),
+    Sqlite(SqliteDb),
     Postgres(PgPool),
+}
+
+/// A SQLite database: **one writer connection**, and reader connections.
+///
+/// SQLite lets one connection write at a time. With a pool of writers,
+/// those that collide wait in SQLite's busy handler, which *sleeps* (1, 2,
+/// 5, 10 … ms) and then retries; thousands of such sleeps a second were
+/// the largest cost of small-blob sync. So every statement that may write
+/// (every [`Db::execute`], [`Db::begin`], a [`Db::fetch_all`] that is not
+/// a plain `SELECT` such as `UPDATE … RETURNING`) goes to a pool of one
+/// connection, where writers queue without sleeping, and a `SELECT` goes
+/// to the readers, which run in parallel with the writer (WAL). The
+/// readers are `query_only`: a write sent there by mistake fails at once
+/// instead of waiting for the lock. The busy handler stays for writers in
+/// other processes (the CLI).
+#[derive(Clone, Debug)]
+pub struct SqliteDb {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqliteDb {
+    /// One pool for reads and writes (tests that hook every connection of
+    /// a pool; its writers wait for each other through the busy handler).
+    #[cfg(test)]
+    pub(crate) fn shared(pool: SqlitePool) -> Db {
+        Db::Sqlite(SqliteDb {
+            writer: pool.clone(),
+            readers: pool,
+        })
+    }
+
+    /// The one writer connection's pool (migrations).
+    pub(crate) fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// The pool for `sql`: the readers for a plain `SELECT`, else the writer.
+    fn pool_for(&self, sql: &str) -> &SqlitePool {
+        if is_select(sql) {
+            &self.readers
+        } else {
+            &self.writer
+        }
+    }
+}
+
+/// Opens a SQLite database: its writer, then its readers (see [`SqliteDb`]).
+/// `busy_timeout` is how long a writer waits for another process's lock.
+async fn connect_sqlite(
+    url: &str,
+    max_connections: u32,
+    synchronous: SqliteSynchronous,
+    busy_timeout: Duration,
+) -> Result<Db> {
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| DbError::sqlx(format!("parsing {url}"), e))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(synchronous)
+        .foreign_keys(true)
+        .busy_timeout(busy_timeout);
+    // The writer first: it creates the file and sets WAL mode, and its one
+    // connection stays open.
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect_with(options.clone())
+        .await
+        .map_err(|e| DbError::sqlx(format!("opening {url}"), e))?;
+    let readers = SqlitePoolOptions::new()
+        .max_connections(max_connections.max(2) - 1)
+        .connect_with(options.pragma("query_only", "ON"))
+        .await
+        .map_err(|e| DbError::sqlx(format!("opening {url} for reading"), e))?;
+    Ok(Db::Sqlite(SqliteDb { writer, readers }))
+}
+
+/// Whether `sql` is a plain query (`SELECT …`), which cannot write.
+fn is_select(sql: &str) -> bool {
+    let head = sql.trim_start();
+    head.len() >= 6 && head[..6].eq_ignore_ascii_case("select")
 }
 
 /// A typed, nullable bind argument.
@@ -285,19 +397,7 @@ impl Db {
 
     async fn open(url: &str, max_connections: u32, synchronous: SqliteSynchronous) -> Result<Db> {
         if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(|e| DbError::sqlx(format!("parsing {url}"), e))?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(synchronous)
-                .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(30));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(max_connections.max(2))
-                .connect_with(options)
-                .await
-                .map_err(|e| DbError::sqlx(format!("opening {url}"), e))?;
-            Ok(Db::Sqlite(pool))
+            connect_sqlite(url, max_connections, synchronous, Duration::from_secs(30)).await
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)
                 .map_err(|e| DbError::sqlx("parsing the PostgreSQL URL", e))?;
@@ -320,10 +420,14 @@ impl Db {
         }
     }
 
-    /// A pooled connection, for one statement.
-    async fn acquire(&self) -> Result<PooledConnection> {
+    /// A pooled connection, for the one statement `sql`.
+    async fn acquire(&self, sql: &str) -> Result<PooledConnection> {
         match self {
-            Db::Sqlite(pool) => pool.acquire().await.map(PooledConnection::Sqlite),
+            Db::Sqlite(db) => db
+                .pool_for(sql)
+                .acquire()
+                .await
+                .map(PooledConnection::Sqlite),
             Db::Postgres(pool) => pool.acquire().await.map(PooledConnection::Postgres),
         }
         .map_err(|e| DbError::sqlx("acquiring", e))
@@ -331,12 +435,16 @@ impl Db {
 
     /// Runs a statement; returns the number of rows it changed.
     pub async fn execute(&self, sql: &str, args: &[Arg]) -> Result<u64> {
-        self.acquire().await?.executor().execute(sql, args).await
+        self.acquire(sql).await?.executor().execute(sql, args).await
     }
 
     /// Runs a query; returns every row.
     pub async fn fetch_all(&self, sql: &str, args: &[Arg]) -> Result<Vec<DbRow>> {
-        self.acquire().await?.executor().fetch_all(sql, args).await
+        self.acquire(sql)
+            .await?
+            .executor()
+            .fetch_all(sql, args)
+            .await
     }
 
     /// Runs a query; returns its first row, if any.
@@ -354,8 +462,8 @@ impl Db {
     /// Runs several statements separated by `;` (DDL), without arguments.
     pub async fn execute_script(&self, sql: &str) -> Result<()> {
         match self {
-            Db::Sqlite(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(pool)
+            Db::Sqlite(db) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&db.writer)
                 .await
                 .map(|_| ()),
             Db::Postgres(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
@@ -366,11 +474,15 @@ impl Db {
         .map_err(|e| DbError::sqlx(short(sql), e))
     }
 
-    /// Starts a transaction. On SQLite it takes the write lock up front
-    /// (`BEGIN IMMEDIATE`), so two writers queue instead of deadlocking.
+    /// Starts a transaction. On SQLite it holds the one writer connection
+    /// and takes the write lock up front (`BEGIN IMMEDIATE`): while it is
+    /// open, every other writer of this [`Db`] waits for it, so code
+    /// holding a transaction must not wait for another write of the same
+    /// database.
     pub async fn begin(&self) -> Result<Tx> {
         match self {
-            Db::Sqlite(pool) => pool
+            Db::Sqlite(db) => db
+                .writer
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map(Tx::Sqlite)
@@ -386,7 +498,10 @@ impl Db {
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         match self {
-            Db::Sqlite(pool) => pool.close().await,
+            Db::Sqlite(db) => {
+                db.readers.close().await;
+                db.writer.close().await;
+            }
             Db::Postgres(pool) => pool.close().await,
         }
     }
@@ -629,6 +744,47 @@ pub fn value_arg(
     })
 }
 
+/// `count` placeholders from `$first`: `$1, $2, $3`, the list of an `IN (…)`.
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `rows` tuples of `width` placeholders from `$first`, for a multi-row
+/// `VALUES`: `value_rows(1, 2, 2)` is `($1, $2), ($3, $4)`.
+pub fn value_rows(first: usize, rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|row| format!("({})", placeholders(first + row * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A common table expression of bound rows, for one multi-row statement
+/// with per-row values (`WITH … UPDATE t SET … FROM name WHERE …`, on
+/// both backends): `name(a, b) AS (VALUES ($first, …), …)`.
+pub fn values_cte(name: &str, columns: &[&str], first: usize, rows: usize) -> String {
+    format!(
+        "{name}({}) AS (VALUES {})",
+        columns.join(", "),
+        value_rows(first, rows, columns.len())
+    )
+}
+
+/// Most rows in one multi-row statement of `width` bound values each
+/// (well under SQLite's 32,766 and PostgreSQL's 65,535 bind limits).
+pub fn rows_per_statement(width: usize) -> usize {
+    (30_000 / width.max(1)).min(1000)
+}
+
+/// A checksum as stored (`bytea`): GitLab's `sha_attribute` packs the hex
+/// string into bytes (SHA-256 hex and the padded object-storage size are
+/// both hex). Text that is not hex (never produced here) is kept verbatim.
+pub fn stored_checksum(hex_text: &str) -> Vec<u8> {
+    hex::decode(hex_text).unwrap_or_else(|_| hex_text.as_bytes().to_vec())
+}
+
 /// Quotes an identifier that [`crate::plugin::TypeIdentity::check`] has
 /// already restricted to `[a-z][a-z0-9_]*`.
 pub fn ident(name: &str) -> String {
@@ -637,4 +793,92 @@ pub fn ident(name: &str) -> String {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     );
     format!("\"{name}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_lists_and_value_rows() {
+        assert_eq!(placeholders(1, 3), "$1, $2, $3");
+        assert_eq!(placeholders(4, 1), "$4");
+        assert_eq!(placeholders(2, 0), "");
+        assert_eq!(value_rows(1, 2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(value_rows(3, 1, 3), "($3, $4, $5)");
+        assert_eq!(
+            values_cte("v", &["a", "b"], 2, 2),
+            "v(a, b) AS (VALUES ($2, $3), ($4, $5))"
+        );
+    }
+
+    /// Writers of one SQLite database never collide: with the busy handler
+    /// off (a collision would fail at once with "database is locked"),
+    /// many concurrent transactions, single writes and `UPDATE … RETURNING`
+    /// all succeed beside concurrent reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_writers_queue_on_one_connection_and_readers_run_beside() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("w.db").display());
+        let db = connect_sqlite(&url, 16, SqliteSynchronous::Normal, Duration::ZERO)
+            .await
+            .unwrap();
+        db.execute_script("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64_i64 {
+            let db = db.clone();
+            tasks.spawn(async move {
+                let mut tx = db.begin().await?;
+                tx.execute("INSERT INTO t (id, n) VALUES ($1, 0)", &[i.into()])
+                    .await?;
+                tx.commit().await?;
+                db.execute("UPDATE t SET n = n + 1 WHERE id = $1", &[i.into()])
+                    .await?;
+                let back = db
+                    .fetch_one(
+                        "UPDATE t SET n = n + 1 WHERE id = $1 RETURNING n",
+                        &[i.into()],
+                    )
+                    .await?;
+                assert_eq!(back.i64("n")?, 2);
+                db.fetch_all("SELECT COUNT(*) AS c FROM t", &[]).await?;
+                Ok::<_, DbError>(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().unwrap();
+        }
+        let total = db
+            .fetch_one("SELECT SUM(n) AS s FROM t", &[])
+            .await
+            .unwrap();
+        assert_eq!(total.int("s").unwrap(), Some(128));
+        // A write sent to a reader fails at once rather than waiting.
+        let Db::Sqlite(sqlite) = &db else {
+            unreachable!()
+        };
+        let mut reader = sqlite.readers.acquire().await.unwrap();
+        let refused = Executor::Sqlite(&mut reader)
+            .execute("INSERT INTO t (id, n) VALUES (1000, 0)", &[])
+            .await;
+        assert!(refused.is_err());
+    }
+
+    #[test]
+    fn only_plain_selects_go_to_the_readers() {
+        assert!(is_select("SELECT 1"));
+        assert!(is_select("  select id FROM t"));
+        assert!(!is_select("UPDATE t SET n = 1 RETURNING n"));
+        assert!(!is_select("WITH x AS (SELECT 1) UPDATE t SET n = 1"));
+        assert!(!is_select("INSERT INTO t VALUES (1) RETURNING id"));
+        assert!(!is_select("sel"));
+    }
+
+    #[test]
+    fn checksums_are_stored_as_the_bytes_of_their_hex() {
+        assert_eq!(stored_checksum("00ff"), vec![0, 255]);
+        assert_eq!(stored_checksum("not hex"), b"not hex".to_vec());
+    }
 }

@@ -81,6 +81,63 @@ pub async fn publish(
     Ok(true)
 }
 
+/// Appends one event per payload, with two multi-row statements, if events
+/// are published now. Returns how many it appended.
+pub async fn publish_many(
+    tx: &mut Tx,
+    replicable_name: &str,
+    event_name: &str,
+    payloads: &[serde_json::Value],
+) -> Result<usize, DbError> {
+    if payloads.is_empty() || !should_publish(tx, replicable_name).await? {
+        return Ok(0);
+    }
+    let now = Db::now();
+    let cast = match tx.backend() {
+        crate::db::Backend::Postgres => "::jsonb",
+        crate::db::Backend::Sqlite => "",
+    };
+    let mut published = 0;
+    for chunk in payloads.chunks(500) {
+        // `$1` name, `$2` event, `$3` time, then one payload per row.
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("($1, $2, ${}{cast}, $3)", i + 4))
+            .collect();
+        let mut args: Vec<Arg> = vec![replicable_name.into(), event_name.into(), now.into()];
+        args.extend(chunk.iter().map(|p| Arg::from(p.to_string())));
+        let mut ids = tx
+            .fetch_all(
+                &format!(
+                    "INSERT INTO geo_events (replicable_name, event_name, payload, created_at) \
+                     VALUES {} RETURNING id",
+                    rows.join(", ")
+                ),
+                &args,
+            )
+            .await?
+            .iter()
+            .map(|row| row.i64("id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The log in event order, whatever order RETURNING gave.
+        ids.sort_unstable();
+        let mut args: Vec<Arg> = vec![now.into()];
+        args.extend(ids.iter().map(|&id| Arg::from(id)));
+        let rows: Vec<String> = (0..ids.len())
+            .map(|i| format!("($1, ${})", i + 2))
+            .collect();
+        tx.execute(
+            &format!(
+                "INSERT INTO geo_event_log (created_at, geo_event_id) VALUES {}",
+                rows.join(", ")
+            ),
+            &args,
+        )
+        .await?;
+        published += ids.len();
+    }
+    Ok(published)
+}
+
 /// GitLab's payload: `{model_record_id, correlation_id}`.
 pub fn payload(model_record_id: i64) -> serde_json::Value {
     json!({ "model_record_id": model_record_id, "correlation_id": uuid::Uuid::new_v4().to_string() })

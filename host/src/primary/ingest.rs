@@ -14,10 +14,11 @@ use super::events;
 use super::journal::{JournalError, PendingWrite};
 use super::records::{self, Record};
 use crate::catalog::InstalledType;
-use crate::db::{Arg, DbError, ident, value_arg};
+use crate::db::{Arg, DbError, ident, placeholders, value_arg};
 use crate::plugin::value::json_to_value;
 use crate::plugin::{BlobPath, ColumnSource, PluginError, Row, Value};
 use crate::site::Site;
+use crate::states::sql::V_PENDING;
 use crate::storage::StorageError;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -240,7 +241,7 @@ async fn write_record(
         // GitLab's `verification_pending`: the blob changed, its checksum is void.
         tx.execute(
             &format!(
-                "UPDATE {states} SET verification_state = 0, verification_checksum = NULL, \
+                "UPDATE {states} SET verification_state = {V_PENDING}, verification_checksum = NULL, \
                  verification_started_at = NULL, verification_retry_count = 0, \
                  verification_retry_at = NULL, verification_failure = NULL, blob_path = $2 \
                  WHERE {fk} = $1"
@@ -288,6 +289,7 @@ async fn write_record(
         return Err(error);
     }
     pending.finish().await;
+    site.events.record_written();
     if published {
         site.events.notify();
     }
@@ -519,7 +521,6 @@ async fn insert_row(
 ) -> Result<i64, DbError> {
     let columns = it.columns();
     let names: Vec<String> = columns.iter().map(|c| ident(&c.name)).collect();
-    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
     let args = columns
         .iter()
         .map(|c| value_arg(values.get(&c.name).unwrap_or(&Value::Null), c.column_type))
@@ -528,7 +529,7 @@ async fn insert_row(
         "INSERT INTO {} ({}) VALUES ({}) RETURNING id",
         ident(&it.identity.table.name),
         names.join(", "),
-        placeholders.join(", ")
+        placeholders(1, columns.len())
     );
     tx.fetch_one(&sql, &args).await?.i64("id")
 }

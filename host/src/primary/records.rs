@@ -2,7 +2,7 @@
 //! from the columns the type's identity declares.
 
 use crate::catalog::InstalledType;
-use crate::db::{Arg, Db, DbError, DbRow, Tx, ident};
+use crate::db::{Arg, Db, DbError, DbRow, Tx, ident, placeholders};
 use crate::plugin::Value;
 use crate::states::VerificationState;
 use std::collections::HashMap;
@@ -99,12 +99,11 @@ pub async fn by_id(db: &Db, it: &InstalledType, id: i64) -> Result<Option<Record
 pub async fn by_ids(db: &Db, it: &InstalledType, ids: &[i64]) -> Result<Vec<Record>, DbError> {
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT {} FROM {} WHERE m.id IN ({}) ORDER BY m.id",
             select_list(it),
             from_clause(it),
-            placeholders.join(", ")
+            placeholders(1, chunk.len())
         );
         let args: Vec<Arg> = chunk.iter().map(|&id| Arg::from(id)).collect();
         for row in db.fetch_all(&sql, &args).await? {

@@ -5,6 +5,7 @@
 //! sealed with AES-256-GCM under the site's key (GitLab encrypts it with
 //! `db_key_base`).
 
+use crate::auth::cache::Authenticated;
 use crate::auth::keys;
 use crate::db::{Arg, Db, DbError, DbRow};
 use crate::feed::NodeSettings;
@@ -490,6 +491,7 @@ pub async fn update(site: &Site, id: i64, change: SiteUpdate) -> Result<NodeSett
         }
     }
     tx.commit().await?;
+    site.auth_cache.clear();
     get(&site.db, id)
         .await?
         .ok_or_else(|| SiteError::NotFound(id.to_string()))
@@ -556,11 +558,29 @@ pub async fn remove(site: &Site, id: i64) -> Result<(), SiteError> {
             _ => SiteError::NotFound(id.to_string()),
         });
     }
+    site.auth_cache.clear();
     Ok(())
 }
 
-/// The enabled secondary with this access key, and its secret.
+/// The enabled secondary with this access key, and its secret, remembered
+/// for [`crate::auth::cache::AUTH_CACHE_TTL`] ([`crate::auth::cache::AuthCache`]).
 pub async fn authenticate(
+    site: &Site,
+    access_key: &str,
+) -> Result<Option<std::sync::Arc<Authenticated>>, SiteError> {
+    if let Some(found) = site.auth_cache.get(access_key) {
+        return Ok(Some(found));
+    }
+    let Some((node, secret)) = lookup(site, access_key).await? else {
+        return Ok(None);
+    };
+    let found = std::sync::Arc::new(Authenticated { node, secret });
+    site.auth_cache.put(access_key, found.clone());
+    Ok(Some(found))
+}
+
+/// The enabled secondary with this access key, and its secret, read now.
+async fn lookup(
     site: &Site,
     access_key: &str,
 ) -> Result<Option<(NodeSettings, String)>, SiteError> {

@@ -36,11 +36,11 @@
 use super::events;
 use super::records;
 use crate::catalog::InstalledType;
-use crate::db::{Arg, Backend, Db, DbError, ident};
+use crate::db::{Arg, Db, DbError, claim, ident, rows_per_statement, stored_checksum, values_cte};
 use crate::site::Site;
+use crate::states::sql::*;
 use crate::states::{self, VerificationState};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,12 +59,6 @@ struct Claim {
 enum Outcome {
     Succeeded(String),
     Failed(String),
-}
-
-/// A checksum as stored: GitLab's `sha_attribute` packs the hex string
-/// into bytes (SHA-256 hex and the padded object-storage size are both hex).
-pub fn stored_form(checksum: &str) -> Vec<u8> {
-    hex::decode(checksum).unwrap_or_else(|_| checksum.as_bytes().to_vec())
 }
 
 /// Inserts the missing state rows of a type (records that predate it).
@@ -91,24 +85,14 @@ async fn claim(
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Claim>, DbError> {
-    let states = ident(&it.identity.states_table());
     let fk = ident(&it.identity.foreign_key());
-    let lock = match db.backend() {
-        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-        Backend::Sqlite => "",
-    };
     let now = Db::now();
-    let expired = "(verification_state = 1 AND verification_started_at < $3)";
-    let sql = format!(
-        "UPDATE {states} SET verification_state = 1, verification_started_at = $1 \
-         WHERE id IN (SELECT id FROM {states} \
-           WHERE verification_state = 0 \
-              OR (verification_state = 3 AND (verification_retry_at IS NULL OR verification_retry_at <= $1)) \
-              OR {expired} \
-           ORDER BY verification_state, verified_at NULLS FIRST, verification_retry_at NULLS FIRST \
-           LIMIT $2 {lock}) \
-         AND (verification_state IN (0, 3) OR {expired}) \
-         RETURNING {fk} AS id, verification_started_at, verification_retry_count, verification_checksum"
+    let sql = claim::VerificationTable::states(&it.identity).claim_sql(
+        db.backend(),
+        true,
+        &format!(
+            "{fk} AS id, verification_started_at, verification_retry_count, verification_checksum"
+        ),
     );
     let cutoff = crate::leases::expired_before(now, lease);
     db.fetch_all(&sql, &[now.into(), limit.into(), cutoff.into()])
@@ -148,99 +132,149 @@ pub async fn verify_batch(
     let by_id: std::collections::HashMap<i64, _> = found.iter().map(|r| r.id).zip(paths).collect();
 
     let started = std::time::Instant::now();
-    let outcomes: Vec<(Claim, Outcome)> = futures::stream::iter(claims)
-        .map(|claim| {
-            let path = by_id.get(&claim.id).cloned();
-            async move {
-                let outcome = match path {
-                    None => Outcome::Failed("File is not checksummable: the record is gone".into()),
-                    Some(Err(error)) => Outcome::Failed(format!("Error during verification: {error}")),
-                    Some(Ok(path)) => match site.blobs.geo_checksum(it.name(), &path).await {
-                        Ok(checksum) => match &claim.previous {
-                            // Ingest clears the checksum when it writes a blob, so a
-                            // different checksum here means the blob changed behind
-                            // Geohost's back: corruption, not an update.
-                            Some(previous) if *previous != stored_form(&checksum) => Outcome::Failed(format!(
-                                "Checksum mismatch: the blob changed on disk since it was checksummed \
-                                 (stored {}, now {checksum})",
-                                hex::encode(previous)
-                            )),
-                            _ => Outcome::Succeeded(checksum),
-                        },
-                        Err(error) if error.is_not_found() => {
-                            Outcome::Failed("File is not checksummable: the file does not exist".into())
-                        }
-                        Err(error) => Outcome::Failed(format!("Error during verification: {error}")),
-                    },
-                };
-                (claim, outcome)
-            }
+    // Every blob of the batch hashed in a few blocking tasks, not one hop each.
+    let mut paths = Vec::new();
+    let mut hashed = Vec::new();
+    for (i, claim) in claims.iter().enumerate() {
+        if let Some(Ok(path)) = by_id.get(&claim.id) {
+            paths.push(path.clone());
+            hashed.push(i);
+        }
+    }
+    let mut sums: Vec<Option<Result<String, crate::storage::StorageError>>> =
+        claims.iter().map(|_| None).collect();
+    for (i, sum) in hashed.into_iter().zip(
+        site.blobs
+            .geo_checksums(it.name(), &paths, concurrency)
+            .await,
+    ) {
+        sums[i] = Some(sum);
+    }
+    let outcomes: Vec<(Claim, Outcome)> = claims
+        .into_iter()
+        .zip(sums)
+        .map(|(claim, sum)| {
+            let outcome = match (by_id.get(&claim.id), sum) {
+                (None, _) => {
+                    Outcome::Failed("File is not checksummable: the record is gone".into())
+                }
+                (Some(Err(error)), _) => {
+                    Outcome::Failed(format!("Error during verification: {error}"))
+                }
+                (Some(Ok(_)), Some(Ok(checksum))) => match &claim.previous {
+                    // Ingest clears the checksum when it writes a blob, so a
+                    // different checksum here means the blob changed behind
+                    // Geohost's back: corruption, not an update.
+                    Some(previous) if *previous != stored_checksum(&checksum) => {
+                        Outcome::Failed(format!(
+                            "Checksum mismatch: the blob changed on disk since it was checksummed \
+                         (stored {}, now {checksum})",
+                            hex::encode(previous)
+                        ))
+                    }
+                    _ => Outcome::Succeeded(checksum),
+                },
+                (Some(Ok(_)), Some(Err(error))) if error.is_not_found() => {
+                    Outcome::Failed("File is not checksummable: the file does not exist".into())
+                }
+                (Some(Ok(_)), Some(Err(error))) => {
+                    Outcome::Failed(format!("Error during verification: {error}"))
+                }
+                (Some(Ok(_)), None) => unreachable!("every blob with a path was hashed"),
+            };
+            (claim, outcome)
         })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
+        .collect();
     crate::metrics::VERIFY_SECONDS
         .with_label_values(&[it.name(), "primary"])
         .observe(started.elapsed().as_secs_f64());
 
-    let states = ident(&it.identity.states_table());
-    let fk = ident(&it.identity.foreign_key());
-    let now = Db::now();
-    let mut tx = site.db.begin().await?;
-    let mut published = false;
-    for (claim, outcome) in &outcomes {
-        match outcome {
-            Outcome::Succeeded(checksum) => {
-                let checksum = stored_form(checksum);
-                let changed = tx
-                    .execute(
-                        &format!(
-                            "UPDATE {states} SET verification_state = 2, verification_checksum = $1, \
-                             verified_at = $2, verification_failure = NULL, verification_retry_count = 0, \
-                             verification_retry_at = NULL \
-                             WHERE {fk} = $3 AND verification_state = 1 AND verification_started_at = $4"
-                        ),
-                        &[checksum.into(), now.into(), claim.id.into(), claim.started_at.into()],
-                    )
-                    .await?;
-                if changed == 1 {
-                    published |= events::publish(
-                        &mut tx,
-                        it.name(),
-                        events::CHECKSUM_SUCCEEDED,
-                        events::payload(claim.id),
-                    )
-                    .await?;
-                }
-            }
-            Outcome::Failed(message) => {
-                tracing::warn!(r#type = it.name(), id = claim.id, %message, "primary verification failed");
-                let retry_count = claim.retry_count + 1;
-                tx.execute(
-                    &format!(
-                        "UPDATE {states} SET verification_state = 3, verification_failure = $1, \
-                         verification_retry_count = $2, \
-                         verification_retry_at = $3, verified_at = $4 \
-                         WHERE {fk} = $5 AND verification_state = 1 AND verification_started_at = $6"
-                    ),
-                    &[
-                        states::failure_text(message).into(),
-                        Arg::I16(Some(retry_count.min(i16::MAX as i64) as i16)),
-                        states::next_retry_time(now, retry_count, None).into(),
-                        now.into(),
-                        claim.id.into(),
-                        claim.started_at.into(),
-                    ],
-                )
-                .await?;
-            }
-        }
-    }
-    tx.commit().await?;
-    if published {
+    let published = record_outcomes(site, it, &outcomes).await?;
+    if published > 0 {
         site.events.notify();
     }
     Ok(outcomes.len())
+}
+
+/// Writes a batch's results in one transaction, with one multi-row
+/// statement per kind of result (results only under the claim's stamp:
+/// an update of the record meanwhile wins), and one `checksum_succeeded`
+/// event per success. Returns how many events it published.
+async fn record_outcomes(
+    site: &Site,
+    it: &InstalledType,
+    outcomes: &[(Claim, Outcome)],
+) -> Result<usize, DbError> {
+    let states = ident(&it.identity.states_table());
+    let fk = ident(&it.identity.foreign_key());
+    let now = Db::now();
+    let mut succeeded: Vec<(&Claim, &String)> = Vec::new();
+    let mut failed: Vec<(&Claim, &String)> = Vec::new();
+    for (claim, outcome) in outcomes {
+        match outcome {
+            Outcome::Succeeded(checksum) => succeeded.push((claim, checksum)),
+            Outcome::Failed(message) => {
+                tracing::warn!(r#type = it.name(), id = claim.id, %message, "primary verification failed");
+                failed.push((claim, message));
+            }
+        }
+    }
+    let mut tx = site.db.begin().await?;
+    let mut verified: Vec<i64> = Vec::new();
+    let columns = ["fk", "checksum", "started_at"];
+    for chunk in succeeded.chunks(rows_per_statement(columns.len())) {
+        let mut args: Vec<Arg> = vec![now.into()];
+        for (claim, checksum) in chunk {
+            args.extend([
+                Arg::from(claim.id),
+                Arg::from(stored_checksum(checksum)),
+                Arg::from(claim.started_at),
+            ]);
+        }
+        let sql = format!(
+            "WITH {v} UPDATE {states} SET verification_state = {V_SUCCEEDED}, \
+             verification_checksum = v.checksum, verified_at = $1, verification_failure = NULL, \
+             verification_retry_count = 0, verification_retry_at = NULL \
+             FROM v WHERE {states}.{fk} = v.fk AND {states}.verification_state = {V_STARTED} \
+             AND {states}.verification_started_at = v.started_at RETURNING {states}.{fk} AS id",
+            v = values_cte("v", &columns, 2, chunk.len()),
+        );
+        for row in tx.fetch_all(&sql, &args).await? {
+            verified.push(row.i64("id")?);
+        }
+    }
+    let columns = ["fk", "message", "retry_count", "retry_at", "started_at"];
+    for chunk in failed.chunks(rows_per_statement(columns.len())) {
+        let mut args: Vec<Arg> = vec![now.into()];
+        for (claim, message) in chunk {
+            let retry_count = claim.retry_count + 1;
+            args.extend([
+                Arg::from(claim.id),
+                Arg::from(states::failure_text(message)),
+                Arg::I16(Some(retry_count.min(i16::MAX as i64) as i16)),
+                Arg::from(states::next_retry_time(now, retry_count, None)),
+                Arg::from(claim.started_at),
+            ]);
+        }
+        tx.execute(
+            &format!(
+                "WITH {v} UPDATE {states} SET verification_state = {V_FAILED}, \
+                 verification_failure = v.message, verification_retry_count = v.retry_count, \
+                 verification_retry_at = v.retry_at, verified_at = $1 \
+                 FROM v WHERE {states}.{fk} = v.fk AND {states}.verification_state = {V_STARTED} \
+                 AND {states}.verification_started_at = v.started_at",
+                v = values_cte("v", &columns, 2, chunk.len()),
+            ),
+            &args,
+        )
+        .await?;
+    }
+    verified.sort_unstable();
+    let payloads: Vec<serde_json::Value> = verified.iter().map(|&id| events::payload(id)).collect();
+    let published =
+        events::publish_many(&mut tx, it.name(), events::CHECKSUM_SUCCEEDED, &payloads).await?;
+    tx.commit().await?;
+    Ok(published)
 }
 
 /// Fails `started` rows older than `timeout` (GitLab's VerificationTimeoutWorker).
@@ -256,9 +290,9 @@ pub async fn fail_stuck(db: &Db, it: &InstalledType, timeout: Duration) -> Resul
     };
     db.execute(
         &format!(
-            "UPDATE {states} SET verification_state = 3, verification_failure = $1, \
+            "UPDATE {states} SET verification_state = {V_FAILED}, verification_failure = $1, \
              verification_retry_count = verification_retry_count + 1, verification_retry_at = $2, verified_at = $3 \
-             WHERE verification_state = 1 AND verification_started_at < $4"
+             WHERE verification_state = {V_STARTED} AND verification_started_at < $4"
         ),
         &[message.into(), states::next_retry_time(now, 1, None).into(), now.into(), cutoff.into()],
     )
@@ -279,9 +313,9 @@ pub async fn reverify_due(db: &Db, it: &InstalledType, interval_days: i64) -> Re
     let cutoff = crate::leases::expired_before(Db::now(), interval);
     db.execute(
         &format!(
-            "UPDATE {states} SET verification_state = 0, verification_retry_count = 0, \
+            "UPDATE {states} SET verification_state = {V_PENDING}, verification_retry_count = 0, \
              verification_retry_at = NULL, verification_failure = NULL \
-             WHERE id IN (SELECT id FROM {states} WHERE verification_state = 2 AND verified_at < $1 \
+             WHERE id IN (SELECT id FROM {states} WHERE verification_state = {V_SUCCEEDED} AND verified_at < $1 \
              ORDER BY verified_at LIMIT 1000)"
         ),
         &[cutoff.into()],
@@ -373,8 +407,11 @@ pub async fn run(site: Arc<Site>) {
             crate::health::round_ok();
         }
         if worked == 0 {
+            // A write in this process wakes the verifier at once: a batch
+            // is whatever is due then, it never waits to fill.
             tokio::select! {
                 _ = tokio::time::sleep(idle) => {}
+                _ = site.events.written() => {}
                 _ = site.shutdown.cancelled() => return,
             }
         }

@@ -59,10 +59,17 @@ impl BulkAction {
     }
 
     /// The rows it changes, and how.
-    fn scope_and_set(self) -> (&'static str, &'static str) {
+    fn scope_and_set(self) -> (String, String) {
+        use crate::states::sql::{S_PENDING, V_PENDING};
         match self {
-            BulkAction::ResyncAll => ("state <> 0", "state = 0"),
-            BulkAction::ReverifyAll => ("verification_state <> 0", "verification_state = 0"),
+            BulkAction::ResyncAll => (
+                format!("state <> {S_PENDING}"),
+                format!("state = {S_PENDING}"),
+            ),
+            BulkAction::ReverifyAll => (
+                format!("verification_state <> {V_PENDING}"),
+                format!("verification_state = {V_PENDING}"),
+            ),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! object-storage URL must not receive the site's token).
 
 use crate::auth::geo_jwt;
+use crate::blob_batch;
 use crate::config::PrimarySection;
 use crate::feed::{
     self, EventPage, FeedEvent, FeedRecord, NodeSettings, RecordPage, TopologySnapshot, TypeInfo,
@@ -353,6 +354,39 @@ impl PrimaryClient {
             .await
             .map_err(|e| unreachable(&target, &e))?;
         check_status(&target, response).await
+    }
+}
+
+/// A batch answer being read, part by part.
+pub type BatchAnswer =
+    blob_batch::Decoder<futures::stream::BoxStream<'static, Result<bytes::Bytes, reqwest::Error>>>;
+
+impl PrimaryClient {
+    /// `GET /api/v4/geo/retrieve/:name?ids=…&max_part_bytes=…`: many blobs
+    /// of one type in one answer ([`blob_batch`]), read part by part. At
+    /// most [`blob_batch::MAX_BATCH_IDS`] ids; the token binds exactly this
+    /// list.
+    pub async fn retrieve_batch(
+        &self,
+        name: &str,
+        ids: &[i64],
+        max_part_bytes: u64,
+    ) -> Result<BatchAnswer, ClientError> {
+        use futures::StreamExt;
+        let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+        let response = self
+            .send(
+                &format!(
+                    "/api/v4/geo/retrieve/{name}?ids={}&max_part_bytes={max_part_bytes}",
+                    list.join(",")
+                ),
+                &blob_batch::batch_claim(name, ids),
+            )
+            .await?;
+        Ok(blob_batch::Decoder::new(
+            response.bytes_stream().boxed(),
+            max_part_bytes,
+        ))
     }
 }
 

@@ -113,6 +113,8 @@ pub struct EventContext<'a> {
     pub client: &'a PrimaryClient,
     pub tracking: &'a Db,
     pub blobs: &'a BlobStore,
+    /// Woken when events make rows pending or due for verification.
+    pub wakes: Option<&'a super::Wakes>,
 }
 
 /// Installed types by name, with whether their replication is enabled.
@@ -523,6 +525,14 @@ async fn follow(
     let fresh = new_gaps(position, &page.events);
     events.extend(page.events.iter().cloned());
     let counts = handle_events(cx, &types().await, scope, refresh, &events).await?;
+    if let Some(wakes) = cx.wakes {
+        if counts.pending > 0 {
+            wakes.sync.notify_one();
+        }
+        if counts.verification_pending > 0 {
+            wakes.verification.notify_one();
+        }
+    }
     let new_position = page.events.last().map_or(position, |e| e.id);
     let tracked_now = match lease {
         Some(tx) => {
@@ -644,6 +654,7 @@ mod tests {
                 client: &client,
                 tracking: &db,
                 blobs: &blobs,
+                wakes: None,
             };
             let enabled = types(true);
             let cached = scope(&[(10, 1), (11, 2)]);
@@ -711,6 +722,7 @@ mod tests {
                 client: &client,
                 tracking: &db,
                 blobs: &blobs,
+                wakes: None,
             };
             let enabled = types(false);
             registry.insert_missing(&db, &[9]).await.unwrap();
@@ -760,6 +772,7 @@ mod tests {
                 client: &client,
                 tracking: &db,
                 blobs: &blobs,
+                wakes: None,
             };
             let enabled = types(true);
             let cancel = tokio_util::sync::CancellationToken::new();

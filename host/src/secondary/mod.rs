@@ -80,6 +80,7 @@
 //!   Timeout texts read "after 8 hours" (GitLab interpolates a duration's
 //!   seconds).
 
+pub mod batch;
 pub mod bulk;
 pub(crate) mod client;
 pub(crate) mod consistency;
@@ -87,6 +88,7 @@ pub mod cursor;
 pub mod failures;
 pub mod guard;
 pub(crate) mod listing;
+pub(crate) mod outcomes;
 pub(crate) mod registry;
 pub(crate) mod sync;
 pub(crate) mod verify;
@@ -110,6 +112,18 @@ use tokio::sync::{Notify, watch};
 /// How often stuck rows are looked for (GitLab: every minute, 10 minutes
 /// for syncs).
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Wakes a secondary's workers when work appears in this process (an event,
+/// a finished download), so that a batch is whatever is due then and never
+/// waits for the next idle poll (which still finds what other worker
+/// processes did).
+#[derive(Debug, Default)]
+pub struct Wakes {
+    /// Registry rows became pending.
+    pub sync: Notify,
+    /// Rows became due for verification.
+    pub verification: Notify,
+}
 
 /// What this secondary knows of the primary right now.
 #[derive(Debug, Clone)]
@@ -153,6 +167,8 @@ pub struct Secondary {
     /// Whether this process holds the singleton duties' lease (`None`
     /// until first asked); see [`run_duty_lease`].
     duties: watch::Sender<Option<bool>>,
+    /// Wakes the scheduler and the verifier.
+    pub wakes: Arc<Wakes>,
 }
 
 impl Secondary {
@@ -174,6 +190,7 @@ impl Secondary {
             node_changed: Notify::new(),
             flags: Mutex::new(HashMap::new()),
             duties: watch::channel(None).0,
+            wakes: Default::default(),
         }))
     }
 
@@ -316,6 +333,7 @@ impl Secondary {
             blobs: self.site.blobs.clone(),
             cancel: self.site.shutdown.clone(),
             lease: Some(self.site.config.claim_lease()),
+            wakes: self.wakes.clone(),
         }
     }
 
@@ -340,7 +358,12 @@ impl Secondary {
             )
             .await
             {
-                Ok(counts) => total += counts,
+                Ok(counts) => {
+                    if counts.created > 0 {
+                        self.wakes.sync.notify_one();
+                    }
+                    total += counts
+                }
                 Err(error) => tracing::warn!(r#type = it.name(), %error, "consistency pass failed"),
             }
         }
@@ -589,7 +612,12 @@ async fn run_sync(s: Arc<Secondary>) {
             }
         }
     };
-    sync::run_scheduler(s.downloader(), types, s.idle()).await;
+    match batch::BatchSettings::of(&s.site.config.workers) {
+        Some(settings) => {
+            batch::run_batch_scheduler(s.downloader(), settings, types, s.idle()).await
+        }
+        None => sync::run_scheduler(s.downloader(), types, s.idle()).await,
+    }
 }
 
 async fn run_verification(s: Arc<Secondary>) {
@@ -640,8 +668,11 @@ async fn run_verification(s: Arc<Secondary>) {
             backoff = cursor::BACKOFF_START;
             s.idle()
         };
-        if !s.pause(pause).await {
-            return;
+        // Rows that become due in this process wake the verifier at once.
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = s.wakes.verification.notified(), if !failed => {}
+            _ = s.site.shutdown.cancelled() => return,
         }
     }
 }
@@ -664,6 +695,7 @@ async fn run_cursor(s: Arc<Secondary>) {
             client: &s.client,
             tracking: &s.tracking,
             blobs: &s.site.blobs,
+            wakes: Some(&s.wakes),
         };
         let scope = s.view().and_then(|view| view.scope.clone());
         let refresh = async || match s.refresh_topology().await {

@@ -30,9 +30,11 @@
 //!
 //! Deliberate differences from GitLab are listed in the [parent module](super).
 
+use super::outcomes::{SyncOutcome, VerificationOutcome};
 use crate::catalog::InstalledType;
-use crate::db::{Arg, Backend, Db, DbError, DbRow, ident};
+use crate::db::{Arg, Db, DbError, DbRow, claim, ident, placeholders, value_rows};
 use crate::plugin::TypeIdentity;
+use crate::states::sql::*;
 use crate::states::{self, SyncState, VerificationState};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -140,31 +142,10 @@ pub struct Registry {
     table: String,
     /// Quoted foreign-key column.
     fk: String,
-}
-
-/// A checksum as stored (`bytea`): the hex string's bytes, like GitLab's
-/// `sha_attribute`. Not-hex text (never produced here) is kept verbatim.
-pub fn checksum_bytes(hex_text: &str) -> Vec<u8> {
-    hex::decode(hex_text).unwrap_or_else(|_| hex_text.as_bytes().to_vec())
-}
-
-/// `FOR UPDATE` on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already holds the lock.
-fn row_lock(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Postgres => "FOR UPDATE",
-        Backend::Sqlite => "",
-    }
-}
-
-fn skip_locked(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-        Backend::Sqlite => "",
-    }
-}
-
-fn small(n: i64) -> Arg {
-    Arg::I16(Some(n.clamp(0, i16::MAX as i64) as i16))
+    /// The quoted index on `state` (pending rows in id order).
+    state_index: String,
+    /// The table as the verification claim sees it.
+    verification: claim::VerificationTable,
 }
 
 fn sync_state(row: &DbRow, column: &str) -> Result<SyncState, DbError> {
@@ -205,13 +186,20 @@ pub fn mismatch_text(checksum: &str, primary_checksum: &str, registry_id: i64) -
 /// time, failure, and on a registry `checksum_mismatch` and
 /// `verification_checksum_mismatched`); from failed, only the failure text,
 /// so resyncs caused by verification failures keep backing off.
-const VERIFICATION_PENDING_SET: &str = "verification_state = 0, \
-     verification_failure = NULL, \
-     verification_retry_count = CASE WHEN verification_state = 3 THEN verification_retry_count ELSE 0 END, \
-     verification_retry_at = CASE WHEN verification_state = 3 THEN verification_retry_at ELSE NULL END, \
-     checksum_mismatch = CASE WHEN verification_state = 3 THEN checksum_mismatch ELSE false END, \
-     verification_checksum_mismatched = CASE WHEN verification_state = 3 \
-         THEN verification_checksum_mismatched ELSE NULL END";
+pub(super) fn verification_pending_set() -> String {
+    format!(
+        "verification_state = {V_PENDING}, \
+         verification_failure = NULL, \
+         verification_retry_count = CASE WHEN verification_state = {V_FAILED} \
+             THEN verification_retry_count ELSE 0 END, \
+         verification_retry_at = CASE WHEN verification_state = {V_FAILED} \
+             THEN verification_retry_at ELSE NULL END, \
+         checksum_mismatch = CASE WHEN verification_state = {V_FAILED} \
+             THEN checksum_mismatch ELSE false END, \
+         verification_checksum_mismatched = CASE WHEN verification_state = {V_FAILED} \
+             THEN verification_checksum_mismatched ELSE NULL END"
+    )
+}
 
 const COLUMNS: &str = "id, created_at, last_synced_at, retry_at, verified_at, \
      verification_started_at, verification_retry_at, state, verification_state, retry_count, \
@@ -224,6 +212,8 @@ impl Registry {
         Registry {
             table: ident(&identity.registry_table()),
             fk: ident(&identity.foreign_key()),
+            state_index: claim::index(&format!("index_{}_registry_on_state", identity.name)),
+            verification: claim::VerificationTable::registry(identity),
         }
     }
 
@@ -358,17 +348,16 @@ impl Registry {
         let now = Db::now();
         let mut inserted = 0;
         for chunk in model_ids.chunks(CHUNK) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(${}, $1)", i + 2))
-                .collect();
             let sql = format!(
                 "INSERT INTO {t} ({fk}, created_at) VALUES {values} ON CONFLICT ({fk}) DO NOTHING",
                 t = self.table,
                 fk = self.fk,
-                values = values.join(", ")
+                values = value_rows(1, chunk.len(), 2)
             );
-            let mut args = vec![Arg::from(now)];
-            args.extend(chunk.iter().map(|&id| Arg::from(id)));
+            let args: Vec<Arg> = chunk
+                .iter()
+                .flat_map(|&id| [Arg::from(id), Arg::from(now)])
+                .collect();
             inserted += db.execute(&sql, &args).await?;
         }
         Ok(inserted)
@@ -378,10 +367,9 @@ impl Registry {
     pub async fn delete(&self, db: &Db, model_ids: &[i64]) -> Result<u64, DbError> {
         let mut deleted = 0;
         for chunk in model_ids.chunks(CHUNK) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "DELETE FROM {t} WHERE {fk} IN ({})",
-                placeholders.join(", "),
+                placeholders(1, chunk.len()),
                 t = self.table,
                 fk = self.fk
             );
@@ -397,10 +385,9 @@ impl Registry {
     pub async fn delete_idle(&self, db: &Db, model_ids: &[i64]) -> Result<Vec<i64>, DbError> {
         let mut deleted = Vec::new();
         for chunk in model_ids.chunks(CHUNK) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "DELETE FROM {t} WHERE {fk} IN ({}) AND state <> 1 RETURNING {fk} AS model_id",
-                placeholders.join(", "),
+                "DELETE FROM {t} WHERE {fk} IN ({}) AND state <> {S_STARTED} RETURNING {fk} AS model_id",
+                placeholders(1, chunk.len()),
                 t = self.table,
                 fk = self.fk
             );
@@ -417,7 +404,7 @@ impl Registry {
     /// started: a sync in progress elsewhere keeps its row).
     pub async fn start(&self, db: &Db, model_id: i64) -> Result<bool, DbError> {
         let sql = format!(
-            "UPDATE {t} SET state = 1, last_synced_at = $1 WHERE {fk} = $2 AND state IN (0, 2, 3)",
+            "UPDATE {t} SET state = {S_STARTED}, last_synced_at = $1 WHERE {fk} = $2 AND state IN ({S_PENDING}, {S_SYNCED}, {S_FAILED})",
             t = self.table,
             fk = self.fk
         );
@@ -448,23 +435,14 @@ impl Registry {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        let (t, fk) = (&self.table, &self.fk);
-        let lock = skip_locked(db.backend());
         let now = Db::now();
-        let (expired, expired_guard) = match lease {
-            Some(_) => (
-                " OR (state = 1 AND last_synced_at < $3)",
-                " OR (state = 1 AND last_synced_at < $3)",
-            ),
-            None => ("", ""),
-        };
-        let sql = format!(
-            "UPDATE {t} SET state = 1, last_synced_at = $1 \
-             WHERE id IN (SELECT id FROM {t} \
-               WHERE state = 0 OR (state = 3 AND (retry_at IS NULL OR retry_at <= $1)){expired} \
-               ORDER BY state, retry_at NULLS FIRST, id LIMIT $2 {lock}) \
-             AND (state IN (0, 3){expired_guard}) \
-             RETURNING {fk} AS model_id, retry_count"
+        let kinds = self.sync_candidates(lease.is_some());
+        let sql = claim::claim_sql(
+            db.backend(),
+            &self.table,
+            &format!("state = {S_STARTED}, last_synced_at = $1"),
+            &kinds,
+            &format!("{} AS model_id, retry_count", self.fk),
         );
         let mut args: Vec<Arg> = vec![now.into(), limit.into()];
         if let Some(lease) = lease {
@@ -482,15 +460,47 @@ impl Registry {
             .collect()
     }
 
+    /// The sync claim's candidates: pending rows by id, then failed rows
+    /// whose retry is due by retry time, then, with `lease`, rows started
+    /// before `$3` (see [`claim`]).
+    pub fn sync_candidates(&self, lease: bool) -> Vec<claim::Candidates> {
+        let mut kinds = vec![
+            // Pending rows by id: the `state` index holds them in that order.
+            claim::Candidates {
+                index: Some(self.state_index.clone()),
+                condition: format!("state = {S_PENDING}"),
+                order: Some("id".into()),
+            },
+            // Failed rows whose retry is due (few: sorting them is cheap).
+            claim::Candidates {
+                index: None,
+                condition: format!("state = {S_FAILED} AND (retry_at IS NULL OR retry_at <= $1)"),
+                order: Some("retry_at NULLS FIRST, id".into()),
+            },
+        ];
+        if lease {
+            kinds.push(claim::Candidates {
+                index: None,
+                condition: format!("state = {S_STARTED} AND last_synced_at < $3"),
+                order: None,
+            });
+        }
+        kinds
+    }
+
+    /// The verification claim's candidates (see [`claim`]).
+    pub fn verification_candidates(&self, lease: bool) -> Vec<claim::Candidates> {
+        self.verification.candidates(lease)
+    }
+
     /// Renews the claims of syncs this process is running: `last_synced_at
     /// = now` on those rows still `started`. Returns how many it renewed.
     pub async fn renew_syncs(&self, db: &Db, model_ids: &[i64]) -> Result<u64, DbError> {
         let mut renewed = 0;
         for chunk in model_ids.chunks(CHUNK) {
-            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "UPDATE {t} SET last_synced_at = $1 WHERE state = 1 AND {fk} IN ({})",
-                placeholders.join(", "),
+                "UPDATE {t} SET last_synced_at = $1 WHERE state = {S_STARTED} AND {fk} IN ({})",
+                placeholders(2, chunk.len()),
                 t = self.table,
                 fk = self.fk
             );
@@ -514,30 +524,10 @@ impl Registry {
         model_id: i64,
         primary_verified: bool,
     ) -> Result<bool, DbError> {
-        let (t, fk) = (&self.table, &self.fk);
-        // `before_synced` + `save!` (GitLab saves these whatever the state).
-        db.execute(
-            &format!(
-                "UPDATE {t} SET retry_count = 0, last_sync_failure = NULL, retry_at = NULL \
-                 WHERE {fk} = $1"
-            ),
-            &[model_id.into()],
-        )
-        .await?;
-        // `mark_synced_atomically`, with `after_synced` in the same statement
-        // so that no verifier sees a synced row with a stale verification state.
-        let after_synced = if primary_verified {
-            VERIFICATION_PENDING_SET
-        } else {
-            "verification_state = 4"
-        };
-        let changed = db
-            .execute(
-                &format!("UPDATE {t} SET state = 2, {after_synced} WHERE {fk} = $1 AND state = 1"),
-                &[model_id.into()],
-            )
+        let recorded = self
+            .record_sync_outcomes(db, &[(model_id, SyncOutcome::Synced { primary_verified })])
             .await?;
-        Ok(changed == 1)
+        Ok(recorded.synced == [model_id])
     }
 
     /// GitLab's `failed!(message:, missing_on_primary:)`: any → failed,
@@ -551,38 +541,14 @@ impl Registry {
         message: &str,
         missing_on_primary: bool,
     ) -> Result<bool, DbError> {
-        let (t, fk) = (&self.table, &self.fk);
-        let mut tx = db.begin().await?;
-        let lock = row_lock(tx.backend());
-        let Some(row) = tx
-            .fetch_optional(
-                &format!("SELECT retry_count FROM {t} WHERE {fk} = $1 {lock}"),
-                &[model_id.into()],
-            )
-            .await?
-        else {
-            // End the transaction now rather than when its connection is reused.
-            tx.commit().await?;
-            return Ok(false);
+        let outcome = SyncOutcome::Failed {
+            message: message.to_string(),
+            missing_on_primary,
         };
-        let retry_count = row.int("retry_count")?.unwrap_or(0).saturating_add(1);
-        let cap = missing_on_primary.then_some(states::MISSING_ON_PRIMARY_CAP);
-        let now = Db::now();
-        tx.execute(
-            &format!(
-                "UPDATE {t} SET state = 3, retry_count = $1, retry_at = $2, last_sync_failure = $3 \
-                 WHERE {fk} = $4"
-            ),
-            &[
-                small(retry_count),
-                states::next_retry_time(now, retry_count, cap).into(),
-                states::failure_text(message).into(),
-                model_id.into(),
-            ],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        let recorded = self
+            .record_sync_outcomes(db, &[(model_id, outcome)])
+            .await?;
+        Ok(recorded.failed == [model_id])
     }
 
     /// GitLab's `pending!`: any → pending, `retry_at = NULL`,
@@ -590,17 +556,19 @@ impl Registry {
     /// running now can then no longer mark the row synced. Returns whether
     /// the row exists.
     pub async fn pending(&self, db: &Db, model_id: i64) -> Result<bool, DbError> {
-        self.to_pending(db, model_id, "state IN (0, 1, 2, 3)").await
+        let from = format!("state IN ({S_PENDING}, {S_STARTED}, {S_SYNCED}, {S_FAILED})");
+        self.to_pending(db, model_id, &from).await
     }
 
     /// GitLab's `resync`: synced or failed → pending, as [`Registry::pending`].
     pub async fn resync(&self, db: &Db, model_id: i64) -> Result<bool, DbError> {
-        self.to_pending(db, model_id, "state IN (2, 3)").await
+        let from = format!("state IN ({S_SYNCED}, {S_FAILED})");
+        self.to_pending(db, model_id, &from).await
     }
 
     async fn to_pending(&self, db: &Db, model_id: i64, from: &str) -> Result<bool, DbError> {
         let sql = format!(
-            "UPDATE {t} SET state = 0, retry_at = NULL, retry_count = 0, verification_state = 4 \
+            "UPDATE {t} SET state = {S_PENDING}, retry_at = NULL, retry_count = 0, verification_state = {V_DISABLED} \
              WHERE {fk} = $1 AND {from}",
             t = self.table,
             fk = self.fk
@@ -615,8 +583,8 @@ impl Registry {
         let now = Db::now();
         let cutoff = crate::leases::expired_before(now, timeout);
         let sql = format!(
-            "UPDATE {t} SET state = 3, last_sync_failure = $1, retry_count = 1, retry_at = $2 \
-             WHERE state = 1 AND last_synced_at < $3",
+            "UPDATE {t} SET state = {S_FAILED}, last_sync_failure = $1, retry_count = 1, retry_at = $2 \
+             WHERE state = {S_STARTED} AND last_synced_at < $3",
             t = self.table
         );
         db.execute(
@@ -634,9 +602,10 @@ impl Registry {
     /// the row exists.
     pub async fn verification_pending(&self, db: &Db, model_id: i64) -> Result<bool, DbError> {
         let sql = format!(
-            "UPDATE {t} SET {VERIFICATION_PENDING_SET} WHERE {fk} = $1",
+            "UPDATE {t} SET {set} WHERE {fk} = $1",
             t = self.table,
-            fk = self.fk
+            fk = self.fk,
+            set = verification_pending_set()
         );
         Ok(db.execute(&sql, &[model_id.into()]).await? == 1)
     }
@@ -649,12 +618,32 @@ impl Registry {
         db: &Db,
         model_id: i64,
     ) -> Result<bool, DbError> {
-        let sql = format!(
-            "UPDATE {t} SET {VERIFICATION_PENDING_SET} WHERE {fk} = $1 AND state = 2",
-            t = self.table,
-            fk = self.fk
-        );
-        Ok(db.execute(&sql, &[model_id.into()]).await? == 1)
+        Ok(self
+            .verification_pending_if_synced_many(db, &[model_id])
+            .await?
+            == 1)
+    }
+
+    /// [`Registry::verification_pending_if_synced`] of many rows, in one
+    /// statement per 500. Returns how many it changed.
+    pub async fn verification_pending_if_synced_many(
+        &self,
+        db: &Db,
+        model_ids: &[i64],
+    ) -> Result<u64, DbError> {
+        let mut changed = 0;
+        for chunk in model_ids.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE {t} SET {set} WHERE {fk} IN ({ids}) AND state = {S_SYNCED}",
+                t = self.table,
+                fk = self.fk,
+                set = verification_pending_set(),
+                ids = placeholders(1, chunk.len()),
+            );
+            let args: Vec<Arg> = chunk.iter().map(|&id| Arg::from(id)).collect();
+            changed += db.execute(&sql, &args).await?;
+        }
+        Ok(changed)
     }
 
     /// GitLab's `verification_disabled!` (any → disabled). With `claim`,
@@ -665,27 +654,10 @@ impl Registry {
         model_id: i64,
         claim: Option<DateTime<Utc>>,
     ) -> Result<bool, DbError> {
-        let (t, fk) = (&self.table, &self.fk);
-        let changed = match claim {
-            None => {
-                db.execute(
-                    &format!("UPDATE {t} SET verification_state = 4 WHERE {fk} = $1"),
-                    &[model_id.into()],
-                )
-                .await?
-            }
-            Some(started_at) => {
-                db.execute(
-                    &format!(
-                        "UPDATE {t} SET verification_state = 4 \
-                         WHERE {fk} = $1 AND verification_state = 1 AND verification_started_at = $2"
-                    ),
-                    &[model_id.into(), started_at.into()],
-                )
-                .await?
-            }
-        };
-        Ok(changed == 1)
+        let recorded = self
+            .record_verification_outcomes(db, &[(model_id, claim, VerificationOutcome::Disabled)])
+            .await?;
+        Ok(recorded.disabled == [model_id])
     }
 
     /// Claims up to `limit` synced rows due for verification, atomically
@@ -713,23 +685,11 @@ impl Registry {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        let (t, fk) = (&self.table, &self.fk);
-        let lock = skip_locked(db.backend());
         let now = Db::now();
-        let expired = match lease {
-            Some(_) => " OR (verification_state = 1 AND verification_started_at < $3)",
-            None => "",
-        };
-        let sql = format!(
-            "UPDATE {t} SET verification_state = 1, verification_started_at = $1 \
-             WHERE id IN (SELECT id FROM {t} \
-               WHERE state = 2 AND (verification_state = 0 OR (verification_state = 3 \
-                 AND (verification_retry_at IS NULL OR verification_retry_at <= $1)){expired}) \
-               ORDER BY verification_state, verified_at NULLS FIRST, \
-                 verification_retry_at NULLS FIRST, id \
-               LIMIT $2 {lock}) \
-             AND state = 2 AND (verification_state IN (0, 3){expired}) \
-             RETURNING id, {fk} AS model_id, verification_started_at"
+        let sql = self.verification.claim_sql(
+            db.backend(),
+            lease.is_some(),
+            &format!("id, {} AS model_id, verification_started_at", self.fk),
         );
         let mut args: Vec<Arg> = vec![now.into(), limit.into()];
         if let Some(lease) = lease {
@@ -758,8 +718,8 @@ impl Registry {
         started_at: DateTime<Utc>,
     ) -> Result<bool, DbError> {
         let sql = format!(
-            "UPDATE {t} SET verification_state = 0 \
-             WHERE {fk} = $1 AND verification_state = 1 AND verification_started_at = $2",
+            "UPDATE {t} SET verification_state = {V_PENDING} \
+             WHERE {fk} = $1 AND verification_state = {V_STARTED} AND verification_started_at = $2",
             t = self.table,
             fk = self.fk
         );
@@ -779,21 +739,11 @@ impl Registry {
         checksum: &str,
         started_at: DateTime<Utc>,
     ) -> Result<bool, DbError> {
-        let sql = format!(
-            "UPDATE {t} SET verification_state = 2, verification_checksum = $1, verified_at = $2, \
-             verification_retry_count = 0, verification_retry_at = NULL, verification_failure = NULL, \
-             checksum_mismatch = false, verification_checksum_mismatched = NULL \
-             WHERE {fk} = $3 AND verification_state = 1 AND verification_started_at = $4",
-            t = self.table,
-            fk = self.fk
-        );
-        let args = [
-            Arg::from(checksum_bytes(checksum)),
-            Db::now().into(),
-            model_id.into(),
-            started_at.into(),
-        ];
-        Ok(db.execute(&sql, &args).await? == 1)
+        let outcome = VerificationOutcome::Succeeded(checksum.to_string());
+        let recorded = self
+            .record_verification_outcomes(db, &[(model_id, Some(started_at), outcome)])
+            .await?;
+        Ok(recorded.succeeded == [model_id])
     }
 
     /// A verification failure, GitLab's registry rule
@@ -815,78 +765,11 @@ impl Registry {
         failure: &VerificationFailure,
         claim: Option<DateTime<Utc>>,
     ) -> Result<bool, DbError> {
-        let (t, fk) = (&self.table, &self.fk);
-        let mut tx = db.begin().await?;
-        let lock = row_lock(tx.backend());
-        let Some(row) = tx
-            .fetch_optional(
-                &format!(
-                    "SELECT id, verification_retry_count, verification_state, verification_started_at \
-                     FROM {t} WHERE {fk} = $1 {lock}"
-                ),
-                &[model_id.into()],
-            )
-            .await?
-        else {
-            // End the transaction now rather than when its connection is reused.
-            tx.commit().await?;
-            return Ok(false);
-        };
-        if let Some(started_at) = claim {
-            let still_claimed = verification_state(&row, "verification_state")?
-                == VerificationState::Started
-                && row.opt_ts("verification_started_at")? == Some(started_at);
-            if !still_claimed {
-                tx.commit().await?;
-                return Ok(false);
-            }
-        }
-        let registry_id = row.i64("id")?;
-        let count = row
-            .int("verification_retry_count")?
-            .unwrap_or(0)
-            .saturating_add(1);
-        let (text, checksum, mismatch) = match failure {
-            VerificationFailure::Mismatch {
-                checksum,
-                primary_checksum,
-            } => (
-                mismatch_text(checksum, primary_checksum, registry_id),
-                Some(checksum_bytes(checksum)),
-                true,
-            ),
-            VerificationFailure::Error(message) => (message.clone(), None, false),
-        };
-        let text = states::failure_text(&text);
-        let now = Db::now();
-        let mismatch_set = if mismatch {
-            ", checksum_mismatch = true, verification_checksum_mismatched = $2"
-        } else {
-            ""
-        };
-        tx.execute(
-            &format!(
-                "UPDATE {t} SET verification_state = 3, verification_checksum = $2, \
-                 verification_failure = $3, verification_retry_count = $4, \
-                 verification_retry_at = $5, verified_at = $6, \
-                 state = 3, retry_count = $4, retry_at = $7, last_sync_failure = $8{mismatch_set} \
-                 WHERE {fk} = $1"
-            ),
-            &[
-                model_id.into(),
-                Arg::Bytes(checksum),
-                text.clone().into(),
-                small(count),
-                states::next_retry_time(now, count, None).into(),
-                now.into(),
-                // The sync `failed` event adds one to `verification_retry_count - 1`.
-                states::next_retry_time(now, count, None).into(),
-                states::failure_text(&format!("Verification failed with: {text}")).into(),
-            ],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        let outcome = VerificationOutcome::Failed(failure.clone());
+        let recorded = self
+            .record_verification_outcomes(db, &[(model_id, claim, outcome)])
+            .await?;
+        Ok(recorded.failed == [model_id])
     }
 
     /// GitLab's verification timeout: rows whose verification started more
@@ -900,7 +783,7 @@ impl Registry {
         let cutoff = crate::leases::expired_before(Db::now(), timeout);
         let sql = format!(
             "SELECT {fk} AS model_id, verification_started_at FROM {t} \
-             WHERE verification_state = 1 AND verification_started_at < $1 LIMIT 1000",
+             WHERE verification_state = {V_STARTED} AND verification_started_at < $1 LIMIT 1000",
             t = self.table,
             fk = self.fk
         );
@@ -926,13 +809,13 @@ impl Registry {
     pub async fn counts(&self, db: &Db) -> Result<RegistryCounts, DbError> {
         let sql = format!(
             "SELECT COUNT(*) AS registry, \
-             COALESCE(SUM(CASE WHEN state = 0 THEN 1 ELSE 0 END), 0) AS pending, \
-             COALESCE(SUM(CASE WHEN state = 1 THEN 1 ELSE 0 END), 0) AS started, \
-             COALESCE(SUM(CASE WHEN state = 2 THEN 1 ELSE 0 END), 0) AS synced, \
-             COALESCE(SUM(CASE WHEN state = 3 THEN 1 ELSE 0 END), 0) AS failed, \
-             COALESCE(SUM(CASE WHEN state = 2 AND verification_state = 2 THEN 1 ELSE 0 END), 0) AS verified, \
-             COALESCE(SUM(CASE WHEN state = 2 AND verification_state = 3 THEN 1 ELSE 0 END), 0) AS verification_failed, \
-             COALESCE(SUM(CASE WHEN state = 2 AND verification_state <> 4 THEN 1 ELSE 0 END), 0) AS verification_total \
+             COALESCE(SUM(CASE WHEN state = {S_PENDING} THEN 1 ELSE 0 END), 0) AS pending, \
+             COALESCE(SUM(CASE WHEN state = {S_STARTED} THEN 1 ELSE 0 END), 0) AS started, \
+             COALESCE(SUM(CASE WHEN state = {S_SYNCED} THEN 1 ELSE 0 END), 0) AS synced, \
+             COALESCE(SUM(CASE WHEN state = {S_FAILED} THEN 1 ELSE 0 END), 0) AS failed, \
+             COALESCE(SUM(CASE WHEN state = {S_SYNCED} AND verification_state = {V_SUCCEEDED} THEN 1 ELSE 0 END), 0) AS verified, \
+             COALESCE(SUM(CASE WHEN state = {S_SYNCED} AND verification_state = {V_FAILED} THEN 1 ELSE 0 END), 0) AS verification_failed, \
+             COALESCE(SUM(CASE WHEN state = {S_SYNCED} AND verification_state <> {V_DISABLED} THEN 1 ELSE 0 END), 0) AS verification_total \
              FROM {t}",
             t = self.table
         );

@@ -89,7 +89,7 @@ impl SyncResult {
 
 /// Why an attempt failed, before it becomes the row's failure text.
 #[derive(Debug, thiserror::Error)]
-enum AttemptError {
+pub(super) enum AttemptError {
     #[error("Non-success HTTP response status code {status}: {message}")]
     Status {
         status: u16,
@@ -140,6 +140,8 @@ pub struct Downloader {
     /// claim is older (their process died). `None`: no takeover; such rows
     /// wait for the stuck-sync timeout.
     pub lease: Option<std::time::Duration>,
+    /// Wakes this site's verifier when rows become due.
+    pub wakes: Arc<super::Wakes>,
 }
 
 impl Downloader {
@@ -186,7 +188,7 @@ impl Downloader {
     /// [`Downloader::sync_started`], with the record's blob path when the
     /// caller computed it already (the scheduler asks the plugin once per
     /// claim, not once per record).
-    async fn sync_claimed(
+    pub(super) async fn sync_claimed(
         &self,
         it: &Arc<InstalledType>,
         model_id: i64,
@@ -204,7 +206,9 @@ impl Downloader {
             Ok((bytes, primary_verified, path)) => {
                 match registry.synced(db, model_id, primary_verified).await {
                     Ok(true) => {
-                        if !primary_verified {
+                        if primary_verified {
+                            self.wakes.verification.notify_one();
+                        } else {
                             self.catch_up_verification(&registry, it, model_id).await;
                         }
                         SyncResult::Synced { bytes }
@@ -252,26 +256,47 @@ impl Downloader {
     /// a download corrupted on the way, accepted for want of a checksum,
     /// was never verified).
     async fn catch_up_verification(&self, registry: &Registry, it: &InstalledType, model_id: i64) {
-        let verified = match self.client.records_by_ids(it.name(), &[model_id]).await {
-            Ok(mut records) => records.pop().is_some_and(|r| {
-                r.id == model_id
-                    && r.verification_state == VerificationState::Succeeded
-                    && r.verification_checksum.is_some()
-            }),
+        self.catch_up_verifications(registry, it, &[model_id]).await
+    }
+
+    /// [`Downloader::catch_up_verification`] of many rows, with one read
+    /// of the primary and one statement.
+    pub(super) async fn catch_up_verifications(
+        &self,
+        registry: &Registry,
+        it: &InstalledType,
+        model_ids: &[i64],
+    ) {
+        if model_ids.is_empty() {
+            return;
+        }
+        let verified: Vec<i64> = match self.client.records_by_ids(it.name(), model_ids).await {
+            Ok(records) => records
+                .into_iter()
+                .filter(|r| {
+                    r.verification_state == VerificationState::Succeeded
+                        && r.verification_checksum.is_some()
+                })
+                .map(|r| r.id)
+                .filter(|id| model_ids.contains(id))
+                .collect(),
             Err(error) => {
                 tracing::warn!(
-                    r#type = it.name(), id = model_id, %error,
-                    "cannot re-read the primary's checksum after the sync; the verifier will"
+                    r#type = it.name(), rows = model_ids.len(), %error,
+                    "cannot re-read the primary's checksums after the sync; the verifier will"
                 );
-                true
+                model_ids.to_vec()
             }
         };
-        if verified
-            && let Err(error) = registry
-                .verification_pending_if_synced(&self.tracking, model_id)
-                .await
+        match registry
+            .verification_pending_if_synced_many(&self.tracking, &verified)
+            .await
         {
-            tracing::warn!(r#type = it.name(), id = model_id, %error, "cannot set the verification pending");
+            Ok(n) if n > 0 => self.wakes.verification.notify_one(),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(r#type = it.name(), %error, "cannot set the verification pending")
+            }
         }
     }
 
@@ -280,7 +305,7 @@ impl Downloader {
     /// download. Synced by another download: resynced (see below). Gone (a
     /// `deleted` event): the file just placed belongs to no record any
     /// more, so it goes too.
-    async fn superseded(
+    pub(super) async fn superseded(
         &self,
         registry: &Registry,
         it: &InstalledType,
@@ -509,7 +534,7 @@ pub async fn claim(
 /// The blob paths of claimed rows' records, by model id, from one plugin
 /// call. A row missing from the answer (no record, or the call failed) gets
 /// its path asked again by its own download, which then reports the error.
-async fn claim_paths(
+pub(super) async fn claim_paths(
     it: &Arc<InstalledType>,
     rows: &[(SyncClaim, Option<FeedRecord>)],
 ) -> HashMap<i64, Result<BlobPath, String>> {
@@ -606,6 +631,7 @@ where
         let pause = renew_every.map_or(idle, |every| idle.min(every));
         tokio::select! {
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            _ = downloader.wakes.sync.notified() => {}
             _ = tokio::time::sleep(pause) => {}
             _ = downloader.cancel.cancelled() => {}
         }
@@ -617,10 +643,10 @@ where
 /// claims. It keeps each type's registry table, not its installed version:
 /// holding the version would keep a hot swap from draining (`swap::drain`).
 #[derive(Clone, Default)]
-struct Held(Arc<std::sync::Mutex<HashMap<String, (Registry, Vec<i64>)>>>);
+pub(super) struct Held(Arc<std::sync::Mutex<HashMap<String, (Registry, Vec<i64>)>>>);
 
 impl Held {
-    fn add(&self, it: &InstalledType, model_id: i64) {
+    pub(super) fn add(&self, it: &InstalledType, model_id: i64) {
         let mut held = self.0.lock().expect("held claims");
         held.entry(it.name().to_string())
             .or_insert_with(|| (Registry::of(it), Vec::new()))
@@ -628,7 +654,7 @@ impl Held {
             .push(model_id);
     }
 
-    fn remove(&self, it: &InstalledType, model_id: i64) {
+    pub(super) fn remove(&self, it: &InstalledType, model_id: i64) {
         let mut held = self.0.lock().expect("held claims");
         if let Some((_, ids)) = held.get_mut(it.name()) {
             ids.retain(|&id| id != model_id);
@@ -639,7 +665,7 @@ impl Held {
     }
 
     /// Renews every held claim (`last_synced_at = now`).
-    async fn renew(&self, tracking: &Db) {
+    pub(super) async fn renew(&self, tracking: &Db) {
         let snapshot: Vec<(String, Registry, Vec<i64>)> = self
             .0
             .lock()
@@ -663,37 +689,10 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secondary::testing::{FakePrimary, blob_store, helm, sha256, tracking_databases};
+    use crate::secondary::testing::{
+        FakePrimary, blob_store, downloader, helm, sha256, stored, tracking_databases,
+    };
     use crate::states::SyncState;
-
-    fn downloader(primary: &FakePrimary, tracking: &Db, blobs: &BlobStore) -> Downloader {
-        Downloader {
-            client: primary.client(),
-            tracking: tracking.clone(),
-            blobs: blobs.clone(),
-            cancel: CancellationToken::new(),
-            lease: None,
-        }
-    }
-
-    async fn stored(blobs: &BlobStore, record: &FeedRecord) -> Option<Vec<u8>> {
-        let it = helm();
-        let path = it
-            .blob_paths(std::slice::from_ref(record))
-            .await
-            .unwrap()
-            .pop()
-            .unwrap()
-            .unwrap();
-        let (_, stream) = blobs.get(it.name(), &path).await.ok()?;
-        let chunks: Vec<_> = stream.collect().await;
-        Some(
-            chunks
-                .into_iter()
-                .flat_map(|c| c.unwrap().to_vec())
-                .collect(),
-        )
-    }
 
     #[tokio::test]
     async fn downloads_check_and_place_the_blob() {

@@ -70,6 +70,9 @@ pub struct FakeState {
     pub last_event_id: i64,
     /// Requests seen, by path.
     pub hits: HashMap<String, usize>,
+    /// Cut every batch answer in the middle of this part (0-based): the
+    /// connection breaks there.
+    pub cut_batch_at_part: Option<usize>,
 }
 
 /// A fake primary for one type, on a loopback port.
@@ -149,6 +152,7 @@ impl FakePrimary {
             .route("/api/v4/geo/replication/{name}/records", get(records))
             .route("/api/v4/geo/events", get(events))
             .route("/api/v4/geo/retrieve/{name}/{id}", get(retrieve))
+            .route("/api/v4/geo/retrieve/{name}", get(retrieve_batch))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -332,6 +336,91 @@ async fn retrieve(
             }
             response
         }
+    }
+}
+
+/// The batch retrieve, with the real wire format ([`crate::blob_batch`]).
+async fn retrieve_batch(
+    State(state): Shared,
+    Path(_name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    use crate::blob_batch::{Encoder, PartHeader, PartStatus};
+    hit(&state, "retrieve_batch");
+    let ids: Vec<i64> = query
+        .get("ids")
+        .map(|ids| ids.split(',').filter_map(|id| id.parse().ok()).collect())
+        .unwrap_or_default();
+    let max: u64 = query
+        .get("max_part_bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::blob_batch::DEFAULT_MAX_PART_BYTES);
+    let state = state.lock().unwrap();
+    let mut encoder = Encoder::default();
+    let mut body = Vec::new();
+    for (n, id) in ids.into_iter().enumerate() {
+        let (header, bytes) = match state.blobs.get(&id) {
+            None => (
+                PartHeader::failed(id, PartStatus::NotFound, "not found"),
+                None,
+            ),
+            Some(blob) if blob.missing => (
+                PartHeader::failed(id, PartStatus::Missing, format!("{id} file not found")),
+                None,
+            ),
+            Some(blob) if blob.bytes.len() as u64 > max => {
+                (PartHeader::too_large(id, blob.bytes.len() as u64), None)
+            }
+            Some(blob) => (
+                PartHeader::ok(id, blob.bytes.len() as u64, blob.header_checksum.clone()),
+                Some(bytes::Bytes::from(blob.bytes.clone())),
+            ),
+        };
+        let frame: Vec<u8> = encoder.part(&header, bytes).concat();
+        if state.cut_batch_at_part == Some(n) {
+            body.extend_from_slice(&frame[..frame.len() / 2]);
+            return body.into_response();
+        }
+        body.extend_from_slice(&frame);
+    }
+    body.extend_from_slice(&encoder.end());
+    body.into_response()
+}
+
+/// A downloader of `primary` into `tracking` and `blobs`, without lease.
+pub fn downloader(
+    primary: &FakePrimary,
+    tracking: &Db,
+    blobs: &crate::storage::BlobStore,
+) -> super::sync::Downloader {
+    super::sync::Downloader {
+        client: primary.client(),
+        tracking: tracking.clone(),
+        blobs: blobs.clone(),
+        cancel: Default::default(),
+        lease: None,
+        wakes: Default::default(),
+    }
+}
+
+/// The blob of a Helm `record` in `blobs`, if there is one.
+pub async fn stored(blobs: &crate::storage::BlobStore, record: &FeedRecord) -> Option<Vec<u8>> {
+    let it = helm();
+    let path = it
+        .blob_paths(std::slice::from_ref(record))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    match blobs
+        .read_small(it.name(), &[path], u64::MAX, u64::MAX)
+        .await
+        .pop()?
+        .ok()?
+    {
+        crate::storage::SmallRead::Whole(bytes) => Some(bytes.to_vec()),
+        crate::storage::SmallRead::TooLarge(_) => None,
     }
 }
 

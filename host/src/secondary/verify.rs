@@ -27,6 +27,7 @@
 //! primary's checksum from its database replica, has no such case.
 
 use super::client::PrimaryClient;
+use super::outcomes::VerificationOutcome;
 use super::registry::{Registry, VerificationClaim, VerificationFailure};
 use crate::catalog::InstalledType;
 use crate::db::{Db, DbError};
@@ -67,12 +68,6 @@ pub enum VerifyError {
     Scope(#[from] crate::catalog::CallError),
 }
 
-enum Outcome {
-    Succeeded(String),
-    Failed(VerificationFailure),
-    Disabled,
-}
-
 /// The checksum GitLab's `calculate_checksum` gives the local copy:
 /// SHA-256 hex, or the padded size when the primary keeps the file in
 /// object storage (the rule follows the record, as in GitLab, where the
@@ -92,40 +87,83 @@ pub async fn local_checksum(
     }
 }
 
-async fn outcome(
+/// The local checksums of a batch's blobs, in order (see
+/// [`local_checksum`]): the SHA-256s in a few blocking tasks, the sizes of
+/// records the primary keeps in object storage from the store's metadata.
+async fn local_checksums(
     blobs: &BlobStore,
-    it: &InstalledType,
+    type_name: &str,
+    blobs_of: &[(BlobPath, bool)],
+    parallel: usize,
+) -> Vec<Result<String, crate::storage::StorageError>> {
+    let hashed: Vec<BlobPath> = blobs_of
+        .iter()
+        .filter(|(_, object_stored)| !object_stored)
+        .map(|(path, _)| path.clone())
+        .collect();
+    let mut sums = blobs
+        .checksums(type_name, &hashed, parallel)
+        .await
+        .into_iter();
+    let sized: Vec<BlobPath> = blobs_of
+        .iter()
+        .filter(|(_, object_stored)| *object_stored)
+        .map(|(path, _)| path.clone())
+        .collect();
+    let mut sizes = futures::stream::iter(sized)
+        .map(|path| async move { local_checksum(blobs, type_name, &path, true).await })
+        .buffered(parallel.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter();
+    let mut out = Vec::with_capacity(blobs_of.len());
+    for (_, object_stored) in blobs_of {
+        let next = if *object_stored {
+            sizes.next()
+        } else {
+            sums.next().map(|sum| sum.map(|w| w.sha256))
+        };
+        out.push(next.expect("one checksum per blob"));
+    }
+    out
+}
+
+/// A row's outcome from the primary's record, its path and the local
+/// checksum (`None` when nothing was hashed).
+fn outcome(
     record: Option<&FeedRecord>,
-    path: Option<Result<BlobPath, String>>,
-) -> Outcome {
+    path: Option<&Result<BlobPath, String>>,
+    local: Option<Result<String, crate::storage::StorageError>>,
+) -> VerificationOutcome {
     let Some(record) = record else {
-        return Outcome::Disabled;
+        return VerificationOutcome::Disabled;
     };
     let primary = match (&record.verification_state, &record.verification_checksum) {
         (VerificationState::Succeeded, Some(checksum)) => checksum.to_ascii_lowercase(),
-        _ => return Outcome::Disabled,
+        _ => return VerificationOutcome::Disabled,
     };
-    let path = match path {
-        Some(Ok(path)) => path,
-        Some(Err(error)) => {
-            return Outcome::Failed(VerificationFailure::Error(format!(
-                "Error during verification: blob path: {error}"
-            )));
-        }
-        None => return Outcome::Disabled,
-    };
-    match local_checksum(blobs, it.name(), &path, it.is_object_stored(record)).await {
-        Ok(local) if local.eq_ignore_ascii_case(&primary) => Outcome::Succeeded(local),
-        Ok(local) => Outcome::Failed(VerificationFailure::Mismatch {
-            checksum: local,
-            primary_checksum: primary,
-        }),
-        Err(error) if error.is_not_found() => Outcome::Failed(VerificationFailure::Error(
-            "Error during verification: File is not checksummable".into(),
-        )),
-        Err(error) => Outcome::Failed(VerificationFailure::Error(format!(
-            "Error during verification: {error}"
+    match (path, local) {
+        (Some(Err(error)), _) => VerificationOutcome::Failed(VerificationFailure::Error(format!(
+            "Error during verification: blob path: {error}"
         ))),
+        (None, _) | (_, None) => VerificationOutcome::Disabled,
+        (Some(Ok(_)), Some(Ok(local))) if local.eq_ignore_ascii_case(&primary) => {
+            VerificationOutcome::Succeeded(local)
+        }
+        (Some(Ok(_)), Some(Ok(local))) => {
+            VerificationOutcome::Failed(VerificationFailure::Mismatch {
+                checksum: local,
+                primary_checksum: primary,
+            })
+        }
+        (Some(Ok(_)), Some(Err(error))) if error.is_not_found() => {
+            VerificationOutcome::Failed(VerificationFailure::Error(
+                "Error during verification: File is not checksummable".into(),
+            ))
+        }
+        (Some(Ok(_)), Some(Err(error))) => VerificationOutcome::Failed(VerificationFailure::Error(
+            format!("Error during verification: {error}"),
+        )),
     }
 }
 
@@ -178,105 +216,67 @@ pub async fn verify_batch_leased(
             return Err(error.into());
         }
     };
-    let mut by_id: HashMap<i64, (FeedRecord, Result<BlobPath, String>)> = records
+    let by_id: HashMap<i64, (FeedRecord, Result<BlobPath, String>)> = records
         .into_iter()
         .zip(paths)
         .map(|(record, path)| (record.id, (record, path)))
         .collect();
 
-    let work: Vec<(
-        VerificationClaim,
-        Option<(FeedRecord, Result<BlobPath, String>)>,
-    )> = claims
+    // Only rows the primary has a checksum for are hashed.
+    let mut to_hash = Vec::new();
+    let mut hashed_rows = Vec::new();
+    for (i, claim) in claims.iter().enumerate() {
+        if let Some((record, Ok(path))) = by_id.get(&claim.model_id)
+            && record.verification_state == VerificationState::Succeeded
+            && record.verification_checksum.is_some()
+        {
+            to_hash.push((path.clone(), it.is_object_stored(record)));
+            hashed_rows.push(i);
+        }
+    }
+    let mut locals: Vec<Option<Result<String, crate::storage::StorageError>>> =
+        claims.iter().map(|_| None).collect();
+    for (i, local) in hashed_rows
         .into_iter()
-        .map(|claim| {
-            let found = by_id.remove(&claim.model_id);
-            (claim, found)
+        .zip(local_checksums(blobs, it.name(), &to_hash, concurrency).await)
+    {
+        locals[i] = Some(local);
+    }
+    let outcomes: Vec<(
+        i64,
+        Option<chrono::DateTime<chrono::Utc>>,
+        VerificationOutcome,
+    )> = claims
+        .iter()
+        .zip(locals)
+        .map(|(claim, local)| {
+            let found = by_id.get(&claim.model_id);
+            let outcome = outcome(found.map(|(r, _)| r), found.map(|(_, p)| p), local);
+            if let VerificationOutcome::Failed(failure) = &outcome {
+                tracing::warn!(
+                    r#type = it.name(),
+                    id = claim.model_id,
+                    registry_id = claim.registry_id,
+                    failure = ?failure,
+                    "verification failed; resyncing"
+                );
+            }
+            (claim.model_id, Some(claim.started_at), outcome)
         })
         .collect();
-    let results: Vec<(VerificationClaim, Result<bool, DbError>, &'static str)> =
-        futures::stream::iter(work)
-            .map(|(claim, found)| {
-                let registry = &registry;
-                async move {
-                    let (record, path) = match found {
-                        Some((record, path)) => (Some(record), Some(path)),
-                        None => (None, None),
-                    };
-                    let outcome = outcome(blobs, it, record.as_ref(), path).await;
-                    let (written, kind) = match &outcome {
-                        Outcome::Succeeded(checksum) => (
-                            registry
-                                .verification_succeeded(
-                                    tracking,
-                                    claim.model_id,
-                                    checksum,
-                                    claim.started_at,
-                                )
-                                .await,
-                            "succeeded",
-                        ),
-                        Outcome::Failed(failure) => {
-                            tracing::warn!(
-                                r#type = it.name(),
-                                id = claim.model_id,
-                                registry_id = claim.registry_id,
-                                failure = ?failure,
-                                "verification failed; resyncing"
-                            );
-                            (
-                                registry
-                                    .verification_failed(
-                                        tracking,
-                                        claim.model_id,
-                                        failure,
-                                        Some(claim.started_at),
-                                    )
-                                    .await,
-                                "failed",
-                            )
-                        }
-                        Outcome::Disabled => (
-                            registry
-                                .verification_disabled(
-                                    tracking,
-                                    claim.model_id,
-                                    Some(claim.started_at),
-                                )
-                                .await,
-                            "disabled",
-                        ),
-                    };
-                    (claim, written, kind)
-                }
-            })
-            .buffer_unordered(concurrency.max(1))
-            .collect()
-            .await;
     metrics::VERIFY_SECONDS
         .with_label_values(&[it.name(), "secondary"])
         .observe(started.elapsed().as_secs_f64());
 
-    let mut counts = BatchCounts::default();
-    let mut first_error = None;
-    for (claim, written, kind) in results {
-        match written {
-            Ok(true) => match kind {
-                "succeeded" => counts.succeeded += 1,
-                "failed" => counts.failed += 1,
-                _ => counts.disabled += 1,
-            },
-            Ok(false) => counts.superseded += 1,
-            Err(error) => {
-                tracing::warn!(r#type = it.name(), id = claim.model_id, %error, "cannot record a verification result");
-                first_error.get_or_insert(error);
-            }
-        }
-    }
-    match first_error {
-        Some(error) if counts.total() == 0 => Err(error.into()),
-        _ => Ok(counts),
-    }
+    let recorded = registry
+        .record_verification_outcomes(tracking, &outcomes)
+        .await?;
+    Ok(BatchCounts {
+        succeeded: recorded.succeeded.len(),
+        failed: recorded.failed.len(),
+        disabled: recorded.disabled.len(),
+        superseded: outcomes.len() - recorded.total(),
+    })
 }
 
 /// Puts claims back to verification pending, changing nothing else.
@@ -312,6 +312,7 @@ mod tests {
                 blobs: blobs.clone(),
                 cancel: Default::default(),
                 lease: None,
+                wakes: Default::default(),
             };
             let mut records = Vec::new();
             for id in 1..=5 {

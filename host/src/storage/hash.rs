@@ -107,6 +107,30 @@ pub(super) fn open_local(
     Ok((file, meta.len()))
 }
 
+/// Reads exactly `size` bytes of an open local blob (blocking): an error if
+/// the file shrank while read.
+pub(super) fn read_whole(
+    file: std::fs::File,
+    size: u64,
+    shown: &str,
+) -> Result<bytes::Bytes, StorageError> {
+    let mut content = Vec::with_capacity(size as usize);
+    file.take(size)
+        .read_to_end(&mut content)
+        .map_err(|e| io_error("read", shown, e))?;
+    if content.len() as u64 != size {
+        let short = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "the file shrank to {} of {size} bytes while read",
+                content.len()
+            ),
+        );
+        return Err(io_error("read", shown, short));
+    }
+    Ok(bytes::Bytes::from(content))
+}
+
 /// A local I/O error of `op` on `location`.
 pub(super) fn io_error(op: &'static str, location: &str, source: std::io::Error) -> StorageError {
     StorageError::Io {
@@ -119,7 +143,7 @@ pub(super) fn io_error(op: &'static str, location: &str, source: std::io::Error)
 /// Reads `len` bytes of `file` from `start` and hashes them (blocking).
 ///
 /// Stops early at end of file: the size returned is what was hashed.
-fn hash_file(mut file: std::fs::File, start: u64, len: u64) -> std::io::Result<Written> {
+pub(super) fn hash_file(mut file: std::fs::File, start: u64, len: u64) -> std::io::Result<Written> {
     if start != 0 {
         file.seek(SeekFrom::Start(start))?;
     }

@@ -47,6 +47,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod closed;
 pub mod durable;
 mod hash;
@@ -62,6 +63,7 @@ mod temp;
 pub mod testing;
 mod undo;
 
+pub use batch::SmallRead;
 pub use quarantine::{QUARANTINE_DIR, Restored};
 pub use s3::S3Settings;
 pub use store::BlobStore;

@@ -175,7 +175,7 @@ impl Recorder {
             .connect_with(options)
             .await
             .unwrap();
-        Db::Sqlite(pool)
+        crate::db::SqliteDb::shared(pool)
     }
 }
 
@@ -471,6 +471,7 @@ mod tests {
             shutdown: Default::default(),
             swaps: Default::default(),
             role_state: Default::default(),
+            auth_cache: Default::default(),
             duties: crate::health::DutyBoard::new("p"),
             config,
         });
@@ -652,6 +653,7 @@ mod tests {
             blobs: recorder.store(),
             cancel: Default::default(),
             lease: None,
+            wakes: Default::default(),
         };
         let registry = Registry::of(&it);
         let table = registry.table().trim_matches('"').to_string();

@@ -145,6 +145,11 @@ impl BlobStore {
         }
     }
 
+    /// The local backend, for a local store (the batch fast paths).
+    pub(super) fn local_fs(&self) -> Option<&Arc<LocalFileSystem>> {
+        self.inner.local.as_ref().map(|local| &local.fs)
+    }
+
     /// What kind of storage this is; it decides the verification checksum.
     pub fn kind(&self) -> StoreKind {
         self.inner.kind
@@ -203,8 +208,7 @@ impl BlobStore {
     /// temporary object, invisible at any blob path until
     /// [`FinishedTemp::promote`](super::FinishedTemp::promote).
     pub fn begin_temp(&self) -> TempBlob {
-        let location =
-            StorePath::from_iter([TEMP_DIR.to_string(), uuid::Uuid::new_v4().to_string()]);
+        let location = super::batch::temp_location();
         TempBlob::new(
             self.clone(),
             location,
@@ -542,8 +546,7 @@ async fn serve_local(
     fs: &LocalFileSystem,
     location: &StorePath,
 ) -> Result<(u64, BoxStream<'static, Result<Bytes, StorageError>>), StorageError> {
-    use super::hash::{io_error, local_file_path, open_local};
-    use std::io::Read;
+    use super::hash::{io_error, local_file_path, open_local, read_whole};
     let file_path = local_file_path(fs, location)?;
     let shown = location.to_string();
     enum Opened {
@@ -558,21 +561,7 @@ async fn serve_local(
                 return Ok(Opened::Open(file, size));
             }
             // Exactly the size taken at open, as the streamed case yields.
-            let mut content = Vec::with_capacity(size as usize);
-            file.take(size)
-                .read_to_end(&mut content)
-                .map_err(|e| io_error("read", &shown, e))?;
-            if content.len() as u64 != size {
-                let short = std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "the file shrank to {} of {size} bytes while read",
-                        content.len()
-                    ),
-                );
-                return Err(io_error("read", &shown, short));
-            }
-            Ok(Opened::Whole(Bytes::from(content)))
+            Ok(Opened::Whole(read_whole(file, size, &shown)?))
         })
         .await
         .map_err(|e| io_error("read", location.as_ref(), std::io::Error::other(e)))??

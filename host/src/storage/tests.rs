@@ -491,3 +491,65 @@ async fn checksum_throughput() {
         small.len() as f64 / secs
     );
 }
+
+#[tokio::test]
+async fn small_blobs_in_batches_are_placed_read_and_hashed_in_order() {
+    for (_dir, store) in stores() {
+        let blobs: Vec<(BlobPath, Bytes)> = (0..40)
+            .map(|i| {
+                (
+                    p(&format!("a{}/b/{i}.yaml", i % 3)),
+                    Bytes::from(pseudo_random(100 + i * 37, i as u64)),
+                )
+            })
+            .collect();
+        let placed = store.place_small(TYPE, blobs.clone()).await;
+        assert!(placed.iter().all(Result::is_ok), "{store}: {placed:?}");
+        // Nothing is left in the temporary folder.
+        assert_eq!(
+            store.cleanup_temp(Duration::ZERO).await.unwrap(),
+            0,
+            "{store}"
+        );
+
+        let mut paths: Vec<BlobPath> = blobs.iter().map(|(p, _)| p.clone()).collect();
+        paths.insert(5, p("gone/nothing.yaml"));
+        let sums = store.checksums(TYPE, &paths, 4).await;
+        assert_eq!(sums.len(), paths.len());
+        assert!(sums[5].as_ref().unwrap_err().is_not_found(), "{store}");
+        for (i, (_, bytes)) in blobs.iter().enumerate() {
+            let at = if i < 5 { i } else { i + 1 };
+            let sum = sums[at].as_ref().unwrap();
+            assert_eq!(
+                (sum.size, sum.sha256.as_str()),
+                (bytes.len() as u64, sha(bytes).as_str())
+            );
+        }
+        let geo = store.geo_checksums(TYPE, &paths[..2], 2).await;
+        assert_eq!(
+            geo[0].as_ref().unwrap(),
+            &store.geo_checksum(TYPE, &paths[0]).await.unwrap()
+        );
+
+        // Whole when small enough, the size only when not; stops at the budget.
+        let reads = store.read_small(TYPE, &paths, 1000, u64::MAX).await;
+        assert_eq!(reads.len(), paths.len());
+        assert!(reads[5].as_ref().unwrap_err().is_not_found());
+        for (i, (_, bytes)) in blobs.iter().enumerate() {
+            let at = if i < 5 { i } else { i + 1 };
+            let expected = if bytes.len() <= 1000 {
+                SmallRead::Whole(bytes.clone())
+            } else {
+                SmallRead::TooLarge(bytes.len() as u64)
+            };
+            assert_eq!(reads[at].as_ref().unwrap(), &expected, "{store} {i}");
+        }
+        let prefix = store.read_small(TYPE, &paths, 1000, 250).await;
+        assert_eq!(prefix.len(), 3, "{store}: 100 + 137 + 174 bytes reach 250");
+
+        // Placing again replaces.
+        let again = vec![(paths[0].clone(), Bytes::from_static(b"new"))];
+        assert!(store.place_small(TYPE, again).await[0].is_ok());
+        assert_eq!(read_all(&store, &paths[0]).await.1, b"new");
+    }
+}

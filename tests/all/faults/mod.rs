@@ -10,6 +10,9 @@
 //!   records are written;
 //! - `sigkill`: SIGKILL of the primary or the secondary at random points
 //!   while records are written and synced (`GEOHOST_FAULT_KILLS`, ≥ 20);
+//! - `sigkill-batch`: SIGKILL of either site while the secondary catches
+//!   up on 120 small records in batches, half of them synced; a watcher
+//!   reads every file at a blob path all along (none may be partial);
 //! - `disk-full`: the secondary's blob root is a 4 MiB tmpfs, filled up;
 //!   then space is freed (root only; skipped with a note otherwise);
 //! - `postgres-restart`: both sites on a PostgreSQL server of the suite's
@@ -185,6 +188,8 @@ pub struct Databases {
     pub tracking: Option<String>,
     /// More configuration for both sites (TOML sections).
     pub extra_config: String,
+    /// More `[workers]` settings for both sites (TOML lines).
+    pub workers: String,
 }
 
 fn database_sections(main: &Option<String>, tracking: Option<&Option<String>>) -> String {
@@ -237,9 +242,10 @@ impl Pair {
         let secondary_url = format!("http://127.0.0.1:{secondary_port}");
         let primary_config = format!(
             "[site]\nname = \"primary\"\nrole = \"primary\"\nlisten = \"127.0.0.1:{primary_port}\"\n\
-             url = \"{primary_url}\"\ndata_dir = {:?}\n{}[workers]\n{WORKERS}{}",
+             url = \"{primary_url}\"\ndata_dir = {:?}\n{}[workers]\n{}{WORKERS}{}",
             primary_dir.path().display().to_string(),
             database_sections(&databases.primary, None),
+            databases.workers,
             databases.extra_config,
         );
         // Set up the primary in this process: a token, a project, the secondary.
@@ -288,12 +294,13 @@ impl Pair {
         let secondary_config = format!(
             "[site]\nname = \"secondary\"\nrole = \"secondary\"\nlisten = \"127.0.0.1:{secondary_port}\"\n\
              url = \"{secondary_url}\"\ndata_dir = {:?}\n{}\
-             [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n[workers]\n{WORKERS}{}",
+             [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n[workers]\n{}{WORKERS}{}",
             secondary_dir.path().display().to_string(),
             database_sections(&databases.secondary, Some(&databases.tracking)),
             via.unwrap_or(&primary_url),
             credentials.access_key,
             credentials.secret_access_key,
+            databases.workers,
             databases.extra_config,
         );
         Pair {
@@ -462,6 +469,14 @@ impl Pair {
             }
         }
         Ok(())
+    }
+
+    /// Registry rows of Helm synced on the secondary (0 while it cannot be read).
+    pub async fn synced_count(&self) -> usize {
+        self.registry(HELM)
+            .await
+            .map(|rows| rows.values().filter(|(state, _)| *state == 2).count())
+            .unwrap_or(0)
     }
 
     /// The acknowledged records that are not, or not identical, on both sites.
@@ -890,6 +905,128 @@ async fn sigkill_scenario(seed: u64, iterations: usize) -> Outcome {
     )
 }
 
+/// `sigkill-batch`: SIGKILL of either site while the secondary catches up
+/// on many small records in batches (claimed, fetched, being written, not
+/// yet committed), then heal. A watcher reads every file at a blob path of
+/// the secondary all along: each must be a whole, acknowledged blob.
+async fn sigkill_batch_scenario(seed: u64, iterations: usize) -> Outcome {
+    use std::sync::{Arc, Mutex};
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xba7c);
+    let mut pair = Pair::start(
+        Databases {
+            // Small batches, several in flight: a kill finds some in each phase.
+            workers: "sync_batch_size = 20\nsync_batches_in_flight = 3\n".into(),
+            ..Databases::default()
+        },
+        None,
+    )
+    .await;
+    // Blob path (under the secondary's root) → the acknowledged content's SHA-256.
+    let expected: Arc<Mutex<BTreeMap<PathBuf, String>>> = Default::default();
+    let violations: Arc<Mutex<Vec<String>>> = Default::default();
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (expected, violations, watching) =
+            (expected.clone(), violations.clone(), watching.clone());
+        let root = pair.secondary.blob_root();
+        tokio::task::spawn_blocking(move || {
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                for relative in files_under(&root) {
+                    if relative.starts_with(geohost::storage::TEMP_DIR) {
+                        continue;
+                    }
+                    let Ok(bytes) = std::fs::read(root.join(&relative)) else {
+                        continue; // removed meanwhile
+                    };
+                    let want = expected.lock().unwrap().get(&relative).cloned();
+                    if want.as_deref() != Some(sha256_hex(&bytes).as_str()) {
+                        violations.lock().unwrap().push(format!(
+                            "{} ({} bytes) is not an acknowledged blob",
+                            relative.display(),
+                            bytes.len()
+                        ));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let mut times = Vec::new();
+    let mut kills = BTreeMap::<&str, usize>::new();
+    let mut mid_batch = 0;
+    for iteration in 0..iterations {
+        // The secondary is down while the records are written, so that it
+        // catches up on all of them in batches when it starts.
+        pair.secondary.kill();
+        let n = 120;
+        for i in 0..n {
+            let project = pair.projects[i % 2];
+            let channel = format!("b{iteration}-{i}");
+            let body = content(project, &channel, i as u64, rng.random_range(1024..8192));
+            let relative = PathBuf::from(HELM).join(helm_blob_path(project, &channel));
+            expected.lock().unwrap().insert(relative, sha256_hex(&body));
+            pair.write(project, &channel, body).await;
+        }
+        pair.secondary.start().await;
+        // Kill once some of this iteration's rows are synced and some not.
+        let started = Instant::now();
+        loop {
+            let synced = pair.synced_count().await;
+            let total = pair.acked.len();
+            if synced + n > total && synced < total {
+                mid_batch += 1;
+                break;
+            }
+            if synced >= total || started.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let victim = if iteration % 2 == 0 || rng.random_bool(0.3) {
+            "secondary"
+        } else {
+            "primary"
+        };
+        *kills.entry(victim).or_default() += 1;
+        let site = if victim == "primary" {
+            &mut pair.primary
+        } else {
+            &mut pair.secondary
+        };
+        site.kill();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        site.start().await;
+        times.push(pair.converge().await);
+    }
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = watcher.await;
+    let lost = pair.lost().await;
+    let violations = violations.lock().unwrap().clone();
+    outcome(
+        "sigkill-batch: either site, mid-batch",
+        iterations,
+        format!(
+            "{}; {mid_batch} of {iterations} with the batch half-synced",
+            kills
+                .iter()
+                .map(|(k, v)| format!("{k} killed {v}×"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        times,
+        lost,
+        violations
+            .first()
+            .map(|v| {
+                format!(
+                    "{} partial or foreign files seen, first: {v}",
+                    violations.len()
+                )
+            })
+            .unwrap_or_default(),
+    )
+}
+
 fn skipped(scenario: &str, why: String) -> Outcome {
     eprintln!("fault suite: {scenario} skipped: {why}");
     Outcome {
@@ -1033,7 +1170,7 @@ async fn postgres_restart_scenario(seed: u64) -> Outcome {
         primary: Some(pg.database().await),
         secondary: Some(pg.database().await),
         tracking: Some(pg.database().await),
-        extra_config: String::new(),
+        ..Databases::default()
     };
     let mut rng = StdRng::seed_from_u64(seed ^ 0x9a9a);
     let mut pair = Pair::start(databases, None).await;
@@ -1094,6 +1231,7 @@ async fn out_of_order_scenario(seed: u64) -> Outcome {
         secondary: geohost::db::testing::fresh_postgres_url().await,
         tracking: geohost::db::testing::fresh_postgres_url().await,
         extra_config: String::new(),
+        workers: String::new(),
     };
     let mut rng = StdRng::seed_from_u64(seed ^ 0x0d0d);
     let mut pair = Pair::prepare(databases, None, |_| {}).await;
@@ -1334,9 +1472,13 @@ async fn faults_heal_and_nothing_is_lost() {
          scenario: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>| async move {
             if on { Some(scenario.await) } else { None }
         };
-    let (proxy, sigkill, plugin, disk, pg, order) = tokio::join!(
+    let (proxy, sigkill, batch, plugin, disk, pg, order) = tokio::join!(
         maybe(runs("proxy"), Box::pin(proxy_scenario(seed))),
         maybe(runs("sigkill"), Box::pin(sigkill_scenario(seed, kills))),
+        maybe(
+            runs("sigkill-batch"),
+            Box::pin(sigkill_batch_scenario(seed, 6))
+        ),
         maybe(runs("plugin-faults"), Box::pin(plugin_scenario(seed))),
         maybe(runs("disk-full"), Box::pin(disk_full_scenario(seed))),
         maybe(
@@ -1345,7 +1487,7 @@ async fn faults_heal_and_nothing_is_lost() {
         ),
         maybe(runs("out-of-order"), Box::pin(out_of_order_scenario(seed))),
     );
-    let outcomes: Vec<Outcome> = [proxy, sigkill, plugin, disk, pg, order]
+    let outcomes: Vec<Outcome> = [proxy, sigkill, batch, plugin, disk, pg, order]
         .into_iter()
         .flatten()
         .collect();
