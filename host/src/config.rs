@@ -211,6 +211,10 @@ pub struct PrimarySection {
     pub url: String,
     pub access_key: String,
     pub secret_access_key: String,
+    /// PEM file of one or more CA certificates trusted for the primary's
+    /// HTTPS, besides the system's roots (a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

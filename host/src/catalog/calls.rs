@@ -65,6 +65,15 @@ impl InstalledType {
             == Some(FILE_STORE_REMOTE)
     }
 
+    /// The record's blob size as the primary announced it (the type's
+    /// blob-size column), when the type has one and it is set: a download
+    /// is never allowed to grow past it.
+    pub fn declared_size(&self, record: &FeedRecord) -> Option<u64> {
+        self.column_for(ColumnSource::BlobSize)
+            .and_then(|c| record.columns.get(&c.name))
+            .and_then(serde_json::Value::as_u64)
+    }
+
     /// Rows of `columns` for each record; records whose values do not decode
     /// get their error instead.
     fn rows_of(

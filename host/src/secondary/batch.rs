@@ -36,12 +36,12 @@
 
 use super::outcomes::{SyncOutcome, SyncRecorded};
 use super::registry::{Registry, SyncClaim};
-use super::sync::{AttemptError, CHECKSUM_MISMATCH, Downloader, Held, claim_paths};
+use super::sync::{AttemptError, CHECKSUM_MISMATCH, Downloader, Held, RECORD_SIZE, claim_paths};
 use crate::blob_batch::{self, PartStatus};
 use crate::catalog::InstalledType;
 use crate::feed::FeedRecord;
 use crate::metrics;
-use crate::plugin::{BlobPath, ColumnSource};
+use crate::plugin::BlobPath;
 use crate::states::VerificationState;
 use crate::storage::format_file_size_for_checksum;
 use bytes::Bytes;
@@ -87,6 +87,8 @@ struct Row {
     model_id: i64,
     record: FeedRecord,
     path: BlobPath,
+    /// The record's size as the primary announced it: a larger part fails.
+    declared: Option<u64>,
 }
 
 /// The batch scheduler: runs until `downloader.cancel` is cancelled, then
@@ -343,9 +345,6 @@ async fn fetch_batch(
         })
         .collect();
     let mut paths = claim_paths(it, &rows).await;
-    let size_column = it
-        .column_for(ColumnSource::BlobSize)
-        .map(|c| c.name.clone());
     let mut fetched = Fetched {
         outcomes: Vec::new(),
         large: Vec::new(),
@@ -365,16 +364,14 @@ async fn fetch_batch(
             ));
             continue;
         };
-        let declared = size_column
-            .as_ref()
-            .and_then(|c| record.columns.get(c))
-            .and_then(serde_json::Value::as_u64);
+        let declared = it.declared_size(&record);
         match paths.remove(&id) {
             Some(Ok(path)) if declared.is_none_or(|size| size <= settings.max_blob_bytes) => small
                 .push(Row {
                     model_id: id,
                     record,
                     path,
+                    declared,
                 }),
             // Large, or a path the plugin call did not give: the per-blob
             // downloader asks again and reports.
@@ -456,7 +453,17 @@ async fn retrieve(
             PartStatus::Ok => {
                 fetched.bytes += part.bytes.len() as u64;
                 bytes_metric.inc_by(part.bytes.len() as u64);
-                match check(it, row, part.header.checksum.as_deref(), &part.bytes) {
+                // The decoder held at most `max_part` bytes for it.
+                let sent = part.bytes.len() as u64;
+                let checked = match row.declared {
+                    Some(limit) if sent > limit => Err(AttemptError::TooLarge {
+                        limit,
+                        received: sent,
+                        why: RECORD_SIZE,
+                    }),
+                    _ => check(it, row, part.header.checksum.as_deref(), &part.bytes),
+                };
+                match checked {
                     Ok(primary_verified) => {
                         placing.push(row, part.bytes, primary_verified);
                         if placing.full() {
@@ -691,6 +698,37 @@ mod tests {
         n
     }
 
+    /// A part larger than its record's announced size fails that record
+    /// (the decoder held at most `max_part_bytes` of it); the rest of the
+    /// batch syncs.
+    #[tokio::test]
+    async fn a_part_larger_than_its_record_fails_alone() {
+        let it = helm();
+        let registry = Registry::of(&it);
+        for (backend, db) in tracking_databases().await {
+            let primary = FakePrimary::start().await;
+            let (_dir, blobs) = blob_store();
+            let d = downloader(&primary, &db, &blobs);
+            let liar = primary.add(1, 10, b"entries: 1\n", false);
+            primary.with(|s| s.blobs.get_mut(&1).unwrap().bytes = vec![b'x'; 60]);
+            let honest = primary.add(2, 10, b"entries: 2\n", true);
+            registry.insert_missing(&db, &[1, 2]).await.unwrap();
+            assert_eq!(run_one_batch(&d).await, 2, "{backend}");
+            assert_eq!(primary.hits("retrieve_batch"), 1, "{backend}");
+            let row = registry.get(&db, 1).await.unwrap().unwrap();
+            assert_eq!(row.state, SyncState::Failed, "{backend}");
+            let failure = row.last_sync_failure.unwrap_or_default();
+            assert!(
+                failure.contains("larger than 11 bytes (the record's size on the primary)"),
+                "{backend}: {failure}"
+            );
+            assert_eq!(stored(&blobs, &liar).await, None, "{backend}");
+            let row = registry.get(&db, 2).await.unwrap().unwrap();
+            assert_eq!(row.state, SyncState::Synced, "{backend}");
+            assert!(stored(&blobs, &honest).await.is_some(), "{backend}");
+        }
+    }
+
     #[tokio::test]
     async fn each_record_of_a_batch_ends_as_it_would_alone() {
         let it = helm();
@@ -710,7 +748,9 @@ mod tests {
             primary.add(5, 10, b"gone", true);
             primary.with(|s| s.records.remove(&5));
             // Larger than the threshold: declared by its size column, and
-            // not declared (the primary answers `too_large`).
+            // declared small but large on the primary (it answers
+            // `too_large`; the single download then refuses it past the
+            // declared size).
             let big = vec![b'x'; 200];
             let declared = primary.add(6, 10, &big, true);
             primary.with(|s| {
@@ -720,7 +760,14 @@ mod tests {
                     .columns
                     .insert("size".into(), 200.into())
             });
-            let undeclared = primary.add(7, 10, &big, true);
+            let grown = primary.add(7, 10, &big, true);
+            primary.with(|s| {
+                s.records
+                    .get_mut(&7)
+                    .unwrap()
+                    .columns
+                    .insert("size".into(), 30.into())
+            });
             registry
                 .insert_missing(&db, &[1, 2, 3, 4, 5, 6, 7])
                 .await
@@ -746,7 +793,6 @@ mod tests {
             for (id, record, bytes) in [
                 (1, &good, &b"apiVersion: v1\n"[..]),
                 (6, &declared, &big[..]),
-                (7, &undeclared, &big[..]),
             ] {
                 let r = row(id).await;
                 assert_eq!(
@@ -802,6 +848,14 @@ mod tests {
                 "{backend}: {:?}",
                 r.last_sync_failure
             );
+            let r = row(7).await;
+            assert_eq!(r.state, SyncState::Failed, "{backend}");
+            let failure = r.last_sync_failure.unwrap_or_default();
+            assert!(
+                failure.starts_with("Downloaded file larger than 30 bytes"),
+                "{backend}: {failure}"
+            );
+            assert!(stored(&blobs, &grown).await.is_none(), "{backend}");
             // Nothing is left in the temporary folder.
             assert_eq!(blobs.cleanup_temp(Duration::ZERO).await.unwrap(), 0);
         }

@@ -8,10 +8,20 @@
 //! FILE_NOT_FOUND` means the primary lost the file (GitLab then backs off up
 //! to 4 hours instead of 1).
 //!
-//! Like GitLab's `BlobDownloader`, connect and read timeouts are 60 s and
-//! redirects are not followed automatically; [`PrimaryClient::retrieve`]
-//! follows one redirect by hand, without the `Authorization` header (an
-//! object-storage URL must not receive the site's token).
+//! Like GitLab's `BlobDownloader`, connect and read timeouts are 60 s.
+//!
+//! The primary is not trusted to be well-behaved (a compromised or broken
+//! primary must not exhaust the secondary):
+//! - redirects are followed only within the primary's origin (same scheme,
+//!   host and port), at most [`MAX_REDIRECTS`] of them: the primary never
+//!   redirects (it streams object-stored blobs itself), so a redirect can
+//!   only come from a proxy in front of it, and one elsewhere would carry
+//!   the download, or the site's token, off to another host;
+//! - a JSON answer is read up to [`MAX_JSON_BYTES`], an error body up to
+//!   [`MAX_ERROR_BODY_BYTES`]; blobs are bounded by their record's size by
+//!   the downloaders ([`super::sync`], [`super::batch`]);
+//! - TLS is rustls with the platform's roots, plus the private CA in
+//!   `[primary] ca_file` when set.
 
 use crate::auth::geo_jwt;
 use crate::blob_batch;
@@ -27,6 +37,16 @@ use std::time::Duration;
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 /// Most ids in one `records?ids=` request (the primary's limit).
 pub const MAX_IDS_PER_REQUEST: usize = 1000;
+/// Largest JSON answer read from the primary (feed pages, records, node
+/// settings, topology…). The largest legitimate answer is a topology of a
+/// very large instance or a page of 1,000 records with long column values,
+/// a few MiB; 32 MiB leaves room for growth while a hostile or broken
+/// primary cannot make the secondary buffer without end.
+pub const MAX_JSON_BYTES: u64 = 32 * 1024 * 1024;
+/// Largest error body read (GitLab's `{"message", "geo_code"}`).
+pub const MAX_ERROR_BODY_BYTES: u64 = 16 * 1024;
+/// Most redirects followed for one request (all within the primary's origin).
+pub const MAX_REDIRECTS: usize = 5;
 
 /// Why a request to the primary failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +74,16 @@ pub enum ClientError {
     /// A 2xx answer that is not what the route promises.
     #[error("unreadable answer from {url}: {message}")]
     Decode { url: String, message: String },
+    /// An answer larger than its limit: reading stopped there.
+    #[error("answer larger than {limit} bytes ({what}), reading stopped: {url}")]
+    TooLarge {
+        url: String,
+        limit: u64,
+        what: &'static str,
+    },
+    /// A redirect the client refused to follow.
+    #[error("redirect refused ({message}) from {url}")]
+    Redirect { url: String, message: String },
     /// The client could not be built or the request not signed.
     #[error("{0}")]
     Setup(String),
@@ -99,18 +129,80 @@ impl std::fmt::Debug for PrimaryClient {
     }
 }
 
+/// A failed request: a refused redirect, or an unreachable primary (the
+/// message carries the whole chain of causes, such as a TLS certificate
+/// error).
 fn unreachable(url: &str, error: &reqwest::Error) -> ClientError {
     let mut message = error.to_string();
+    let mut innermost = None;
     let mut source = std::error::Error::source(error);
     while let Some(inner) = source {
         message.push_str(": ");
         message.push_str(&inner.to_string());
+        innermost = Some(inner.to_string());
         source = inner.source();
     }
-    ClientError::Unreachable {
-        url: url.to_string(),
-        message,
+    let url = url.to_string();
+    match innermost {
+        // The policy's own reason.
+        Some(message) if error.is_redirect() => ClientError::Redirect { url, message },
+        _ => ClientError::Unreachable { url, message },
     }
+}
+
+/// Follows a redirect only to the origin of the primary's URL (scheme,
+/// host and port), at most [`MAX_REDIRECTS`] times.
+fn redirect_policy(base: &str) -> Result<reqwest::redirect::Policy, ClientError> {
+    let origin = reqwest::Url::parse(base)
+        .map_err(|e| ClientError::Setup(format!("[primary] url {base:?}: {e}")))?
+        .origin();
+    Ok(reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            let error = format!("more than {MAX_REDIRECTS} redirects");
+            attempt.error(error)
+        } else if attempt.url().origin() != origin {
+            let error = format!(
+                "off the primary's origin {}: {}",
+                origin.ascii_serialization(),
+                attempt.url()
+            );
+            attempt.error(error)
+        } else {
+            attempt.follow()
+        }
+    }))
+}
+
+/// The CA certificates of `[primary] ca_file`.
+fn private_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let setup = |message: String| {
+        ClientError::Setup(format!("[primary] ca_file {}: {message}", path.display()))
+    };
+    let pem = std::fs::read(path).map_err(|e| setup(e.to_string()))?;
+    let certificates =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| setup(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(setup("holds no PEM certificate".into()));
+    }
+    Ok(certificates)
+}
+
+/// Reads `response`'s body, at most `limit` bytes: `Ok(Err(read))` if the
+/// body is longer (`read`: its first `limit` bytes; the rest is never read).
+async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: u64,
+) -> Result<Result<bytes::Bytes, bytes::Bytes>, reqwest::Error> {
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit as usize - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok(Err(body.freeze()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(body.freeze()))
 }
 
 impl PrimaryClient {
@@ -130,11 +222,16 @@ impl PrimaryClient {
                 "[primary] secret_access_key is empty".into(),
             ));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
+            .tls_backend_rustls()
             .connect_timeout(timeout)
             .read_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("geohost/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirect_policy(&primary.url)?)
+            .user_agent(concat!("geohost/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &primary.ca_file {
+            builder = builder.tls_certs_merge(private_roots(path)?);
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Setup(format!("building the HTTP client: {e}")))?;
         Ok(PrimaryClient {
@@ -180,7 +277,14 @@ impl PrimaryClient {
     ) -> Result<T, ClientError> {
         let response = self.send(path_and_query, claim).await?;
         let url = response.url().to_string();
-        let body = response.bytes().await.map_err(|e| unreachable(&url, &e))?;
+        let body = read_bounded(response, MAX_JSON_BYTES)
+            .await
+            .map_err(|e| unreachable(&url, &e))?
+            .map_err(|_| ClientError::TooLarge {
+                url: url.clone(),
+                limit: MAX_JSON_BYTES,
+                what: "the limit for JSON answers",
+            })?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
             url,
             message: e.to_string(),
@@ -317,43 +421,13 @@ impl PrimaryClient {
     }
 
     /// `GET /api/v4/geo/retrieve/:name/:id`: the blob, as a 2xx response
-    /// whose body the caller streams. A redirect is followed once, without
-    /// the `Authorization` header.
+    /// whose body the caller streams (and bounds: the record's size).
     pub async fn retrieve(&self, name: &str, id: i64) -> Result<reqwest::Response, ClientError> {
-        let path = format!("/api/v4/geo/retrieve/{name}/{id}");
-        let url = format!("{}{}", self.base, path);
-        let response = self
-            .http
-            .get(&url)
-            .header(
-                reqwest::header::AUTHORIZATION,
-                self.authorization(&feed::retrieve_claim(name, id))?,
-            )
-            .header("X-Sendfile-Type", "X-Sendfile")
-            .send()
-            .await
-            .map_err(|e| unreachable(&url, &e))?;
-        if !response.status().is_redirection() {
-            return check_status(&url, response).await;
-        }
-        let location = response
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| response.url().join(v).ok())
-            .ok_or_else(|| ClientError::Status {
-                url: url.clone(),
-                status: response.status().as_u16(),
-                message: "redirect without a usable Location".into(),
-            })?;
-        let target = location.to_string();
-        let response = self
-            .http
-            .get(location)
-            .send()
-            .await
-            .map_err(|e| unreachable(&target, &e))?;
-        check_status(&target, response).await
+        self.send(
+            &format!("/api/v4/geo/retrieve/{name}/{id}"),
+            &feed::retrieve_claim(name, id),
+        )
+        .await
     }
 }
 
@@ -419,8 +493,11 @@ async fn check_status(
         return Err(ClientError::Unauthorized { url });
     }
     // Error bodies are small JSON; cap what is read from a misbehaving peer.
-    let body = response.bytes().await.unwrap_or_default();
-    let body = &body[..body.len().min(16 * 1024)];
+    let body = match read_bounded(response, MAX_ERROR_BODY_BYTES).await {
+        Ok(Ok(body) | Err(body)) => body,
+        Err(_) => bytes::Bytes::new(),
+    };
+    let body = &body[..];
     let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let message = json
         .as_ref()
@@ -512,6 +589,7 @@ mod tests {
             url: url.into(),
             access_key: KEY.into(),
             secret_access_key: secret.into(),
+            ca_file: None,
         })
         .unwrap()
     }

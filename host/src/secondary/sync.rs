@@ -21,7 +21,10 @@
 //! 2. `GET /api/v4/geo/retrieve/:name/:id`; a non-2xx answer fails the row
 //!    ("Non-success HTTP response status code N: …"), with the 4-hour
 //!    backoff cap when the primary says `FILE_NOT_FOUND`;
-//! 3. the body streams into a temporary object, hashed on the way;
+//! 3. the body streams into a temporary object, hashed on the way, and is
+//!    aborted as soon as it grows past the record's announced size (its
+//!    blob-size column), or past [`MAX_UNDECLARED_BLOB_BYTES`] when the
+//!    type has no such column: a primary cannot fill the secondary's disk;
 //! 4. its size must equal `Content-Length` when the primary sent one;
 //! 5. when the primary has a checksum (the `x-geo-checksum` header, else the
 //!    feed record's checksum if its verification succeeded), the download
@@ -58,6 +61,12 @@ use tokio_util::sync::CancellationToken;
 pub const CHECKSUM_MISMATCH: &str = "Downloaded file checksum mismatch";
 /// The response header carrying the primary's checksum (Geohost's addition).
 pub const CHECKSUM_HEADER: &str = "x-geo-checksum";
+/// Why a download is bounded by its record's size (in failure texts).
+pub(super) const RECORD_SIZE: &str = "the record's size on the primary";
+/// Largest download of a record whose size the primary does not announce
+/// (its type has no blob-size column): 5 GiB, the largest object an S3
+/// secondary can place (a server-side copy), far above any metadata file.
+pub const MAX_UNDECLARED_BLOB_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 
 /// How one sync attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +109,14 @@ pub(super) enum AttemptError {
     ChecksumMismatch { expected: String, actual: String },
     #[error("Downloaded file size mismatch: expected {expected} bytes, got {actual}")]
     SizeMismatch { expected: u64, actual: u64 },
+    #[error(
+        "Downloaded file larger than {limit} bytes ({why}): download aborted after {received} bytes"
+    )]
+    TooLarge {
+        limit: u64,
+        received: u64,
+        why: &'static str,
+    },
     #[error("Error while attempting to sync: {0}")]
     Other(String),
     #[error("interrupted by shutdown")]
@@ -437,6 +454,21 @@ impl Downloader {
                     .flatten()
             });
 
+        let (limit, why) = match it.declared_size(&record) {
+            Some(size) => (size, RECORD_SIZE),
+            None => (
+                MAX_UNDECLARED_BLOB_BYTES,
+                "the limit for a blob of unknown size",
+            ),
+        };
+        let too_large = |received| AttemptError::TooLarge {
+            limit,
+            received,
+            why,
+        };
+        if let Some(announced) = content_length.filter(|&n| n > limit) {
+            return Err(too_large(announced));
+        }
         let bytes_metric = metrics::SYNC_BYTES.with_label_values(&[it.name()]);
         let mut temp = self.blobs.begin_temp();
         let mut body = response.bytes_stream();
@@ -449,6 +481,12 @@ impl Downloader {
             let chunk =
                 chunk.map_err(|e| AttemptError::Other(format!("reading the download: {e}")))?;
             bytes_metric.inc_by(chunk.len() as u64);
+            let received = temp.size() + chunk.len() as u64;
+            if received > limit {
+                // Dropping the body closes the connection; dropping the
+                // temporary object removes what was written.
+                return Err(too_large(received));
+            }
             temp.write(chunk).await?;
         }
         let finished = temp.finish().await?;
@@ -743,6 +781,97 @@ mod tests {
         }
     }
 
+    /// A hostile primary: a blob larger than its record (announced by
+    /// `Content-Length`, or streamed without end), a JSON answer without
+    /// end, a redirect to another host. Each download fails with a clear
+    /// failure after a bounded read, and the next record syncs.
+    #[tokio::test]
+    async fn a_hostile_primary_cannot_make_a_download_unbounded() {
+        let it = helm();
+        let registry = Registry::of(&it);
+        for (backend, db) in tracking_databases().await {
+            let primary = FakePrimary::start().await;
+            let elsewhere = FakePrimary::start_on("127.0.0.2").await;
+            let (dir, blobs) = blob_store();
+            let d = downloader(&primary, &db, &blobs);
+            for id in 1..=6 {
+                primary.add(id, 10, format!("entries: {id}\n").as_bytes(), true);
+                elsewhere.add(id, 10, format!("entries: {id}\n").as_bytes(), true);
+            }
+            registry
+                .insert_missing(&db, &[1, 2, 3, 4, 5, 6])
+                .await
+                .unwrap();
+            let fails = async |id: i64, needle: &str| {
+                let result = d.sync_now(&it, id).await.unwrap().unwrap();
+                assert!(
+                    matches!(&result, SyncResult::Failed { message, .. } if message.contains(needle)),
+                    "{backend}: record {id}: {result:?}"
+                );
+                let row = registry.get(&db, id).await.unwrap().unwrap();
+                assert_eq!(row.state, SyncState::Failed, "{backend}");
+                let failure = row.last_sync_failure.unwrap_or_default();
+                assert!(failure.contains(needle), "{backend}: {failure}");
+                failure
+            };
+            let synced = async |id: i64| {
+                let result = d.sync_now(&it, id).await.unwrap().unwrap();
+                assert!(
+                    matches!(result, SyncResult::Synced { .. }),
+                    "{backend}: record {id}: {result:?}"
+                );
+            };
+
+            // Larger than the record, announced by Content-Length: refused
+            // before a byte is read.
+            primary.with(|s| {
+                s.blobs.get_mut(&1).unwrap().bytes = vec![b'x'; 70 * 1024];
+            });
+            let failure = fails(1, "larger than 11 bytes (the record's size on the primary)").await;
+            assert!(
+                failure.contains(&format!("after {} bytes", 70 * 1024)),
+                "{failure}"
+            );
+            // Streamed without end: aborted past the record's size.
+            primary.with(|s| s.endless_blobs = true);
+            fails(2, "larger than 11 bytes").await;
+            primary.with(|s| s.endless_blobs = false);
+            // Nothing was placed nor left behind.
+            let leftovers = std::fs::read_dir(dir.path().join(crate::storage::TEMP_DIR))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            assert_eq!(leftovers, 0, "{backend}");
+
+            // A JSON answer without end stops at the cap.
+            primary.with(|s| s.endless_records = true);
+            fails(
+                3,
+                &format!("larger than {} bytes", super::super::client::MAX_JSON_BYTES),
+            )
+            .await;
+            primary.with(|s| s.endless_records = false);
+
+            // A redirect off the primary's origin is not followed…
+            primary.with(|s| s.redirect_retrieve_to = Some(elsewhere.url.clone()));
+            fails(4, "off the primary's origin").await;
+            assert_eq!(elsewhere.hits("retrieve"), 0, "{backend}: never asked");
+            // …one within it is.
+            primary.with(|s| s.redirect_retrieve_to = Some(primary.url.clone()));
+            synced(5).await;
+            primary.with(|s| s.redirect_retrieve_to = None);
+
+            // The site keeps working.
+            synced(6).await;
+            // Each endless answer stopped near its cap: what the fake
+            // primary managed to send is the cap plus socket buffers.
+            let sent = primary.with(|s| s.endless_sent);
+            let bound = super::super::client::MAX_JSON_BYTES + 16 * 1024 * 1024;
+            assert!(sent < bound, "{backend}: {sent} bytes sent");
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            assert_eq!(primary.with(|s| s.endless_sent), sent, "{backend}: stopped");
+        }
+    }
+
     #[tokio::test]
     async fn a_checksum_mismatch_discards_the_download() {
         let it = helm();
@@ -846,6 +975,7 @@ mod tests {
                     url: "http://127.0.0.1:9".into(),
                     access_key: "k".into(),
                     secret_access_key: "s".into(),
+                    ca_file: None,
                 })
                 .unwrap(),
                 ..d.clone()
@@ -969,6 +1099,7 @@ mod tests {
                 let mut record =
                     crate::secondary::testing::helm_record(id, 10, 2, Some(checksum.into()));
                 record.verification_state = VerificationState::Succeeded;
+                record.columns.insert("size".into(), 123.into());
                 primary.with(|s| {
                     s.records.insert(id, record);
                     s.blobs.insert(

@@ -12,9 +12,10 @@ use crate::plugin::{Limits, PluginRuntime, builtin};
 use crate::states::VerificationState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -73,6 +74,16 @@ pub struct FakeState {
     /// Cut every batch answer in the middle of this part (0-based): the
     /// connection breaks there.
     pub cut_batch_at_part: Option<usize>,
+    /// Answer `records` with a JSON page that never ends (a hostile primary).
+    pub endless_records: bool,
+    /// Answer the single retrieve with bytes that never end, without a
+    /// `Content-Length`.
+    pub endless_blobs: bool,
+    /// Bytes of endless answers the fake managed to send.
+    pub endless_sent: u64,
+    /// Answer the single retrieve with a redirect to this base URL (the
+    /// same path, `?redirected=1` added).
+    pub redirect_retrieve_to: Option<String>,
 }
 
 /// A fake primary for one type, on a loopback port.
@@ -142,6 +153,11 @@ pub fn helm_record(
 impl FakePrimary {
     /// Starts a fake primary (every route answers without checking the JWT).
     pub async fn start() -> FakePrimary {
+        FakePrimary::start_on("127.0.0.1").await
+    }
+
+    /// [`FakePrimary::start`] on another loopback address (`127.0.0.2`…).
+    pub async fn start_on(ip: &str) -> FakePrimary {
         let state = Arc::new(Mutex::new(FakeState {
             node: Some(node_settings()),
             ..FakeState::default()
@@ -154,7 +170,7 @@ impl FakePrimary {
             .route("/api/v4/geo/retrieve/{name}/{id}", get(retrieve))
             .route("/api/v4/geo/retrieve/{name}", get(retrieve_batch))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
             .expect("a port");
         let address = listener.local_addr().expect("an address");
@@ -171,6 +187,7 @@ impl FakePrimary {
             url: self.url.clone(),
             access_key: "key".into(),
             secret_access_key: "secret".into(),
+            ca_file: None,
         })
         .expect("a client")
     }
@@ -179,7 +196,8 @@ impl FakePrimary {
     /// (in the feed and in the `x-geo-checksum` header).
     pub fn add(&self, id: i64, project_id: i64, bytes: &[u8], verified: bool) -> FeedRecord {
         let checksum = verified.then(|| sha256(bytes));
-        let record = helm_record(id, project_id, 1, checksum.clone());
+        let mut record = helm_record(id, project_id, 1, checksum.clone());
+        record.columns.insert("size".into(), bytes.len().into());
         let mut state = self.state.lock().unwrap();
         state.records.insert(id, record.clone());
         state.blobs.insert(
@@ -244,12 +262,39 @@ async fn topology(State(state): Shared) -> Json<TopologySnapshot> {
     Json(state.lock().unwrap().topology.clone())
 }
 
+/// A body that never ends (no `Content-Length`): `start`, then `unit`
+/// repeated in 64 KiB chunks, counting the bytes sent into `endless_sent`.
+fn endless(state: Arc<Mutex<FakeState>>, start: &'static [u8], unit: &[u8]) -> Response {
+    let mut chunk = Vec::new();
+    while chunk.len() < 64 * 1024 {
+        chunk.extend_from_slice(unit);
+    }
+    let chunk = bytes::Bytes::from(chunk);
+    let body = futures::stream::once(async move { bytes::Bytes::from_static(start) })
+        .chain(futures::stream::repeat(chunk))
+        .map(move |chunk| {
+            state.lock().unwrap().endless_sent += chunk.len() as u64;
+            Ok::<_, std::convert::Infallible>(chunk)
+        });
+    axum::body::Body::from_stream(body).into_response()
+}
+
+/// A JSON page that never ends: `{"records":[` then records forever.
+fn endless_page(state: Arc<Mutex<FakeState>>) -> Response {
+    let mut record = serde_json::to_vec(&helm_record(1, 1, 1, None)).expect("json");
+    record.push(b',');
+    endless(state, b"{\"records\":[", &record)
+}
+
 async fn records(
     State(state): Shared,
     Path(_name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Json<RecordPage> {
+) -> Response {
     hit(&state, "records");
+    if state.lock().unwrap().endless_records {
+        return endless_page(state.clone());
+    }
     let state = state.lock().unwrap();
     let records: Vec<FeedRecord> = match query.get("ids") {
         Some(ids) => ids
@@ -278,6 +323,7 @@ async fn records(
         records,
         max_id: state.records.keys().next_back().copied(),
     })
+    .into_response()
 }
 
 async fn events(
@@ -313,10 +359,18 @@ async fn events(
 
 async fn retrieve(
     State(state): Shared,
-    Path((_name, id)): Path<(String, i64)>,
-    _headers: HeaderMap,
+    Path((name, id)): Path<(String, i64)>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     hit(&state, "retrieve");
+    let redirect = state.lock().unwrap().redirect_retrieve_to.clone();
+    if let Some(base) = redirect.filter(|_| !query.contains_key("redirected")) {
+        let location = format!("{base}/api/v4/geo/retrieve/{name}/{id}?redirected=1");
+        return axum::response::Redirect::temporary(&location).into_response();
+    }
+    if state.lock().unwrap().endless_blobs {
+        return endless(state.clone(), b"", b"entries: {}\n");
+    }
     let blob = state.lock().unwrap().blobs.get(&id).cloned();
     match blob {
         None => (StatusCode::NOT_FOUND, Json(json!({"message": "not found"}))).into_response(),

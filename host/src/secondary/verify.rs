@@ -453,6 +453,7 @@ mod tests {
                 url: "http://127.0.0.1:9".into(),
                 access_key: "k".into(),
                 secret_access_key: "s".into(),
+                ca_file: None,
             })
             .unwrap();
             assert!(
