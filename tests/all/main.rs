@@ -23,3 +23,4 @@ mod scale_out;
 mod self_healing;
 mod sites;
 mod support;
+mod tls;

@@ -208,6 +208,19 @@ pub async fn secondary_with(
     new: sites::NewSite,
     workers: &str,
 ) -> TestSite {
+    secondary_via(backend, primary, new, workers, &primary.url, "").await
+}
+
+/// [`secondary_with`], reaching the primary at `primary_url` (a proxy in
+/// front of it), with `primary_extra` added to its `[primary]` section.
+pub async fn secondary_via(
+    backend: Backend,
+    primary: &TestSite,
+    new: sites::NewSite,
+    workers: &str,
+    primary_url: &str,
+    primary_extra: &str,
+) -> TestSite {
     let tmp = site_dir();
     let dir = tmp.path().to_path_buf();
     let port = free_port();
@@ -224,12 +237,12 @@ pub async fn secondary_with(
     let config = format!(
         "[site]\nname = \"secondary\"\nrole = \"secondary\"\nlisten = \"127.0.0.1:{port}\"\nurl = \"{url}\"\n\
          data_dir = {:?}\n[database]\nurl = {:?}\n[tracking_database]\nurl = {:?}\n\
-         [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n\
+         [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n{primary_extra}\n\
          [workers]\n{workers}",
         dir.display().to_string(),
         database_url(backend).await,
         database_url(backend).await,
-        primary.url,
+        primary_url,
         credentials.access_key,
         credentials.secret_access_key,
     );
