@@ -625,6 +625,50 @@ mod tests {
         ));
     }
 
+    /// A redirect loop within the primary's origin stops after
+    /// [`MAX_REDIRECTS`]; an error body is read only up to its cap; a
+    /// `ca_file` that cannot be read is refused when the client is built.
+    #[tokio::test]
+    async fn redirects_error_bodies_and_ca_files_are_bounded() {
+        let router = axum::Router::new()
+            .route(
+                "/api/v4/geo/node",
+                get(|| async { axum::response::Redirect::temporary("/api/v4/geo/node") }),
+            )
+            .route(
+                "/api/v4/geo/topology",
+                get(|| async { (Code::INTERNAL_SERVER_ERROR, "e".repeat(4 << 20)) }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let primary = client(&format!("http://{address}"), SECRET);
+
+        let looping = primary.node().await.unwrap_err();
+        assert!(matches!(looping, ClientError::Redirect { .. }), "{looping}");
+        assert!(
+            looping.to_string().contains("more than 5 redirects"),
+            "{looping}"
+        );
+        let error = primary.topology().await.unwrap_err();
+        assert_eq!(error.status(), Some(500));
+        assert!(error.to_string().len() < 400, "{error}");
+
+        let missing = PrimaryClient::new(&PrimarySection {
+            url: format!("http://{address}"),
+            access_key: KEY.into(),
+            secret_access_key: SECRET.into(),
+            ca_file: Some("/nonexistent/ca.pem".into()),
+        })
+        .unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .starts_with("[primary] ca_file /nonexistent/ca.pem: "),
+            "{missing}"
+        );
+    }
+
     #[tokio::test]
     async fn an_absent_primary_is_unreachable() {
         // Bind then drop a listener: nothing answers on that port.
