@@ -4,9 +4,11 @@
 //! Loading ([`PluginRuntime::load`]) takes a component, or a core module
 //! carrying wit-bindgen's component-type section (componentized here), and:
 //!
-//! 1. checks what it imports and exports before compiling: it must export
-//!    `geohost:replicable/replicable` at a version this host supports and
-//!    import nothing but `geohost:replicable` (no WASI, clock, files, sockets);
+//! 1. checks what it imports and exports before compiling ([`world::check`]):
+//!    it must export `geohost:replicable/replicable` at a version this host
+//!    supports (0.1.x rows, 0.2.x columns) and import nothing but
+//!    `geohost:replicable` and, from 0.2 on, the deny-by-default WASI subset
+//!    ([`wasi`]): no files, sockets, environment, real clock or randomness;
 //! 2. compiles it once, through the on-disk [`CompileCache`];
 //! 3. links it ([`InstancePre`](wasmtime::component::InstancePre)), calls
 //!    `describe` and checks the identity ([`TypeIdentity::check`]).
@@ -16,28 +18,37 @@
 //! copy-on-write images), with a wall-clock deadline (epoch interruption) and
 //! a memory cap (store limits). A trap, timeout or memory exhaustion fails
 //! that batch with a [`PluginError`] and drops the instance; the next batch
-//! gets a new one.
+//! gets a new one. The host speaks rows ([`Row`]); each contract version's
+//! marshalling lives beside it ([`columns`] for 0.2, [`adapt_v0_1`] for 0.1).
 //!
 //! Architecture invariant: every path a type returns goes through
 //! [`BlobPath::parse`] before the host uses it.
 
+mod adapt_v0_1;
+mod bindings;
 pub mod builtin;
 mod cache;
+mod columns;
 mod engine;
 pub mod fixture;
+mod guest;
 pub mod identity;
 pub mod paths;
 mod slots;
 pub mod value;
 pub mod vectors;
+pub mod wasi;
+pub mod world;
 
 pub use cache::{CompileCache, CompileOutcome};
 pub use engine::{EPOCH_TICK, Limits};
 pub use identity::{Column, ColumnSource, ColumnType, ModelTable, TypeIdentity};
 pub use paths::{BlobPath, PathError};
 pub use value::{Row, SelectiveSync, SyncSettings, Value};
+pub use world::{Contract, WIT_PACKAGE, custom_section};
 
 use crate::topology::ProjectLookup;
+use guest::{Guest, GuestPre};
 use sha2::{Digest, Sha256};
 use slots::Slots;
 use std::path::PathBuf;
@@ -45,23 +56,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
-
-/// Bindings generated from `wit/replicable.wit`.
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "replicable-type",
-        additional_derives: [PartialEq, Eq],
-    });
-}
-
-use bindings::ReplicableTypePre;
-use bindings::geohost::replicable::{site, types as wit};
-
-/// The WIT package every type is built against.
-pub const WIT_PACKAGE: &str = "geohost:replicable";
-/// The version of `wit/replicable.wit` this host implements.
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 0);
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +69,14 @@ pub enum LoadError {
     )]
     MissingExport,
     #[error(
-        "the component was built against {WIT_PACKAGE}@{found}; this host supports {WIT_PACKAGE}@{}.{}.x",
-        WIT_VERSION.0,
-        WIT_VERSION.1
+        "the component was built against {WIT_PACKAGE}@{found}; this host supports {WIT_PACKAGE}@{}",
+        Contract::supported()
     )]
     WitVersion { found: String },
     #[error(
-        "the component imports `{0}`, which Geohost does not provide: a type may import only {WIT_PACKAGE} (no WASI, clock, files or network)"
+        "the component imports {0}, which Geohost does not provide: a type may import only \
+         {WIT_PACKAGE} and the WASI subset of docs/decisions.md (no files, sockets, \
+         environment, real clock or randomness)"
     )]
     ForbiddenImport(String),
     #[error("compiling the component failed: {0}")]
@@ -109,6 +104,8 @@ pub enum PluginError {
     },
     #[error("plugin `{plugin}` could not be instantiated: {message}")]
     Instantiate { plugin: String, message: String },
+    #[error("plugin `{plugin}` gave a malformed answer: {message}")]
+    BadAnswer { plugin: String, message: String },
 }
 
 /// Compiles, links and checks replicable types. One per process is enough;
@@ -135,10 +132,15 @@ impl PluginRuntime {
     pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> anyhow::Result<PluginRuntime> {
         let engine = engine::build_engine(&limits)?;
         let mut linker = Linker::new(&engine);
-        bindings::ReplicableType::add_to_linker::<HostState, HasSelf<HostState>>(
+        bindings::v0_1::ReplicableType::add_to_linker::<HostState, HasSelf<HostState>>(
             &mut linker,
             |state| state,
         )?;
+        bindings::v0_2::ReplicableType::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )?;
+        wasi::add_to_linker(&mut linker)?;
         Ok(PluginRuntime {
             slots: Arc::new(Slots::new(limits.max_instances as usize)),
             engine,
@@ -155,7 +157,7 @@ impl PluginRuntime {
     /// Loads a type from component (or wit-bindgen core module) bytes.
     pub fn load(&self, bytes: &[u8]) -> Result<LoadedType, LoadError> {
         let component = to_component(bytes)?;
-        let wit_version = check_world(&component)?;
+        let world = world::check(&component)?;
         let sha256 = hex::encode(Sha256::digest(&component));
 
         let started = Instant::now();
@@ -169,14 +171,16 @@ impl PluginRuntime {
         let pre = self
             .linker
             .instantiate_pre(&compiled)
-            .and_then(ReplicableTypePre::new)
+            .and_then(|pre| GuestPre::new(world.contract, pre))
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let link = started.elapsed();
 
         let mut loaded = LoadedType {
             identity: Arc::new(placeholder_identity()),
             sha256,
-            wit_version,
+            wit_version: world.version,
+            contract: world.contract,
+            wasi: world.imports_wasi,
             component_size: component.len(),
             timings: LoadTimings {
                 compile,
@@ -187,13 +191,9 @@ impl PluginRuntime {
             runtime: self.clone(),
         };
         let raw = loaded
-            .call("describe", None, |store, instance| {
-                instance
-                    .geohost_replicable_replicable()
-                    .call_describe(store)
-            })
+            .call("describe", None, |store, guest| guest.describe(store))
             .map_err(LoadError::Describe)?;
-        loaded.identity = Arc::new(identity_from_wit(raw).check()?);
+        loaded.identity = Arc::new(raw.check()?);
         Ok(loaded)
     }
 
@@ -201,12 +201,12 @@ impl PluginRuntime {
     pub fn instantiate_once(&self, loaded: &LoadedType) -> anyhow::Result<Duration> {
         let _slot = self.slots.acquire();
         let started = Instant::now();
-        let mut store = self.new_store(None);
+        let mut store = self.new_store(None, loaded.wasi);
         loaded.pre.instantiate(&mut store)?;
         Ok(started.elapsed())
     }
 
-    fn new_store(&self, lookup: Option<Arc<dyn ProjectLookup>>) -> Store<HostState> {
+    fn new_store(&self, lookup: Option<Arc<dyn ProjectLookup>>, wasi: bool) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(16)
@@ -214,7 +214,15 @@ impl PluginRuntime {
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(&self.engine, HostState { limits, lookup });
+        let wasi = wasi.then(wasi::WasiState::new);
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                limits,
+                lookup,
+                wasi,
+            },
+        );
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.limits.deadline_ticks());
         store.epoch_deadline_trap();
@@ -230,9 +238,12 @@ pub struct LoadedType {
     identity: Arc<TypeIdentity>,
     sha256: String,
     wit_version: String,
+    contract: Contract,
+    /// Whether it imports the WASI subset (each call then gets a context).
+    wasi: bool,
     component_size: usize,
     timings: LoadTimings,
-    pre: ReplicableTypePre<HostState>,
+    pre: GuestPre,
     runtime: PluginRuntime,
 }
 
@@ -269,6 +280,16 @@ impl LoadedType {
         &self.wit_version
     }
 
+    /// The contract version it was built against.
+    pub fn contract(&self) -> Contract {
+        self.contract
+    }
+
+    /// Whether it imports the WASI subset.
+    pub fn imports_wasi(&self) -> bool {
+        self.wasi
+    }
+
     pub fn component_size(&self) -> usize {
         self.component_size
     }
@@ -281,12 +302,15 @@ impl LoadedType {
     /// table order. Each answer is checked against the derived columns'
     /// count, types, nullability and lengths.
     pub fn derive(&self, rows: &[Row]) -> Result<Vec<Result<Vec<Value>, String>>, PluginError> {
-        let answers = self.call("derive", None, |store, instance| {
-            instance
-                .geohost_replicable_replicable()
-                .call_derive(store, rows)
+        let writer: Vec<&Column> = self
+            .identity
+            .table
+            .columns_from(ColumnSource::Writer)
+            .collect();
+        let answers = self.call("derive", None, |store, guest| {
+            guest.derive(store, &writer, rows)
         })?;
-        self.check_count(rows.len(), answers.len())?;
+        let answers = self.check_answers(rows.len(), answers)?;
         let derived: Vec<&Column> = self
             .identity
             .table
@@ -314,12 +338,11 @@ impl LoadedType {
     /// The blob path of each record; rows carry `identity.path_columns`.
     /// A path that breaks [`BlobPath::parse`] is an error for that record.
     pub fn blob_paths(&self, rows: &[Row]) -> Result<Vec<Result<BlobPath, String>>, PluginError> {
-        let answers = self.call("blob-paths", None, |store, instance| {
-            instance
-                .geohost_replicable_replicable()
-                .call_blob_paths(store, rows)
+        let columns = self.columns(&self.identity.path_columns);
+        let answers = self.call("blob-paths", None, |store, guest| {
+            guest.blob_paths(store, &columns, rows)
         })?;
-        self.check_count(rows.len(), answers.len())?;
+        let answers = self.check_answers(rows.len(), answers)?;
         Ok(answers
             .into_iter()
             .map(|answer| BlobPath::parse_owned(answer?).map_err(|e| e.to_string()))
@@ -334,25 +357,40 @@ impl LoadedType {
         lookup: Arc<dyn ProjectLookup>,
         rows: &[Row],
     ) -> Result<Vec<Result<bool, String>>, PluginError> {
-        let answers = self.call("in-scope", Some(lookup), |store, instance| {
-            instance
-                .geohost_replicable_replicable()
-                .call_in_scope(store, settings, rows)
+        let columns = self.columns(&self.identity.scope_columns);
+        let answers = self.call("in-scope", Some(lookup), |store, guest| {
+            guest.in_scope(store, settings, &columns, rows)
         })?;
-        self.check_count(rows.len(), answers.len())?;
-        Ok(answers)
+        self.check_answers(rows.len(), answers)
     }
 
-    fn check_count(&self, expected: usize, got: usize) -> Result<(), PluginError> {
-        if expected == got {
-            Ok(())
-        } else {
-            Err(PluginError::WrongAnswerCount {
-                plugin: self.identity.name.clone(),
+    /// The identity's columns named `names` (checked to exist at load).
+    fn columns(&self, names: &[String]) -> Vec<&Column> {
+        names
+            .iter()
+            .filter_map(|name| self.identity.table.column(name))
+            .collect()
+    }
+
+    /// One answer per row, or the error of a malformed answer.
+    fn check_answers<T>(
+        &self,
+        expected: usize,
+        answers: guest::Answers<T>,
+    ) -> Result<Vec<Result<T, String>>, PluginError> {
+        let plugin = || self.identity.name.clone();
+        let answers = answers.map_err(|message| PluginError::BadAnswer {
+            plugin: plugin(),
+            message,
+        })?;
+        if answers.len() != expected {
+            return Err(PluginError::WrongAnswerCount {
+                plugin: plugin(),
                 expected,
-                got,
-            })
+                got: answers.len(),
+            });
         }
+        Ok(answers)
     }
 
     /// Runs `f` on a fresh instance, under the call timeout and memory cap.
@@ -360,13 +398,13 @@ impl LoadedType {
         &self,
         function: &'static str,
         lookup: Option<Arc<dyn ProjectLookup>>,
-        f: impl FnOnce(&mut Store<HostState>, &bindings::ReplicableType) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<HostState>, &Guest) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let runtime = &self.runtime;
         let _slot = runtime.slots.acquire();
         let plugin = self.identity.name.clone();
         let started = Instant::now();
-        let mut store = runtime.new_store(lookup);
+        let mut store = runtime.new_store(lookup, self.wasi);
         let instance = self
             .pre
             .instantiate(&mut store)
@@ -374,13 +412,29 @@ impl LoadedType {
                 plugin: plugin.clone(),
                 message: format!("{e:#}"),
             })?;
-        let result = f(&mut store, &instance).map_err(|error| {
+        let result = f(&mut store, &instance);
+        let output = store.data().wasi.as_ref().map(wasi::WasiState::output);
+        if let Some((stdout, stderr)) = &output
+            && !(stdout.is_empty() && stderr.is_empty())
+        {
+            tracing::debug!(plugin = %plugin, function, %stdout, %stderr, "plugin output");
+        }
+        let result = result.map_err(|error| {
             let error = match error.downcast_ref::<Trap>() {
                 Some(Trap::Interrupt) => PluginError::Timeout {
                     plugin: plugin.clone(),
                     limit: runtime.limits.call_timeout,
                 },
-                _ => PluginError::Trap { plugin: plugin.clone(), message: trap_message(&error) },
+                _ => {
+                    let mut message = trap_message(&error);
+                    if let Some(last) = output
+                        .as_ref()
+                        .and_then(|(_, stderr)| stderr.lines().rev().find(|l| !l.trim().is_empty()))
+                    {
+                        message = format!("{message} (stderr: {})", last.trim());
+                    }
+                    PluginError::Trap { plugin: plugin.clone(), message }
+                }
             };
             tracing::warn!(plugin = %plugin, function, %error, "plugin call failed; instance discarded");
             error
@@ -400,29 +454,40 @@ fn trap_message(error: &wasmtime::Error) -> String {
     message.lines().next().unwrap_or("trap").to_string()
 }
 
-/// Store data: the memory limiter and the project lookups of this call.
+/// Store data: the memory limiter, the project lookups of this call and,
+/// for a type importing the WASI subset, its context.
 pub struct HostState {
     limits: StoreLimits,
     lookup: Option<Arc<dyn ProjectLookup>>,
+    wasi: Option<wasi::WasiState>,
 }
 
-impl wit::Host for HostState {}
+impl bindings::v0_1::geohost::replicable::types::Host for HostState {}
 
-impl site::Host for HostState {
-    fn projects(&mut self, ids: Vec<i64>) -> Vec<Option<wit::Project>> {
-        let Some(lookup) = &self.lookup else {
-            return ids.iter().map(|_| None).collect();
-        };
-        ids.into_iter()
-            .map(|id| {
-                lookup.project(id).map(|p| wit::Project {
-                    id: p.id,
-                    namespace_id: p.namespace_id,
-                    namespace_ancestry: p.namespace_ancestry,
-                    repository_storage: p.repository_storage,
-                })
-            })
-            .collect()
+impl bindings::v0_1::geohost::replicable::site::Host for HostState {
+    fn projects(
+        &mut self,
+        ids: Vec<i64>,
+    ) -> Vec<Option<bindings::v0_1::geohost::replicable::types::Project>> {
+        adapt_v0_1::projects(ids, self.lookup.as_deref())
+    }
+}
+
+impl bindings::v0_2::geohost::replicable::types::Host for HostState {}
+
+impl bindings::v0_2::geohost::replicable::site::Host for HostState {
+    fn projects(
+        &mut self,
+        ids: Vec<i64>,
+    ) -> bindings::v0_2::geohost::replicable::types::ProjectColumns {
+        columns::project_columns(&ids, self.lookup.as_deref())
+    }
+}
+
+impl wasmtime_wasi::WasiView for HostState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        // Only a type importing the subset calls it, and its stores have one.
+        self.wasi.get_or_insert_with(wasi::WasiState::new).view()
     }
 }
 
@@ -471,101 +536,6 @@ fn to_component(bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
         .map_err(|e| LoadError::Componentize(format!("{e:#}")))
 }
 
-/// Reads the component's top-level imports and exports (without compiling)
-/// and checks them against the contract. Returns the exported
-/// `geohost:replicable` version.
-fn check_world(component: &[u8]) -> Result<String, LoadError> {
-    use wasmparser::{Parser, Payload};
-    let mut exports = Vec::new();
-    let mut imports = Vec::new();
-    let mut depth = 0usize;
-    for payload in Parser::new(0).parse_all(component) {
-        let payload = payload.map_err(|e| LoadError::NotWasm(e.to_string()))?;
-        match payload {
-            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-            Payload::End(_) => depth = depth.saturating_sub(1),
-            Payload::ComponentExportSection(section) if depth == 0 => {
-                for export in section {
-                    let export = export.map_err(|e| LoadError::NotWasm(e.to_string()))?;
-                    exports.push(export.name.0.to_string());
-                }
-            }
-            Payload::ComponentImportSection(section) if depth == 0 => {
-                for import in section {
-                    let import = import.map_err(|e| LoadError::NotWasm(e.to_string()))?;
-                    imports.push(import.name.0.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    if let Some(forbidden) = imports
-        .iter()
-        .find(|i| !i.starts_with(&format!("{WIT_PACKAGE}/")))
-    {
-        return Err(LoadError::ForbiddenImport(forbidden.clone()));
-    }
-    let prefix = format!("{WIT_PACKAGE}/replicable");
-    let export = exports
-        .iter()
-        .find(|e| e.split('@').next() == Some(prefix.as_str()))
-        .ok_or(LoadError::MissingExport)?;
-    let version = export
-        .split_once('@')
-        .map(|(_, v)| v)
-        .unwrap_or("(no version)");
-    if !version_compatible(version) {
-        return Err(LoadError::WitVersion {
-            found: version.to_string(),
-        });
-    }
-    for import in &imports {
-        let version = import
-            .split_once('@')
-            .map(|(_, v)| v)
-            .unwrap_or("(no version)");
-        if !version_compatible(version) {
-            return Err(LoadError::WitVersion {
-                found: version.to_string(),
-            });
-        }
-    }
-    Ok(version.to_string())
-}
-
-/// The contents of the first custom section called `name`, at any depth of
-/// a component or core module (wit-bindgen keeps a guest's own sections in
-/// its core module).
-pub fn custom_section(bytes: &[u8], name: &str) -> Option<Vec<u8>> {
-    use wasmparser::{Parser, Payload};
-    for payload in Parser::new(0).parse_all(bytes) {
-        if let Ok(Payload::CustomSection(section)) = payload
-            && section.name() == name
-        {
-            return Some(section.data().to_vec());
-        }
-    }
-    None
-}
-
-/// Semver compatibility with [`WIT_VERSION`]: for 0.x, the same minor.
-fn version_compatible(version: &str) -> bool {
-    let mut parts = version
-        .split(['.', '-', '+'])
-        .map(|p| p.parse::<u64>().ok());
-    let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    if version.contains('-') {
-        return false; // prereleases never match
-    }
-    if WIT_VERSION.0 == 0 {
-        major == 0 && minor == WIT_VERSION.1
-    } else {
-        major == WIT_VERSION.0
-    }
-}
-
 fn placeholder_identity() -> TypeIdentity {
     TypeIdentity {
         name: "(loading)".into(),
@@ -585,65 +555,9 @@ fn placeholder_identity() -> TypeIdentity {
     }
 }
 
-fn identity_from_wit(raw: wit::Identity) -> TypeIdentity {
-    TypeIdentity {
-        name: raw.name,
-        title: raw.title,
-        title_plural: raw.title_plural,
-        version: raw.version,
-        mutable: raw.mutable,
-        uploader_class: raw.uploader_class,
-        table: ModelTable {
-            name: raw.table.name,
-            columns: raw
-                .table
-                .columns
-                .into_iter()
-                .map(|c| Column {
-                    name: c.name,
-                    column_type: match c.column_type {
-                        wit::ColumnType::Bigint => ColumnType::Bigint,
-                        wit::ColumnType::Integer => ColumnType::Integer,
-                        wit::ColumnType::Smallint => ColumnType::Smallint,
-                        wit::ColumnType::Text => ColumnType::Text,
-                        wit::ColumnType::Boolean => ColumnType::Boolean,
-                        wit::ColumnType::Timestamp => ColumnType::Timestamp,
-                        wit::ColumnType::Binary => ColumnType::Binary,
-                    },
-                    nullable: c.nullable,
-                    default_value: c.default_value,
-                    max_length: c.max_length,
-                    source: match c.source {
-                        wit::ColumnSource::Writer => ColumnSource::Writer,
-                        wit::ColumnSource::Derived => ColumnSource::Derived,
-                        wit::ColumnSource::BlobSize => ColumnSource::BlobSize,
-                        wit::ColumnSource::FileStore => ColumnSource::FileStore,
-                        wit::ColumnSource::CreatedAt => ColumnSource::CreatedAt,
-                        wit::ColumnSource::UpdatedAt => ColumnSource::UpdatedAt,
-                    },
-                })
-                .collect(),
-            natural_key: raw.table.natural_key,
-            unique_keys: raw.table.unique_keys,
-        },
-        path_columns: raw.path_columns,
-        scope_columns: raw.scope_columns,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn version_rule() {
-        assert!(version_compatible("0.1.0"));
-        assert!(version_compatible("0.1.7"));
-        assert!(!version_compatible("0.2.0"));
-        assert!(!version_compatible("9.0.0"));
-        assert!(!version_compatible("0.1.0-rc1"));
-        assert!(!version_compatible("garbage"));
-    }
 
     #[test]
     fn refuses_non_wasm() {

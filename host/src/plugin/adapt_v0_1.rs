@@ -1,0 +1,102 @@
+//! `geohost:replicable@0.1`, adapted: the host's rows passed as the 0.1
+//! contract's rows of variants (borrowed, not copied), its answers turned
+//! into the host's. Types built before 0.2 keep loading unchanged.
+
+use super::bindings::v0_1::geohost::replicable::types as wit;
+use super::{Row, SelectiveSync, SyncSettings, Value};
+
+/// The rows' values as 0.1 variants, owned here while the call borrows them.
+pub struct Rows<'r> {
+    ids: Vec<i64>,
+    values: Vec<Vec<wit::ValueParam<'r>>>,
+}
+
+impl<'r> Rows<'r> {
+    pub fn new(rows: &'r [Row]) -> Rows<'r> {
+        Rows {
+            ids: rows.iter().map(|r| r.id).collect(),
+            values: rows
+                .iter()
+                .map(|r| r.values.iter().map(value_param).collect())
+                .collect(),
+        }
+    }
+
+    /// Runs `f` with the rows borrowed from these values.
+    pub fn with_rows<R>(&self, f: impl FnOnce(&[wit::Row<'_>]) -> R) -> R {
+        let rows: Vec<wit::Row<'_>> = self
+            .ids
+            .iter()
+            .zip(&self.values)
+            .map(|(&id, values)| wit::Row { id, values })
+            .collect();
+        f(&rows)
+    }
+}
+
+fn value_param(value: &Value) -> wit::ValueParam<'_> {
+    match value {
+        Value::Null => wit::ValueParam::Null,
+        Value::Int(v) => wit::ValueParam::Int(*v),
+        Value::Text(v) => wit::ValueParam::Text(v),
+        Value::Boolean(v) => wit::ValueParam::Boolean(*v),
+        Value::Timestamp(v) => wit::ValueParam::Timestamp(*v),
+        Value::Binary(v) => wit::ValueParam::Binary(v),
+    }
+}
+
+/// A 0.1 value as the host's.
+pub fn value(value: wit::ValueResult) -> Value {
+    match value {
+        wit::ValueResult::Null => Value::Null,
+        wit::ValueResult::Int(v) => Value::Int(v),
+        wit::ValueResult::Text(v) => Value::Text(v),
+        wit::ValueResult::Boolean(v) => Value::Boolean(v),
+        wit::ValueResult::Timestamp(v) => Value::Timestamp(v),
+        wit::ValueResult::Binary(v) => Value::Binary(v),
+    }
+}
+
+/// The settings as the 0.1 contract passes them (borrowing `shards`).
+pub struct Settings<'s> {
+    settings: &'s SyncSettings,
+    shards: Vec<&'s str>,
+}
+
+impl<'s> Settings<'s> {
+    pub fn new(settings: &'s SyncSettings) -> Settings<'s> {
+        let shards = match &settings.selective_sync {
+            SelectiveSync::Shards(shards) => shards.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        Settings { settings, shards }
+    }
+
+    pub fn wit(&self) -> wit::SyncSettings<'_> {
+        wit::SyncSettings {
+            selective_sync: match &self.settings.selective_sync {
+                SelectiveSync::Everything => wit::SelectiveSync::Everything,
+                SelectiveSync::Namespaces(ids) => wit::SelectiveSync::Namespaces(ids),
+                SelectiveSync::Shards(_) => wit::SelectiveSync::Shards(&self.shards),
+            },
+            sync_object_storage: self.settings.sync_object_storage,
+        }
+    }
+}
+
+/// `site.projects` for 0.1: one optional record per id.
+pub fn projects(
+    ids: Vec<i64>,
+    lookup: Option<&dyn crate::topology::ProjectLookup>,
+) -> Vec<Option<wit::Project>> {
+    ids.into_iter()
+        .map(|id| {
+            lookup.and_then(|l| l.project(id)).map(|p| wit::Project {
+                id: p.id,
+                namespace_id: p.namespace_id,
+                namespace_ancestry: p.namespace_ancestry,
+                repository_storage: p.repository_storage,
+            })
+        })
+        .collect()
+}
