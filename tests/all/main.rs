@@ -3,6 +3,7 @@
 
 mod admin_page;
 mod authoring;
+mod contracts;
 mod faults;
 mod hot_swap;
 mod npm;
@@ -10,6 +11,7 @@ mod object_storage;
 mod operator;
 mod plugin;
 mod primary;
+mod python;
 mod replication;
 mod robustness;
 mod scale_out;

@@ -1,10 +1,11 @@
 //! Geohost's build tasks, run as `cargo xtask <task>`.
 //!
-//! - `plugins [--check]`: build every plugin under `plugins/` for
-//!   `wasm32-unknown-unknown`, turn each into a component, and write the
-//!   shipped types to `plugins/dist/` (test fixtures to
-//!   `plugins/target/components/`). `--check` fails if `plugins/dist/` is not
-//!   what the current source builds.
+//! - `plugins [--check] [-p NAME]...`: build every plugin under `plugins/`
+//!   (or those named) for `wasm32-unknown-unknown`, and the Python types under
+//!   `plugins/python/` with componentize-py; write the shipped types to
+//!   `plugins/dist/` (others to `plugins/target/components/`), each carrying
+//!   its `vectors.json`. `--check` fails if `plugins/dist/` is not what the
+//!   current source builds. `--help` says more.
 //! - `test`: install and start what the tests need (the wasm toolchain,
 //!   PostgreSQL, an S3 server (moto, in `target/moto-venv`)), build the plugins, and run the whole test suite on SQLite
 //!   and PostgreSQL.
@@ -21,7 +22,9 @@ mod bench_summary;
 mod moto;
 mod plugins;
 mod postgres;
+mod python;
 mod test;
+mod wasi_stub;
 
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
@@ -30,19 +33,22 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = repo_root();
     match args.first().map(String::as_str) {
-        Some("plugins") => {
-            let check = args.iter().any(|a| a == "--check");
-            plugins::build_all(&root, check)
-        }
+        Some("plugins") => match plugins::Options::parse(&args[1..])? {
+            Some(options) => plugins::build(&root, &options),
+            None => {
+                print!("{}", plugins::USAGE);
+                Ok(())
+            }
+        },
         Some("test") => test::run(&root, &args[1..]),
         Some("bench") => bench::run(&root, &args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  \
-                 plugins [--check]   build the plugin components (check: dist is up to date)\n  \
-                 test [ARGS…]        install services, build plugins, run all tests\n  \
-                 bench [ARGS…]       install peers (rclone), run all benchmarks (release)\n"
+                 plugins [--check] [-p NAME]…  build the plugin components (plugins --help)\n  \
+                 test [ARGS…]                 install services, build plugins, run all tests\n  \
+                 bench [ARGS…]                install peers (rclone), run all benchmarks (release)\n"
             );
             bail!("unknown task {:?}", args.first());
         }
@@ -64,6 +70,26 @@ fn run(cmd: &mut std::process::Command) -> Result<()> {
         bail!("command failed ({status}): {cmd:?}");
     }
     Ok(())
+}
+
+/// Creates the virtual environment `venv` (if missing) and installs
+/// `packages` (pip requirement specifiers) into it.
+fn venv_install(venv: &Path, packages: &[&str]) -> Result<()> {
+    if !venv.join("bin").join("pip").exists() {
+        // Debian's python3 needs python3-venv for `-m venv` to bring pip.
+        if let Err(error) = ensure_debian_packages(&["python3-venv"]) {
+            eprintln!("xtask: {error:#}");
+        }
+        eprintln!("xtask: creating {}", venv.display());
+        run(std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(venv))?;
+    }
+    eprintln!("xtask: installing {}", packages.join(" "));
+    run(std::process::Command::new(venv.join("bin").join("pip"))
+        .args(["install", "-q"])
+        .args(packages)
+        .env_remove("AWS_CA_BUNDLE"))
 }
 
 /// Whether we run as root (and may install Debian packages).

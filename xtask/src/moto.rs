@@ -57,20 +57,7 @@ fn ensure_installed(venv: &Path) -> Result<PathBuf> {
     if server.exists() {
         return Ok(server);
     }
-    if !venv.join("bin").join("pip").exists() {
-        // Debian's python3 needs python3-venv for `-m venv` to bring pip.
-        if let Err(error) = crate::ensure_debian_packages(&["python3-venv"]) {
-            eprintln!("xtask: {error:#}");
-        }
-        eprintln!("xtask: creating {}", venv.display());
-        crate::run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
-    }
-    eprintln!("xtask: installing moto[server] (S3 test server)");
-    crate::run(
-        Command::new(venv.join("bin").join("pip"))
-            .args(["install", "-q", "moto[server]"])
-            .env_remove("AWS_CA_BUNDLE"),
-    )?;
+    crate::venv_install(venv, &["moto[server]"])?;
     if !server.exists() {
         bail!("moto installed but {} is missing", server.display());
     }

@@ -181,6 +181,7 @@ impl PluginRuntime {
             wit_version: world.version,
             contract: world.contract,
             wasi: world.imports_wasi,
+            vectors: custom_section(&component, vectors::SECTION).map(Arc::from),
             component_size: component.len(),
             timings: LoadTimings {
                 compile,
@@ -209,9 +210,9 @@ impl PluginRuntime {
     fn new_store(&self, lookup: Option<Arc<dyn ProjectLookup>>, wasi: bool) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
-            .instances(16)
-            .tables(16)
-            .memories(4)
+            .instances(engine::CORE_INSTANCES_PER_TYPE as usize)
+            .tables(8)
+            .memories(2)
             .trap_on_grow_failure(true)
             .build();
         let wasi = wasi.then(wasi::WasiState::new);
@@ -241,6 +242,8 @@ pub struct LoadedType {
     contract: Contract,
     /// Whether it imports the WASI subset (each call then gets a context).
     wasi: bool,
+    /// Its test vectors section, as embedded ([`vectors::SECTION`]).
+    vectors: Option<Arc<[u8]>>,
     component_size: usize,
     timings: LoadTimings,
     pre: GuestPre,
@@ -288,6 +291,14 @@ impl LoadedType {
     /// Whether it imports the WASI subset.
     pub fn imports_wasi(&self) -> bool {
         self.wasi
+    }
+
+    /// The test vectors it carries, parsed (`Ok(None)`: it carries none).
+    pub fn vectors(&self) -> Result<Option<vectors::Vectors>, String> {
+        self.vectors
+            .as_deref()
+            .map(vectors::Vectors::parse)
+            .transpose()
     }
 
     pub fn component_size(&self) -> usize {
@@ -345,7 +356,9 @@ impl LoadedType {
         let answers = self.check_answers(rows.len(), answers)?;
         Ok(answers
             .into_iter()
-            .map(|answer| BlobPath::parse_owned(answer?).map_err(|e| e.to_string()))
+            .map(|answer| {
+                BlobPath::parse_owned(answer?).map_err(|e| format!("invalid blob path: {e}"))
+            })
             .collect())
     }
 
@@ -493,6 +506,14 @@ impl wasmtime_wasi::WasiView for HostState {
 
 /// Checks a value against its column: type, nullability, length.
 pub fn check_value(column: &Column, value: &Value) -> Result<(), String> {
+    check_type(column, value)?;
+    check_length(column, value)
+}
+
+/// Checks a value's type and nullability against its column (what a type's
+/// `derive` relies on); its length is checked when it is stored, after
+/// `derive`, so a type's own rule for an overlong value speaks first.
+pub fn check_type(column: &Column, value: &Value) -> Result<(), String> {
     if matches!(value, Value::Null) && !column.nullable {
         return Err(format!("column `{}` cannot be null", column.name));
     }
@@ -508,6 +529,11 @@ pub fn check_value(column: &Column, value: &Value) -> Result<(), String> {
             }
         ));
     }
+    Ok(())
+}
+
+/// Checks a text value against its column's `max_length`.
+pub fn check_length(column: &Column, value: &Value) -> Result<(), String> {
     if let (Some(max), Value::Text(text)) = (column.max_length, value) {
         let len = text.chars().count();
         if len > max as usize {

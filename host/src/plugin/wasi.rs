@@ -33,22 +33,16 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView};
 
-/// The WASI interfaces (without version) a `0.2` type may import; the host
+/// The WASI interfaces (without version) a `0.2` type may import, from
+/// `wit/wasi-subset.txt` (which `cargo xtask plugins` reads too); the host
 /// implements their `0.2.x` versions.
-pub const WASI_SUBSET: &[&str] = &[
-    "wasi:io/error",
-    "wasi:io/poll",
-    "wasi:io/streams",
-    "wasi:cli/stdout",
-    "wasi:cli/stderr",
-    "wasi:cli/environment",
-    "wasi:cli/exit",
-    "wasi:clocks/wall-clock",
-    "wasi:clocks/monotonic-clock",
-    "wasi:random/random",
-    "wasi:random/insecure",
-    "wasi:random/insecure-seed",
-];
+pub static WASI_SUBSET: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    include_str!("../../../wit/wasi-subset.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+});
 
 /// Bytes of stdout and of stderr kept per call; a type writing more gets a
 /// stream error.

@@ -79,6 +79,13 @@ where
     // them first refuses a bad record (say, an invalid channel) before its
     // body is read. They are used only if the record turns out to be new.
     let derived = derive(&it, &writer).await?;
+    // Lengths after derive, so that a type's own rule for an overlong value
+    // (Helm: "invalid Helm channel") is the writer's answer.
+    for column in it.identity.table.columns_from(ColumnSource::Writer) {
+        if let Some(value) = writer.get(&column.name) {
+            crate::plugin::check_length(column, value).map_err(IngestError::Invalid)?;
+        }
+    }
 
     // The blob next, into a temporary object: no transaction is held while
     // the client uploads.

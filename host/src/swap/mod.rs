@@ -10,7 +10,9 @@
 //! 2. it is the type it claims to replace (`expect_name`: the admin route,
 //!    the CLI's `--type`, or the type a watched file provided before) and
 //!    keeps that type's model table ([`validate::compatible`]);
-//! 3. its shipped test vectors pass ([`validate::test_vectors`]);
+//! 3. its own test vectors pass ([`validate::test_vectors`]), and so do the
+//!    running version's, but for the records either declares changed
+//!    ([`validate::predecessor_vectors`]);
 //! 4. its tables can be created or reconciled from the template;
 //! 5. over the live records, every blob path it computes is valid.
 //!
@@ -116,6 +118,8 @@ pub enum Outcome {
     Installed,
     /// Another version of an installed type replaced it.
     Upgraded,
+    /// The version active before the current one replaced it (`rollback`).
+    RolledBack,
     /// The component is the running version already.
     Unchanged,
 }
@@ -125,6 +129,7 @@ impl Outcome {
         match self {
             Outcome::Installed => "installed",
             Outcome::Upgraded => "upgraded",
+            Outcome::RolledBack => "rolled_back",
             Outcome::Unchanged => "unchanged",
         }
     }
@@ -142,7 +147,10 @@ pub struct SwapReport {
     pub previous_version: Option<String>,
     pub previous_sha256: Option<String>,
     pub compile: CompileOutcome,
+    /// Its own test vectors that passed.
     pub test_vectors: usize,
+    /// The replaced version's test vectors it met (those not declared changed).
+    pub predecessor_vectors: usize,
     /// Registries created and removed by the immediate scope re-evaluation
     /// (secondary).
     pub registries_created: u64,
@@ -308,6 +316,7 @@ async fn validate_and_swap(
         previous_sha256: current.as_ref().map(|c| c.plugin.sha256().to_string()),
         compile: loaded.timings().outcome,
         test_vectors: 0,
+        predecessor_vectors: 0,
         registries_created: 0,
         registries_removed: 0,
         blobs_moved: 0,
@@ -325,13 +334,20 @@ async fn validate_and_swap(
         validate::compatible(current, &loaded).map_err(refused)?;
         report.outcome = Outcome::Upgraded;
     }
-    report.test_vectors = {
-        let bytes = bytes.to_vec();
+    (report.test_vectors, report.predecessor_vectors) = {
         let loaded = loaded.clone();
-        tokio::task::spawn_blocking(move || validate::test_vectors(&bytes, &loaded))
-            .await
-            .map_err(|e| SwapError::Internal(e.to_string()))?
-            .map_err(refused)?
+        let current = current.clone();
+        tokio::task::spawn_blocking(move || {
+            let own = validate::test_vectors(&loaded)?;
+            let predecessor = match &current {
+                Some(current) => validate::predecessor_vectors(current, &loaded)?,
+                None => 0,
+            };
+            Ok::<_, String>((own, predecessor))
+        })
+        .await
+        .map_err(|e| SwapError::Internal(e.to_string()))?
+        .map_err(refused)?
     };
     let new = Arc::new(InstalledType::new(loaded.clone()));
     prepare_tables(site, &new)
@@ -513,7 +529,7 @@ pub async fn rollback(site: &Arc<Site>, name: &str) -> Result<SwapReport, SwapEr
             ))
         },
     )?;
-    install(
+    let mut report = install(
         site,
         bytes,
         Request {
@@ -521,7 +537,11 @@ pub async fn rollback(site: &Arc<Site>, name: &str) -> Result<SwapReport, SwapEr
             source: format!("rollback to {}", previous.version),
         },
     )
-    .await
+    .await?;
+    if report.outcome == Outcome::Upgraded {
+        report.outcome = Outcome::RolledBack;
+    }
+    Ok(report)
 }
 
 /// What removing a type did.
