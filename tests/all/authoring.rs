@@ -129,14 +129,14 @@ fn plugin_test_fails_on_an_unmet_or_malformed_vector() {
 // ---------------------------------------------------------------------------
 // `geohost plugin new`
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .canonicalize()
         .unwrap()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -151,7 +151,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A copy of Geohost's `plugins/` workspace with only the SDK (and the WIT
 /// contract beside it, where the SDK reads it), as a newcomer's checkout.
-fn sdk_only_workspace(root: &Path) -> PathBuf {
+pub(crate) fn sdk_only_workspace(root: &Path) -> PathBuf {
     copy_dir(&repo().join("wit"), &root.join("wit"));
     copy_dir(
         &plugins_dir().join("sdk/src"),

@@ -5,6 +5,7 @@ mod admin_page;
 mod authoring;
 mod contracts;
 mod faults;
+mod guide;
 mod hot_swap;
 mod npm;
 mod object_storage;
