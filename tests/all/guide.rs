@@ -68,6 +68,7 @@ fn free_port() -> u16 {
 /// (to run `cargo xtask`), the WIT and the plugins workspace with only the SDK.
 fn checkout(root: &Path) {
     let repo = repo();
+    std::fs::create_dir_all(root).unwrap();
     for file in ["Cargo.toml", "Cargo.lock"] {
         std::fs::copy(repo.join(file), root.join(file)).unwrap();
     }
