@@ -91,7 +91,9 @@ fn main() {
     }
 
     let plugin = fastest(|| decide_with_plugin(&loaded, &settings, &lookup, &batches));
-    let old = runtime.load(HELM_0_1).expect("loading the Helm 0.1 component");
+    let old = runtime
+        .load(HELM_0_1)
+        .expect("loading the Helm 0.1 component");
     let plugin_0_1 = fastest(|| decide_with_plugin(&old, &settings, &lookup, &batches));
     assert_eq!(
         plugin.0.in_scope, plugin_0_1.0.in_scope,
@@ -302,7 +304,11 @@ fn python_figures(
     let loaded = cold.load(&bytes).expect("loading the Python type");
     let compile = loaded.timings().compile;
     let warm = PluginRuntime::new(Limits::default(), Some(cache.path().into())).expect("runtime");
-    let cached = warm.load(&bytes).expect("loading the Python type").timings().compile;
+    let cached = warm
+        .load(&bytes)
+        .expect("loading the Python type")
+        .timings()
+        .compile;
     // Writer columns in table order: package_id, file, file_path, signature,
     // file_sha256, status, project_id.
     let records = &world.records[..PYTHON_RECORDS];
@@ -419,7 +425,10 @@ fn scope_reevaluation_cpu(runtime: &PluginRuntime, component: &[u8]) -> Duration
         }
         kept
     });
-    assert_eq!(kept, 500_000, "half the projects are in the selected namespaces");
+    assert_eq!(
+        kept, 500_000,
+        "half the projects are in the selected namespaces"
+    );
     process_cpu() - before
 }
 
@@ -431,7 +440,12 @@ fn process_cpu() -> Duration {
         .unwrap_or("")
         .split(' ')
         .collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 

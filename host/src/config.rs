@@ -49,6 +49,19 @@ pub struct Config {
     pub secrets: SecretsSection,
     #[serde(default)]
     pub workers: WorkerSection,
+    #[serde(default)]
+    pub monitoring: MonitoringSection,
+}
+
+/// Who may read the health probes (`/-/health`, `/-/liveness`,
+/// `/-/readiness`) without a token: GitLab's `monitoring.ip_whitelist`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringSection {
+    /// Client networks or addresses; loopback by default. An admin token
+    /// opens the probes from anywhere.
+    #[serde(default)]
+    pub ip_whitelist: crate::allow_list::IpAllowList,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

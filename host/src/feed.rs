@@ -62,6 +62,10 @@ pub struct NodeSettings {
     pub id: i64,
     pub name: String,
     pub url: String,
+    /// GitLab's `internal_url`: the address other sites use for this one
+    /// (`None`: `url`).
+    #[serde(default)]
+    pub internal_url: Option<String>,
     pub primary: bool,
     pub enabled: bool,
     /// `null` (everything), `"namespaces"` or `"shards"`.
@@ -70,11 +74,30 @@ pub struct NodeSettings {
     pub selective_sync_shards: Vec<String>,
     pub sync_object_storage: bool,
     pub files_max_capacity: i32,
+    /// GitLab's repository and container-repository capacities: kept and
+    /// served as GitLab does; Geohost replicates no repositories.
+    #[serde(default = "default_repos_max_capacity")]
+    pub repos_max_capacity: i32,
+    #[serde(default = "default_container_repositories_max_capacity")]
+    pub container_repositories_max_capacity: i32,
     pub verification_max_capacity: i32,
     pub minimum_reverification_interval: i32,
 }
 
+fn default_repos_max_capacity() -> i32 {
+    25
+}
+
+fn default_container_repositories_max_capacity() -> i32 {
+    10
+}
+
 impl NodeSettings {
+    /// GitLab's `internal_url`: the one set, else `url`.
+    pub fn internal_url(&self) -> &str {
+        self.internal_url.as_deref().unwrap_or(&self.url)
+    }
+
     /// The selective-sync settings types decide with.
     pub fn scope(&self) -> ScopeSpec {
         ScopeSpec {

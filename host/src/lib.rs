@@ -4,6 +4,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the map of this crate.
 
+pub mod allow_list;
 pub mod api;
 pub mod auth;
 pub mod catalog;

@@ -176,6 +176,22 @@ pub static BULK_UPDATE_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// `geohost_sync_capacity{site}`: the downloads a secondary's scheduler
+/// runs at once, as it last read them (`files_max_capacity`, the site's
+/// setting on the primary): shows that a change of the setting is in use.
+pub static SYNC_CAPACITY: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    register(
+        prometheus::IntGaugeVec::new(
+            Opts::new(
+                "geohost_sync_capacity",
+                "Downloads a secondary's scheduler runs at once (files_max_capacity in use)",
+            ),
+            &["site"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Registers every metric of this module, so a scrape shows them all (each
 /// is otherwise registered on first use).
 pub fn init() {
@@ -191,6 +207,7 @@ pub fn init() {
     LazyLock::force(&BULK_UPDATE_ROWS);
     LazyLock::force(&PLUGIN_SWAPS);
     LazyLock::force(&PLUGIN_SCOPE_CHANGES);
+    LazyLock::force(&SYNC_CAPACITY);
 }
 
 /// `geohost_plugin_swaps_total{type,outcome}`: hot-swap attempts by

@@ -122,8 +122,9 @@ impl Shell {
             return;
         }
         if line.starts_with("geohost serve ") {
-            let log = std::fs::File::create(self.cwd.join(format!("serve-{}.log", self.servers.len())))
-                .unwrap();
+            let log =
+                std::fs::File::create(self.cwd.join(format!("serve-{}.log", self.servers.len())))
+                    .unwrap();
             let child = self
                 .command(line)
                 .stdout(Stdio::null())
@@ -243,7 +244,10 @@ fn the_guides_tour_runs_as_written() {
         Duration::from_secs(180),
         "the record replicated and verified",
         || {
-            let output = shell.command("geohost status -c secondary.toml").output().unwrap();
+            let output = shell
+                .command("geohost status -c secondary.toml")
+                .output()
+                .unwrap();
             let out = text(&output.stdout);
             async move {
                 out.lines()

@@ -3,8 +3,11 @@
 
 mod admin_page;
 mod authoring;
+mod cli_output;
 mod contracts;
+mod deployment;
 mod faults;
+mod gitlab_clients;
 mod guide;
 mod hot_swap;
 mod npm;
@@ -12,6 +15,7 @@ mod object_storage;
 mod operator;
 mod plugin;
 mod primary;
+mod probes;
 mod python;
 mod replication;
 mod robustness;

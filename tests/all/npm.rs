@@ -108,7 +108,7 @@ const REGISTRIES: &str = r#"{ geoNode { packagesNpmMetadataCacheRegistries {
     nodes { id state verificationState modelRecordId packagesNpmMetadataCacheId verificationChecksum }
 } } }"#;
 
-const UPDATE: &str = r#"mutation($id: ID!, $action: GeoRegistryAction!) {
+const UPDATE: &str = r#"mutation($id: GeoBaseRegistryID!, $action: GeoRegistryAction!) {
     geoRegistriesUpdate(input: {registryId: $id, action: $action}) {
       errors registry { ... on PackagesNpmMetadataCacheRegistry { id modelRecordId } } } }"#;
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-const CONVERGE: Duration = Duration::from_secs(90);
+pub(crate) const CONVERGE: Duration = Duration::from_secs(90);
 const PLURAL: &str = "packages_helm_metadata_caches";
 const REGISTRY_TYPE: &str = "PackagesHelmMetadataCacheRegistry";
 
@@ -20,27 +20,27 @@ const REGISTRY_TYPE: &str = "PackagesHelmMetadataCacheRegistry";
 /// side set directly in the databases: record `failed_on_primary` (in `b`)
 /// failed verification on the primary, record `failed_on_secondary` (in
 /// `a`) failed to sync on the secondary.
-struct Pair {
-    primary: TestSite,
-    secondary: TestSite,
-    primary_token: String,
-    secondary_token: String,
-    primary_id: i64,
-    secondary_id: i64,
-    group_a: i64,
-    in_scope: Vec<i64>,
-    failed_on_primary: i64,
-    failed_on_secondary: i64,
+pub(crate) struct Pair {
+    pub primary: TestSite,
+    pub secondary: TestSite,
+    pub primary_token: String,
+    pub secondary_token: String,
+    pub primary_id: i64,
+    pub secondary_id: i64,
+    pub group_a: i64,
+    pub in_scope: Vec<i64>,
+    pub failed_on_primary: i64,
+    pub failed_on_secondary: i64,
 }
 
-async fn registry_counts(site: &TestSite) -> geohost::secondary::RegistryCounts {
+pub(crate) async fn registry_counts(site: &TestSite) -> geohost::secondary::RegistryCounts {
     let it = site.site.installed(HELM).unwrap();
     geohost::secondary::status_counts(site.site.tracking().unwrap(), &it)
         .await
         .unwrap()
 }
 
-async fn populated_pair(backend: Backend, workers: &str) -> Pair {
+pub(crate) async fn populated_pair(backend: Backend, workers: &str) -> Pair {
     let primary = sites::primary(backend).await;
     let [_, a, _, _, b] = sites::group_tree(&primary).await;
     let pa = sites::project(&primary, a, "pa").await;
@@ -176,10 +176,10 @@ async fn populated_pair(backend: Backend, workers: &str) -> Pair {
     }
 }
 
-const PAIR_WORKERS: &str =
+pub(crate) const PAIR_WORKERS: &str =
     "idle_poll_ms = 50\nconsistency_interval_secs = 2\nstatus_interval_secs = 1\n";
 
-async fn get(url: &str, token: &str) -> reqwest::Response {
+pub(crate) async fn get(url: &str, token: &str) -> reqwest::Response {
     reqwest::Client::new()
         .get(url)
         .header("PRIVATE-TOKEN", token)
@@ -188,7 +188,7 @@ async fn get(url: &str, token: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn get_json(url: &str, token: &str) -> Value {
+pub(crate) async fn get_json(url: &str, token: &str) -> Value {
     let response = get(url, token).await;
     assert_eq!(response.status(), StatusCode::OK, "GET {url}");
     response.json().await.unwrap()
@@ -460,7 +460,7 @@ async fn site_status_carries_gitlabs_fields_on_both_sites() {
 }
 
 /// `name{labels}` → value, from Prometheus text.
-fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
+pub(crate) fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
     let mut samples = BTreeMap::new();
     for line in text.lines() {
         if line.is_empty() || line.starts_with('#') {
@@ -682,7 +682,8 @@ async fn graphql_ok(site: &TestSite, token: &str, query: &str, variables: Value)
 
 const LIST: &str = r#"
 query($first: Int, $after: String, $last: Int, $before: String, $sort: GeoRegistrySort,
-      $state: ReplicationStateEnum, $vstate: VerificationStateEnum, $ids: [ID!], $keyword: String) {
+      $state: ReplicationStateEnum, $vstate: VerificationStateEnum, $ids: [GeoPackagesHelmMetadataCacheRegistryID!],
+      $keyword: String) {
   geoNode {
     name
     primary
@@ -740,7 +741,7 @@ async fn graphql_registries_filter_sort_page_and_mutate() {
         assert_eq!(
             node,
             &json!({
-                "id": format!("gid://geo/{REGISTRY_TYPE}/{}", failed_row.id),
+                "id": format!("gid://gitlab/Geo::{REGISTRY_TYPE}/{}", failed_row.id),
                 "state": "FAILED",
                 "retryCount": 1,
                 "lastSyncFailure": "test failure",
@@ -773,6 +774,7 @@ async fn graphql_registries_filter_sort_page_and_mutate() {
         )
         .await;
         assert_eq!(record_ids(&data).len(), 7, "{backend:?}");
+        // The form earlier versions gave out is still accepted.
         let two: Vec<String> = rows[..2]
             .iter()
             .map(|r| format!("gid://geo/{REGISTRY_TYPE}/{}", r.id))
@@ -943,7 +945,7 @@ async fn graphql_registries_filter_sort_page_and_mutate() {
         );
 
         // Single mutations.
-        const UPDATE: &str = r#"mutation($id: ID!, $action: GeoRegistryAction!) {
+        const UPDATE: &str = r#"mutation($id: GeoBaseRegistryID!, $action: GeoRegistryAction!) {
             geoRegistriesUpdate(input: {registryId: $id, action: $action, clientMutationId: "m1"}) {
               clientMutationId errors registry { ... on PackagesHelmMetadataCacheRegistry { id modelRecordId } } } }"#;
         let target = rows
@@ -951,7 +953,7 @@ async fn graphql_registries_filter_sort_page_and_mutate() {
             .find(|r| r.model_id == p.in_scope[3])
             .unwrap()
             .clone();
-        let gid = format!("gid://geo/{REGISTRY_TYPE}/{}", target.id);
+        let gid = format!("gid://gitlab/Geo::{REGISTRY_TYPE}/{}", target.id);
         let answer = graphql_ok(s, token, UPDATE, json!({"id": gid, "action": "RESYNC"})).await;
         let payload = &answer["geoRegistriesUpdate"];
         assert_eq!(payload["clientMutationId"], "m1");
@@ -988,7 +990,7 @@ async fn graphql_registries_filter_sort_page_and_mutate() {
             s,
             token,
             UPDATE,
-            json!({"id": format!("gid://geo/{REGISTRY_TYPE}/999999"), "action": "RESYNC"}),
+            json!({"id": format!("gid://gitlab/Geo::{REGISTRY_TYPE}/999999"), "action": "RESYNC"}),
         )
         .await;
         assert!(

@@ -449,3 +449,72 @@ async fn bad_writes_get_clear_errors_and_change_nothing() {
         "no blob left behind"
     );
 }
+
+/// GitLab's foreign key from a record to its project: a write for a project
+/// that does not exist is refused with a 422 that names the project, and
+/// leaves no row, state, event, blob or temporary object behind. The same
+/// write for a project created afterwards succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_refuses_a_record_of_a_missing_project() {
+    for backend in sites::backends() {
+        let f = fixture(backend, "idle_poll_ms = 50\n").await;
+        let db = &f.primary.site.db;
+        let events = |db: &geohost::db::Db| {
+            let db = db.clone();
+            async move {
+                db.fetch_one("SELECT COUNT(*) AS n FROM geo_events", &[])
+                    .await
+                    .unwrap()
+                    .int("n")
+                    .unwrap()
+            }
+        };
+        let events_before = events(db).await;
+        let missing = f.project + 1000;
+        let response = put(
+            &f,
+            &format!("project_id={missing}&channel=stable"),
+            "apiVersion: v1\n",
+            Some(&f.token),
+        )
+        .await;
+        assert_eq!(response.status(), 422, "{backend:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["message"],
+            format!("project {missing} does not exist"),
+            "{backend:?}"
+        );
+        let it = f.primary.site.installed(HELM).unwrap();
+        assert!(
+            records::page(db, &it, 0, 10).await.unwrap().is_empty(),
+            "{backend:?}: no row"
+        );
+        let states = db
+            .fetch_one(
+                &format!(
+                    "SELECT COUNT(*) AS n FROM {}",
+                    ident(&it.identity.states_table())
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .int("n")
+            .unwrap();
+        assert_eq!(states, Some(0), "{backend:?}: no state row");
+        assert_eq!(events(db).await, events_before, "{backend:?}: no event");
+        let files = crate::faults::files_under(&f.primary.dir.join("blobs"));
+        assert!(files.is_empty(), "{backend:?}: files left: {files:?}");
+
+        // The same record for a project that exists is written.
+        let response = put(
+            &f,
+            &format!("project_id={}&channel=stable", f.project),
+            "apiVersion: v1\n",
+            Some(&f.token),
+        )
+        .await;
+        assert_eq!(response.status(), 201, "{backend:?}");
+    }
+}

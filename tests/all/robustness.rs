@@ -5,6 +5,7 @@
 //! connection), and nothing is written outside the site's data folder or
 //! beside the blobs of real records.
 
+use crate::faults::files_under;
 use crate::sites::{self, Backend, HELM, TestSite};
 use geohost::auth::geo_jwt;
 use geohost::feed;
@@ -337,6 +338,70 @@ fn cases(project: i64) -> Vec<Case> {
             None,
             "",
         ),
+        // The older route family, same handlers.
+        case(
+            "geo_nodes, a primary created by the API",
+            Method::POST,
+            "/api/v4/geo_nodes",
+            JSON,
+            "{\"name\": \"s4\", \"url\": \"http://127.0.0.1:9\", \"primary\": true}",
+        ),
+        case(
+            "geo_nodes, capacity out of range",
+            Method::PUT,
+            "/api/v4/geo_nodes/1",
+            JSON,
+            "{\"repos_max_capacity\": -1}",
+        ),
+        case(
+            "geo_nodes, mistyped capacity",
+            Method::PUT,
+            "/api/v4/geo_nodes/1",
+            JSON,
+            "{\"files_max_capacity\": \"many\"}",
+        ),
+        case(
+            "geo_nodes, repair of an unknown site",
+            Method::POST,
+            "/api/v4/geo_nodes/987654/repair",
+            None,
+            "",
+        ),
+        case(
+            "geo_nodes, delete of the primary",
+            Method::DELETE,
+            "/api/v4/geo_nodes/1",
+            None,
+            "",
+        ),
+        case(
+            "geo_nodes, delete of an unknown site",
+            Method::DELETE,
+            "/api/v4/geo_nodes/987654",
+            None,
+            "",
+        ),
+        case(
+            "geo_sites, page is not a number",
+            Method::GET,
+            "/api/v4/geo_sites?page=two",
+            None,
+            "",
+        ),
+        case(
+            "geo_sites, page 0",
+            Method::GET,
+            "/api/v4/geo_sites/status?page=0",
+            None,
+            "",
+        ),
+        case(
+            "failures on the primary",
+            Method::GET,
+            "/api/v4/geo_nodes/current/failures",
+            None,
+            "",
+        ),
         // Status.
         case(
             "status, non-numeric id",
@@ -486,26 +551,6 @@ fn signed_cases(access_key: &str, secret: &str) -> Vec<Case> {
     list
 }
 
-/// Every file under `root`, relative.
-fn files_under(root: &Path) -> BTreeSet<PathBuf> {
-    let mut found = BTreeSet::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                found.insert(path.strip_prefix(root).unwrap().to_path_buf());
-            }
-        }
-    }
-    found
-}
-
 /// No file or folder named after the probe under `root`.
 fn assert_no_probe(root: &Path) {
     for file in files_under(root) {
@@ -620,6 +665,10 @@ async fn bad_requests_get_a_4xx_with_a_json_message_and_write_nothing() {
             "{ nosuchField }",
             "{ geoNode { packagesHelmMetadataCacheRegistries(first: \"x\") { nodes { id } } } }",
             "mutation { geoRegistriesUpdate(input: {registryId: \"gid://geo/Nope/1\", action: RESYNC}) { errors } }",
+            "mutation { geoRegistriesUpdate(input: {registryId: \"7\", action: RESYNC}) { errors } }",
+            "{ geoNode { packagesHelmMetadataCacheRegistries(ids: [\"gid://gitlab/Geo::PackagesNpmMetadataCacheRegistry/1\"]) { count } } }",
+            "{ geoNode { packagesHelmMetadataCacheRegistries { count(limit: 0) } } }",
+            "{ geoNode { packagesHelmMetadataCacheRegistries { count(limit: 1001) } } }",
         ] {
             let response = client
                 .post(format!("{}/api/graphql", primary.url))

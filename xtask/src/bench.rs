@@ -36,7 +36,10 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     bench.args(["bench", "-p", "geohost"]);
     // Every bench target (not the library's unit tests in bench mode),
     // unless the arguments name some (`cargo xtask bench --bench plugin`).
-    if !extra.iter().any(|a| a == "--bench" || a.starts_with("--bench=")) {
+    if !extra
+        .iter()
+        .any(|a| a == "--bench" || a.starts_with("--bench="))
+    {
         bench.args(["--bench", "*"]);
     }
     bench.args(extra).current_dir(root);

@@ -24,6 +24,7 @@ mod plugins;
 mod postgres;
 mod python;
 mod test;
+mod venv;
 mod wasi_stub;
 
 use anyhow::{Result, bail};
@@ -70,26 +71,6 @@ fn run(cmd: &mut std::process::Command) -> Result<()> {
         bail!("command failed ({status}): {cmd:?}");
     }
     Ok(())
-}
-
-/// Creates the virtual environment `venv` (if missing) and installs
-/// `packages` (pip requirement specifiers) into it.
-fn venv_install(venv: &Path, packages: &[&str]) -> Result<()> {
-    if !venv.join("bin").join("pip").exists() {
-        // Debian's python3 needs python3-venv for `-m venv` to bring pip.
-        if let Err(error) = ensure_debian_packages(&["python3-venv"]) {
-            eprintln!("xtask: {error:#}");
-        }
-        eprintln!("xtask: creating {}", venv.display());
-        run(std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(venv))?;
-    }
-    eprintln!("xtask: installing {}", packages.join(" "));
-    run(std::process::Command::new(venv.join("bin").join("pip"))
-        .args(["install", "-q"])
-        .args(packages)
-        .env_remove("AWS_CA_BUNDLE"))
 }
 
 /// Whether we run as root (and may install Debian packages).

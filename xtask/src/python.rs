@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// The componentize-py release the Python types are built with.
-pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+/// The pinned toolchain (componentize-py), relative to `plugins/`.
+const REQUIREMENTS: &str = "python/requirements.txt";
 
 /// One Python type.
 pub struct PythonType {
@@ -63,7 +63,10 @@ pub fn build(root: &Path, types: &[PythonType], components: &Path) -> Result<()>
         return Ok(());
     }
     let plugins = root.join("plugins");
-    let componentize = toolchain(&plugins.join("target").join("python-toolchain"))?;
+    let componentize = toolchain(
+        &plugins.join("target").join("python-toolchain"),
+        &plugins.join(REQUIREMENTS),
+    )?;
     let subset = crate::wasi_stub::subset(root)?;
     for t in types {
         let output = components.join(format!("{}.wasm", t.name));
@@ -109,23 +112,14 @@ pub fn build(root: &Path, types: &[PythonType], components: &Path) -> Result<()>
     Ok(())
 }
 
-/// The venv's `componentize-py`, installing it first if needed.
-fn toolchain(venv: &Path) -> Result<PathBuf> {
+/// The venv's `componentize-py`, installing the pinned requirements first
+/// if needed.
+fn toolchain(venv: &Path, requirements: &Path) -> Result<PathBuf> {
+    crate::venv::with_requirements(venv, requirements)?;
     let bin = venv.join("bin").join("componentize-py");
-    let pinned = venv.join(".pinned");
-    if bin.exists() && std::fs::read_to_string(&pinned).ok().as_deref() == Some(COMPONENTIZE_PY) {
-        return Ok(bin);
-    }
-    let started = Instant::now();
-    crate::venv_install(venv, &[COMPONENTIZE_PY])?;
     if !bin.exists() {
-        bail!("{COMPONENTIZE_PY} installed but {bin:?} is missing");
+        bail!("{requirements:?} installed but {bin:?} is missing");
     }
-    std::fs::write(&pinned, COMPONENTIZE_PY)?;
-    eprintln!(
-        "xtask: installed {COMPONENTIZE_PY} in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
     Ok(bin)
 }
 
@@ -133,11 +127,11 @@ fn toolchain(venv: &Path) -> Result<PathBuf> {
 /// the subset, the SDK and the type's folder.
 fn inputs_hash(root: &Path, t: &PythonType) -> Result<String> {
     let mut hash = Sha256::new();
-    hash.update(COMPONENTIZE_PY);
     hash.update(env!("CARGO_PKG_VERSION"));
     let mut files = vec![
         root.join("wit/replicable.wit"),
         root.join("wit/wasi-subset.txt"),
+        root.join("plugins").join(REQUIREMENTS),
     ];
     for dir in [root.join("plugins/python/sdk"), t.dir.clone()] {
         let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)?

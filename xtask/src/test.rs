@@ -22,6 +22,12 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     eprintln!("xtask: PostgreSQL at {}", postgres.url);
     let moto = crate::moto::Moto::start(root)?;
     eprintln!("xtask: S3 (moto) at {}", moto.endpoint);
+    // GitLab's own clients (python-gitlab, gql), which tests drive against
+    // real sites: one venv, pinned versions.
+    let clients = crate::venv::with_requirements(
+        &root.join("target").join("clients-venv"),
+        &root.join("tests").join("clients").join("requirements.txt"),
+    )?;
 
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])
@@ -37,7 +43,8 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     cmd.args(extra)
         .current_dir(root)
         .env("GEOHOST_TEST_POSTGRES_URL", &postgres.url)
-        .env("GEOHOST_TEST_S3_ENDPOINT", &moto.endpoint);
+        .env("GEOHOST_TEST_S3_ENDPOINT", &moto.endpoint)
+        .env("GEOHOST_TEST_PYTHON", &clients);
     if let Some(path) = &chromedriver {
         // Set, it makes a missing browser a test failure rather than a skip.
         cmd.env("GEOHOST_TEST_CHROMEDRIVER", path)

@@ -10,12 +10,12 @@
 //! | `DELETE /api/v4/replicables/:name/:id` | delete a record and its blob |
 //! | `GET/POST /api/v4/namespaces`, `DELETE /api/v4/namespaces/:id` | groups |
 //! | `GET/POST /api/v4/projects`, `DELETE /api/v4/projects/:id` | projects |
-//! | `GET/POST /api/v4/geo_sites`, `PUT/DELETE /api/v4/geo_sites/:id` | sites |
+//!
+//! Sites are [`super::geo_sites`]'.
 
-use super::{AdminRoutes, ApiError, AppState};
-use crate::config::Role;
+use super::{AdminRoutes, ApiError, AppState, primary_only};
 use crate::plugin::fixture::{json_to_value, text_to_json};
-use crate::primary::{ingest, records, sites, topology};
+use crate::primary::{ingest, records, topology};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -43,21 +43,6 @@ pub fn routes() -> AdminRoutes {
         .route("/api/v4/namespaces/{id}", delete(delete_namespace))
         .route("/api/v4/projects", get(list_projects).post(create_project))
         .route("/api/v4/projects/{id}", delete(delete_project))
-        .route("/api/v4/geo_sites", get(list_sites).post(create_site))
-        .route(
-            "/api/v4/geo_sites/{id}",
-            put(update_site).delete(delete_site).get(get_site),
-        )
-}
-
-fn primary_only(site: &crate::site::Site) -> Result<(), ApiError> {
-    if site.role() == Role::Primary {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(
-            "this is a secondary site: write on the primary".into(),
-        ))
-    }
 }
 
 /// Query-string values typed by the type's columns (`project_id=5` is an
@@ -219,51 +204,5 @@ async fn delete_project(
 ) -> Result<StatusCode, ApiError> {
     primary_only(&site)?;
     topology::delete_project(&site.db, id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn list_sites(State(site): State<AppState>) -> Result<Json<Json_>, ApiError> {
-    primary_only(&site)?;
-    Ok(Json(json!(sites::list(&site.db).await?)))
-}
-
-async fn get_site(
-    State(site): State<AppState>,
-    Path(id): Path<i64>,
-) -> Result<Json<Json_>, ApiError> {
-    primary_only(&site)?;
-    let found = sites::get(&site.db, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("site {id} not found")))?;
-    Ok(Json(json!(found)))
-}
-
-async fn create_site(
-    State(site): State<AppState>,
-    Json(new): Json<sites::NewSite>,
-) -> Result<impl IntoResponse, ApiError> {
-    primary_only(&site)?;
-    let (settings, credentials) = sites::add_secondary(&site, new).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"site": settings, "credentials": credentials})),
-    ))
-}
-
-async fn update_site(
-    State(site): State<AppState>,
-    Path(id): Path<i64>,
-    Json(change): Json<sites::SiteUpdate>,
-) -> Result<Json<Json_>, ApiError> {
-    primary_only(&site)?;
-    Ok(Json(json!(sites::update(&site, id, change).await?)))
-}
-
-async fn delete_site(
-    State(site): State<AppState>,
-    Path(id): Path<i64>,
-) -> Result<StatusCode, ApiError> {
-    primary_only(&site)?;
-    sites::remove(&site, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,15 +4,22 @@
 //!   GitLab Geo way (`GL-Geo <access_key>:<JWT>`): the retrieve API and the
 //!   replication feed ([`crate::feed`]).
 //! - [`admin`]: what operators and package registries call, with an admin
-//!   token: ingest, namespaces and projects, sites.
-//! - [`status`]: GitLab's site status (`/api/v4/geo_sites/status`).
+//!   token: ingest, namespaces and projects.
+//! - [`geo_sites`]: GitLab's Geo sites API, in both route families
+//!   (`/api/v4/geo_sites`, `/api/v4/geo_nodes`): sites, their status, a
+//!   secondary's failures.
+//! - [`probes`]: `/-/health`, `/-/liveness`, `/-/readiness`, for load
+//!   balancers and Kubernetes (an address allow-list, not a token).
 //! - [`metrics`]: `/metrics`, Prometheus text.
 //! - [`graphql`]: `/api/graphql`, GitLab's Geo registries and mutations.
 //! - [`admin_page`]: `/admin/geo/…`, the admin web page (a shell without
 //!   data; its script calls the admin routes with the token).
 //!
-//! Every route of the last four is an admin route ([`AdminRoutes`]): the
-//! admin-token check ([`auth::require_admin`]) runs before anything else.
+//! Every route of [`admin`], [`geo_sites`], [`metrics`], [`graphql`] and
+//! [`plugins`] is an admin route ([`AdminRoutes`]): the admin-token check
+//! ([`auth::require_admin`]) runs before anything else. The admin page's
+//! shell is public (it holds no data); the probes answer the allow-listed
+//! networks, or an admin token.
 //!
 //! Every error is JSON `{"message": …}` with a 4xx or 5xx status; a failed
 //! authentication is always a bare 401, whatever failed.
@@ -21,11 +28,13 @@ pub mod admin;
 pub mod admin_page;
 pub mod auth;
 pub mod geo;
+pub mod geo_sites;
 pub mod graphql;
 pub mod metrics;
+pub mod pagination;
 pub mod plugins;
+pub mod probes;
 pub mod rejection;
-pub mod status;
 
 use crate::site::Site;
 use axum::Router;
@@ -78,7 +87,7 @@ impl AdminRoutes {
 
 fn admin_routes() -> AdminRoutes {
     admin::routes()
-        .merge(status::routes())
+        .merge(geo_sites::routes())
         .merge(metrics::routes())
         .merge(graphql::routes())
         .merge(plugins::routes())
@@ -88,6 +97,18 @@ fn admin_routes() -> AdminRoutes {
 /// router has them: what the tests check anonymous requests against.
 pub fn admin_route_paths() -> Vec<&'static str> {
     admin_routes().paths
+}
+
+/// Refuses a write (or a read of what only the primary holds) on a
+/// secondary.
+pub(crate) fn primary_only(site: &Site) -> Result<(), ApiError> {
+    if site.role() == crate::config::Role::Primary {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "this is a secondary site: write on the primary".into(),
+        ))
+    }
 }
 
 /// The largest JSON request body (admin routes, GraphQL): 1 MiB.
@@ -103,6 +124,7 @@ pub fn router(site: Arc<Site>) -> Router {
         ));
     Router::new()
         .merge(geo::routes())
+        .merge(probes::routes(site.clone()))
         .merge(admin_page::routes())
         .merge(admin)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
@@ -127,6 +149,8 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     Unprocessable(String),
@@ -149,6 +173,7 @@ impl IntoResponse for ApiError {
                 json!({"message": m, "geo_code": "FILE_NOT_FOUND"}),
             ),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({"message": m})),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({"message": m})),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({"message": m})),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, json!({"message": m})),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({"message": m})),
@@ -207,7 +232,9 @@ impl From<crate::primary::sites::SiteError> for ApiError {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
+/// Serves `router` on `listener` until `shutdown` is cancelled. Handlers
+/// see the client's address (`ConnectInfo<SocketAddr>`: the probes'
+/// allow-list).
 ///
 /// Nagle's algorithm is off: a small answer (a blob, a feed page) written
 /// after its headers would otherwise wait up to 40 ms for the client's
@@ -223,7 +250,10 @@ pub async fn serve(
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }

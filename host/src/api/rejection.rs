@@ -3,10 +3,14 @@
 //! segment, a body over the limit, a method the route lacks) are plain
 //! text or empty; [`json_errors`] rewrites them as the API's
 //! `{"message": …}`, keeping their status and headers.
+//!
+//! A 413 also says `Connection: close`: the request's body was not read
+//! to its end, so the connection cannot carry another request, and a
+//! client that pools connections must not send its next one there.
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -16,8 +20,13 @@ const MAX_MESSAGE_BYTES: usize = 4096;
 /// Middleware: a 4xx or 5xx answer that is not JSON becomes
 /// `{"message": <its text, or the status's reason>}`.
 pub async fn json_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     let status = response.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
         return response;
     }

@@ -80,30 +80,53 @@ impl SecretBox {
             Err(e) => return Err(key_file_error("read", e)),
         }
 
+        match SecretBox::create_key_file(path) {
+            Ok(secret_box) => {
+                tracing::info!(path = %path.display(), "created a new secret encryption key");
+                Ok(secret_box)
+            }
+            // Another process created it first: use theirs.
+            Err(AuthError::KeyFile { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                let contents =
+                    std::fs::read_to_string(path).map_err(|e| key_file_error("read", e))?;
+                SecretBox::from_hex(&contents)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// A new random key, as the 64 hex characters a key file holds.
+    pub fn generate_hex() -> String {
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
+        hex::encode(key)
+    }
+
+    /// Writes a new random key to the file `path` (mode `0600`, parent
+    /// folders created) and returns its box. Never overwrites: an existing
+    /// file is an [`AuthError::KeyFile`] whose source is `AlreadyExists`.
+    /// The key is written to a temporary file that is then linked into
+    /// place, so a concurrent start or a crash cannot leave a truncated key.
+    pub fn create_key_file(path: &Path) -> Result<SecretBox, AuthError> {
+        let key_file_error = |op, source| AuthError::KeyFile {
+            op,
+            path: path.to_path_buf(),
+            source,
+        };
+        let hex_key = SecretBox::generate_hex();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| key_file_error("create folder of", e))?;
         }
         let mut staging = path.as_os_str().to_owned();
         staging.push(format!(".tmp-{}", uuid::Uuid::new_v4()));
         let staging = std::path::PathBuf::from(staging);
-        let written = write_private(&staging, format!("{}\n", hex::encode(key)).as_bytes())
+        let written = write_private(&staging, format!("{hex_key}\n").as_bytes())
             .and_then(|()| std::fs::hard_link(&staging, path));
         let _ = std::fs::remove_file(&staging);
-        match written {
-            Ok(()) => {
-                tracing::info!(path = %path.display(), "created a new secret encryption key");
-                Ok(SecretBox::new(key))
-            }
-            // Another process created it first: use theirs.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let contents =
-                    std::fs::read_to_string(path).map_err(|e| key_file_error("read", e))?;
-                SecretBox::from_hex(&contents)
-            }
-            Err(e) => Err(key_file_error("create", e)),
-        }
+        written.map_err(|e| key_file_error("create", e))?;
+        SecretBox::from_hex(&hex_key)
     }
 
     /// Encrypts `plaintext` under a fresh random 12-byte nonce. Returns the
@@ -290,5 +313,33 @@ mod tests {
             SecretBox::load_or_create(&path),
             Err(AuthError::InvalidKey(_))
         ));
+    }
+
+    #[test]
+    fn a_generated_key_file_is_used_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc").join("secrets.key");
+        let made = SecretBox::create_key_file(&path).unwrap();
+        let contents = std::fs::read_to_string(&path).unwrap();
+        let (ciphertext, iv) = made.seal("kept").unwrap();
+        // A site started with that file uses the key in it.
+        let loaded = SecretBox::load_or_create(&path).unwrap();
+        assert_eq!(loaded.open(&ciphertext, &iv).unwrap(), "kept");
+        // A second generate refuses to replace it, and leaves nothing.
+        match SecretBox::create_key_file(&path) {
+            Err(AuthError::KeyFile { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists)
+            }
+            other => panic!("overwrote the key file: {other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), contents);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("etc")).unwrap().count(),
+            1
+        );
+        let printed = SecretBox::generate_hex();
+        assert_eq!(printed.len(), 64);
+        assert_ne!(printed, contents.trim());
+        SecretBox::from_hex(&printed).unwrap();
     }
 }

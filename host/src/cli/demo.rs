@@ -116,6 +116,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!(
         "  curl -s -H 'PRIVATE-TOKEN: {token}' '{primary_url}/api/v4/replicables/{HELM}?limit=2'; echo"
     );
+    println!("  curl -s {secondary_url}/-/readiness; echo");
     println!(
         "  echo 'apiVersion: v1' | curl -s -X PUT -H 'PRIVATE-TOKEN: {token}' --data-binary @- \\\n    '{primary_url}/api/v4/replicables/{HELM}?project_id={}&channel=demo'; echo",
         seeded.selected_project

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod plugin;
 pub mod plugin_admin;
 pub mod scaffold;
+pub mod secrets;
 pub mod status;
 
 use crate::config::Config;
@@ -66,14 +67,18 @@ pub enum Command {
     /// Resync or reverify registries on a secondary.
     #[command(subcommand)]
     Registry(status::RegistryCommand),
+    /// Make the key that seals a site's secrets at rest (`secrets.key`).
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
 }
 
 /// Entry point of the binary.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(default_log_level(&cli.command));
     match cli.command {
         Command::Plugin(command) => plugin::run(command),
+        Command::Secrets(command) => secrets::run(command),
         command => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -103,16 +108,31 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         Command::Record(c) => admin::record(c).await,
         Command::Status(args) => status::status(args).await,
         Command::Registry(c) => status::registry(c).await,
-        Command::Plugin(_) => unreachable!("handled without a runtime"),
+        Command::Plugin(_) | Command::Secrets(_) => unreachable!("handled without a runtime"),
     }
 }
 
-/// Structured logs on stderr; `RUST_LOG` filters, `GEOHOST_LOG_FORMAT=json` for JSON lines.
-pub fn init_tracing() {
+/// The log level when `RUST_LOG` is unset: a server (`serve`) logs what it
+/// does (`info`); the demo and the one-shot commands print their own
+/// answer, and log only warnings and errors (their per-record and
+/// type-loading lines appear with `RUST_LOG=info`).
+pub fn default_log_level(command: &Command) -> &'static str {
+    match command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    }
+}
+
+/// Structured logs on stderr; `RUST_LOG` filters (`default` when unset),
+/// `GEOHOST_LOG_FORMAT=json` for JSON lines.
+pub fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only for a terminal: a log file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = if std::env::var("GEOHOST_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()

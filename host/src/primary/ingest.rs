@@ -75,6 +75,15 @@ where
 {
     let it = installed(site, type_name)?;
     let writer = writer_values(&it, columns)?;
+    // A missing project refuses the write before its body is read; the
+    // transaction checks again, under a lock (see `write_record`).
+    if let Some(project) = project_of(&it, &writer) {
+        let found = site
+            .db
+            .fetch_optional(&project_query(None), &[project.into()])
+            .await?;
+        project_found(project, found.is_some())?;
+    }
     // Derived columns are a pure function of the writer columns: computing
     // them first refuses a bad record (say, an invalid channel) before its
     // body is read. They are used only if the record turns out to be new.
@@ -130,6 +139,12 @@ async fn write_record(
 ) -> Result<WriteOutcome, IngestError> {
     let written = temp.as_ref().expect("a temporary blob").written();
     let mut tx = site.db.begin().await?;
+    if let Some(project) = project_of(it, &writer) {
+        let found = tx
+            .fetch_optional(&project_query(Some(tx.backend())), &[project.into()])
+            .await?;
+        project_found(project, found.is_some())?;
+    }
     let key: Vec<(String, Arg)> = it
         .identity
         .table
@@ -316,6 +331,47 @@ pub async fn find_by_key(
     let found = records::by_natural_key(&mut tx, &it, &key).await?;
     tx.commit().await?;
     found.ok_or_else(|| IngestError::NotFound(format!("{} with that key", it.identity.title)))
+}
+
+/// The writer column that names a record's project: GitLab's
+/// `belongs_to :project` (`project_id`, a foreign key to `projects`).
+pub const PROJECT_COLUMN: &str = "project_id";
+
+/// The project a record belongs to: its `project_id` writer column, if the
+/// type has one and it is set.
+fn project_of(it: &InstalledType, writer: &HashMap<String, Value>) -> Option<i64> {
+    let column = it.identity.table.column(PROJECT_COLUMN)?;
+    if column.source != ColumnSource::Writer {
+        return None;
+    }
+    match writer.get(PROJECT_COLUMN) {
+        Some(Value::Int(id)) => Some(*id),
+        _ => None,
+    }
+}
+
+/// The query finding a project by id. Inside a write's transaction
+/// (`locking` on its backend) the row is share-locked on PostgreSQL until
+/// the transaction ends, so a concurrent delete of the project waits for
+/// the write; SQLite has a single writer.
+fn project_query(locking: Option<crate::db::Backend>) -> String {
+    let lock = match locking {
+        Some(crate::db::Backend::Postgres) => " FOR KEY SHARE",
+        _ => "",
+    };
+    format!("SELECT id FROM projects WHERE id = $1{lock}")
+}
+
+/// Refuses a record of a project that does not exist, as GitLab's foreign
+/// key does (422, naming the project).
+fn project_found(project: i64, found: bool) -> Result<(), IngestError> {
+    if found {
+        Ok(())
+    } else {
+        Err(IngestError::Invalid(format!(
+            "project {project} does not exist"
+        )))
+    }
 }
 
 /// The writer columns of a request, typed and checked; missing ones take

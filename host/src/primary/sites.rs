@@ -11,15 +11,24 @@ use crate::feed::NodeSettings;
 use crate::site::Site;
 use serde::{Deserialize, Serialize};
 
-/// Settings of a new secondary.
+/// Settings of a new secondary: GitLab's `POST /geo_sites` parameters.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewSite {
     pub name: String,
     pub url: String,
     #[serde(default)]
-    pub selective_sync_type: Option<String>,
+    pub internal_url: Option<String>,
+    /// GitLab's API can create a primary; a Geohost primary is the site
+    /// itself, so only `false` (or nothing) is accepted.
     #[serde(default)]
+    pub primary: Option<bool>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub selective_sync_type: Option<String>,
+    /// GitLab's `selective_sync_namespace_ids` (`namespace_ids` too).
+    #[serde(default, alias = "selective_sync_namespace_ids")]
     pub namespace_ids: Vec<i64>,
     #[serde(default)]
     pub selective_sync_shards: Vec<String>,
@@ -28,22 +37,36 @@ pub struct NewSite {
     #[serde(default)]
     pub files_max_capacity: Option<i32>,
     #[serde(default)]
+    pub repos_max_capacity: Option<i32>,
+    #[serde(default)]
     pub verification_max_capacity: Option<i32>,
+    #[serde(default)]
+    pub container_repositories_max_capacity: Option<i32>,
+    #[serde(default)]
+    pub minimum_reverification_interval: Option<i32>,
 }
 
-/// Changes to a site (every field optional).
+/// Changes to a site (every field optional): GitLab's `PUT /geo_sites/:id`
+/// parameters.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteUpdate {
+    pub name: Option<String>,
     pub url: Option<String>,
+    /// `""` clears it (`url` is used).
+    pub internal_url: Option<String>,
     pub enabled: Option<bool>,
     /// `""` clears selective sync (everything).
     pub selective_sync_type: Option<String>,
+    /// GitLab's `selective_sync_namespace_ids` (`namespace_ids` too).
+    #[serde(alias = "selective_sync_namespace_ids")]
     pub namespace_ids: Option<Vec<i64>>,
     pub selective_sync_shards: Option<Vec<String>>,
     pub sync_object_storage: Option<bool>,
     pub files_max_capacity: Option<i32>,
+    pub repos_max_capacity: Option<i32>,
     pub verification_max_capacity: Option<i32>,
+    pub container_repositories_max_capacity: Option<i32>,
     pub minimum_reverification_interval: Option<i32>,
 }
 
@@ -66,8 +89,9 @@ pub enum SiteError {
     Secret(String),
 }
 
-const COLUMNS: &str = "id, name, url, \"primary\", enabled, selective_sync_type, selective_sync_shards, \
-    sync_object_storage, files_max_capacity, verification_max_capacity, minimum_reverification_interval";
+const COLUMNS: &str = "id, name, url, internal_url, \"primary\", enabled, selective_sync_type, \
+    selective_sync_shards, sync_object_storage, files_max_capacity, repos_max_capacity, \
+    verification_max_capacity, container_repositories_max_capacity, minimum_reverification_interval";
 
 async fn decode(db: &Db, row: &DbRow) -> Result<NodeSettings, DbError> {
     let id = row.i64("id")?;
@@ -86,6 +110,7 @@ async fn decode(db: &Db, row: &DbRow) -> Result<NodeSettings, DbError> {
         id,
         name: row.text("name")?,
         url: row.text("url")?,
+        internal_url: row.opt_text("internal_url")?,
         primary: row.bool("primary")?,
         enabled: row.bool("enabled")?,
         selective_sync_type: row.opt_text("selective_sync_type")?,
@@ -93,7 +118,9 @@ async fn decode(db: &Db, row: &DbRow) -> Result<NodeSettings, DbError> {
         selective_sync_shards: shards,
         sync_object_storage: row.bool("sync_object_storage")?,
         files_max_capacity: row.i32("files_max_capacity")?,
+        repos_max_capacity: row.i32("repos_max_capacity")?,
         verification_max_capacity: row.i32("verification_max_capacity")?,
+        container_repositories_max_capacity: row.i32("container_repositories_max_capacity")?,
         minimum_reverification_interval: row.i32("minimum_reverification_interval")?,
     })
 }
@@ -172,12 +199,72 @@ fn check_scope(kind: &Option<String>) -> Result<Option<String>, SiteError> {
     }
 }
 
-fn check_capacity(what: &str, value: Option<i32>) -> Result<(), SiteError> {
-    match value {
-        Some(v) if !(1..=10_000).contains(&v) => {
-            Err(SiteError::Invalid(format!("{what} must be 1 to 10000")))
+fn check_name(name: &str) -> Result<(), SiteError> {
+    if name.trim().is_empty() || name.len() > 255 {
+        return Err(SiteError::Invalid(
+            "name must be 1 to 255 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_url(what: &str, url: &str) -> Result<(), SiteError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(SiteError::Invalid(format!(
+            "{what} {url:?} must be http:// or https://"
+        )))
+    }
+}
+
+/// The capacities of a site: GitLab's four, checked alike. Geohost uses
+/// `files_max_capacity` (downloads) and `verification_max_capacity`; the
+/// repository ones are kept for GitLab's clients, and may be 0 as there.
+fn check_capacities(
+    files: Option<i32>,
+    repos: Option<i32>,
+    verification: Option<i32>,
+    container_repositories: Option<i32>,
+) -> Result<(), SiteError> {
+    for (what, value, least) in [
+        ("files_max_capacity", files, 1),
+        ("repos_max_capacity", repos, 0),
+        ("verification_max_capacity", verification, 1),
+        (
+            "container_repositories_max_capacity",
+            container_repositories,
+            0,
+        ),
+    ] {
+        if let Some(v) = value
+            && !(least..=10_000).contains(&v)
+        {
+            return Err(SiteError::Invalid(format!(
+                "{what} must be {least} to 10000"
+            )));
         }
+    }
+    Ok(())
+}
+
+fn check_reverification_interval(days: Option<i32>) -> Result<(), SiteError> {
+    match days {
+        Some(days) if days < 1 => Err(SiteError::Invalid(
+            "minimum_reverification_interval must be at least 1 day".into(),
+        )),
         _ => Ok(()),
+    }
+}
+
+/// A unique-name violation as the API says it.
+fn name_taken(name: &str) -> impl Fn(DbError) -> SiteError + '_ {
+    move |e| {
+        if e.is_unique_violation() {
+            SiteError::Invalid(format!("a site named {name:?} exists already"))
+        } else {
+            SiteError::from(e)
+        }
     }
 }
 
@@ -186,20 +273,24 @@ pub async fn add_secondary(
     site: &Site,
     new: NewSite,
 ) -> Result<(NodeSettings, Credentials), SiteError> {
-    if new.name.trim().is_empty() || new.name.len() > 255 {
+    check_name(&new.name)?;
+    check_url("url", &new.url)?;
+    if let Some(url) = new.internal_url.as_deref().filter(|u| !u.is_empty()) {
+        check_url("internal_url", url)?;
+    }
+    if new.primary == Some(true) {
         return Err(SiteError::Invalid(
-            "name must be 1 to 255 characters".into(),
+            "a site can be added as a secondary only: the primary is the site answering".into(),
         ));
     }
-    if !(new.url.starts_with("http://") || new.url.starts_with("https://")) {
-        return Err(SiteError::Invalid(format!(
-            "url {:?} must be http:// or https://",
-            new.url
-        )));
-    }
     let kind = check_scope(&new.selective_sync_type)?;
-    check_capacity("files_max_capacity", new.files_max_capacity)?;
-    check_capacity("verification_max_capacity", new.verification_max_capacity)?;
+    check_capacities(
+        new.files_max_capacity,
+        new.repos_max_capacity,
+        new.verification_max_capacity,
+        new.container_repositories_max_capacity,
+    )?;
+    check_reverification_interval(new.minimum_reverification_interval)?;
     let credentials = Credentials {
         access_key: keys::generate_access_key(),
         secret_access_key: keys::generate_secret(),
@@ -212,20 +303,27 @@ pub async fn add_secondary(
     let mut tx = site.db.begin().await?;
     let id = tx
         .fetch_one(
-            "INSERT INTO geo_nodes (name, url, \"primary\", enabled, selective_sync_type, selective_sync_shards, \
-             sync_object_storage, files_max_capacity, verification_max_capacity, access_key, \
-             encrypted_secret_access_key, encrypted_secret_access_key_iv, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) RETURNING id",
+            "INSERT INTO geo_nodes (name, url, internal_url, \"primary\", enabled, selective_sync_type, \
+             selective_sync_shards, sync_object_storage, files_max_capacity, repos_max_capacity, \
+             verification_max_capacity, container_repositories_max_capacity, \
+             minimum_reverification_interval, access_key, encrypted_secret_access_key, \
+             encrypted_secret_access_key_iv, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17) \
+             RETURNING id",
             &[
                 new.name.clone().into(),
                 new.url.clone().into(),
+                Arg::Text(new.internal_url.clone().filter(|u| !u.is_empty())),
                 false.into(),
-                true.into(),
+                new.enabled.unwrap_or(true).into(),
                 Arg::Text(kind),
                 serde_json::to_string(&new.selective_sync_shards).unwrap_or_else(|_| "[]".into()).into(),
                 new.sync_object_storage.into(),
                 new.files_max_capacity.unwrap_or(10).into(),
+                new.repos_max_capacity.unwrap_or(25).into(),
                 new.verification_max_capacity.unwrap_or(100).into(),
+                new.container_repositories_max_capacity.unwrap_or(10).into(),
+                new.minimum_reverification_interval.unwrap_or(7).into(),
                 credentials.access_key.clone().into(),
                 sealed.into(),
                 iv.into(),
@@ -233,13 +331,7 @@ pub async fn add_secondary(
             ],
         )
         .await
-        .map_err(|e| {
-            if e.is_unique_violation() {
-                SiteError::Invalid(format!("a site named {:?} exists already", new.name))
-            } else {
-                SiteError::from(e)
-            }
-        })?
+        .map_err(name_taken(&new.name))?
         .i64("id")?;
     for ns in &new.namespace_ids {
         link_namespace(&mut tx, id, *ns).await?;
@@ -278,23 +370,36 @@ pub async fn update(site: &Site, id: i64, change: SiteUpdate) -> Result<NodeSett
     get(&site.db, id)
         .await?
         .ok_or_else(|| SiteError::NotFound(id.to_string()))?;
-    check_capacity("files_max_capacity", change.files_max_capacity)?;
-    check_capacity(
-        "verification_max_capacity",
-        change.verification_max_capacity,
-    )?;
-    if let Some(days) = change.minimum_reverification_interval
-        && days < 1
-    {
-        return Err(SiteError::Invalid(
-            "minimum_reverification_interval must be at least 1 day".into(),
-        ));
+    if let Some(name) = &change.name {
+        check_name(name)?;
     }
+    if let Some(url) = &change.url {
+        check_url("url", url)?;
+    }
+    if let Some(url) = change.internal_url.as_deref().filter(|u| !u.is_empty()) {
+        check_url("internal_url", url)?;
+    }
+    check_capacities(
+        change.files_max_capacity,
+        change.repos_max_capacity,
+        change.verification_max_capacity,
+        change.container_repositories_max_capacity,
+    )?;
+    check_reverification_interval(change.minimum_reverification_interval)?;
     let now = Db::now();
     let mut tx = site.db.begin().await?;
     let mut sets: Vec<(&str, Arg)> = Vec::new();
+    if let Some(name) = &change.name {
+        sets.push(("name", name.clone().into()));
+    }
     if let Some(url) = change.url {
         sets.push(("url", url.into()));
+    }
+    if let Some(url) = change.internal_url {
+        sets.push((
+            "internal_url",
+            Arg::Text(Some(url).filter(|u| !u.is_empty())),
+        ));
     }
     if let Some(enabled) = change.enabled {
         sets.push(("enabled", enabled.into()));
@@ -314,14 +419,25 @@ pub async fn update(site: &Site, id: i64, change: SiteUpdate) -> Result<NodeSett
     if let Some(v) = change.sync_object_storage {
         sets.push(("sync_object_storage", v.into()));
     }
-    if let Some(v) = change.files_max_capacity {
-        sets.push(("files_max_capacity", v.into()));
-    }
-    if let Some(v) = change.verification_max_capacity {
-        sets.push(("verification_max_capacity", v.into()));
-    }
-    if let Some(v) = change.minimum_reverification_interval {
-        sets.push(("minimum_reverification_interval", v.into()));
+    for (column, value) in [
+        ("files_max_capacity", change.files_max_capacity),
+        ("repos_max_capacity", change.repos_max_capacity),
+        (
+            "verification_max_capacity",
+            change.verification_max_capacity,
+        ),
+        (
+            "container_repositories_max_capacity",
+            change.container_repositories_max_capacity,
+        ),
+        (
+            "minimum_reverification_interval",
+            change.minimum_reverification_interval,
+        ),
+    ] {
+        if let Some(v) = value {
+            sets.push((column, v.into()));
+        }
     }
     sets.push(("updated_at", now.into()));
     let assignments: Vec<String> = sets
@@ -338,7 +454,8 @@ pub async fn update(site: &Site, id: i64, change: SiteUpdate) -> Result<NodeSett
         ),
         &args,
     )
-    .await?;
+    .await
+    .map_err(name_taken(change.name.as_deref().unwrap_or_default()))?;
     if let Some(namespaces) = change.namespace_ids {
         tx.execute(
             "DELETE FROM geo_node_namespace_links WHERE geo_node_id = $1",
@@ -355,6 +472,49 @@ pub async fn update(site: &Site, id: i64, change: SiteUpdate) -> Result<NodeSett
         .ok_or_else(|| SiteError::NotFound(id.to_string()))
 }
 
+/// GitLab's "repair" of a site's authentication: Geohost has no OAuth
+/// application to recreate, so it checks what authenticates the site: the
+/// primary's own row is refreshed from its configuration (name, url), and a
+/// secondary's sealed secret must open under this site's secrets key. A
+/// secret that does not (the key file was replaced) cannot be recovered:
+/// that is an [`SiteError::Invalid`] saying to register the site again.
+pub async fn repair(site: &Site, id: i64) -> Result<NodeSettings, SiteError> {
+    let node = get(&site.db, id)
+        .await?
+        .ok_or_else(|| SiteError::NotFound(id.to_string()))?;
+    if node.primary {
+        return ensure_self(site).await;
+    }
+    let row = site
+        .db
+        .fetch_one(
+            "SELECT access_key, encrypted_secret_access_key, encrypted_secret_access_key_iv \
+             FROM geo_nodes WHERE id = $1",
+            &[id.into()],
+        )
+        .await?;
+    let unusable = |why: &str| {
+        SiteError::Invalid(format!(
+            "site {:?} cannot be repaired: {why}; remove it and register it again \
+             (`geohost site add`), then give the secondary its new [primary] keys",
+            node.name
+        ))
+    };
+    let (Some(_), Some(sealed), Some(iv)) = (
+        row.opt_text("access_key")?,
+        row.opt_bytes("encrypted_secret_access_key")?,
+        row.opt_bytes("encrypted_secret_access_key_iv")?,
+    ) else {
+        return Err(unusable("it has no Geo keys"));
+    };
+    site.secrets.open(&sealed, &iv).map_err(|_| {
+        unusable(
+            "its secret does not open with this site's secrets key (was secrets.key replaced?)",
+        )
+    })?;
+    Ok(node)
+}
+
 /// Removes a secondary.
 pub async fn remove(site: &Site, id: i64) -> Result<(), SiteError> {
     let removed = site
@@ -365,7 +525,13 @@ pub async fn remove(site: &Site, id: i64) -> Result<(), SiteError> {
         )
         .await?;
     if removed == 0 {
-        return Err(SiteError::NotFound(format!("secondary {id}")));
+        return Err(match get(&site.db, id).await? {
+            Some(node) if node.primary => SiteError::Invalid(format!(
+                "site {:?} is this primary: only secondaries are removed",
+                node.name
+            )),
+            _ => SiteError::NotFound(id.to_string()),
+        });
     }
     Ok(())
 }

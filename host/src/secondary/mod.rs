@@ -82,6 +82,7 @@ pub mod bulk;
 pub mod client;
 pub mod consistency;
 pub mod cursor;
+pub mod failures;
 pub mod listing;
 pub mod registry;
 pub mod scope;
@@ -566,6 +567,9 @@ async fn run_sync(s: Arc<Secondary>) {
             async move {
                 let view = s.view()?;
                 let capacity = view.node.files_max_capacity.max(1) as usize;
+                crate::metrics::SYNC_CAPACITY
+                    .with_label_values(&[s.site.name()])
+                    .set(capacity as i64);
                 Some((s.enabled_types().await, capacity))
             }
         }

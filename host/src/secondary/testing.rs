@@ -88,6 +88,7 @@ pub fn node_settings() -> NodeSettings {
         id: 2,
         name: "secondary".into(),
         url: "http://127.0.0.1:1".into(),
+        internal_url: None,
         primary: false,
         enabled: true,
         selective_sync_type: None,
@@ -95,6 +96,8 @@ pub fn node_settings() -> NodeSettings {
         selective_sync_shards: vec![],
         sync_object_storage: false,
         files_max_capacity: 10,
+        repos_max_capacity: 25,
+        container_repositories_max_capacity: 10,
         verification_max_capacity: 100,
         minimum_reverification_interval: 7,
     }

@@ -410,6 +410,34 @@ impl BlobStore {
         Ok(removed)
     }
 
+    /// Whether the storage answers, for the readiness probe: the local root
+    /// is still a folder we can read, or the bucket answers a listing of
+    /// the temporary prefix (one request, usually of nothing).
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        match self.inner.local.as_ref().map(|local| local.root.clone()) {
+            Some(root) => tokio::task::spawn_blocking(move || {
+                std::fs::read_dir(&root)
+                    .map(drop)
+                    .map_err(|source| StorageError::Root { path: root, source })
+            })
+            .await
+            .map_err(|e| StorageError::Io {
+                op: "read",
+                location: "the storage root".into(),
+                source: std::io::Error::other(e),
+            })?,
+            None => {
+                let prefix = StorePath::from(TEMP_DIR);
+                self.inner
+                    .store
+                    .list_with_delimiter(Some(&prefix))
+                    .await
+                    .map(drop)
+                    .map_err(|e| StorageError::from_store("list", &prefix, e))
+            }
+        }
+    }
+
     /// The paths of every blob of type `type_name`, relative to the type's
     /// folder, sorted. Reads the whole listing into memory: for tests and
     /// small diagnostics, not for iterating a production store.

@@ -260,6 +260,16 @@ impl Pair {
                     .id,
             );
         }
+        // The plugin scenario's poisoned projects exist too: a record's
+        // project must (GitLab's foreign key).
+        let mut last = projects[1];
+        while last < POISONED_PROJECTS[2] {
+            let name = format!("filler{last}");
+            last = topology::create_project(&site.db, &name, &name, group, "default")
+                .await
+                .unwrap()
+                .id;
+        }
         let (_, credentials) = geo_sites::add_secondary(
             &site,
             geo_sites::NewSite {

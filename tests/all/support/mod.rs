@@ -133,3 +133,53 @@ pub fn assert_helm_answers(loaded: &LoadedType) {
         );
     }
 }
+
+/// The variable naming the Python of GitLab's clients' venv (python-gitlab,
+/// gql), which `cargo xtask test` installs from `tests/clients/requirements.txt`.
+pub const CLIENTS_PYTHON_VAR: &str = "GEOHOST_TEST_PYTHON";
+
+/// The Python with GitLab's clients, or `None` (with a note) when the
+/// variable is unset; on CI (`CI` set) that is a failure instead.
+pub fn clients_python() -> Option<PathBuf> {
+    match std::env::var(CLIENTS_PYTHON_VAR) {
+        Ok(path) if !path.trim().is_empty() => Some(PathBuf::from(path)),
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "{CLIENTS_PYTHON_VAR} is not set, but CI is: the tests of GitLab's own clients \
+             would be skipped. Run `cargo xtask test`."
+        ),
+        _ => {
+            eprintln!(
+                "note: {CLIENTS_PYTHON_VAR} is unset: GitLab's clients (python-gitlab, gql) are \
+                 not tested. Run `cargo xtask test`."
+            );
+            None
+        }
+    }
+}
+
+/// Runs `tests/clients/geo_clients.py` with `args` and `env` on `python`;
+/// returns the JSON it prints.
+pub fn run_clients(
+    python: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> serde_json::Value {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/clients/geo_clients.py"
+    );
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("running {} {script}: {e}", python.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "geo_clients.py {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("geo_clients.py {args:?} printed no JSON ({e}):\n{stdout}"))
+}

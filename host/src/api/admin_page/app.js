@@ -6,6 +6,8 @@
 const TOKEN_KEY = "geohost.adminToken";
 const REFRESH_MS = 5000;
 const PAGE_SIZE = 50;
+// The largest count GitLab's registries connection gives (`count(limit:)`).
+const COUNT_LIMIT = 1000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -456,7 +458,7 @@ async function loadRegistries() {
         registries: ${type.graphqlFieldName}(replicationState: $replicationState,
             verificationState: $verificationState, keyword: $keyword,
             first: $first, after: $after, last: $last, before: $before) {
-          count
+          count(limit: ${COUNT_LIMIT})
           nodes { ${ROW_FIELDS} }
           pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
         }
@@ -503,9 +505,11 @@ function renderRegistries() {
   tbody.replaceChildren(...rows);
   const first = view.rows.length ? view.page.start + 1 : 0;
   const last = view.page.start + view.rows.length;
+  // GitLab's `count` stops at its limit and answers limit + 1 beyond it.
+  const total = view.count > COUNT_LIMIT ? `${fmt(COUNT_LIMIT)}+` : fmt(view.count);
   const range = view.rows.length
-    ? `${fmt(first)}–${fmt(last)} of ${fmt(view.count)}`
-    : `0 of ${fmt(view.count)}`;
+    ? `${fmt(first)}–${fmt(last)} of ${total}`
+    : `0 of ${total}`;
   const noun = view.count === 1 ? "registry" : "registries";
   $("registries-caption").textContent =
     `${type.titlePlural} on ${thisSite ? thisSite.name : "this site"}: ${range} ${noun}`;
@@ -585,7 +589,7 @@ async function updateOne(id, action, number) {
   const verb = action === "RESYNC" ? "Resync" : "Reverify";
   try {
     const data = await graphql(
-      `mutation($id: ID!, $action: GeoRegistryAction!) {
+      `mutation($id: GeoBaseRegistryID!, $action: GeoRegistryAction!) {
         geoRegistriesUpdate(input: { registryId: $id, action: $action }) { errors }
       }`,
       { id, action },

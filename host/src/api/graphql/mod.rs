@@ -6,16 +6,16 @@
 //! query {
 //!   geoNode {                                   # this site (or geoNode(name: …))
 //!     packagesHelmMetadataCacheRegistries(      # <camelName>Registries, per type
-//!       ids: [ID!], replicationState: ReplicationStateEnum,
+//!       ids: [GeoPackagesHelmMetadataCacheRegistryID!], replicationState: ReplicationStateEnum,
 //!       verificationState: VerificationStateEnum, keyword: String,
 //!       sort: GeoRegistrySort, first: Int, after: String, last: Int, before: String
-//!     ) { count nodes { id state verificationState packagesHelmMetadataCacheId … } pageInfo { … } }
+//!     ) { count(limit: 1000) nodes { id state verificationState packagesHelmMetadataCacheId … } pageInfo { … } }
 //!     registries(replicableName: "packages_helm_metadata_cache", …) { … }  # any type
 //!   }
 //!   geoReplicableTypes { name namePlural title titlePlural graphqlFieldName … }
 //! }
 //! mutation {
-//!   geoRegistriesUpdate(input: {registryId: "gid://geo/PackagesHelmMetadataCacheRegistry/1", action: RESYNC}) {
+//!   geoRegistriesUpdate(input: {registryId: "gid://gitlab/Geo::PackagesHelmMetadataCacheRegistry/1", action: RESYNC}) {
 //!     registry { ... on PackagesHelmMetadataCacheRegistry { state } } errors
 //!   }
 //!   geoRegistriesBulkUpdate(input: {registryClass: PACKAGES_HELM_METADATA_CACHE_REGISTRY, action: REVERIFY_ALL}) {
@@ -26,19 +26,25 @@
 //!
 //! Registries live in a secondary's tracking database: on the primary, and
 //! for any site but the one answering, the lists are empty (GitLab's
-//! `geo_node_is_current?`). Ids are global ids,
-//! `gid://geo/PackagesHelmMetadataCacheRegistry/1`; GitLab's form
-//! (`gid://gitlab/Geo::PackagesHelmMetadataCacheRegistry/1`) and bare
-//! numbers are accepted too. `keyword` asks the primary which records match
-//! ([`crate::primary::records::search_ids`]) and keeps their registries.
+//! `geo_node_is_current?`). Ids are GitLab's global ids,
+//! `gid://gitlab/Geo::PackagesHelmMetadataCacheRegistry/1`, typed as GitLab
+//! types them: `GeoBaseRegistryID` for the mutations' `registryId` and
+//! `ids`, one `Geo<Type>RegistryID` per type for its list's `ids`. Both
+//! also take the form earlier versions gave out
+//! (`gid://geo/PackagesHelmMetadataCacheRegistry/1`). `keyword` asks the
+//! primary which records match ([`crate::primary::records::search_ids`])
+//! and keeps their registries. `count(limit:)` is GitLab's
+//! `LimitedCountableConnectionType`: up to `limit` (1000 by default),
+//! `limit + 1` beyond.
 //!
 //! Additions: `geoReplicableTypes` (the installed types and their GraphQL
-//! names, what GitLab renders into its admin page) and GitLab's `count` on
-//! every registries connection.
+//! names, what GitLab renders into its admin page).
 //!
-//! Deliberate differences: `GeoNode.id` is nullable (a secondary that cannot
-//! reach the primary does not know its own id); `geoNode(name:)` on a
-//! secondary knows only itself; every registry type also implements the
+//! Deliberate differences: `geoNode(name:)` on a secondary knows only
+//! itself, and its `id` and settings come from the primary (the last ones
+//! read while the primary cannot be reached; `id` is an error before the
+//! first read); `selectiveSyncNamespaces` has names only on the primary (a
+//! secondary keeps none); every registry type also implements the
 //! `GeoRegistry` interface (with `replicableName`), which the generic
 //! `registries` field returns.
 
@@ -55,10 +61,12 @@ use std::sync::{Arc, Mutex};
 
 pub use schema::build;
 
-/// The schema, rebuilt when the installed types change.
+/// The schema, rebuilt when the installed types change, and what this
+/// site last read of its own settings.
 #[derive(Default)]
 struct SchemaCache {
     built: Mutex<Option<(Vec<String>, Schema)>>,
+    node: Arc<resolve::NodeMemory>,
 }
 
 impl SchemaCache {
@@ -114,7 +122,10 @@ async fn execute(
     request: async_graphql::Request,
 ) -> GraphQLResponse {
     match cache.get(&site) {
-        Ok(schema) => schema.execute(request.data(site)).await.into(),
+        Ok(schema) => schema
+            .execute(request.data(site).data(cache.node.clone()))
+            .await
+            .into(),
         Err(error) => {
             tracing::error!(%error, "cannot build the GraphQL schema");
             async_graphql::Response::from_errors(vec![async_graphql::ServerError::new(

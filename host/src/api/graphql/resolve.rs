@@ -31,6 +31,9 @@ pub struct Names {
     pub fk_field: String,
     /// `PACKAGES_HELM_METADATA_CACHE_REGISTRY` (`GeoRegistryClass`).
     pub class: String,
+    /// `GeoPackagesHelmMetadataCacheRegistryID`: the type of its global ids
+    /// (GitLab's `Types::GlobalIDType[Geo::PackagesHelmMetadataCacheRegistry]`).
+    pub id_type: String,
 }
 
 pub fn names(identity: &TypeIdentity) -> Names {
@@ -44,16 +47,43 @@ pub fn names(identity: &TypeIdentity) -> Names {
         field: format!("{camel}Registries"),
         fk_field: format!("{camel}Id"),
         class: format!("{}_REGISTRY", identity.name.to_ascii_uppercase()),
+        id_type: format!("Geo{upper}RegistryID"),
     }
 }
 
-/// A global id: `gid://geo/<Type>/<id>`.
+/// The type of every registry's global id, whatever its class (GitLab's
+/// `Types::GlobalIDType[Geo::BaseRegistry]`).
+pub const BASE_REGISTRY_ID: &str = "GeoBaseRegistryID";
+
+/// A registry's global id, GitLab's form:
+/// `gid://gitlab/Geo::<Type>/<id>`.
 pub fn gid(type_name: &str, id: i64) -> String {
-    format!("gid://geo/{type_name}/{id}")
+    format!("gid://gitlab/Geo::{type_name}/{id}")
 }
 
-/// Reads a global id (`gid://geo/<Type>/<id>`, GitLab's
-/// `gid://gitlab/Geo::<Type>/<id>`) or a bare number: the type name, if
+/// A site's global id: `gid://gitlab/GeoNode/<id>`.
+pub fn node_gid(id: i64) -> String {
+    format!("gid://gitlab/GeoNode/{id}")
+}
+
+/// Whether `text` is the global id of a registry (of class `type_name`
+/// when given): GitLab's form, or the `gid://geo/<Type>/<id>` form earlier
+/// Geohost versions gave out. What a `GeoBaseRegistryID` or
+/// `Geo<Type>RegistryID` accepts.
+pub fn is_registry_gid(text: &str, type_name: Option<&str>) -> bool {
+    if !(text.starts_with("gid://gitlab/Geo::") || text.starts_with("gid://geo/")) {
+        return false;
+    }
+    match parse_gid(text) {
+        Some((Some(class), id)) if id > 0 && class.ends_with("Registry") => {
+            type_name.is_none_or(|t| t == class)
+        }
+        _ => false,
+    }
+}
+
+/// Reads a global id (GitLab's `gid://gitlab/Geo::<Type>/<id>`, the
+/// earlier `gid://geo/<Type>/<id>`) or a bare number: the type name, if
 /// any, and the id.
 pub fn parse_gid(text: &str) -> Option<(Option<String>, i64)> {
     let text = text.trim();
@@ -100,6 +130,10 @@ pub struct ConnectionValue {
     pub count: Option<CountQuery>,
 }
 
+/// GitLab's default and largest `count(limit:)`
+/// (`LimitedCountableConnectionType::COUNT_LIMIT`).
+pub const COUNT_LIMIT: i64 = 1000;
+
 /// The rows a connection's `count` field counts, run only when asked for.
 #[derive(Debug, Clone)]
 pub struct CountQuery {
@@ -109,15 +143,27 @@ pub struct CountQuery {
 }
 
 impl ConnectionValue {
-    /// GitLab's `count` (`CountableConnectionType`): every row matching the
-    /// filters, whatever the page.
-    pub async fn count(&self) -> Result<i64, Error> {
-        match &self.count {
-            Some(q) => listing::count(&q.db, &q.registry, &q.filter)
-                .await
-                .map_err(internal),
-            None => Ok(0),
+    /// GitLab's `count(limit:)` (`LimitedCountableConnectionType`): the rows
+    /// matching the filters, whatever the page, up to `limit`; `limit + 1`
+    /// when there are more. `limit` is 1 to [`COUNT_LIMIT`].
+    pub async fn count(&self, limit: i64) -> Result<i64, Error> {
+        if !(1..=COUNT_LIMIT).contains(&limit) {
+            return Err(Error::new(format!(
+                "limit must be greater than 0 and less than or equal to {COUNT_LIMIT}"
+            )));
         }
+        let Some(q) = &self.count else {
+            return Ok(0);
+        };
+        let mut args = Vec::new();
+        let conditions = q.filter.conditions(&q.registry, &mut args);
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM (SELECT 1 AS one FROM {} WHERE {conditions} LIMIT {}) AS limited",
+            q.registry.table(),
+            limit + 1
+        );
+        let row = q.db.fetch_one(&sql, &args).await.map_err(internal)?;
+        Ok(row.int("n").map_err(internal)?.unwrap_or(0))
     }
 }
 
@@ -175,8 +221,28 @@ fn client(site: &Site) -> Option<PrimaryClient> {
     PrimaryClient::with_timeout(site.config.primary.as_ref()?, PRIMARY_TIMEOUT).ok()
 }
 
+/// The last settings a secondary read from its primary (one per router,
+/// so per site), so that `GeoNode.id` and its settings stay known while the
+/// primary cannot be reached.
+#[derive(Debug, Default)]
+pub struct NodeMemory(std::sync::Mutex<Option<NodeSettings>>);
+
+impl NodeMemory {
+    fn remember(&self, settings: &NodeSettings) {
+        *self.0.lock().expect("node memory") = Some(settings.clone());
+    }
+
+    fn recall(&self) -> Option<NodeSettings> {
+        self.0.lock().expect("node memory").clone()
+    }
+}
+
 /// `geoNode(name:)`: the named site, or the one answering.
-pub async fn geo_node(site: &Site, name: Option<&str>) -> Result<Option<NodeValue>, Error> {
+pub async fn geo_node(
+    site: &Site,
+    memory: &NodeMemory,
+    name: Option<&str>,
+) -> Result<Option<NodeValue>, Error> {
     match site.role() {
         Role::Primary => {
             let nodes = crate::primary::sites::list(&site.db)
@@ -200,13 +266,16 @@ pub async fn geo_node(site: &Site, name: Option<&str>) -> Result<Option<NodeValu
             }
             let settings = match client(site) {
                 Some(client) => match client.node().await {
-                    Ok(node) => Some(node),
+                    Ok(node) => {
+                        memory.remember(&node);
+                        Some(node)
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "geoNode: cannot read this site's settings from the primary");
-                        None
+                        memory.recall()
                     }
                 },
-                None => None,
+                None => memory.recall(),
             };
             Ok(Some(NodeValue {
                 name: site.name().to_string(),
@@ -219,6 +288,69 @@ pub async fn geo_node(site: &Site, name: Option<&str>) -> Result<Option<NodeValu
             }))
         }
     }
+}
+
+/// A namespace of `GeoNode.selectiveSyncNamespaces` (GitLab's `Namespace`).
+#[derive(Debug, Clone)]
+pub struct NamespaceValue {
+    pub id: i64,
+    /// `None` on a secondary, which keeps no namespace names.
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub full_path: Option<String>,
+    pub full_name: Option<String>,
+}
+
+/// The namespaces `node` selects, with their names where this site holds
+/// them (the primary).
+pub async fn selective_sync_namespaces(
+    site: &Site,
+    node: &NodeValue,
+) -> Result<Vec<NamespaceValue>, Error> {
+    let Some(settings) = &node.settings else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for &id in &settings.namespace_ids {
+        let mut value = NamespaceValue {
+            id,
+            name: None,
+            path: None,
+            full_path: None,
+            full_name: None,
+        };
+        if site.role() == Role::Primary {
+            let mut names = Vec::new();
+            let mut paths = Vec::new();
+            let mut next = Some(id);
+            while let Some(current) = next {
+                if paths.len() > crate::topology::MAX_DEPTH {
+                    break;
+                }
+                let Some(ns) = crate::primary::topology::get_namespace(&site.db, current)
+                    .await
+                    .map_err(internal)?
+                else {
+                    break;
+                };
+                names.push(ns.name.clone());
+                paths.push(ns.path.clone());
+                if current == id {
+                    value.name = Some(ns.name);
+                    value.path = Some(ns.path);
+                }
+                next = ns.parent_id;
+            }
+            if value.name.is_some() {
+                names.reverse();
+                paths.reverse();
+                value.full_name = Some(names.join(" / "));
+                value.full_path = Some(paths.join("/"));
+            }
+        }
+        out.push(value);
+    }
+    Ok(out)
 }
 
 /// The arguments of a registries field.

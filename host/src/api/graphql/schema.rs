@@ -3,8 +3,9 @@
 //! type.
 
 use super::resolve::{
-    self, BulkArgs, BulkPayload, ConnectionValue, ListArgs, NodeValue, RegistryValue,
-    ReplicableTypeValue, UpdatePayload, names,
+    self, BASE_REGISTRY_ID, BulkArgs, BulkPayload, COUNT_LIMIT, ConnectionValue, ListArgs,
+    NamespaceValue, NodeMemory, NodeValue, RegistryValue, ReplicableTypeValue, UpdatePayload,
+    names,
 };
 use crate::catalog::InstalledType;
 use crate::secondary::listing::Sort;
@@ -154,10 +155,11 @@ fn enums() -> Vec<Enum> {
     ]
 }
 
-/// The arguments of every registries field.
-fn list_arguments(field: Field) -> Field {
+/// The arguments of every registries field; `ids` are of type `ids_type`
+/// (`Geo<Type>RegistryID`, as in GitLab's admin page queries).
+fn list_arguments(field: Field, ids_type: &str) -> Field {
     field
-        .argument(InputValue::new("ids", TypeRef::named_nn_list(TypeRef::ID)))
+        .argument(InputValue::new("ids", TypeRef::named_nn_list(ids_type)))
         .argument(InputValue::new(
             "replicationState",
             TypeRef::named("ReplicationStateEnum"),
@@ -179,6 +181,12 @@ fn string_arg(ctx: &ResolverContext<'_>, name: &str) -> Result<Option<String>, E
         Some(v) if !v.is_null() => Ok(Some(v.string()?.to_string())),
         _ => Ok(None),
     }
+}
+
+/// A page cursor; `""` is none, as GitLab's admin page sends
+/// `$after: String!` empty for the first page.
+fn cursor_arg(ctx: &ResolverContext<'_>, name: &str) -> Result<Option<String>, Error> {
+    Ok(string_arg(ctx, name)?.filter(|c| !c.is_empty()))
 }
 
 fn enum_arg(ctx: &ResolverContext<'_>, name: &str) -> Result<Option<String>, Error> {
@@ -212,9 +220,9 @@ fn list_args(ctx: &ResolverContext<'_>) -> Result<ListArgs, Error> {
         keyword: string_arg(ctx, "keyword")?,
         sort: enum_arg(ctx, "sort")?,
         first: int_arg(ctx, "first")?,
-        after: string_arg(ctx, "after")?,
+        after: cursor_arg(ctx, "after")?,
         last: int_arg(ctx, "last")?,
-        before: string_arg(ctx, "before")?,
+        before: cursor_arg(ctx, "before")?,
     })
 }
 
@@ -253,23 +261,36 @@ fn connection(node_type: &str, abstract_nodes: bool) -> (Object, Object) {
                 })
             },
         ))
-        .field(Field::new(
-            "count",
-            TypeRef::named_nn(TypeRef::INT),
-            |ctx| {
+        .field(
+            Field::new("count", TypeRef::named_nn(TypeRef::INT), |ctx| {
                 FieldFuture::new(async move {
                     let page = ctx.parent_value.try_downcast_ref::<ConnectionValue>()?;
-                    Ok(Some(FieldValue::value(page.count().await?)))
+                    let limit = int_arg(&ctx, "limit")?.unwrap_or(COUNT_LIMIT);
+                    Ok(Some(FieldValue::value(page.count(limit).await?)))
                 })
-            },
-        ))
+            })
+            .description(
+                "Returns the number of items in the connection up to a limit. \
+                 If the number is greater than the limit, returns `limit + 1`.",
+            )
+            .argument(
+                InputValue::new("limit", TypeRef::named(TypeRef::INT))
+                    .default_value(COUNT_LIMIT)
+                    .description("Limit value to be applied to the count query. Default is 1000."),
+            ),
+        )
         .field(Field::new(
             "pageInfo",
             TypeRef::named_nn("PageInfo"),
             |ctx| {
                 FieldFuture::new(async move {
                     let page = ctx.parent_value.try_downcast_ref::<ConnectionValue>()?;
-                    Ok(Some(FieldValue::owned_any(page.clone())))
+                    Ok(Some(FieldValue::owned_any(PageInfoValue {
+                        has_next_page: page.has_next_page,
+                        has_previous_page: page.has_previous_page,
+                        start_cursor: page.nodes.first().map(|n| n.cursor.clone()),
+                        end_cursor: page.nodes.last().map(|n| n.cursor.clone()),
+                    })))
                 })
             },
         ));
@@ -288,33 +309,162 @@ fn connection(node_type: &str, abstract_nodes: bool) -> (Object, Object) {
     (connection, edge)
 }
 
+/// What `PageInfo` shows, for any connection.
+#[derive(Debug, Clone)]
+struct PageInfoValue {
+    has_next_page: bool,
+    has_previous_page: bool,
+    start_cursor: Option<String>,
+    end_cursor: Option<String>,
+}
+
 fn page_info() -> Object {
     Object::new("PageInfo")
-        .field(field_of::<ConnectionValue>(
+        .field(field_of::<PageInfoValue>(
             "hasNextPage",
             TypeRef::named_nn(TypeRef::BOOLEAN),
             |p| p.has_next_page.into(),
         ))
-        .field(field_of::<ConnectionValue>(
+        .field(field_of::<PageInfoValue>(
             "hasPreviousPage",
             TypeRef::named_nn(TypeRef::BOOLEAN),
             |p| p.has_previous_page.into(),
         ))
-        .field(field_of::<ConnectionValue>(
+        .field(field_of::<PageInfoValue>(
             "startCursor",
             TypeRef::named(TypeRef::STRING),
-            |p| opt(p.nodes.first().map(|n| n.cursor.clone())),
+            |p| opt(p.start_cursor.clone()),
         ))
-        .field(field_of::<ConnectionValue>(
+        .field(field_of::<PageInfoValue>(
             "endCursor",
             TypeRef::named(TypeRef::STRING),
-            |p| opt(p.nodes.last().map(|n| n.cursor.clone())),
+            |p| opt(p.end_cursor.clone()),
         ))
+}
+
+/// GitLab's `Namespace` (the fields a selective-sync list needs), its
+/// connection and edge. Names are null on a secondary, which keeps none.
+fn namespace_types() -> [Object; 3] {
+    let namespace = Object::new("Namespace")
+        .field(field_of::<NamespaceValue>(
+            "id",
+            TypeRef::named_nn(TypeRef::ID),
+            |n| Value::String(format!("gid://gitlab/Group/{}", n.id)),
+        ))
+        .field(field_of::<NamespaceValue>(
+            "name",
+            TypeRef::named(TypeRef::STRING),
+            |n| opt(n.name.clone()),
+        ))
+        .field(field_of::<NamespaceValue>(
+            "path",
+            TypeRef::named(TypeRef::STRING),
+            |n| opt(n.path.clone()),
+        ))
+        .field(field_of::<NamespaceValue>(
+            "fullPath",
+            TypeRef::named(TypeRef::ID),
+            |n| opt(n.full_path.clone()),
+        ))
+        .field(field_of::<NamespaceValue>(
+            "fullName",
+            TypeRef::named(TypeRef::STRING),
+            |n| opt(n.full_name.clone()),
+        ));
+    // `nodes` and `edges` list the same values; an edge reads its cursor
+    // and node from the namespace.
+    let list = |name: &str, item_type: &str| {
+        Field::new(name, TypeRef::named_list(item_type), |ctx| {
+            FieldFuture::new(async move {
+                let page = ctx.parent_value.try_downcast_ref::<NamespacePage>()?;
+                Ok(Some(FieldValue::list(
+                    page.nodes.iter().map(|n| FieldValue::owned_any(n.clone())),
+                )))
+            })
+        })
+    };
+    let connection = Object::new("NamespaceConnection")
+        .field(list("nodes", "Namespace"))
+        .field(list("edges", "NamespaceEdge"))
+        .field(Field::new(
+            "pageInfo",
+            TypeRef::named_nn("PageInfo"),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let page = ctx.parent_value.try_downcast_ref::<NamespacePage>()?;
+                    Ok(Some(FieldValue::owned_any(page.info.clone())))
+                })
+            },
+        ));
+    let edge = Object::new("NamespaceEdge")
+        .field(field_of::<NamespaceValue>(
+            "cursor",
+            TypeRef::named_nn(TypeRef::STRING),
+            |n| Value::String(n.id.to_string()),
+        ))
+        .field(Field::new("node", TypeRef::named("Namespace"), |ctx| {
+            FieldFuture::new(async move {
+                let n = ctx.parent_value.try_downcast_ref::<NamespaceValue>()?;
+                Ok(Some(FieldValue::owned_any(n.clone())))
+            })
+        }));
+    [namespace, connection, edge]
+}
+
+/// One page of selective-sync namespaces.
+#[derive(Debug, Clone)]
+struct NamespacePage {
+    nodes: Vec<NamespaceValue>,
+    info: PageInfoValue,
+}
+
+/// Relay's slicing of a short list whose cursors are the namespace ids.
+fn namespace_page(all: Vec<NamespaceValue>, args: &ListArgs) -> Result<NamespacePage, Error> {
+    let position = |cursor: &Option<String>| -> Result<Option<usize>, Error> {
+        cursor
+            .as_deref()
+            .map(|c| {
+                all.iter()
+                    .position(|n| n.id.to_string() == c)
+                    .ok_or_else(|| Error::new(format!("invalid cursor {c:?}")))
+            })
+            .transpose()
+    };
+    let start = position(&args.after)?.map_or(0, |i| i + 1);
+    let end = position(&args.before)?.unwrap_or(all.len()).max(start);
+    let mut from = start;
+    let mut to = end;
+    if let Some(first) = args.first {
+        to = to.min(
+            from + usize::try_from(first)
+                .map_err(|_| Error::new("`first` must not be negative"))?,
+        );
+    }
+    if let Some(last) = args.last {
+        from = from.max(to.saturating_sub(
+            usize::try_from(last).map_err(|_| Error::new("`last` must not be negative"))?,
+        ));
+    }
+    let nodes: Vec<NamespaceValue> = all[from..to].to_vec();
+    Ok(NamespacePage {
+        info: PageInfoValue {
+            has_next_page: to < end,
+            has_previous_page: from > start,
+            start_cursor: nodes.first().map(|n| n.id.to_string()),
+            end_cursor: nodes.last().map(|n| n.id.to_string()),
+        },
+        nodes,
+    })
 }
 
 /// A registries field of `GeoNode` listing `replicable_name` (`None`: the
 /// generic field, whose `replicableName` argument names the type).
-fn registries_field(name: &str, ty: TypeRef, replicable_name: Option<String>) -> Field {
+fn registries_field(
+    name: &str,
+    ty: TypeRef,
+    replicable_name: Option<String>,
+    ids_type: &str,
+) -> Field {
     let field = Field::new(name, ty, move |ctx| {
         let replicable_name = replicable_name.clone();
         FieldFuture::new(async move {
@@ -328,7 +478,7 @@ fn registries_field(name: &str, ty: TypeRef, replicable_name: Option<String>) ->
             Ok(Some(FieldValue::owned_any(page)))
         })
     });
-    list_arguments(field)
+    list_arguments(field, ids_type)
 }
 
 fn geo_node(types: &[Arc<InstalledType>]) -> Object {
@@ -341,8 +491,16 @@ fn geo_node(types: &[Arc<InstalledType>]) -> Object {
         })
     };
     let mut node = Object::new("GeoNode")
-        .field(settings_field("id", TypeRef::named(TypeRef::ID), |s| {
-            Value::String(resolve::gid("GeoNode", s.id))
+        .field(Field::new("id", TypeRef::named_nn(TypeRef::ID), |ctx| {
+            FieldFuture::new(async move {
+                let node = ctx.parent_value.try_downcast_ref::<NodeValue>()?;
+                match &node.settings {
+                    Some(settings) => Ok(Some(FieldValue::value(resolve::node_gid(settings.id)))),
+                    None => Err(Error::new(
+                        "this site has not been able to read its id from its primary yet",
+                    )),
+                }
+            })
         }))
         .field(field_of::<NodeValue>(
             "name",
@@ -353,6 +511,11 @@ fn geo_node(types: &[Arc<InstalledType>]) -> Object {
             "url",
             TypeRef::named(TypeRef::STRING),
             |n| Value::String(n.url.clone()),
+        ))
+        .field(settings_field(
+            "internalUrl",
+            TypeRef::named(TypeRef::STRING),
+            |s| Value::String(s.internal_url().to_string()),
         ))
         .field(field_of::<NodeValue>(
             "primary",
@@ -370,9 +533,19 @@ fn geo_node(types: &[Arc<InstalledType>]) -> Object {
             |s| s.files_max_capacity.into(),
         ))
         .field(settings_field(
+            "reposMaxCapacity",
+            TypeRef::named(TypeRef::INT),
+            |s| s.repos_max_capacity.into(),
+        ))
+        .field(settings_field(
             "verificationMaxCapacity",
             TypeRef::named(TypeRef::INT),
             |s| s.verification_max_capacity.into(),
+        ))
+        .field(settings_field(
+            "containerRepositoriesMaxCapacity",
+            TypeRef::named(TypeRef::INT),
+            |s| s.container_repositories_max_capacity.into(),
         ))
         .field(settings_field(
             "minimumReverificationInterval",
@@ -402,10 +575,36 @@ fn geo_node(types: &[Arc<InstalledType>]) -> Object {
             |s| s.sync_object_storage.into(),
         ))
         .field(
+            Field::new(
+                "selectiveSyncNamespaces",
+                TypeRef::named("NamespaceConnection"),
+                |ctx| {
+                    FieldFuture::new(async move {
+                        let site = ctx.data::<Arc<Site>>()?;
+                        let node = ctx.parent_value.try_downcast_ref::<NodeValue>()?;
+                        let all = resolve::selective_sync_namespaces(site, node).await?;
+                        let args = ListArgs {
+                            first: int_arg(&ctx, "first")?,
+                            after: cursor_arg(&ctx, "after")?,
+                            last: int_arg(&ctx, "last")?,
+                            before: cursor_arg(&ctx, "before")?,
+                            ..ListArgs::default()
+                        };
+                        Ok(Some(FieldValue::owned_any(namespace_page(all, &args)?)))
+                    })
+                },
+            )
+            .argument(InputValue::new("first", TypeRef::named(TypeRef::INT)))
+            .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING)))
+            .argument(InputValue::new("last", TypeRef::named(TypeRef::INT)))
+            .argument(InputValue::new("before", TypeRef::named(TypeRef::STRING))),
+        )
+        .field(
             registries_field(
                 "registries",
                 TypeRef::named(format!("{REGISTRY_INTERFACE}Connection")),
                 None,
+                BASE_REGISTRY_ID,
             )
             .argument(InputValue::new(
                 "replicableName",
@@ -418,6 +617,7 @@ fn geo_node(types: &[Arc<InstalledType>]) -> Object {
             &n.field,
             TypeRef::named(format!("{}Connection", n.type_name)),
             Some(it.name().to_string()),
+            &n.id_type,
         ));
     }
     node
@@ -441,6 +641,9 @@ fn replicable_type() -> Object {
         .field(text("graphqlRegistryClass", |t| {
             t.names.class.clone().into()
         }))
+        .field(text("graphqlRegistryIdType", |t| {
+            t.names.id_type.clone().into()
+        }))
 }
 
 fn query() -> Object {
@@ -463,8 +666,9 @@ fn query() -> Object {
             Field::new("geoNode", TypeRef::named("GeoNode"), |ctx| {
                 FieldFuture::new(async move {
                     let site = ctx.data::<Arc<Site>>()?;
+                    let memory = ctx.data::<Arc<NodeMemory>>()?;
                     let name = string_arg(&ctx, "name")?;
-                    Ok(resolve::geo_node(site, name.as_deref())
+                    Ok(resolve::geo_node(site, memory, name.as_deref())
                         .await?
                         .map(FieldValue::owned_any))
                 })
@@ -603,7 +807,7 @@ fn inputs() -> Vec<InputObject> {
             ))
             .field(InputValue::new(
                 "registryId",
-                TypeRef::named_nn(TypeRef::ID),
+                TypeRef::named_nn(BASE_REGISTRY_ID),
             ))
             .field(InputValue::new(
                 "action",
@@ -626,7 +830,10 @@ fn inputs() -> Vec<InputObject> {
                 "action",
                 TypeRef::named_nn("GeoRegistriesBulkAction"),
             ))
-            .field(InputValue::new("ids", TypeRef::named_nn_list(TypeRef::ID)))
+            .field(InputValue::new(
+                "ids",
+                TypeRef::named_nn_list(BASE_REGISTRY_ID),
+            ))
             .field(InputValue::new(
                 "replicationState",
                 TypeRef::named("ReplicationStateEnum"),
@@ -636,6 +843,26 @@ fn inputs() -> Vec<InputObject> {
                 TypeRef::named("VerificationStateEnum"),
             )),
     ]
+}
+
+/// A global-id scalar: GitLab's `GeoBaseRegistryID` (any registry,
+/// `type_name` `None`) or `Geo<Type>RegistryID` (that type's registries).
+/// It accepts GitLab's form, `gid://gitlab/Geo::<Type>/<id>`, and the
+/// `gid://geo/<Type>/<id>` form earlier versions gave out.
+fn registry_id_scalar(name: &str, type_name: Option<String>) -> Scalar {
+    let example = format!(
+        "gid://gitlab/Geo::{}/1",
+        type_name.as_deref().unwrap_or("BaseRegistry")
+    );
+    Scalar::new(name)
+        .description(format!(
+            "A `{name}` is a global ID. It is encoded as a string.\n\n\
+             An example `{name}` is: `\"{example}\"`."
+        ))
+        .validator(move |value| match value {
+            Value::String(text) => resolve::is_registry_gid(text, type_name.as_deref()),
+            _ => false,
+        })
 }
 
 /// The schema for these installed types (at least one).
@@ -649,6 +876,7 @@ pub fn build(types: &[Arc<InstalledType>]) -> Result<Schema, SchemaError> {
         .register(page_info())
         .register(replicable_type())
         .register(Scalar::new(TIME).description("ISO 8601 time, UTC"))
+        .register(registry_id_scalar(BASE_REGISTRY_ID, None))
         .limit_depth(16)
         .limit_complexity(10_000);
     for e in enums() {
@@ -658,6 +886,9 @@ pub fn build(types: &[Arc<InstalledType>]) -> Result<Schema, SchemaError> {
         builder = builder.register(input);
     }
     for object in mutation() {
+        builder = builder.register(object);
+    }
+    for object in namespace_types() {
         builder = builder.register(object);
     }
     let mut interface = Interface::new(REGISTRY_INTERFACE);
@@ -695,7 +926,11 @@ pub fn build(types: &[Arc<InstalledType>]) -> Result<Schema, SchemaError> {
                 |r| Value::String(r.row.model_id.to_string()),
             ));
         let (conn, edge) = connection(&n.type_name, false);
-        builder = builder.register(object).register(conn).register(edge);
+        builder = builder
+            .register(object)
+            .register(conn)
+            .register(edge)
+            .register(registry_id_scalar(&n.id_type, Some(n.type_name.clone())));
         union = union.possible_type(&n.type_name);
         classes = classes.item(n.class.clone());
     }
@@ -714,15 +949,22 @@ mod tests {
         assert_eq!(n.field, "packagesHelmMetadataCacheRegistries");
         assert_eq!(n.fk_field, "packagesHelmMetadataCacheId");
         assert_eq!(n.class, "PACKAGES_HELM_METADATA_CACHE_REGISTRY");
+        assert_eq!(n.id_type, "GeoPackagesHelmMetadataCacheRegistryID");
         let sdl = build(&[it]).unwrap().sdl();
         for needle in [
-            "packagesHelmMetadataCacheRegistries(ids: [ID!], replicationState: ReplicationStateEnum",
+            "packagesHelmMetadataCacheRegistries(ids: [GeoPackagesHelmMetadataCacheRegistryID!], replicationState: ReplicationStateEnum",
+            "registries(ids: [GeoBaseRegistryID!]",
             "type PackagesHelmMetadataCacheRegistry implements GeoRegistry",
             "union RegistrableType = PackagesHelmMetadataCacheRegistry",
             "geoReplicableTypes: [GeoReplicableType!]!",
-            "count: Int!",
+            "limit: Int = 1000",
             "geoRegistriesBulkUpdate(input: GeoRegistriesBulkUpdateInput!)",
+            "registryId: GeoBaseRegistryID!",
+            "ids: [GeoBaseRegistryID!]",
+            "scalar GeoBaseRegistryID",
+            "scalar GeoPackagesHelmMetadataCacheRegistryID",
             "PACKAGES_HELM_METADATA_CACHE_REGISTRY",
+            "selectiveSyncNamespaces(first: Int, after: String, last: Int, before: String): NamespaceConnection",
         ] {
             assert!(sdl.contains(needle), "{needle} not in\n{sdl}");
         }
@@ -739,6 +981,35 @@ mod tests {
             Some((Some("PackagesHelmMetadataCacheRegistry".into()), 3))
         );
         assert_eq!(resolve::parse_gid("7"), Some((None, 7)));
+        let helm = "PackagesHelmMetadataCacheRegistry";
+        for (text, any, typed) in [
+            (
+                "gid://gitlab/Geo::PackagesHelmMetadataCacheRegistry/3",
+                true,
+                true,
+            ),
+            ("gid://geo/PackagesHelmMetadataCacheRegistry/3", true, true),
+            (
+                "gid://gitlab/Geo::PackagesNpmMetadataCacheRegistry/3",
+                true,
+                false,
+            ),
+            ("gid://gitlab/Project/3", false, false),
+            (
+                "gid://gitlab/Geo::PackagesHelmMetadataCacheRegistry/x",
+                false,
+                false,
+            ),
+            (
+                "gid://gitlab/Geo::PackagesHelmMetadataCacheRegistry/0",
+                false,
+                false,
+            ),
+            ("3", false, false),
+        ] {
+            assert_eq!(resolve::is_registry_gid(text, None), any, "{text}");
+            assert_eq!(resolve::is_registry_gid(text, Some(helm)), typed, "{text}");
+        }
         assert_eq!(resolve::parse_gid("gid://other/X/1"), None);
         assert_eq!(resolve::parse_gid("gid://geo/X/abc"), None);
     }
