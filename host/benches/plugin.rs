@@ -26,7 +26,6 @@ use geohost::plugin::{
     CompileOutcome, Limits, LoadedType, PluginRuntime, Row, SelectiveSync, SyncSettings, Value,
     builtin,
 };
-use geohost::secondary::scope::Scope;
 use geohost::topology::{NamespaceNode, ProjectLookup, ProjectNode, Topology};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -369,43 +368,7 @@ fn python_figures(
 /// the type built from `component`, as the consistency pass does: feed
 /// records (JSON columns) decoded, then `in-scope`, in batches of 10,000.
 fn scope_reevaluation_cpu(runtime: &PluginRuntime, component: &[u8]) -> Duration {
-    let namespaces: Vec<NamespaceNode> = (1..=10)
-        .map(|id| NamespaceNode {
-            id,
-            parent_id: None,
-        })
-        .collect();
-    let projects: Vec<ProjectNode> = (1..=1000)
-        .map(|id| ProjectNode {
-            id,
-            namespace_id: 1 + id % 10,
-            repository_storage: "default".into(),
-        })
-        .collect();
-    let scope = Scope {
-        settings: SyncSettings {
-            selective_sync: SelectiveSync::Namespaces(vec![1, 2, 3, 4, 5]),
-            sync_object_storage: false,
-        },
-        topology: Arc::new(Topology::new(namespaces, projects)),
-    };
-    let feed: Vec<geohost::feed::FeedRecord> = (0..SCOPE_RECORDS as i64)
-        .map(|id| {
-            let channel = ["stable", "beta", "dev"][(id % 3) as usize];
-            let columns = serde_json::json!({
-                "created_at": 1_700_000_000_000_000i64, "updated_at": 1_700_000_000_000_000i64,
-                "last_downloaded_at": null, "project_id": 1 + id % 1000, "size": 10, "status": 0,
-                "file_store": 1, "channel": channel, "file": "index.yaml",
-                "object_storage_key": format!("aa/bb/{id}/packages/helm/metadata_caches/{channel}"),
-            });
-            geohost::feed::FeedRecord {
-                id: id + 1,
-                columns: columns.as_object().unwrap().clone(),
-                verification_state: geohost::states::VerificationState::Succeeded,
-                verification_checksum: None,
-            }
-        })
-        .collect();
+    let (scope, feed) = common::scope_world(SCOPE_RECORDS);
     let it = Arc::new(geohost::catalog::InstalledType::new(
         runtime.load(component).expect("loading Helm"),
     ));

@@ -3,7 +3,8 @@
 //! into the host's. Types built before 0.2 keep loading unchanged.
 
 use super::bindings::v0_1::geohost::replicable::types as wit;
-use super::{Row, SelectiveSync, SyncSettings, Value};
+use super::value::{SettingsView, lower_settings};
+use super::{Row, Value};
 
 /// The rows' values as 0.1 variants, owned here while the call borrows them.
 pub struct Rows<'r> {
@@ -57,31 +58,9 @@ pub fn value(value: wit::ValueResult) -> Value {
     }
 }
 
-/// The settings as the 0.1 contract passes them (borrowing `shards`).
-pub struct Settings<'s> {
-    settings: &'s SyncSettings,
-    shards: Vec<&'s str>,
-}
-
-impl<'s> Settings<'s> {
-    pub fn new(settings: &'s SyncSettings) -> Settings<'s> {
-        let shards = match &settings.selective_sync {
-            SelectiveSync::Shards(shards) => shards.iter().map(String::as_str).collect(),
-            _ => Vec::new(),
-        };
-        Settings { settings, shards }
-    }
-
-    pub fn wit(&self) -> wit::SyncSettings<'_> {
-        wit::SyncSettings {
-            selective_sync: match &self.settings.selective_sync {
-                SelectiveSync::Everything => wit::SelectiveSync::Everything,
-                SelectiveSync::Namespaces(ids) => wit::SelectiveSync::Namespaces(ids),
-                SelectiveSync::Shards(_) => wit::SelectiveSync::Shards(&self.shards),
-            },
-            sync_object_storage: self.settings.sync_object_storage,
-        }
-    }
+/// The settings as the 0.1 contract passes them.
+pub fn settings<'s>(view: &'s SettingsView<'_>) -> wit::SyncSettings<'s> {
+    lower_settings!(wit, view)
 }
 
 /// `site.projects` for 0.1: one optional record per id.

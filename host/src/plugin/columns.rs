@@ -9,7 +9,8 @@
 //! a placeholder and the row gets the host's error.
 
 use super::bindings::v0_2::geohost::replicable::{site, types as wit};
-use super::{Column, ColumnType, SelectiveSync, SyncSettings, Value};
+use super::value::{SettingsView, lower_settings};
+use super::{Column, ColumnType, Value};
 use crate::plugin::Row;
 
 /// One column's values, borrowed from the rows.
@@ -187,31 +188,9 @@ pub fn derived_rows(
     Ok(out)
 }
 
-/// The settings as the 0.2 contract passes them (borrowing `shards`).
-pub struct Settings<'s> {
-    settings: &'s SyncSettings,
-    shards: Vec<&'s str>,
-}
-
-impl<'s> Settings<'s> {
-    pub fn new(settings: &'s SyncSettings) -> Settings<'s> {
-        let shards = match &settings.selective_sync {
-            SelectiveSync::Shards(shards) => shards.iter().map(String::as_str).collect(),
-            _ => Vec::new(),
-        };
-        Settings { settings, shards }
-    }
-
-    pub fn wit(&self) -> wit::SyncSettings<'_> {
-        wit::SyncSettings {
-            selective_sync: match &self.settings.selective_sync {
-                SelectiveSync::Everything => wit::SelectiveSync::Everything,
-                SelectiveSync::Namespaces(ids) => wit::SelectiveSync::Namespaces(ids),
-                SelectiveSync::Shards(_) => wit::SelectiveSync::Shards(&self.shards),
-            },
-            sync_object_storage: self.settings.sync_object_storage,
-        }
-    }
+/// The settings as the 0.2 contract passes them.
+pub fn settings<'s>(view: &'s SettingsView<'_>) -> wit::SyncSettings<'s> {
+    lower_settings!(wit, view)
 }
 
 /// `site.projects` for 0.2: the lookups as columns, repository storages

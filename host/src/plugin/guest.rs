@@ -2,6 +2,7 @@
 //! instantiation and the four calls, each in the host's own types.
 
 use super::bindings::{v0_1, v0_2};
+use super::value::SettingsView;
 use super::world::Contract;
 use super::{
     Column, ColumnSource, ColumnType, HostState, ModelTable, Row, SyncSettings, TypeIdentity, Value,
@@ -181,22 +182,22 @@ impl Guest {
         match self {
             Guest::V0_1(g) => {
                 let rows = adapt_v0_1::Rows::new(rows);
-                let settings = adapt_v0_1::Settings::new(settings);
+                let settings = SettingsView::new(settings);
                 Ok(Ok(rows.with_rows(|rows| {
                     g.geohost_replicable_replicable().call_in_scope(
                         &mut *store,
-                        settings.wit(),
+                        adapt_v0_1::settings(&settings),
                         rows,
                     )
                 })?))
             }
             Guest::V0_2(g) => {
                 let batch = columns::Columns::new(columns, rows);
-                let settings = columns::Settings::new(settings);
+                let settings = SettingsView::new(settings);
                 let decisions = batch.with_batch(|batch| {
                     g.geohost_replicable_replicable().call_in_scope(
                         &mut *store,
-                        settings.wit(),
+                        columns::settings(&settings),
                         batch,
                     )
                 })?;

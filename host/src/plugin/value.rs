@@ -114,3 +114,41 @@ impl SyncSettings {
         }
     }
 }
+
+/// A [`SyncSettings`] with its shard names borrowed as `&str`, as every
+/// contract version lowers them (see [`lower_settings`]).
+pub struct SettingsView<'s> {
+    pub settings: &'s SyncSettings,
+    pub shards: Vec<&'s str>,
+}
+
+impl<'s> SettingsView<'s> {
+    pub fn new(settings: &'s SyncSettings) -> SettingsView<'s> {
+        let shards = match &settings.selective_sync {
+            SelectiveSync::Shards(shards) => shards.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        SettingsView { settings, shards }
+    }
+}
+
+/// A [`SettingsView`] as the sync settings of bindings module `$wit` (the
+/// record is the same in every contract version; its Rust type is not).
+macro_rules! lower_settings {
+    ($wit:ident, $view:expr) => {{
+        let view = $view;
+        $wit::SyncSettings {
+            selective_sync: match &view.settings.selective_sync {
+                $crate::plugin::SelectiveSync::Everything => $wit::SelectiveSync::Everything,
+                $crate::plugin::SelectiveSync::Namespaces(ids) => {
+                    $wit::SelectiveSync::Namespaces(ids)
+                }
+                $crate::plugin::SelectiveSync::Shards(_) => {
+                    $wit::SelectiveSync::Shards(&view.shards)
+                }
+            },
+            sync_object_storage: view.settings.sync_object_storage,
+        }
+    }};
+}
+pub(crate) use lower_settings;
