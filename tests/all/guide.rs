@@ -13,7 +13,6 @@
 //! change made to the guide's text: its ports (3000, 3001) become free ones.
 
 use crate::authoring::{copy_dir, repo, sdk_only_workspace};
-use crate::sites::eventually;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -239,24 +238,36 @@ fn the_guides_tour_runs_as_written() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(eventually(
-        Duration::from_secs(180),
-        "the record replicated and verified",
-        || {
+    let done = |out: &str, what: &str| {
+        out.lines().any(|l| {
+            l.contains(&format!("Conan Recipe Caches {what}"))
+                && l.contains("succeeded 1 / total 1")
+        })
+    };
+    let mut last = String::new();
+    let converged = runtime.block_on(async {
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(180) {
             let output = shell
                 .command("geohost status -c secondary.toml")
                 .output()
                 .unwrap();
-            let out = text(&output.stdout);
-            async move {
-                out.lines()
-                    .any(|l| l.contains("Conan Recipe Caches replicated") && l.contains("1/1"))
-                    && out
-                        .lines()
-                        .any(|l| l.contains("Conan Recipe Caches verified") && l.contains("1/1"))
+            last = text(&output.stdout) + &text(&output.stderr);
+            if done(&last, "replicated") && done(&last, "verified") {
+                return true;
             }
-        },
-    ));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        false
+    });
+    let logs: Vec<String> = (0..shell.servers.len())
+        .map(|i| std::fs::read_to_string(root.join(format!("serve-{i}.log"))).unwrap_or_default())
+        .collect();
+    assert!(
+        converged,
+        "the record did not replicate; last `geohost status`:\n{last}\nsite logs:\n{}",
+        logs.join("\n---\n")
+    );
     let blobs = root.join("data/secondary/blobs/conan_recipe_cache");
     assert!(blobs.is_dir(), "{}", blobs.display());
 }
