@@ -432,6 +432,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn components_must_carry_their_vectors_and_shipped_ones_must_have_some() {
+        let dir = std::env::temp_dir().join(format!("xtask-vectors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let vectors = dir.join("vectors.json");
+        let bare = wit_component::ComponentEncoder::default()
+            .module(&wat())
+            .unwrap()
+            .encode()
+            .unwrap();
+        // A shipped type without vectors.json fails; a fixture may have none.
+        let error = check_vectors("t", &bare, &vectors, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("a shipped type needs test vectors"),
+            "{error}"
+        );
+        check_vectors("t", &bare, &vectors, false).unwrap();
+        // With a vectors.json, the component must carry exactly it.
+        std::fs::write(&vectors, b"{\"records\": []}").unwrap();
+        let error = check_vectors("t", &bare, &vectors, false)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("carries no test vectors"), "{error}");
+        let other = with_custom_section(&bare, VECTORS_SECTION, b"{}");
+        assert!(check_vectors("t", &other, &vectors, true).is_err());
+        let right = with_custom_section(&bare, VECTORS_SECTION, b"{\"records\": []}");
+        check_vectors("t", &right, &vectors, true).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// The smallest core module: no imports, no exports.
     fn wat() -> Vec<u8> {
         b"\0asm\x01\0\0\0".to_vec()
