@@ -373,6 +373,66 @@ impl Config {
         if self.site.name.trim().is_empty() {
             return Err(ConfigError::Invalid("site.name is empty".into()));
         }
+        const DAY: i128 = 86_400;
+        const YEAR: i128 = 365 * DAY;
+        let w = &self.workers;
+        let n = |v: u64| Some(i128::from(v));
+        let bounds: [(&str, Option<i128>, i128, i128); 10] = [
+            ("workers.sync_timeout_secs", n(w.sync_timeout_secs), 1, YEAR),
+            (
+                "workers.verification_timeout_secs",
+                n(w.verification_timeout_secs),
+                1,
+                YEAR,
+            ),
+            ("workers.idle_poll_ms", n(w.idle_poll_ms), 1, 60_000),
+            (
+                "workers.consistency_interval_secs",
+                n(w.consistency_interval_secs),
+                1,
+                DAY,
+            ),
+            (
+                "workers.status_interval_secs",
+                n(w.status_interval_secs),
+                1,
+                DAY,
+            ),
+            (
+                "workers.bulk_update_pause_ms",
+                n(w.bulk_update_pause_ms),
+                0,
+                60_000,
+            ),
+            ("workers.claim_lease_secs", n(w.claim_lease_secs), 1, DAY),
+            (
+                "workers.retry_delay_max_secs",
+                w.retry_delay_max_secs.map(i128::from),
+                1,
+                7 * DAY,
+            ),
+            (
+                "storage.temp_max_age_secs",
+                n(self.storage.temp_max_age_secs),
+                1,
+                YEAR,
+            ),
+            (
+                "workers.verification_batch",
+                Some(w.verification_batch.into()),
+                1,
+                10_000,
+            ),
+        ];
+        for (name, value, min, max) in bounds {
+            if let Some(value) = value
+                && !(min..=max).contains(&value)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be between {min} and {max}, not {value}"
+                )));
+            }
+        }
         if self.site.role == Role::Secondary && self.primary.is_none() {
             return Err(ConfigError::Invalid(
                 "a secondary needs a [primary] section (url, access_key, secret_access_key): \
@@ -460,6 +520,26 @@ mod tests {
         assert_eq!(c.database_url(), "sqlite:/tmp/x/main.sqlite");
         assert_eq!(c.blob_root(), PathBuf::from("/tmp/x/blobs"));
         assert_eq!(c.url(), "http://127.0.0.1:3000");
+    }
+
+    #[test]
+    fn worker_settings_have_bounds() {
+        let with = |workers: &str| {
+            Config::from_toml(&format!(
+                "[site]\nname = 'p'\nrole = 'primary'\n[workers]\n{workers}\n"
+            ))
+        };
+        assert!(with("sync_timeout_secs = 3").is_ok());
+        let error = with("sync_timeout_secs = 9999999999999")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("workers.sync_timeout_secs must be between 1 and 31536000"),
+            "{error}"
+        );
+        let error = with("verification_batch = -1").unwrap_err().to_string();
+        assert!(error.contains("not -1"), "{error}");
+        assert!(with("claim_lease_secs = 0").is_err());
     }
 
     #[test]

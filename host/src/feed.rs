@@ -13,7 +13,7 @@
 //! | `GET /api/v4/geo/topology` | [`TopologySnapshot`] | `{"feed":"topology"}` |
 //! | `GET /api/v4/geo/types` | `[`[`TypeInfo`]`]` | `{"feed":"types"}` |
 //! | `GET /api/v4/geo/replication/:name/records?after_id&limit` or `?ids=1,2` | [`RecordPage`] | `{"feed":"records","replicable_name":name}` |
-//! | `GET /api/v4/geo/events?after&limit&wait_ms` | [`EventPage`] (long-poll) | `{"feed":"events"}` |
+//! | `GET /api/v4/geo/events?after&limit&wait_ms` (long-poll) or `?ids=1,2` (those that exist) | [`EventPage`] | `{"feed":"events"}` |
 //! | `GET /api/v4/geo/retrieve/:name/:id` | the blob | `{"replicable_name":name,"replicable_id":id}` |
 //! | `GET /api/v4/geo/replication/:name/search?keyword=` | [`SearchPage`] | `{"feed":"search","replicable_name":name}` |
 //! | `POST /api/v4/geo/status` (body: the secondary's status) | `204` | `{"feed":"status"}` |

@@ -114,7 +114,10 @@ impl DutyLease {
 
     async fn try_hold(&self) -> Result<bool, DbError> {
         let now = Db::now();
-        let expires = now + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX);
+        let expires = chrono::Duration::from_std(self.ttl)
+            .ok()
+            .and_then(|ttl| now.checked_add_signed(ttl))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
         // One statement on both backends: insert, or take over when held by
         // this process or expired. A row another process holds is left as
         // is, and no row is changed.

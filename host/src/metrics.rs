@@ -208,7 +208,67 @@ pub fn init() {
     LazyLock::force(&PLUGIN_SWAPS);
     LazyLock::force(&PLUGIN_SCOPE_CHANGES);
     LazyLock::force(&SYNC_CAPACITY);
+    LazyLock::force(&DUTY_FAILURES);
+    LazyLock::force(&DUTY_RESTARTS);
+    LazyLock::force(&DUTY_UP);
+    LazyLock::force(&EVENT_GAPS);
 }
+
+/// `geohost_event_gaps`: ids the event cursor passed without an event,
+/// read again until their event appears (`secondary/cursor.rs`).
+pub static EVENT_GAPS: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    register(
+        prometheus::IntGauge::new(
+            "geohost_event_gaps",
+            "Gaps in the event ids the secondary's cursor still waits for",
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// `geohost_duty_failures_total{site,duty}`: a background duty panicked,
+/// stopped early or reported a failed round (`health.rs`).
+pub static DUTY_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "geohost_duty_failures_total",
+                "Failures of a background duty (panics, early stops, failed rounds)",
+            ),
+            &["site", "duty"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// `geohost_duty_restarts_total{site,duty}`: restarts by the supervisor.
+pub static DUTY_RESTARTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "geohost_duty_restarts_total",
+                "Restarts of a background duty by the supervisor",
+            ),
+            &["site", "duty"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// `geohost_duty_up{site,duty}`: 1 while a duty works, 0 while it fails
+/// repeatedly (the site is then unhealthy).
+pub static DUTY_UP: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    register(
+        prometheus::IntGaugeVec::new(
+            Opts::new(
+                "geohost_duty_up",
+                "Whether a background duty works (0: failing repeatedly)",
+            ),
+            &["site", "duty"],
+        )
+        .expect("valid metric"),
+    )
+});
 
 /// `geohost_plugin_swaps_total{type,outcome}`: hot-swap attempts by
 /// outcome (`installed`, `upgraded`, `unchanged`, `refused`, `removed`).

@@ -34,6 +34,8 @@ pub struct Site {
     pub shutdown: CancellationToken,
     /// Hot swap: one at a time, and the refusals to report.
     pub swaps: crate::swap::SwapState,
+    /// How the background duties are doing (`health.rs`).
+    pub duties: crate::health::DutyBoard,
 }
 
 impl Site {
@@ -42,7 +44,8 @@ impl Site {
         std::fs::create_dir_all(&config.site.data_dir)
             .with_context(|| format!("creating {}", config.site.data_dir.display()))?;
         let max = config.database.max_connections.unwrap_or(16);
-        let db = Db::connect_with(&config.database_url(), max)
+        // Its commits are acknowledged to writers: durable when they return.
+        let db = Db::connect_durable(&config.database_url(), max)
             .await
             .context("opening the site database")?;
         migrate::main(&db)
@@ -70,7 +73,9 @@ impl Site {
         }
         let runtime = PluginRuntime::new(config.plugin_limits(), Some(config.plugin_cache_dir()))
             .context("starting the plugin runtime")?;
+        let duties = crate::health::DutyBoard::new(&config.site.name);
         let site = Arc::new(Site {
+            duties,
             config,
             db,
             tracking,
@@ -212,9 +217,10 @@ impl Site {
     /// workers, until [`Site::shutdown`] is cancelled.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
-        let mut workers = tokio::task::JoinSet::new();
+        let mut duties =
+            crate::supervisor::Supervisor::new(self.duties.clone(), self.shutdown.clone());
         // SQLite takes one worker process; PostgreSQL any number (leases.rs).
-        let _single_worker = if self.config.workers.enabled {
+        let single_worker = if self.config.workers.enabled {
             let (db, url) = match self.role() {
                 Role::Primary => (&self.db, self.config.database_url()),
                 Role::Secondary => (self.tracking()?, self.config.tracking_database_url()),
@@ -224,32 +230,59 @@ impl Site {
             None
         };
         if self.config.workers.enabled {
-            workers.spawn(crate::storage::sweeper::run(
+            if self.role() == Role::Primary {
+                // Writes a crash cut short are settled before any new one:
+                // all of them when this process has the database alone.
+                let older_than = if single_worker.is_some() {
+                    std::time::Duration::ZERO
+                } else {
+                    self.temp_max_age()
+                };
+                crate::primary::journal::recover(&self.db, &self.blobs, older_than)
+                    .await
+                    .context("settling the blob writes a crash left")?;
+            }
+            let (blobs, max_age, shutdown) = (
                 self.blobs.clone(),
-                std::time::Duration::from_secs(self.config.storage.temp_max_age_secs),
+                self.temp_max_age(),
                 self.shutdown.clone(),
-            ));
+            );
+            duties.spawn("temp-sweeper", move || {
+                crate::storage::sweeper::run(blobs.clone(), max_age, shutdown.clone())
+            });
             match self.role() {
                 Role::Primary => {
-                    workers.spawn(crate::primary::verify::run(self.clone()));
-                }
-                Role::Secondary => {
                     let site = self.clone();
-                    workers.spawn(async move {
-                        if let Err(error) = crate::secondary::run(site).await {
-                            tracing::error!(error = %format!("{error:#}"), "secondary workers stopped");
-                        }
+                    duties.spawn("verification", move || {
+                        crate::primary::verify::run(site.clone())
+                    });
+                    let site = self.clone();
+                    duties.spawn("write-journal", move || {
+                        crate::primary::journal::run(site.clone())
                     });
                 }
+                Role::Secondary => crate::secondary::start(self.clone(), &mut duties)?,
             }
         }
-        workers.spawn(crate::swap::watch::run(self.clone()));
+        if self.config.plugins.dir.is_some() {
+            let site = self.clone();
+            duties.spawn("plugin-watch", move || {
+                crate::swap::watch::run(site.clone())
+            });
+        }
         tracing::info!(site = self.name(), role = ?self.role(), %address, "serving");
         let router = crate::api::router(self.clone());
         let served = crate::api::serve(listener, router, self.shutdown.clone()).await;
         self.shutdown.cancel();
-        while workers.join_next().await.is_some() {}
+        duties.join().await;
+        drop(single_worker);
         served.map_err(Into::into)
+    }
+
+    /// How long a temporary object (or a write's journal) may stay
+    /// untouched before it counts as a crash's leftover.
+    pub fn temp_max_age(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.config.storage.temp_max_age_secs)
     }
 
     /// Binds the configured address and serves (see [`Site::serve`]).

@@ -20,5 +20,6 @@ mod python;
 mod replication;
 mod robustness;
 mod scale_out;
+mod self_healing;
 mod sites;
 mod support;

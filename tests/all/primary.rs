@@ -356,7 +356,10 @@ async fn events_are_logged_in_order_with_gitlab_payloads() {
             .await
             .unwrap();
         let names: Vec<&str> = page.events.iter().map(|e| e.event_name.as_str()).collect();
-        assert_eq!(&names[..2], ["created", "updated"], "{backend:?}");
+        // The verifier may checksum the first content before the second
+        // write (a `checksum_succeeded` between the two).
+        assert_eq!(names[0], "created", "{backend:?}");
+        assert!(names[1..].contains(&"updated"), "{backend:?}: {names:?}");
         assert!(names.contains(&"checksum_succeeded"));
         assert_eq!(names.last(), Some(&"deleted"));
         let ids: Vec<i64> = page.events.iter().map(|e| e.id).collect();

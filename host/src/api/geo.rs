@@ -169,18 +169,7 @@ async fn records(
         .installed(&name)
         .ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
     let found = match &query.ids {
-        Some(list) => {
-            let ids: Vec<i64> = list
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(|s| s.trim().parse::<i64>())
-                .collect::<Result<_, _>>()
-                .map_err(|_| ApiError::BadRequest("ids must be comma-separated integers".into()))?;
-            if ids.len() > 1000 {
-                return Err(ApiError::BadRequest("at most 1000 ids per request".into()));
-            }
-            records::by_ids(&site.db, &it, &ids).await?
-        }
+        Some(list) => records::by_ids(&site.db, &it, &id_list(list, 1000)?).await?,
         None => {
             let limit = query.limit.unwrap_or(1000);
             if !(1..=feed::MAX_RECORDS_PER_PAGE).contains(&limit) {
@@ -205,22 +194,52 @@ async fn records(
     Ok(Json(RecordPage { records, max_id }))
 }
 
+/// A `?ids=` list: comma-separated integers, at most `max`.
+fn id_list(list: &str, max: usize) -> Result<Vec<i64>, ApiError> {
+    let ids: Vec<i64> = list
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().parse::<i64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| ApiError::BadRequest("ids must be comma-separated integers".into()))?;
+    if ids.len() > max {
+        return Err(ApiError::BadRequest(format!(
+            "at most {max} ids per request"
+        )));
+    }
+    Ok(ids)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
     after: Option<i64>,
     limit: Option<i64>,
     wait_ms: Option<u64>,
+    /// Comma-separated log ids: those events, if they exist (the cursor
+    /// re-reading the gaps in the ids it saw).
+    ids: Option<String>,
 }
 
 /// `GET /api/v4/geo/events?after&limit&wait_ms`: events after a cursor,
-/// waiting up to `wait_ms` for the first one (long-poll).
+/// waiting up to `wait_ms` for the first one (long-poll); or
+/// `?ids=1,2`: those events that exist.
 async fn events(
     State(site): State<AppState>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Json<EventPage>, ApiError> {
     auth::geo(&site, &headers, &feed::feed_claim("events")).await?;
+    if let Some(list) = &query.ids {
+        let ids = id_list(list, feed::MAX_EVENTS_PER_PAGE as usize)?;
+        let found = events::by_ids(&site.db, &ids).await?;
+        let last = events::last(&site.db).await?;
+        return Ok(Json(EventPage {
+            events: found,
+            last_event_id: last.map(|(id, _)| id),
+            last_event_at: last.map(|(_, at)| at),
+        }));
+    }
     let after = query.after.unwrap_or(0);
     let limit = query.limit.unwrap_or(250);
     if !(1..=feed::MAX_EVENTS_PER_PAGE).contains(&limit) {

@@ -7,6 +7,11 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use std::path::PathBuf;
 
+/// A clap parser of an `i32` within `bounds` (its error names them).
+fn bounded(bounds: std::ops::RangeInclusive<i32>) -> clap::builder::RangedI64ValueParser<i32> {
+    clap::value_parser!(i32).range(i64::from(*bounds.start())..=i64::from(*bounds.end()))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SiteCommand {
     /// Register a secondary; prints its access key and secret once.
@@ -27,6 +32,45 @@ pub enum SiteCommand {
         /// Also replicate blobs kept in object storage.
         #[arg(long)]
         sync_object_storage: bool,
+        /// Downloads at once (default 10).
+        #[arg(long, value_parser = bounded(sites::CAPACITY_BOUNDS))]
+        files_max_capacity: Option<i32>,
+        /// Verifications per round (default 100).
+        #[arg(long, value_parser = bounded(sites::CAPACITY_BOUNDS))]
+        verification_max_capacity: Option<i32>,
+    },
+    /// Change a site's settings (only those given).
+    Update {
+        #[command(flatten)]
+        site: SiteArgs,
+        /// The site's id (`geohost site list`).
+        id: i64,
+        #[arg(long)]
+        url: Option<String>,
+        /// Enable or disable the site.
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// Replicate only these namespaces (ids) and their descendants.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["shards", "everything"])]
+        namespaces: Option<Vec<i64>>,
+        /// Replicate only projects on these repository storage shards.
+        #[arg(long, value_delimiter = ',', conflicts_with = "everything")]
+        shards: Option<Vec<String>>,
+        /// Replicate everything (clears selective sync).
+        #[arg(long)]
+        everything: bool,
+        /// Whether to replicate blobs kept in object storage.
+        #[arg(long)]
+        sync_object_storage: Option<bool>,
+        /// Downloads at once.
+        #[arg(long, value_parser = bounded(sites::CAPACITY_BOUNDS))]
+        files_max_capacity: Option<i32>,
+        /// Verifications per round.
+        #[arg(long, value_parser = bounded(sites::CAPACITY_BOUNDS))]
+        verification_max_capacity: Option<i32>,
+        /// Days after which the primary checksums a record again.
+        #[arg(long, value_parser = bounded(sites::REVERIFICATION_DAYS_BOUNDS))]
+        minimum_reverification_interval: Option<i32>,
     },
     /// List the sites.
     List {
@@ -120,6 +164,8 @@ pub async fn site(command: SiteCommand) -> Result<()> {
             namespaces,
             shards,
             sync_object_storage,
+            files_max_capacity,
+            verification_max_capacity,
         } => {
             let site = site.open().await?;
             let selective_sync_type = if !namespaces.is_empty() {
@@ -136,6 +182,8 @@ pub async fn site(command: SiteCommand) -> Result<()> {
                 namespace_ids: namespaces,
                 selective_sync_shards: shards,
                 sync_object_storage,
+                files_max_capacity,
+                verification_max_capacity,
                 ..Default::default()
             };
             let (settings, credentials) = sites::add_secondary(&site, new).await?;
@@ -150,6 +198,45 @@ pub async fn site(command: SiteCommand) -> Result<()> {
                 "access_key = {:?}\nsecret_access_key = {:?}",
                 credentials.access_key, credentials.secret_access_key
             );
+            Ok(())
+        }
+        SiteCommand::Update {
+            site,
+            id,
+            url,
+            enabled,
+            namespaces,
+            shards,
+            everything,
+            sync_object_storage,
+            files_max_capacity,
+            verification_max_capacity,
+            minimum_reverification_interval,
+        } => {
+            let site = site.open().await?;
+            let selective_sync_type = if everything {
+                Some(String::new())
+            } else if namespaces.is_some() {
+                Some("namespaces".to_string())
+            } else if shards.is_some() {
+                Some("shards".to_string())
+            } else {
+                None
+            };
+            let change = sites::SiteUpdate {
+                url,
+                enabled,
+                selective_sync_type,
+                namespace_ids: namespaces.or(everything.then(Vec::new)),
+                selective_sync_shards: shards.or(everything.then(Vec::new)),
+                sync_object_storage,
+                files_max_capacity,
+                verification_max_capacity,
+                minimum_reverification_interval,
+                ..Default::default()
+            };
+            let settings = sites::update(&site, id, change).await?;
+            println!("{}", serde_json::to_string(&settings)?);
             Ok(())
         }
         SiteCommand::List { site } => {

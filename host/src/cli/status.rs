@@ -202,7 +202,7 @@ pub fn print(site: &crate::site::Site, status: &Map<String, Value>, now: DateTim
                     &format!("{title} replicated"),
                     c.failed,
                     c.synced,
-                    c.registry,
+                    c.count,
                     c.synced_hundredths(),
                 );
             }
@@ -212,7 +212,7 @@ pub fn print(site: &crate::site::Site, status: &Map<String, Value>, now: DateTim
                     &format!("{title} verified"),
                     c.verification_failed,
                     c.verified,
-                    c.registry,
+                    c.count,
                     c.verified_hundredths(),
                 );
             }

@@ -83,6 +83,7 @@ mod tests {
     const MAIN_TABLES: &[&str] = &[
         "admin_tokens",
         "feature_flags",
+        "geo_blob_writes",
         "geo_event_log",
         "geo_events",
         "geo_leases",
@@ -136,7 +137,14 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{backend}: {e}"));
             assert_eq!(
                 tables(&tracking_db).await,
-                ["event_log_states", "geo_leases", "plugin_versions"],
+                [
+                    "event_log_gaps",
+                    "event_log_states",
+                    "geo_bulk_jobs",
+                    "geo_leases",
+                    "plugin_versions",
+                    "registry_consistency_marks"
+                ],
                 "{backend}"
             );
 

@@ -276,12 +276,26 @@ impl Db {
 
     /// Like [`Db::connect`], with at most `max_connections` pooled connections.
     pub async fn connect_with(url: &str, max_connections: u32) -> Result<Db> {
+        Self::open(url, max_connections, SqliteSynchronous::Normal).await
+    }
+
+    /// Like [`Db::connect_with`], but a SQLite commit is on stable storage
+    /// when it returns (`synchronous = FULL`: the WAL is synced at each
+    /// commit). For a database whose commits are acknowledged to writers
+    /// (the primary's ingest; `docs/decisions.md`, durability). With the
+    /// default `NORMAL`, the last commits before a power cut may roll back.
+    /// PostgreSQL's commits are durable unless its server is told otherwise.
+    pub async fn connect_durable(url: &str, max_connections: u32) -> Result<Db> {
+        Self::open(url, max_connections, SqliteSynchronous::Full).await
+    }
+
+    async fn open(url: &str, max_connections: u32, synchronous: SqliteSynchronous) -> Result<Db> {
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|e| DbError::sqlx(format!("parsing {url}"), e))?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
+                .synchronous(synchronous)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30));
             let pool = SqlitePoolOptions::new()
@@ -450,6 +464,17 @@ impl Tx {
             Tx::Postgres(tx) => tx.commit().await,
         }
         .map_err(|e| DbError::sqlx("COMMIT", e))
+    }
+
+    /// Rolls back now. (A dropped transaction is rolled back only when its
+    /// connection is next used, and on SQLite holds the write lock until
+    /// then.)
+    pub async fn rollback(self) -> Result<()> {
+        match self {
+            Tx::Sqlite(tx) => tx.rollback().await,
+            Tx::Postgres(tx) => tx.rollback().await,
+        }
+        .map_err(|e| DbError::sqlx("ROLLBACK", e))
     }
 }
 

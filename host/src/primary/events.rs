@@ -114,16 +114,35 @@ pub fn payload(model_record_id: i64) -> serde_json::Value {
 
 /// Events with log id greater than `after`, oldest first.
 pub async fn after(db: &Db, after: i64, limit: i64) -> Result<Vec<FeedEvent>, DbError> {
+    select(
+        db,
+        "l.id > $1 ORDER BY l.id LIMIT $2",
+        &[after.into(), limit.into()],
+    )
+    .await
+}
+
+/// The events with these log ids that exist, oldest first.
+pub async fn by_ids(db: &Db, ids: &[i64]) -> Result<Vec<FeedEvent>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let args: Vec<Arg> = ids.iter().map(|&id| id.into()).collect();
+    let list: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let condition = format!("l.id IN ({}) ORDER BY l.id", list.join(", "));
+    select(db, &condition, &args).await
+}
+
+async fn select(db: &Db, condition: &str, args: &[Arg]) -> Result<Vec<FeedEvent>, DbError> {
     let payload_expr = match db.backend() {
         crate::db::Backend::Postgres => "e.payload::text",
         crate::db::Backend::Sqlite => "e.payload",
     };
     let sql = format!(
         "SELECT l.id, l.created_at, e.replicable_name, e.event_name, {payload_expr} AS payload \
-         FROM geo_event_log l JOIN geo_events e ON e.id = l.geo_event_id \
-         WHERE l.id > $1 ORDER BY l.id LIMIT $2"
+         FROM geo_event_log l JOIN geo_events e ON e.id = l.geo_event_id WHERE {condition}"
     );
-    let rows = db.fetch_all(&sql, &[after.into(), limit.into()]).await?;
+    let rows = db.fetch_all(&sql, args).await?;
     rows.iter()
         .map(|row| {
             let payload = row.text("payload")?;

@@ -3,11 +3,15 @@
 //!
 //! Order of a write, so that no reader ever sees a record without its blob:
 //! the body is streamed into a temporary object (hashed and counted on the
-//! way), then in one transaction the row and its state are written and the
-//! event is logged; the blob is moved into place before the commit; the
-//! commit makes it all visible at once. A failed commit removes a new blob.
+//! way, on stable storage when complete), then in one transaction the row
+//! and its state are written and the event is logged; the write's journal
+//! and the blob's previous content are kept (`journal`); the blob is moved
+//! into place, durably, before the commit; the commit makes it all visible
+//! at once. A write that fails or is cut short before its commit is undone
+//! from its journal: a new blob removed, a replaced one put back.
 
 use super::events;
+use super::journal::{JournalError, PendingWrite};
 use super::records::{self, Record};
 use crate::catalog::InstalledType;
 use crate::db::{Arg, DbError, ident, value_arg};
@@ -37,6 +41,8 @@ pub enum IngestError {
     Db(#[from] DbError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Journal(JournalError),
     #[error("reading the request body: {0}")]
     Body(String),
     #[error("the blob is larger than this site's storage.max_blob_bytes ({0} bytes)")]
@@ -238,14 +244,27 @@ async fn write_record(
     };
     let published = events::publish(&mut tx, it.name(), event, events::payload(id)).await?;
 
+    // The blob goes into place before the commit, durably; what it
+    // replaces is kept until the commit settles (`journal`).
+    let pending = PendingWrite::begin(&mut tx, &site.blobs, it.name(), &path, &written.sha256)
+        .await
+        .map_err(journal_error)?;
     let blob = temp.take().expect("a temporary blob");
-    blob.promote(it.name(), &path).await?;
-    if let Err(error) = tx.commit().await {
-        if created {
-            let _ = site.blobs.delete(it.name(), &path).await;
+    let placed = blob.promote(it.name(), &path).await;
+    let committed = match placed {
+        Ok(_) => tx.commit().await.map_err(IngestError::from),
+        Err(error) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "cannot roll back a failed write");
+            }
+            Err(error.into())
         }
-        return Err(error.into());
+    };
+    if let Err(error) = committed {
+        pending.abandon(&site.db).await;
+        return Err(error);
     }
+    pending.finish().await;
     if published {
         site.events.notify();
     }
@@ -309,6 +328,14 @@ pub async fn delete(site: &Site, type_name: &str, id: i64) -> Result<Record, Ing
     site.blobs.delete(it.name(), &path).await?;
     tracing::info!(r#type = it.name(), id, "record deleted");
     Ok(record)
+}
+
+fn journal_error(error: JournalError) -> IngestError {
+    match error {
+        JournalError::Storage(e) => IngestError::Storage(e),
+        JournalError::Db(e) => IngestError::Db(e),
+        other => IngestError::Journal(other),
+    }
 }
 
 /// Resolves a record id from natural-key columns.

@@ -2,6 +2,7 @@
 //! logs what changes, and serves secondaries.
 //!
 //! - [`ingest`]: create-or-update and delete records with their blobs.
+//! - [`journal`]: what a blob write keeps until it commits, and the undo.
 //! - [`verify`]: the checksum worker over `<name>_states`.
 //! - [`events`]: the ordered event log secondaries read from a cursor.
 //! - [`sites`]: `geo_nodes`, the secondaries and their keys.
@@ -10,6 +11,7 @@
 
 pub mod events;
 pub mod ingest;
+pub mod journal;
 pub mod records;
 pub mod sites;
 pub mod topology;

@@ -10,6 +10,7 @@ use crate::db::{Arg, Db, DbError, DbRow};
 use crate::feed::NodeSettings;
 use crate::site::Site;
 use serde::{Deserialize, Serialize};
+use std::ops::RangeInclusive;
 
 /// Settings of a new secondary: GitLab's `POST /geo_sites` parameters.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -199,6 +200,34 @@ fn check_scope(kind: &Option<String>) -> Result<Option<String>, SiteError> {
     }
 }
 
+/// The bounds of `files_max_capacity` and `verification_max_capacity`
+/// (checked by the API, with a 422, and by the CLI).
+pub const CAPACITY_BOUNDS: RangeInclusive<i32> = 1..=10_000;
+/// The bounds of GitLab's repository capacities (`repos_max_capacity`,
+/// `container_repositories_max_capacity`), which may be 0 as there.
+pub const REPOSITORY_CAPACITY_BOUNDS: RangeInclusive<i32> = 0..=10_000;
+/// The bounds of `minimum_reverification_interval`, in days: GitLab's
+/// minimum of one day, and at most ten years (GitLab sets no maximum; a
+/// larger value meant "never" and overflowed the date arithmetic).
+pub const REVERIFICATION_DAYS_BOUNDS: RangeInclusive<i32> = 1..=3_650;
+
+/// Refuses a setting outside its bounds, naming them.
+fn check_bound(
+    what: &str,
+    value: Option<i32>,
+    bounds: RangeInclusive<i32>,
+    unit: &str,
+) -> Result<(), SiteError> {
+    match value {
+        Some(v) if !bounds.contains(&v) => Err(SiteError::Invalid(format!(
+            "{what} must be between {} and {}{unit}, not {v}",
+            bounds.start(),
+            bounds.end()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn check_name(name: &str) -> Result<(), SiteError> {
     if name.trim().is_empty() || name.len() > 255 {
         return Err(SiteError::Invalid(
@@ -209,11 +238,11 @@ fn check_name(name: &str) -> Result<(), SiteError> {
 }
 
 fn check_url(what: &str, url: &str) -> Result<(), SiteError> {
-    if url.starts_with("http://") || url.starts_with("https://") {
+    if (url.starts_with("http://") || url.starts_with("https://")) && url.len() <= 255 {
         Ok(())
     } else {
         Err(SiteError::Invalid(format!(
-            "{what} {url:?} must be http:// or https://"
+            "{what} {url:?} must be http:// or https://, at most 255 characters"
         )))
     }
 }
@@ -227,34 +256,28 @@ fn check_capacities(
     verification: Option<i32>,
     container_repositories: Option<i32>,
 ) -> Result<(), SiteError> {
-    for (what, value, least) in [
-        ("files_max_capacity", files, 1),
-        ("repos_max_capacity", repos, 0),
-        ("verification_max_capacity", verification, 1),
+    for (what, value, bounds) in [
+        ("files_max_capacity", files, CAPACITY_BOUNDS),
+        ("repos_max_capacity", repos, REPOSITORY_CAPACITY_BOUNDS),
+        ("verification_max_capacity", verification, CAPACITY_BOUNDS),
         (
             "container_repositories_max_capacity",
             container_repositories,
-            0,
+            REPOSITORY_CAPACITY_BOUNDS,
         ),
     ] {
-        if let Some(v) = value
-            && !(least..=10_000).contains(&v)
-        {
-            return Err(SiteError::Invalid(format!(
-                "{what} must be {least} to 10000"
-            )));
-        }
+        check_bound(what, value, bounds, "")?;
     }
     Ok(())
 }
 
 fn check_reverification_interval(days: Option<i32>) -> Result<(), SiteError> {
-    match days {
-        Some(days) if days < 1 => Err(SiteError::Invalid(
-            "minimum_reverification_interval must be at least 1 day".into(),
-        )),
-        _ => Ok(()),
-    }
+    check_bound(
+        "minimum_reverification_interval",
+        days,
+        REVERIFICATION_DAYS_BOUNDS,
+        " days",
+    )
 }
 
 /// A unique-name violation as the API says it.

@@ -242,7 +242,7 @@ pub async fn verify_batch(
 pub async fn fail_stuck(db: &Db, it: &InstalledType, timeout: Duration) -> Result<u64, DbError> {
     let states = ident(&it.identity.states_table());
     let now = Db::now();
-    let cutoff = now - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::hours(8));
+    let cutoff = crate::leases::expired_before(now, timeout);
     let hours = timeout.as_secs() / 3600;
     let message = if hours >= 1 && timeout.as_secs().is_multiple_of(3600) {
         format!("Verification timed out after {hours} hours")
@@ -262,9 +262,16 @@ pub async fn fail_stuck(db: &Db, it: &InstalledType, timeout: Duration) -> Resul
 
 /// Sends succeeded rows verified before `interval_days` ago back to pending
 /// (GitLab's ReverificationBatchWorker, 1,000 at a time).
+///
+/// The date arithmetic is checked: an interval reaching before 1970 (the
+/// bound is checked when it is set, but a database may hold anything)
+/// makes nothing due, where it used to panic the verification worker at
+/// every restart.
 pub async fn reverify_due(db: &Db, it: &InstalledType, interval_days: i64) -> Result<u64, DbError> {
     let states = ident(&it.identity.states_table());
-    let cutoff = Db::now() - chrono::Duration::days(interval_days.max(1));
+    let days = u64::try_from(interval_days.max(1)).unwrap_or(1);
+    let interval = Duration::from_secs(days.saturating_mul(86_400));
+    let cutoff = crate::leases::expired_before(Db::now(), interval);
     db.execute(
         &format!(
             "UPDATE {states} SET verification_state = 0, verification_retry_count = 0, \
@@ -345,19 +352,54 @@ pub async fn run(site: Arc<Site>) {
             }
         }
         let mut worked = 0;
+        let mut failed = false;
         for it in &types {
             match verify_batch(&site, it, batch, per_type).await {
                 Ok(n) => worked += n,
                 Err(error) => {
-                    tracing::warn!(r#type = it.name(), error = %format!("{error:#}"), "verification batch failed")
+                    failed = true;
+                    let error = format!("{error:#}");
+                    tracing::warn!(r#type = it.name(), %error, "verification batch failed");
+                    crate::health::round_failed(&error);
                 }
             }
+        }
+        if !failed {
+            crate::health::round_ok();
         }
         if worked == 0 {
             tokio::select! {
                 _ = tokio::time::sleep(idle) => {}
                 _ = site.shutdown.cancelled() => return,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An admin once set `minimum_reverification_interval` to 2^31 − 1
+    /// days: the cutoff date overflowed and the verification worker
+    /// panicked, again after every restart.
+    #[tokio::test]
+    async fn huge_intervals_and_timeouts_do_not_panic() {
+        let helm = crate::secondary::testing::helm();
+        for (backend, db) in crate::db::testing::test_databases().await {
+            crate::db::migrate::main(&db).await.unwrap();
+            crate::db::template::ensure_primary_tables(&db, &helm.identity)
+                .await
+                .unwrap();
+            for days in [1, i64::from(i32::MAX), i64::MAX, -5] {
+                reverify_due(&db, &helm, days)
+                    .await
+                    .unwrap_or_else(|e| panic!("{backend}, {days} days: {e}"));
+            }
+            fail_stuck(&db, &helm, Duration::MAX).await.unwrap();
+            fail_stuck(&db, &helm, Duration::from_secs(u64::MAX / 1000))
+                .await
+                .unwrap();
         }
     }
 }

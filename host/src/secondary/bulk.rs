@@ -11,13 +11,19 @@
 //! [`PERFORM_IN`] rest after every [`TIME_LIMIT`] of work, so the
 //! scheduler's and verifier's writes are never queued behind it (SQLite has
 //! one writer at a time).
+//!
+//! An API bulk action is a job kept in the tracking database
+//! (`geo_bulk_jobs`, [`enqueue`]) and run by the secondary's `bulk-jobs`
+//! duty in the process holding the singleton duties, which saves its
+//! position after every batch: a restart, or the duties moving to another
+//! worker process, resumes it after the last batch done (GitLab's jobs live
+//! in Sidekiq's Redis queues and survive a restart the same way).
 
 use super::listing::Filter;
 use super::registry::{Registry, RegistryRow};
-use crate::catalog::InstalledType;
+use crate::catalog::{Catalog, InstalledType};
 use crate::db::{Arg, Db, DbError};
 use crate::states::SyncState;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -67,8 +73,69 @@ pub struct BulkOutcome {
     pub rows: u64,
 }
 
+/// One batch: the rows of `it` after registry id `after` that the action
+/// and `filter` take, at most [`BATCH_SIZE`], changed. Returns the last
+/// registry id of the batch and the rows changed; `None` when none is left.
+pub async fn run_batch(
+    db: &Db,
+    it: &InstalledType,
+    action: BulkAction,
+    filter: &Filter,
+    after: i64,
+) -> Result<Option<(i64, u64)>, DbError> {
+    let registry = Registry::of(it);
+    let (scope, set) = action.scope_and_set();
+    let mut args: Vec<Arg> = vec![after.into()];
+    let conditions = filter.conditions(&registry, &mut args);
+    let where_ = format!("id > $1 AND {scope} AND {conditions}");
+    let high = db
+        .fetch_one(
+            &format!(
+                "SELECT MAX(id) AS high FROM (SELECT id FROM {t} WHERE {where_} ORDER BY id LIMIT {BATCH_SIZE}) batch",
+                t = registry.table()
+            ),
+            &args,
+        )
+        .await?
+        .opt_i64("high")?;
+    let Some(high) = high else {
+        return Ok(None);
+    };
+    args.push(high.into());
+    let n = db
+        .execute(
+            &format!(
+                "UPDATE {t} SET {set} WHERE {where_} AND id <= ${}",
+                args.len(),
+                t = registry.table()
+            ),
+            &args,
+        )
+        .await?;
+    crate::metrics::BULK_UPDATE_BATCHES
+        .with_label_values(&[it.name(), action.name()])
+        .inc();
+    crate::metrics::BULK_UPDATE_ROWS
+        .with_label_values(&[it.name(), action.name()])
+        .inc_by(n);
+    Ok(Some((high, n)))
+}
+
+/// The rest before the next batch: `pause`, or [`PERFORM_IN`] after every
+/// [`TIME_LIMIT`] of work (`slice` is when the current stretch began).
+fn rest(slice: &mut Instant, pause: Duration) -> Duration {
+    if slice.elapsed() >= TIME_LIMIT {
+        *slice = Instant::now() + PERFORM_IN;
+        PERFORM_IN
+    } else {
+        pause
+    }
+}
+
 /// Runs a bulk action to the end (or until `cancel`): batch after batch of
 /// up to [`BATCH_SIZE`] rows in id order, pausing `pause` between batches.
+/// Nothing is kept: the CLI runs it in the foreground; the API's jobs are
+/// kept and resumed ([`run_job`]).
 pub async fn run(
     db: &Db,
     it: &InstalledType,
@@ -77,87 +144,220 @@ pub async fn run(
     pause: Duration,
     cancel: &CancellationToken,
 ) -> Result<BulkOutcome, DbError> {
-    let registry = Registry::of(it);
-    let (scope, set) = action.scope_and_set();
-    let batches =
-        crate::metrics::BULK_UPDATE_BATCHES.with_label_values(&[it.name(), action.name()]);
-    let changed = crate::metrics::BULK_UPDATE_ROWS.with_label_values(&[it.name(), action.name()]);
     let mut outcome = BulkOutcome::default();
     let mut cursor = 0_i64;
     let mut slice = Instant::now();
-    loop {
-        let mut args: Vec<Arg> = vec![cursor.into()];
-        let conditions = filter.conditions(&registry, &mut args);
-        let where_ = format!("id > $1 AND {scope} AND {conditions}");
-        let high = db
-            .fetch_one(
-                &format!(
-                    "SELECT MAX(id) AS high FROM (SELECT id FROM {t} WHERE {where_} ORDER BY id LIMIT {BATCH_SIZE}) batch",
-                    t = registry.table()
-                ),
-                &args,
-            )
-            .await?
-            .opt_i64("high")?;
-        let Some(high) = high else { break };
-        args.push(high.into());
-        let n = db
-            .execute(
-                &format!(
-                    "UPDATE {t} SET {set} WHERE {where_} AND id <= ${}",
-                    args.len(),
-                    t = registry.table()
-                ),
-                &args,
-            )
-            .await?;
+    while let Some((high, n)) = run_batch(db, it, action, filter, cursor).await? {
         outcome.batches += 1;
         outcome.rows += n;
-        batches.inc();
-        changed.inc_by(n);
         cursor = high;
-        let rest = if slice.elapsed() >= TIME_LIMIT {
-            slice = Instant::now() + PERFORM_IN;
-            PERFORM_IN
-        } else {
-            pause
-        };
         tokio::select! {
-            _ = tokio::time::sleep(rest) => {}
+            _ = tokio::time::sleep(rest(&mut slice, pause)) => {}
             _ = cancel.cancelled() => break,
         }
     }
     Ok(outcome)
 }
 
-/// Starts a bulk action in the background; it logs how it ended.
-pub fn spawn(
-    db: Db,
-    it: Arc<InstalledType>,
-    action: BulkAction,
-    filter: Filter,
-    pause: Duration,
-    cancel: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let started = Instant::now();
-        match run(&db, &it, action, &filter, pause, &cancel).await {
-            Ok(outcome) => tracing::info!(
-                r#type = it.name(),
-                action = action.name(),
-                batches = outcome.batches,
-                rows = outcome.rows,
-                took = ?started.elapsed(),
-                "bulk registry update done"
-            ),
-            Err(error) => tracing::error!(
-                r#type = it.name(),
-                action = action.name(),
-                %error,
-                "bulk registry update failed"
-            ),
+/// Where a kept job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Waiting, or running in the process that holds the duties.
+    Queued,
+    Done,
+    /// Its type is no longer installed, or a batch failed for good.
+    Failed,
+}
+
+impl JobState {
+    fn as_i16(self) -> i16 {
+        match self {
+            JobState::Queued => 0,
+            JobState::Done => 1,
+            JobState::Failed => 2,
         }
-    })
+    }
+
+    fn from_i16(value: i16) -> JobState {
+        match value {
+            0 => JobState::Queued,
+            1 => JobState::Done,
+            _ => JobState::Failed,
+        }
+    }
+}
+
+/// A bulk action kept in `geo_bulk_jobs` (GraphQL's
+/// `geoRegistriesBulkUpdate`): it survives a restart and resumes after the
+/// last batch done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BulkJob {
+    pub id: i64,
+    pub replicable_name: String,
+    pub action: BulkAction,
+    pub filter: Filter,
+    /// The last registry id of the last batch done.
+    pub last_registry_id: i64,
+    pub batches: i64,
+    pub rows: i64,
+    pub state: JobState,
+    pub error: Option<String>,
+}
+
+/// Keeps a new job; the `bulk-jobs` duty runs it.
+pub async fn enqueue(
+    db: &Db,
+    replicable_name: &str,
+    action: BulkAction,
+    filter: &Filter,
+) -> Result<i64, DbError> {
+    let filter = serde_json::to_string(filter).expect("a filter serialises");
+    let now = Db::now();
+    let cast = match db.backend() {
+        crate::db::Backend::Postgres => "::jsonb",
+        crate::db::Backend::Sqlite => "",
+    };
+    db.fetch_one(
+        &format!(
+            "INSERT INTO geo_bulk_jobs (replicable_name, action, filter, created_at, updated_at) \
+             VALUES ($1, $2, $3{cast}, $4, $4) RETURNING id"
+        ),
+        &[
+            replicable_name.into(),
+            action.name().into(),
+            filter.into(),
+            now.into(),
+        ],
+    )
+    .await?
+    .i64("id")
+}
+
+/// Every kept job, newest first (at most `limit`).
+pub async fn jobs(db: &Db, limit: i64) -> Result<Vec<BulkJob>, DbError> {
+    select_jobs(db, "TRUE ORDER BY id DESC LIMIT $1", &[limit.into()]).await
+}
+
+/// The oldest queued job.
+pub async fn next_job(db: &Db) -> Result<Option<BulkJob>, DbError> {
+    Ok(select_jobs(db, "state = 0 ORDER BY id LIMIT 1", &[])
+        .await?
+        .pop())
+}
+
+async fn select_jobs(db: &Db, condition: &str, args: &[Arg]) -> Result<Vec<BulkJob>, DbError> {
+    let filter = match db.backend() {
+        crate::db::Backend::Postgres => "filter::text",
+        crate::db::Backend::Sqlite => "filter",
+    };
+    let rows = db
+        .fetch_all(
+            &format!(
+                "SELECT id, replicable_name, action, {filter} AS filter, last_registry_id, batches, \
+                 rows_changed, state, error FROM geo_bulk_jobs WHERE {condition}"
+            ),
+            args,
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let decode = |column: &str, message: String| DbError::Decode {
+                column: column.into(),
+                message,
+            };
+            let action = row.text("action")?;
+            Ok(BulkJob {
+                id: row.i64("id")?,
+                replicable_name: row.text("replicable_name")?,
+                action: BulkAction::parse(&action)
+                    .ok_or_else(|| decode("action", format!("unknown action {action:?}")))?,
+                filter: serde_json::from_str(&row.text("filter")?)
+                    .map_err(|e| decode("filter", e.to_string()))?,
+                last_registry_id: row.i64("last_registry_id")?,
+                batches: row.i64("batches")?,
+                rows: row.i64("rows_changed")?,
+                state: JobState::from_i16(row.i16("state")?),
+                error: row.opt_text("error")?,
+            })
+        })
+        .collect()
+}
+
+async fn end_job(db: &Db, id: i64, state: JobState, error: Option<String>) -> Result<(), DbError> {
+    let now = Db::now();
+    db.execute(
+        "UPDATE geo_bulk_jobs SET state = $2, error = $3, updated_at = $4, finished_at = $4 WHERE id = $1",
+        &[id.into(), state.as_i16().into(), error.into(), now.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs a kept job from where it stands, saving its progress after each
+/// batch, until `cancel` or while `go_on()` holds (this process keeps
+/// the duties). Its type is looked up in `catalog` for each batch (a job
+/// must not hold an installed type across its pauses: a hot swap waits for
+/// those). Returns the job as it stands when it stops.
+pub async fn run_job(
+    db: &Db,
+    catalog: &Catalog,
+    mut job: BulkJob,
+    pause: Duration,
+    cancel: &CancellationToken,
+    go_on: impl Fn() -> bool,
+) -> Result<BulkJob, DbError> {
+    let mut slice = Instant::now();
+    while go_on() && !cancel.is_cancelled() {
+        let Some(it) = catalog.get(&job.replicable_name) else {
+            let error = format!("type {} is not installed", job.replicable_name);
+            end_job(db, job.id, JobState::Failed, Some(error.clone())).await?;
+            job.state = JobState::Failed;
+            job.error = Some(error);
+            break;
+        };
+        let batch = run_batch(db, &it, job.action, &job.filter, job.last_registry_id).await?;
+        drop(it);
+        let Some((high, n)) = batch else {
+            end_job(db, job.id, JobState::Done, None).await?;
+            job.state = JobState::Done;
+            tracing::info!(
+                job = job.id,
+                r#type = %job.replicable_name,
+                action = job.action.name(),
+                batches = job.batches,
+                rows = job.rows,
+                "bulk registry update done"
+            );
+            break;
+        };
+        job.last_registry_id = high;
+        job.batches += 1;
+        job.rows += n as i64;
+        db.execute(
+            "UPDATE geo_bulk_jobs SET last_registry_id = $2, batches = $3, rows_changed = $4, \
+             updated_at = $5 WHERE id = $1",
+            &[
+                job.id.into(),
+                high.into(),
+                job.batches.into(),
+                job.rows.into(),
+                Db::now().into(),
+            ],
+        )
+        .await?;
+        tokio::select! {
+            _ = tokio::time::sleep(rest(&mut slice, pause)) => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+    if job.state == JobState::Queued {
+        tracing::info!(
+            job = job.id,
+            batches = job.batches,
+            "bulk registry update paused; it resumes where it stopped"
+        );
+    }
+    Ok(job)
 }
 
 /// GitLab's RESYNC of one registry (`enqueue_sync`): a synced or failed row
@@ -192,4 +392,87 @@ pub async fn reverify(
     };
     registry.verification_pending(db, row.model_id).await?;
     registry.by_registry_id(db, registry_id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secondary::testing::{helm, tracking_databases};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_kept_job_stops_between_batches_and_resumes_where_it_stopped() {
+        let it = helm();
+        let catalog = Catalog::new();
+        catalog.install(it.plugin.clone()).unwrap();
+        let registry = Registry::of(&it);
+        for (backend, db) in tracking_databases().await {
+            let ids: Vec<i64> = (1..=2_500).collect();
+            registry.insert_missing(&db, &ids).await.unwrap();
+            db.execute(
+                &format!(
+                    "UPDATE {} SET state = 2, verification_state = 2",
+                    registry.table()
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+            let filter = Filter::default();
+            let id = enqueue(&db, it.name(), BulkAction::ReverifyAll, &filter)
+                .await
+                .unwrap();
+            let job = next_job(&db).await.unwrap().unwrap();
+            assert_eq!((job.id, job.state, job.batches), (id, JobState::Queued, 0));
+
+            // Stopped after two batches (the process lost the duties).
+            let batches = AtomicUsize::new(0);
+            let cancel = CancellationToken::new();
+            let go_on = || batches.fetch_add(1, Ordering::SeqCst) < 2;
+            let job = run_job(&db, &catalog, job, Duration::ZERO, &cancel, go_on)
+                .await
+                .unwrap();
+            assert_eq!(
+                (job.state, job.batches, job.rows),
+                (JobState::Queued, 2, 2_000)
+            );
+
+            // The next holder resumes it from the row kept.
+            let job = next_job(&db).await.unwrap().unwrap();
+            assert_eq!(job.last_registry_id, 2_000, "{backend}");
+            let job = run_job(&db, &catalog, job, Duration::ZERO, &cancel, || true)
+                .await
+                .unwrap();
+            assert_eq!(
+                (job.state, job.batches, job.rows),
+                (JobState::Done, 3, 2_500)
+            );
+            assert!(next_job(&db).await.unwrap().is_none());
+            let pending = db
+                .fetch_one(
+                    &format!(
+                        "SELECT COUNT(*) AS n FROM {} WHERE verification_state = 0",
+                        registry.table()
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .i64("n")
+                .unwrap();
+            assert_eq!(pending, 2_500, "{backend}");
+            assert_eq!(jobs(&db, 10).await.unwrap()[0].state, JobState::Done);
+
+            // A job whose type went away fails, saying why.
+            enqueue(&db, "gone_type", BulkAction::ResyncAll, &filter)
+                .await
+                .unwrap();
+            let job = next_job(&db).await.unwrap().unwrap();
+            let job = run_job(&db, &catalog, job, Duration::ZERO, &cancel, || true)
+                .await
+                .unwrap();
+            assert_eq!(job.state, JobState::Failed);
+            assert!(job.error.unwrap().contains("not installed"));
+        }
+    }
 }

@@ -16,7 +16,7 @@
 use crate::auth::geo_jwt;
 use crate::config::PrimarySection;
 use crate::feed::{
-    self, EventPage, FeedRecord, NodeSettings, RecordPage, TopologySnapshot, TypeInfo,
+    self, EventPage, FeedEvent, FeedRecord, NodeSettings, RecordPage, TopologySnapshot, TypeInfo,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -260,6 +260,24 @@ impl PrimaryClient {
             &feed::feed_claim("events"),
         )
         .await
+    }
+
+    /// `GET /api/v4/geo/events?ids=`: the events with these log ids that
+    /// exist now (the gaps the cursor re-reads), in id order.
+    pub async fn events_by_ids(&self, ids: &[i64]) -> Result<Vec<FeedEvent>, ClientError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(feed::MAX_EVENTS_PER_PAGE as usize) {
+            let list: Vec<String> = chunk.iter().map(i64::to_string).collect();
+            let page: EventPage = self
+                .get_json(
+                    &format!("/api/v4/geo/events?ids={}", list.join(",")),
+                    &feed::feed_claim("events"),
+                )
+                .await?;
+            out.extend(page.events);
+        }
+        out.sort_by_key(|e| e.id);
+        Ok(out)
     }
 
     /// `GET …/search?keyword=`: the ids of the records matching `keyword`

@@ -93,9 +93,11 @@ async fn check_type_in_batches(
     let registry = Registry::of(it);
     let mut counts = Counts::default();
     let mut after = 0;
+    let mut highest = 0;
     loop {
         let read_at = Db::now();
         let page = client.records_after(it.name(), after, batch_size).await?;
+        highest = page.records.iter().map(|r| r.id).fold(highest, i64::max);
         let full = page.records.len() as i64 >= batch_size;
         let low = after + 1;
         let high = if full {
@@ -128,7 +130,84 @@ async fn check_type_in_batches(
             "registry consistency pass"
         );
     }
+    save_mark(tracking, it.name(), highest).await?;
     Ok(counts)
+}
+
+/// Records where a complete pass of `name` ended.
+async fn save_mark(tracking: &Db, name: &str, last_record_id: i64) -> Result<(), DbError> {
+    tracking
+        .execute(
+            "INSERT INTO registry_consistency_marks (replicable_name, last_record_id, passed_at) \
+             VALUES ($1, $2, $3) ON CONFLICT (replicable_name) DO UPDATE \
+             SET last_record_id = excluded.last_record_id, passed_at = excluded.passed_at",
+            &[name.into(), last_record_id.into(), Db::now().into()],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The highest record id the last complete pass of `name` read.
+pub async fn mark(tracking: &Db, name: &str) -> Result<Option<i64>, DbError> {
+    tracking
+        .fetch_optional(
+            "SELECT last_record_id FROM registry_consistency_marks WHERE replicable_name = $1",
+            &[name.into()],
+        )
+        .await?
+        .map(|row| row.i64("last_record_id"))
+        .transpose()
+}
+
+/// The records of `it` in this site's scope that have no registry row
+/// yet, for the status: a complete pass left none up to its mark (see
+/// [`mark`]), so only the records above it are read (one page of
+/// [`BATCH_SIZE`], so the count is at most that). The topology is read
+/// only if some record lacks a row, once for every type (`topology`).
+pub async fn missing_registries(
+    client: &PrimaryClient,
+    tracking: &Db,
+    it: &Arc<InstalledType>,
+    settings: &crate::plugin::SyncSettings,
+    topology: &mut Option<Arc<crate::topology::Topology>>,
+) -> Result<i64, ConsistencyError> {
+    let after = mark(tracking, it.name()).await?.unwrap_or(0);
+    let page = client.records_after(it.name(), after, BATCH_SIZE).await?;
+    let (Some(first), Some(last)) = (page.records.first(), page.records.last()) else {
+        return Ok(0);
+    };
+    let registered: HashSet<i64> = Registry::of(it)
+        .in_range(tracking, first.id, Some(last.id))
+        .await?
+        .iter()
+        .map(|row| row.model_id)
+        .collect();
+    let unregistered: Vec<FeedRecord> = page
+        .records
+        .into_iter()
+        .filter(|r| !registered.contains(&r.id))
+        .collect();
+    if unregistered.is_empty() {
+        return Ok(0);
+    }
+    let topology = match topology {
+        Some(topology) => topology.clone(),
+        None => {
+            let snapshot = client.topology().await?;
+            let read = Arc::new(crate::topology::Topology::new(
+                snapshot.namespaces,
+                snapshot.projects,
+            ));
+            *topology = Some(read.clone());
+            read
+        }
+    };
+    let scope = Scope {
+        settings: settings.clone(),
+        topology,
+    };
+    let answers = scope::in_scope(it, &scope, &unregistered).await?;
+    Ok(answers.iter().filter(|a| **a == Ok(true)).count() as i64)
 }
 
 /// Compares one batch of records (ids `low..=high`) with the registry rows

@@ -26,6 +26,19 @@
 //! any record ([`start_if_new`]): the pass covers everything before it,
 //! and replaying the whole log would resync every record.
 //!
+//! **Gaps.** Event ids come from a sequence (PostgreSQL) and become visible
+//! when their transaction commits, which is not in id order: with
+//! concurrent writers on the primary, the cursor can pass an id whose
+//! transaction commits a moment later. Such an id (a gap in the ids a page
+//! jumps over) is kept in `event_log_gaps` and read again at every round
+//! (`events?ids=`); its event is handled once it appears. A gap is given up
+//! after [`GAP_MAX_AGE`] (GitLab's `EventGapTracking` gives up after an
+//! hour too, and retries only after 10 minutes; here the retry is at once,
+//! and rounds long-poll at most [`GAP_POLL`] while a gap is younger than
+//! [`GAP_FRESH`], so a late commit is followed within about a second). An
+//! id that never appears (a rolled-back transaction) costs one small
+//! request per round for that hour.
+//!
 //! Several worker processes may share one PostgreSQL tracking database;
 //! only one of them follows the log at a time (a transaction-scoped
 //! advisory lock held for the batch, GitLab's `geo_log_cursor_processed`
@@ -52,6 +65,14 @@ pub const LONG_POLL: Duration = Duration::from_secs(10);
 pub const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Longest pause after repeated errors.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a gap in the event ids is read again before it is given up.
+pub const GAP_MAX_AGE: Duration = Duration::from_secs(3600);
+/// While a gap is younger than this, rounds long-poll at most [`GAP_POLL`].
+pub const GAP_FRESH: Duration = Duration::from_secs(60);
+/// The longest long-poll while a fresh gap waits.
+pub const GAP_POLL: Duration = Duration::from_secs(1);
+/// Most gaps kept at once (the lowest ids go first).
+pub const MAX_GAPS: usize = 10_000;
 /// The PostgreSQL advisory lock key of the cursor lease ("geo_cur").
 const LEASE_KEY: i64 = 0x0067_656f_5f63_7572;
 
@@ -305,6 +326,95 @@ pub async fn save_position(tx: &mut Tx, event_id: i64) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The ids the cursor passed without an event (see the module docs), with
+/// when each was first seen, lowest first.
+pub async fn gaps(tracking: &Db) -> Result<Vec<(i64, chrono::DateTime<chrono::Utc>)>, DbError> {
+    tracking
+        .fetch_all(
+            "SELECT event_id, seen_at FROM event_log_gaps ORDER BY event_id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((row.i64("event_id")?, row.ts("seen_at")?)))
+        .collect()
+}
+
+/// The ids between `position` and the events of a page (in id order) that
+/// the page skips.
+pub fn new_gaps(position: i64, events: &[FeedEvent]) -> Vec<i64> {
+    let mut out = Vec::new();
+    let mut previous = position;
+    for event in events {
+        if event.id > previous {
+            out.extend((previous + 1)..event.id);
+            previous = event.id;
+        }
+    }
+    out
+}
+
+/// Records the round's changes to the gaps inside `tx`: `filled` found,
+/// `fresh` ones seen, and those older than [`GAP_MAX_AGE`] given up.
+async fn save_gaps(
+    tx: &mut Tx,
+    tracked: &[(i64, chrono::DateTime<chrono::Utc>)],
+    filled: &[i64],
+    fresh: &[i64],
+) -> Result<usize, DbError> {
+    let now = Db::now();
+    for chunk in filled.chunks(500) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let args: Vec<crate::db::Arg> = chunk.iter().map(|&id| id.into()).collect();
+        tx.execute(
+            &format!(
+                "DELETE FROM event_log_gaps WHERE event_id IN ({})",
+                list.join(", ")
+            ),
+            &args,
+        )
+        .await?;
+    }
+    // Keep at most MAX_GAPS: the newest ids are the likeliest to fill.
+    let kept = tracked.len().saturating_sub(filled.len());
+    let room = MAX_GAPS.saturating_sub(kept);
+    let dropped = fresh.len().saturating_sub(room);
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "too many gaps in the event ids to track; the lowest are given up (the consistency pass covers them)"
+        );
+    }
+    for chunk in fresh[dropped..].chunks(500) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, $1)", i + 2))
+            .collect();
+        let mut args: Vec<crate::db::Arg> = vec![now.into()];
+        args.extend(chunk.iter().map(|&id| crate::db::Arg::from(id)));
+        tx.execute(
+            &format!(
+                "INSERT INTO event_log_gaps (event_id, seen_at) VALUES {} ON CONFLICT (event_id) DO NOTHING",
+                rows.join(", ")
+            ),
+            &args,
+        )
+        .await?;
+    }
+    let expired = tx
+        .execute(
+            "DELETE FROM event_log_gaps WHERE seen_at < $1",
+            &[crate::leases::expired_before(now, GAP_MAX_AGE).into()],
+        )
+        .await?;
+    if expired > 0 {
+        tracing::warn!(
+            ids = expired,
+            "gaps in the event ids never filled within an hour; given up (a rolled-back write, or the consistency pass covers it)"
+        );
+    }
+    Ok(kept + fresh.len() - dropped - expired as usize)
+}
+
 /// Seconds between the primary's newest event and the newest handled one.
 fn lag_seconds(page: &EventPage, position: i64) -> f64 {
     match (page.events.last(), page.last_event_at) {
@@ -376,20 +486,51 @@ async fn follow(
 ) -> Result<Round, CursorError> {
     let tracking = cx.tracking;
     let position = start_if_new(tracking, cx.client).await?;
+    let tracked = gaps(tracking).await?;
+    let fresh_before = crate::leases::expired_before(Db::now(), GAP_FRESH);
+    let wait = if tracked.iter().any(|(_, seen)| *seen > fresh_before) {
+        wait.min(GAP_POLL)
+    } else {
+        wait
+    };
     let page = tokio::select! {
         page = cx.client.events(position, BATCH_SIZE, wait.as_millis() as u64) => page?,
         _ = cancel.cancelled() => return Ok(Round::Stopped),
     };
-    let counts = handle_events(cx, scope, refresh, &page.events).await?;
+    // The gaps' events that have appeared since, before the page's: they
+    // are older.
+    let tracked_ids: Vec<i64> = tracked.iter().map(|(id, _)| *id).collect();
+    let mut events = if tracked_ids.is_empty() {
+        Vec::new()
+    } else {
+        cx.client.events_by_ids(&tracked_ids).await?
+    };
+    events.retain(|e| tracked_ids.binary_search(&e.id).is_ok());
+    let filled: Vec<i64> = events.iter().map(|e| e.id).collect();
+    if !filled.is_empty() {
+        tracing::info!(
+            events = filled.len(),
+            "events of earlier gaps in the ids appeared; handled"
+        );
+    }
+    let fresh = new_gaps(position, &page.events);
+    events.extend(page.events.iter().cloned());
+    let counts = handle_events(cx, scope, refresh, &events).await?;
     let new_position = page.events.last().map_or(position, |e| e.id);
-    match lease {
-        Some(tx) => save_position(tx, new_position).await?,
+    let tracked_now = match lease {
+        Some(tx) => {
+            save_position(tx, new_position).await?;
+            save_gaps(tx, &tracked, &filled, &fresh).await?
+        }
         None => {
             let mut tx = tracking.begin().await?;
             save_position(&mut tx, new_position).await?;
+            let tracked_now = save_gaps(&mut tx, &tracked, &filled, &fresh).await?;
             tx.commit().await?;
+            tracked_now
         }
-    }
+    };
+    crate::metrics::EVENT_GAPS.set(tracked_now as i64);
     crate::metrics::REPLICATION_LAG.set(lag_seconds(&page, new_position));
     if !page.events.is_empty() {
         tracing::debug!(
@@ -403,7 +544,7 @@ async fn follow(
             "events handled"
         );
     }
-    Ok(Round::Handled(page.events.len()))
+    Ok(Round::Handled(events.len()))
 }
 
 #[cfg(test)]
@@ -584,6 +725,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn gaps_are_the_ids_a_page_skips() {
+        let event = |id| FeedEvent {
+            id,
+            replicable_name: "t".into(),
+            event_name: CREATED.into(),
+            payload: json!({}),
+            created_at: Db::now(),
+        };
+        assert_eq!(new_gaps(3, &[event(4), event(5)]), Vec::<i64>::new());
+        assert_eq!(new_gaps(3, &[event(6), event(8)]), [4, 5, 7]);
+        assert_eq!(new_gaps(0, &[]), Vec::<i64>::new());
+    }
+
     #[tokio::test]
     async fn rounds_keep_the_position_and_take_the_lease() {
         for (backend, db) in tracking_databases().await {
@@ -625,6 +780,48 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(rows.i64("n").unwrap(), 1, "{backend}: one cursor row");
+
+            // An id whose transaction has not committed yet is passed, kept
+            // as a gap, and handled once its event appears.
+            primary.add(2, 10, b"two", true);
+            let late = primary.event(CREATED, 2, json!({}));
+            let hidden = primary.with(|s| {
+                let at = s.events.iter().position(|e| e.id == late).unwrap();
+                s.events.remove(at)
+            });
+            primary.event(UPDATED, 1, json!({}));
+            let round_three = round(&cx, Some(&cached), async || None, wait, &cancel)
+                .await
+                .unwrap();
+            assert_eq!(round_three, Round::Handled(1), "{backend}");
+            assert_eq!(position(&db).await.unwrap(), Some(late + 1), "{backend}");
+            let tracked = gaps(&db).await.unwrap();
+            assert_eq!(tracked.iter().map(|g| g.0).collect::<Vec<_>>(), [late]);
+            assert!(Registry::of(&helm()).get(&db, 2).await.unwrap().is_none());
+            primary.with(|s| {
+                s.events.push(hidden);
+                s.events.sort_by_key(|e| e.id);
+            });
+            let round_four = round(&cx, Some(&cached), async || None, wait, &cancel)
+                .await
+                .unwrap();
+            assert_eq!(round_four, Round::Handled(1), "{backend}: the late event");
+            assert!(gaps(&db).await.unwrap().is_empty(), "{backend}");
+            assert!(Registry::of(&helm()).get(&db, 2).await.unwrap().is_some());
+            // A gap older than GAP_MAX_AGE is given up.
+            db.execute(
+                "INSERT INTO event_log_gaps (event_id, seen_at) VALUES ($1, $2)",
+                &[
+                    1_000_000_i64.into(),
+                    crate::leases::expired_before(Db::now(), GAP_MAX_AGE * 2).into(),
+                ],
+            )
+            .await
+            .unwrap();
+            round(&cx, Some(&cached), async || None, wait, &cancel)
+                .await
+                .unwrap();
+            assert!(gaps(&db).await.unwrap().is_empty(), "{backend}");
 
             if db.backend() == Backend::Postgres {
                 // Another process holds the cursor: this one waits its turn.

@@ -179,8 +179,9 @@ impl Cursor {
     }
 }
 
-/// Which registries a list (or a bulk update) takes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Which registries a list (or a bulk update) takes. Kept as JSON with a
+/// bulk job (`bulk.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Filter {
     /// Registry ids.
     pub ids: Option<Vec<i64>>,

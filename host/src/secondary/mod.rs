@@ -15,6 +15,7 @@
 //! | event log cursor | Geo log cursor daemon, `EventWorker` | [`cursor`] |
 //! | stuck syncs and verifications, every minute | `SyncTimeoutCronWorker`, `VerificationTimeoutWorker` | here |
 //! | status report to the primary, every `status_interval_secs` | `Geo::MetricsUpdateWorker` | here, [`crate::status`] |
+//! | bulk resync and reverify jobs, resumed after a restart | `Geo::BulkMarkPendingBatchWorker`, `Geo::BulkMarkVerificationPendingBatchWorker` | [`bulk`] |
 //!
 //! Every idle loop pauses `workers.idle_poll_ms`, so tests converge fast.
 //! A type's feature flag `geo_<name>_replication` (table `feature_flags` of
@@ -109,8 +110,6 @@ use tokio::sync::{Notify, watch};
 /// How often stuck rows are looked for (GitLab: every minute, 10 minutes
 /// for syncs).
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
-/// Temporary objects older than this are leftovers of a crash.
-pub const TEMP_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// What this secondary knows of the primary right now.
 #[derive(Debug, Clone)]
@@ -392,36 +391,29 @@ impl Secondary {
     }
 }
 
-/// Starts the secondary's workers and runs them until `site.shutdown` is
-/// cancelled.
-pub async fn run(site: Arc<Site>) -> anyhow::Result<()> {
-    let secondary = Secondary::new(site.clone())?;
-    match site.blobs.cleanup_temp(TEMP_MAX_AGE).await {
-        Ok(removed) if removed > 0 => tracing::info!(removed, "leftover downloads removed"),
-        Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "cannot clean temporary downloads"),
-    }
+/// Starts the secondary's duties under `duties` (the site's supervisor);
+/// they run until `site.shutdown` is cancelled.
+pub fn start(site: Arc<Site>, duties: &mut crate::supervisor::Supervisor) -> anyhow::Result<()> {
+    let secondary = Secondary::new(site)?;
     tracing::info!(
         primary = secondary.client.base_url(),
         "secondary workers starting"
     );
-    let mut workers = tokio::task::JoinSet::new();
-    workers.spawn(run_duty_lease(secondary.clone()));
-    workers.spawn(watch_node(secondary.clone()));
-    workers.spawn(run_consistency(secondary.clone()));
-    workers.spawn(run_sync(secondary.clone()));
-    workers.spawn(run_verification(secondary.clone()));
-    workers.spawn(run_cursor(secondary.clone()));
-    workers.spawn(run_housekeeping(secondary.clone()));
-    workers.spawn(run_status_report(secondary.clone()));
-    while let Some(done) = workers.join_next().await {
-        if let Err(error) = done
-            && error.is_panic()
-        {
-            tracing::error!(%error, "a secondary worker panicked");
-        }
+    macro_rules! duty {
+        ($name:literal, $run:path) => {{
+            let s = secondary.clone();
+            duties.spawn($name, move || $run(s.clone()));
+        }};
     }
-    tracing::info!("secondary workers stopped");
+    duty!("duty-lease", run_duty_lease);
+    duty!("node-watch", watch_node);
+    duty!("consistency", run_consistency);
+    duty!("sync", run_sync);
+    duty!("verification", run_verification);
+    duty!("event-cursor", run_cursor);
+    duty!("stuck-rows", run_housekeeping);
+    duty!("status-report", run_status_report);
+    duty!("bulk-jobs", run_bulk_jobs);
     Ok(())
 }
 
@@ -479,6 +471,7 @@ async fn watch_node(s: Arc<Secondary>) {
     loop {
         let pause = match s.refresh_node().await {
             Ok(changed) => {
+                crate::health::round_ok();
                 backoff = cursor::BACKOFF_START;
                 if first {
                     first = false;
@@ -490,6 +483,7 @@ async fn watch_node(s: Arc<Secondary>) {
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot read this site's settings from the primary");
+                crate::health::round_failed(&error);
                 let pause = backoff;
                 backoff = next_backoff(backoff);
                 pause
@@ -541,8 +535,13 @@ async fn run_consistency(s: Arc<Secondary>) {
     let interval = Duration::from_secs(s.site.config.workers.consistency_interval_secs.max(1));
     loop {
         let pause = if s.holds_duties().await {
-            if let Err(error) = s.consistency_pass().await {
-                tracing::warn!(error = %format!("{error:#}"), "consistency pass failed");
+            match s.consistency_pass().await {
+                Ok(_) => crate::health::round_ok(),
+                Err(error) => {
+                    let error = format!("{error:#}");
+                    tracing::warn!(%error, "consistency pass failed");
+                    crate::health::round_failed(&error);
+                }
             }
             interval
         } else {
@@ -606,8 +605,12 @@ async fn run_verification(s: Arc<Secondary>) {
                 Err(error) => {
                     failed = true;
                     tracing::warn!(r#type = it.name(), %error, "verification batch failed");
+                    crate::health::round_failed(&error);
                 }
             }
+        }
+        if !failed {
+            crate::health::round_ok();
         }
         if worked > 0 {
             backoff = cursor::BACKOFF_START;
@@ -654,7 +657,10 @@ async fn run_cursor(s: Arc<Secondary>) {
         };
         let wait = cursor::LONG_POLL;
         match cursor::round(&cx, scope.as_ref(), refresh, wait, &s.site.shutdown).await {
-            Ok(cursor::Round::Handled(_)) => backoff = cursor::BACKOFF_START,
+            Ok(cursor::Round::Handled(_)) => {
+                crate::health::round_ok();
+                backoff = cursor::BACKOFF_START
+            }
             Ok(cursor::Round::Stopped) => return,
             Ok(cursor::Round::Leased) => {
                 if !s.pause(s.idle().max(cursor::BACKOFF_START)).await {
@@ -663,6 +669,7 @@ async fn run_cursor(s: Arc<Secondary>) {
             }
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "event cursor failed; retrying");
+                crate::health::round_failed(&error);
                 if !s.pause(backoff).await {
                     return;
                 }
@@ -695,6 +702,49 @@ async fn run_housekeeping(s: Arc<Secondary>) {
     }
 }
 
+/// Runs the kept bulk resync and reverify jobs (`bulk.rs`), oldest first,
+/// in the process holding the singleton duties; a job stops between two
+/// batches when the duties move or the site stops, and the next holder
+/// resumes it.
+async fn run_bulk_jobs(s: Arc<Secondary>) {
+    let pause = Duration::from_millis(s.site.config.workers.bulk_update_pause_ms);
+    let idle = s.idle().max(Duration::from_millis(200));
+    loop {
+        if !s.holds_duties().await {
+            if !s.pause(s.duty_retry(idle)).await {
+                return;
+            }
+            continue;
+        }
+        let job = match bulk::next_job(&s.tracking).await {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the bulk jobs");
+                crate::health::round_failed(&error);
+                None
+            }
+        };
+        let Some(job) = job else {
+            if !s.pause(idle).await {
+                return;
+            }
+            continue;
+        };
+        let go_on = || *s.duties.borrow() == Some(true);
+        let cancel = &s.site.shutdown;
+        match bulk::run_job(&s.tracking, &s.site.catalog, job, pause, cancel, go_on).await {
+            Ok(_) => crate::health::round_ok(),
+            Err(error) => {
+                tracing::warn!(%error, "bulk registry update failed; retrying");
+                crate::health::round_failed(&error);
+                if !s.pause(cursor::BACKOFF_START).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Computes this site's status and sends it to the primary, every
 /// `workers.status_interval_secs`. A report the primary does not take
 /// counts in `geo_status_failed_total` (GitLab's counter).
@@ -716,6 +766,10 @@ async fn run_status_report(s: Arc<Secondary>) {
                 .map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
         };
+        match &sent {
+            Ok(()) => crate::health::round_ok(),
+            Err(error) => crate::health::round_failed(error),
+        }
         if let Err(error) = sent {
             tracing::warn!(%error, "status report to the primary failed");
             crate::metrics::STATUS_FAILED
@@ -773,7 +827,9 @@ mod tests {
         let site = Site::open(config).await.unwrap();
         let it = site.installed(testing::helm().name()).unwrap();
         let tracking = site.tracking().unwrap().clone();
-        let workers = tokio::spawn(run(site.clone()));
+        let mut duties =
+            crate::supervisor::Supervisor::new(site.duties.clone(), site.shutdown.clone());
+        start(site.clone(), &mut duties).unwrap();
 
         // The consistency pass finds the records; they are downloaded and verified.
         wait_for("the first five to be verified", async || {
@@ -821,6 +877,7 @@ mod tests {
         assert!(Registry::of(&it).get(&tracking, 7).await.unwrap().is_none());
 
         site.shutdown.cancel();
-        workers.await.unwrap().unwrap();
+        duties.join().await;
+        assert_eq!(site.duties.problem(), None);
     }
 }

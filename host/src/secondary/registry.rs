@@ -613,8 +613,7 @@ impl Registry {
     /// `retry_count = 1`, `retry_at = next_retry_time(1)`.
     pub async fn fail_stuck_syncs(&self, db: &Db, timeout: Duration) -> Result<u64, DbError> {
         let now = Db::now();
-        let cutoff =
-            now - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::hours(8));
+        let cutoff = crate::leases::expired_before(now, timeout);
         let sql = format!(
             "UPDATE {t} SET state = 3, last_sync_failure = $1, retry_count = 1, retry_at = $2 \
              WHERE state = 1 AND last_synced_at < $3",
@@ -897,8 +896,7 @@ impl Registry {
         db: &Db,
         timeout: Duration,
     ) -> Result<u64, DbError> {
-        let cutoff =
-            Db::now() - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::hours(8));
+        let cutoff = crate::leases::expired_before(Db::now(), timeout);
         let sql = format!(
             "SELECT {fk} AS model_id, verification_started_at FROM {t} \
              WHERE verification_state = 1 AND verification_started_at < $1 LIMIT 1000",

@@ -66,6 +66,8 @@ pub struct FakeState {
     pub records: BTreeMap<i64, FeedRecord>,
     pub blobs: HashMap<i64, FakeBlob>,
     pub events: Vec<FeedEvent>,
+    /// The last event id handed out.
+    pub last_event_id: i64,
     /// Requests seen, by path.
     pub hits: HashMap<String, usize>,
 }
@@ -190,7 +192,10 @@ impl FakePrimary {
     /// Appends an event to the log; returns its id.
     pub fn event(&self, event_name: &str, model_record_id: i64, extra: serde_json::Value) -> i64 {
         let mut state = self.state.lock().unwrap();
-        let id = state.events.len() as i64 + 1;
+        // Ids never repeat, even when a test hides an event (a transaction
+        // not committed yet).
+        state.last_event_id += 1;
+        let id = state.last_event_id;
         let mut payload = json!({"model_record_id": model_record_id, "correlation_id": "c"});
         if let (Some(payload), Some(extra)) = (payload.as_object_mut(), extra.as_object()) {
             payload.extend(extra.clone());
@@ -281,13 +286,19 @@ async fn events(
         .get("limit")
         .and_then(|v| v.parse().ok())
         .unwrap_or(250);
+    let ids: Option<Vec<i64>> = query
+        .get("ids")
+        .map(|list| list.split(',').filter_map(|v| v.parse().ok()).collect());
     let state = state.lock().unwrap();
     let last = state.events.last();
     Json(EventPage {
         events: state
             .events
             .iter()
-            .filter(|e| e.id > after)
+            .filter(|e| match &ids {
+                Some(ids) => ids.contains(&e.id),
+                None => e.id > after,
+            })
             .take(limit)
             .cloned()
             .collect(),

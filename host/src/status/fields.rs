@@ -4,7 +4,7 @@
 //!
 //! | field | primary | secondary |
 //! |---|---|---|
-//! | `_count` | model rows | registry rows |
+//! | `_count` | model rows | registry rows, plus the records in scope on the primary that have none yet |
 //! | `_checksum_total_count` | rows in `<name>_states` | `null` |
 //! | `_checksummed_count` | verification succeeded | `null` |
 //! | `_checksum_failed_count` | verification failed | `null` |
@@ -12,7 +12,14 @@
 //! | `_registry_count` | `null` | registry rows |
 //! | `_verification_total_count` | `null` | synced and verification not disabled |
 //! | `_verified_count`, `_verification_failed_count` | `null` | synced and verification succeeded, failed |
-//! | `_synced_in_percentage`, `_verified_in_percentage` | `"0.00%"` | synced, verified over registry rows, `"x.xx%"` |
+//! | `_synced_in_percentage`, `_verified_in_percentage` | `"0.00%"` | synced, verified over `_count`, `"x.xx%"` |
+//!
+//! GitLab's secondary counts registry rows only (`_count` = `_registry_count`),
+//! so a record whose registry was never created (a missed event, before the
+//! next consistency pass) did not show at all: "synced 192 / total 192
+//! (100%)" with 200 records in scope. Here `_count` also holds the in-scope
+//! records without a row (`secondary::consistency::missing_registries`), and
+//! the percentages are over it; `_registry_count` stays the rows.
 //!
 //! A type whose replication is off (`geo_<name>_replication`) has every
 //! count `null`, as GitLab leaves disabled replicators out of the status.
@@ -148,16 +155,23 @@ impl TypeCounts {
         ]
     }
 
-    /// GitLab's `synced_in_percentage`: synced over registry rows, in
-    /// hundredths of a percent (0 when there is no registry row).
-    pub fn synced_hundredths(&self) -> i64 {
-        hundredths(self.synced, self.registry)
+    /// A secondary's count: its registry rows and `missing` in-scope
+    /// records without one.
+    pub fn add_missing(&mut self, missing: i64) {
+        self.count = self.registry.map(|rows| rows + missing.max(0));
     }
 
-    /// GitLab's `verified_in_percentage`: verified over registry rows (not
-    /// over `verification_total`), in hundredths of a percent.
+    /// GitLab's `synced_in_percentage`: synced over the count (registry
+    /// rows and records still without one), in hundredths of a percent (0
+    /// when there is none).
+    pub fn synced_hundredths(&self) -> i64 {
+        hundredths(self.synced, self.count)
+    }
+
+    /// GitLab's `verified_in_percentage`: verified over the count (not over
+    /// `verification_total`), in hundredths of a percent.
     pub fn verified_hundredths(&self) -> i64 {
-        hundredths(self.verified, self.registry)
+        hundredths(self.verified, self.count)
     }
 
     /// Writes the twelve fields into a status object.

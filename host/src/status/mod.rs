@@ -204,9 +204,19 @@ pub async fn current(
     let counts = all_type_counts(site).await?;
     let mut status = match site.role() {
         Role::Primary => primary_status(site, &counts).await,
-        Role::Secondary => secondary_status(site, client, &counts).await,
+        Role::Secondary => secondary_status(site, client, counts).await,
     }?;
     status.insert("plugins".into(), plugins_json(site));
+    // Geohost's addition: the background duties, and any that keep failing
+    // make the site unhealthy (`health.rs`).
+    status.insert("duties".into(), json!(site.duties.reports()));
+    if let Some(problem) = site.duties.problem() {
+        let health = match status.get("health").and_then(Value::as_str) {
+            Some(HEALTHY) | None => problem,
+            Some(other) => format!("{other}; {problem}"),
+        };
+        set_health(&mut status, &health);
+    }
     Ok(status)
 }
 
@@ -263,10 +273,49 @@ fn primary_health(error: &ClientError) -> String {
     }
 }
 
+/// Adds to each type's count the records in this secondary's scope that
+/// have no registry row yet (`consistency::missing_registries`), so that a
+/// missing registry shows as not synced. A type that cannot be checked now
+/// keeps its registry count (logged).
+async fn add_missing(
+    site: &Site,
+    tracking: &Db,
+    client: &PrimaryClient,
+    node: &NodeSettings,
+    counts: &mut [TypeCounts],
+) {
+    let Ok(settings) = node.scope().to_settings() else {
+        return;
+    };
+    let mut topology = None;
+    for it in site.catalog.all() {
+        let Some(type_counts) = counts
+            .iter_mut()
+            .find(|c| c.plural == it.identity.plural_name() && c.registry.is_some())
+        else {
+            continue;
+        };
+        match crate::secondary::consistency::missing_registries(
+            client,
+            tracking,
+            &it,
+            &settings,
+            &mut topology,
+        )
+        .await
+        {
+            Ok(missing) => type_counts.add_missing(missing),
+            Err(error) => {
+                tracing::warn!(r#type = it.name(), %error, "cannot count the records without a registry")
+            }
+        }
+    }
+}
+
 async fn secondary_status(
     site: &Site,
     client: Option<&PrimaryClient>,
-    counts: &[TypeCounts],
+    mut counts: Vec<TypeCounts>,
 ) -> Result<Map<String, Value>, DbError> {
     let tracking = site
         .tracking
@@ -304,8 +353,11 @@ async fn secondary_status(
             }
         }
     }
+    if let (Some(client), Some(node), None) = (client, &node, &problem) {
+        add_missing(site, tracking, client, node, &mut counts).await;
+    }
     let node_id = node.as_ref().map(|n| n.id);
-    let mut status = skeleton(node_id, counts);
+    let mut status = skeleton(node_id, &counts);
     set_health(&mut status, problem.as_deref().unwrap_or(HEALTHY));
     status.insert("last_event_id".into(), last.map(|(id, _)| id).into());
     status.insert(

@@ -47,17 +47,23 @@
 //! # Ok(()) }
 //! ```
 
+pub mod durable;
 mod hash;
+#[cfg(test)]
+mod recording;
 mod s3;
+mod s3_staging;
 mod store;
 pub mod sweeper;
 mod temp;
 #[doc(hidden)]
 pub mod testing;
+mod undo;
 
 pub use s3::S3Settings;
 pub use store::BlobStore;
 pub use temp::{FinishedTemp, TempBlob};
+pub use undo::{JournalEntry, UNDO_DIR};
 
 use crate::plugin::BlobPath;
 use chrono::{DateTime, Utc};

@@ -12,7 +12,9 @@
 //! temporary key is deleted. A copy is atomic on S3: readers of the final
 //! key see the old object or the new one. A crash between the copy and the
 //! delete leaves only a temporary object, removed by
-//! [`BlobStore::cleanup_temp`] an hour later. `CopyObject` is limited to
+//! [`BlobStore::cleanup_temp`] an hour later; an upload cut short leaves
+//! an incomplete multipart upload, aborted by the same sweep
+//! (`s3_staging.rs`). `CopyObject` is limited to
 //! 5 GiB objects by AWS, which is far above any package-metadata blob.
 //!
 //! Checksums follow GitLab: an object-stored blob's verification checksum is
@@ -126,16 +128,16 @@ impl BlobStore {
                 .map(|e| format!(" at {e}"))
                 .unwrap_or_default()
         );
+        let staging = super::s3_staging::S3Staging::new(s3.clone(), settings);
         let store: Arc<dyn object_store::ObjectStore> = if settings.prefix.is_empty() {
             Arc::new(s3)
         } else {
             Arc::new(PrefixStore::new(s3, settings.prefix.as_str()))
         };
-        Ok(BlobStore::from_object_store(
-            store,
-            StoreKind::ObjectStorage,
-            description,
-        ))
+        Ok(
+            BlobStore::from_object_store(store, StoreKind::ObjectStorage, description)
+                .with_staging(staging),
+        )
     }
 
     /// The blob store a `[storage]` section describes; a local store

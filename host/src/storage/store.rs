@@ -1,5 +1,6 @@
 //! [`BlobStore`]: the operations a site performs on its blobs.
 
+use super::durable::{Durable, OsSync, SyncFs};
 use super::temp::TempBlob;
 use super::{
     BlobMeta, StorageError, StoreKind, TEMP_DIR, Written, blob_location, hash, type_prefix,
@@ -40,11 +41,15 @@ struct Inner {
     part_concurrency: usize,
     /// Shown in logs and `Debug`.
     description: String,
+    /// On S3, the multipart uploads crashed writers left (`s3_staging.rs`).
+    staging: Option<super::s3_staging::S3Staging>,
 }
 
 struct Local {
     fs: Arc<LocalFileSystem>,
     root: PathBuf,
+    /// Makes writes durable before they return (`durable.rs`).
+    sync: Arc<dyn SyncFs>,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -63,8 +68,29 @@ impl std::fmt::Display for BlobStore {
 }
 
 impl BlobStore {
-    /// Blob storage in the local folder `root`, created if missing.
+    /// The same store, sweeping its S3 staging uploads too (`s3.rs`).
+    pub(super) fn with_staging(mut self, staging: super::s3_staging::S3Staging) -> BlobStore {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.staging = Some(staging);
+        }
+        self
+    }
+
+    /// Blob storage in the local folder `root`, created if missing. Every
+    /// write is on stable storage when it returns (`durable.rs`).
     pub fn local(root: &Path) -> Result<BlobStore, StorageError> {
+        BlobStore::local_with(root, |store| store, Arc::new(OsSync))
+    }
+
+    /// [`BlobStore::local`] with the writes going through `wrap(store)` and
+    /// the syncs through `sync`: the seam the durability tests record the
+    /// order of writes, renames and syncs through.
+    #[doc(hidden)]
+    pub fn local_with(
+        root: &Path,
+        wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
+        sync: Arc<dyn SyncFs>,
+    ) -> Result<BlobStore, StorageError> {
         let root_error = |source| StorageError::Root {
             path: root.to_path_buf(),
             source,
@@ -79,17 +105,19 @@ impl BlobStore {
         let fs = Arc::new(fs);
         Ok(BlobStore {
             inner: Arc::new(Inner {
-                store: fs.clone(),
+                store: wrap(fs.clone()),
                 kind: StoreKind::Local,
                 description: format!("local:{}", canonical.display()),
                 local: Some(Local {
                     fs,
                     root: canonical,
+                    sync,
                 }),
                 // Parts are written in place by blocking writes: no minimum
                 // size, so keep memory per download small.
                 part_size: 1024 * 1024,
                 part_concurrency: 2,
+                staging: None,
             }),
         })
     }
@@ -112,6 +140,7 @@ impl BlobStore {
                 part_size: 8 * 1024 * 1024,
                 part_concurrency: 4,
                 description: description.into(),
+                staging: None,
             }),
         }
     }
@@ -165,6 +194,7 @@ impl BlobStore {
             .put(&location, PutPayload::from_bytes(data))
             .await
             .map_err(|e| StorageError::from_store("write", &location, e))?;
+        self.make_durable(&location, Durable::Both).await?;
         tracing::debug!(%location, size = written.size, "blob stored");
         Ok(written)
     }
@@ -334,7 +364,10 @@ impl BlobStore {
             .store
             .copy(&from, &to)
             .await
-            .map_err(|e| StorageError::from_store("copy", &from, e))
+            .map_err(|e| StorageError::from_store("copy", &from, e))?;
+        // A local copy is a hard link: the data is the source's, synced
+        // when it was written; the new folder entries are not.
+        self.make_durable(&to, Durable::Entries).await
     }
 
     /// Moves blob `from` to `to` within type `type_name`, replacing `to`.
@@ -359,12 +392,43 @@ impl BlobStore {
             .store
             .rename(from, to)
             .await
-            .map_err(|e| StorageError::from_store("rename", from, e))
+            .map_err(|e| StorageError::from_store("rename", from, e))?;
+        self.make_durable(to, Durable::Entries).await
+    }
+
+    /// On a local store, syncs `location`'s data and/or the folders from
+    /// its own up to the root, so that what was just written or renamed
+    /// there survives a power cut (`durable.rs`). Nothing to do on object
+    /// storage, where an acknowledged write is durable.
+    pub(super) async fn make_durable(
+        &self,
+        location: &StorePath,
+        what: Durable,
+    ) -> Result<(), StorageError> {
+        let Some(local) = &self.inner.local else {
+            return Ok(());
+        };
+        let file = local
+            .fs
+            .path_to_filesystem(location)
+            .map_err(|e| StorageError::from_store("sync", location, e))?;
+        let (sync, root) = (local.sync.clone(), local.root.clone());
+        let shown = location.to_string();
+        tokio::task::spawn_blocking(move || super::durable::sync_path(&*sync, &root, &file, what))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|done| done)
+            .map_err(|source| StorageError::Io {
+                op: "sync",
+                location: shown,
+                source,
+            })
     }
 
     /// Removes temporary objects last written more than `older_than` ago:
-    /// what a crash or a cancelled download left behind. Returns how many
-    /// were removed.
+    /// what a crash or a cancelled download left behind, including, on S3,
+    /// the incomplete multipart uploads of temporary keys
+    /// (`s3_staging.rs`). Returns how many were removed.
     ///
     /// `older_than` must exceed the longest a download may take, or this
     /// races with it; the downloader's stall timeouts bound that.
@@ -401,7 +465,11 @@ impl BlobStore {
                 for location in &stale {
                     self.delete_location(location).await?;
                 }
-                stale.len()
+                let aborted = match &self.inner.staging {
+                    Some(staging) => staging.sweep(older_than).await?,
+                    None => 0,
+                };
+                stale.len() + aborted
             }
         };
         if removed > 0 {

@@ -17,8 +17,12 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(blobs: BlobStore, max_age: Duration, shutdown: CancellationToken) {
     let every = (max_age / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
-        if let Err(error) = blobs.cleanup_temp(max_age).await {
-            tracing::warn!(%error, "could not clean temporary blobs");
+        match blobs.cleanup_temp(max_age).await {
+            Ok(_) => crate::health::round_ok(),
+            Err(error) => {
+                tracing::warn!(%error, "could not clean temporary blobs");
+                crate::health::round_failed(&error);
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -91,6 +91,11 @@ impl TempBlob {
                 source,
             });
         }
+        // The data is on stable storage before the object can be renamed to
+        // a blob path and a commit can point at it (`durable.rs`).
+        self.store
+            .make_durable(&self.location, super::durable::Durable::Data)
+            .await?;
         let hasher = std::mem::take(&mut self.hasher);
         Ok(FinishedTemp {
             size: self.size,

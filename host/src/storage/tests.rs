@@ -281,6 +281,50 @@ async fn cleanup_temp_removes_leftovers() {
     assert_eq!(store.cleanup_temp(Duration::ZERO).await.unwrap(), 0);
 }
 
+/// On S3, a writer killed in the middle of a large download leaves an
+/// incomplete multipart upload: invisible to listings, but stored and
+/// billed. The sweep aborts it once it is older than the age, never a
+/// live one.
+#[tokio::test]
+async fn cleanup_temp_aborts_the_multipart_uploads_a_crash_left_on_s3() {
+    let Some(mut settings) = testing::s3_settings() else {
+        return;
+    };
+    settings.prefix = "site-a".into();
+    let store = BlobStore::s3(&settings).unwrap();
+    let mut temp = store.begin_temp();
+    // More than one 8 MiB part: a multipart upload, with a part stored.
+    temp.write(Bytes::from(vec![7u8; 9 * 1024 * 1024]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::mem::forget(temp); // the process dies before it completes
+    assert_eq!(
+        store.cleanup_temp(Duration::from_secs(3600)).await.unwrap(),
+        0,
+        "a young upload is left alone"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        store.cleanup_temp(Duration::from_secs(1)).await.unwrap(),
+        1,
+        "the stale upload is aborted"
+    );
+    assert_eq!(store.cleanup_temp(Duration::ZERO).await.unwrap(), 0);
+    // Another site's prefix in the same bucket is not this site's to sweep.
+    let mut other = settings.clone();
+    other.prefix = "site-b".into();
+    let other = BlobStore::s3(&other).unwrap();
+    let mut temp = other.begin_temp();
+    temp.write(Bytes::from(vec![7u8; 9 * 1024 * 1024]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::mem::forget(temp);
+    assert_eq!(store.cleanup_temp(Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(other.cleanup_temp(Duration::ZERO).await.unwrap(), 1);
+}
+
 #[tokio::test]
 async fn discard_and_drop_remove_the_temporary_object() {
     let (dir, store) = local();

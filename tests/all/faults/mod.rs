@@ -15,6 +15,9 @@
 //! - `postgres-restart`: both sites on a PostgreSQL server of the suite's
 //!   own ([`postgres::OwnPostgres`]), restarted mid-run;
 //! - `plugin-faults`: see [`plugin`].
+//! - `out-of-order`: on PostgreSQL, primary transactions held open so that
+//!   event ids commit out of order, with no consistency pass after the
+//!   start: every change must come through the event feed.
 //!
 //! After each scenario heals, every record the primary acknowledged must be
 //! on the primary with that content and checksum, and on the secondary
@@ -313,6 +316,35 @@ impl Pair {
             _primary_dir: primary_dir,
             _secondary_dir: secondary_dir,
         }
+    }
+
+    /// The scenario's row of the table: the records lost, and a note if a
+    /// site died.
+    async fn outcome(
+        &mut self,
+        scenario: &str,
+        iterations: usize,
+        faults: String,
+        times: Vec<Result<Duration, String>>,
+    ) -> Outcome {
+        let lost = self.lost().await;
+        let alive = self.primary.alive() && self.secondary.alive();
+        let note = if alive {
+            String::new()
+        } else {
+            "a site died".into()
+        };
+        outcome(scenario, iterations, faults, times, lost, note)
+    }
+
+    /// Rewrites one setting of the secondary's configuration.
+    pub fn set_secondary_setting(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.secondary.config_path).unwrap();
+        assert!(
+            text.contains(from),
+            "{from} is not in the secondary's configuration"
+        );
+        std::fs::write(&self.secondary.config_path, text.replace(from, to)).unwrap();
     }
 
     /// Rewrites the secondary's primary URL (to put a proxy between them).
@@ -1035,20 +1067,95 @@ async fn postgres_restart_scenario(seed: u64) -> Outcome {
         }
         times.push(pair.converge().await);
     }
-    let lost = pair.lost().await;
-    let alive = pair.primary.alive() && pair.secondary.alive();
-    outcome(
-        NAME,
-        rounds as usize,
-        format!("{rounds} restarts"),
-        times,
-        lost,
-        if alive {
-            String::new()
-        } else {
-            "a site died".into()
-        },
+    pair.outcome(NAME, rounds as usize, format!("{rounds} restarts"), times)
+        .await
+}
+
+/// `out-of-order`: on PostgreSQL, event ids come from a sequence and
+/// become visible at commit. A trigger on the primary holds every tenth
+/// event's transaction open 0.5–1.5 s while six writers write at once, so
+/// commits come out of id order and the cursor passes ids committed later;
+/// the secondary's consistency pass runs only at its start, so every
+/// change must arrive through the event feed (its gap tracking).
+async fn out_of_order_scenario(seed: u64) -> Outcome {
+    const NAME: &str = "out-of-order: PostgreSQL commits out of id order, no consistency pass";
+    let Some(primary_db) = geohost::db::testing::fresh_postgres_url().await else {
+        if std::env::var("CI").is_ok() {
+            panic!("CI must have PostgreSQL");
+        }
+        return skipped(NAME, "GEOHOST_TEST_POSTGRES_URL is unset".into());
+    };
+    let databases = Databases {
+        primary: Some(primary_db.clone()),
+        secondary: geohost::db::testing::fresh_postgres_url().await,
+        tracking: geohost::db::testing::fresh_postgres_url().await,
+        extra_config: String::new(),
+    };
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x0d0d);
+    let mut pair = Pair::prepare(databases, None, |_| {}).await;
+    pair.set_secondary_setting(
+        "consistency_interval_secs = 2",
+        "consistency_interval_secs = 3600",
+    );
+    let db = geohost::db::Db::connect(&primary_db).await.unwrap();
+    db.execute_script(
+        "CREATE FUNCTION hold_some_commits() RETURNS trigger AS $$ BEGIN \
+           IF NEW.id % 10 = 0 THEN PERFORM pg_sleep(0.5 + random()); END IF; \
+           RETURN NEW; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER hold_some_commits AFTER INSERT ON geo_event_log \
+           FOR EACH ROW EXECUTE FUNCTION hold_some_commits()",
     )
+    .await
+    .unwrap();
+    pair.primary.start().await;
+    pair.secondary.start().await;
+    let rounds = 3;
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let mut writers = Vec::new();
+        for w in 0..6u64 {
+            let writer = pair.writer();
+            let mut burst = Vec::new();
+            for i in 0..8u64 {
+                let project = pair.projects[rng.random_range(0..2)];
+                // Each writer its own records: one record's writes are
+                // acknowledged in the order they commit.
+                let channel = format!("w{w}c{}", rng.random_range(0..7));
+                let version = round * 1000 + w * 100 + i;
+                burst.push((
+                    project,
+                    channel.clone(),
+                    content(project, &channel, version, 2048),
+                ));
+            }
+            writers.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for (project, channel, body) in burst {
+                    let sha = writer.write(project, &channel, body).await;
+                    acked.push(((project, channel), sha));
+                }
+                acked
+            }));
+        }
+        for writer in writers {
+            for (key, sha) in writer.await.unwrap() {
+                pair.acked.insert(key, sha);
+            }
+        }
+        times.push(pair.converge().await);
+    }
+    let held = db
+        .fetch_one(
+            "SELECT COUNT(*) AS n FROM geo_event_log WHERE id % 10 = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .i64("n")
+        .unwrap();
+    db.close().await;
+    let faults = format!("{held} transactions held open 0.5–1.5 s, 6 writers at once");
+    pair.outcome(NAME, rounds as usize, faults, times).await
 }
 
 /// The fixture type of the plugin scenario, and its poisoned projects.
@@ -1223,7 +1330,7 @@ async fn faults_heal_and_nothing_is_lost() {
          scenario: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>| async move {
             if on { Some(scenario.await) } else { None }
         };
-    let (proxy, sigkill, plugin, disk, pg) = tokio::join!(
+    let (proxy, sigkill, plugin, disk, pg, order) = tokio::join!(
         maybe(runs("proxy"), Box::pin(proxy_scenario(seed))),
         maybe(runs("sigkill"), Box::pin(sigkill_scenario(seed, kills))),
         maybe(runs("plugin-faults"), Box::pin(plugin_scenario(seed))),
@@ -1232,8 +1339,9 @@ async fn faults_heal_and_nothing_is_lost() {
             runs("postgres-restart"),
             Box::pin(postgres_restart_scenario(seed))
         ),
+        maybe(runs("out-of-order"), Box::pin(out_of_order_scenario(seed))),
     );
-    let outcomes: Vec<Outcome> = [proxy, sigkill, plugin, disk, pg]
+    let outcomes: Vec<Outcome> = [proxy, sigkill, plugin, disk, pg, order]
         .into_iter()
         .flatten()
         .collect();

@@ -318,6 +318,13 @@ function siteCard(status, site) {
   const fact = (term, ...value) => facts.append(el("dt", {}, term), el("dd", {}, ...value));
   if (url) fact("URL", el("a", { href: url }, url));
   if (status && !healthy) fact("Health", el("span", { class: "error" }, status.health));
+  // Background duties that failed since the site started (health.rs).
+  const troubled = (status?.duties || []).filter((d) => d.state !== "running" || d.restarts > 0);
+  if (troubled.length) {
+    fact("Background duties", ...troubled.map((d) =>
+      el("span", { class: d.state === "failing" ? "error duty" : "duty", "data-duty": d.name },
+        `${d.name}: ${d.state}, ${fmt(d.failures)} failures, ${fmt(d.restarts)} restarts`)));
+  }
   if (status) {
     const updated = status.updated_at || status.last_successful_status_check_timestamp;
     if (status.updated_at) fact("Status updated", timeCell(status.updated_at));
@@ -377,7 +384,8 @@ function siteCard(status, site) {
         el("td", { class: "num", "data-count": "total" }, fmt(count("_count"))),
       );
     } else {
-      const total = count("_registry_count");
+      // Registries, and the records in scope without one yet (status/fields.rs).
+      const total = count("_count") ?? count("_registry_count");
       const failed = count("_failed_count");
       const verificationFailed = count("_verification_failed_count");
       const failedAll =

@@ -577,8 +577,10 @@ pub async fn bulk_update(
         filter.verification_state =
             Some(verification_state(name).ok_or_else(|| Error::new("invalid verificationState"))?);
     }
-    let pause = Duration::from_millis(site.config.workers.bulk_update_pause_ms);
-    bulk::spawn(tracking, it, action, filter, pause, site.shutdown.clone());
+    // Kept, and run by the `bulk-jobs` duty: a restart resumes it.
+    bulk::enqueue(&tracking, it.name(), action, &filter)
+        .await
+        .map_err(|e| Error::new(e.to_string()))?;
     Ok(BulkPayload {
         client_mutation_id: None,
         errors: Vec::new(),
