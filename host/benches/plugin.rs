@@ -381,9 +381,7 @@ fn scope_reevaluation_cpu(runtime: &PluginRuntime, component: &[u8]) -> Duration
     let kept: usize = tokio.block_on(async {
         let mut kept = 0;
         for chunk in feed.chunks(SCOPE_BATCH) {
-            let decisions = geohost::secondary::scope::in_scope(&it, &scope, chunk)
-                .await
-                .expect("in_scope");
+            let decisions = it.in_scope(&scope, chunk).await.expect("in_scope");
             kept += decisions.iter().filter(|d| matches!(d, Ok(true))).count();
         }
         kept

@@ -25,7 +25,6 @@ use common::*;
 use geohost::config::Config;
 use geohost::db::{Arg, Db};
 use geohost::primary::{sites as geo_sites, topology};
-use geohost::site::Site;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -147,7 +146,7 @@ async fn backfill(records: usize) -> (Duration, Duration) {
         credentials.secret_access_key,
     );
     let watch = Instant::now();
-    let site = Site::open(Config::from_toml(&config).expect("config"))
+    let site = geohost::runtime::open(Config::from_toml(&config).expect("config"))
         .await
         .expect("the secondary opens");
     let secondary = geohost::secondary::Secondary::new(site.clone()).expect("the secondary");
@@ -254,7 +253,7 @@ async fn peak_rss_per_site() -> Peaks {
     );
     // Set up in this process (token, project, the secondary), then serve
     // from the binary.
-    let site = Site::open(Config::from_toml(&primary_config).expect("config"))
+    let site = geohost::runtime::open(Config::from_toml(&primary_config).expect("config"))
         .await
         .expect("primary opens");
     let (_, token) = geohost::api::auth::create_token(&site.db, "bench")

@@ -8,7 +8,7 @@
 //!   live. *Cold*: the compiled artifact was deleted from the compile cache
 //!   first; *cached*: it is there. The swap's own time (validation,
 //!   including the path check over the live records, until the `Arc` is
-//!   replaced) is printed beside, from `swap::install` called directly.
+//!   replaced) is printed beside, from `swap::activate` called directly.
 //! - **Scope re-evaluation**: process CPU time to decide, in batches of
 //!   10,000 as the consistency pass does, the scope of 1,000,000 records
 //!   (decoded from feed JSON, then `in-scope`) under the new version, and
@@ -22,7 +22,6 @@
 mod common;
 
 use geohost::config::Config;
-use geohost::site::Site;
 use geohost::swap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,7 +82,7 @@ async fn main() {
         plugins.display().to_string()
     ))
     .unwrap();
-    let site = Site::open(config).await.unwrap();
+    let site = geohost::runtime::open(config).await.unwrap();
     let ns = geohost::primary::topology::create_namespace(&site.db, "g", "g", None)
         .await
         .unwrap()
@@ -166,13 +165,13 @@ async fn main() {
             expect_name: Some(HELM.into()),
             source: "bench".into(),
         };
-        let report = swap::install(&site, v2.clone(), request()).await.unwrap();
+        let report = swap::activate(&site, v2.clone(), request()).await.unwrap();
         if cold {
             direct_cold.push(report.swap_time)
         } else {
             direct_cached.push(report.swap_time)
         }
-        swap::install(&site, v1.clone(), request()).await.unwrap();
+        swap::activate(&site, v1.clone(), request()).await.unwrap();
     }
 
     // Scope re-evaluation over a million records.
@@ -185,9 +184,7 @@ async fn main() {
     let (cpu, wall) = (process_cpu(), Instant::now());
     let mut kept = 0usize;
     for chunk in feed.chunks(BATCH) {
-        let decisions = geohost::secondary::scope::in_scope(&new, &scope, chunk)
-            .await
-            .unwrap();
+        let decisions = new.in_scope(&scope, chunk).await.unwrap();
         kept += decisions.iter().filter(|d| matches!(d, Ok(true))).count();
     }
     let (eval_cpu, eval_wall) = (process_cpu() - cpu, wall.elapsed());
@@ -214,7 +211,7 @@ async fn main() {
         ms(median(file_cached.clone()))
     );
     println!(
-        "| swap alone (`swap::install`: validate, path check, replace), median | {} | {} |",
+        "| swap alone (`swap::activate`: validate, path check, replace), median | {} | {} |",
         ms(median(direct_cold)),
         ms(median(direct_cached))
     );

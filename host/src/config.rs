@@ -50,6 +50,8 @@ pub struct Config {
     #[serde(default)]
     pub workers: WorkerSection,
     #[serde(default)]
+    pub deletions: DeletionSection,
+    #[serde(default)]
     pub monitoring: MonitoringSection,
 }
 
@@ -265,6 +267,38 @@ pub struct WorkerSection {
     pub retry_delay_max_secs: Option<u64>,
 }
 
+/// Guarded deletions on a secondary (`storage/quarantine.rs`,
+/// `secondary/guard.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeletionSection {
+    /// How long a removed blob stays in the quarantine before it is purged,
+    /// in seconds (a day by default).
+    #[serde(default = "default_quarantine_secs")]
+    pub quarantine_secs: u64,
+    /// The share of a type's registries (0 to 1) that one consistency pass
+    /// or swap may remove without an operator's confirmation; a pass that
+    /// would remove more pauses its removals (10% by default).
+    #[serde(default = "default_max_removal_share")]
+    pub max_removal_share: f64,
+}
+
+impl Default for DeletionSection {
+    fn default() -> Self {
+        DeletionSection {
+            quarantine_secs: default_quarantine_secs(),
+            max_removal_share: default_max_removal_share(),
+        }
+    }
+}
+
+fn default_quarantine_secs() -> u64 {
+    24 * 3600
+}
+fn default_max_removal_share() -> f64 {
+    0.10
+}
+
 impl Default for WorkerSection {
     fn default() -> Self {
         WorkerSection {
@@ -439,6 +473,12 @@ impl Config {
                  register it on the primary with `geohost site add`"
                     .into(),
             ));
+        }
+        let share = self.deletions.max_removal_share;
+        if !(0.0..=1.0).contains(&share) {
+            return Err(ConfigError::Invalid(format!(
+                "deletions.max_removal_share is a share of a type's registries, from 0 to 1; got {share}"
+            )));
         }
         Ok(())
     }

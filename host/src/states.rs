@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn delays_match_gitlab_samples() {
-        // n=1: 16–74 s; n=3: 96–212 s; n=5: 640–814 s (geo-reference §2).
+        // n=1: 16–74 s; n=3: 96–212 s; n=5: 640–814 s (GitLab's `ee/lib/delay.rb`).
         for (n, lo, hi) in [(1, 16, 74), (3, 96, 212), (5, 640, 814)] {
             assert_eq!(delay(n, 0).num_seconds(), lo);
             assert_eq!(delay(n, 29).num_seconds(), hi);

@@ -80,7 +80,7 @@ fn every_shipped_component_carries_its_vectors() {
         let stem = shipped.file.trim_end_matches(".wasm");
         let file = std::fs::read(plugins_dir().join(stem).join("vectors.json")).unwrap();
         let carried =
-            geohost::plugin::custom_section(shipped.bytes, geohost::plugin::vectors::SECTION)
+            geohost::plugin::custom_section(shipped.bytes, geohost::plugin::VECTORS_SECTION)
                 .unwrap_or_else(|| panic!("{stem} carries no test vectors"));
         assert_eq!(
             carried, file,

@@ -47,7 +47,10 @@ fn request(name: &str, source: &str) -> Request {
 }
 
 /// (record id → (state, verification state, failure)) of a secondary's registry of `name`.
-async fn registry(site: &TestSite, name: &str) -> BTreeMap<i64, (i16, i16, Option<String>)> {
+pub(crate) async fn registry(
+    site: &TestSite,
+    name: &str,
+) -> BTreeMap<i64, (i16, i16, Option<String>)> {
     let it = site.site.installed(name).unwrap();
     site.site
         .tracking()
@@ -77,7 +80,7 @@ async fn registry(site: &TestSite, name: &str) -> BTreeMap<i64, (i16, i16, Optio
 }
 
 /// The primary's records of `name`: id → (channel, blob path).
-async fn records(primary: &TestSite, name: &str) -> BTreeMap<i64, (String, String)> {
+pub(crate) async fn records(primary: &TestSite, name: &str) -> BTreeMap<i64, (String, String)> {
     let it = primary.site.installed(name).unwrap();
     let rows = geohost::primary::records::page(&primary.site.db, &it, 0, 100_000)
         .await
@@ -91,9 +94,7 @@ async fn records(primary: &TestSite, name: &str) -> BTreeMap<i64, (String, Strin
             verification_checksum: None,
         })
         .collect();
-    let paths = geohost::secondary::scope::blob_paths(&it, &feed)
-        .await
-        .unwrap();
+    let paths = it.blob_paths(&feed).await.unwrap();
     feed.iter()
         .zip(paths)
         .map(|(r, p)| {
@@ -113,19 +114,19 @@ async fn records(primary: &TestSite, name: &str) -> BTreeMap<i64, (String, Strin
         .collect()
 }
 
-fn sha(path: &std::path::Path) -> Option<String> {
+pub(crate) fn sha(path: &std::path::Path) -> Option<String> {
     std::fs::read(path)
         .ok()
         .map(|b| hex::encode(Sha256::digest(b)))
 }
 
-fn blob(site: &TestSite, name: &str, path: &str) -> std::path::PathBuf {
+pub(crate) fn blob(site: &TestSite, name: &str, path: &str) -> std::path::PathBuf {
     site.dir.join("blobs").join(name).join(path)
 }
 
 /// Whether the secondary holds exactly the records `wanted` says, all
 /// synced and verified, byte-identical to the primary's.
-async fn follows(
+pub(crate) async fn follows(
     primary: &TestSite,
     secondary: &TestSite,
     name: &str,
@@ -283,18 +284,36 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
         })
         .await;
 
-        // v2 leaves channel beta out: applied at once on the secondary.
+        // v2 leaves channel beta out: re-evaluated at once on the
+        // secondary, where removing more than a tenth of the registries
+        // waits for an operator's confirmation (guarded deletions).
         for site in [&primary, &secondary] {
-            let report = swap::install(&site.site, v2.clone(), request(HELM, "test"))
+            let report = swap::activate(&site.site, v2.clone(), request(HELM, "test"))
                 .await
                 .unwrap();
             assert_eq!(report.outcome, Outcome::Upgraded, "{backend:?}");
             assert_eq!(report.version, "1.1.0");
             assert_eq!(report.previous_version.as_deref(), Some("1.0.0"));
             if site.site.role() == geohost::config::Role::Secondary {
-                // Applied at once, not at the next periodic pass.
-                assert!(report.registries_removed > 0, "{backend:?}: {report:?}");
+                // Decided at once, not at the next periodic pass.
+                assert!(
+                    report.registries_removed + report.registries_held > 0,
+                    "{backend:?}: {report:?}"
+                );
             }
+        }
+        let tracking = secondary.site.tracking().unwrap();
+        if geohost::secondary::guard::confirm(tracking, HELM)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            secondary
+                .site
+                .role_state
+                .get::<geohost::secondary::Secondary>()
+                .unwrap()
+                .request_pass();
         }
         let v2_sha = secondary
             .site
@@ -549,7 +568,7 @@ async fn an_upgrade_breaking_the_running_versions_vectors_is_refused_unless_decl
             .to_string();
         // Helm 3.0.0 moves every blob under v3/ and says nothing of it: the
         // shipped Helm's vectors (its vectors.json, embedded) catch it.
-        let error = swap::install(
+        let error = swap::activate(
             &primary.site,
             fixture_component("helm-path-undeclared"),
             request(HELM, "test"),
@@ -568,7 +587,7 @@ async fn an_upgrade_breaking_the_running_versions_vectors_is_refused_unless_decl
             "the running version keeps serving"
         );
         // Helm 2.0.0 moves them under v2/ and declares it in its vectors.json.
-        let report = swap::install(
+        let report = swap::activate(
             &primary.site,
             fixture_component("helm-path-v2"),
             request(HELM, "test"),
@@ -658,7 +677,7 @@ async fn a_path_rule_change_moves_blobs_on_both_sites() {
         .await;
         let before = records(&primary, HELM).await;
         for site in [&primary, &secondary] {
-            let report = swap::install(&site.site, v2.clone(), request(HELM, "test"))
+            let report = swap::activate(&site.site, v2.clone(), request(HELM, "test"))
                 .await
                 .unwrap();
             assert_eq!(report.blobs_moved, 4, "{backend:?}");

@@ -427,7 +427,7 @@ async fn plugins_builtin_chooses_the_shipped_types_a_site_installs() {
         dir.path().display().to_string()
     );
     let config = geohost::config::Config::from_toml(&config).unwrap();
-    let error = match geohost::site::Site::open(config).await {
+    let error = match geohost::runtime::open(config).await {
         Ok(_) => panic!("an unknown shipped type was accepted"),
         Err(error) => format!("{error:#}"),
     };

@@ -11,7 +11,7 @@ use geohost::plugin::{
     CompileOutcome, EPOCH_TICK, Limits, LoadError, PluginError, PluginRuntime, Row, SelectiveSync,
     SyncSettings, Value,
 };
-use geohost::topology::{NamespaceNode, ProjectNode, Topology};
+use geohost::topology::{NamespaceNode, ProjectLookup, ProjectNode, Topology};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -814,4 +814,124 @@ fn an_unwritable_compile_cache_does_not_fail_loads() {
         assert_eq!(loaded.timings().outcome, CompileOutcome::Compiled);
         assert_helm_answers(&loaded);
     }
+}
+
+/// A scope row of the hostile fixtures: project 1, and the size it asks
+/// for in its `file`.
+fn hostile_row(size: u64) -> Vec<Row> {
+    vec![Row {
+        id: 1,
+        values: vec![Value::Int(1), Value::Text(format!("{size}-0"))],
+    }]
+}
+
+#[test]
+fn project_lookups_are_capped_and_their_error_names_the_cap() {
+    let runtime = runtime(Limits::default());
+    let helm = load_helm(&runtime);
+    let flood = runtime.load(&fixture_component("projects-flood")).unwrap();
+    let lookup: Arc<dyn ProjectLookup> = Arc::new(Topology::default());
+    let everything = SyncSettings::everything();
+    // Past the lookup cap (the ids still fit the hostcall fuel).
+    let error = flood
+        .in_scope(&everything, lookup.clone(), &hostile_row(20_000))
+        .unwrap_err();
+    assert!(matches!(error, PluginError::Limit { .. }), "{error:?}");
+    assert!(error.to_string().contains("at most 10000"), "{error}");
+    // Millions of ids: refused before the host copies them.
+    let error = flood
+        .in_scope(&everything, lookup.clone(), &hostile_row(3_500_000))
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("bytes handed to the host"),
+        "{error}"
+    );
+    // Within the cap: answered.
+    let answers = flood
+        .in_scope(&everything, lookup, &hostile_row(10_000))
+        .unwrap();
+    assert_eq!(answers, [Ok(true)]);
+    assert_helm_answers(&helm);
+}
+
+#[test]
+fn answers_past_the_hostcall_fuel_are_refused_before_they_are_copied() {
+    let runtime = runtime(Limits::default());
+    let lookup: Arc<dyn ProjectLookup> = Arc::new(Topology::default());
+    for (fixture, size) in [("huge-string", 40_000_000), ("many-answers", 1_000_000)] {
+        let hostile = runtime.load(&fixture_component(fixture)).unwrap();
+        let error = hostile
+            .in_scope(
+                &SyncSettings::everything(),
+                lookup.clone(),
+                &hostile_row(size),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(error, PluginError::Trap { .. }),
+            "{fixture}: {error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("fuel allocated for hostcalls has been exhausted")
+                && message.contains("264192 bytes handed to the host"),
+            "{fixture}: {message}"
+        );
+    }
+    // Within the fuel: a plain error, or more answers than rows.
+    let small = runtime.load(&fixture_component("huge-string")).unwrap();
+    let answers = small
+        .in_scope(
+            &SyncSettings::everything(),
+            lookup.clone(),
+            &hostile_row(1_000),
+        )
+        .unwrap();
+    assert_eq!(answers[0].as_ref().unwrap_err().len(), 1_000);
+    let many = runtime.load(&fixture_component("many-answers")).unwrap();
+    let error = many
+        .in_scope(&SyncSettings::everything(), lookup, &hostile_row(10))
+        .unwrap_err();
+    assert!(
+        matches!(error, PluginError::WrongAnswerCount { .. }),
+        "{error:?}"
+    );
+}
+
+/// A project lookup that takes `delay` per id.
+struct Slow(Duration);
+
+impl ProjectLookup for Slow {
+    fn project(&self, _id: i64) -> Option<geohost::topology::ProjectInfo> {
+        std::thread::sleep(self.0);
+        None
+    }
+}
+
+#[test]
+fn host_lookups_count_against_the_call_deadline() {
+    let runtime = runtime(Limits {
+        call_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    });
+    let helm = load_helm(&runtime);
+    // 5,000 rows of one project: one lookup of 5,000 ids at 1 ms each.
+    let rows: Vec<Row> = (1..=5_000)
+        .map(|id| Row {
+            id,
+            values: vec![Value::Int(1), Value::Int(1)],
+        })
+        .collect();
+    let started = Instant::now();
+    let error = helm
+        .in_scope(
+            &SyncSettings::everything(),
+            Arc::new(Slow(Duration::from_millis(1))),
+            &rows,
+        )
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(error, PluginError::Timeout { .. }), "{error:?}");
+    // Stopped at the deadline, inside the host's lookup, not 5 s later.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
 }

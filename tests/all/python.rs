@@ -38,7 +38,7 @@ fn settings() -> String {
 }
 
 async fn install(site: &TestSite, bytes: Vec<u8>) -> Result<swap::SwapReport, swap::SwapError> {
-    swap::install(
+    swap::activate(
         &site.site,
         bytes,
         Request {

@@ -4,6 +4,7 @@
 use geohost::config::Config;
 use geohost::db::testing::{fresh_postgres_url, fresh_sqlite_url};
 use geohost::primary::{ingest, sites, topology};
+use geohost::runtime;
 use geohost::site::Site;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,9 +72,9 @@ impl TestSite {
     pub async fn restart(&mut self) {
         self.stop().await;
         let config = Config::from_toml(&self.config).expect("valid config");
-        let site = Site::open(config).await.expect("site reopens");
+        let site = runtime::open(config).await.expect("site reopens");
         let listener = bind_again(self.listen).await;
-        self.task = Some(tokio::spawn(site.clone().serve(listener)));
+        self.task = Some(tokio::spawn(runtime::serve(site.clone(), listener)));
         self.site = site;
     }
 
@@ -112,12 +113,12 @@ async fn bind_again(address: std::net::SocketAddr) -> tokio::net::TcpListener {
 async fn start(config_text: String, dir: PathBuf, tmp: Option<TempDir>) -> TestSite {
     let config = Config::from_toml(&config_text).expect("valid config");
     let listen = config.site.listen;
-    let site = Site::open(config).await.expect("site opens");
+    let site = runtime::open(config).await.expect("site opens");
     let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
     let listen = listener.local_addr().unwrap();
     // Rewrite the config with the real port, for restarts.
     let config_text = config_text.replace("127.0.0.1:0", &listen.to_string());
-    let task = Some(tokio::spawn(site.clone().serve(listener)));
+    let task = Some(tokio::spawn(runtime::serve(site.clone(), listener)));
     TestSite {
         site,
         url: format!("http://{listen}"),
@@ -350,6 +351,12 @@ pub struct SecondaryProcess {
 
 impl SecondaryProcess {
     pub async fn start(backend: Backend, primary: &TestSite) -> SecondaryProcess {
+        Self::start_with(backend, primary, "").await
+    }
+
+    /// Starts one with `extra` appended to its configuration (after its
+    /// `[workers]` section: more worker settings, or other sections).
+    pub async fn start_with(backend: Backend, primary: &TestSite, extra: &str) -> SecondaryProcess {
         let tmp = TempDir::new().unwrap();
         let dir = tmp.path().to_path_buf();
         let port = free_port();
@@ -369,7 +376,7 @@ impl SecondaryProcess {
             "[site]\nname = \"killable\"\nrole = \"secondary\"\nlisten = \"127.0.0.1:{port}\"\nurl = \"{url}\"\n\
              data_dir = {:?}\n[database]\nurl = {:?}\n[tracking_database]\nurl = {:?}\n\
              [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n\
-             [workers]\nidle_poll_ms = 50\nconsistency_interval_secs = 2\nsync_timeout_secs = 4\nverification_timeout_secs = 4\n",
+             [workers]\nidle_poll_ms = 50\nconsistency_interval_secs = 2\nsync_timeout_secs = 4\nverification_timeout_secs = 4\n{extra}",
             dir.display().to_string(),
             database_url(backend).await,
             tracking_url,
@@ -405,6 +412,21 @@ impl SecondaryProcess {
             .spawn()
             .expect("geohost starts");
         self.child = Some(child);
+    }
+
+    /// Its tracking database.
+    pub fn tracking_url(&self) -> &str {
+        &self.tracking_url
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// What the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
 
     /// SIGKILL, no warning.

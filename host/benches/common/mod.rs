@@ -126,12 +126,15 @@ fn temp_dir() -> TempDir {
 
 async fn start(config_text: String, tmp: TempDir, port: u16, serve: bool) -> BenchSite {
     let config = Config::from_toml(&config_text).expect("valid config");
-    let site = Site::open(config).await.expect("site opens");
+    let site = geohost::runtime::open(config).await.expect("site opens");
     let task = if serve {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind");
-        Some(tokio::spawn(site.clone().serve(listener)))
+        Some(tokio::spawn(geohost::runtime::serve(
+            site.clone(),
+            listener,
+        )))
     } else {
         None
     };
@@ -557,12 +560,7 @@ pub fn headline(
 /// spread over them, a secondary selecting namespaces 1 to 5 (half the
 /// projects), and `records` Helm records as the primary's feed serves them
 /// (JSON columns), channels `stable`, `beta` and `dev` in turn.
-pub fn scope_world(
-    records: usize,
-) -> (
-    geohost::secondary::scope::Scope,
-    Vec<geohost::feed::FeedRecord>,
-) {
+pub fn scope_world(records: usize) -> (geohost::catalog::Scope, Vec<geohost::feed::FeedRecord>) {
     use geohost::plugin::{SelectiveSync, SyncSettings};
     use geohost::topology::{NamespaceNode, ProjectNode, Topology};
     let namespaces: Vec<NamespaceNode> = (1..=10)
@@ -578,7 +576,7 @@ pub fn scope_world(
             repository_storage: "default".into(),
         })
         .collect();
-    let scope = geohost::secondary::scope::Scope {
+    let scope = geohost::catalog::Scope {
         settings: SyncSettings {
             selective_sync: SelectiveSync::Namespaces(vec![1, 2, 3, 4, 5]),
             sync_object_storage: false,

@@ -14,7 +14,7 @@
 //! Sites are [`super::geo_sites`]'.
 
 use super::{AdminRoutes, ApiError, AppState, primary_only};
-use crate::plugin::fixture::{json_to_value, text_to_json};
+use crate::plugin::value::{json_to_value, text_to_json};
 use crate::primary::{ingest, records, topology};
 use axum::Json;
 use axum::body::Body;

@@ -1,13 +1,15 @@
 //! `GET /metrics`: Prometheus text exposition.
 //!
 //! Two parts, one page:
-//! - GitLab's Geo gauges (reference §7), computed from the databases at
+//! - GitLab's Geo gauges (`ee/app/models/geo_node_status.rb`), computed from the databases at
 //!   scrape time: for each type the ten `geo_<plural>…` counts, and the
 //!   event ids and timestamps, labelled `name` and `url` (both the site's
 //!   name, as GitLab does). The primary exports its own and each
 //!   secondary's last reported status; a secondary its own.
 //! - The engine's own counters and histograms ([`crate::metrics`]) and
-//!   GitLab's `geo_status_failed_total`.
+//!   GitLab's `geo_status_failed_total`; and, from each secondary's status,
+//!   `geohost_registry_removals_held{name,url,type}` (removals waiting for
+//!   an operator, `secondary/guard.rs`).
 
 use super::{AdminRoutes, ApiError, AppState};
 use crate::config::Role;
@@ -101,6 +103,29 @@ fn render(sites: &[Labelled], plurals: &[(String, String)]) -> prometheus::Resul
         }
     }
     let registry = Registry::new();
+    let held = IntGaugeVec::new(
+        Opts::new(
+            "geohost_registry_removals_held",
+            "Registry removals a secondary holds for an operator's confirmation \
+             (more than deletions.max_removal_share of a type's registries)",
+        ),
+        &["name", "url", "type"],
+    )?;
+    for labelled in sites {
+        for hold in labelled
+            .status
+            .get("removal_holds")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = &labelled.name;
+            let kind = hold["replicable_name"].as_str().unwrap_or_default();
+            let removals = hold["removals"].as_i64().unwrap_or_default();
+            held.with_label_values(&[name, name, kind]).set(removals);
+        }
+    }
+    registry.register(Box::new(held))?;
     for (name, (help, values)) in gauges {
         let gauge = IntGaugeVec::new(Opts::new(name, help), &["name", "url"])?;
         for (site, value) in values {

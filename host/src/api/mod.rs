@@ -24,17 +24,17 @@
 //! Every error is JSON `{"message": …}` with a 4xx or 5xx status; a failed
 //! authentication is always a bare 401, whatever failed.
 
-pub mod admin;
-pub mod admin_page;
+pub(crate) mod admin;
+pub(crate) mod admin_page;
 pub mod auth;
-pub mod geo;
-pub mod geo_sites;
-pub mod graphql;
-pub mod metrics;
-pub mod pagination;
-pub mod plugins;
-pub mod probes;
-pub mod rejection;
+pub(crate) mod geo;
+pub(crate) mod geo_sites;
+pub(crate) mod graphql;
+pub(crate) mod metrics;
+pub(crate) mod pagination;
+pub(crate) mod plugins;
+pub(crate) mod probes;
+pub(crate) mod rejection;
 
 use crate::site::Site;
 use axum::Router;

@@ -80,7 +80,7 @@ async fn install(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let bytes = body_bytes(body)?;
-    let report = swap::install(
+    let report = swap::activate(
         &site,
         bytes,
         swap::Request {

@@ -2,7 +2,7 @@
 //!
 //! A secondary proves who it is on every request to the primary by signing
 //! a short-lived JWT with its secret; the access key in front tells the
-//! primary which site's secret to check it with (reference section 6,
+//! primary which site's secret to check it with (GitLab's `ee/lib/gitlab/geo/base_request.rb`,
 //! GitLab's `BaseRequest`, `SignedData` and `JwtRequestDecoder`):
 //!
 //! - HS256, header `typ: JWT`;

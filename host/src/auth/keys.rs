@@ -1,7 +1,7 @@
 //! A site's Geo credentials: an access key that names it and a secret that
 //! signs its requests.
 //!
-//! Same shape as GitLab's (reference section 6): 20 and 40 characters of the
+//! Same shape as GitLab's (`ee/app/models/geo_node.rb`): 20 and 40 characters of the
 //! URL-safe base64 alphabet, so they paste into configuration files and
 //! headers unquoted. Both come from the thread-local CSPRNG of `rand`
 //! (ChaCha, seeded and reseeded from the operating system); a 40-character

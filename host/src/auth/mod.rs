@@ -3,7 +3,8 @@
 //! Two kinds of caller talk to a Geohost site, and each has its own scheme:
 //!
 //! - **Another site.** A secondary fetching a blob from the primary signs
-//!   each request the way GitLab Geo does ([`geo_jwt`], reference section 6):
+//!   each request the way GitLab Geo does ([`geo_jwt`], as GitLab's
+//!   `ee/lib/gitlab/geo/base_request.rb`):
 //!   `Authorization: GL-Geo <access_key>:<JWT>`, the JWT an HS256 token over
 //!   exactly the record asked for, valid for a minute, signed with the
 //!   secondary's secret. The access key names the site; the secret
@@ -23,8 +24,8 @@
 
 pub mod admin_token;
 pub mod geo_jwt;
-pub mod keys;
-pub mod secret_box;
+pub(crate) mod keys;
+pub(crate) mod secret_box;
 
 pub use secret_box::SecretBox;
 

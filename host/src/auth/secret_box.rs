@@ -2,7 +2,7 @@
 //!
 //! A site stores the secrets of its peers' Geo credentials; anyone holding
 //! one can impersonate that site. GitLab keeps them encrypted with
-//! `db_key_base` (reference section 6), so a database dump alone is not
+//! `db_key_base` (`ee/app/models/geo_node.rb`, `attr_encrypted`), so a database dump alone is not
 //! enough. Geohost does the same: the key is 32 random bytes in a separate
 //! file (`0600`, 64 hex characters, created on first start by
 //! [`SecretBox::load_or_create`]), and the database holds only the sealed

@@ -167,7 +167,7 @@ pub async fn site(command: SiteCommand) -> Result<()> {
             files_max_capacity,
             verification_max_capacity,
         } => {
-            let site = site.open().await?;
+            let site = site.open_without_blobs().await?;
             let selective_sync_type = if !namespaces.is_empty() {
                 Some("namespaces".to_string())
             } else if !shards.is_empty() {
@@ -240,7 +240,7 @@ pub async fn site(command: SiteCommand) -> Result<()> {
             Ok(())
         }
         SiteCommand::List { site } => {
-            let site = site.open().await?;
+            let site = site.open_without_blobs().await?;
             for s in sites::list(&site.db).await? {
                 println!("{}", serde_json::to_string(&s)?);
             }
@@ -252,14 +252,14 @@ pub async fn site(command: SiteCommand) -> Result<()> {
 pub async fn token(command: TokenCommand) -> Result<()> {
     match command {
         TokenCommand::Create { site, name } => {
-            let site = site.open().await?;
+            let site = site.open_without_blobs().await?;
             let (id, token) = crate::api::auth::create_token(&site.db, &name).await?;
             eprintln!("Created admin token {id} ({name}); it is not shown again:");
             println!("{token}");
             Ok(())
         }
         TokenCommand::Revoke { site, id } => {
-            let site = site.open().await?;
+            let site = site.open_without_blobs().await?;
             if !crate::api::auth::revoke_token(&site.db, id).await? {
                 bail!("no live token with id {id}");
             }
@@ -272,7 +272,7 @@ pub async fn token(command: TokenCommand) -> Result<()> {
 pub async fn namespace(command: NamespaceCommand) -> Result<()> {
     match command {
         NamespaceCommand::Create { site, name, parent } => {
-            let site = site.open().await?;
+            let site = site.open_without_blobs().await?;
             let path = topology::default_path(&name);
             let ns = topology::create_namespace(&site.db, &name, &path, parent).await?;
             println!("{}", serde_json::to_string(&ns)?);
@@ -289,7 +289,7 @@ pub async fn project(command: ProjectCommand) -> Result<()> {
             namespace,
             repository_storage,
         } => {
-            let site = site.open().await?;
+            let site = site.open_without_blobs().await?;
             let path = topology::default_path(&name);
             let p =
                 topology::create_project(&site.db, &name, &path, namespace, &repository_storage)
@@ -315,8 +315,8 @@ pub async fn record(command: RecordCommand) -> Result<()> {
                 let column = it.identity.table.column(&name).with_context(|| {
                     format!("{} has no column `{name}`", it.identity.table.name)
                 })?;
-                let value = crate::plugin::fixture::text_to_json(column, &raw)
-                    .map_err(anyhow::Error::msg)?;
+                let value =
+                    crate::plugin::value::text_to_json(column, &raw).map_err(anyhow::Error::msg)?;
                 json.insert(name, value);
             }
             let file = tokio::fs::File::open(&file)

@@ -45,7 +45,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     println!("Geohost demo: a primary and a secondary replicating Helm metadata caches\n");
     let primary_dir = args.data_dir.join("primary");
-    let primary = Site::open(Config::from_toml(&format!(
+    let primary = crate::runtime::open(Config::from_toml(&format!(
         "[site]\nname = \"primary\"\nrole = \"primary\"\nlisten = \"{}\"\nurl = \"{primary_url}\"\ndata_dir = {:?}\n\
          [workers]\nidle_poll_ms = 100\n",
         primary_listener.local_addr()?,
@@ -79,7 +79,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     );
 
     let secondary_dir = args.data_dir.join("secondary");
-    let secondary = Site::open(Config::from_toml(&format!(
+    let secondary = crate::runtime::open(Config::from_toml(&format!(
         "[site]\nname = \"secondary\"\nrole = \"secondary\"\nlisten = \"{}\"\nurl = \"{secondary_url}\"\ndata_dir = {:?}\n\
          [primary]\nurl = \"{primary_url}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n\
          [workers]\nidle_poll_ms = 100\nconsistency_interval_secs = 5\n",
@@ -92,8 +92,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     .context("opening the secondary")?;
     let (_, secondary_token) = crate::api::auth::create_token(&secondary.db, "demo").await?;
 
-    let primary_task = tokio::spawn(primary.clone().serve(primary_listener));
-    let secondary_task = tokio::spawn(secondary.clone().serve(secondary_listener));
+    let primary_task = tokio::spawn(crate::runtime::serve(primary.clone(), primary_listener));
+    let secondary_task = tokio::spawn(crate::runtime::serve(secondary.clone(), secondary_listener));
 
     let it = primary
         .installed(HELM)

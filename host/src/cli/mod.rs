@@ -1,15 +1,16 @@
 //! The `geohost` command line: one place that parses options (clap) and
 //! hands off to the library. Errors carry context (anyhow) here and only here.
 
-pub mod admin;
-pub mod demo;
-pub mod plugin;
-pub mod plugin_admin;
-pub mod scaffold;
-pub mod secrets;
-pub mod status;
+pub(crate) mod admin;
+pub(crate) mod demo;
+pub(crate) mod plugin;
+pub(crate) mod plugin_admin;
+pub(crate) mod scaffold;
+pub(crate) mod secrets;
+pub(crate) mod status;
 
 use crate::config::Config;
+use crate::runtime::Blobs;
 use crate::site::Site;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -32,9 +33,22 @@ pub struct SiteArgs {
 }
 
 impl SiteArgs {
+    /// Opens the site with its blob storage (serving, and commands that
+    /// read or write blobs).
     pub async fn open(&self) -> anyhow::Result<Arc<Site>> {
+        self.open_with(Blobs::Open).await
+    }
+
+    /// Opens the site for a command that touches no blob: its blob storage
+    /// stays closed, so the command needs neither its credentials nor its
+    /// reachability.
+    pub async fn open_without_blobs(&self) -> anyhow::Result<Arc<Site>> {
+        self.open_with(Blobs::Closed).await
+    }
+
+    async fn open_with(&self, blobs: Blobs) -> anyhow::Result<Arc<Site>> {
         let config = Config::load(Some(&self.config))?;
-        Site::open(config).await
+        crate::runtime::open_for_command(config, blobs).await
     }
 }
 
@@ -99,7 +113,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
                 tracing::info!("shutting down");
                 shutdown.cancel();
             });
-            site.run().await
+            crate::runtime::run(site).await
         }
         Command::Site(c) => admin::site(c).await,
         Command::Token(c) => admin::token(c).await,

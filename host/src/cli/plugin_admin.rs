@@ -195,8 +195,8 @@ fn print_report(r: &Value) {
         r["predecessor_vectors"]
     );
     println!(
-        "  registries created {}, removed {}; blobs moved {}",
-        r["registries_created"], r["registries_removed"], r["blobs_moved"]
+        "  registries created {}, removed {}, held for confirmation {}; blobs moved {}",
+        r["registries_created"], r["registries_removed"], r["registries_held"], r["blobs_moved"]
     );
     for w in r["warnings"].as_array().into_iter().flatten() {
         println!("  warning: {}", w.as_str().unwrap_or("-"));

@@ -1,6 +1,7 @@
 //! `geohost status`: this site's status as GitLab's `rake geo:status` prints
 //! it, and `geohost registry resync|reverify`: GitLab's registry actions
-//! from the command line (secondaries).
+//! from the command line (secondaries); `confirm-removals` and `restore`:
+//! the guarded deletions (`secondary/guard.rs`, `storage/quarantine.rs`).
 
 use super::SiteArgs;
 use crate::config::Role;
@@ -24,6 +25,21 @@ pub enum RegistryCommand {
     Resync(RegistryArgs),
     /// Reverify registries (GitLab's REVERIFY / REVERIFY_ALL).
     Reverify(RegistryArgs),
+    /// Confirm the registry removals held for a type (more than
+    /// `deletions.max_removal_share` of its registries would go); the next
+    /// consistency pass makes them, its blobs going to the quarantine.
+    ConfirmRemovals(TypeArgs),
+    /// Move a type's quarantined blobs back to their paths (those removed
+    /// within `deletions.quarantine_secs`).
+    Restore(TypeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TypeArgs {
+    #[command(flatten)]
+    site: SiteArgs,
+    /// Replicable name of the type, e.g. `packages_helm_metadata_cache`.
+    replicable_name: String,
 }
 
 #[derive(Debug, Args)]
@@ -236,7 +252,7 @@ pub fn print(site: &crate::site::Site, status: &Map<String, Value>, now: DateTim
 
 /// `geohost status`.
 pub async fn status(args: SiteArgs) -> Result<()> {
-    let site = args.open().await?;
+    let site = args.open_without_blobs().await?;
     let status = crate::status::own(&site)
         .await
         .context("computing the status")?;
@@ -249,8 +265,10 @@ pub async fn registry(command: RegistryCommand) -> Result<()> {
     let (args, action) = match command {
         RegistryCommand::Resync(args) => (args, BulkAction::ResyncAll),
         RegistryCommand::Reverify(args) => (args, BulkAction::ReverifyAll),
+        RegistryCommand::ConfirmRemovals(args) => return confirm_removals(args).await,
+        RegistryCommand::Restore(args) => return restore(args).await,
     };
-    let site = args.site.open().await?;
+    let site = args.site.open_without_blobs().await?;
     let tracking = site
         .tracking()
         .context("registries exist on secondary sites only")?
@@ -297,6 +315,47 @@ pub async fn registry(command: RegistryCommand) -> Result<()> {
     println!(
         "registry {} (record {}): state {:?}, verification {:?}",
         row.id, row.model_id, row.state, row.verification_state
+    );
+    Ok(())
+}
+
+/// `geohost registry confirm-removals`.
+async fn confirm_removals(args: TypeArgs) -> Result<()> {
+    let site = args.site.open_without_blobs().await?;
+    let tracking = site
+        .tracking()
+        .context("registries exist on secondary sites only")?;
+    match crate::secondary::guard::confirm(tracking, &args.replicable_name).await? {
+        Some(hold) => println!(
+            "Confirmed: the next consistency pass removes up to {} of {} registries of {} \
+             (their blobs go to the quarantine; `geohost registry restore` brings them back).",
+            hold.removals, hold.registries, args.replicable_name
+        ),
+        None => bail!("no removals of {} are held", args.replicable_name),
+    }
+    Ok(())
+}
+
+/// `geohost registry restore`.
+async fn restore(args: TypeArgs) -> Result<()> {
+    let site = args.site.open().await?;
+    let known = site.installed(&args.replicable_name).is_some()
+        || !crate::swap::versions::of_type(&site.db, &args.replicable_name)
+            .await?
+            .is_empty();
+    if !known {
+        bail!(
+            "no type named {:?} is known on this site",
+            args.replicable_name
+        );
+    }
+    let done = site
+        .blobs
+        .restore_quarantined(&args.replicable_name)
+        .await?;
+    println!(
+        "Restored {} quarantined blobs of {}; {} left in quarantine (their path holds a blob again).",
+        done.restored, args.replicable_name, done.kept
     );
     Ok(())
 }

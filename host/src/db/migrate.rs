@@ -48,6 +48,25 @@ async fn run(db: &Db, sqlite: &Migrator, postgres: &Migrator) -> Result<()> {
     Ok(())
 }
 
+/// Every table and index the host's migrations create (main and tracking
+/// databases, both backends), and sqlx's own `_sqlx_migrations`: names no
+/// type may use. Derived from the migrations themselves, so a new
+/// migration's tables are reserved as soon as it exists.
+pub fn host_objects() -> std::collections::BTreeSet<String> {
+    let mut names: std::collections::BTreeSet<String> = [
+        &MAIN_SQLITE,
+        &MAIN_POSTGRES,
+        &TRACKING_SQLITE,
+        &TRACKING_POSTGRES,
+    ]
+    .iter()
+    .flat_map(|m| m.iter())
+    .flat_map(|migration| super::template::created_objects(migration.sql.as_str()))
+    .collect();
+    names.insert("_sqlx_migrations".into());
+    names
+}
+
 /// Refuses to migrate a database that holds the other kind's tables (the
 /// main and tracking databases configured as the same one).
 async fn refuse_other_kind(db: &Db, marker: &str, other: &str, wanted: &str) -> Result<()> {
@@ -90,6 +109,7 @@ mod tests {
         "geo_node_namespace_links",
         "geo_node_statuses",
         "geo_nodes",
+        "geo_table_owners",
         "namespaces",
         "plugin_versions",
         "projects",
@@ -142,6 +162,7 @@ mod tests {
                     "event_log_states",
                     "geo_bulk_jobs",
                     "geo_leases",
+                    "geo_removal_guards",
                     "plugin_versions",
                     "registry_consistency_marks"
                 ],

@@ -17,8 +17,8 @@
 //! Callers see `chrono::DateTime<Utc>` either way and never use SQL's own
 //! clock functions, so both backends agree on "now".
 
-pub mod migrate;
-pub mod template;
+pub(crate) mod migrate;
+pub(crate) mod template;
 #[doc(hidden)]
 pub mod testing;
 
@@ -169,12 +169,6 @@ impl From<Option<Vec<u8>>> for Arg {
     fn from(v: Option<Vec<u8>>) -> Arg {
         Arg::Bytes(v)
     }
-}
-
-/// Builds a `Vec<Arg>` from values convertible into [`Arg`].
-#[macro_export]
-macro_rules! args {
-    ($($value:expr),* $(,)?) => { vec![$($crate::db::Arg::from($value)),*] };
 }
 
 fn micros(ts: DateTime<Utc>) -> i64 {

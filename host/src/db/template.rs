@@ -7,7 +7,7 @@
 //! - its **model table** (main database), generated from
 //!   [`TypeIdentity::table`]: a `id` primary key, then the declared columns in
 //!   order, with a unique index for the natural key and for each unique key
-//!   ([`model_table_ddl`]);
+//!   ([`ensure_primary_tables`]);
 //! - on the primary, **`<name>_states`** (main database), GitLab's
 //!   verification state table, one row per model row, deleted with it
 //!   ([`states_table_ddl`], from `migrations/templates/*/states.sql`);
@@ -193,7 +193,8 @@ fn model_statements(backend: Backend, identity: &TypeIdentity) -> Vec<String> {
 /// with an `id` primary key and the identity's columns in order (types,
 /// `NOT NULL`, defaults, text limits as `CHECK`s), then its unique indexes,
 /// named like GitLab's (`index_<table>_on_<col>_and_<col>`).
-pub fn model_table_ddl(backend: Backend, identity: &TypeIdentity) -> String {
+#[cfg(test)]
+fn model_table_ddl(backend: Backend, identity: &TypeIdentity) -> String {
     script(&model_statements(backend, identity))
 }
 
@@ -217,6 +218,59 @@ pub fn registry_table_ddl(backend: Backend, identity: &TypeIdentity) -> String {
         Backend::Sqlite => SQLITE_REGISTRY,
     };
     render(template, identity)
+}
+
+/// Every table and index a type's templates create on either site (its
+/// model table and `<name>_states` on a primary, `<name>_registry` on a
+/// secondary), as the database names them: the names that belong to the
+/// type (`swap/owners.rs`).
+pub fn type_objects(identity: &TypeIdentity) -> std::collections::BTreeSet<String> {
+    let backend = Backend::Postgres; // identifiers are the same on both
+    let mut sql = model_statements(backend, identity).join(";\n");
+    sql.push_str(";\n");
+    sql.push_str(&states_table_ddl(backend, identity));
+    sql.push_str(&registry_table_ddl(backend, identity));
+    created_objects(&sql).into_iter().collect()
+}
+
+/// The names of the tables and indexes `sql` creates (`CREATE [UNIQUE]
+/// TABLE|INDEX [IF NOT EXISTS] <name>`), unquoted. `--` comments are
+/// skipped.
+pub fn created_objects(sql: &str) -> Vec<String> {
+    let code: String = sql
+        .lines()
+        .map(|line| line.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let words: Vec<&str> = code
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut names = Vec::new();
+    for (i, word) in words.iter().enumerate() {
+        if !word.eq_ignore_ascii_case("create") {
+            continue;
+        }
+        let mut rest = words[i + 1..].iter().copied();
+        let mut next = rest.next();
+        if next.is_some_and(|w| w.eq_ignore_ascii_case("unique")) {
+            next = rest.next();
+        }
+        if !next.is_some_and(|w| w.eq_ignore_ascii_case("table") || w.eq_ignore_ascii_case("index"))
+        {
+            continue;
+        }
+        let mut name = rest.next();
+        if name.is_some_and(|w| w.eq_ignore_ascii_case("if")) {
+            rest.next(); // NOT
+            rest.next(); // EXISTS
+            name = rest.next();
+        }
+        if let Some(name) = name {
+            names.push(name.trim_matches('"').to_string());
+        }
+    }
+    names
 }
 
 /// Fills a template's placeholders, then shortens its quoted identifiers.
@@ -264,6 +318,7 @@ fn template_statements(text: &str) -> Vec<String> {
         .collect()
 }
 
+#[cfg(test)]
 fn script(statements: &[String]) -> String {
     statements
         .iter()
@@ -287,21 +342,95 @@ pub async fn ensure_primary_tables(db: &Db, identity: &TypeIdentity) -> Result<(
         reconcile(backend, identity, &existing)?
     };
     statements.extend(model_statements(backend, identity));
-    statements.extend(template_statements(&states_table_ddl(backend, identity)));
     for statement in &statements {
         tx.execute(statement, &[]).await?;
     }
+    let states = template_statements(&states_table_ddl(backend, identity));
+    run_host_template(
+        &mut tx,
+        &identity.states_table(),
+        &states,
+        ADDED_STATES_COLUMNS,
+    )
+    .await?;
     tx.commit().await
+}
+
+/// Checks, changing nothing, that [`ensure_primary_tables`] would accept
+/// `identity`: the model table, if it exists, can follow the identity.
+pub async fn check_primary_tables(db: &Db, identity: &TypeIdentity) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let existing = existing_columns(&mut tx, &identity.table.name).await?;
+    if !existing.is_empty() {
+        reconcile(db.backend(), identity, &existing)?;
+    }
+    Ok(()) // the transaction rolls back: it only read the catalog
+}
+
+/// The column names of `table`, in order; empty if there is no such table.
+pub async fn table_columns(db: &Db, table: &str) -> Result<Vec<String>> {
+    let mut tx = db.begin().await?;
+    Ok(existing_columns(&mut tx, table)
+        .await?
+        .into_iter()
+        .map(|c| c.name)
+        .collect())
 }
 
 /// Creates a secondary's `<name>_registry` table, with its indexes, in the
 /// tracking database. Idempotent.
 pub async fn ensure_tracking_tables(db: &Db, identity: &TypeIdentity) -> Result<()> {
     let mut tx = begin_ddl(db).await?;
-    for statement in template_statements(&registry_table_ddl(db.backend(), identity)) {
-        tx.execute(&statement, &[]).await?;
-    }
+    let statements = template_statements(&registry_table_ddl(db.backend(), identity));
+    run_host_template(
+        &mut tx,
+        &identity.registry_table(),
+        &statements,
+        ADDED_REGISTRY_COLUMNS,
+    )
+    .await?;
     tx.commit().await
+}
+
+/// Columns the states template gained after a table could first have been
+/// created (the template's own definition of each): a table made by an
+/// earlier Geohost gets them before the template's indexes are created.
+/// Checked against the templates by a test.
+const ADDED_STATES_COLUMNS: &[(&str, &str)] = &[("plugin_sha256", "TEXT"), ("blob_path", "TEXT")];
+
+/// The same for the registry template.
+const ADDED_REGISTRY_COLUMNS: &[(&str, &str)] = &[("plugin_sha256", "TEXT")];
+
+/// Runs a host table's template (its `CREATE TABLE` first, then indexes),
+/// adding to a table an earlier Geohost created the columns the template
+/// has gained since (`added`), inside the DDL transaction.
+async fn run_host_template(
+    tx: &mut Tx,
+    table: &str,
+    statements: &[String],
+    added: &[(&str, &str)],
+) -> Result<()> {
+    let Some((create, rest)) = statements.split_first() else {
+        return Ok(());
+    };
+    tx.execute(create, &[]).await?;
+    let existing = existing_columns(tx, table).await?;
+    for (column, sql_type) in added {
+        if !existing.iter().any(|c| c.name == *column) {
+            tx.execute(
+                &format!(
+                    "ALTER TABLE {} ADD COLUMN {column} {sql_type}",
+                    ident(table)
+                ),
+                &[],
+            )
+            .await?;
+        }
+    }
+    for statement in rest {
+        tx.execute(statement, &[]).await?;
+    }
+    Ok(())
 }
 
 /// A transaction for DDL. On PostgreSQL, a transaction-level advisory lock
@@ -474,6 +603,7 @@ mod tests {
     const HELM_STATES_INDEXES: &[&str] = &[
         "index_packages_helm_metadata_cache_states_failed_verification",
         "index_packages_helm_metadata_cache_states_needs_verification_id",
+        "index_packages_helm_metadata_cache_states_on_blob_path",
         "index_packages_helm_metadata_cache_states_on_packages__b9505ae0",
         "index_packages_helm_metadata_cache_states_on_verificat_095133f0",
         "index_packages_helm_metadata_cache_states_on_verification_state",
@@ -714,6 +844,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tables_of_an_earlier_geohost_gain_the_columns_the_templates_added() {
+        let helm = helm();
+        let templates: [(
+            fn(Backend, &TypeIdentity) -> String,
+            String,
+            &[(&str, &str)],
+        ); 2] = [
+            (states_table_ddl, helm.states_table(), ADDED_STATES_COLUMNS),
+            (
+                registry_table_ddl,
+                helm.registry_table(),
+                ADDED_REGISTRY_COLUMNS,
+            ),
+        ];
+        for (ddl, _, added) in &templates {
+            for backend in [Backend::Postgres, Backend::Sqlite] {
+                let create = &template_statements(&ddl(backend, &helm))[0];
+                for (name, _) in *added {
+                    assert!(create.contains(&format!("\n    {name} ")), "{create}");
+                }
+            }
+        }
+        for (backend, db) in test_databases().await {
+            ensure_primary_tables(&db, &helm).await.unwrap();
+            ensure_tracking_tables(&db, &helm).await.unwrap();
+            // As an earlier Geohost made them: without the added columns
+            // (and the indexes over them).
+            db.execute(
+                &format!(
+                    "DROP INDEX {}",
+                    ident(&identifier(&format!(
+                        "index_{}_states_on_blob_path",
+                        helm.name
+                    )))
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+            for (_, table, added) in &templates {
+                for (name, _) in *added {
+                    db.execute(
+                        &format!("ALTER TABLE {} DROP COLUMN {name}", ident(table)),
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+            ensure_primary_tables(&db, &helm).await.unwrap();
+            ensure_tracking_tables(&db, &helm).await.unwrap();
+            for (_, table, added) in &templates {
+                let columns = table_columns(&db, table).await.unwrap();
+                for (name, _) in *added {
+                    assert!(columns.iter().any(|c| c == name), "{backend} {table}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn helm_tables_follow_gitlab() {
         let helm = helm();
         for (backend, db) in test_databases().await {
@@ -812,6 +1003,8 @@ mod tests {
                     ("verification_retry_count", small, true),
                     ("verification_checksum", bytes, false),
                     ("verification_failure", text, false),
+                    ("plugin_sha256", text, false),
+                    ("blob_path", text, false),
                 ]),
                 "{backend}"
             );
@@ -897,6 +1090,7 @@ mod tests {
                     ("verification_checksum_mismatched", bytes, false),
                     ("verification_failure", text, false),
                     ("last_sync_failure", text, false),
+                    ("plugin_sha256", text, false),
                 ]),
                 "{backend}"
             );

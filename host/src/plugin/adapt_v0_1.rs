@@ -5,6 +5,7 @@
 use super::bindings::v0_1::geohost::replicable::types as wit;
 use super::value::{SettingsView, lower_settings};
 use super::{Row, Value};
+use crate::topology::ProjectInfo;
 
 /// The rows' values as 0.1 variants, owned here while the call borrows them.
 pub struct Rows<'r> {
@@ -63,14 +64,13 @@ pub fn settings<'s>(view: &'s SettingsView<'_>) -> wit::SyncSettings<'s> {
     lower_settings!(wit, view)
 }
 
-/// `site.projects` for 0.1: one optional record per id.
-pub fn projects(
-    ids: Vec<i64>,
-    lookup: Option<&dyn crate::topology::ProjectLookup>,
-) -> Vec<Option<wit::Project>> {
-    ids.into_iter()
-        .map(|id| {
-            lookup.and_then(|l| l.project(id)).map(|p| wit::Project {
+/// `site.projects` for 0.1: one optional record per id, from the host's
+/// bounded lookup ([`super::HostState`]).
+pub fn projects(found: Vec<Option<ProjectInfo>>) -> Vec<Option<wit::Project>> {
+    found
+        .into_iter()
+        .map(|p| {
+            p.map(|p| wit::Project {
                 id: p.id,
                 namespace_id: p.namespace_id,
                 namespace_ancestry: p.namespace_ancestry,

@@ -11,6 +11,8 @@ pub mod v0_2 {
         path: "../wit/replicable.wit",
         world: "replicable-type",
         ownership: Borrowing { duplicate_if_necessary: true },
+        // A lookup past its bounds traps (see `HostState::lookup_projects`).
+        imports: { "geohost:replicable/site.projects": trappable },
     });
 }
 
@@ -21,5 +23,7 @@ pub mod v0_1 {
         path: "../wit/v0.1/replicable.wit",
         world: "replicable-type",
         ownership: Borrowing { duplicate_if_necessary: true },
+        // A lookup past its bounds traps (see `HostState::lookup_projects`).
+        imports: { "geohost:replicable/site.projects": trappable },
     });
 }

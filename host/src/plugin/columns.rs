@@ -12,6 +12,7 @@ use super::bindings::v0_2::geohost::replicable::{site, types as wit};
 use super::value::{SettingsView, lower_settings};
 use super::{Column, ColumnType, Value};
 use crate::plugin::Row;
+use crate::topology::ProjectInfo;
 
 /// One column's values, borrowed from the rows.
 enum Data<'r> {
@@ -193,22 +194,19 @@ pub fn settings<'s>(view: &'s SettingsView<'_>) -> wit::SyncSettings<'s> {
     lower_settings!(wit, view)
 }
 
-/// `site.projects` for 0.2: the lookups as columns, repository storages
-/// named once each.
-pub fn project_columns(
-    ids: &[i64],
-    lookup: Option<&dyn crate::topology::ProjectLookup>,
-) -> site::ProjectColumns {
+/// `site.projects` for 0.2: the host's bounded lookup ([`super::HostState`])
+/// as columns, repository storages named once each.
+pub fn project_columns(found: Vec<Option<ProjectInfo>>) -> site::ProjectColumns {
     let mut out = site::ProjectColumns {
-        found: Vec::with_capacity(ids.len()),
-        namespace_id: Vec::with_capacity(ids.len()),
-        storage: Vec::with_capacity(ids.len()),
+        found: Vec::with_capacity(found.len()),
+        namespace_id: Vec::with_capacity(found.len()),
+        storage: Vec::with_capacity(found.len()),
         storages: Vec::new(),
         ancestry: Vec::new(),
-        ancestry_ends: Vec::with_capacity(ids.len()),
+        ancestry_ends: Vec::with_capacity(found.len()),
     };
-    for &id in ids {
-        match lookup.and_then(|l| l.project(id)) {
+    for project in found {
+        match project {
             Some(project) => {
                 let storage = match out
                     .storages

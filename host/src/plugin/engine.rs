@@ -32,10 +32,36 @@ impl Default for Limits {
 /// How often the epoch advances; the granularity of `call_timeout`.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Hostcall fuel of every call: the bytes a plugin may hand the host in one
+/// transfer (its answer, or the arguments of one import call) whatever the
+/// batch, enough for `describe`'s identity and a one-row answer with long
+/// texts.
+pub const HOSTCALL_FUEL_BASE: usize = 256 << 10;
+
+/// Hostcall fuel added per row of the batch: a longest blob path (1,024
+/// bytes) or a derived row with its texts, with room to spare. A
+/// 10,000-row consistency batch gets about 20 MiB; a one-record ingest
+/// call 258 KiB.
+pub const HOSTCALL_FUEL_PER_ROW: usize = 2 << 10;
+
+/// Most project ids one `site.projects` lookup may ask for: one per row of
+/// the largest batch (GitLab's 10,000).
+pub const MAX_PROJECT_IDS: usize = 10_000;
+
+/// Most project ids one call may ask for over all its lookups.
+pub const MAX_PROJECT_IDS_PER_CALL: usize = 4 * MAX_PROJECT_IDS;
+
 impl Limits {
     /// The epoch deadline matching `call_timeout`, in ticks.
     pub fn deadline_ticks(&self) -> u64 {
         (self.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+
+    /// The hostcall fuel of a call over `rows` rows (wasmtime's default
+    /// is 128 MiB whatever the call): [`HOSTCALL_FUEL_BASE`] plus
+    /// [`HOSTCALL_FUEL_PER_ROW`] per row.
+    pub fn hostcall_fuel(&self, rows: usize) -> usize {
+        HOSTCALL_FUEL_BASE.saturating_add(rows.saturating_mul(HOSTCALL_FUEL_PER_ROW))
     }
 }
 

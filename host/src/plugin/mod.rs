@@ -32,22 +32,26 @@ mod columns;
 mod engine;
 pub mod fixture;
 mod guest;
-pub mod identity;
-pub mod paths;
+pub(crate) mod identity;
+pub(crate) mod paths;
 mod slots;
-pub mod value;
-pub mod vectors;
-pub mod wasi;
-pub mod world;
+pub(crate) mod value;
+pub(crate) mod vectors;
+pub(crate) mod wasi;
+pub(crate) mod world;
 
 pub use cache::{CompileCache, CompileOutcome};
-pub use engine::{EPOCH_TICK, Limits};
+pub use engine::{
+    EPOCH_TICK, HOSTCALL_FUEL_BASE, HOSTCALL_FUEL_PER_ROW, Limits, MAX_PROJECT_IDS,
+    MAX_PROJECT_IDS_PER_CALL,
+};
 pub use identity::{Column, ColumnSource, ColumnType, ModelTable, TypeIdentity};
 pub use paths::{BlobPath, PathError};
 pub use value::{Row, SelectiveSync, SyncSettings, Value};
+pub use vectors::SECTION as VECTORS_SECTION;
 pub use world::{Contract, WIT_PACKAGE, custom_section};
 
-use crate::topology::ProjectLookup;
+use crate::topology::{ProjectInfo, ProjectLookup};
 use guest::{Guest, GuestPre};
 use sha2::{Digest, Sha256};
 use slots::Slots;
@@ -106,6 +110,37 @@ pub enum PluginError {
     Instantiate { plugin: String, message: String },
     #[error("plugin `{plugin}` gave a malformed answer: {message}")]
     BadAnswer { plugin: String, message: String },
+    /// The call went past one of the host's bounds on what a plugin may
+    /// ask of it or hand back (named in the message), and was stopped.
+    #[error("plugin `{plugin}` was stopped: {message}")]
+    Limit { plugin: String, message: String },
+}
+
+impl PluginError {
+    /// Whether the failure may come from one record of the batch (a trap,
+    /// the deadline, a bound), so that the batch is worth splitting to find
+    /// it.
+    pub fn is_isolable(&self) -> bool {
+        matches!(
+            self,
+            PluginError::Trap { .. } | PluginError::Timeout { .. } | PluginError::Limit { .. }
+        )
+    }
+}
+
+/// A bound a plugin's call went past in the host's own code (an import).
+#[derive(Debug, thiserror::Error)]
+enum HostLimit {
+    #[error(
+        "`site.projects` was asked for {asked} ids in one lookup; a lookup may ask for at most {MAX_PROJECT_IDS}"
+    )]
+    LookupIds { asked: usize },
+    #[error(
+        "`site.projects` was asked for {asked} ids in one call; a call may ask for at most {MAX_PROJECT_IDS_PER_CALL}"
+    )]
+    CallIds { asked: usize },
+    #[error("the call's deadline passed during a `site.projects` lookup")]
+    Deadline,
 }
 
 /// Compiles, links and checks replicable types. One per process is enough;
@@ -192,7 +227,7 @@ impl PluginRuntime {
             runtime: self.clone(),
         };
         let raw = loaded
-            .call("describe", None, |store, guest| guest.describe(store))
+            .call("describe", None, 0, |store, guest| guest.describe(store))
             .map_err(LoadError::Describe)?;
         loaded.identity = Arc::new(raw.check()?);
         Ok(loaded)
@@ -202,12 +237,23 @@ impl PluginRuntime {
     pub fn instantiate_once(&self, loaded: &LoadedType) -> anyhow::Result<Duration> {
         let _slot = self.slots.acquire();
         let started = Instant::now();
-        let mut store = self.new_store(None, loaded.wasi);
+        let mut store = self.new_store(None, 0, loaded.wasi);
         loaded.pre.instantiate(&mut store)?;
         Ok(started.elapsed())
     }
 
-    fn new_store(&self, lookup: Option<Arc<dyn ProjectLookup>>, wasi: bool) -> Store<HostState> {
+    /// A fresh store for one call over `rows` rows: the memory cap, the
+    /// deadline (guest code by epoch interruption, host lookups by
+    /// [`HostState`]'s clock, both from now), the hostcall fuel (the bytes
+    /// the plugin may hand the host in one transfer: its answer, whatever
+    /// the contract version's shape, or the arguments of one import call)
+    /// and, for a type importing the WASI subset, its context.
+    fn new_store(
+        &self,
+        lookup: Option<Arc<dyn ProjectLookup>>,
+        rows: usize,
+        wasi: bool,
+    ) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(engine::CORE_INSTANCES_PER_TYPE as usize)
@@ -215,18 +261,18 @@ impl PluginRuntime {
             .memories(2)
             .trap_on_grow_failure(true)
             .build();
-        let wasi = wasi.then(wasi::WasiState::new);
-        let mut store = Store::new(
-            &self.engine,
-            HostState {
-                limits,
-                lookup,
-                wasi,
-            },
-        );
+        let state = HostState {
+            limits,
+            lookup,
+            wasi: wasi.then(wasi::WasiState::new),
+            deadline: Instant::now() + self.limits.call_timeout,
+            ids_asked: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.limits.deadline_ticks());
         store.epoch_deadline_trap();
+        store.set_hostcall_fuel(self.limits.hostcall_fuel(rows));
         store
     }
 }
@@ -318,7 +364,7 @@ impl LoadedType {
             .table
             .columns_from(ColumnSource::Writer)
             .collect();
-        let answers = self.call("derive", None, |store, guest| {
+        let answers = self.call("derive", None, rows.len(), |store, guest| {
             guest.derive(store, &writer, rows)
         })?;
         let answers = self.check_answers(rows.len(), answers)?;
@@ -350,7 +396,7 @@ impl LoadedType {
     /// A path that breaks [`BlobPath::parse`] is an error for that record.
     pub fn blob_paths(&self, rows: &[Row]) -> Result<Vec<Result<BlobPath, String>>, PluginError> {
         let columns = self.columns(&self.identity.path_columns);
-        let answers = self.call("blob-paths", None, |store, guest| {
+        let answers = self.call("blob-paths", None, rows.len(), |store, guest| {
             guest.blob_paths(store, &columns, rows)
         })?;
         let answers = self.check_answers(rows.len(), answers)?;
@@ -371,7 +417,7 @@ impl LoadedType {
         rows: &[Row],
     ) -> Result<Vec<Result<bool, String>>, PluginError> {
         let columns = self.columns(&self.identity.scope_columns);
-        let answers = self.call("in-scope", Some(lookup), |store, guest| {
+        let answers = self.call("in-scope", Some(lookup), rows.len(), |store, guest| {
             guest.in_scope(store, settings, &columns, rows)
         })?;
         self.check_answers(rows.len(), answers)
@@ -406,18 +452,20 @@ impl LoadedType {
         Ok(answers)
     }
 
-    /// Runs `f` on a fresh instance, under the call timeout and memory cap.
+    /// Runs `f` on a fresh instance over `rows` rows, under the call's
+    /// bounds ([`PluginRuntime::new_store`]).
     fn call<R>(
         &self,
         function: &'static str,
         lookup: Option<Arc<dyn ProjectLookup>>,
+        rows: usize,
         f: impl FnOnce(&mut Store<HostState>, &Guest) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let runtime = &self.runtime;
         let _slot = runtime.slots.acquire();
         let plugin = self.identity.name.clone();
         let started = Instant::now();
-        let mut store = runtime.new_store(lookup, self.wasi);
+        let mut store = runtime.new_store(lookup, rows, self.wasi);
         let instance = self
             .pre
             .instantiate(&mut store)
@@ -432,22 +480,44 @@ impl LoadedType {
         {
             tracing::debug!(plugin = %plugin, function, %stdout, %stderr, "plugin output");
         }
+        // The last line the type wrote to stderr, if any (a Python
+        // traceback's exception, a Rust panic message).
+        let last_stderr = || {
+            output
+                .as_ref()
+                .and_then(|(_, stderr)| stderr.lines().rev().find(|l| !l.trim().is_empty()))
+                .map(|line| format!(" (stderr: {})", line.trim()))
+                .unwrap_or_default()
+        };
         let result = result.map_err(|error| {
-            let error = match error.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt) => PluginError::Timeout {
+            let timeout = || PluginError::Timeout {
+                plugin: plugin.clone(),
+                limit: runtime.limits.call_timeout,
+            };
+            let error = match (error.downcast_ref::<Trap>(), error.downcast_ref::<HostLimit>()) {
+                (Some(Trap::Interrupt), _) | (_, Some(HostLimit::Deadline)) => timeout(),
+                (_, Some(limit)) => PluginError::Limit {
                     plugin: plugin.clone(),
-                    limit: runtime.limits.call_timeout,
+                    message: limit.to_string(),
                 },
-                _ => {
-                    let mut message = trap_message(&error);
-                    if let Some(last) = output
-                        .as_ref()
-                        .and_then(|(_, stderr)| stderr.lines().rev().find(|l| !l.trim().is_empty()))
-                    {
-                        message = format!("{message} (stderr: {})", last.trim());
-                    }
-                    PluginError::Trap { plugin: plugin.clone(), message }
-                }
+                (Some(_), None) => PluginError::Trap {
+                    plugin: plugin.clone(),
+                    message: format!("{}{}", trap_message(&error), last_stderr()),
+                },
+                // Not a wasm trap: a bound the host enforces stopped it (the
+                // memory cap, or the hostcall fuel on what the plugin hands
+                // the host), or its answer was malformed. Name the bounds.
+                (None, None) => PluginError::Trap {
+                    plugin: plugin.clone(),
+                    message: format!(
+                        "{}{}; this call's bounds: {} MiB of memory, {} bytes handed to the \
+                         host at a time ({rows} rows)",
+                        trap_message(&error),
+                        last_stderr(),
+                        runtime.limits.memory_bytes >> 20,
+                        runtime.limits.hostcall_fuel(rows)
+                    ),
+                },
             };
             tracing::warn!(plugin = %plugin, function, %error, "plugin call failed; instance discarded");
             error
@@ -467,12 +537,48 @@ fn trap_message(error: &wasmtime::Error) -> String {
     message.lines().next().unwrap_or("trap").to_string()
 }
 
-/// Store data: the memory limiter, the project lookups of this call and,
-/// for a type importing the WASI subset, its context.
+/// Store data: the memory limiter, the project lookups of this call and
+/// their bounds and, for a type importing the WASI subset, its context.
 pub struct HostState {
     limits: StoreLimits,
     lookup: Option<Arc<dyn ProjectLookup>>,
     wasi: Option<wasi::WasiState>,
+    /// When the call's time is up (host lookups check it; guest code is
+    /// stopped by the epoch deadline set at the same moment).
+    deadline: Instant,
+    /// Project ids this call has asked for so far.
+    ids_asked: usize,
+}
+
+impl HostState {
+    /// The projects of `ids`, in order (`None`: no such project), within
+    /// the bounds: at most [`MAX_PROJECT_IDS`] ids per lookup and
+    /// [`MAX_PROJECT_IDS_PER_CALL`] per call, and within the call's
+    /// deadline. Past a bound, the call traps with a [`HostLimit`]. Both
+    /// contract versions' `site.projects` come here.
+    fn lookup_projects(&mut self, ids: &[i64]) -> wasmtime::Result<Vec<Option<ProjectInfo>>> {
+        if ids.len() > MAX_PROJECT_IDS {
+            return Err(HostLimit::LookupIds { asked: ids.len() }.into());
+        }
+        self.ids_asked = self.ids_asked.saturating_add(ids.len());
+        if self.ids_asked > MAX_PROJECT_IDS_PER_CALL {
+            return Err(HostLimit::CallIds {
+                asked: self.ids_asked,
+            }
+            .into());
+        }
+        let Some(lookup) = &self.lookup else {
+            return Ok(vec![None; ids.len()]);
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1024) {
+            if Instant::now() >= self.deadline {
+                return Err(HostLimit::Deadline.into());
+            }
+            out.extend(chunk.iter().map(|&id| lookup.project(id)));
+        }
+        Ok(out)
+    }
 }
 
 impl bindings::v0_1::geohost::replicable::types::Host for HostState {}
@@ -481,8 +587,8 @@ impl bindings::v0_1::geohost::replicable::site::Host for HostState {
     fn projects(
         &mut self,
         ids: Vec<i64>,
-    ) -> Vec<Option<bindings::v0_1::geohost::replicable::types::Project>> {
-        adapt_v0_1::projects(ids, self.lookup.as_deref())
+    ) -> wasmtime::Result<Vec<Option<bindings::v0_1::geohost::replicable::types::Project>>> {
+        Ok(adapt_v0_1::projects(self.lookup_projects(&ids)?))
     }
 }
 
@@ -492,8 +598,8 @@ impl bindings::v0_2::geohost::replicable::site::Host for HostState {
     fn projects(
         &mut self,
         ids: Vec<i64>,
-    ) -> bindings::v0_2::geohost::replicable::types::ProjectColumns {
-        columns::project_columns(&ids, self.lookup.as_deref())
+    ) -> wasmtime::Result<bindings::v0_2::geohost::replicable::types::ProjectColumns> {
+        Ok(columns::project_columns(self.lookup_projects(&ids)?))
     }
 }
 

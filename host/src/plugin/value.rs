@@ -6,6 +6,8 @@
 //! ([`super::adapt_v0_1`]). Both borrow from them, so nothing is copied
 //! before it is lowered into the guest.
 
+use super::{Column, ColumnType};
+
 /// One column value. Timestamps are microseconds since the Unix epoch, UTC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -152,3 +154,49 @@ macro_rules! lower_settings {
     }};
 }
 pub(crate) use lower_settings;
+
+/// A value given as text (a query string, a command-line `name=value`) as
+/// the JSON that [`json_to_value`] expects for `column`'s type.
+pub fn text_to_json(column: &Column, raw: &str) -> Result<serde_json::Value, String> {
+    let name = &column.name;
+    Ok(match column.column_type {
+        ColumnType::Bigint | ColumnType::Integer | ColumnType::Smallint => raw
+            .parse::<i64>()
+            .map(serde_json::Value::from)
+            .map_err(|_| format!("column `{name}` must be an integer"))?,
+        ColumnType::Boolean => raw
+            .parse::<bool>()
+            .map(serde_json::Value::from)
+            .map_err(|_| format!("column `{name}` must be true or false"))?,
+        _ => serde_json::Value::from(raw),
+    })
+}
+
+/// A JSON value as a column value of `column`'s type.
+pub fn json_to_value(column: &Column, json: &serde_json::Value) -> Result<Value, String> {
+    use serde_json::Value as J;
+    let wrong = || {
+        format!(
+            "column `{}` ({:?}) cannot hold {json}",
+            column.name, column.column_type
+        )
+    };
+    let value = match (column.column_type, json) {
+        (_, J::Null) => Value::Null,
+        (ColumnType::Bigint | ColumnType::Integer | ColumnType::Smallint, J::Number(n)) => {
+            Value::Int(n.as_i64().ok_or_else(wrong)?)
+        }
+        (ColumnType::Text, J::String(s)) => Value::Text(s.clone()),
+        (ColumnType::Boolean, J::Bool(b)) => Value::Boolean(*b),
+        (ColumnType::Timestamp, J::String(s)) => Value::Timestamp(
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|_| wrong())?
+                .timestamp_micros(),
+        ),
+        (ColumnType::Timestamp, J::Number(n)) => Value::Timestamp(n.as_i64().ok_or_else(wrong)?),
+        (ColumnType::Binary, J::String(s)) => Value::Binary(hex::decode(s).map_err(|_| wrong())?),
+        _ => return Err(wrong()),
+    };
+    super::check_type(column, &value)?;
+    Ok(value)
+}

@@ -57,6 +57,7 @@ pub struct Checked {
 /// Checks each record's `expect` against the answer at the same position
 /// (`answers` as [`super::fixture::run`] returns them). A malformed `expect`
 /// is an error naming the record.
+#[cfg(test)]
 pub fn check(
     records: &[serde_json::Map<String, Value>],
     answers: &[Value],

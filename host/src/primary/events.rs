@@ -9,37 +9,11 @@
 use crate::db::{Arg, Db, DbError, Tx};
 use crate::feed::FeedEvent;
 use serde_json::json;
-use tokio::sync::watch;
 
 pub const CREATED: &str = "created";
 pub const UPDATED: &str = "updated";
 pub const DELETED: &str = "deleted";
 pub const CHECKSUM_SUCCEEDED: &str = "checksum_succeeded";
-
-/// Wakes long-polling readers when events are committed in this process.
-#[derive(Debug, Clone)]
-pub struct EventSignal {
-    sender: watch::Sender<u64>,
-}
-
-impl Default for EventSignal {
-    fn default() -> Self {
-        EventSignal {
-            sender: watch::channel(0).0,
-        }
-    }
-}
-
-impl EventSignal {
-    /// Call after a transaction that wrote events commits.
-    pub fn notify(&self) {
-        self.sender.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.sender.subscribe()
-    }
-}
 
 /// Whether events of `replicable_name` are published now.
 pub async fn should_publish(tx: &mut Tx, replicable_name: &str) -> Result<bool, DbError> {

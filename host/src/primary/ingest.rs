@@ -15,7 +15,7 @@ use super::journal::{JournalError, PendingWrite};
 use super::records::{self, Record};
 use crate::catalog::InstalledType;
 use crate::db::{Arg, DbError, ident, value_arg};
-use crate::plugin::fixture::json_to_value;
+use crate::plugin::value::json_to_value;
 use crate::plugin::{BlobPath, ColumnSource, PluginError, Row, Value};
 use crate::site::Site;
 use crate::storage::StorageError;
@@ -79,11 +79,11 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let it = installed(site, type_name)?;
-    let writer = writer_values(&it, columns)?;
+    let first = installed(site, type_name)?;
+    let writer = writer_values(&first, columns)?;
     // A missing project refuses the write before its body is read; the
     // transaction checks again, under a lock (see `write_record`).
-    if let Some(project) = project_of(&it, &writer) {
+    if let Some(project) = project_of(&first, &writer) {
         let found = site
             .db
             .fetch_optional(&project_query(None), &[project.into()])
@@ -93,14 +93,18 @@ where
     // Derived columns are a pure function of the writer columns: computing
     // them first refuses a bad record (say, an invalid channel) before its
     // body is read. They are used only if the record turns out to be new.
-    let derived = derive(&it, &writer).await?;
+    let derived = derive(&first, &writer).await?;
     // Lengths after derive, so that a type's own rule for an overlong value
     // (Helm: "invalid Helm channel") is the writer's answer.
-    for column in it.identity.table.columns_from(ColumnSource::Writer) {
+    for column in first.identity.table.columns_from(ColumnSource::Writer) {
         if let Some(value) = writer.get(&column.name) {
             crate::plugin::check_length(column, value).map_err(IngestError::Invalid)?;
         }
     }
+    // Only its hash from here on: a hot swap waits for the old version's
+    // holders to drop it, and this write may wait for that swap.
+    let first_sha = first.plugin.sha256().to_string();
+    drop(first);
 
     // The blob next, into a temporary object: no transaction is held while
     // the client uploads.
@@ -125,7 +129,21 @@ where
         temp.write(chunk).await?;
     }
     let mut temp = Some(temp.finish().await?);
-    let result = write_record(site, &it, writer, derived, &mut temp).await;
+    // Not while a hot swap moves this type's blobs; under the version live
+    // once it is done.
+    let result = async {
+        let _writing = site.catalog.writing(type_name).await;
+        let it = installed(site, type_name)?;
+        let (writer, derived) = if it.plugin.sha256() == first_sha {
+            (writer, derived)
+        } else {
+            let writer = writer_values(&it, columns)?;
+            let derived = derive(&it, &writer).await?;
+            (writer, derived)
+        };
+        write_record(site, &it, writer, derived, &mut temp).await
+    }
+    .await;
     if let Some(unused) = temp
         && let Err(error) = unused.discard().await
     {
@@ -219,24 +237,36 @@ async fn write_record(
     };
     let states = ident(&it.identity.states_table());
     let fk = ident(&it.identity.foreign_key());
-    if created {
+    let written_state = if created {
         tx.execute(
-            &format!("INSERT INTO {states} ({fk}) VALUES ($1)"),
-            &[id.into()],
+            &format!("INSERT INTO {states} ({fk}, blob_path) VALUES ($1, $2)"),
+            &[id.into(), path.as_str().into()],
         )
-        .await?;
+        .await
     } else {
         // GitLab's `verification_pending`: the blob changed, its checksum is void.
         tx.execute(
             &format!(
                 "UPDATE {states} SET verification_state = 0, verification_checksum = NULL, \
                  verification_started_at = NULL, verification_retry_count = 0, \
-                 verification_retry_at = NULL, verification_failure = NULL WHERE {fk} = $1"
+                 verification_retry_at = NULL, verification_failure = NULL, blob_path = $2 \
+                 WHERE {fk} = $1"
             ),
-            &[id.into()],
+            &[id.into(), path.as_str().into()],
         )
-        .await?;
-    }
+        .await
+    };
+    // Two records never share a blob: deleting one would delete the other's.
+    written_state.map_err(|error| {
+        if error.is_unique_violation() {
+            IngestError::Conflict(format!(
+                "another {} already has blob path `{path}`; each record needs its own",
+                it.identity.title
+            ))
+        } else {
+            error.into()
+        }
+    })?;
     let event = if created {
         events::CREATED
     } else {
@@ -299,6 +329,7 @@ async fn write_record(
 /// Deletes a record and its blob; logs a `deleted` event carrying the blob
 /// path and the uploader class, as GitLab does.
 pub async fn delete(site: &Site, type_name: &str, id: i64) -> Result<Record, IngestError> {
+    let _writing = site.catalog.writing(type_name).await;
     let it = installed(site, type_name)?;
     let record = records::by_id(&site.db, &it, id)
         .await?

@@ -8,7 +8,8 @@
 //! written only if that stamp is unchanged, so an update of the record
 //! during checksumming (which resets the row to pending) wins.
 //!
-//! Checksums (GitLab, reference section 3): SHA-256 hex of a local blob,
+//! Checksums (GitLab's `ee/app/models/concerns/geo/blob_replicator_strategy.rb`):
+//! SHA-256 hex of a local blob,
 //! streamed; the padded decimal size for object storage. Pending rows go
 //! first, then failed rows whose retry is due; failures back off with
 //! GitLab's `next_retry_time`; `started` rows older than the timeout fail;
@@ -137,9 +138,13 @@ pub async fn verify_batch(
     }
     let ids: Vec<i64> = claims.iter().map(|c| c.id).collect();
     let found = records::by_ids(&site.db, it, &ids).await?;
-    let rows: Vec<_> = found.iter().map(|r| it.path_row(r.id, &r.values)).collect();
-    let plugin = it.plugin.clone();
-    let paths = tokio::task::spawn_blocking(move || plugin.blob_paths(&rows)).await??;
+    // Isolated per record: a record the plugin traps on fails its own
+    // verification, not its batch's.
+    let rows = found
+        .iter()
+        .map(|r| Ok(it.path_row(r.id, &r.values)))
+        .collect();
+    let paths = it.blob_paths_of_rows(rows).await?;
     let by_id: std::collections::HashMap<i64, _> = found.iter().map(|r| r.id).zip(paths).collect();
 
     let started = std::time::Instant::now();

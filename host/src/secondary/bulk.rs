@@ -3,7 +3,8 @@
 //!
 //! One row ([`resync`], [`reverify`]) goes through the state machine of
 //! [`super::registry`]. A bulk action is GitLab's raw `update_all`
-//! (reference §8): RESYNC_ALL sets `state = pending` on rows not pending,
+//! (GitLab's `ee/app/graphql/mutations/geo/registries/bulk_update.rb`):
+//! RESYNC_ALL sets `state = pending` on rows not pending,
 //! REVERIFY_ALL sets `verification_state = pending` on rows not pending
 //! verification, with no other column touched. It runs in the background
 //! in id ranges of [`BATCH_SIZE`] rows, each its own short statement, with

@@ -11,18 +11,23 @@
 //! are covered too. Within a batch:
 //!
 //! - in-scope records without a registry row get one (pending, bulk insert);
-//! - rows of records that are out of scope are deleted with their local
-//!   blob (the path comes from the type's plugin over the record);
 //! - rows synced while the primary had no checksum, whose verification is
 //!   still disabled though the primary's record is verified now (its
 //!   `checksum_succeeded` event was lost to a race), are set verification
 //!   pending;
-//! - rows of records the primary no longer has (orphans) are deleted. The
-//!   blob path of a gone record is unknown here (the plugin computes it
-//!   from the record's columns), so an orphan's local blob is *not*
-//!   deleted: the `deleted` event, which carries the path, removes it (see
-//!   `cursor.rs`). An orphan whose event was never seen leaves its blob
-//!   behind; the pass logs each such row.
+//! - rows of records that are out of scope, and rows of records the
+//!   primary no longer has (orphans), are noted for removal.
+//!
+//! Once every batch is read, the removals are decided as a whole: past
+//! `deletions.max_removal_share` of the type's registries they wait for an
+//! operator's confirmation ([`super::guard`]); otherwise out-of-scope rows
+//! are deleted with their local blob, which goes to the quarantine (the
+//! path comes from the type's plugin over the record). The blob path of a
+//! gone record is unknown here (the plugin computes it from the record's
+//! columns), so an orphan's local blob is *not* touched: the `deleted`
+//! event, which carries the path, quarantines it (see `cursor.rs`). An
+//! orphan whose event was never seen leaves its blob behind; the pass logs
+//! each such row.
 //!
 //! Races it avoids: a row in `started` is left for the next pass (a
 //! download in flight would otherwise write a file nobody tracks); an
@@ -31,11 +36,12 @@
 //! record whose scope decision errors is left alone and logged.
 
 use super::client::{ClientError, PrimaryClient};
+use super::guard::{self, Decision, Guard};
 use super::registry::Registry;
-use super::scope::{self, Scope};
-use crate::catalog::InstalledType;
-use crate::db::{Db, DbError};
+use crate::catalog::{InstalledType, Scope};
+use crate::db::{Db, DbError, ident};
 use crate::feed::FeedRecord;
+use crate::plugin::BlobPath;
 use crate::states::{SyncState, VerificationState};
 use crate::storage::BlobStore;
 use std::collections::{HashMap, HashSet};
@@ -51,12 +57,16 @@ pub struct Counts {
     pub created: u64,
     /// Registry rows deleted (out of scope or orphaned).
     pub deleted: u64,
+    /// Registry rows the pass would have deleted, held by the guard
+    /// ([`super::guard`]) until an operator confirms.
+    pub held: u64,
 }
 
 impl std::ops::AddAssign for Counts {
     fn add_assign(&mut self, other: Counts) {
         self.created += other.created;
         self.deleted += other.deleted;
+        self.held += other.held;
     }
 }
 
@@ -68,7 +78,7 @@ pub enum ConsistencyError {
     #[error("tracking database: {0}")]
     Db(#[from] DbError),
     #[error("deciding scope: {0}")]
-    Scope(#[from] scope::ScopeError),
+    Scope(#[from] crate::catalog::CallError),
 }
 
 /// One consistency pass over type `it`; see the [module docs](self).
@@ -78,8 +88,25 @@ pub async fn check_type(
     blobs: &BlobStore,
     it: &Arc<InstalledType>,
     scope: &Scope,
+    guard: Guard,
 ) -> Result<Counts, ConsistencyError> {
-    check_type_in_batches(client, tracking, blobs, it, scope, BATCH_SIZE).await
+    check_type_in_batches(client, tracking, blobs, it, scope, guard, BATCH_SIZE).await
+}
+
+/// The registries a pass would remove, found while walking the batches and
+/// removed (or held) once the whole walk is done.
+#[derive(Default)]
+struct Removals {
+    /// Records out of scope, with their blob path (or why there is none).
+    out_of_scope: Vec<(i64, Result<BlobPath, String>)>,
+    /// Registries of records the primary no longer has.
+    orphans: Vec<i64>,
+}
+
+impl Removals {
+    fn len(&self) -> usize {
+        self.out_of_scope.len() + self.orphans.len()
+    }
 }
 
 async fn check_type_in_batches(
@@ -88,10 +115,22 @@ async fn check_type_in_batches(
     blobs: &BlobStore,
     it: &Arc<InstalledType>,
     scope: &Scope,
+    guard: Guard,
     batch_size: i64,
 ) -> Result<Counts, ConsistencyError> {
     let registry = Registry::of(it);
+    let registries = tracking
+        .fetch_one(
+            &format!(
+                "SELECT COUNT(*) AS n FROM {}",
+                ident(&it.identity.registry_table())
+            ),
+            &[],
+        )
+        .await?
+        .i64("n")?;
     let mut counts = Counts::default();
+    let mut removals = Removals::default();
     let mut after = 0;
     let mut highest = 0;
     loop {
@@ -107,14 +146,12 @@ async fn check_type_in_batches(
         };
         counts += check_batch(
             tracking,
-            blobs,
             it,
             scope,
             &registry,
             &page.records,
-            low,
-            high,
-            read_at,
+            Range { low, high, read_at },
+            &mut removals,
         )
         .await?;
         match high {
@@ -122,11 +159,52 @@ async fn check_type_in_batches(
             None => break,
         }
     }
+
+    // Removals are decided over the whole pass: past the allowed share of
+    // the type's registries, they wait for an operator (guard.rs).
+    let key = guard::scope_key(&scope.settings);
+    let decision = guard::admit(
+        tracking,
+        guard,
+        it.name(),
+        removals.len() as i64,
+        registries,
+        &key,
+        it.plugin.sha256(),
+    )
+    .await?;
+    match decision {
+        Decision::Held(hold) => {
+            tracing::warn!(
+                r#type = it.name(),
+                removals = hold.removals,
+                registries = hold.registries,
+                cause = %hold.cause,
+                "registry removals held: more than the allowed share of the type's registries \
+                 would go; confirm with `geohost registry confirm-removals` or GraphQL \
+                 `geoRegistriesConfirmRemovals` (their blobs would go to the quarantine)"
+            );
+            counts.held = hold.removals as u64;
+        }
+        Decision::Proceed { why } => {
+            if removals.len() > 0 && why != "within the share" {
+                tracing::warn!(
+                    r#type = it.name(),
+                    removals = removals.len(),
+                    why,
+                    "registry removals past the allowed share go ahead"
+                );
+            }
+            counts.deleted += remove(tracking, blobs, it, &registry, removals).await?;
+            guard::applied(tracking, it.name(), &key).await?;
+        }
+    }
     if counts != Counts::default() {
         tracing::info!(
             r#type = it.name(),
             created = counts.created,
             deleted = counts.deleted,
+            held = counts.held,
             "registry consistency pass"
         );
     }
@@ -206,27 +284,33 @@ pub async fn missing_registries(
         settings: settings.clone(),
         topology,
     };
-    let answers = scope::in_scope(it, &scope, &unregistered).await?;
+    let answers = it.in_scope(&scope, &unregistered).await?;
     Ok(answers.iter().filter(|a| **a == Ok(true)).count() as i64)
 }
 
-/// Compares one batch of records (ids `low..=high`) with the registry rows
-/// in that range.
-#[allow(clippy::too_many_arguments)]
+/// The ids a batch covers: `low..=high` (`None`: no upper end), and when
+/// its records were read.
+struct Range {
+    low: i64,
+    high: Option<i64>,
+    read_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Compares one batch of records with the registry rows in its range:
+/// creates the missing rows, sets verification pending where the primary's
+/// checksum came late, and adds what should go to `removals`.
 async fn check_batch(
     tracking: &Db,
-    blobs: &BlobStore,
     it: &Arc<InstalledType>,
     scope: &Scope,
     registry: &Registry,
     records: &[FeedRecord],
-    low: i64,
-    high: Option<i64>,
-    read_at: chrono::DateTime<chrono::Utc>,
+    range: Range,
+    removals: &mut Removals,
 ) -> Result<Counts, ConsistencyError> {
-    let decisions = scope::in_scope(it, scope, records).await?;
+    let decisions = it.in_scope(scope, records).await?;
     let existing: HashMap<i64, _> = registry
-        .in_range(tracking, low, high)
+        .in_range(tracking, range.low, range.high)
         .await?
         .into_iter()
         .map(|row| (row.model_id, row))
@@ -275,15 +359,22 @@ async fn check_batch(
         .filter(|row| {
             !present.contains(&row.model_id)
                 && row.state != SyncState::Started
-                && row.created_at < read_at
+                && row.created_at < range.read_at
         })
         .map(|row| row.model_id)
         .collect();
     orphans.sort_unstable();
+    removals.orphans.extend(orphans);
+    if !out_of_scope.is_empty() {
+        let paths = it.blob_paths(&out_of_scope).await?;
+        removals
+            .out_of_scope
+            .extend(out_of_scope.iter().map(|r| r.id).zip(paths));
+    }
 
-    let mut counts = Counts {
+    let counts = Counts {
         created: registry.insert_missing(tracking, &missing).await?,
-        deleted: 0,
+        ..Counts::default()
     };
     for id in unverified {
         if registry
@@ -297,35 +388,47 @@ async fn check_batch(
             );
         }
     }
+    Ok(counts)
+}
 
-    if !out_of_scope.is_empty() {
-        let ids: Vec<i64> = out_of_scope.iter().map(|r| r.id).collect();
+/// Removes the registries a pass found: out-of-scope ones with their blob
+/// (to the quarantine), orphans without (their `deleted` event carries the
+/// path). A row that became busy meanwhile (a download started) stays.
+/// Returns how many rows went.
+async fn remove(
+    tracking: &Db,
+    blobs: &BlobStore,
+    it: &InstalledType,
+    registry: &Registry,
+    removals: Removals,
+) -> Result<u64, ConsistencyError> {
+    let mut removed = 0;
+    for batch in removals.out_of_scope.chunks(BATCH_SIZE as usize) {
+        let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
         let deleted: HashSet<i64> = registry
             .delete_idle(tracking, &ids)
             .await?
             .into_iter()
             .collect();
-        counts.deleted += deleted.len() as u64;
-        let paths = scope::blob_paths(it, &out_of_scope).await?;
-        for (record, path) in out_of_scope.iter().zip(paths) {
-            if !deleted.contains(&record.id) {
+        removed += deleted.len() as u64;
+        for (id, path) in batch {
+            if !deleted.contains(id) {
                 continue;
             }
             match path {
                 Ok(path) => {
-                    if let Err(error) = blobs.delete(it.name(), &path).await {
-                        tracing::warn!(r#type = it.name(), id = record.id, %error, "cannot delete an out-of-scope blob");
+                    if let Err(error) = blobs.quarantine(it.name(), path).await {
+                        tracing::warn!(r#type = it.name(), id, %error, "cannot quarantine an out-of-scope blob");
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(r#type = it.name(), id = record.id, %error, "no blob path for an out-of-scope record; its blob stays")
+                    tracing::warn!(r#type = it.name(), id, %error, "no blob path for an out-of-scope record; its blob stays")
                 }
             }
         }
     }
-
-    if !orphans.is_empty() {
-        let deleted = registry.delete_idle(tracking, &orphans).await?;
+    for batch in removals.orphans.chunks(BATCH_SIZE as usize) {
+        let deleted = registry.delete_idle(tracking, batch).await?;
         for id in &deleted {
             tracing::info!(
                 r#type = it.name(),
@@ -333,9 +436,9 @@ async fn check_batch(
                 "registry of a record gone from the primary deleted; its blob is removed by the `deleted` event"
             );
         }
-        counts.deleted += deleted.len() as u64;
+        removed += deleted.len() as u64;
     }
-    Ok(counts)
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -346,6 +449,12 @@ mod tests {
         FakePrimary, blob_store, helm, helm_record, tracking_databases,
     };
     use crate::topology::{NamespaceNode, ProjectNode, Topology};
+
+    /// A guard that lets every removal through.
+    const ANY: Guard = Guard {
+        max_share: 1.0,
+        cause: guard::Cause::Consistency,
+    };
 
     fn scope(selective_sync: SelectiveSync) -> Scope {
         let namespaces =
@@ -387,7 +496,8 @@ mod tests {
             }
             registry.synced(&db, 4, true).await.unwrap();
             let record4 = primary.with(|s| s.records[&4].clone());
-            let path4 = scope::blob_paths(&it, &[record4])
+            let path4 = it
+                .blob_paths(&[record4])
                 .await
                 .unwrap()
                 .pop()
@@ -399,14 +509,15 @@ mod tests {
                 .unwrap();
 
             let namespaces = scope(SelectiveSync::Namespaces(vec![1]));
-            let counts = check_type_in_batches(&client, &db, &blobs, &it, &namespaces, 2)
+            let counts = check_type_in_batches(&client, &db, &blobs, &it, &namespaces, ANY, 2)
                 .await
                 .unwrap();
             assert_eq!(
                 counts,
                 Counts {
                     created: 3,
-                    deleted: 2
+                    deleted: 2,
+                    held: 0
                 },
                 "{backend}"
             );
@@ -420,7 +531,12 @@ mod tests {
             assert_eq!(ids, vec![1, 2, 3, 5, 98], "{backend}");
             assert!(
                 !blobs.exists(it.name(), &path4).await.unwrap(),
-                "{backend}: out-of-scope blob deleted"
+                "{backend}: out-of-scope blob removed"
+            );
+            assert_eq!(
+                blobs.quarantined_count(it.name()).await.unwrap(),
+                1,
+                "{backend}"
             );
             assert!(
                 primary.hits("records") >= 4,
@@ -428,21 +544,21 @@ mod tests {
             );
 
             // Idempotent.
-            let again = check_type_in_batches(&client, &db, &blobs, &it, &namespaces, 2)
+            let again = check_type_in_batches(&client, &db, &blobs, &it, &namespaces, ANY, 2)
                 .await
                 .unwrap();
             assert_eq!(again, Counts::default(), "{backend}");
 
             // Everything selected: project 11's records come back; object storage stays out.
             let everything = scope(SelectiveSync::Everything);
-            let counts = check_type(&client, &db, &blobs, &it, &everything)
+            let counts = check_type(&client, &db, &blobs, &it, &everything, ANY)
                 .await
                 .unwrap();
             assert_eq!(
                 counts,
                 Counts {
                     created: 1,
-                    deleted: 0
+                    ..Counts::default()
                 },
                 "{backend}"
             );

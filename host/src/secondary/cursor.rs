@@ -47,8 +47,8 @@
 
 use super::client::{ClientError, PrimaryClient};
 use super::registry::Registry;
-use super::scope::{self, Scope};
 use crate::catalog::InstalledType;
+use crate::catalog::Scope;
 use crate::db::{Backend, Db, DbError, Tx};
 use crate::feed::{EventPage, FeedEvent, FeedRecord};
 use crate::plugin::BlobPath;
@@ -89,7 +89,7 @@ pub enum CursorError {
     #[error("tracking database: {0}")]
     Db(#[from] DbError),
     #[error("deciding scope: {0}")]
-    Scope(#[from] scope::ScopeError),
+    Scope(#[from] crate::catalog::CallError),
 }
 
 /// What a batch did, for logs and tests.
@@ -113,9 +113,12 @@ pub struct EventContext<'a> {
     pub client: &'a PrimaryClient,
     pub tracking: &'a Db,
     pub blobs: &'a BlobStore,
-    /// Installed types by name, with whether their replication is enabled.
-    pub types: HashMap<String, (Arc<InstalledType>, bool)>,
 }
+
+/// Installed types by name, with whether their replication is enabled.
+/// Taken once a round's events have arrived, never across its long poll:
+/// a held version would keep a hot swap from draining.
+pub type Types = HashMap<String, (Arc<InstalledType>, bool)>;
 
 fn model_id(event: &FeedEvent) -> Option<i64> {
     event
@@ -136,6 +139,7 @@ fn model_id(event: &FeedEvent) -> Option<i64> {
 /// An error means the batch must be retried (handling is idempotent).
 pub async fn handle_events(
     cx: &EventContext<'_>,
+    types: &Types,
     scope: Option<&Scope>,
     refresh: impl AsyncFnOnce() -> Option<Scope>,
     events: &[FeedEvent],
@@ -145,7 +149,7 @@ pub async fn handle_events(
     let mut wanted: HashMap<&str, Vec<i64>> = HashMap::new();
     for event in events {
         if matches!(event.event_name.as_str(), CREATED | UPDATED)
-            && let Some((_, true)) = cx.types.get(&event.replicable_name)
+            && let Some((_, true)) = types.get(&event.replicable_name)
             && let Some(id) = model_id(event)
         {
             wanted
@@ -163,11 +167,11 @@ pub async fn handle_events(
     }
     if let Some(scope) = scope {
         for (name, mut ids) in wanted {
-            let (it, _) = &cx.types[name];
+            let (it, _) = &types[name];
             ids.sort_unstable();
             ids.dedup();
             let records = cx.client.records_by_ids(name, &ids).await?;
-            let answers = scope::in_scope(it, scope, &records).await?;
+            let answers = it.in_scope(scope, &records).await?;
             let mut out = Vec::new();
             for (record, answer) in records.into_iter().zip(answers) {
                 if answer == Ok(false) {
@@ -184,8 +188,8 @@ pub async fn handle_events(
         && let Some(fresh) = refresh().await
     {
         for (name, records) in rejected {
-            let (it, _) = &cx.types[name];
-            let answers = scope::in_scope(it, &fresh, &records).await?;
+            let (it, _) = &types[name];
+            let answers = it.in_scope(&fresh, &records).await?;
             for (record, answer) in records.iter().zip(answers) {
                 decisions.insert((name, record.id), answer);
             }
@@ -195,7 +199,7 @@ pub async fn handle_events(
     let mut counts = EventCounts::default();
     for event in events {
         let name = event.replicable_name.as_str();
-        let Some((it, enabled)) = cx.types.get(name) else {
+        let Some((it, enabled)) = types.get(name) else {
             tracing::info!(event_id = event.id, r#type = name, event = %event.event_name, "event of a type not installed here; skipped");
             counts.skipped += 1;
             continue;
@@ -232,8 +236,8 @@ pub async fn handle_events(
                     .and_then(serde_json::Value::as_str);
                 match path.map(BlobPath::parse) {
                     Some(Ok(path)) => {
-                        if let Err(error) = cx.blobs.delete(name, &path).await {
-                            tracing::warn!(event_id = event.id, r#type = name, id, %error, "cannot delete the blob of a deleted record");
+                        if let Err(error) = cx.blobs.quarantine(name, &path).await {
+                            tracing::warn!(event_id = event.id, r#type = name, id, %error, "cannot quarantine the blob of a deleted record");
                         }
                     }
                     Some(Err(error)) => {
@@ -442,6 +446,7 @@ pub enum Round {
 /// [`handle_events`]), save the position.
 pub async fn round(
     cx: &EventContext<'_>,
+    types: impl AsyncFnOnce() -> Types,
     scope: Option<&Scope>,
     refresh: impl AsyncFnOnce() -> Option<Scope>,
     wait: Duration,
@@ -464,7 +469,7 @@ pub async fn round(
         }
         lease = Some(tx);
     }
-    let outcome = follow(cx, scope, refresh, wait, cancel, lease.as_mut()).await;
+    let outcome = follow(cx, types, scope, refresh, wait, cancel, lease.as_mut()).await;
     // End the lease's transaction on every path: a dropped sqlx transaction
     // is only rolled back when its connection is next used, and would hold
     // the lock until then.
@@ -476,8 +481,10 @@ pub async fn round(
 
 /// The body of [`round`], under the lease (if any), which also saves the
 /// position.
+#[allow(clippy::too_many_arguments)]
 async fn follow(
     cx: &EventContext<'_>,
+    types: impl AsyncFnOnce() -> Types,
     scope: Option<&Scope>,
     refresh: impl AsyncFnOnce() -> Option<Scope>,
     wait: Duration,
@@ -515,7 +522,7 @@ async fn follow(
     }
     let fresh = new_gaps(position, &page.events);
     events.extend(page.events.iter().cloned());
-    let counts = handle_events(cx, scope, refresh, &events).await?;
+    let counts = handle_events(cx, &types().await, scope, refresh, &events).await?;
     let new_position = page.events.last().map_or(position, |e| e.id);
     let tracked_now = match lease {
         Some(tx) => {
@@ -591,7 +598,8 @@ mod tests {
             primary.add(2, 11, b"two", true);
             primary.add(3, 12, b"three", true); // project 12 is newer than the cached topology
             let doomed = primary.add(5, 10, b"five", true);
-            let doomed_path = scope::blob_paths(&it, &[doomed])
+            let doomed_path = it
+                .blob_paths(&[doomed])
                 .await
                 .unwrap()
                 .pop()
@@ -636,15 +644,15 @@ mod tests {
                 client: &client,
                 tracking: &db,
                 blobs: &blobs,
-                types: types(true),
             };
+            let enabled = types(true);
             let cached = scope(&[(10, 1), (11, 2)]);
             let refreshes = Cell::new(0);
             let refresh = async || {
                 refreshes.set(refreshes.get() + 1);
                 Some(scope(&[(10, 1), (11, 2), (12, 1)]))
             };
-            let counts = handle_events(&cx, Some(&cached), refresh, &events)
+            let counts = handle_events(&cx, &enabled, Some(&cached), refresh, &events)
                 .await
                 .unwrap();
             assert_eq!(
@@ -703,8 +711,8 @@ mod tests {
                 client: &client,
                 tracking: &db,
                 blobs: &blobs,
-                types: types(false),
             };
+            let enabled = types(false);
             registry.insert_missing(&db, &[9]).await.unwrap();
             let later = [
                 primary.event(CREATED, 2, json!({})),
@@ -717,7 +725,7 @@ mod tests {
                     .cloned()
                     .collect()
             });
-            let counts = handle_events(&cx, Some(&cached), async || None, &events)
+            let counts = handle_events(&cx, &enabled, Some(&cached), async || None, &events)
                 .await
                 .unwrap();
             assert_eq!((counts.ignored, counts.deleted), (1, 1), "{backend}");
@@ -752,26 +760,40 @@ mod tests {
                 client: &client,
                 tracking: &db,
                 blobs: &blobs,
-                types: types(true),
             };
+            let enabled = types(true);
             let cancel = tokio_util::sync::CancellationToken::new();
             let cached = scope(&[(10, 1)]);
             let wait = Duration::ZERO;
 
             // A new cursor starts at the primary's newest event.
             assert_eq!(position(&db).await.unwrap(), None);
-            let first = round(&cx, Some(&cached), async || None, wait, &cancel)
-                .await
-                .unwrap();
+            let first = round(
+                &cx,
+                async || enabled.clone(),
+                Some(&cached),
+                async || None,
+                wait,
+                &cancel,
+            )
+            .await
+            .unwrap();
             assert_eq!(first, Round::Handled(0), "{backend}");
             assert_eq!(position(&db).await.unwrap(), Some(3), "{backend}");
 
             primary.add(1, 10, b"one", true);
             primary.event(CREATED, 1, json!({}));
             primary.event(UPDATED, 1, json!({}));
-            let second = round(&cx, Some(&cached), async || None, wait, &cancel)
-                .await
-                .unwrap();
+            let second = round(
+                &cx,
+                async || enabled.clone(),
+                Some(&cached),
+                async || None,
+                wait,
+                &cancel,
+            )
+            .await
+            .unwrap();
             assert_eq!(second, Round::Handled(2), "{backend}");
             assert_eq!(position(&db).await.unwrap(), Some(5), "{backend}");
             assert!(Registry::of(&helm()).get(&db, 1).await.unwrap().is_some());
@@ -790,9 +812,16 @@ mod tests {
                 s.events.remove(at)
             });
             primary.event(UPDATED, 1, json!({}));
-            let round_three = round(&cx, Some(&cached), async || None, wait, &cancel)
-                .await
-                .unwrap();
+            let round_three = round(
+                &cx,
+                async || enabled.clone(),
+                Some(&cached),
+                async || None,
+                wait,
+                &cancel,
+            )
+            .await
+            .unwrap();
             assert_eq!(round_three, Round::Handled(1), "{backend}");
             assert_eq!(position(&db).await.unwrap(), Some(late + 1), "{backend}");
             let tracked = gaps(&db).await.unwrap();
@@ -802,9 +831,16 @@ mod tests {
                 s.events.push(hidden);
                 s.events.sort_by_key(|e| e.id);
             });
-            let round_four = round(&cx, Some(&cached), async || None, wait, &cancel)
-                .await
-                .unwrap();
+            let round_four = round(
+                &cx,
+                async || enabled.clone(),
+                Some(&cached),
+                async || None,
+                wait,
+                &cancel,
+            )
+            .await
+            .unwrap();
             assert_eq!(round_four, Round::Handled(1), "{backend}: the late event");
             assert!(gaps(&db).await.unwrap().is_empty(), "{backend}");
             assert!(Registry::of(&helm()).get(&db, 2).await.unwrap().is_some());
@@ -818,9 +854,16 @@ mod tests {
             )
             .await
             .unwrap();
-            round(&cx, Some(&cached), async || None, wait, &cancel)
-                .await
-                .unwrap();
+            round(
+                &cx,
+                async || enabled.clone(),
+                Some(&cached),
+                async || None,
+                wait,
+                &cancel,
+            )
+            .await
+            .unwrap();
             assert!(gaps(&db).await.unwrap().is_empty(), "{backend}");
 
             if db.backend() == Backend::Postgres {
@@ -830,15 +873,29 @@ mod tests {
                     .execute("SELECT pg_advisory_xact_lock($1)", &[LEASE_KEY.into()])
                     .await
                     .unwrap();
-                let leased = round(&cx, Some(&cached), async || None, wait, &cancel)
-                    .await
-                    .unwrap();
+                let leased = round(
+                    &cx,
+                    async || enabled.clone(),
+                    Some(&cached),
+                    async || None,
+                    wait,
+                    &cancel,
+                )
+                .await
+                .unwrap();
                 assert_eq!(leased, Round::Leased, "{backend}");
                 other.commit().await.unwrap();
                 primary.event(CREATED, 1, json!({}));
-                let third = round(&cx, Some(&cached), async || None, wait, &cancel)
-                    .await
-                    .unwrap();
+                let third = round(
+                    &cx,
+                    async || enabled.clone(),
+                    Some(&cached),
+                    async || None,
+                    wait,
+                    &cancel,
+                )
+                .await
+                .unwrap();
                 assert_eq!(third, Round::Handled(1), "{backend}");
             }
         }

@@ -1,5 +1,6 @@
 //! Listing a type's registries as GitLab's GraphQL registries resolver does
-//! (reference §8): filters, sort orders and Relay keyset pages.
+//! (GitLab's `ee/app/graphql/resolvers/geo/registries_resolver.rb`): filters,
+//! sort orders and Relay keyset pages.
 //!
 //! Sorts: `ID_ASC`, `ID_DESC`, `VERIFIED_AT_ASC/DESC`,
 //! `LAST_SYNCED_AT_ASC/DESC`, always with the registry id as tie-breaker.
@@ -258,6 +259,7 @@ pub enum ListError {
 /// How many of `registry`'s rows match `filter` (GraphQL's `count`): one
 /// `COUNT(*)` over the same conditions as [`page`], answered from the
 /// `state` index when the replication state is filtered.
+#[cfg(test)]
 pub async fn count(db: &Db, registry: &Registry, filter: &Filter) -> Result<i64, DbError> {
     let mut args = Vec::new();
     let conditions = filter.conditions(registry, &mut args);

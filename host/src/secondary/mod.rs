@@ -14,7 +14,7 @@
 //! | verifier, `verification_max_capacity` per round | `VerificationBatchWorker` | [`verify`] |
 //! | event log cursor | Geo log cursor daemon, `EventWorker` | [`cursor`] |
 //! | stuck syncs and verifications, every minute | `SyncTimeoutCronWorker`, `VerificationTimeoutWorker` | here |
-//! | status report to the primary, every `status_interval_secs` | `Geo::MetricsUpdateWorker` | here, [`crate::status`] |
+//! | status report to the primary, every `status_interval_secs` | `Geo::MetricsUpdateWorker` | [`crate::status::report`] (started by the runtime) |
 //! | bulk resync and reverify jobs, resumed after a restart | `Geo::BulkMarkPendingBatchWorker`, `Geo::BulkMarkVerificationPendingBatchWorker` | [`bulk`] |
 //!
 //! Every idle loop pauses `workers.idle_poll_ms`, so tests converge fast.
@@ -24,7 +24,8 @@
 //! events are still applied.
 //!
 //! Architecture invariant: nothing here names a replicable type; columns,
-//! paths and scope come from the type's plugin ([`scope`]).
+//! paths and scope come from the type's plugin (the installed type's calls,
+//! [`crate::catalog::InstalledType::in_scope`] and `blob_paths`).
 //!
 //! ## Where Geohost differs from GitLab, and why
 //!
@@ -80,15 +81,15 @@
 //!   seconds).
 
 pub mod bulk;
-pub mod client;
-pub mod consistency;
+pub(crate) mod client;
+pub(crate) mod consistency;
 pub mod cursor;
 pub mod failures;
-pub mod listing;
-pub mod registry;
-pub mod scope;
-pub mod sync;
-pub mod verify;
+pub mod guard;
+pub(crate) mod listing;
+pub(crate) mod registry;
+pub(crate) mod sync;
+pub(crate) mod verify;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -96,12 +97,11 @@ pub(crate) mod testing;
 pub use client::{ClientError, PrimaryClient};
 pub use registry::{Registry, RegistryCounts, RegistryRow};
 
-use crate::catalog::InstalledType;
+use crate::catalog::{InstalledType, Scope};
 use crate::db::{Db, DbError};
 use crate::feed::NodeSettings;
 use crate::site::Site;
 use anyhow::Context as _;
-use scope::Scope;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -120,7 +120,7 @@ pub struct PrimaryView {
     pub scope: Option<Scope>,
 }
 
-/// GitLab's secondary status counts of one type (reference §7): all rows,
+/// GitLab's secondary status counts of one type (`ee/app/models/geo_node_status.rb`): all rows,
 /// synced, failed, verified, verification failed, verification total.
 pub async fn status_counts(tracking: &Db, it: &InstalledType) -> Result<RegistryCounts, DbError> {
     Registry::of(it).counts(tracking).await
@@ -175,6 +175,19 @@ impl Secondary {
             flags: Mutex::new(HashMap::new()),
             duties: watch::channel(None).0,
         }))
+    }
+
+    /// How this site guards a pass's registry removals.
+    pub fn guard(&self, cause: guard::Cause) -> guard::Guard {
+        guard::Guard {
+            max_share: self.site.config.deletions.max_removal_share,
+            cause,
+        }
+    }
+
+    /// Asks for a consistency pass now (removals were confirmed).
+    pub fn request_pass(&self) {
+        self.node_changed.notify_one();
     }
 
     /// The pause of idle loops (`workers.idle_poll_ms`).
@@ -323,6 +336,7 @@ impl Secondary {
                 &self.site.blobs,
                 &it,
                 scope,
+                self.guard(guard::Cause::Consistency),
             )
             .await
             {
@@ -366,7 +380,7 @@ impl Secondary {
     /// Whether this process runs the singleton duties now (consistency
     /// passes, stuck rows, status reports): waits for the first answer of
     /// the lease keeper; `false` on shutdown.
-    async fn holds_duties(&self) -> bool {
+    pub async fn holds_duties(&self) -> bool {
         let mut receiver = self.duties.subscribe();
         tokio::select! {
             held = receiver.wait_for(Option::is_some) => held.ok().and_then(|h| *h).unwrap_or(false),
@@ -376,14 +390,14 @@ impl Secondary {
 
     /// The pause of a duty loop in a process that does not hold the
     /// duties: it checks again at the lease keeper's pace.
-    fn duty_retry(&self, interval: Duration) -> Duration {
+    pub fn duty_retry(&self, interval: Duration) -> Duration {
         interval
             .min(self.site.config.claim_lease() / 3)
             .max(self.idle())
     }
 
     /// Sleeps `pause`; `false` if shutdown came first.
-    async fn pause(&self, pause: Duration) -> bool {
+    pub async fn pause(&self, pause: Duration) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(pause) => true,
             _ = self.site.shutdown.cancelled() => false,
@@ -392,9 +406,12 @@ impl Secondary {
 }
 
 /// Starts the secondary's duties under `duties` (the site's supervisor);
-/// they run until `site.shutdown` is cancelled.
-pub fn start(site: Arc<Site>, duties: &mut crate::supervisor::Supervisor) -> anyhow::Result<()> {
-    let secondary = Secondary::new(site)?;
+/// they run until `site.shutdown` is cancelled. (Its status report is the
+/// status module's, `crate::status::report`, started by the runtime.)
+pub fn start(
+    secondary: Arc<Secondary>,
+    duties: &mut crate::supervisor::Supervisor,
+) -> anyhow::Result<()> {
     tracing::info!(
         primary = secondary.client.base_url(),
         "secondary workers starting"
@@ -412,7 +429,6 @@ pub fn start(site: Arc<Site>, duties: &mut crate::supervisor::Supervisor) -> any
     duty!("verification", run_verification);
     duty!("event-cursor", run_cursor);
     duty!("stuck-rows", run_housekeeping);
-    duty!("status-report", run_status_report);
     duty!("bulk-jobs", run_bulk_jobs);
     Ok(())
 }
@@ -636,16 +652,18 @@ async fn run_cursor(s: Arc<Secondary>) {
         if s.wait_view().await.is_none() {
             return;
         }
-        let mut types = HashMap::new();
-        for it in s.site.catalog.all() {
-            let enabled = s.replication_enabled(&it).await;
-            types.insert(it.name().to_string(), (it, enabled));
-        }
+        let types = async || {
+            let mut types = HashMap::new();
+            for it in s.site.catalog.all() {
+                let enabled = s.replication_enabled(&it).await;
+                types.insert(it.name().to_string(), (it, enabled));
+            }
+            types
+        };
         let cx = cursor::EventContext {
             client: &s.client,
             tracking: &s.tracking,
             blobs: &s.site.blobs,
-            types,
         };
         let scope = s.view().and_then(|view| view.scope.clone());
         let refresh = async || match s.refresh_topology().await {
@@ -656,7 +674,7 @@ async fn run_cursor(s: Arc<Secondary>) {
             }
         };
         let wait = cursor::LONG_POLL;
-        match cursor::round(&cx, scope.as_ref(), refresh, wait, &s.site.shutdown).await {
+        match cursor::round(&cx, types, scope.as_ref(), refresh, wait, &s.site.shutdown).await {
             Ok(cursor::Round::Handled(_)) => {
                 crate::health::round_ok();
                 backoff = cursor::BACKOFF_START
@@ -745,43 +763,6 @@ async fn run_bulk_jobs(s: Arc<Secondary>) {
     }
 }
 
-/// Computes this site's status and sends it to the primary, every
-/// `workers.status_interval_secs`. A report the primary does not take
-/// counts in `geo_status_failed_total` (GitLab's counter).
-async fn run_status_report(s: Arc<Secondary>) {
-    let interval = Duration::from_secs(s.site.config.workers.status_interval_secs.max(1));
-    let name = s.site.name().to_string();
-    loop {
-        if !s.holds_duties().await {
-            if !s.pause(s.duty_retry(interval)).await {
-                return;
-            }
-            continue;
-        }
-        let sent = match crate::status::current(&s.site, Some(&s.client)).await {
-            Ok(status) => s
-                .client
-                .post_status(&status)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(error) => Err(error.to_string()),
-        };
-        match &sent {
-            Ok(()) => crate::health::round_ok(),
-            Err(error) => crate::health::round_failed(error),
-        }
-        if let Err(error) = sent {
-            tracing::warn!(%error, "status report to the primary failed");
-            crate::metrics::STATUS_FAILED
-                .with_label_values(&[&name, &name])
-                .inc();
-        }
-        if !s.pause(interval).await {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -824,12 +805,12 @@ mod tests {
             primary.url
         ))
         .unwrap();
-        let site = Site::open(config).await.unwrap();
+        let site = crate::runtime::open(config).await.unwrap();
         let it = site.installed(testing::helm().name()).unwrap();
         let tracking = site.tracking().unwrap().clone();
         let mut duties =
             crate::supervisor::Supervisor::new(site.duties.clone(), site.shutdown.clone());
-        start(site.clone(), &mut duties).unwrap();
+        start(Secondary::new(site.clone()).unwrap(), &mut duties).unwrap();
 
         // The consistency pass finds the records; they are downloaded and verified.
         wait_for("the first five to be verified", async || {
@@ -841,7 +822,8 @@ mod tests {
         primary.add(6, 10, b"index 6", true);
         primary.event(cursor::CREATED, 6, serde_json::json!({}));
         let gone = primary.with(|s| s.records.remove(&1)).unwrap();
-        let path = scope::blob_paths(&it, &[gone])
+        let path = it
+            .blob_paths(&[gone])
             .await
             .unwrap()
             .pop()
@@ -853,12 +835,15 @@ mod tests {
             1,
             serde_json::json!({"blob_path": path.as_str()}),
         );
+        // (The consistency pass may remove the orphan row before the event
+        // comes; the event removes the blob.)
         wait_for("the event changes", async || {
             let counts = status_counts(&tracking, &it).await.unwrap();
-            counts.synced_count == 5 && Registry::of(&it).get(&tracking, 1).await.unwrap().is_none()
+            counts.synced_count == 5
+                && Registry::of(&it).get(&tracking, 1).await.unwrap().is_none()
+                && !site.blobs.exists(it.name(), &path).await.unwrap()
         })
         .await;
-        assert!(!site.blobs.exists(it.name(), &path).await.unwrap());
         let six = Registry::of(&it).get(&tracking, 6).await.unwrap().unwrap();
         assert_eq!(six.state, SyncState::Synced);
 

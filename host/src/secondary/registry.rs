@@ -12,7 +12,7 @@
 //! is. States cross this module's boundary only as [`SyncState`] and
 //! [`VerificationState`]; their numbers appear only inside SQL text.
 //!
-//! The transitions (reference §1, `replicable_registry.rb`,
+//! The transitions (GitLab's `ee/app/models/concerns/geo/replicable_registry.rb`,
 //! `verification_state_definition.rb`, `verifiable_registry.rb`):
 //!
 //! | function | from → to | side effects |
@@ -112,7 +112,7 @@ pub enum VerificationFailure {
     Error(String),
 }
 
-/// GitLab's secondary status counts of one type (reference §7).
+/// GitLab's secondary status counts of one type (`ee/app/models/geo_node_status.rb`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RegistryCounts {
     /// Every registry row (`_registry_count`, also `_count`).
@@ -796,7 +796,8 @@ impl Registry {
         Ok(db.execute(&sql, &args).await? == 1)
     }
 
-    /// A verification failure, GitLab's registry rule (reference §1): the
+    /// A verification failure, GitLab's registry rule
+    /// (`ee/app/models/concerns/geo/replicable_registry.rb`): the
     /// base `before_verification_failed` (`verification_retry_count + 1`,
     /// `verification_retry_at` backed off, `verified_at = now`), the
     /// failure text and checksum (the local one on a mismatch, with
@@ -921,7 +922,7 @@ impl Registry {
         Ok(failed)
     }
 
-    /// GitLab's secondary counts of this registry (reference §7).
+    /// GitLab's secondary counts of this registry (`ee/app/models/geo_node_status.rb`).
     pub async fn counts(&self, db: &Db) -> Result<RegistryCounts, DbError> {
         let sql = format!(
             "SELECT COUNT(*) AS registry, \

@@ -41,7 +41,6 @@
 
 use super::client::{ClientError, PrimaryClient};
 use super::registry::{Registry, SyncClaim};
-use super::scope;
 use crate::catalog::InstalledType;
 use crate::db::{Db, DbError};
 use crate::feed::FeedRecord;
@@ -318,8 +317,8 @@ impl Downloader {
                     id = model_id,
                     "record deleted during the download; blob removed"
                 );
-                if let Err(error) = self.blobs.delete(it.name(), path).await {
-                    tracing::warn!(r#type = it.name(), id = model_id, %error, "cannot remove the blob of a deleted record");
+                if let Err(error) = self.blobs.quarantine(it.name(), path).await {
+                    tracing::warn!(r#type = it.name(), id = model_id, %error, "cannot quarantine the blob of a deleted record");
                 }
             }
             Err(error) => {
@@ -383,7 +382,8 @@ impl Downloader {
         })?;
         let path = match path {
             Some(path) => path,
-            None => scope::blob_paths(it, std::slice::from_ref(&record))
+            None => it
+                .blob_paths(std::slice::from_ref(&record))
                 .await
                 .map_err(|e| AttemptError::Other(e.to_string()))?
                 .pop()
@@ -436,7 +436,7 @@ impl Downloader {
             return Err(AttemptError::SizeMismatch { expected, actual });
         }
         if let Some(expected) = &primary_checksum {
-            let actual = if scope::is_object_stored(it, &record) {
+            let actual = if it.is_object_stored(&record) {
                 format_file_size_for_checksum(finished.size)
             } else {
                 finished.sha256_hex.clone()
@@ -517,7 +517,7 @@ async fn claim_paths(
     if records.is_empty() {
         return HashMap::new();
     }
-    match scope::blob_paths(it, &records).await {
+    match it.blob_paths(&records).await {
         Ok(paths) if paths.len() == records.len() => {
             records.iter().map(|r| r.id).zip(paths).collect()
         }
@@ -678,7 +678,8 @@ mod tests {
 
     async fn stored(blobs: &BlobStore, record: &FeedRecord) -> Option<Vec<u8>> {
         let it = helm();
-        let path = scope::blob_paths(&it, std::slice::from_ref(record))
+        let path = it
+            .blob_paths(std::slice::from_ref(record))
             .await
             .unwrap()
             .pop()

@@ -28,7 +28,6 @@
 
 use super::client::PrimaryClient;
 use super::registry::{Registry, VerificationClaim, VerificationFailure};
-use super::scope;
 use crate::catalog::InstalledType;
 use crate::db::{Db, DbError};
 use crate::feed::FeedRecord;
@@ -65,7 +64,7 @@ pub enum VerifyError {
     #[error("reading the primary's checksums: {0}")]
     Client(#[from] super::client::ClientError),
     #[error("computing blob paths: {0}")]
-    Scope(#[from] scope::ScopeError),
+    Scope(#[from] crate::catalog::CallError),
 }
 
 enum Outcome {
@@ -115,7 +114,7 @@ async fn outcome(
         }
         None => return Outcome::Disabled,
     };
-    match local_checksum(blobs, it.name(), &path, scope::is_object_stored(it, record)).await {
+    match local_checksum(blobs, it.name(), &path, it.is_object_stored(record)).await {
         Ok(local) if local.eq_ignore_ascii_case(&primary) => Outcome::Succeeded(local),
         Ok(local) => Outcome::Failed(VerificationFailure::Mismatch {
             checksum: local,
@@ -132,7 +131,8 @@ async fn outcome(
 
 /// Verifies one batch of up to `limit` rows of `it`, `concurrency` blobs at
 /// a time; see the [module docs](self).
-pub async fn verify_batch(
+#[cfg(test)]
+async fn verify_batch(
     client: &PrimaryClient,
     tracking: &Db,
     blobs: &BlobStore,
@@ -143,8 +143,9 @@ pub async fn verify_batch(
     verify_batch_leased(client, tracking, blobs, it, limit, concurrency, None).await
 }
 
-/// [`verify_batch`], also taking over verifications whose claim is older
-/// than `lease` (their worker process died).
+/// Verifies one batch of up to `limit` rows of `it`, `concurrency` blobs at
+/// a time (see the [module docs](self)), also taking over verifications
+/// whose claim is older than `lease` (their worker process died).
 pub async fn verify_batch_leased(
     client: &PrimaryClient,
     tracking: &Db,
@@ -170,7 +171,7 @@ pub async fn verify_batch_leased(
             return Err(error.into());
         }
     };
-    let paths = match scope::blob_paths(it, &records).await {
+    let paths = match it.blob_paths(&records).await {
         Ok(paths) => paths,
         Err(error) => {
             release(&registry, tracking, &claims).await;
@@ -360,7 +361,7 @@ mod tests {
             );
 
             // 1 rots, 2 disappears, 3 is no longer verified on the primary.
-            let paths = scope::blob_paths(&it, &records).await.unwrap();
+            let paths = it.blob_paths(&records).await.unwrap();
             let path = |i: usize| paths[i].clone().unwrap();
             blobs
                 .put_bytes(it.name(), &path(0), bytes::Bytes::from_static(b"rotten"))

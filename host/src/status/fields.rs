@@ -1,4 +1,4 @@
-//! The per-type status fields (reference §7): GitLab's twelve
+//! The per-type status fields (`ee/app/models/geo_node_status.rb`): GitLab's twelve
 //! `<replicable_name_plural>_…` fields, and the Prometheus gauges derived
 //! from them.
 //!
@@ -60,9 +60,6 @@ pub const COUNT_FIELDS: [(&str, &str); 10] = [
         "synced registries whose verification failed on the secondary",
     ),
 ];
-
-/// The two percentage fields.
-pub const PERCENTAGE_FIELDS: [&str; 2] = ["_synced_in_percentage", "_verified_in_percentage"];
 
 /// GitLab's Prometheus name of a status field: `geo_` and the field without
 /// ONE trailing `_count` or `_total` (`…_checksum_total_count` →

@@ -1,4 +1,4 @@
-//! Site status, GitLab's `GeoNodeStatus` (reference §7): what
+//! Site status, GitLab's `GeoNodeStatus` (`ee/app/models/geo_node_status.rb`): what
 //! `GET /api/v4/geo_sites/status`, `/metrics` and `geohost status` show.
 //!
 //! Each site computes its own status live ([`current`]): the per-type
@@ -12,7 +12,8 @@
 //! A status is a JSON object, as GitLab's API returns it, because its field
 //! names depend on the installed types.
 
-pub mod fields;
+pub(crate) mod fields;
+pub(crate) mod report;
 pub mod store;
 
 use crate::catalog::InstalledType;
@@ -216,6 +217,11 @@ pub async fn current(
             Some(other) => format!("{other}; {problem}"),
         };
         set_health(&mut status, &health);
+    }
+    if let Some(tracking) = &site.tracking {
+        // Geohost's addition: registry removals held for an operator.
+        let holds = crate::secondary::guard::holds(tracking).await?;
+        status.insert("removal_holds".into(), json!(holds));
     }
     Ok(status)
 }

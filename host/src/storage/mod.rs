@@ -47,19 +47,22 @@
 //! # Ok(()) }
 //! ```
 
+mod closed;
 pub mod durable;
 mod hash;
+mod quarantine;
 #[cfg(test)]
 mod recording;
 mod s3;
 mod s3_staging;
 mod store;
-pub mod sweeper;
+pub(crate) mod sweeper;
 mod temp;
 #[doc(hidden)]
 pub mod testing;
 mod undo;
 
+pub use quarantine::{QUARANTINE_DIR, Restored};
 pub use s3::S3Settings;
 pub use store::BlobStore;
 pub use temp::{FinishedTemp, TempBlob};
@@ -92,7 +95,8 @@ pub struct BlobMeta {
 }
 
 /// What kind of storage backs a [`BlobStore`]; it decides GitLab's
-/// verification checksum (reference section 3).
+/// verification checksum (GitLab's
+/// `ee/app/models/concerns/geo/blob_replicator_strategy.rb`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
     /// Files on a local (or locally mounted) disk: checksum is SHA-256.
@@ -197,8 +201,8 @@ impl StorageError {
 
 /// GitLab's checksum of a blob in object storage: its size in decimal, with a
 /// leading `0` when the number of digits is odd, so that the string is valid
-/// hex and fits the `verification_checksum` bytea column (reference section
-/// 3, `format_file_size_for_checksum`).
+/// hex and fits the `verification_checksum` bytea column (GitLab's
+/// `format_file_size_for_checksum`, `ee/app/models/concerns/geo/blob_replicator_strategy.rb`).
 ///
 /// ```
 /// use geohost::storage::format_file_size_for_checksum;

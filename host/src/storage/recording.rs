@@ -447,7 +447,7 @@ mod tests {
             dir.path().display()
         ))
         .unwrap();
-        let plain = Site::open(config.clone()).await.unwrap();
+        let plain = crate::runtime::open(config.clone()).await.unwrap();
         // Ingest refuses a record of a project that does not exist.
         let group = crate::primary::topology::create_namespace(&plain.db, "g", "g", None)
             .await
@@ -470,6 +470,7 @@ mod tests {
             events: Default::default(),
             shutdown: Default::default(),
             swaps: Default::default(),
+            role_state: Default::default(),
             duties: crate::health::DutyBoard::new("p"),
             config,
         });

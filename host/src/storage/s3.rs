@@ -140,6 +140,22 @@ impl BlobStore {
         )
     }
 
+    /// The blob store of a `[storage]` section, not opened: every operation
+    /// fails, saying so (a command that touches no blob). Its kind is the
+    /// section's, so `file_store` reads right.
+    pub fn closed(section: &StorageSection) -> BlobStore {
+        use crate::config::StorageKind;
+        let kind = match section.kind {
+            StorageKind::Local => StoreKind::Local,
+            StorageKind::S3 => StoreKind::ObjectStorage,
+        };
+        BlobStore::from_object_store(
+            Arc::new(super::closed::Closed),
+            kind,
+            "closed (not opened by this command)",
+        )
+    }
+
     /// The blob store a `[storage]` section describes; a local store
     /// defaults to `default_root`.
     pub fn open(

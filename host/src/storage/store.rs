@@ -235,8 +235,9 @@ impl BlobStore {
         hash::hash_get_result(&location, result).await
     }
 
-    /// GitLab's verification checksum of a stored blob (reference section
-    /// 3): the SHA-256 hex on local storage, the padded size
+    /// GitLab's verification checksum of a stored blob
+    /// (`ee/app/models/concerns/geo/blob_replicator_strategy.rb`): the SHA-256
+    /// hex on local storage, the padded size
     /// ([`format_file_size_for_checksum`](super::format_file_size_for_checksum))
     /// on object storage.
     pub async fn geo_checksum(

@@ -8,8 +8,8 @@
 
 use super::effects;
 use crate::catalog::InstalledType;
+use crate::catalog::Scope;
 use crate::config::Role;
-use crate::secondary::scope::Scope;
 use crate::site::Site;
 use std::sync::Arc;
 
@@ -68,7 +68,7 @@ pub async fn diff(site: &Arc<Site>, bytes: Vec<u8>) -> Result<Diff, super::SwapE
     let records = effects::live_records(site, &current)
         .await
         .map_err(SwapError::Internal)?;
-    let plan = effects::plan_paths(&current, &new, &records)
+    let plan = effects::plan_paths(Some(&current), &new, &records)
         .await
         .map_err(SwapError::Internal)?;
 

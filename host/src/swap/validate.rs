@@ -1,15 +1,16 @@
 //! The checks a new version passes before it goes live (besides compiling,
-//! linking and a checked identity, which [`PluginRuntime::load`] does):
-//! the same type, the same model table, its own test vectors and those of
-//! the version it replaces.
+//! linking and a checked identity, which [`PluginRuntime::load`] does, and
+//! its blob paths over the live records, [`super::effects::check_paths`]):
+//! the same type, the same model table, tables the template can prepare,
+//! its own test vectors and those of the version it replaces. None of them
+//! changes anything.
 //!
 //! [`PluginRuntime::load`]: crate::plugin::PluginRuntime::load
 
 use crate::catalog::InstalledType;
-use crate::plugin::{LoadedType, vectors};
-
-/// The custom section in which a component carries its test vectors.
-pub const TEST_VECTORS_SECTION: &str = vectors::SECTION;
+use crate::config::Role;
+use crate::plugin::{LoadedType, TypeIdentity, vectors};
+use crate::site::Site;
 
 /// Refuses a version that is not an upgrade of `installed`: the name is
 /// checked by the caller; the model table must keep its name (its columns
@@ -22,6 +23,20 @@ pub fn compatible(installed: &InstalledType, new: &LoadedType) -> Result<(), Str
             "version {} renames the model table from `{}` to `{}`; a type's table cannot change",
             new.version, old.table.name, new.table.name
         ));
+    }
+    Ok(())
+}
+
+/// Refuses a version whose tables are not its own (another type's, or the
+/// host's: [`super::owners`]), or that the template could not prepare: on
+/// a primary, an existing model table that cannot follow the identity (a
+/// dry run of [`crate::db::template::ensure_primary_tables`]).
+pub async fn tables(site: &Site, identity: &TypeIdentity) -> Result<(), String> {
+    super::owners::check(site, identity).await?;
+    if site.role() == Role::Primary {
+        crate::db::template::check_primary_tables(&site.db, identity)
+            .await
+            .map_err(|e| format!("its tables cannot be prepared: {e}"))?;
     }
     Ok(())
 }
@@ -145,20 +160,16 @@ mod tests {
 
         let good = with_section(
             HELM_0_1,
-            TEST_VECTORS_SECTION,
+            vectors::SECTION,
             &vectors(&right_path("10", "stable")),
         );
         assert_eq!(test_vectors(&runtime.load(&good).unwrap()), Ok(1));
 
-        let bad = with_section(
-            HELM_0_1,
-            TEST_VECTORS_SECTION,
-            &vectors("elsewhere/index.yaml"),
-        );
+        let bad = with_section(HELM_0_1, vectors::SECTION, &vectors("elsewhere/index.yaml"));
         let error = test_vectors(&runtime.load(&bad).unwrap()).unwrap_err();
         assert!(error.contains("1 of its 1 test vectors fail"), "{error}");
 
-        let garbage = with_section(HELM_0_1, TEST_VECTORS_SECTION, b"{not json");
+        let garbage = with_section(HELM_0_1, vectors::SECTION, b"{not json");
         let error = test_vectors(&runtime.load(&garbage).unwrap()).unwrap_err();
         assert!(error.contains("not valid"), "{error}");
     }
@@ -189,7 +200,7 @@ mod tests {
         let runtime = PluginRuntime::new(Limits::default(), None).unwrap();
         let load = |section: Vec<u8>| {
             runtime
-                .load(&with_section(HELM_0_1, TEST_VECTORS_SECTION, &section))
+                .load(&with_section(HELM_0_1, vectors::SECTION, &section))
                 .unwrap()
         };
         // The running version expects beta out of scope; Helm answers in scope.

@@ -3,6 +3,7 @@
 //! (`data_dir/plugins-versions/<sha256>.wasm`).
 
 use crate::db::{Arg, Db, DbError};
+use crate::plugin::LoadedType;
 use chrono::{DateTime, Utc};
 use std::path::{Path, PathBuf};
 
@@ -63,6 +64,17 @@ pub async fn of_type(db: &Db, name: &str) -> Result<Vec<VersionRow>, DbError> {
     .collect()
 }
 
+/// The SHA-256 of the recorded active version of `name`, if any.
+pub async fn active_sha256(db: &Db, name: &str) -> Result<Option<String>, DbError> {
+    db.fetch_optional(
+        "SELECT sha256 FROM plugin_versions WHERE replicable_name = $1 AND active",
+        &[name.into()],
+    )
+    .await?
+    .map(|row| row.text("sha256"))
+    .transpose()
+}
+
 /// What is recorded of a version.
 pub struct NewVersion<'a> {
     pub name: &'a str,
@@ -72,9 +84,26 @@ pub struct NewVersion<'a> {
     pub source: &'a str,
 }
 
+impl<'a> NewVersion<'a> {
+    /// The record of `loaded`, which came from `source`.
+    pub fn of(loaded: &'a LoadedType, source: &'a str) -> NewVersion<'a> {
+        NewVersion {
+            name: loaded.name(),
+            version: &loaded.identity().version,
+            sha256: loaded.sha256(),
+            wit_version: loaded.wit_version(),
+            source,
+        }
+    }
+}
+
 /// Makes `v` the one active version of its type (recording it if new), in
-/// one transaction.
+/// one transaction. A version already active stays as recorded (when and
+/// from where it went live).
 pub async fn activate(db: &Db, v: &NewVersion<'_>) -> Result<(), DbError> {
+    if active_sha256(db, v.name).await?.as_deref() == Some(v.sha256) {
+        return Ok(());
+    }
     let now = Db::now();
     let mut tx = db.begin().await?;
     tx.execute(

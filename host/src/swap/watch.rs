@@ -1,6 +1,6 @@
 //! The watched plugins folder (`plugins.dir`): a component file that
 //! appears or changes there is installed as soon as it has stopped
-//! changing, through [`super::install`] (every check, same reports).
+//! changing, through [`super::activate`] (every check, same reports).
 //!
 //! The folder is polled every `plugins.watch_interval_ms` (one `stat` per
 //! file; the bytes are read only when a file's size or modification time
@@ -79,24 +79,45 @@ fn components(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The files present at startup were loaded by `Site::open`: they count as
-/// handled, with the type whose recorded version has their hash.
-async fn initial(site: &Site, dir: &Path) -> HashMap<PathBuf, Seen> {
-    let recorded = super::versions::list(&site.db).await.unwrap_or_default();
-    let mut seen = HashMap::new();
+/// The components in `dir` and their bytes (a blocking read).
+pub fn read_components(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
+    std::fs::read_dir(dir)?; // a missing or unreadable folder is an error here
+    let mut out = Vec::new();
     for path in components(dir) {
-        let (Ok(meta), Ok(bytes)) = (std::fs::metadata(&path), std::fs::read(&path)) else {
-            continue;
-        };
-        let sha = hex::encode(Sha256::digest(&bytes));
-        let runtime_sha = site
-            .runtime
-            .load(&bytes)
-            .ok()
-            .map(|l| (l.sha256().to_string(), l.name().to_string()));
-        let name = runtime_sha
-            .as_ref()
-            .and_then(|(s, n)| recorded.iter().any(|v| &v.sha256 == s).then(|| n.clone()));
+        match std::fs::read(&path) {
+            Ok(bytes) => out.push((path, bytes)),
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "component in the plugins folder not read")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The files present at startup were handled by [`super::startup`]: they
+/// count as handled, with the type startup found in them (when the file
+/// has not changed since).
+async fn initial(site: &Site, dir: &Path) -> HashMap<PathBuf, Seen> {
+    let at_startup = site.swaps.startup_folder();
+    let dir = dir.to_path_buf();
+    let files = blocking(move || {
+        components(&dir)
+            .into_iter()
+            .filter_map(|path| {
+                let meta = std::fs::metadata(&path).ok()?;
+                let bytes = std::fs::read(&path).ok()?;
+                Some((path, meta, hex::encode(Sha256::digest(&bytes))))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let mut seen = HashMap::new();
+    for (path, meta, sha) in files {
+        let name = at_startup
+            .get(&path)
+            .filter(|(startup_sha, _)| *startup_sha == sha)
+            .and_then(|(_, name)| name.clone());
         seen.insert(
             path,
             Seen {
@@ -112,13 +133,26 @@ async fn initial(site: &Site, dir: &Path) -> HashMap<PathBuf, Seen> {
     seen
 }
 
+/// Runs a blocking file-system read off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
 async fn poll(site: &Arc<Site>, dir: &Path, seen: &mut HashMap<PathBuf, Seen>) {
-    let present = components(dir);
+    let dir = dir.to_path_buf();
+    let Some(stats) = blocking(move || {
+        components(&dir)
+            .into_iter()
+            .filter_map(|path| std::fs::metadata(&path).ok().map(|meta| (path, meta)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    else {
+        return; // the folder was not read: no file counts as deleted
+    };
+    let present: Vec<PathBuf> = stats.iter().map(|(path, _)| path.clone()).collect();
     removed(site, &present, seen).await;
-    for path in present {
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue;
-        };
+    for (path, meta) in stats {
         let entry = seen.entry(path.clone()).or_default();
         entry.missing = 0;
         let modified = meta.modified().ok();
@@ -132,7 +166,8 @@ async fn poll(site: &Arc<Site>, dir: &Path, seen: &mut HashMap<PathBuf, Seen>) {
         if entry.stable != 1 {
             continue; // not settled yet, or already handled
         }
-        let Ok(bytes) = std::fs::read(&path) else {
+        let file = path.clone();
+        let Some(Ok(bytes)) = blocking(move || std::fs::read(file)).await else {
             continue;
         };
         let sha = hex::encode(Sha256::digest(&bytes));
@@ -144,7 +179,7 @@ async fn poll(site: &Arc<Site>, dir: &Path, seen: &mut HashMap<PathBuf, Seen>) {
             expect_name: entry.name.clone(),
             source: path.display().to_string(),
         };
-        match super::install(site, bytes, request).await {
+        match super::activate(site, bytes, request).await {
             Ok(report) => entry.name = Some(report.name),
             Err(error) => {
                 tracing::warn!(file = %path.display(), %error, "component in the plugins folder not installed")

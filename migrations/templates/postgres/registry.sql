@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS "{{name}}_registry" (
     verification_checksum bytea,
     verification_checksum_mismatched bytea,
     verification_failure text CHECK (char_length(verification_failure) <= 255),
-    last_sync_failure text CHECK (char_length(last_sync_failure) <= 255)
+    last_sync_failure text CHECK (char_length(last_sync_failure) <= 255),
+    -- Geohost: SHA-256 of the component that last decided this row (hot swap).
+    plugin_sha256 text
 );
 
 CREATE UNIQUE INDEX IF NOT EXISTS "index_{{name}}_registry_on_{{name}}_id"

@@ -31,7 +31,9 @@ CREATE TABLE IF NOT EXISTS "{{name}}_registry" (
     verification_checksum BLOB,
     verification_checksum_mismatched BLOB,
     verification_failure TEXT CHECK (length(verification_failure) <= 255),
-    last_sync_failure TEXT CHECK (length(last_sync_failure) <= 255)
+    last_sync_failure TEXT CHECK (length(last_sync_failure) <= 255),
+    -- Geohost: SHA-256 of the component that last decided this row (hot swap).
+    plugin_sha256 TEXT
 );
 
 CREATE UNIQUE INDEX IF NOT EXISTS "index_{{name}}_registry_on_{{name}}_id"

@@ -20,11 +20,19 @@ CREATE TABLE IF NOT EXISTS "{{name}}_states" (
     verification_state INTEGER DEFAULT 0 NOT NULL,
     verification_retry_count INTEGER DEFAULT 0 NOT NULL,
     verification_checksum BLOB,
-    verification_failure TEXT CHECK (length(verification_failure) <= 255)
+    verification_failure TEXT CHECK (length(verification_failure) <= 255),
+    -- Geohost: SHA-256 of the component that last decided this row (hot swap).
+    plugin_sha256 TEXT,
+    -- Geohost: the record's blob path, unique: two records of a type never
+    -- share a blob (ingest refuses the second; a hot swap moves them).
+    blob_path TEXT
 );
 
 CREATE UNIQUE INDEX IF NOT EXISTS "index_{{name}}_states_on_{{name}}_id"
     ON "{{name}}_states" ("{{name}}_id");
+
+CREATE UNIQUE INDEX IF NOT EXISTS "index_{{name}}_states_on_blob_path"
+    ON "{{name}}_states" (blob_path);
 
 CREATE INDEX IF NOT EXISTS "index_{{name}}_states_on_verification_state"
     ON "{{name}}_states" (verification_state);

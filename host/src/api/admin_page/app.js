@@ -406,6 +406,20 @@ function siteCard(status, site) {
   }
   table.append(body);
   card.append(el("div", { class: "site-body" }, facts, el("div", { class: "table-wrap" }, table)));
+  // Registry removals a pass holds for an operator (Geohost's guard).
+  for (const hold of status.removal_holds || []) {
+    const type = types.find((t) => t.name === hold.replicable_name);
+    const title = type ? type.titlePlural : hold.replicable_name;
+    card.append(el("p", { class: "hold", role: "alert", "data-hold": hold.replicable_name },
+      el("strong", {}, `Removals held: ${fmt(hold.removals)} of ${fmt(hold.registries)} ${title}`),
+      ` would be removed (${hold.cause === "swap" ? "after a type version change" : "by a consistency pass"}`,
+      `${hold.confirmed_at ? ", confirmed: the next pass makes them" : ""}). `,
+      "Nothing is removed until an operator confirms with ",
+      el("code", {}, `geohost registry confirm-removals ${hold.replicable_name}`),
+      " or GraphQL ", el("code", {}, "geoRegistriesConfirmRemovals"),
+      "; removed blobs stay in the quarantine, and ",
+      el("code", {}, "geohost registry restore"), " brings them back."));
+  }
   return card;
 }
 

@@ -1,4 +1,5 @@
-//! `POST /api/graphql`: GitLab's Geo GraphQL (reference §8), with
+//! `POST /api/graphql`: GitLab's Geo GraphQL (its
+//! `ee/app/graphql/resolvers/geo/registries_resolver.rb`), with
 //! async-graphql's dynamic schema built from the installed types, since the
 //! host names no type.
 //!
@@ -58,8 +59,6 @@ use async_graphql_axum::GraphQLResponse;
 use axum::extract::State;
 use axum::routing::post;
 use std::sync::{Arc, Mutex};
-
-pub use schema::build;
 
 /// The schema, rebuilt when the installed types change, and what this
 /// site last read of its own settings.

@@ -587,3 +587,49 @@ pub async fn bulk_update(
         registry_class: Some(registry_class.to_string()),
     })
 }
+
+/// `geoRegistriesConfirmRemovals` (Geohost's): confirms the registry
+/// removals held for a type (`secondary/guard.rs`) and asks the running
+/// secondary for a consistency pass, which makes them.
+pub async fn confirm_removals(
+    site: &Arc<Site>,
+    registry_class: &str,
+) -> Result<ConfirmPayload, Error> {
+    let it = by_class(site, registry_class)
+        .ok_or_else(|| Error::new(format!("unknown registry class {registry_class}")))?;
+    let mut payload = ConfirmPayload {
+        registry_class: Some(registry_class.to_string()),
+        ..ConfirmPayload::default()
+    };
+    let Some(tracking) = site.tracking.clone() else {
+        payload
+            .errors
+            .push("Registries exist on secondary sites only: run this on a secondary".into());
+        return Ok(payload);
+    };
+    match crate::secondary::guard::confirm(&tracking, it.name())
+        .await
+        .map_err(internal)?
+    {
+        Some(hold) => {
+            payload.removals = Some(hold.removals);
+            if let Some(secondary) = site.role_state.get::<crate::secondary::Secondary>() {
+                secondary.request_pass();
+            }
+        }
+        None => payload
+            .errors
+            .push(format!("No removals of {} are held", it.name())),
+    }
+    Ok(payload)
+}
+
+/// The answer of `geoRegistriesConfirmRemovals`.
+#[derive(Debug, Clone, Default)]
+pub struct ConfirmPayload {
+    pub client_mutation_id: Option<String>,
+    pub errors: Vec<String>,
+    pub registry_class: Option<String>,
+    /// The removals confirmed (the next pass makes up to that many).
+    pub removals: Option<i64>,
+}

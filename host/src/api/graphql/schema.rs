@@ -3,9 +3,9 @@
 //! type.
 
 use super::resolve::{
-    self, BASE_REGISTRY_ID, BulkArgs, BulkPayload, COUNT_LIMIT, ConnectionValue, ListArgs,
-    NamespaceValue, NodeMemory, NodeValue, RegistryValue, ReplicableTypeValue, UpdatePayload,
-    names,
+    self, BASE_REGISTRY_ID, BulkArgs, BulkPayload, COUNT_LIMIT, ConfirmPayload, ConnectionValue,
+    ListArgs, NamespaceValue, NodeMemory, NodeValue, RegistryValue, ReplicableTypeValue,
+    UpdatePayload, names,
 };
 use crate::catalog::InstalledType;
 use crate::secondary::listing::Sort;
@@ -751,6 +751,48 @@ fn mutation() -> Vec<Object> {
         "input",
         TypeRef::named_nn("GeoRegistriesBulkUpdateInput"),
     ));
+    let confirm = Field::new(
+        "geoRegistriesConfirmRemovals",
+        TypeRef::named("GeoRegistriesConfirmRemovalsPayload"),
+        |ctx| {
+            FieldFuture::new(async move {
+                let site = ctx.data::<Arc<Site>>()?;
+                let input = ctx.args.try_get("input")?.object()?;
+                let class = input.try_get("registryClass")?.enum_name()?.to_string();
+                let mut payload = resolve::confirm_removals(site, &class).await?;
+                payload.client_mutation_id = match input.get("clientMutationId") {
+                    Some(v) if !v.is_null() => Some(v.string()?.to_string()),
+                    _ => None,
+                };
+                Ok(Some(FieldValue::owned_any(payload)))
+            })
+        },
+    )
+    .argument(InputValue::new(
+        "input",
+        TypeRef::named_nn("GeoRegistriesConfirmRemovalsInput"),
+    ));
+    let confirm_payload = Object::new("GeoRegistriesConfirmRemovalsPayload")
+        .field(field_of::<ConfirmPayload>(
+            "clientMutationId",
+            TypeRef::named(TypeRef::STRING),
+            |p| opt(p.client_mutation_id.clone()),
+        ))
+        .field(field_of::<ConfirmPayload>(
+            "errors",
+            TypeRef::named_nn_list_nn(TypeRef::STRING),
+            |p| Value::List(p.errors.iter().map(|e| Value::String(e.clone())).collect()),
+        ))
+        .field(field_of::<ConfirmPayload>(
+            "registryClass",
+            TypeRef::named("GeoRegistryClass"),
+            |p| p.registry_class.as_deref().map_or(Value::Null, enum_value),
+        ))
+        .field(field_of::<ConfirmPayload>(
+            "removals",
+            TypeRef::named(TypeRef::INT),
+            |p| p.removals.map_or(Value::Null, Value::from),
+        ));
     let update_payload = Object::new("GeoRegistriesUpdatePayload")
         .field(field_of::<UpdatePayload>(
             "clientMutationId",
@@ -792,9 +834,13 @@ fn mutation() -> Vec<Object> {
             |p| p.registry_class.as_deref().map_or(Value::Null, enum_value),
         ));
     vec![
-        Object::new("Mutation").field(update).field(bulk),
+        Object::new("Mutation")
+            .field(update)
+            .field(bulk)
+            .field(confirm),
         update_payload,
         bulk_payload,
+        confirm_payload,
     ]
 }
 
@@ -841,6 +887,15 @@ fn inputs() -> Vec<InputObject> {
             .field(InputValue::new(
                 "verificationState",
                 TypeRef::named("VerificationStateEnum"),
+            )),
+        InputObject::new("GeoRegistriesConfirmRemovalsInput")
+            .field(InputValue::new(
+                "clientMutationId",
+                TypeRef::named(TypeRef::STRING),
+            ))
+            .field(InputValue::new(
+                "registryClass",
+                TypeRef::named_nn("GeoRegistryClass"),
             )),
     ]
 }

@@ -2,7 +2,14 @@
 //!
 //! The catalog maps replicable names to loaded plugins. Readers take a
 //! snapshot (`Arc`) and keep it for a whole batch, so a batch always runs on
-//! one version of a type even if the catalog changes meanwhile.
+//! one version of a type even if the catalog changes meanwhile. Calls to a
+//! type ([`calls`]) and the site's hot-swap state ([`swaps`]) live beside it.
+
+mod calls;
+mod swaps;
+
+pub use calls::{CallError, FILE_STORE_REMOTE, ISOLATION_FAILED_CALLS, Scope};
+pub use swaps::{Failure, FolderTypes, SwapState};
 
 use crate::plugin::{Column, ColumnSource, LoadedType, Row, TypeIdentity, Value};
 use arc_swap::ArcSwap;
@@ -79,6 +86,9 @@ pub enum CatalogError {
 #[derive(Default)]
 pub struct Catalog {
     types: ArcSwap<BTreeMap<String, Arc<InstalledType>>>,
+    /// Per type: writes hold it shared, a hot swap that moves the type's
+    /// blobs holds it exclusively (see [`Catalog::writing`]).
+    gates: std::sync::Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 impl Catalog {
@@ -126,6 +136,28 @@ impl Catalog {
             next
         });
         previous.get(name).cloned()
+    }
+
+    fn gate(&self, name: &str) -> Arc<tokio::sync::RwLock<()>> {
+        self.gates
+            .lock()
+            .expect("gates")
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Held by a write to type `name` (a record and its blob): waits while
+    /// a hot swap moves the type's blobs, so a write lands entirely before
+    /// the move or entirely after it, under the new version.
+    pub async fn writing(&self, name: &str) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.gate(name).read_owned().await
+    }
+
+    /// Held by a hot swap while it moves type `name`'s blobs: waits for the
+    /// writes in progress, and holds new ones back.
+    pub async fn moving(&self, name: &str) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.gate(name).write_owned().await
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<InstalledType>> {

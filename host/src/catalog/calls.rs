@@ -1,15 +1,15 @@
-//! Feed records as a type's plugin sees them: typed column values, scope
-//! decisions and blob paths.
+//! Calls to an installed type, as every role makes them: records (feed or
+//! model rows) turned into plugin rows, the call run on a blocking thread,
+//! and a trapping batch bisected so that one poisoned record fails alone.
 //!
-//! Why here: the consistency pass, the event cursor, the downloader and the
-//! verifier all turn [`FeedRecord`]s (JSON columns) into plugin rows the same
-//! way, and plugin calls are CPU-bound, so they run on a blocking thread.
-//! The secondary never names a type's columns: which columns decide scope or
-//! path comes from the type's identity.
+//! The primary (ingest, verification, swap plans) and the secondary
+//! (consistency, events, downloads, verification) call a type through these
+//! methods; none of them names a type's columns: which columns decide scope
+//! or path comes from the type's identity.
 
-use crate::catalog::InstalledType;
+use super::InstalledType;
 use crate::feed::FeedRecord;
-use crate::plugin::fixture::json_to_value;
+use crate::plugin::value::json_to_value;
 use crate::plugin::{BlobPath, ColumnSource, PluginError, Row, SyncSettings, Value};
 use crate::topology::Topology;
 use std::collections::HashMap;
@@ -28,72 +28,109 @@ pub struct Scope {
 
 /// A plugin call that could not run at all (as opposed to one record's error).
 #[derive(Debug, thiserror::Error)]
-pub enum ScopeError {
+pub enum CallError {
     #[error(transparent)]
     Plugin(#[from] PluginError),
     #[error("plugin task failed: {0}")]
     Task(String),
 }
 
-/// The record's model columns as typed values, checked against the
-/// identity (a column the feed omits is `NULL`).
-pub fn record_values(
-    it: &InstalledType,
-    record: &FeedRecord,
-) -> Result<HashMap<String, Value>, String> {
-    let mut values = HashMap::with_capacity(it.columns().len());
-    for column in it.columns() {
-        let json = record
-            .columns
-            .get(&column.name)
-            .unwrap_or(&serde_json::Value::Null);
-        values.insert(column.name.clone(), json_to_value(column, json)?);
-    }
-    Ok(values)
-}
-
-/// Whether the primary keeps the record's file in object storage
-/// (`file_store = 2`): its checksum is then the padded size, not SHA-256.
-pub fn is_object_stored(it: &InstalledType, record: &FeedRecord) -> bool {
-    it.column_for(ColumnSource::FileStore)
-        .and_then(|c| record.columns.get(&c.name))
-        .and_then(serde_json::Value::as_i64)
-        == Some(FILE_STORE_REMOTE)
-}
-
-/// Rows of `columns` for each record; records whose values do not decode
-/// get their error instead.
-fn rows(
-    it: &InstalledType,
-    records: &[FeedRecord],
-    columns: fn(&InstalledType, i64, &HashMap<String, Value>) -> Row,
-) -> Vec<Result<Row, String>> {
-    records
-        .iter()
-        .map(|r| record_values(it, r).map(|values| columns(it, r.id, &values)))
-        .collect()
-}
-
-/// Most failed plugin calls one batch may spend isolating poisoned records
-/// ([`per_record`]); past it, the batch fails as a whole.
+/// Most failed plugin calls one batch may spend isolating poisoned records;
+/// past it, the batch fails as a whole.
 pub const ISOLATION_FAILED_CALLS: usize = 32;
+
+impl InstalledType {
+    /// A record's model columns as typed values, checked against the
+    /// identity. A column the record does not carry takes its default (or
+    /// `NULL`): a version that adds a column sees the live records as they
+    /// will be once the column exists.
+    pub fn values_of(&self, record: &FeedRecord) -> Result<HashMap<String, Value>, String> {
+        let mut values = HashMap::with_capacity(self.columns().len());
+        for column in self.columns() {
+            let value = match record.columns.get(&column.name) {
+                Some(json) => json_to_value(column, json)?,
+                None => column.default_value.clone().unwrap_or(Value::Null),
+            };
+            values.insert(column.name.clone(), value);
+        }
+        Ok(values)
+    }
+
+    /// Whether the primary keeps the record's file in object storage
+    /// (`file_store = 2`): its checksum is then the padded size, not SHA-256.
+    pub fn is_object_stored(&self, record: &FeedRecord) -> bool {
+        self.column_for(ColumnSource::FileStore)
+            .and_then(|c| record.columns.get(&c.name))
+            .and_then(serde_json::Value::as_i64)
+            == Some(FILE_STORE_REMOTE)
+    }
+
+    /// Rows of `columns` for each record; records whose values do not decode
+    /// get their error instead.
+    fn rows_of(
+        &self,
+        records: &[FeedRecord],
+        columns: fn(&InstalledType, i64, &HashMap<String, Value>) -> Row,
+    ) -> Vec<Result<Row, String>> {
+        records
+            .iter()
+            .map(|r| self.values_of(r).map(|values| columns(self, r.id, &values)))
+            .collect()
+    }
+
+    /// The type's scope decision for each record (`Ok(true)`: a site with
+    /// `scope` replicates it), in order.
+    pub async fn in_scope(
+        &self,
+        scope: &Scope,
+        records: &[FeedRecord],
+    ) -> Result<Vec<Result<bool, String>>, CallError> {
+        let rows = self.rows_of(records, InstalledType::scope_row);
+        let plugin = self.plugin.clone();
+        let settings = scope.settings.clone();
+        let topology = scope.topology.clone();
+        per_record(rows, move |rows| {
+            plugin.in_scope(&settings, topology.clone(), rows)
+        })
+        .await
+    }
+
+    /// The type's blob path for each record, in order.
+    pub async fn blob_paths(
+        &self,
+        records: &[FeedRecord],
+    ) -> Result<Vec<Result<BlobPath, String>>, CallError> {
+        self.blob_paths_of_rows(self.rows_of(records, InstalledType::path_row))
+            .await
+    }
+
+    /// The blob path of each row of path columns (or the row's own error),
+    /// in order.
+    pub async fn blob_paths_of_rows(
+        &self,
+        rows: Vec<Result<Row, String>>,
+    ) -> Result<Vec<Result<BlobPath, String>>, CallError> {
+        let plugin = self.plugin.clone();
+        per_record(rows, move |rows| plugin.blob_paths(rows)).await
+    }
+}
 
 /// Runs `call` on the decodable rows (on a blocking thread) and puts each
 /// answer back in its record's place.
 ///
 /// A trap, the deadline or the memory cap fails a whole call, so one
 /// poisoned record would fail every record of its batch, and a batch that
-/// is retried as it is (the event cursor's, the consistency pass's) would
-/// fail forever and hold back every other record (found by the fault
-/// suite). So a failed call is split in halves, each tried alone, down to
-/// single records: a record whose own call fails gets that error, the
-/// others their answers. A plugin that fails on everything would make that
-/// search cost a call per record, so after [`ISOLATION_FAILED_CALLS`]
-/// failed calls the batch fails as it did before.
+/// is retried as it is (the event cursor's, the consistency pass's, the
+/// primary's verification) would fail forever and hold back every other
+/// record (found by the fault suite). So a failed call is split in halves,
+/// each tried alone, down to single records: a record whose own call fails
+/// gets that error, the others their answers. A plugin that fails on
+/// everything would make that search cost a call per record, so after
+/// [`ISOLATION_FAILED_CALLS`] failed calls the batch fails as it did before.
 async fn per_record<T: Send + 'static>(
     rows: Vec<Result<Row, String>>,
     call: impl Fn(&[Row]) -> Result<Vec<Result<T, String>>, PluginError> + Send + 'static,
-) -> Result<Vec<Result<T, String>>, ScopeError> {
+) -> Result<Vec<Result<T, String>>, CallError> {
     let good: Vec<Row> = rows
         .iter()
         .filter_map(|r| r.as_ref().ok().cloned())
@@ -106,7 +143,7 @@ async fn per_record<T: Send + 'static>(
             isolate(&good, &call, &mut failures)
         })
         .await
-        .map_err(|e| ScopeError::Task(e.to_string()))??
+        .map_err(|e| CallError::Task(e.to_string()))??
     };
     let mut answers = answers.into_iter();
     Ok(rows
@@ -131,11 +168,7 @@ fn isolate<T>(
         Ok(answers) => Ok(answers),
         Err(error) => {
             *failures += 1;
-            let isolating = matches!(
-                error,
-                PluginError::Trap { .. } | PluginError::Timeout { .. }
-            );
-            if !isolating || *failures > ISOLATION_FAILED_CALLS {
+            if !error.is_isolable() || *failures > ISOLATION_FAILED_CALLS {
                 return Err(error);
             }
             if rows.len() == 1 {
@@ -151,34 +184,6 @@ fn isolate<T>(
         }
     }
 }
-
-/// The type's scope decision for each record (`Ok(true)`: this secondary
-/// replicates it), in order.
-pub async fn in_scope(
-    it: &Arc<InstalledType>,
-    scope: &Scope,
-    records: &[FeedRecord],
-) -> Result<Vec<Result<bool, String>>, ScopeError> {
-    let rows = rows(it, records, InstalledType::scope_row);
-    let plugin = it.plugin.clone();
-    let settings = scope.settings.clone();
-    let topology = scope.topology.clone();
-    per_record(rows, move |rows| {
-        plugin.in_scope(&settings, topology.clone(), rows)
-    })
-    .await
-}
-
-/// The type's blob path for each record, in order.
-pub async fn blob_paths(
-    it: &Arc<InstalledType>,
-    records: &[FeedRecord],
-) -> Result<Vec<Result<BlobPath, String>>, ScopeError> {
-    let rows = rows(it, records, InstalledType::path_row);
-    let plugin = it.plugin.clone();
-    per_record(rows, move |rows| plugin.blob_paths(rows)).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
