@@ -28,7 +28,7 @@ mod venv;
 mod wasi_stub;
 
 use anyhow::{Result, bail};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,9 +56,16 @@ fn main() -> Result<()> {
     }
 }
 
-/// The repository root (the parent of `xtask/`).
+/// The repository root (the parent of `xtask/`). `cargo run` gives the
+/// manifest folder at run time; the one compiled in is only the fallback,
+/// since a binary built from another checkout into the same target folder
+/// (the guide test's copy) is fresh for cargo here too and would name that
+/// checkout.
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .expect("xtask lives in the repository")
         .to_path_buf()
