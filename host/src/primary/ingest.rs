@@ -14,7 +14,7 @@ use super::events;
 use super::journal::{JournalError, PendingWrite};
 use super::records::{self, Record};
 use crate::catalog::InstalledType;
-use crate::db::{Arg, DbError, ident, placeholders, value_arg};
+use crate::db::{Arg, DbError, QuotedIdent, ident, placeholders, value_arg};
 use crate::plugin::value::json_to_value;
 use crate::plugin::{BlobPath, ColumnSource, PluginError, Row, Value};
 use crate::site::Site;
@@ -95,6 +95,13 @@ where
     // them first refuses a bad record (say, an invalid channel) before its
     // body is read. They are used only if the record turns out to be new.
     let derived = derive(&first, &writer).await?;
+    // Lengths after derive, so that a type's own rule for an overlong value
+    // (Helm: "invalid Helm channel") is the writer's answer.
+    for column in first.identity.table.columns_from(ColumnSource::Writer) {
+        if let Some(value) = writer.get(&column.name) {
+            crate::plugin::check_length(column, value).map_err(IngestError::Invalid)?;
+        }
+    }
     // Only its hash from here on: a hot swap waits for the old version's
     // holders to drop it, and this write may wait for that swap.
     let first_sha = first.plugin.sha256().to_string();
@@ -520,7 +527,7 @@ async fn insert_row(
     values: &HashMap<String, Value>,
 ) -> Result<i64, DbError> {
     let columns = it.columns();
-    let names: Vec<String> = columns.iter().map(|c| ident(&c.name)).collect();
+    let names: Vec<QuotedIdent> = columns.iter().map(|c| ident(&c.name)).collect();
     let args = columns
         .iter()
         .map(|c| value_arg(values.get(&c.name).unwrap_or(&Value::Null), c.column_type))
