@@ -146,27 +146,6 @@ pub struct RecordPage {
     pub records: Vec<FeedRecord>,
     /// The highest id in the model table (for a consistency pass's range).
     pub max_id: Option<i64>,
-    /// Records the page read on the primary, when it withheld some (out of
-    /// the requester's scope): a page is full when this reaches the limit,
-    /// however few records it serves (Geohost's; absent otherwise).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read: Option<i64>,
-    /// The id of the last record the page read, when it withheld some: the
-    /// next page starts after it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_read_id: Option<i64>,
-}
-
-impl RecordPage {
-    /// Whether the page read `limit` records (more may follow).
-    pub fn is_full(&self, limit: i64) -> bool {
-        self.read.unwrap_or(self.records.len() as i64) >= limit
-    }
-
-    /// The id of the last record the page read, served or withheld.
-    pub fn last_id(&self) -> Option<i64> {
-        self.last_read_id.or(self.records.last().map(|r| r.id))
-    }
 }
 
 /// One event of the primary's event log.

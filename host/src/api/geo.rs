@@ -437,21 +437,21 @@ async fn records(
         }
     };
     let max_id = records::max_id(&site.db, &it).await?;
-    // Out of the requester's scope: omitted, as a missing record; the
-    // page says how far it read, so a short page is not taken for the end.
-    let read = found.len();
-    let last_read_id = found.last().map(|r| r.id);
-    let records = Access::of(&site.db, &requester)
-        .await?
-        .filter(&it, found.iter().map(|r| r.to_feed(&it)).collect())
-        .await?;
-    let withheld = records.len() < read;
-    Ok(Json(RecordPage {
-        records,
-        max_id,
-        read: withheld.then_some(read as i64),
-        last_read_id: last_read_id.filter(|_| withheld),
-    }))
+    let records: Vec<FeedRecord> = found.iter().map(|r| r.to_feed(&it)).collect();
+    // `?ids=`: out of the requester's scope, omitted as a missing record.
+    // A page is served whole: the consistency pass needs the columns of a
+    // record that left the scope to find and remove its local copy
+    // (`docs/decisions.md`, "Least access").
+    let records = match query.ids {
+        Some(_) => {
+            Access::of(&site.db, &requester)
+                .await?
+                .filter(&it, records)
+                .await?
+        }
+        None => records,
+    };
+    Ok(Json(RecordPage { records, max_id }))
 }
 
 /// A `?ids=` list: comma-separated integers, at most `max`.

@@ -12,9 +12,11 @@
 //! A record out of scope is answered exactly as a missing one, so a
 //! secondary learns nothing about records it may not fetch: the single
 //! retrieve answers the same 404, the batch retrieve the same not-found
-//! part, the records feed omits it (`?ids=` too), and the event feed
-//! withholds the event (see `docs/decisions.md`, "Least access"). A record
-//! the plugin cannot decide on is out of scope: access fails closed.
+//! part, the records feed by id (`?ids=`) omits it, and the event feed
+//! withholds the event. The paged records feed stays whole: the
+//! consistency pass needs the columns of a record that left the scope to
+//! remove its local copy (see `docs/decisions.md`, "Least access"). A
+//! record the plugin cannot decide on is out of scope: access fails closed.
 
 use crate::catalog::{InstalledType, Scope};
 use crate::db::{Db, DbError};

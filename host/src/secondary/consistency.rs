@@ -137,11 +137,13 @@ async fn check_type_in_batches(
         let read_at = Db::now();
         let page = client.records_after(it.name(), after, batch_size).await?;
         highest = page.records.iter().map(|r| r.id).fold(highest, i64::max);
-        // Full by what the primary read: it withholds records out of this
-        // site's scope, so a page may serve fewer.
-        let full = page.is_full(batch_size);
+        let full = page.records.len() as i64 >= batch_size;
         let low = after + 1;
-        let high = if full { page.last_id() } else { None };
+        let high = if full {
+            page.records.last().map(|r| r.id)
+        } else {
+            None
+        };
         counts += check_batch(
             tracking,
             it,

@@ -280,8 +280,6 @@ async fn records(
     Json(RecordPage {
         records,
         max_id: state.records.keys().next_back().copied(),
-        read: None,
-        last_read_id: None,
     })
 }
 

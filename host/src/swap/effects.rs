@@ -71,11 +71,11 @@ async fn live_records_after(
                     .records_after(reader.name(), after, PAGE)
                     .await
                     .map_err(|e| e.to_string())?;
-                let Some(last) = page.last_id() else {
+                let Some(last) = page.records.last() else {
                     break;
                 };
-                after = last;
-                let full = page.is_full(PAGE);
+                after = last.id;
+                let full = page.records.len() as i64 >= PAGE;
                 out.extend(page.records);
                 if !full {
                     break;
