@@ -22,7 +22,7 @@
 //! when the claim takes over expired claims.
 
 use super::template::identifier;
-use super::{Arg, Backend, Db, DbError, ident, placeholders};
+use super::{Arg, Backend, Db, DbError, QuotedIdent, ident, placeholders};
 use crate::plugin::TypeIdentity;
 use crate::states::sql::*;
 use chrono::{DateTime, Utc};
@@ -33,7 +33,7 @@ use std::time::Duration;
 pub struct Candidates {
     /// The quoted index that holds these rows in `order` (SQLite reads by
     /// it; `None`: SQLite's own choice).
-    pub index: Option<String>,
+    pub index: Option<QuotedIdent>,
     /// The SQL condition of a candidate.
     pub condition: String,
     /// The order they are taken in (the index's); `None`: any order.
@@ -92,17 +92,17 @@ pub fn claim_sql(
 #[derive(Debug, Clone)]
 pub struct VerificationTable {
     /// The quoted table.
-    pub table: String,
+    pub table: QuotedIdent,
     /// What every candidate also meets (a registry row: synced).
     only: String,
     /// The quoted partial index of pending rows by `verified_at`.
-    pending_index: String,
+    pending_index: QuotedIdent,
     /// The quoted partial index of failed rows by `verification_retry_at`.
-    failed_index: String,
+    failed_index: QuotedIdent,
     /// Whether a claim names its worker in `claimed_by` (a registry).
     owned: bool,
     /// The quoted foreign key (the model record id).
-    fk: String,
+    fk: QuotedIdent,
 }
 
 impl VerificationTable {
@@ -256,7 +256,7 @@ pub fn claimant() -> String {
 }
 
 /// An index name as the templates create it (shortened past 63 bytes), quoted.
-pub fn index(name: &str) -> String {
+pub fn index(name: &str) -> QuotedIdent {
     ident(&identifier(name))
 }
 
@@ -415,7 +415,7 @@ mod tests {
     fn a_claim_takes_the_kinds_in_turn_and_guards_each() {
         let kinds = [
             Candidates {
-                index: Some("\"i\"".into()),
+                index: Some(ident("i")),
                 condition: "a = 0".into(),
                 order: Some("x".into()),
             },

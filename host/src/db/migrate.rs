@@ -163,7 +163,6 @@ mod tests {
                     "geo_bulk_jobs",
                     "geo_leases",
                     "geo_removal_guards",
-                    "plugin_versions",
                     "registry_consistency_marks"
                 ],
                 "{backend}"

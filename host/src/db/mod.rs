@@ -28,6 +28,8 @@ pub(crate) mod template;
 #[doc(hidden)]
 pub mod testing;
 
+pub use crate::plugin::identity::QuotedIdent;
+
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
@@ -785,14 +787,12 @@ pub fn stored_checksum(hex_text: &str) -> Vec<u8> {
     hex::decode(hex_text).unwrap_or_else(|_| hex_text.as_bytes().to_vec())
 }
 
-/// Quotes an identifier that [`crate::plugin::TypeIdentity::check`] has
-/// already restricted to `[a-z][a-z0-9_]*`.
-pub fn ident(name: &str) -> String {
-    debug_assert!(
-        name.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    );
-    format!("\"{name}\"")
+/// Quotes a name for SQL: a [`QuotedIdent`], which only the identity
+/// check's rule makes. The names quoted here come from checked identities
+/// (types') or the host's own tables, so a refusal is a bug in the host and
+/// panics with the name, in release builds too: it never reaches SQL.
+pub fn ident(name: &str) -> QuotedIdent {
+    QuotedIdent::new(name).unwrap_or_else(|error| panic!("{error} (a name reached SQL unchecked)"))
 }
 
 #[cfg(test)]

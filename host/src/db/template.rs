@@ -43,7 +43,7 @@
 //! timestamps all as `INTEGER`, so a change among those is not seen there;
 //! default *values* and text limits are not compared.
 
-use super::{Backend, Db, DbError, Result, Tx, ident};
+use super::{Backend, Db, DbError, QuotedIdent, Result, Tx, ident};
 use crate::plugin::{Column, ColumnType, TypeIdentity, Value};
 use sha2::{Digest, Sha256};
 
@@ -178,7 +178,7 @@ fn model_statements(backend: Backend, identity: &TypeIdentity) -> Vec<String> {
     }
     for key in keys {
         let name = identifier(&format!("index_{}_on_{}", table.name, key.join("_and_")));
-        let columns: Vec<String> = key.iter().map(|c| ident(c)).collect();
+        let columns: Vec<QuotedIdent> = key.iter().map(|c| ident(c)).collect();
         statements.push(format!(
             "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})",
             ident(&name),

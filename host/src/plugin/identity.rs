@@ -290,6 +290,45 @@ impl TypeIdentity {
     }
 }
 
+/// A quoted SQL identifier (`"name"`). Its one constructor applies the
+/// identity check's rule for names (`[a-z][a-z0-9_]*`, at most 63 bytes),
+/// in release builds too, so no name reaches SQL without it; what the
+/// check refuses cannot be quoted into a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotedIdent(String);
+
+impl QuotedIdent {
+    /// Quotes `name` if the identity check accepts it.
+    pub fn new(name: &str) -> Result<QuotedIdent, IdentityError> {
+        check_identifier("SQL identifier", name)?;
+        Ok(QuotedIdent(format!("\"{name}\"")))
+    }
+
+    /// The quoted text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for QuotedIdent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for QuotedIdent {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for QuotedIdent {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 fn check_identifier(what: &str, name: &str) -> Result<(), IdentityError> {
     let ok = name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -317,6 +356,21 @@ fn is_semver(version: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_checked_names_are_quoted() {
+        assert_eq!(QuotedIdent::new("helm_2").unwrap().as_str(), "\"helm_2\"");
+        for hostile in ["a\"b", "A", "1a", "", "a b", "a;drop", &"a".repeat(64)] {
+            let error = QuotedIdent::new(hostile).unwrap_err().to_string();
+            assert!(error.contains("SQL identifier"), "{hostile:?}: {error}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "a name reached SQL unchecked")]
+    fn an_unchecked_name_never_reaches_sql() {
+        let _ = crate::db::ident("x\" OR 1=1 --");
+    }
 
     pub(crate) fn sample() -> TypeIdentity {
         let col = |name: &str, t, source| Column {

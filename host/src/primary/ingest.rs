@@ -14,7 +14,7 @@ use super::events;
 use super::journal::{JournalError, PendingWrite};
 use super::records::{self, Record};
 use crate::catalog::InstalledType;
-use crate::db::{Arg, DbError, ident, placeholders, value_arg};
+use crate::db::{Arg, DbError, QuotedIdent, ident, placeholders, value_arg};
 use crate::plugin::value::json_to_value;
 use crate::plugin::{BlobPath, ColumnSource, PluginError, Row, Value};
 use crate::site::Site;
@@ -520,7 +520,7 @@ async fn insert_row(
     values: &HashMap<String, Value>,
 ) -> Result<i64, DbError> {
     let columns = it.columns();
-    let names: Vec<String> = columns.iter().map(|c| ident(&c.name)).collect();
+    let names: Vec<QuotedIdent> = columns.iter().map(|c| ident(&c.name)).collect();
     let args = columns
         .iter()
         .map(|c| value_arg(values.get(&c.name).unwrap_or(&Value::Null), c.column_type))

@@ -32,7 +32,7 @@
 
 use super::outcomes::{SyncOutcome, VerificationOutcome};
 use crate::catalog::InstalledType;
-use crate::db::{Arg, Db, DbError, DbRow, claim, ident, placeholders, value_rows};
+use crate::db::{Arg, Db, DbError, DbRow, QuotedIdent, claim, ident, placeholders, value_rows};
 use crate::plugin::TypeIdentity;
 use crate::states::sql::*;
 use crate::states::{self, SyncState, VerificationState};
@@ -139,11 +139,11 @@ pub struct RegistryCounts {
 #[derive(Debug, Clone)]
 pub struct Registry {
     /// Quoted table name.
-    table: String,
+    table: QuotedIdent,
     /// Quoted foreign-key column.
-    fk: String,
+    fk: QuotedIdent,
     /// The quoted index on `state` (pending rows in id order).
-    state_index: String,
+    state_index: QuotedIdent,
     /// The table as the verification claim sees it.
     verification: claim::VerificationTable,
 }
