@@ -4,7 +4,11 @@
 use std::fmt::Write;
 
 fn main() {
-    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+    // The manifest folder of this run, not of the build that compiled the
+    // script (`env!`): a target folder copied from another checkout must
+    // not embed that checkout's components.
+    let manifest = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let dist = manifest.join("../plugins/dist");
     println!("cargo:rerun-if-changed={}", dist.display());
     // sqlx::migrate! embeds migrations/: a new file must rebuild the crate.
     println!("cargo:rerun-if-changed=../migrations");
@@ -28,16 +32,16 @@ fn main() {
     out.push_str("];\n");
     let target = std::path::Path::new(&std::env::var("OUT_DIR").unwrap()).join("builtin.rs");
     std::fs::write(target, out).unwrap();
-    revision();
+    revision(&manifest);
 }
 
 /// `GEOHOST_REVISION`: the commit the binary is built from (GitLab's
 /// `revision` in a site's status), when built from a git checkout.
-fn revision() {
+fn revision(manifest: &std::path::Path) {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(manifest)
             .output()
             .ok()
             .filter(|o| o.status.success())
@@ -55,9 +59,7 @@ fn revision() {
     ];
     for path in refs.into_iter().flatten() {
         if let Some(file) = git(&["rev-parse", "--git-path", &path])
-            && std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join(&file)
-                .exists()
+            && manifest.join(&file).exists()
         {
             println!("cargo:rerun-if-changed={file}");
         }

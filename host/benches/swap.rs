@@ -18,13 +18,11 @@
 //! `cargo bench -p geohost --bench swap`; `GEOHOST_BENCH_SCALE=0.1` for a
 //! tenth of the records. Figures are printed, never asserted.
 
-use geohost::catalog::Scope;
+#[path = "common/mod.rs"]
+mod common;
+
 use geohost::config::Config;
-use geohost::feed::FeedRecord;
-use geohost::plugin::{SelectiveSync, SyncSettings};
-use geohost::states::VerificationState;
 use geohost::swap;
-use geohost::topology::{NamespaceNode, ProjectNode, Topology};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -178,43 +176,7 @@ async fn main() {
 
     // Scope re-evaluation over a million records.
     let scope_records = ((SCOPE_RECORDS as f64 * scale()) as usize).max(BATCH);
-    let namespaces: Vec<NamespaceNode> = (1..=10)
-        .map(|id| NamespaceNode {
-            id,
-            parent_id: None,
-        })
-        .collect();
-    let projects: Vec<ProjectNode> = (1..=1000)
-        .map(|id| ProjectNode {
-            id,
-            namespace_id: 1 + id % 10,
-            repository_storage: "default".into(),
-        })
-        .collect();
-    let scope = Scope {
-        settings: SyncSettings {
-            selective_sync: SelectiveSync::Namespaces(vec![1, 2, 3, 4, 5]),
-            sync_object_storage: false,
-        },
-        topology: Arc::new(Topology::new(namespaces, projects)),
-    };
-    let feed: Vec<FeedRecord> = (0..scope_records as i64)
-        .map(|id| {
-            let channel = ["stable", "beta", "dev"][(id % 3) as usize];
-            let columns = serde_json::json!({
-                "created_at": 1_700_000_000_000_000i64, "updated_at": 1_700_000_000_000_000i64,
-                "last_downloaded_at": null, "project_id": 1 + id % 1000, "size": 10, "status": 0,
-                "file_store": 1, "channel": channel, "file": "index.yaml",
-                "object_storage_key": format!("aa/bb/{id}/packages/helm/metadata_caches/{channel}"),
-            });
-            FeedRecord {
-                id: id + 1,
-                columns: columns.as_object().unwrap().clone(),
-                verification_state: VerificationState::Succeeded,
-                verification_checksum: None,
-            }
-        })
-        .collect();
+    let (scope, feed) = common::scope_world(scope_records);
     let old = site.installed(HELM).unwrap();
     let new = Arc::new(geohost::catalog::InstalledType::new(
         site.runtime.load(&v2).unwrap(),

@@ -73,6 +73,37 @@ fn plugin_test_meets_every_shipped_types_vectors() {
 }
 
 #[test]
+fn every_shipped_component_carries_its_vectors() {
+    let runtime =
+        geohost::plugin::PluginRuntime::new(geohost::plugin::Limits::default(), None).unwrap();
+    for shipped in builtin::BUILTIN {
+        let stem = shipped.file.trim_end_matches(".wasm");
+        let file = std::fs::read(plugins_dir().join(stem).join("vectors.json")).unwrap();
+        let carried =
+            geohost::plugin::custom_section(shipped.bytes, geohost::plugin::VECTORS_SECTION)
+                .unwrap_or_else(|| panic!("{stem} carries no test vectors"));
+        assert_eq!(
+            carried, file,
+            "{stem} carries other vectors than its vectors.json"
+        );
+        // And `plugin test` without --fixtures runs them.
+        let loaded = runtime.load(shipped.bytes).unwrap();
+        let (_, checked) = loaded.vectors().unwrap().unwrap().check(&loaded).unwrap();
+        assert!(
+            checked.expected > 5 && checked.failures.is_empty(),
+            "{stem}: {checked:?}"
+        );
+    }
+    let output = geohost(&["plugin", "test", "npm-metadata-cache"], &plugins_dir());
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the vectors embedded in npm-metadata-cache: all"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn plugin_test_fails_on_an_unmet_or_malformed_vector() {
     let dir = tempfile::tempdir().unwrap();
     let mut fixture: Value = serde_json::from_str(
@@ -129,14 +160,14 @@ fn plugin_test_fails_on_an_unmet_or_malformed_vector() {
 // ---------------------------------------------------------------------------
 // `geohost plugin new`
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .canonicalize()
         .unwrap()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -151,7 +182,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A copy of Geohost's `plugins/` workspace with only the SDK (and the WIT
 /// contract beside it, where the SDK reads it), as a newcomer's checkout.
-fn sdk_only_workspace(root: &Path) -> PathBuf {
+pub(crate) fn sdk_only_workspace(root: &Path) -> PathBuf {
     copy_dir(&repo().join("wit"), &root.join("wit"));
     copy_dir(
         &plugins_dir().join("sdk/src"),

@@ -1,8 +1,9 @@
 //! Hot swap of type definitions on running sites: Helm v1 → v2 (narrower
 //! scope) → v1 under a steady stream of writes, broken components refused
 //! while the running version keeps serving, a watched folder, the admin
-//! API and the CLI, `diff`, blob path moves, and a new type installed at
-//! runtime that replicates without a restart.
+//! API and the CLI, `diff`, blob path moves, a new type installed at
+//! runtime that replicates without a restart and is removed by deleting its
+//! file, and upgrades checked against the running version's test vectors.
 
 use crate::sites::{self, Backend, HELM, TestSite, eventually};
 use crate::support::{fixture_component, fixture_component_path, helm_component};
@@ -340,6 +341,8 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
         for site in [&primary, &secondary] {
             let report = swap::rollback(&site.site, HELM).await.unwrap();
             assert_eq!(report.version, "1.0.0", "{backend:?}");
+            assert_eq!(report.outcome, Outcome::RolledBack);
+            assert_eq!(report.previous_version.as_deref(), Some("1.1.0"));
             assert_eq!(report.sha256, v1_sha);
             if site.site.role() == geohost::config::Role::Secondary {
                 assert!(report.registries_created > 0, "{backend:?}: {report:?}");
@@ -557,6 +560,60 @@ async fn broken_components_are_refused_and_the_running_version_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_breaking_the_running_versions_vectors_is_refused_unless_declared() {
+    for backend in sites::backends() {
+        let primary = sites::primary(backend).await;
+        let running = primary
+            .site
+            .installed(HELM)
+            .unwrap()
+            .plugin
+            .sha256()
+            .to_string();
+        // Helm 3.0.0 moves every blob under v3/ and says nothing of it: the
+        // shipped Helm's vectors (its vectors.json, embedded) catch it.
+        let error = swap::activate(
+            &primary.site,
+            fixture_component("helm-path-undeclared"),
+            request(HELM, "test"),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("of the running version 1.0.0's 8 test vectors fail (record 1: path"),
+            "{backend:?}: {error}"
+        );
+        assert!(error.contains("\"changed\""), "{error}");
+        assert_eq!(
+            primary.site.installed(HELM).unwrap().plugin.sha256(),
+            running,
+            "the running version keeps serving"
+        );
+        // Helm 2.0.0 moves them under v2/ and declares it in its vectors.json.
+        let report = swap::activate(
+            &primary.site,
+            fixture_component("helm-path-v2"),
+            request(HELM, "test"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.version, "2.0.0");
+        assert_eq!(report.test_vectors, 8);
+        assert_eq!(
+            report.predecessor_vectors, 4,
+            "records 5 to 8 of 1.0.0 hold: {report:?}"
+        );
+        // And back: 2.0.0's declarations hold for the rollback too.
+        let report = swap::rollback(&primary.site, HELM).await.unwrap();
+        assert_eq!(
+            (report.version.as_str(), report.outcome),
+            ("1.0.0", Outcome::RolledBack)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_counts_scope_and_path_changes_over_live_data() {
     for backend in sites::backends() {
         let (primary, secondary, projects) = pair(backend, 4).await;
@@ -739,6 +796,52 @@ async fn a_watched_folder_installs_upgrades_and_a_new_type_that_replicates() {
             follows(&primary, &secondary, NEW_TYPE, |_| true)
         })
         .await;
+
+        // Deleting the file removes the type from both sites without a
+        // restart, through the admin API's removal: its data is kept.
+        let synced = registry(&secondary, NEW_TYPE).await.len();
+        for dir in [primary_dir.path(), secondary_dir.path()] {
+            std::fs::remove_file(dir.join("new-type.wasm")).unwrap();
+        }
+        eventually(CONVERGE, "the new type removed from both sites", || async {
+            let mut removed = true;
+            for site in [&primary, &secondary] {
+                let (listed, _) = swap::list(&site.site).await.unwrap();
+                let listed = listed.iter().find(|t| t.name == NEW_TYPE).unwrap();
+                removed &= !listed.installed && listed.versions.iter().all(|v| !v.active);
+            }
+            removed
+        })
+        .await;
+        let kept = secondary
+            .site
+            .tracking()
+            .unwrap()
+            .fetch_one(
+                "SELECT COUNT(*) AS n FROM packages_npm_metadata_cache_registry",
+                &[],
+            )
+            .await
+            .unwrap()
+            .i64("n")
+            .unwrap();
+        assert_eq!(kept as usize, synced, "registries kept");
+        // Helm, provided by the file still there, is untouched.
+        assert_eq!(
+            primary.site.installed(HELM).unwrap().identity.version,
+            "1.1.0"
+        );
+        // Putting the file back installs it again, with its data.
+        std::fs::copy(
+            new_type_component(),
+            primary_dir.path().join("new-type.wasm"),
+        )
+        .unwrap();
+        eventually(CONVERGE, "the new type back on the primary", || async {
+            primary.site.installed(NEW_TYPE).is_some()
+        })
+        .await;
+        assert_eq!(records(&primary, NEW_TYPE).await.len(), 2);
     }
 }
 
@@ -793,7 +896,10 @@ async fn the_cli_lists_installs_diffs_rolls_back_and_removes() {
     );
     let (ok, out, err) = cli(&["rollback", HELM]);
     assert!(ok, "{err}");
-    assert!(out.contains("1.0.0"), "{out}");
+    assert!(
+        out.contains("rolled back from 1.1.0 to 1.0.0") && !out.contains("upgraded"),
+        "{out}"
+    );
     let (ok, _, err) = cli(&["remove", HELM]);
     assert!(!ok && err.contains("force"), "{err}");
     let (ok, out, err) = cli(&["remove", HELM, "--force"]);

@@ -563,10 +563,12 @@ async fn hostile_plugins_stop_at_their_bounds_and_other_types_keep_replicating()
     // The hostile types, and what their records ask for: as many project
     // ids, string bytes or answers as a 16 MiB memory cap allows (two
     // calls may run at once: the event cursor's and a consistency pass's).
+    // A 0.2 decision is one byte (0.1's was a result of about 12), so
+    // many-answers asks for 2,000,000 of them to pass the hostcall fuel.
     const HOSTILE: [(&str, &str, u64); 3] = [
         ("projects-flood", "fixture_projects_flood", 1_700_000),
         ("huge-string", "fixture_huge_string", 13_000_000),
-        ("many-answers", "fixture_many_answers", 250_000),
+        ("many-answers", "fixture_many_answers", 2_000_000),
     ];
     let backend = Backend::Sqlite;
     let primary = sites::primary(backend).await;

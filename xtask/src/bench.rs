@@ -33,11 +33,16 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
         })
         .ok();
     let mut bench = Command::new("cargo");
-    // Every bench target, not the library's unit tests in bench mode.
-    bench
-        .args(["bench", "-p", "geohost", "--bench", "*"])
-        .args(extra)
-        .current_dir(root);
+    bench.args(["bench", "-p", "geohost"]);
+    // Every bench target (not the library's unit tests in bench mode),
+    // unless the arguments name some (`cargo xtask bench --bench plugin`).
+    if !extra
+        .iter()
+        .any(|a| a == "--bench" || a.starts_with("--bench="))
+    {
+        bench.args(["--bench", "*"]);
+    }
+    bench.args(extra).current_dir(root);
     if let Some(postgres) = &postgres {
         bench.env("GEOHOST_TEST_POSTGRES_URL", &postgres.url);
     }

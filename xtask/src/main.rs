@@ -1,10 +1,11 @@
 //! Geohost's build tasks, run as `cargo xtask <task>`.
 //!
-//! - `plugins [--check]`: build every plugin under `plugins/` for
-//!   `wasm32-unknown-unknown`, turn each into a component, and write the
-//!   shipped types to `plugins/dist/` (test fixtures to
-//!   `plugins/target/components/`). `--check` fails if `plugins/dist/` is not
-//!   what the current source builds.
+//! - `plugins [--check] [-p NAME]...`: build every plugin under `plugins/`
+//!   (or those named) for `wasm32-unknown-unknown`, and the Python types under
+//!   `plugins/python/` with componentize-py; write the shipped types to
+//!   `plugins/dist/` (others to `plugins/target/components/`), each carrying
+//!   its `vectors.json`. `--check` fails if `plugins/dist/` is not what the
+//!   current source builds. `--help` says more.
 //! - `test`: install and start what the tests need (the wasm toolchain,
 //!   PostgreSQL, an S3 server (moto, in `target/moto-venv`)), build the plugins, and run the whole test suite on SQLite
 //!   and PostgreSQL.
@@ -21,38 +22,50 @@ mod bench_summary;
 mod moto;
 mod plugins;
 mod postgres;
+mod python;
 mod test;
 mod venv;
+mod wasi_stub;
 
 use anyhow::{Result, bail};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = repo_root();
     match args.first().map(String::as_str) {
-        Some("plugins") => {
-            let check = args.iter().any(|a| a == "--check");
-            plugins::build_all(&root, check)
-        }
+        Some("plugins") => match plugins::Options::parse(&args[1..])? {
+            Some(options) => plugins::build(&root, &options),
+            None => {
+                print!("{}", plugins::USAGE);
+                Ok(())
+            }
+        },
         Some("test") => test::run(&root, &args[1..]),
         Some("bench") => bench::run(&root, &args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  \
-                 plugins [--check]   build the plugin components (check: dist is up to date)\n  \
-                 test [ARGS…]        install services, build plugins, run all tests\n  \
-                 bench [ARGS…]       install peers (rclone), run all benchmarks (release)\n"
+                 plugins [--check] [-p NAME]…  build the plugin components (plugins --help)\n  \
+                 test [ARGS…]                 install services, build plugins, run all tests\n  \
+                 bench [ARGS…]                install peers (rclone), run all benchmarks (release)\n"
             );
             bail!("unknown task {:?}", args.first());
         }
     }
 }
 
-/// The repository root (the parent of `xtask/`).
+/// The repository root (the parent of `xtask/`). `cargo run` gives the
+/// manifest folder at run time; the one compiled in is only the fallback,
+/// since a binary built from another checkout into the same target folder
+/// (the guide test's copy) is fresh for cargo here too and would name that
+/// checkout.
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .expect("xtask lives in the repository")
         .to_path_buf()

@@ -741,3 +741,50 @@ pub fn headline(
         eprintln!("cannot write the headline {measure:?}: {error}");
     }
 }
+
+/// The scope re-evaluation's world: 10 root namespaces, 1,000 projects
+/// spread over them, a secondary selecting namespaces 1 to 5 (half the
+/// projects), and `records` Helm records as the primary's feed serves them
+/// (JSON columns), channels `stable`, `beta` and `dev` in turn.
+pub fn scope_world(records: usize) -> (geohost::catalog::Scope, Vec<geohost::feed::FeedRecord>) {
+    use geohost::plugin::{SelectiveSync, SyncSettings};
+    use geohost::topology::{NamespaceNode, ProjectNode, Topology};
+    let namespaces: Vec<NamespaceNode> = (1..=10)
+        .map(|id| NamespaceNode {
+            id,
+            parent_id: None,
+        })
+        .collect();
+    let projects: Vec<ProjectNode> = (1..=1000)
+        .map(|id| ProjectNode {
+            id,
+            namespace_id: 1 + id % 10,
+            repository_storage: "default".into(),
+        })
+        .collect();
+    let scope = geohost::catalog::Scope {
+        settings: SyncSettings {
+            selective_sync: SelectiveSync::Namespaces(vec![1, 2, 3, 4, 5]),
+            sync_object_storage: false,
+        },
+        topology: Arc::new(Topology::new(namespaces, projects)),
+    };
+    let feed = (0..records as i64)
+        .map(|id| {
+            let channel = ["stable", "beta", "dev"][(id % 3) as usize];
+            let columns = serde_json::json!({
+                "created_at": 1_700_000_000_000_000i64, "updated_at": 1_700_000_000_000_000i64,
+                "last_downloaded_at": null, "project_id": 1 + id % 1000, "size": 10, "status": 0,
+                "file_store": 1, "channel": channel, "file": "index.yaml",
+                "object_storage_key": format!("aa/bb/{id}/packages/helm/metadata_caches/{channel}"),
+            });
+            geohost::feed::FeedRecord {
+                id: id + 1,
+                columns: columns.as_object().unwrap().clone(),
+                verification_state: geohost::states::VerificationState::Succeeded,
+                verification_checksum: None,
+            }
+        })
+        .collect();
+    (scope, feed)
+}

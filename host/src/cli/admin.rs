@@ -187,11 +187,12 @@ pub async fn site(command: SiteCommand) -> Result<()> {
                 ..Default::default()
             };
             let (settings, credentials) = sites::add_secondary(&site, new).await?;
-            println!(
+            // Only the TOML on stdout: `geohost site add … >> secondary.toml`.
+            eprintln!(
                 "Registered secondary {:?} (id {}).",
                 settings.name, settings.id
             );
-            println!("Put this in the secondary's configuration; the secret is not shown again:\n");
+            eprintln!("Put this in the secondary's configuration; the secret is not shown again:");
             println!("[primary]\nurl = {:?}", site.config.url());
             println!(
                 "access_key = {:?}\nsecret_access_key = {:?}",

@@ -13,13 +13,19 @@ pub enum PluginCommand {
     /// Run a type over fixture data and print one JSON object per record:
     /// {"id", "path", "in_scope"} or {"id", "error"}. Records that carry
     /// `expect` (test vectors) are checked; any unmet one fails the command.
+    /// Without --fixtures, the test vectors embedded in the component run.
     Test {
         /// A component file (.wasm), or the name of a type shipped with the host
         /// (for example `helm-metadata-cache` or `packages_helm_metadata_cache`).
         component: String,
-        /// The fixture file (JSON: scope, namespaces, projects, records).
+        /// A fixture file (JSON: scope, namespaces, projects, records); by
+        /// default the component's own vectors (its vectors.json, embedded).
         #[arg(long)]
-        fixtures: PathBuf,
+        fixtures: Option<PathBuf>,
+        /// Keep compiled components in this folder, so the next run of the
+        /// same component skips compiling it (seconds for a Python type).
+        #[arg(long, env = "GEOHOST_PLUGIN_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// List a running site's types, their recorded versions and refusals.
     List(super::plugin_admin::Remote),
@@ -62,7 +68,8 @@ pub fn run(command: PluginCommand) -> Result<()> {
         PluginCommand::Test {
             component,
             fixtures,
-        } => test(&component, &fixtures),
+            cache_dir,
+        } => test(&component, fixtures.as_deref(), cache_dir),
         PluginCommand::List(remote) => super::plugin_admin::list(&remote),
         PluginCommand::Install { file, name, remote } => {
             super::plugin_admin::install(&remote, &file, name.as_deref())
@@ -77,36 +84,56 @@ pub fn run(command: PluginCommand) -> Result<()> {
     }
 }
 
-fn test(component: &str, fixtures: &std::path::Path) -> Result<()> {
+fn test(
+    component: &str,
+    fixtures: Option<&std::path::Path>,
+    cache_dir: Option<PathBuf>,
+) -> Result<()> {
+    use crate::plugin::vectors::{SECTION, Vectors};
     use crate::plugin::{Limits, PluginRuntime, fixture};
-    let runtime = PluginRuntime::new(Limits::default(), None)?;
+    let runtime = PluginRuntime::new(Limits::default(), cache_dir)?;
     let loaded = load_named(&runtime, component)?;
-    let text = std::fs::read_to_string(fixtures)
-        .with_context(|| format!("reading fixtures {}", fixtures.display()))?;
-    let fixture: fixture::Fixture = serde_json::from_str(&text)
-        .with_context(|| format!("parsing fixtures {}", fixtures.display()))?;
-    let answers = fixture::run(&loaded, &fixture)?;
+    let (source, vectors) =
+        match fixtures {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading fixtures {}", path.display()))?;
+                let fixture: fixture::Fixture = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing fixtures {}", path.display()))?;
+                (path.display().to_string(), Vectors::Expectations(fixture))
+            }
+            None => {
+                let vectors = loaded.vectors().map_err(anyhow::Error::msg)?.with_context(|| {
+                format!(
+                    "{component} carries no test vectors (custom section {SECTION}): build it \
+                     with the SDK's test_vectors!() (`cargo xtask plugins` checks it), or pass \
+                     --fixtures FILE"
+                )
+            })?;
+                (format!("the vectors embedded in {component}"), vectors)
+            }
+        };
+    let answers = fixture::run(&loaded, vectors.fixture())?;
     for answer in &answers {
         println!("{answer}");
     }
-    let checked = crate::plugin::vectors::check(&fixture.records, &answers)
+    let checked = vectors
+        .verdict(&answers, &Default::default())
         .map_err(anyhow::Error::msg)
-        .with_context(|| format!("checking the expectations of {}", fixtures.display()))?;
+        .with_context(|| format!("checking the expectations of {source}"))?;
     if checked.expected == 0 {
         return Ok(());
     }
     if !checked.failures.is_empty() {
         anyhow::bail!(
-            "{} of {} expectations in {} not met:\n  {}",
+            "{} of {} expectations in {source} not met:\n  {}",
             checked.failures.len(),
             checked.expected,
-            fixtures.display(),
             checked.failures.join("\n  ")
         );
     }
     eprintln!(
-        "{}: all {} expectations met ({} {})",
-        fixtures.display(),
+        "{source}: all {} expectations met ({} {})",
         checked.expected,
         loaded.name(),
         loaded.identity().version

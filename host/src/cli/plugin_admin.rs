@@ -185,26 +185,64 @@ pub fn diff(remote: &Remote, file: &Path) -> Result<()> {
 }
 
 fn print_report(r: &Value) {
-    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    println!("{}", report_headline(r));
     println!(
-        "{} {}: {} ({}), was {}",
-        s(&r["name"]),
-        s(&r["version"]),
-        s(&r["outcome"]),
-        &s(&r["sha256"])[..12.min(s(&r["sha256"]).len())],
-        s(&r["previous_version"])
-    );
-    println!(
-        "  live after {:.1} ms (compile: {}), test vectors passed: {}",
+        "  live after {:.1} ms (compile: {}), test vectors passed: {} of its own, {} of the \
+         version it replaced",
         r["swap_time"].as_f64().unwrap_or(0.0),
-        s(&r["compile"]),
-        r["test_vectors"]
+        r["compile"].as_str().unwrap_or("-"),
+        r["test_vectors"],
+        r["predecessor_vectors"]
     );
     println!(
         "  registries created {}, removed {}, held for confirmation {}; blobs moved {}",
         r["registries_created"], r["registries_removed"], r["registries_held"], r["blobs_moved"]
     );
     for w in r["warnings"].as_array().into_iter().flatten() {
-        println!("  warning: {}", s(w));
+        println!("  warning: {}", w.as_str().unwrap_or("-"));
+    }
+}
+
+/// The first line of a swap report: what happened, in words.
+fn report_headline(r: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
+    let (name, version) = (s(&r["name"]), s(&r["version"]));
+    let sha = s(&r["sha256"]);
+    let sha = &sha[..12.min(sha.len())];
+    let previous = s(&r["previous_version"]);
+    match r["outcome"].as_str() {
+        Some("installed") => format!("{name} {version} installed ({sha})"),
+        Some("upgraded") => format!("{name} upgraded from {previous} to {version} ({sha})"),
+        Some("rolled_back") => format!("{name} rolled back from {previous} to {version} ({sha})"),
+        Some("unchanged") => {
+            format!("{name} {version} unchanged: it is the running version ({sha})")
+        }
+        other => format!("{name} {version}: {} ({sha})", other.unwrap_or("?")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn headlines_say_what_happened() {
+        let report = |outcome: &str| {
+            json!({"name": "t", "version": "1.0.0", "previous_version": "1.1.0",
+                   "sha256": "0123456789abcdef", "outcome": outcome})
+        };
+        assert_eq!(
+            report_headline(&report("rolled_back")),
+            "t rolled back from 1.1.0 to 1.0.0 (0123456789ab)"
+        );
+        assert_eq!(
+            report_headline(&report("upgraded")),
+            "t upgraded from 1.1.0 to 1.0.0 (0123456789ab)"
+        );
+        assert_eq!(
+            report_headline(&report("installed")),
+            "t 1.0.0 installed (0123456789ab)"
+        );
     }
 }

@@ -66,20 +66,40 @@ pub fn run(args: NewArgs) -> Result<()> {
         println!("  {}", file.display());
     }
     match &done.layout {
-        Layout::Workspace { manifest } => println!(
-            "added \"{}\" to the members of {}\nnext: fill in the TODOs in src/lib.rs, then \
-             `cargo xtask plugins` and `geohost plugin test plugins/target/components/{}.wasm \
-             --fixtures {}/vectors.json` (docs/authoring-a-type.md)",
-            done.names.crate_name,
-            manifest.display(),
-            done.names.crate_name,
-            done.dir.display()
-        ),
+        Layout::Workspace { manifest } => {
+            println!(
+                "added \"{}\" to the members of {}",
+                done.names.crate_name,
+                manifest.display()
+            );
+            print!("{}", next_steps(&done.names.crate_name, manifest));
+        }
         Layout::Standalone { .. } => {
             println!("next: fill in the TODOs in src/lib.rs; build and test as its README.md says")
         }
     }
     Ok(())
+}
+
+/// What to do after scaffolding inside the plugins workspace whose manifest
+/// is `manifest`: every command from the repository's root (the folder
+/// holding `plugins/`), so the paths are the same in each.
+fn next_steps(crate_name: &str, manifest: &Path) -> String {
+    let plugins = manifest.parent().unwrap_or(Path::new("plugins"));
+    let root = plugins
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from(".."));
+    format!(
+        "next, from the repository's root ({root}):\n  \
+         1. fill in the TODOs in plugins/{crate_name}/src/lib.rs and its test vectors in \
+         plugins/{crate_name}/vectors.json\n  \
+         2. cargo xtask plugins -p {crate_name}\n  \
+         3. geohost plugin test plugins/target/components/{crate_name}.wasm\n\
+         (docs/authoring-a-type.md)\n",
+        root = root.display()
+    )
 }
 
 /// The names a crate is generated with, all from NAME.

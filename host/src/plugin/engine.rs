@@ -65,6 +65,9 @@ impl Limits {
     }
 }
 
+/// Core instances one type may create: room for a Python type's.
+pub const CORE_INSTANCES_PER_TYPE: u32 = 24;
+
 /// Bytes of each linear memory kept resident when its instance is dropped.
 /// Every call runs in a fresh instance: without this, the pages a batch
 /// touched go back to the kernel (`madvise`) and fault in again on the next
@@ -78,10 +81,13 @@ const KEEP_RESIDENT: usize = 4 << 20;
 /// epoch until the engine is dropped.
 pub fn build_engine(limits: &Limits) -> anyhow::Result<Arc<Engine>> {
     let mut pool = PoolingAllocationConfig::default();
+    // A Rust type is 3 core instances, 1 memory and 2 tables; a Python one
+    // (componentize-py: CPython and its libraries, dynamically linked, plus
+    // the WASI stubs) about 20 core instances, 2 memories and 3 tables.
     pool.total_component_instances(limits.max_instances)
-        .total_core_instances(limits.max_instances * 4)
+        .total_core_instances(limits.max_instances * CORE_INSTANCES_PER_TYPE)
         .total_memories(limits.max_instances * 2)
-        .total_tables(limits.max_instances * 2)
+        .total_tables(limits.max_instances * 4)
         .max_memories_per_component(2)
         .max_memory_size(limits.memory_bytes)
         .linear_memory_keep_resident(KEEP_RESIDENT.min(limits.memory_bytes))

@@ -15,7 +15,8 @@
 //! computed with the type's `derive`, as the primary does on create; omitted
 //! writer columns take their default (or `NULL`). The answer per record is
 //! `{"id", "path", "in_scope"}` or `{"id", "error"}`. A record may also carry
-//! `expect`, what its answer must be (a test vector, see [`super::vectors`]).
+//! `expect`, what its answer must be, and `changed`, why that answer differs
+//! from earlier versions' (a test vector, see [`super::vectors`]).
 
 use super::value::json_to_value;
 use super::{Column, ColumnSource, LoadedType, Row, SelectiveSync, SyncSettings, Value};
@@ -128,6 +129,18 @@ pub fn run(loaded: &LoadedType, fixture: &Fixture) -> anyhow::Result<Vec<serde_j
         }
     }
 
+    // Lengths are checked once derive has had its say, as on the primary.
+    for entry in full.iter_mut() {
+        if let Ok((id, values)) = entry
+            && let Err(error) = table.columns.iter().try_for_each(|c| {
+                values
+                    .get(&c.name)
+                    .map_or(Ok(()), |value| super::check_length(c, value))
+            })
+        {
+            *entry = Err((json!(*id), error));
+        }
+    }
     let ok: Vec<usize> = (0..full.len()).filter(|&i| full[i].is_ok()).collect();
     let column_refs = |names: &[String]| -> Vec<&Column> {
         names
@@ -186,7 +199,8 @@ fn record_values(
     record: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<HashMap<String, Value>, String> {
     for key in record.keys() {
-        if key != "id" && key != "expect" && !columns.iter().any(|c| &c.name == key) {
+        let vector_key = ["id", "expect", "changed"].contains(&key.as_str());
+        if !vector_key && !columns.iter().any(|c| &c.name == key) {
             return Err(format!("unknown column `{key}`"));
         }
     }

@@ -4,9 +4,11 @@
 //! Loading ([`PluginRuntime::load`]) takes a component, or a core module
 //! carrying wit-bindgen's component-type section (componentized here), and:
 //!
-//! 1. checks what it imports and exports before compiling: it must export
-//!    `geohost:replicable/replicable` at a version this host supports and
-//!    import nothing but `geohost:replicable` (no WASI, clock, files, sockets);
+//! 1. checks what it imports and exports before compiling ([`world::check`]):
+//!    it must export `geohost:replicable/replicable` at a version this host
+//!    supports (0.1.x rows, 0.2.x columns) and import nothing but
+//!    `geohost:replicable` and, from 0.2 on, the deny-by-default WASI subset
+//!    ([`wasi`]): no files, sockets, environment, real clock or randomness;
 //! 2. compiles it once, through the on-disk [`CompileCache`];
 //! 3. links it ([`InstancePre`](wasmtime::component::InstancePre)), calls
 //!    `describe` and checks the identity ([`TypeIdentity::check`]).
@@ -16,20 +18,27 @@
 //! copy-on-write images), with a wall-clock deadline (epoch interruption) and
 //! a memory cap (store limits). A trap, timeout or memory exhaustion fails
 //! that batch with a [`PluginError`] and drops the instance; the next batch
-//! gets a new one.
+//! gets a new one. The host speaks rows ([`Row`]); each contract version's
+//! marshalling lives beside it ([`columns`] for 0.2, [`adapt_v0_1`] for 0.1).
 //!
 //! Architecture invariant: every path a type returns goes through
 //! [`BlobPath::parse`] before the host uses it.
 
+mod adapt_v0_1;
+mod bindings;
 pub mod builtin;
 mod cache;
+mod columns;
 mod engine;
 pub mod fixture;
+mod guest;
 pub(crate) mod identity;
 pub(crate) mod paths;
 mod slots;
 pub(crate) mod value;
 pub(crate) mod vectors;
+pub(crate) mod wasi;
+pub(crate) mod world;
 
 pub use cache::{CompileCache, CompileOutcome};
 pub use engine::{
@@ -39,8 +48,11 @@ pub use engine::{
 pub use identity::{Column, ColumnSource, ColumnType, ModelTable, TypeIdentity};
 pub use paths::{BlobPath, PathError};
 pub use value::{Row, SelectiveSync, SyncSettings, Value};
+pub use vectors::SECTION as VECTORS_SECTION;
+pub use world::{Contract, WIT_PACKAGE, custom_section};
 
 use crate::topology::{ProjectInfo, ProjectLookup};
+use guest::{Guest, GuestPre};
 use sha2::{Digest, Sha256};
 use slots::Slots;
 use std::path::PathBuf;
@@ -48,25 +60,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
-
-/// Bindings generated from `wit/replicable.wit`.
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "replicable-type",
-        additional_derives: [PartialEq, Eq],
-        // A lookup past its bounds traps (see `HostState::projects`).
-        imports: { "geohost:replicable/site.projects": trappable },
-    });
-}
-
-use bindings::ReplicableTypePre;
-use bindings::geohost::replicable::{site, types as wit};
-
-/// The WIT package every type is built against.
-pub const WIT_PACKAGE: &str = "geohost:replicable";
-/// The version of `wit/replicable.wit` this host implements.
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 0);
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -80,13 +73,14 @@ pub enum LoadError {
     )]
     MissingExport,
     #[error(
-        "the component was built against {WIT_PACKAGE}@{found}; this host supports {WIT_PACKAGE}@{}.{}.x",
-        WIT_VERSION.0,
-        WIT_VERSION.1
+        "the component was built against {WIT_PACKAGE}@{found}; this host supports {WIT_PACKAGE}@{}",
+        Contract::supported()
     )]
     WitVersion { found: String },
     #[error(
-        "the component imports `{0}`, which Geohost does not provide: a type may import only {WIT_PACKAGE} (no WASI, clock, files or network)"
+        "the component imports {0}, which Geohost does not provide: a type may import only \
+         {WIT_PACKAGE} and the WASI subset of docs/decisions.md (no files, sockets, \
+         environment, real clock or randomness)"
     )]
     ForbiddenImport(String),
     #[error("compiling the component failed: {0}")]
@@ -114,6 +108,8 @@ pub enum PluginError {
     },
     #[error("plugin `{plugin}` could not be instantiated: {message}")]
     Instantiate { plugin: String, message: String },
+    #[error("plugin `{plugin}` gave a malformed answer: {message}")]
+    BadAnswer { plugin: String, message: String },
     /// The call went past one of the host's bounds on what a plugin may
     /// ask of it or hand back (named in the message), and was stopped.
     #[error("plugin `{plugin}` was stopped: {message}")]
@@ -171,10 +167,15 @@ impl PluginRuntime {
     pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> anyhow::Result<PluginRuntime> {
         let engine = engine::build_engine(&limits)?;
         let mut linker = Linker::new(&engine);
-        bindings::ReplicableType::add_to_linker::<HostState, HasSelf<HostState>>(
+        bindings::v0_1::ReplicableType::add_to_linker::<HostState, HasSelf<HostState>>(
             &mut linker,
             |state| state,
         )?;
+        bindings::v0_2::ReplicableType::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )?;
+        wasi::add_to_linker(&mut linker)?;
         Ok(PluginRuntime {
             slots: Arc::new(Slots::new(limits.max_instances as usize)),
             engine,
@@ -191,7 +192,7 @@ impl PluginRuntime {
     /// Loads a type from component (or wit-bindgen core module) bytes.
     pub fn load(&self, bytes: &[u8]) -> Result<LoadedType, LoadError> {
         let component = to_component(bytes)?;
-        let wit_version = check_world(&component)?;
+        let world = world::check(&component)?;
         let sha256 = hex::encode(Sha256::digest(&component));
 
         let started = Instant::now();
@@ -205,14 +206,17 @@ impl PluginRuntime {
         let pre = self
             .linker
             .instantiate_pre(&compiled)
-            .and_then(ReplicableTypePre::new)
+            .and_then(|pre| GuestPre::new(world.contract, pre))
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let link = started.elapsed();
 
         let mut loaded = LoadedType {
             identity: Arc::new(placeholder_identity()),
             sha256,
-            wit_version,
+            wit_version: world.version,
+            contract: world.contract,
+            wasi: world.imports_wasi,
+            vectors: custom_section(&component, vectors::SECTION).map(Arc::from),
             component_size: component.len(),
             timings: LoadTimings {
                 compile,
@@ -223,13 +227,9 @@ impl PluginRuntime {
             runtime: self.clone(),
         };
         let raw = loaded
-            .call("describe", None, 0, |store, instance| {
-                instance
-                    .geohost_replicable_replicable()
-                    .call_describe(store)
-            })
+            .call("describe", None, 0, |store, guest| guest.describe(store))
             .map_err(LoadError::Describe)?;
-        loaded.identity = Arc::new(identity_from_wit(raw).check()?);
+        loaded.identity = Arc::new(raw.check()?);
         Ok(loaded)
     }
 
@@ -237,27 +237,34 @@ impl PluginRuntime {
     pub fn instantiate_once(&self, loaded: &LoadedType) -> anyhow::Result<Duration> {
         let _slot = self.slots.acquire();
         let started = Instant::now();
-        let mut store = self.new_store(None, 0);
+        let mut store = self.new_store(None, 0, loaded.wasi);
         loaded.pre.instantiate(&mut store)?;
         Ok(started.elapsed())
     }
 
     /// A fresh store for one call over `rows` rows: the memory cap, the
     /// deadline (guest code by epoch interruption, host lookups by
-    /// [`HostState`]'s clock, both from now), and the hostcall fuel (the
-    /// bytes the plugin may hand the host in one transfer: its answer, or
-    /// the arguments of one import call).
-    fn new_store(&self, lookup: Option<Arc<dyn ProjectLookup>>, rows: usize) -> Store<HostState> {
+    /// [`HostState`]'s clock, both from now), the hostcall fuel (the bytes
+    /// the plugin may hand the host in one transfer: its answer, whatever
+    /// the contract version's shape, or the arguments of one import call)
+    /// and, for a type importing the WASI subset, its context.
+    fn new_store(
+        &self,
+        lookup: Option<Arc<dyn ProjectLookup>>,
+        rows: usize,
+        wasi: bool,
+    ) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
-            .instances(16)
-            .tables(16)
-            .memories(4)
+            .instances(engine::CORE_INSTANCES_PER_TYPE as usize)
+            .tables(8)
+            .memories(2)
             .trap_on_grow_failure(true)
             .build();
         let state = HostState {
             limits,
             lookup,
+            wasi: wasi.then(wasi::WasiState::new),
             deadline: Instant::now() + self.limits.call_timeout,
             ids_asked: 0,
         };
@@ -278,9 +285,14 @@ pub struct LoadedType {
     identity: Arc<TypeIdentity>,
     sha256: String,
     wit_version: String,
+    contract: Contract,
+    /// Whether it imports the WASI subset (each call then gets a context).
+    wasi: bool,
+    /// Its test vectors section, as embedded ([`vectors::SECTION`]).
+    vectors: Option<Arc<[u8]>>,
     component_size: usize,
     timings: LoadTimings,
-    pre: ReplicableTypePre<HostState>,
+    pre: GuestPre,
     runtime: PluginRuntime,
 }
 
@@ -317,6 +329,24 @@ impl LoadedType {
         &self.wit_version
     }
 
+    /// The contract version it was built against.
+    pub fn contract(&self) -> Contract {
+        self.contract
+    }
+
+    /// Whether it imports the WASI subset.
+    pub fn imports_wasi(&self) -> bool {
+        self.wasi
+    }
+
+    /// The test vectors it carries, parsed (`Ok(None)`: it carries none).
+    pub fn vectors(&self) -> Result<Option<vectors::Vectors>, String> {
+        self.vectors
+            .as_deref()
+            .map(vectors::Vectors::parse)
+            .transpose()
+    }
+
     pub fn component_size(&self) -> usize {
         self.component_size
     }
@@ -329,12 +359,15 @@ impl LoadedType {
     /// table order. Each answer is checked against the derived columns'
     /// count, types, nullability and lengths.
     pub fn derive(&self, rows: &[Row]) -> Result<Vec<Result<Vec<Value>, String>>, PluginError> {
-        let answers = self.call("derive", None, rows.len(), |store, instance| {
-            instance
-                .geohost_replicable_replicable()
-                .call_derive(store, rows)
+        let writer: Vec<&Column> = self
+            .identity
+            .table
+            .columns_from(ColumnSource::Writer)
+            .collect();
+        let answers = self.call("derive", None, rows.len(), |store, guest| {
+            guest.derive(store, &writer, rows)
         })?;
-        self.check_count(rows.len(), answers.len())?;
+        let answers = self.check_answers(rows.len(), answers)?;
         let derived: Vec<&Column> = self
             .identity
             .table
@@ -362,15 +395,16 @@ impl LoadedType {
     /// The blob path of each record; rows carry `identity.path_columns`.
     /// A path that breaks [`BlobPath::parse`] is an error for that record.
     pub fn blob_paths(&self, rows: &[Row]) -> Result<Vec<Result<BlobPath, String>>, PluginError> {
-        let answers = self.call("blob-paths", None, rows.len(), |store, instance| {
-            instance
-                .geohost_replicable_replicable()
-                .call_blob_paths(store, rows)
+        let columns = self.columns(&self.identity.path_columns);
+        let answers = self.call("blob-paths", None, rows.len(), |store, guest| {
+            guest.blob_paths(store, &columns, rows)
         })?;
-        self.check_count(rows.len(), answers.len())?;
+        let answers = self.check_answers(rows.len(), answers)?;
         Ok(answers
             .into_iter()
-            .map(|answer| BlobPath::parse_owned(answer?).map_err(|e| e.to_string()))
+            .map(|answer| {
+                BlobPath::parse_owned(answer?).map_err(|e| format!("invalid blob path: {e}"))
+            })
             .collect())
     }
 
@@ -382,25 +416,40 @@ impl LoadedType {
         lookup: Arc<dyn ProjectLookup>,
         rows: &[Row],
     ) -> Result<Vec<Result<bool, String>>, PluginError> {
-        let answers = self.call("in-scope", Some(lookup), rows.len(), |store, instance| {
-            instance
-                .geohost_replicable_replicable()
-                .call_in_scope(store, settings, rows)
+        let columns = self.columns(&self.identity.scope_columns);
+        let answers = self.call("in-scope", Some(lookup), rows.len(), |store, guest| {
+            guest.in_scope(store, settings, &columns, rows)
         })?;
-        self.check_count(rows.len(), answers.len())?;
-        Ok(answers)
+        self.check_answers(rows.len(), answers)
     }
 
-    fn check_count(&self, expected: usize, got: usize) -> Result<(), PluginError> {
-        if expected == got {
-            Ok(())
-        } else {
-            Err(PluginError::WrongAnswerCount {
-                plugin: self.identity.name.clone(),
+    /// The identity's columns named `names` (checked to exist at load).
+    fn columns(&self, names: &[String]) -> Vec<&Column> {
+        names
+            .iter()
+            .filter_map(|name| self.identity.table.column(name))
+            .collect()
+    }
+
+    /// One answer per row, or the error of a malformed answer.
+    fn check_answers<T>(
+        &self,
+        expected: usize,
+        answers: guest::Answers<T>,
+    ) -> Result<Vec<Result<T, String>>, PluginError> {
+        let plugin = || self.identity.name.clone();
+        let answers = answers.map_err(|message| PluginError::BadAnswer {
+            plugin: plugin(),
+            message,
+        })?;
+        if answers.len() != expected {
+            return Err(PluginError::WrongAnswerCount {
+                plugin: plugin(),
                 expected,
-                got,
-            })
+                got: answers.len(),
+            });
         }
+        Ok(answers)
     }
 
     /// Runs `f` on a fresh instance over `rows` rows, under the call's
@@ -410,13 +459,13 @@ impl LoadedType {
         function: &'static str,
         lookup: Option<Arc<dyn ProjectLookup>>,
         rows: usize,
-        f: impl FnOnce(&mut Store<HostState>, &bindings::ReplicableType) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<HostState>, &Guest) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let runtime = &self.runtime;
         let _slot = runtime.slots.acquire();
         let plugin = self.identity.name.clone();
         let started = Instant::now();
-        let mut store = runtime.new_store(lookup, rows);
+        let mut store = runtime.new_store(lookup, rows, self.wasi);
         let instance = self
             .pre
             .instantiate(&mut store)
@@ -424,7 +473,23 @@ impl LoadedType {
                 plugin: plugin.clone(),
                 message: format!("{e:#}"),
             })?;
-        let result = f(&mut store, &instance).map_err(|error| {
+        let result = f(&mut store, &instance);
+        let output = store.data().wasi.as_ref().map(wasi::WasiState::output);
+        if let Some((stdout, stderr)) = &output
+            && !(stdout.is_empty() && stderr.is_empty())
+        {
+            tracing::debug!(plugin = %plugin, function, %stdout, %stderr, "plugin output");
+        }
+        // The last line the type wrote to stderr, if any (a Python
+        // traceback's exception, a Rust panic message).
+        let last_stderr = || {
+            output
+                .as_ref()
+                .and_then(|(_, stderr)| stderr.lines().rev().find(|l| !l.trim().is_empty()))
+                .map(|line| format!(" (stderr: {})", line.trim()))
+                .unwrap_or_default()
+        };
+        let result = result.map_err(|error| {
             let timeout = || PluginError::Timeout {
                 plugin: plugin.clone(),
                 limit: runtime.limits.call_timeout,
@@ -437,7 +502,7 @@ impl LoadedType {
                 },
                 (Some(_), None) => PluginError::Trap {
                     plugin: plugin.clone(),
-                    message: trap_message(&error),
+                    message: format!("{}{}", trap_message(&error), last_stderr()),
                 },
                 // Not a wasm trap: a bound the host enforces stopped it (the
                 // memory cap, or the hostcall fuel on what the plugin hands
@@ -445,9 +510,10 @@ impl LoadedType {
                 (None, None) => PluginError::Trap {
                     plugin: plugin.clone(),
                     message: format!(
-                        "{}; this call's bounds: {} MiB of memory, {} bytes handed to the host \
-                         at a time ({rows} rows)",
+                        "{}{}; this call's bounds: {} MiB of memory, {} bytes handed to the \
+                         host at a time ({rows} rows)",
                         trap_message(&error),
+                        last_stderr(),
                         runtime.limits.memory_bytes >> 20,
                         runtime.limits.hostcall_fuel(rows)
                     ),
@@ -472,10 +538,11 @@ fn trap_message(error: &wasmtime::Error) -> String {
 }
 
 /// Store data: the memory limiter, the project lookups of this call and
-/// their bounds.
+/// their bounds and, for a type importing the WASI subset, its context.
 pub struct HostState {
     limits: StoreLimits,
     lookup: Option<Arc<dyn ProjectLookup>>,
+    wasi: Option<wasi::WasiState>,
     /// When the call's time is up (host lookups check it; guest code is
     /// stopped by the epoch deadline set at the same moment).
     deadline: Instant,
@@ -487,7 +554,8 @@ impl HostState {
     /// The projects of `ids`, in order (`None`: no such project), within
     /// the bounds: at most [`MAX_PROJECT_IDS`] ids per lookup and
     /// [`MAX_PROJECT_IDS_PER_CALL`] per call, and within the call's
-    /// deadline. Past a bound, the call traps with a [`HostLimit`].
+    /// deadline. Past a bound, the call traps with a [`HostLimit`]. Both
+    /// contract versions' `site.projects` come here.
     fn lookup_projects(&mut self, ids: &[i64]) -> wasmtime::Result<Vec<Option<ProjectInfo>>> {
         if ids.len() > MAX_PROJECT_IDS {
             return Err(HostLimit::LookupIds { asked: ids.len() }.into());
@@ -513,27 +581,45 @@ impl HostState {
     }
 }
 
-impl wit::Host for HostState {}
+impl bindings::v0_1::geohost::replicable::types::Host for HostState {}
 
-impl site::Host for HostState {
-    fn projects(&mut self, ids: Vec<i64>) -> wasmtime::Result<Vec<Option<wit::Project>>> {
-        Ok(self
-            .lookup_projects(&ids)?
-            .into_iter()
-            .map(|p| {
-                p.map(|p| wit::Project {
-                    id: p.id,
-                    namespace_id: p.namespace_id,
-                    namespace_ancestry: p.namespace_ancestry,
-                    repository_storage: p.repository_storage,
-                })
-            })
-            .collect())
+impl bindings::v0_1::geohost::replicable::site::Host for HostState {
+    fn projects(
+        &mut self,
+        ids: Vec<i64>,
+    ) -> wasmtime::Result<Vec<Option<bindings::v0_1::geohost::replicable::types::Project>>> {
+        Ok(adapt_v0_1::projects(self.lookup_projects(&ids)?))
+    }
+}
+
+impl bindings::v0_2::geohost::replicable::types::Host for HostState {}
+
+impl bindings::v0_2::geohost::replicable::site::Host for HostState {
+    fn projects(
+        &mut self,
+        ids: Vec<i64>,
+    ) -> wasmtime::Result<bindings::v0_2::geohost::replicable::types::ProjectColumns> {
+        Ok(columns::project_columns(self.lookup_projects(&ids)?))
+    }
+}
+
+impl wasmtime_wasi::WasiView for HostState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        // Only a type importing the subset calls it, and its stores have one.
+        self.wasi.get_or_insert_with(wasi::WasiState::new).view()
     }
 }
 
 /// Checks a value against its column: type, nullability, length.
 pub fn check_value(column: &Column, value: &Value) -> Result<(), String> {
+    check_type(column, value)?;
+    check_length(column, value)
+}
+
+/// Checks a value's type and nullability against its column (what a type's
+/// `derive` relies on); its length is checked when it is stored, after
+/// `derive`, so a type's own rule for an overlong value speaks first.
+pub fn check_type(column: &Column, value: &Value) -> Result<(), String> {
     if matches!(value, Value::Null) && !column.nullable {
         return Err(format!("column `{}` cannot be null", column.name));
     }
@@ -549,6 +635,11 @@ pub fn check_value(column: &Column, value: &Value) -> Result<(), String> {
             }
         ));
     }
+    Ok(())
+}
+
+/// Checks a text value against its column's `max_length`.
+pub fn check_length(column: &Column, value: &Value) -> Result<(), String> {
     if let (Some(max), Value::Text(text)) = (column.max_length, value) {
         let len = text.chars().count();
         if len > max as usize {
@@ -577,101 +668,6 @@ fn to_component(bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
         .map_err(|e| LoadError::Componentize(format!("{e:#}")))
 }
 
-/// Reads the component's top-level imports and exports (without compiling)
-/// and checks them against the contract. Returns the exported
-/// `geohost:replicable` version.
-fn check_world(component: &[u8]) -> Result<String, LoadError> {
-    use wasmparser::{Parser, Payload};
-    let mut exports = Vec::new();
-    let mut imports = Vec::new();
-    let mut depth = 0usize;
-    for payload in Parser::new(0).parse_all(component) {
-        let payload = payload.map_err(|e| LoadError::NotWasm(e.to_string()))?;
-        match payload {
-            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-            Payload::End(_) => depth = depth.saturating_sub(1),
-            Payload::ComponentExportSection(section) if depth == 0 => {
-                for export in section {
-                    let export = export.map_err(|e| LoadError::NotWasm(e.to_string()))?;
-                    exports.push(export.name.0.to_string());
-                }
-            }
-            Payload::ComponentImportSection(section) if depth == 0 => {
-                for import in section {
-                    let import = import.map_err(|e| LoadError::NotWasm(e.to_string()))?;
-                    imports.push(import.name.0.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    if let Some(forbidden) = imports
-        .iter()
-        .find(|i| !i.starts_with(&format!("{WIT_PACKAGE}/")))
-    {
-        return Err(LoadError::ForbiddenImport(forbidden.clone()));
-    }
-    let prefix = format!("{WIT_PACKAGE}/replicable");
-    let export = exports
-        .iter()
-        .find(|e| e.split('@').next() == Some(prefix.as_str()))
-        .ok_or(LoadError::MissingExport)?;
-    let version = export
-        .split_once('@')
-        .map(|(_, v)| v)
-        .unwrap_or("(no version)");
-    if !version_compatible(version) {
-        return Err(LoadError::WitVersion {
-            found: version.to_string(),
-        });
-    }
-    for import in &imports {
-        let version = import
-            .split_once('@')
-            .map(|(_, v)| v)
-            .unwrap_or("(no version)");
-        if !version_compatible(version) {
-            return Err(LoadError::WitVersion {
-                found: version.to_string(),
-            });
-        }
-    }
-    Ok(version.to_string())
-}
-
-/// The contents of the first custom section called `name`, at any depth of
-/// a component or core module (wit-bindgen keeps a guest's own sections in
-/// its core module).
-pub fn custom_section(bytes: &[u8], name: &str) -> Option<Vec<u8>> {
-    use wasmparser::{Parser, Payload};
-    for payload in Parser::new(0).parse_all(bytes) {
-        if let Ok(Payload::CustomSection(section)) = payload
-            && section.name() == name
-        {
-            return Some(section.data().to_vec());
-        }
-    }
-    None
-}
-
-/// Semver compatibility with [`WIT_VERSION`]: for 0.x, the same minor.
-fn version_compatible(version: &str) -> bool {
-    let mut parts = version
-        .split(['.', '-', '+'])
-        .map(|p| p.parse::<u64>().ok());
-    let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    if version.contains('-') {
-        return false; // prereleases never match
-    }
-    if WIT_VERSION.0 == 0 {
-        major == 0 && minor == WIT_VERSION.1
-    } else {
-        major == WIT_VERSION.0
-    }
-}
-
 fn placeholder_identity() -> TypeIdentity {
     TypeIdentity {
         name: "(loading)".into(),
@@ -691,65 +687,9 @@ fn placeholder_identity() -> TypeIdentity {
     }
 }
 
-fn identity_from_wit(raw: wit::Identity) -> TypeIdentity {
-    TypeIdentity {
-        name: raw.name,
-        title: raw.title,
-        title_plural: raw.title_plural,
-        version: raw.version,
-        mutable: raw.mutable,
-        uploader_class: raw.uploader_class,
-        table: ModelTable {
-            name: raw.table.name,
-            columns: raw
-                .table
-                .columns
-                .into_iter()
-                .map(|c| Column {
-                    name: c.name,
-                    column_type: match c.column_type {
-                        wit::ColumnType::Bigint => ColumnType::Bigint,
-                        wit::ColumnType::Integer => ColumnType::Integer,
-                        wit::ColumnType::Smallint => ColumnType::Smallint,
-                        wit::ColumnType::Text => ColumnType::Text,
-                        wit::ColumnType::Boolean => ColumnType::Boolean,
-                        wit::ColumnType::Timestamp => ColumnType::Timestamp,
-                        wit::ColumnType::Binary => ColumnType::Binary,
-                    },
-                    nullable: c.nullable,
-                    default_value: c.default_value,
-                    max_length: c.max_length,
-                    source: match c.source {
-                        wit::ColumnSource::Writer => ColumnSource::Writer,
-                        wit::ColumnSource::Derived => ColumnSource::Derived,
-                        wit::ColumnSource::BlobSize => ColumnSource::BlobSize,
-                        wit::ColumnSource::FileStore => ColumnSource::FileStore,
-                        wit::ColumnSource::CreatedAt => ColumnSource::CreatedAt,
-                        wit::ColumnSource::UpdatedAt => ColumnSource::UpdatedAt,
-                    },
-                })
-                .collect(),
-            natural_key: raw.table.natural_key,
-            unique_keys: raw.table.unique_keys,
-        },
-        path_columns: raw.path_columns,
-        scope_columns: raw.scope_columns,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn version_rule() {
-        assert!(version_compatible("0.1.0"));
-        assert!(version_compatible("0.1.7"));
-        assert!(!version_compatible("0.2.0"));
-        assert!(!version_compatible("9.0.0"));
-        assert!(!version_compatible("0.1.0-rc1"));
-        assert!(!version_compatible("garbage"));
-    }
 
     #[test]
     fn refuses_non_wasm() {

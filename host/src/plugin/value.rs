@@ -1,9 +1,57 @@
-//! Column values and rows as the host handles them: the WIT types
-//! themselves (so a batch is lowered into the guest without a copy in between),
-//! with the helpers the host needs.
+//! Column values, rows and sync settings as the host handles them.
+//!
+//! These are the host's own types, independent of any version of the WIT
+//! contract: a type built against `geohost:replicable@0.2` receives them as
+//! columns ([`super::columns`]), one built against `0.1` as rows
+//! ([`super::adapt_v0_1`]). Both borrow from them, so nothing is copied
+//! before it is lowered into the guest.
 
-pub use super::bindings::geohost::replicable::types::{Row, SelectiveSync, SyncSettings, Value};
 use super::{Column, ColumnType};
+
+/// One column value. Timestamps are microseconds since the Unix epoch, UTC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// SQL `NULL`.
+    Null,
+    /// Any of the integer column types.
+    Int(i64),
+    /// A `text` column.
+    Text(String),
+    /// A `boolean` column.
+    Boolean(bool),
+    /// A `timestamp` column, in microseconds since 1970-01-01T00:00:00Z.
+    Timestamp(i64),
+    /// A `binary` column.
+    Binary(Vec<u8>),
+}
+
+/// A record as the host passes it to a type: its id (0 for a record not
+/// stored yet) and the values of the columns the called function asks for,
+/// in that order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub id: i64,
+    pub values: Vec<Value>,
+}
+
+/// Which records a site replicates, as GitLab's selective sync says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectiveSync {
+    /// Every record.
+    Everything,
+    /// Records of projects in these namespaces or any of their descendants.
+    Namespaces(Vec<i64>),
+    /// Records of projects on these repository storage shards.
+    Shards(Vec<String>),
+}
+
+/// A site's replication settings, as a type sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSettings {
+    pub selective_sync: SelectiveSync,
+    /// Whether records whose blob is in object storage (`file_store` 2) are replicated.
+    pub sync_object_storage: bool,
+}
 
 impl Value {
     /// A short name of the variant, for error messages.
@@ -69,6 +117,44 @@ impl SyncSettings {
     }
 }
 
+/// A [`SyncSettings`] with its shard names borrowed as `&str`, as every
+/// contract version lowers them (see [`lower_settings`]).
+pub struct SettingsView<'s> {
+    pub settings: &'s SyncSettings,
+    pub shards: Vec<&'s str>,
+}
+
+impl<'s> SettingsView<'s> {
+    pub fn new(settings: &'s SyncSettings) -> SettingsView<'s> {
+        let shards = match &settings.selective_sync {
+            SelectiveSync::Shards(shards) => shards.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        SettingsView { settings, shards }
+    }
+}
+
+/// A [`SettingsView`] as the sync settings of bindings module `$wit` (the
+/// record is the same in every contract version; its Rust type is not).
+macro_rules! lower_settings {
+    ($wit:ident, $view:expr) => {{
+        let view = $view;
+        $wit::SyncSettings {
+            selective_sync: match &view.settings.selective_sync {
+                $crate::plugin::SelectiveSync::Everything => $wit::SelectiveSync::Everything,
+                $crate::plugin::SelectiveSync::Namespaces(ids) => {
+                    $wit::SelectiveSync::Namespaces(ids)
+                }
+                $crate::plugin::SelectiveSync::Shards(_) => {
+                    $wit::SelectiveSync::Shards(&view.shards)
+                }
+            },
+            sync_object_storage: view.settings.sync_object_storage,
+        }
+    }};
+}
+pub(crate) use lower_settings;
+
 /// A value given as text (a query string, a command-line `name=value`) as
 /// the JSON that [`json_to_value`] expects for `column`'s type.
 pub fn text_to_json(column: &Column, raw: &str) -> Result<serde_json::Value, String> {
@@ -111,6 +197,6 @@ pub fn json_to_value(column: &Column, json: &serde_json::Value) -> Result<Value,
         (ColumnType::Binary, J::String(s)) => Value::Binary(hex::decode(s).map_err(|_| wrong())?),
         _ => return Err(wrong()),
     };
-    super::check_value(column, &value)?;
+    super::check_type(column, &value)?;
     Ok(value)
 }

@@ -9,12 +9,29 @@
 //! ```
 //!
 //! `path` and `in_scope` must equal the answer's; `error` must be contained
-//! in the record's error (and the record must fail). A type crate ships its
-//! vectors (`vectors.json` beside its `Cargo.toml`), so a change that moves a
-//! blob or changes a scope decision fails its test.
+//! in the record's error (and the record must fail). A type crate keeps its
+//! vectors in `vectors.json` beside its `Cargo.toml`, and its component
+//! carries them ([`SECTION`], embedded by the SDK's `test_vectors!`), so a
+//! change that moves a blob or changes a scope decision fails its test, its
+//! install, and the install of any later version that did not declare it.
+//!
+//! A record may carry `"changed": "why"`: its decision differs on purpose
+//! from earlier versions'. When version B replaces version A, A's vectors
+//! are run on B too ([`check_predecessor`]); a record of A is not held
+//! against B when the record with its id says `changed` in either version
+//! (both directions, so a rollback to A passes as well).
 
+use super::LoadedType;
+use super::fixture::{self, Fixture};
 use serde::Deserialize;
 use serde_json::Value;
+use std::collections::HashSet;
+
+/// The custom section in which a component carries its test vectors: the
+/// type's `vectors.json`, a fixture whose records carry `expect`. (Also
+/// accepted: `{"fixture": <fixture>, "expected": [<one answer per record>]}`,
+/// the first layout of this section.)
+pub const SECTION: &str = "geohost-test-vectors";
 
 /// What one record expects.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
@@ -40,16 +57,34 @@ pub struct Checked {
 /// Checks each record's `expect` against the answer at the same position
 /// (`answers` as [`super::fixture::run`] returns them). A malformed `expect`
 /// is an error naming the record.
+#[cfg(test)]
 pub fn check(
     records: &[serde_json::Map<String, Value>],
     answers: &[Value],
+) -> Result<Checked, String> {
+    check_except(records, answers, &HashSet::new())
+}
+
+/// A record's id as the vectors give it (its position from 1 when absent).
+fn record_id(record: &serde_json::Map<String, Value>, index: usize) -> Value {
+    record.get("id").cloned().unwrap_or(Value::from(index + 1))
+}
+
+/// [`check`], skipping the records whose id is in `skip`.
+fn check_except(
+    records: &[serde_json::Map<String, Value>],
+    answers: &[Value],
+    skip: &HashSet<String>,
 ) -> Result<Checked, String> {
     let mut checked = Checked::default();
     for (index, (record, answer)) in records.iter().zip(answers).enumerate() {
         let Some(expect) = record.get("expect") else {
             continue;
         };
-        let id = record.get("id").cloned().unwrap_or(Value::from(index + 1));
+        let id = record_id(record, index);
+        if skip.contains(&id.to_string()) {
+            continue;
+        }
         let expect: Expect = serde_json::from_value(expect.clone())
             .map_err(|e| format!("record {id}: `expect` is malformed: {e}"))?;
         if expect == Expect::default() {
@@ -63,6 +98,127 @@ pub fn check(
         }
     }
     Ok(checked)
+}
+
+/// A component's embedded test vectors.
+#[derive(Debug)]
+pub enum Vectors {
+    /// A fixture whose records carry `expect` (a type's `vectors.json`).
+    Expectations(Fixture),
+    /// A fixture and the answers it must produce, record for record.
+    Answers {
+        fixture: Fixture,
+        expected: Vec<Value>,
+    },
+}
+
+impl Vectors {
+    /// The vectors `component` carries, if any.
+    pub fn embedded(component: &[u8]) -> Result<Option<Vectors>, String> {
+        super::custom_section(component, SECTION)
+            .map(|bytes| Vectors::parse(&bytes))
+            .transpose()
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Vectors, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Answers {
+            fixture: Fixture,
+            expected: Vec<Value>,
+        }
+        let invalid =
+            |e: serde_json::Error| format!("its test vectors ({SECTION}) are not valid: {e}");
+        let json: Value = serde_json::from_slice(bytes).map_err(invalid)?;
+        if json.get("fixture").is_some() {
+            let Answers { fixture, expected } = serde_json::from_value(json).map_err(invalid)?;
+            return Ok(Vectors::Answers { fixture, expected });
+        }
+        Ok(Vectors::Expectations(
+            serde_json::from_value(json).map_err(invalid)?,
+        ))
+    }
+
+    pub fn fixture(&self) -> &Fixture {
+        match self {
+            Vectors::Expectations(f) | Vectors::Answers { fixture: f, .. } => f,
+        }
+    }
+
+    /// The ids of the records marked `"changed"`.
+    fn changed(&self) -> HashSet<String> {
+        self.fixture()
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.contains_key("changed"))
+            .map(|(i, r)| record_id(r, i).to_string())
+            .collect()
+    }
+
+    /// Runs them on `loaded`, skipping the records whose id is in `skip`:
+    /// the answers and what they met.
+    fn run(
+        &self,
+        loaded: &LoadedType,
+        skip: &HashSet<String>,
+    ) -> Result<(Vec<Value>, Checked), String> {
+        let answers = fixture::run(loaded, self.fixture())
+            .map_err(|e| format!("running the test vectors failed: {e:#}"))?;
+        let checked = self.verdict(&answers, skip)?;
+        Ok((answers, checked))
+    }
+
+    /// What `answers` (one per record, as [`fixture::run`] gives them) meet
+    /// of these vectors, but for the records whose id is in `skip`.
+    pub fn verdict(&self, answers: &[Value], skip: &HashSet<String>) -> Result<Checked, String> {
+        match self {
+            Vectors::Expectations(fixture) => check_except(&fixture.records, answers, skip),
+            Vectors::Answers { fixture, expected } => {
+                if answers.len() != expected.len() {
+                    return Err(format!(
+                        "the test vectors expect {} answers for {} records",
+                        expected.len(),
+                        answers.len()
+                    ));
+                }
+                let mut checked = Checked::default();
+                for (index, (got, want)) in answers.iter().zip(expected).enumerate() {
+                    let id = record_id(&fixture.records[index], index);
+                    if skip.contains(&id.to_string()) {
+                        continue;
+                    }
+                    checked.expected += 1;
+                    if got != want {
+                        checked
+                            .failures
+                            .push(format!("record {id}: expected {want}, got {got}"));
+                    }
+                }
+                Ok(checked)
+            }
+        }
+    }
+
+    /// Runs them on `loaded` (every record): the answers and what they met.
+    pub fn check(&self, loaded: &LoadedType) -> Result<(Vec<Value>, Checked), String> {
+        self.run(loaded, &HashSet::new())
+    }
+}
+
+/// Runs the vectors of the version being replaced (`old`, with its
+/// component's vectors) on the new version (`new`, with its own), except
+/// the records either declares `changed`. `Ok(n)`: `n` vectors held.
+pub fn check_predecessor(
+    old: &Vectors,
+    new: Option<&Vectors>,
+    loaded: &LoadedType,
+) -> Result<Checked, String> {
+    let mut skip = old.changed();
+    if let Some(new) = new {
+        skip.extend(new.changed());
+    }
+    Ok(old.run(loaded, &skip)?.1)
 }
 
 fn compare(expect: &Expect, answer: &Value) -> Option<String> {

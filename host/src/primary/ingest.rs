@@ -95,6 +95,13 @@ where
     // them first refuses a bad record (say, an invalid channel) before its
     // body is read. They are used only if the record turns out to be new.
     let derived = derive(&first, &writer).await?;
+    // Lengths after derive, so that a type's own rule for an overlong value
+    // (Helm: "invalid Helm channel") is the writer's answer.
+    for column in first.identity.table.columns_from(ColumnSource::Writer) {
+        if let Some(value) = writer.get(&column.name) {
+            crate::plugin::check_length(column, value).map_err(IngestError::Invalid)?;
+        }
+    }
     // Only its hash from here on: a hot swap waits for the old version's
     // holders to drop it, and this write may wait for that swap.
     let first_sha = first.plugin.sha256().to_string();

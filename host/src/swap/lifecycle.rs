@@ -5,9 +5,10 @@
 //!    identity ([`crate::plugin::PluginRuntime::load`]), on a blocking thread;
 //! 2. **validate everything, changing nothing** ([`check`]): the type it
 //!    must be, its model table kept, its tables' names free and its model
-//!    table reconcilable with the identity (a dry run of the template), its
-//!    shipped test vectors, and over every live record a valid blob path
-//!    that no other record has;
+//!    table reconcilable with the identity (a dry run of the template), the
+//!    test vectors it carries and those of the running version it replaces
+//!    (but for the records either declares `changed`), and over every live
+//!    record a valid blob path that no other record has;
 //! 3. **prepare its tables** from the templates, which carry every column
 //!    the host uses;
 //! 4. **go live**: move blobs whose path changes, replace the catalog entry,
@@ -87,7 +88,7 @@ async fn activate_loaded(
             return Err(refuse(site, key, failure, None).await);
         }
     };
-    let checked = check(site, bytes, &loaded, request).await;
+    let checked = check(site, &loaded, request).await;
     let result = match checked {
         Ok(plan) => go_live(site, bytes, &loaded, plan, request, started).await,
         Err(error) => Err(error),
@@ -165,6 +166,7 @@ struct Plan {
     previous_version: Option<String>,
     previous_sha256: Option<String>,
     test_vectors: usize,
+    predecessor_vectors: usize,
     /// The component is the recorded active version of its type (a
     /// restart, or a site coming back to what it ran): it was checked over
     /// the live records, and decided the rows, when it went live.
@@ -174,7 +176,6 @@ struct Plan {
 /// Step 2: every check, before anything is changed.
 async fn check(
     site: &Arc<Site>,
-    bytes: &[u8],
     loaded: &LoadedType,
     request: &Request,
 ) -> Result<Plan, SwapError> {
@@ -193,6 +194,7 @@ async fn check(
         previous_version: current.as_ref().map(|c| c.identity.version.clone()),
         previous_sha256: current.as_ref().map(|c| c.plugin.sha256().to_string()),
         test_vectors: 0,
+        predecessor_vectors: 0,
         restored: false,
     };
     if let Some(current) = &current {
@@ -206,13 +208,19 @@ async fn check(
     validate::tables(site, loaded.identity())
         .await
         .map_err(refused)?;
-    plan.test_vectors = {
-        let bytes = bytes.to_vec();
+    (plan.test_vectors, plan.predecessor_vectors) = {
         let loaded = loaded.clone();
-        tokio::task::spawn_blocking(move || validate::test_vectors(&bytes, &loaded))
-            .await
-            .map_err(|e| SwapError::Internal(e.to_string()))?
-            .map_err(refused)?
+        tokio::task::spawn_blocking(move || {
+            let own = validate::test_vectors(&loaded)?;
+            let predecessor = match &current {
+                Some(current) => validate::predecessor_vectors(current, &loaded)?,
+                None => 0,
+            };
+            Ok::<_, String>((own, predecessor))
+        })
+        .await
+        .map_err(|e| SwapError::Internal(e.to_string()))?
+        .map_err(refused)?
     };
     // A version recorded active was checked over the live records when it
     // went live, and every record written since got its path from it.
@@ -242,6 +250,7 @@ async fn go_live(
         previous_sha256: plan.previous_sha256,
         compile: loaded.timings().outcome,
         test_vectors: plan.test_vectors,
+        predecessor_vectors: plan.predecessor_vectors,
         registries_created: 0,
         registries_removed: 0,
         registries_held: 0,

@@ -52,6 +52,8 @@ pub enum Outcome {
     Installed,
     /// Another version of an installed type replaced it.
     Upgraded,
+    /// The version active before the current one replaced it (`rollback`).
+    RolledBack,
     /// The component is the running version already.
     Unchanged,
 }
@@ -61,6 +63,7 @@ impl Outcome {
         match self {
             Outcome::Installed => "installed",
             Outcome::Upgraded => "upgraded",
+            Outcome::RolledBack => "rolled_back",
             Outcome::Unchanged => "unchanged",
         }
     }
@@ -78,7 +81,10 @@ pub struct SwapReport {
     pub previous_version: Option<String>,
     pub previous_sha256: Option<String>,
     pub compile: CompileOutcome,
+    /// Its own test vectors that passed.
     pub test_vectors: usize,
+    /// The replaced version's test vectors it met (those not declared changed).
+    pub predecessor_vectors: usize,
     /// Registries created and removed by the immediate scope re-evaluation
     /// (secondary).
     pub registries_created: u64,
@@ -155,7 +161,7 @@ pub async fn rollback(site: &Arc<Site>, name: &str) -> Result<SwapReport, SwapEr
             ))
         },
     )?;
-    activate(
+    let mut report = activate(
         site,
         bytes,
         Request {
@@ -163,7 +169,11 @@ pub async fn rollback(site: &Arc<Site>, name: &str) -> Result<SwapReport, SwapEr
             source: format!("rollback to {}", previous.version),
         },
     )
-    .await
+    .await?;
+    if report.outcome == Outcome::Upgraded {
+        report.outcome = Outcome::RolledBack;
+    }
+    Ok(report)
 }
 
 /// What removing a type did.

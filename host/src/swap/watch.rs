@@ -14,7 +14,14 @@
 //! Write a component elsewhere and rename it in for an atomic drop; files
 //! whose name starts with `.` are ignored. A file keeps the type it first
 //! provided: a different type's component written over it is refused.
-//! Deleting a file does not remove its type (`geohost plugin remove` does).
+//!
+//! Deleting a file removes its type, when the running version is the one
+//! the file provided, through [`super::remove`] (the admin API's removal,
+//! with its guards; `force`, as deleting the file is the operator's word):
+//! the type leaves the catalog without a restart, its data is kept, and
+//! putting the file back installs it again. A file must be gone for two
+//! polls in a row, so a writer that deletes before rewriting does not remove
+//! its type. A type installed otherwise (API, CLI, shipped) is not touched.
 
 use crate::site::Site;
 use sha2::{Digest, Sha256};
@@ -34,6 +41,8 @@ struct Seen {
     handled: Option<String>,
     /// The type this file provides.
     name: Option<String>,
+    /// Polls in a row that did not find the file.
+    missing: u32,
 }
 
 /// Watches `site.config.plugins.dir` until shutdown.
@@ -117,6 +126,7 @@ async fn initial(site: &Site, dir: &Path) -> HashMap<PathBuf, Seen> {
                 stable: 2,
                 handled: Some(sha),
                 name,
+                missing: 0,
             },
         );
     }
@@ -130,16 +140,21 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 async fn poll(site: &Arc<Site>, dir: &Path, seen: &mut HashMap<PathBuf, Seen>) {
     let dir = dir.to_path_buf();
-    let stats = blocking(move || {
+    let Some(stats) = blocking(move || {
         components(&dir)
             .into_iter()
             .filter_map(|path| std::fs::metadata(&path).ok().map(|meta| (path, meta)))
             .collect::<Vec<_>>()
     })
     .await
-    .unwrap_or_default();
+    else {
+        return; // the folder was not read: no file counts as deleted
+    };
+    let present: Vec<PathBuf> = stats.iter().map(|(path, _)| path.clone()).collect();
+    removed(site, &present, seen).await;
     for (path, meta) in stats {
         let entry = seen.entry(path.clone()).or_default();
+        entry.missing = 0;
         let modified = meta.modified().ok();
         if entry.size != meta.len() || entry.modified != modified {
             entry.size = meta.len();
@@ -169,6 +184,50 @@ async fn poll(site: &Arc<Site>, dir: &Path, seen: &mut HashMap<PathBuf, Seen>) {
             Err(error) => {
                 tracing::warn!(file = %path.display(), %error, "component in the plugins folder not installed")
             }
+        }
+    }
+}
+
+/// Removes the types of files gone for two polls whose running version is
+/// what the file provided; forgets every file gone for two polls.
+async fn removed(site: &Arc<Site>, present: &[PathBuf], seen: &mut HashMap<PathBuf, Seen>) {
+    let mut gone = Vec::new();
+    for (path, entry) in seen.iter_mut() {
+        if present.contains(path) {
+            continue;
+        }
+        entry.missing += 1;
+        if entry.missing >= 2 {
+            gone.push(path.clone());
+        }
+    }
+    for path in gone {
+        let Some(entry) = seen.remove(&path) else {
+            continue;
+        };
+        let Some(name) = entry.name else { continue };
+        // Only the hash: holding the `Arc` would keep a swap from draining.
+        let running = site
+            .catalog
+            .get(&name)
+            .map(|it| it.plugin.sha256().to_string());
+        if running.is_none() || running != entry.handled {
+            tracing::info!(file = %path.display(), r#type = %name, "component file deleted; its type runs another version, left as it is");
+            continue;
+        }
+        match super::remove(site, &name, true).await {
+            Ok(removal) => tracing::warn!(
+                file = %path.display(),
+                r#type = %name,
+                version = %removal.version,
+                "component file deleted: type removed (its data is kept)"
+            ),
+            Err(error) => tracing::warn!(
+                file = %path.display(),
+                r#type = %name,
+                %error,
+                "component file deleted, but its type could not be removed"
+            ),
         }
     }
 }

@@ -7,10 +7,9 @@
 //! root_hash: project_id)`, set once when the record is created.
 
 use geohost_plugin_sdk::schema::{column, file_store, text, timestamps, with_default};
-use geohost_plugin_sdk::values::{at, ValueExt};
 use geohost_plugin_sdk::{
-    hashed_path, scope, sha256_hex, ColumnSource, ColumnType, Guest, Identity, ModelTable, Row,
-    RowResult, SyncSettings, Value,
+    hashed_path, scope, sha256_hex, Batch, ColumnSource, ColumnType, Decisions, Derived, Guest,
+    Identity, ModelTable, Paths, SyncSettings, Value,
 };
 
 /// The uploader's file name.
@@ -34,8 +33,18 @@ impl Guest for HelmMetadataCache {
                 columns: vec![
                     created_at,
                     updated_at,
-                    column("last_downloaded_at", ColumnType::Timestamp, true, ColumnSource::Writer),
-                    column("project_id", ColumnType::Bigint, false, ColumnSource::Writer),
+                    column(
+                        "last_downloaded_at",
+                        ColumnType::Timestamp,
+                        true,
+                        ColumnSource::Writer,
+                    ),
+                    column(
+                        "project_id",
+                        ColumnType::Bigint,
+                        false,
+                        ColumnSource::Writer,
+                    ),
                     column("size", ColumnType::Integer, false, ColumnSource::BlobSize),
                     with_default(
                         column("status", ColumnType::Smallint, false, ColumnSource::Writer),
@@ -54,34 +63,33 @@ impl Guest for HelmMetadataCache {
         }
     }
 
-    /// Rows carry the writer columns: last_downloaded_at, project_id, status, channel.
-    fn derive(rows: Vec<Row>) -> Vec<RowResult<Vec<Value>>> {
-        rows.iter().map(|row| derive_one(&row.values)).collect()
+    /// Records carry the writer columns: last_downloaded_at, project_id,
+    /// status, channel. Answers file, object_storage_key.
+    fn derive(records: Batch) -> Derived {
+        let project_ids = records.ints(1, "project_id");
+        let channels = records.texts(3, "channel");
+        records.derived(|row| {
+            let project_id = *project_ids.get(row)?;
+            let channel = channels.get(row)?;
+            check_channel(channel)?;
+            Ok(vec![
+                Value::Text(FILE_NAME.into()),
+                Value::Text(object_storage_key(project_id, channel)),
+            ])
+        })
     }
 
-    fn blob_paths(rows: Vec<Row>) -> Vec<RowResult<String>> {
-        rows.iter()
-            .map(|row| {
-                let key = at(&row.values, 0, "object_storage_key")?.text("object_storage_key")?;
-                let file = at(&row.values, 1, "file")?.text("file")?;
-                Ok(format!("{key}/{file}"))
-            })
-            .collect()
+    /// Records carry object_storage_key, file.
+    fn blob_paths(records: Batch) -> Paths {
+        let keys = records.texts(0, "object_storage_key");
+        let files = records.texts(1, "file");
+        records.paths(|row| Ok(format!("{}/{}", keys.get(row)?, files.get(row)?)))
     }
 
-    fn in_scope(settings: SyncSettings, rows: Vec<Row>) -> Vec<RowResult<bool>> {
-        scope::project_scope(&settings, &rows, 0, Some(1))
+    /// Records carry project_id, file_store.
+    fn in_scope(settings: SyncSettings, records: Batch) -> Decisions {
+        scope::project_scope(&settings, &records, 0, Some(1))
     }
-}
-
-fn derive_one(values: &[Value]) -> RowResult<Vec<Value>> {
-    let project_id = at(values, 1, "project_id")?.int("project_id")?;
-    let channel = at(values, 3, "channel")?.text("channel")?;
-    check_channel(channel)?;
-    Ok(vec![
-        Value::Text(FILE_NAME.into()),
-        Value::Text(object_storage_key(project_id, channel)),
-    ])
 }
 
 /// `HashedPath('packages', 'helm', 'metadata_caches', sha256(channel), root_hash: project_id)`.
@@ -127,6 +135,7 @@ pub fn check_channel(channel: &str) -> Result<(), String> {
 }
 
 geohost_plugin_sdk::export!(HelmMetadataCache with_types_in geohost_plugin_sdk::bindings);
+geohost_plugin_sdk::test_vectors!();
 
 #[cfg(test)]
 mod tests {
@@ -137,7 +146,16 @@ mod tests {
         for good in ["stable", "a", "v1.2-rc_3", "A9"] {
             assert!(check_channel(good).is_ok(), "{good}");
         }
-        for bad in ["", "-a", "a-", "a..b", "a b", "über", "a/b", &"a".repeat(256)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            "a b",
+            "über",
+            "a/b",
+            &"a".repeat(256),
+        ] {
             assert!(check_channel(bad).is_err(), "{bad}");
         }
     }

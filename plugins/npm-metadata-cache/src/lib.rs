@@ -15,16 +15,15 @@
 //! from [`scope`](geohost_plugin_sdk::scope).
 
 use geohost_plugin_sdk::schema::{column, file_store, text, timestamps, with_default};
-use geohost_plugin_sdk::values::{at, ValueExt};
 use geohost_plugin_sdk::{
-    hashed_path, scope, sha256_hex, ColumnSource, ColumnType, Guest, Identity, ModelTable, Row,
-    RowResult, SyncSettings, Value,
+    hashed_path, scope, sha256_hex, Batch, ColumnSource, ColumnType, Decisions, Derived, Guest,
+    Identity, ModelTable, Paths, RowResult, SyncSettings, Value,
 };
 
 /// The uploader's file name (`Packages::Npm::MetadataCacheUploader::FILENAME`).
 pub const FILE_NAME: &str = "metadata.json";
 
-/// Positions of the writer columns in a `derive` row (table order).
+/// Positions of the writer columns in a `derive` batch (table order).
 mod writer {
     pub const PROJECT_ID: usize = 1;
     pub const PACKAGE_NAME: usize = 2;
@@ -87,31 +86,29 @@ impl Guest for NpmMetadataCache {
         }
     }
 
-    /// Rows carry the writer columns: last_downloaded_at, project_id, package_name, status.
-    fn derive(rows: Vec<Row>) -> Vec<RowResult<Vec<Value>>> {
-        rows.iter().map(|row| derive_one(&row.values)).collect()
+    /// Records carry the writer columns: last_downloaded_at, project_id,
+    /// package_name, status.
+    fn derive(records: Batch) -> Derived {
+        let project_ids = records.ints(writer::PROJECT_ID, "project_id");
+        let names = records.texts(writer::PACKAGE_NAME, "package_name");
+        records.derived(|row| derive_one(*project_ids.get(row)?, names.get(row)?))
     }
 
-    /// Rows carry object_storage_key, file.
-    fn blob_paths(rows: Vec<Row>) -> Vec<RowResult<String>> {
-        rows.iter()
-            .map(|row| {
-                let key = at(&row.values, 0, "object_storage_key")?.text("object_storage_key")?;
-                let file = at(&row.values, 1, "file")?.text("file")?;
-                Ok(format!("{key}/{file}"))
-            })
-            .collect()
+    /// Records carry object_storage_key, file.
+    fn blob_paths(records: Batch) -> Paths {
+        let keys = records.texts(0, "object_storage_key");
+        let files = records.texts(1, "file");
+        records.paths(|row| Ok(format!("{}/{}", keys.get(row)?, files.get(row)?)))
     }
 
-    /// Rows carry project_id, file_store: GitLab's project-scoped rule.
-    fn in_scope(settings: SyncSettings, rows: Vec<Row>) -> Vec<RowResult<bool>> {
-        scope::project_scope(&settings, &rows, 0, Some(1))
+    /// Records carry project_id, file_store: GitLab's project-scoped rule.
+    fn in_scope(settings: SyncSettings, records: Batch) -> Decisions {
+        scope::project_scope(&settings, &records, 0, Some(1))
     }
 }
 
-fn derive_one(values: &[Value]) -> RowResult<Vec<Value>> {
-    let project_id = at(values, writer::PROJECT_ID, "project_id")?.int("project_id")?;
-    let package_name = at(values, writer::PACKAGE_NAME, "package_name")?.text("package_name")?;
+/// The derived columns (file, object_storage_key) of one new record.
+fn derive_one(project_id: i64, package_name: &str) -> RowResult<Vec<Value>> {
     check_package_name(package_name)?;
     Ok(vec![
         Value::Text(FILE_NAME.into()),
@@ -195,6 +192,7 @@ fn check_scope(scope: &str) -> Result<(), String> {
 }
 
 geohost_plugin_sdk::export!(NpmMetadataCache with_types_in geohost_plugin_sdk::bindings);
+geohost_plugin_sdk::test_vectors!();
 
 #[cfg(test)]
 mod tests {
@@ -249,25 +247,13 @@ mod tests {
 
     #[test]
     fn derive_gives_file_then_key() {
-        let values = vec![
-            Value::Null,
-            Value::Int(7),
-            Value::Text("@s/p".into()),
-            Value::Int(0),
-        ];
         assert_eq!(
-            derive_one(&values).unwrap(),
+            derive_one(7, "@s/p").unwrap(),
             vec![
                 Value::Text(FILE_NAME.into()),
                 Value::Text(object_storage_key(7, "@s/p"))
             ]
         );
-        let bad = vec![
-            Value::Null,
-            Value::Int(7),
-            Value::Text("a b".into()),
-            Value::Int(0),
-        ];
-        assert!(derive_one(&bad).unwrap_err().contains("\"a b\""));
+        assert!(derive_one(7, "a b").unwrap_err().contains("\"a b\""));
     }
 }

@@ -4,19 +4,23 @@
 //! `geohost:replicable` world (see `wit/replicable.wit` at the repository
 //! root). This crate gives a type author:
 //!
-//! - the WIT bindings ([`Guest`], [`Identity`], [`Row`], [`Value`], …) and the
+//! - the WIT bindings ([`Guest`], [`Identity`], [`Batch`], [`Value`], …) and the
 //!   [`export!`] macro that registers the implementation;
+//! - [`batch`], typed access to a batch's columns and answers built record
+//!   by record (`geohost:replicable@0.2` passes records as columns);
 //! - [`hashed_path`], GitLab's `Gitlab::HashedPath`;
 //! - [`scope`], GitLab's selective-sync rules (namespaces with descendants,
 //!   shards, object storage), over the host's project lookups;
-//! - [`values`], typed access to the columns a row carries;
-//! - [`schema`], short constructors for the model table's columns.
+//! - [`schema`], short constructors for the model table's columns;
+//! - [`test_vectors!`], which embeds the crate's `vectors.json` in the
+//!   component, where `geohost plugin test` and every install find it.
 //!
 //! ```ignore
 //! use geohost_plugin_sdk::prelude::*;
 //! struct MyType;
 //! impl Guest for MyType { /* describe, derive, blob_paths, in_scope */ }
 //! geohost_plugin_sdk::export!(MyType with_types_in geohost_plugin_sdk::bindings);
+//! geohost_plugin_sdk::test_vectors!();
 //! ```
 //!
 //! `geohost plugin new NAME` scaffolds such a crate; `docs/authoring-a-type.md`
@@ -42,31 +46,58 @@ pub mod bindings {
     });
 }
 
+pub mod batch;
 pub mod hashed_path;
 pub mod schema;
 pub mod scope;
-pub mod values;
 
 pub use bindings::export;
 pub use bindings::exports::geohost::replicable::replicable::Guest;
 pub use bindings::geohost::replicable::site;
 pub use bindings::geohost::replicable::types::{
-    Column, ColumnSource, ColumnType, Identity, ModelTable, Project, Row, SelectiveSync,
-    SyncSettings, Value,
+    Batch, Column, ColumnData, ColumnSource, ColumnType, ColumnValues, Decisions, Derived,
+    Identity, ModelTable, Paths, ProjectColumns, RowError, SelectiveSync, SyncSettings, Value,
 };
 pub use hashed_path::{hashed_path, sha256_hex};
 
-/// The answer of a batch function for one row: a value, or why the row is
-/// refused (shown to the operator).
+/// The answer of a batch function for one record: a value, or why the
+/// record is refused (shown to the operator).
 pub type RowResult<T> = Result<T, String>;
+
+/// The custom section holding a type's test vectors.
+pub const TEST_VECTORS_SECTION: &str = "geohost-test-vectors";
+
+/// Embeds the crate's `vectors.json` (beside its `Cargo.toml`), or the file
+/// at the path given (relative to the crate), as the component's
+/// `geohost-test-vectors` custom section. `geohost plugin test` without
+/// `--fixtures` runs them, and every install or upgrade of the component
+/// must pass them (and its predecessor's). Changing the file rebuilds the
+/// crate.
+#[macro_export]
+macro_rules! test_vectors {
+    () => {
+        $crate::test_vectors!("vectors.json");
+    };
+    ($path:literal) => {
+        #[cfg(target_arch = "wasm32")]
+        #[used]
+        #[link_section = "geohost-test-vectors"]
+        static GEOHOST_TEST_VECTORS: [u8; include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/",
+            $path
+        ))
+        .len()] = *include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $path));
+    };
+}
 
 /// Everything a type's `lib.rs` usually needs, in one `use`.
 pub mod prelude {
     pub use crate::hashed_path::{hashed_path, sha256_hex};
     pub use crate::schema::{column, file_store, text, timestamps, with_default};
     pub use crate::scope;
-    pub use crate::values::{at, ValueExt};
     pub use crate::{
-        ColumnSource, ColumnType, Guest, Identity, ModelTable, Row, RowResult, SyncSettings, Value,
+        Batch, ColumnSource, ColumnType, Decisions, Derived, Guest, Identity, ModelTable, Paths,
+        RowResult, SyncSettings, Value,
     };
 }

@@ -4,24 +4,78 @@
 //! (the namespace or any of its ancestors is selected) or by shard, and, if
 //! its blob is in object storage, when the site syncs object storage.
 
-use crate::values::{at, ValueExt};
-use crate::{site, Project, Row, RowResult, SelectiveSync, SyncSettings};
+use crate::{site, Batch, Decisions, ProjectColumns, RowResult, SelectiveSync, SyncSettings};
+use std::collections::HashMap;
 
 /// GitLab's `file_store` value for blobs on local disk (`ObjectStorage::Store::LOCAL`).
 pub const FILE_STORE_LOCAL: i64 = 1;
 /// GitLab's `file_store` value for blobs in object storage (`ObjectStorage::Store::REMOTE`).
 pub const FILE_STORE_REMOTE: i64 = 2;
 
+/// A project as the host knows it, borrowed from a [`Projects`] lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Project<'a> {
+    /// The namespace (group or user) that owns the project.
+    pub namespace_id: i64,
+    /// The owning namespace and all its ancestors, nearest first, ending at a root.
+    pub namespace_ancestry: &'a [i64],
+    /// The project's repository storage shard, for example `default`.
+    pub repository_storage: &'a str,
+}
+
+/// The projects of a batch, looked up with one host call, each id once.
+pub struct Projects {
+    columns: ProjectColumns,
+    /// Project id → its position in `columns`.
+    index: HashMap<i64, usize>,
+}
+
+impl Projects {
+    /// Looks up `ids` (repeats are asked once) through [`site::projects`].
+    pub fn lookup(ids: impl IntoIterator<Item = i64>) -> Projects {
+        let mut index = HashMap::new();
+        let mut unique = Vec::new();
+        for id in ids {
+            index.entry(id).or_insert_with(|| {
+                unique.push(id);
+                unique.len() - 1
+            });
+        }
+        let columns = site::projects(&unique);
+        Projects { columns, index }
+    }
+
+    /// Project `id`, `None` if the host does not know it (or it was not asked).
+    pub fn get(&self, id: i64) -> Option<Project<'_>> {
+        let i = *self.index.get(&id)?;
+        let c = &self.columns;
+        if !*c.found.get(i)? {
+            return None;
+        }
+        let start = if i == 0 {
+            0
+        } else {
+            *c.ancestry_ends.get(i - 1)? as usize
+        };
+        let end = *c.ancestry_ends.get(i)? as usize;
+        Some(Project {
+            namespace_id: *c.namespace_id.get(i)?,
+            namespace_ancestry: c.ancestry.get(start..end)?,
+            repository_storage: c.storages.get(*c.storage.get(i)? as usize)?,
+        })
+    }
+}
+
 /// Whether `project` is selected by `settings` (object storage aside).
 /// An unknown project (`None`) is never selected.
-pub fn project_selected(settings: &SyncSettings, project: Option<&Project>) -> bool {
+pub fn project_selected(settings: &SyncSettings, project: Option<Project<'_>>) -> bool {
     let Some(project) = project else { return false };
     match &settings.selective_sync {
         SelectiveSync::Everything => true,
         SelectiveSync::Namespaces(ids) => {
             project.namespace_ancestry.iter().any(|ns| ids.contains(ns))
         }
-        SelectiveSync::Shards(shards) => shards.iter().any(|s| *s == project.repository_storage),
+        SelectiveSync::Shards(shards) => shards.iter().any(|s| s == project.repository_storage),
     }
 }
 
@@ -31,60 +85,63 @@ pub fn file_store_admitted(settings: &SyncSettings, file_store: Option<i64>) -> 
     file_store != Some(FILE_STORE_REMOTE) || settings.sync_object_storage
 }
 
-/// The whole decision for rows that carry a project id at `project_index` and
-/// a `file_store` at `file_store_index` (if the type has one), looking all the
-/// batch's projects up with one host call.
+/// The whole decision for records that carry a project id in column
+/// `project_index` and a `file_store` in column `file_store_index` (if the
+/// type has one), looking the batch's projects up with one host call.
 pub fn project_scope(
     settings: &SyncSettings,
-    rows: &[Row],
+    records: &Batch,
     project_index: usize,
     file_store_index: Option<usize>,
-) -> Vec<RowResult<bool>> {
-    let ids: Vec<RowResult<i64>> = rows
-        .iter()
-        .map(|row| at(&row.values, project_index, "project_id")?.int("project_id"))
-        .collect();
-    let lookup: Vec<i64> = ids.iter().map(|id| *id.as_ref().unwrap_or(&0)).collect();
+) -> Decisions {
+    let project_ids = records.ints(project_index, "project_id");
+    let file_stores = file_store_index.map(|i| records.ints(i, "file_store"));
     // Unknown projects are out of scope even when everything is selected.
-    let projects = site::projects(&lookup);
-    rows.iter()
-        .zip(ids)
-        .zip(projects)
-        .map(|((row, id), project)| {
-            id?;
-            let file_store = match file_store_index {
-                Some(i) => at(&row.values, i, "file_store")?.opt_int("file_store")?,
-                None => None,
-            };
-            Ok(file_store_admitted(settings, file_store)
-                && project_selected(settings, project.as_ref()))
-        })
-        .collect()
+    let projects =
+        Projects::lookup((0..records.len()).filter_map(|row| project_ids.get(row).ok().copied()));
+    // Each project's selection, decided once.
+    let mut selected: HashMap<i64, bool> = HashMap::new();
+    records.decisions(|row| {
+        let id = *project_ids.get(row)?;
+        let file_store = file_store_of(file_stores.as_ref(), row)?;
+        let project = *selected
+            .entry(id)
+            .or_insert_with(|| project_selected(settings, projects.get(id)));
+        Ok(file_store_admitted(settings, file_store) && project)
+    })
 }
 
 /// The decision for a type whose records belong to no project (instance-wide
-/// blobs): every record is selected, object storage aside. Rows carry a
-/// `file_store` at `file_store_index`, or `None` for a type without one.
+/// blobs): every record is selected, object storage aside. Records carry a
+/// `file_store` in column `file_store_index`, or `None` for a type without one.
 pub fn instance_scope(
     settings: &SyncSettings,
-    rows: &[Row],
+    records: &Batch,
     file_store_index: Option<usize>,
-) -> Vec<RowResult<bool>> {
-    rows.iter()
-        .map(|row| {
-            let file_store = match file_store_index {
-                Some(i) => at(&row.values, i, "file_store")?.opt_int("file_store")?,
-                None => None,
-            };
-            Ok(file_store_admitted(settings, file_store))
-        })
-        .collect()
+) -> Decisions {
+    let file_stores = file_store_index.map(|i| records.ints(i, "file_store"));
+    records.decisions(|row| {
+        Ok(file_store_admitted(
+            settings,
+            file_store_of(file_stores.as_ref(), row)?,
+        ))
+    })
+}
+
+fn file_store_of(
+    column: Option<&crate::batch::Col<'_, i64>>,
+    row: usize,
+) -> RowResult<Option<i64>> {
+    match column {
+        Some(c) => Ok(c.opt(row)?.copied()),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Value;
+    use crate::{ColumnData, ColumnValues};
 
     fn settings(selective_sync: SelectiveSync, sync_object_storage: bool) -> SyncSettings {
         SyncSettings {
@@ -93,12 +150,11 @@ mod tests {
         }
     }
 
-    fn project(ancestry: &[i64], storage: &str) -> Project {
+    fn project<'a>(ancestry: &'a [i64], storage: &'a str) -> Project<'a> {
         Project {
-            id: 10,
             namespace_id: ancestry[0],
-            namespace_ancestry: ancestry.to_vec(),
-            repository_storage: storage.into(),
+            namespace_ancestry: ancestry,
+            repository_storage: storage,
         }
     }
 
@@ -114,7 +170,7 @@ mod tests {
             (vec![], false),
         ] {
             let s = settings(SelectiveSync::Namespaces(selected.clone()), false);
-            assert_eq!(project_selected(&s, Some(&p)), expected, "{selected:?}");
+            assert_eq!(project_selected(&s, Some(p)), expected, "{selected:?}");
         }
     }
 
@@ -127,8 +183,8 @@ mod tests {
                 false,
             )
         };
-        assert!(project_selected(&by(&["default", "gitaly-2"]), Some(&p)));
-        assert!(!project_selected(&by(&["default"]), Some(&p)));
+        assert!(project_selected(&by(&["default", "gitaly-2"]), Some(p)));
+        assert!(!project_selected(&by(&["default"]), Some(p)));
     }
 
     #[test]
@@ -139,7 +195,7 @@ mod tests {
         ));
         assert!(project_selected(
             &settings(SelectiveSync::Everything, false),
-            Some(&project(&[1], "default"))
+            Some(project(&[1], "default"))
         ));
     }
 
@@ -154,31 +210,49 @@ mod tests {
     }
 
     #[test]
-    fn instance_scope_checks_the_file_store_of_each_row() {
+    fn instance_scope_checks_the_file_store_of_each_record() {
         let off = settings(SelectiveSync::Namespaces(vec![]), false);
-        let rows = [
-            Row {
-                id: 1,
-                values: vec![Value::Int(FILE_STORE_LOCAL)],
-            },
-            Row {
-                id: 2,
-                values: vec![Value::Int(FILE_STORE_REMOTE)],
-            },
-            Row {
-                id: 3,
-                values: vec![Value::Text("2".into())],
-            },
-            Row {
-                id: 4,
-                values: vec![],
-            },
-        ];
-        let answers = instance_scope(&off, &rows, Some(0));
-        assert_eq!(answers[0], Ok(true));
-        assert_eq!(answers[1], Ok(false));
-        assert!(answers[2].as_ref().unwrap_err().contains("file_store"));
-        assert!(answers[3].as_ref().unwrap_err().contains("missing column"));
-        assert_eq!(instance_scope(&off, &rows, None), vec![Ok(true); 4]);
+        let records = Batch {
+            ids: vec![1, 2, 3],
+            columns: vec![ColumnData {
+                values: ColumnValues::Int(vec![FILE_STORE_LOCAL, FILE_STORE_REMOTE, 0]),
+                nulls: vec![2],
+            }],
+        };
+        let answers = instance_scope(&off, &records, Some(0));
+        assert_eq!(answers.in_scope, [true, false, true]);
+        assert!(answers.errors.is_empty());
+        let texts = Batch {
+            ids: vec![1],
+            columns: vec![ColumnData {
+                values: ColumnValues::Text(vec!["2".into()]),
+                nulls: vec![],
+            }],
+        };
+        let answers = instance_scope(&off, &texts, Some(0));
+        assert!(answers.errors[0].message.contains("file_store"));
+        let answers = instance_scope(&off, &texts, Some(3));
+        assert!(answers.errors[0].message.contains("missing column"));
+        assert_eq!(instance_scope(&off, &records, None).in_scope, [true; 3]);
+    }
+
+    #[test]
+    fn projects_are_read_from_the_columns() {
+        let columns = ProjectColumns {
+            found: vec![true, false, true],
+            namespace_id: vec![3, 0, 5],
+            storage: vec![1, 0, 0],
+            storages: vec!["default".into(), "gitaly-2".into()],
+            ancestry: vec![3, 2, 1, 5],
+            ancestry_ends: vec![3, 3, 4],
+        };
+        let projects = Projects {
+            columns,
+            index: [(10, 0), (20, 1), (30, 2)].into_iter().collect(),
+        };
+        assert_eq!(projects.get(10), Some(project(&[3, 2, 1], "gitaly-2")));
+        assert_eq!(projects.get(20), None);
+        assert_eq!(projects.get(30), Some(project(&[5], "default")));
+        assert_eq!(projects.get(99), None);
     }
 }

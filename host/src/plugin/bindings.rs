@@ -1,0 +1,29 @@
+//! Bindings generated from the WIT contracts this host implements, one
+//! module per supported minor version (as Zed does for its extension API).
+//! The rest of the host never sees them: [`super::columns`] and
+//! [`super::adapt_v0_1`] translate between them and the host's own types.
+
+/// `geohost:replicable@0.2` (`wit/replicable.wit`): column batches. Parameters
+/// borrow from the host's rows, so a batch is lowered into the guest without
+/// copying its strings first.
+pub mod v0_2 {
+    wasmtime::component::bindgen!({
+        path: "../wit/replicable.wit",
+        world: "replicable-type",
+        ownership: Borrowing { duplicate_if_necessary: true },
+        // A lookup past its bounds traps (see `HostState::lookup_projects`).
+        imports: { "geohost:replicable/site.projects": trappable },
+    });
+}
+
+/// `geohost:replicable@0.1` (`wit/v0.1/replicable.wit`): rows of variants,
+/// the contract of the first shipped types, still loaded.
+pub mod v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1/replicable.wit",
+        world: "replicable-type",
+        ownership: Borrowing { duplicate_if_necessary: true },
+        // A lookup past its bounds traps (see `HostState::lookup_projects`).
+        imports: { "geohost:replicable/site.projects": trappable },
+    });
+}

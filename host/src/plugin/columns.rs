@@ -1,0 +1,351 @@
+//! `geohost:replicable@0.2`: host rows in as column batches, answers out as
+//! one result per row.
+//!
+//! A batch is built by borrowing: each column is a typed list of the rows'
+//! values (`&str` for text), so lowering it into the guest is the only copy.
+//! A `NULL` is listed in the column's `nulls` with a placeholder in its
+//! place. A value that does not fit its column's type (which the host's own
+//! decoding never produces) refuses that row before the call: the type sees
+//! a placeholder and the row gets the host's error.
+
+use super::bindings::v0_2::geohost::replicable::{site, types as wit};
+use super::value::{SettingsView, lower_settings};
+use super::{Column, ColumnType, Value};
+use crate::plugin::Row;
+use crate::topology::ProjectInfo;
+
+/// One column's values, borrowed from the rows.
+enum Data<'r> {
+    Int(Vec<i64>),
+    Text(Vec<&'r str>),
+    Boolean(Vec<bool>),
+    Timestamp(Vec<i64>),
+    Binary(Vec<&'r [u8]>),
+}
+
+/// The columns of a batch, owned here while the call borrows them.
+pub struct Columns<'r> {
+    ids: Vec<i64>,
+    data: Vec<(Data<'r>, Vec<u32>)>,
+    /// Rows refused before the call, by position, with why.
+    refused: Vec<Option<String>>,
+}
+
+impl<'r> Columns<'r> {
+    /// The columns `columns` (in that order) of `rows`, whose values come
+    /// in the same order.
+    pub fn new(columns: &[&Column], rows: &'r [Row]) -> Columns<'r> {
+        let mut refused: Vec<Option<String>> = vec![None; rows.len()];
+        let data = columns
+            .iter()
+            .enumerate()
+            .map(|(c, column)| {
+                let mut nulls = Vec::new();
+                let values = rows
+                    .iter()
+                    .map(|row| row.values.get(c).unwrap_or(&Value::Null));
+                let mut wrong = |i: usize, value: &Value| {
+                    refused[i].get_or_insert_with(|| {
+                        format!(
+                            "column `{}` is {:?}, got {}",
+                            column.name,
+                            column.column_type,
+                            value.kind()
+                        )
+                    });
+                };
+                macro_rules! typed {
+                    ($variant:ident, $placeholder:expr, |$v:ident| $pattern:pat => $out:expr) => {{
+                        let mut out = Vec::with_capacity(rows.len());
+                        for (i, value) in values.enumerate() {
+                            out.push(match value {
+                                $pattern => $out,
+                                Value::Null => {
+                                    nulls.push(i as u32);
+                                    $placeholder
+                                }
+                                other => {
+                                    wrong(i, other);
+                                    $placeholder
+                                }
+                            });
+                        }
+                        Data::$variant(out)
+                    }};
+                }
+                let data = match column.column_type {
+                    ColumnType::Bigint | ColumnType::Integer | ColumnType::Smallint => {
+                        typed!(Int, 0, |v| Value::Int(v) => *v)
+                    }
+                    ColumnType::Text => typed!(Text, "", |v| Value::Text(v) => v.as_str()),
+                    ColumnType::Boolean => typed!(Boolean, false, |v| Value::Boolean(v) => *v),
+                    ColumnType::Timestamp => {
+                        typed!(Timestamp, 0, |v| Value::Timestamp(v) => *v)
+                    }
+                    ColumnType::Binary => {
+                        typed!(Binary, &[][..], |v| Value::Binary(v) => v.as_slice())
+                    }
+                };
+                (data, nulls)
+            })
+            .collect();
+        Columns {
+            ids: rows.iter().map(|r| r.id).collect(),
+            data,
+            refused,
+        }
+    }
+
+    /// Runs `f` with the batch borrowed from these columns.
+    pub fn with_batch<R>(&self, f: impl FnOnce(wit::Batch<'_>) -> R) -> R {
+        let columns: Vec<wit::ColumnDataParam<'_>> = self
+            .data
+            .iter()
+            .map(|(data, nulls)| wit::ColumnDataParam {
+                values: match data {
+                    Data::Int(v) => wit::ColumnValuesParam::Int(v),
+                    Data::Text(v) => wit::ColumnValuesParam::Text(v),
+                    Data::Boolean(v) => wit::ColumnValuesParam::Boolean(v),
+                    Data::Timestamp(v) => wit::ColumnValuesParam::Timestamp(v),
+                    Data::Binary(v) => wit::ColumnValuesParam::Binary(v),
+                },
+                nulls,
+            })
+            .collect();
+        f(wit::Batch {
+            ids: &self.ids,
+            columns: &columns,
+        })
+    }
+
+    /// One result per row: the type's `values` and `errors`, with the rows
+    /// refused before the call taking the host's error. `Err`: the answer
+    /// names a row the batch does not have.
+    pub fn answers<T>(
+        &self,
+        values: Vec<T>,
+        errors: Vec<wit::RowError>,
+    ) -> Result<Vec<Result<T, String>>, String> {
+        let mut answers: Vec<Result<T, String>> = values.into_iter().map(Ok).collect();
+        for error in errors {
+            let slot = answers.get_mut(error.row as usize).ok_or_else(|| {
+                format!(
+                    "it refused record {} of a batch of {}",
+                    error.row,
+                    self.ids.len()
+                )
+            })?;
+            *slot = Err(error.message);
+        }
+        for (answer, refused) in answers.iter_mut().zip(&self.refused) {
+            if let Some(why) = refused {
+                *answer = Err(why.clone());
+            }
+        }
+        Ok(answers)
+    }
+}
+
+/// `derive`'s columns as one row of values per record. `Err`: a column
+/// whose length is not the batch's.
+pub fn derived_rows(
+    columns: Vec<wit::ColumnDataResult>,
+    rows: usize,
+) -> Result<Vec<Vec<Value>>, String> {
+    let mut out: Vec<Vec<Value>> = (0..rows)
+        .map(|_| Vec::with_capacity(columns.len()))
+        .collect();
+    for (c, column) in columns.into_iter().enumerate() {
+        let values: Vec<Value> = match column.values {
+            wit::ColumnValuesResult::Int(v) => v.into_iter().map(Value::Int).collect(),
+            wit::ColumnValuesResult::Text(v) => v.into_iter().map(Value::Text).collect(),
+            wit::ColumnValuesResult::Boolean(v) => v.into_iter().map(Value::Boolean).collect(),
+            wit::ColumnValuesResult::Timestamp(v) => v.into_iter().map(Value::Timestamp).collect(),
+            wit::ColumnValuesResult::Binary(v) => v.into_iter().map(Value::Binary).collect(),
+        };
+        if values.len() != rows {
+            return Err(format!(
+                "derived column {} has {} values for {rows} records",
+                c + 1,
+                values.len()
+            ));
+        }
+        for (row, value) in out.iter_mut().zip(values) {
+            row.push(value);
+        }
+        for null in column.nulls {
+            let slot = out
+                .get_mut(null as usize)
+                .and_then(|row| row.get_mut(c))
+                .ok_or_else(|| {
+                    format!(
+                        "derived column {} has a NULL at record {null} of {rows}",
+                        c + 1
+                    )
+                })?;
+            *slot = Value::Null;
+        }
+    }
+    Ok(out)
+}
+
+/// The settings as the 0.2 contract passes them.
+pub fn settings<'s>(view: &'s SettingsView<'_>) -> wit::SyncSettings<'s> {
+    lower_settings!(wit, view)
+}
+
+/// `site.projects` for 0.2: the host's bounded lookup ([`super::HostState`])
+/// as columns, repository storages named once each.
+pub fn project_columns(found: Vec<Option<ProjectInfo>>) -> site::ProjectColumns {
+    let mut out = site::ProjectColumns {
+        found: Vec::with_capacity(found.len()),
+        namespace_id: Vec::with_capacity(found.len()),
+        storage: Vec::with_capacity(found.len()),
+        storages: Vec::new(),
+        ancestry: Vec::new(),
+        ancestry_ends: Vec::with_capacity(found.len()),
+    };
+    for project in found {
+        match project {
+            Some(project) => {
+                let storage = match out
+                    .storages
+                    .iter()
+                    .position(|s| *s == project.repository_storage)
+                {
+                    Some(index) => index,
+                    None => {
+                        out.storages.push(project.repository_storage);
+                        out.storages.len() - 1
+                    }
+                };
+                out.found.push(true);
+                out.namespace_id.push(project.namespace_id);
+                out.storage.push(storage as u32);
+                out.ancestry.extend(project.namespace_ancestry);
+            }
+            None => {
+                out.found.push(false);
+                out.namespace_id.push(0);
+                out.storage.push(0);
+            }
+        }
+        out.ancestry_ends.push(out.ancestry.len() as u32);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::ColumnSource;
+
+    fn column(name: &str, column_type: ColumnType) -> Column {
+        Column {
+            name: name.into(),
+            column_type,
+            nullable: true,
+            default_value: None,
+            max_length: None,
+            source: ColumnSource::Writer,
+        }
+    }
+
+    #[test]
+    fn rows_become_typed_columns_with_nulls_and_refusals() {
+        let (id, text) = (
+            column("project_id", ColumnType::Bigint),
+            column("name", ColumnType::Text),
+        );
+        let rows = vec![
+            Row {
+                id: 1,
+                values: vec![Value::Int(10), Value::Text("a".into())],
+            },
+            Row {
+                id: 2,
+                values: vec![Value::Null, Value::Text("b".into())],
+            },
+            Row {
+                id: 3,
+                values: vec![Value::Text("x".into()), Value::Null],
+            },
+            Row {
+                id: 4,
+                values: vec![Value::Int(40)],
+            },
+        ];
+        let columns = Columns::new(&[&id, &text], &rows);
+        columns.with_batch(|batch| {
+            assert_eq!(batch.ids, [1, 2, 3, 4]);
+            let wit::ColumnValuesParam::Int(ints) = batch.columns[0].values else {
+                panic!()
+            };
+            assert_eq!(ints, [10, 0, 0, 40]);
+            assert_eq!(batch.columns[0].nulls, [1]);
+            let wit::ColumnValuesParam::Text(texts) = batch.columns[1].values else {
+                panic!()
+            };
+            assert_eq!(texts, ["a", "b", "", ""]);
+            assert_eq!(batch.columns[1].nulls, [2, 3]);
+        });
+        let answers = columns
+            .answers(
+                vec!["p1", "p2", "p3", "p4"],
+                vec![wit::RowError {
+                    row: 1,
+                    message: "bad".into(),
+                }],
+            )
+            .unwrap();
+        assert_eq!(answers[0], Ok("p1"));
+        assert_eq!(answers[1], Err("bad".into()));
+        assert!(
+            answers[2]
+                .as_ref()
+                .unwrap_err()
+                .contains("`project_id` is Bigint, got text")
+        );
+        assert_eq!(answers[3], Ok("p4"));
+        let error = columns
+            .answers(
+                vec![true; 4],
+                vec![wit::RowError {
+                    row: 4,
+                    message: "x".into(),
+                }],
+            )
+            .unwrap_err();
+        assert!(error.contains("record 4 of a batch of 4"), "{error}");
+    }
+
+    #[test]
+    fn derived_columns_become_rows() {
+        let columns = vec![
+            wit::ColumnDataResult {
+                values: wit::ColumnValuesResult::Text(vec!["f".into(), "".into()]),
+                nulls: vec![1],
+            },
+            wit::ColumnDataResult {
+                values: wit::ColumnValuesResult::Int(vec![7, 8]),
+                nulls: vec![],
+            },
+        ];
+        assert_eq!(
+            derived_rows(columns, 2).unwrap(),
+            [
+                vec![Value::Text("f".into()), Value::Int(7)],
+                vec![Value::Null, Value::Int(8)]
+            ]
+        );
+        let short = vec![wit::ColumnDataResult {
+            values: wit::ColumnValuesResult::Int(vec![1]),
+            nulls: vec![],
+        }];
+        assert!(
+            derived_rows(short, 2)
+                .unwrap_err()
+                .contains("1 values for 2 records")
+        );
+    }
+}
