@@ -257,9 +257,12 @@ pub struct WorkerSection {
     #[serde(default = "default_bulk_pause_ms")]
     pub bulk_update_pause_ms: u64,
     /// How long a claimed sync or verification, and a singleton duty's
-    /// lease, stay with a worker process without renewal, in seconds. A
-    /// process renews its syncs and duties every third of it; the claims
-    /// of a process that died are taken over once it passes
+    /// lease, stay with a worker process without renewal, in seconds
+    /// (30). A process renews its syncs, verification batches and duties
+    /// every third of it; the claims of a process that died are released
+    /// as soon as its death is known (at startup on SQLite; on PostgreSQL
+    /// when its process is gone from this host or its heartbeat expires)
+    /// and taken over at the latest once the lease passes
     /// (`host/src/leases.rs`).
     #[serde(default = "default_claim_lease_secs")]
     pub claim_lease_secs: u64,
@@ -367,8 +370,11 @@ fn default_status_secs() -> u64 {
 fn default_bulk_pause_ms() -> u64 {
     100
 }
+/// 30 s: a claim left by a process that died without its death being
+/// seen (another host's worker) is taken over within half a minute; a
+/// live process renews every 10 s, a verification batch included.
 fn default_claim_lease_secs() -> u64 {
-    300
+    30
 }
 fn default_sync_batch_max_blob_bytes() -> u64 {
     crate::blob_batch::DEFAULT_MAX_PART_BYTES

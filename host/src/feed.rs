@@ -164,6 +164,12 @@ pub struct FeedEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventPage {
     pub events: Vec<FeedEvent>,
+    /// The log ids of events the page covers but withholds from this
+    /// secondary (records out of its selective-sync scope), in order: they
+    /// are not gaps, and the cursor moves past them (Geohost's; absent from
+    /// a page with none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<i64>,
     /// The newest event id in the log (for lag), if any.
     pub last_event_id: Option<i64>,
     pub last_event_at: Option<chrono::DateTime<chrono::Utc>>,

@@ -24,8 +24,11 @@
 //!
 //! A duty's lease lasts [`duty_ttl`] (30 s at most) and is renewed every
 //! third of it, so a process that restarts after a crash on PostgreSQL gets
-//! the duties back within 30 s; its predecessor's claims on rows wait for
-//! the claim lease (or the stuck-row timeout, whichever comes first).
+//! the duties back within 30 s. Each secondary process also keeps a
+//! heartbeat row (`worker:<worker_id>`, [`heartbeat`]); a process whose
+//! death is known ([`take_dead_workers`]: gone from this host, or its
+//! heartbeat expired) has its claims on rows released at once (they name
+//! it in `claimed_by`), not after the claim lease.
 
 use crate::db::{Backend, Db, DbError};
 use std::path::{Path, PathBuf};
@@ -64,6 +67,70 @@ pub fn expired_before(
 /// at most this.
 pub fn duty_ttl(claim_lease: Duration) -> Duration {
     claim_lease.min(Duration::from_secs(30))
+}
+
+/// The `geo_leases` row that says a worker process is alive.
+fn liveness(worker: &str) -> String {
+    format!("{WORKER_PREFIX}{worker}")
+}
+
+const WORKER_PREFIX: &str = "worker:";
+
+/// Says this worker process is alive for `ttl` (its `geo_leases` row
+/// `worker:<worker_id>`, renewed with the duty lease). PostgreSQL only:
+/// on SQLite one process is all there is.
+pub async fn heartbeat(db: &Db, ttl: Duration) -> Result<(), DbError> {
+    if db.backend() == Backend::Sqlite {
+        return Ok(());
+    }
+    DutyLease::new(db.clone(), liveness(worker_id()), ttl)
+        .try_hold()
+        .await
+        .map(|_| ())
+}
+
+/// Worker processes whose death is known, each returned once: those of
+/// this host whose process is gone (at once), and any whose heartbeat
+/// expired. Their `worker:` rows are deleted here, so of several workers
+/// asking, one gets each dead worker (to release its claims).
+pub async fn take_dead_workers(db: &Db) -> Result<Vec<String>, DbError> {
+    if db.backend() == Backend::Sqlite {
+        return Ok(Vec::new());
+    }
+    let now = Db::now();
+    let rows = db
+        .fetch_all(
+            "SELECT name, holder, expires_at FROM geo_leases WHERE name LIKE 'worker:%'",
+            &[],
+        )
+        .await?;
+    let mut dead = Vec::new();
+    for row in rows {
+        let (name, holder) = (row.text("name")?, row.text("holder")?);
+        if holder == worker_id() || name != liveness(&holder) {
+            continue;
+        }
+        let taken = if holder_is_dead_here(&holder) {
+            db.execute(
+                "DELETE FROM geo_leases WHERE name = $1 AND holder = $2",
+                &[name.into(), holder.clone().into()],
+            )
+            .await?
+        } else if row.ts("expires_at")? < now {
+            // Not renewed meanwhile: the delete sees the same expiry.
+            db.execute(
+                "DELETE FROM geo_leases WHERE name = $1 AND holder = $2 AND expires_at < $3",
+                &[name.into(), holder.clone().into(), now.into()],
+            )
+            .await?
+        } else {
+            0
+        };
+        if taken == 1 {
+            dead.push(holder);
+        }
+    }
+    Ok(dead)
 }
 
 /// A singleton duty's lease (a row of `geo_leases`).
@@ -253,6 +320,48 @@ impl SingleProcessLock {
 mod tests {
     use super::*;
     use crate::db::testing::test_databases;
+
+    #[tokio::test]
+    async fn dead_workers_are_known_once_live_ones_never() {
+        for (backend, db) in test_databases().await {
+            crate::db::migrate::tracking(&db).await.unwrap();
+            if db.backend() == Backend::Sqlite {
+                assert!(take_dead_workers(&db).await.unwrap().is_empty());
+                continue;
+            }
+            heartbeat(&db, Duration::from_secs(30)).await.unwrap();
+            let host = worker_id().split(':').next().unwrap().to_string();
+            let gone = format!("{host}:4000000000:gone");
+            let expired = "elsewhere:1:late".to_string();
+            let live = "elsewhere:2:live".to_string();
+            let now = Db::now();
+            for (holder, expires) in [
+                (&gone, now + chrono::Duration::seconds(30)),
+                (&expired, now - chrono::Duration::seconds(1)),
+                (&live, now + chrono::Duration::seconds(30)),
+            ] {
+                db.execute(
+                    "INSERT INTO geo_leases (name, holder, expires_at) VALUES ($1, $2, $3)",
+                    &[
+                        liveness(holder).into(),
+                        holder.clone().into(),
+                        expires.into(),
+                    ],
+                )
+                .await
+                .unwrap();
+            }
+            let mut dead = take_dead_workers(&db).await.unwrap();
+            dead.sort();
+            let mut expected = vec![expired, gone];
+            expected.sort();
+            assert_eq!(dead, expected, "{backend}");
+            assert!(
+                take_dead_workers(&db).await.unwrap().is_empty(),
+                "{backend}: once"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn one_holder_at_a_time_and_expired_leases_are_taken_over() {

@@ -142,6 +142,22 @@ pub async fn serve(site: Arc<Site>, listener: tokio::net::TcpListener) -> anyhow
                 .await
                 .context("settling the blob writes a crash left")?;
         }
+        if single_worker.is_some() {
+            // Only this process can use the database: any claim in it was
+            // left by a process that died. Given back before the workers
+            // start, so they are taken again at once, not after the lease.
+            let types = site.catalog.all();
+            let released = match site.role() {
+                Role::Primary => crate::primary::verify::release_claims(&site.db, &types).await,
+                Role::Secondary => {
+                    crate::secondary::release_claims(site.tracking()?, &types, None).await
+                }
+            }
+            .context("releasing the claims a dead process left")?;
+            if released > 0 {
+                tracing::warn!(released, "claims a dead process left released");
+            }
+        }
         let (blobs, max_age, shutdown) = (
             site.blobs.clone(),
             site.temp_max_age(),

@@ -286,8 +286,12 @@ async fn helm_v1_v2_v1_under_writes_follows_the_scope_and_loses_nothing() {
 
         // v2 leaves channel beta out: re-evaluated at once on the
         // secondary, where removing more than a tenth of the registries
-        // waits for an operator's confirmation (guarded deletions).
-        for site in [&primary, &secondary] {
+        // waits for an operator's confirmation (guarded deletions). A
+        // narrowing version goes to the secondary first: the primary
+        // serves a secondary only what its own version puts in scope
+        // (least access), so the other order fails the secondary's
+        // downloads of beta records until it swaps too.
+        for site in [&secondary, &primary] {
             let report = swap::activate(&site.site, v2.clone(), request(HELM, "test"))
                 .await
                 .unwrap();

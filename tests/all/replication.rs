@@ -326,3 +326,118 @@ async fn killed_secondary_converges(backend: sites::Backend) {
     }
     process.kill();
 }
+
+/// Least access (issue 15): the secondary's own credentials fetch nothing
+/// outside its selective sync. A record out of scope answers as a missing
+/// one from the single and the batch retrieve and from the records feed by
+/// id, and the event feed withholds its events (by id only, so they are no
+/// gaps): the secondary still syncs everything in scope, with no gap left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_fetches_nothing_outside_its_scope() {
+    use geohost::blob_batch::PartStatus;
+    use geohost::secondary::PrimaryClient;
+    for backend in sites::backends() {
+        let primary = sites::primary(backend).await;
+        let [_, a, _, _, b] = sites::group_tree(&primary).await;
+        let inside = sites::project(&primary, a, "inside").await;
+        let outside = sites::project(&primary, b, "outside").await;
+        let secondary = sites::secondary(
+            backend,
+            &primary,
+            NewSite {
+                name: "s".into(),
+                selective_sync_type: Some("namespaces".into()),
+                namespace_ids: vec![a],
+                ..Default::default()
+            },
+        )
+        .await;
+        // Written after the secondary exists, interleaved: in-scope records
+        // reach it through the event feed, between withheld events.
+        let (mut ids_in, mut ids_out) = (Vec::new(), Vec::new());
+        for i in 0..12u32 {
+            for (project, ids) in [(inside, &mut ids_in), (outside, &mut ids_out)] {
+                let w = sites::put_helm(
+                    &primary,
+                    project,
+                    &format!("ch{i}"),
+                    &sites::index_yaml(project, "x", i),
+                )
+                .await;
+                ids.push(w.id);
+            }
+        }
+        eventually(CONVERGE, "the records in scope synced and verified", || {
+            converged(&secondary, &ids_in)
+        })
+        .await;
+        let tracking = secondary.site.tracking().unwrap();
+        assert!(
+            geohost::secondary::cursor::gaps(tracking)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{backend:?}: withheld events are no gaps"
+        );
+
+        let client = PrimaryClient::new(secondary.site.config.primary.as_ref().unwrap()).unwrap();
+        let (id_in, id_out) = (ids_in[0], ids_out[0]);
+        // Single retrieve: the same 404 as a record that does not exist.
+        assert!(client.retrieve(HELM, id_in).await.is_ok(), "{backend:?}");
+        let refused = client.retrieve(HELM, id_out).await.unwrap_err();
+        let missing = client.retrieve(HELM, 999_999).await.unwrap_err();
+        assert_eq!(refused.status(), Some(404), "{backend:?}: {refused}");
+        let body = |e: &geohost::secondary::ClientError| match e {
+            geohost::secondary::ClientError::NotFound { message, .. } => message.clone(),
+            other => panic!("not a plain 404: {other}"),
+        };
+        assert_eq!(body(&refused), body(&missing), "{backend:?}");
+        // Batch retrieve: a not-found part, as a missing record's.
+        let mut answer = client
+            .retrieve_batch(HELM, &[id_out, id_in, 999_999], 1 << 20)
+            .await
+            .unwrap();
+        let mut statuses = Vec::new();
+        while let Some(part) = answer.next_part().await.unwrap() {
+            statuses.push((part.header.id, part.header.status, part.header.message));
+        }
+        assert_eq!(
+            statuses,
+            [
+                (
+                    id_out,
+                    PartStatus::NotFound,
+                    Some(format!("{HELM} not found"))
+                ),
+                (id_in, PartStatus::Ok, None),
+                (
+                    999_999,
+                    PartStatus::NotFound,
+                    Some(format!("{HELM} not found"))
+                ),
+            ],
+            "{backend:?}"
+        );
+        // The records feed by id: omitted, as a missing record.
+        let by_ids = client
+            .records_by_ids(HELM, &[id_in, id_out, 999_999])
+            .await
+            .unwrap();
+        assert_eq!(by_ids.iter().map(|r| r.id).collect::<Vec<_>>(), [id_in]);
+        // The event feed: the out-of-scope records' events withheld.
+        let events = client.events(0, 1000, 0).await.unwrap();
+        let about = |e: &geohost::feed::FeedEvent| e.payload["model_record_id"].as_i64();
+        assert!(
+            events
+                .events
+                .iter()
+                .all(|e| !ids_out.contains(&about(e).unwrap())),
+            "{backend:?}"
+        );
+        assert!(events.withheld.len() >= ids_out.len(), "{backend:?}");
+        let (again, withheld) = client.events_by_ids(&events.withheld).await.unwrap();
+        assert!(again.is_empty(), "{backend:?}: events?ids= withholds too");
+        assert_eq!(withheld, events.withheld, "{backend:?}");
+        let _ = b;
+    }
+}

@@ -7,6 +7,7 @@ use super::{ApiError, AppState, auth};
 use crate::blob_batch;
 use crate::feed::{self, EventPage, FeedRecord, RecordPage, TypeInfo};
 use crate::plugin::BlobPath;
+use crate::primary::access::Access;
 use crate::primary::{events, ingest, records, topology};
 use crate::storage;
 use axum::Json;
@@ -65,9 +66,15 @@ async fn retrieve(
     let it = site
         .installed(&name)
         .ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
+    let not_found = || ApiError::NotFound(format!("{name} not found"));
     let record = records::by_id(&site.db, &it, id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
+        .ok_or_else(not_found)?;
+    // Out of the requester's scope: the same answer as a missing record.
+    let access = Access::of(&site.db, &requester).await?;
+    if access.visible(&it, &[record.to_feed(&it)]).await? != [true] {
+        return Err(not_found());
+    }
     let path = ingest::blob_path(&it, id, &record.values)
         .await
         .map_err(ApiError::from)?;
@@ -144,6 +151,15 @@ async fn retrieve_batch(
         .installed(&name)
         .ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
     let found = records::by_ids(&site.db, &it, &ids).await?;
+    // Out of the requester's scope: a not-found part, as a missing record.
+    let access = Access::of(&site.db, &requester).await?;
+    let feed: Vec<FeedRecord> = found.iter().map(|r| r.to_feed(&it)).collect();
+    let visible = access.visible(&it, &feed).await?;
+    let found: Vec<records::Record> = found
+        .into_iter()
+        .zip(visible)
+        .filter_map(|(record, visible)| visible.then_some(record))
+        .collect();
     // Isolated per record: a record the plugin traps on fails its own part.
     let rows = found
         .iter()
@@ -403,7 +419,7 @@ async fn records(
     Query(query): Query<RecordsQuery>,
     headers: HeaderMap,
 ) -> Result<Json<RecordPage>, ApiError> {
-    auth::geo(&site, &headers, &feed::records_claim(&name)).await?;
+    let requester = auth::geo(&site, &headers, &feed::records_claim(&name)).await?;
     let it = site
         .installed(&name)
         .ok_or_else(|| ApiError::NotFound(format!("{name} not found")))?;
@@ -421,15 +437,20 @@ async fn records(
         }
     };
     let max_id = records::max_id(&site.db, &it).await?;
-    let records = found
-        .iter()
-        .map(|r| FeedRecord {
-            id: r.id,
-            columns: r.columns_json(&it),
-            verification_state: r.verification_state,
-            verification_checksum: r.verification_checksum.as_deref().map(checksum_hex),
-        })
-        .collect();
+    let records: Vec<FeedRecord> = found.iter().map(|r| r.to_feed(&it)).collect();
+    // `?ids=`: out of the requester's scope, omitted as a missing record.
+    // A page is served whole: the consistency pass needs the columns of a
+    // record that left the scope to find and remove its local copy
+    // (`docs/decisions.md`, "Least access").
+    let records = match query.ids {
+        Some(_) => {
+            Access::of(&site.db, &requester)
+                .await?
+                .filter(&it, records)
+                .await?
+        }
+        None => records,
+    };
     Ok(Json(RecordPage { records, max_id }))
 }
 
@@ -468,16 +489,11 @@ async fn events(
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Json<EventPage>, ApiError> {
-    auth::geo(&site, &headers, &feed::feed_claim("events")).await?;
+    let requester = auth::geo(&site, &headers, &feed::feed_claim("events")).await?;
     if let Some(list) = &query.ids {
         let ids = id_list(list, feed::MAX_EVENTS_PER_PAGE as usize)?;
         let found = events::by_ids(&site.db, &ids).await?;
-        let last = events::last(&site.db).await?;
-        return Ok(Json(EventPage {
-            events: found,
-            last_event_id: last.map(|(id, _)| id),
-            last_event_at: last.map(|(_, at)| at),
-        }));
+        return event_page(&site, &requester, found).await.map(Json);
     }
     let after = query.after.unwrap_or(0);
     let limit = query.limit.unwrap_or(250);
@@ -495,12 +511,7 @@ async fn events(
         let found = events::after(&site.db, after, limit).await?;
         let now = tokio::time::Instant::now();
         if !found.is_empty() || now >= deadline || site.shutdown.is_cancelled() {
-            let last = events::last(&site.db).await?;
-            return Ok(Json(EventPage {
-                events: found,
-                last_event_id: last.map(|(id, _)| id),
-                last_event_at: last.map(|(_, at)| at),
-            }));
+            return event_page(&site, &requester, found).await.map(Json);
         }
         // Woken by a commit in this process, or re-check every second for
         // writers in other processes (the CLI).
@@ -511,6 +522,29 @@ async fn events(
             _ = site.shutdown.cancelled() => {}
         }
     }
+}
+
+/// A page of `found` events as `requester` may see it: the events of
+/// records out of its scope withheld (named by id only, so its cursor
+/// passes them and its gap tracking does not wait for them; see
+/// `docs/decisions.md`, "Least access").
+async fn event_page(
+    site: &AppState,
+    requester: &feed::NodeSettings,
+    mut found: Vec<feed::FeedEvent>,
+) -> Result<EventPage, ApiError> {
+    let withheld = Access::of(&site.db, requester)
+        .await?
+        .withheld_events(site, &found)
+        .await?;
+    found.retain(|e| withheld.binary_search(&e.id).is_err());
+    let last = events::last(&site.db).await?;
+    Ok(EventPage {
+        events: found,
+        withheld,
+        last_event_id: last.map(|(id, _)| id),
+        last_event_at: last.map(|(_, at)| at),
+    })
 }
 
 #[derive(Debug, Deserialize)]

@@ -195,6 +195,12 @@ impl From<crate::db::DbError> for ApiError {
     }
 }
 
+impl From<crate::primary::access::AccessError> for ApiError {
+    fn from(e: crate::primary::access::AccessError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
 impl From<crate::catalog::CallError> for ApiError {
     fn from(e: crate::catalog::CallError) -> Self {
         ApiError::Internal(e.to_string())

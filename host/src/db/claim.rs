@@ -22,9 +22,11 @@
 //! when the claim takes over expired claims.
 
 use super::template::identifier;
-use super::{Backend, QuotedIdent, ident};
+use super::{Arg, Backend, Db, DbError, QuotedIdent, ident, placeholders};
 use crate::plugin::TypeIdentity;
 use crate::states::sql::*;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
 
 /// One kind of candidate rows.
 #[derive(Debug, Clone)]
@@ -97,6 +99,10 @@ pub struct VerificationTable {
     pending_index: QuotedIdent,
     /// The quoted partial index of failed rows by `verification_retry_at`.
     failed_index: QuotedIdent,
+    /// Whether a claim names its worker in `claimed_by` (a registry).
+    owned: bool,
+    /// The quoted foreign key (the model record id).
+    fk: QuotedIdent,
 }
 
 impl VerificationTable {
@@ -108,6 +114,8 @@ impl VerificationTable {
             only: String::new(),
             pending_index: index(&format!("index_{name}_states_pending_verification")),
             failed_index: index(&format!("index_{name}_states_failed_verification")),
+            owned: false,
+            fk: ident(&identity.foreign_key()),
         }
     }
 
@@ -119,6 +127,8 @@ impl VerificationTable {
             only: format!("state = {S_SYNCED} AND "),
             pending_index: index(&format!("{name}_registry_pending_verification")),
             failed_index: index(&format!("{name}_registry_failed_verification")),
+            owned: true,
+            fk: ident(&identity.foreign_key()),
         }
     }
 
@@ -161,11 +171,88 @@ impl VerificationTable {
         claim_sql(
             backend,
             &self.table,
-            &format!("verification_state = {V_STARTED}, verification_started_at = $1"),
+            &format!(
+                "verification_state = {V_STARTED}, verification_started_at = $1{}",
+                if self.owned {
+                    format!(", claimed_by = {}", claimant())
+                } else {
+                    String::new()
+                }
+            ),
             &self.candidates(lease),
             returning,
         )
     }
+}
+
+impl VerificationTable {
+    /// Renews a batch's verification claims: the rows of `model_ids` still
+    /// started under `stamp` get a new stamp, returned. One transaction, so
+    /// the batch's rows keep one stamp. (The stamp is also the fence of the
+    /// batch's results: they are written with the stamp the claims hold.)
+    pub async fn renew(
+        &self,
+        db: &Db,
+        model_ids: &[i64],
+        stamp: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, DbError> {
+        let now = Db::now();
+        let mut tx = db.begin().await?;
+        for chunk in model_ids.chunks(RENEW_CHUNK) {
+            let sql = format!(
+                "UPDATE {t} SET verification_started_at = $1 \
+                 WHERE verification_state = {V_STARTED} AND verification_started_at = $2 \
+                 AND {fk} IN ({})",
+                placeholders(3, chunk.len()),
+                t = self.table,
+                fk = self.fk
+            );
+            let mut args: Vec<Arg> = vec![now.into(), stamp.into()];
+            args.extend(chunk.iter().map(|&id| Arg::from(id)));
+            tx.execute(&sql, &args).await?;
+        }
+        tx.commit().await?;
+        Ok(now)
+    }
+
+    /// Runs a verification batch's `work` while renewing its claims (the
+    /// rows of `model_ids`, stamped `stamp`) every `every` (`None`: never),
+    /// so a batch that outlasts the claim lease is not taken over. Returns
+    /// the work's output and the stamp the claims hold now. A renewal that
+    /// fails is logged and tried again at the next tick.
+    pub async fn renewing<T>(
+        &self,
+        db: &Db,
+        model_ids: &[i64],
+        mut stamp: DateTime<Utc>,
+        every: Option<Duration>,
+        work: impl Future<Output = T>,
+    ) -> (T, DateTime<Utc>) {
+        let Some(every) = every.filter(|e| !e.is_zero()) else {
+            return (work.await, stamp);
+        };
+        let mut work = std::pin::pin!(work);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                out = &mut work => return (out, stamp),
+                _ = tick.tick() => match self.renew(db, model_ids, stamp).await {
+                    Ok(renewed) => stamp = renewed,
+                    Err(error) => tracing::warn!(table = %self.table, %error, "cannot renew verification claims"),
+                },
+            }
+        }
+    }
+}
+
+/// Rows per renewal statement.
+const RENEW_CHUNK: usize = 500;
+
+/// This process's [`crate::leases::worker_id`] as an SQL literal, for a
+/// claim's `claimed_by` (host, process id and hex: nothing to escape, but
+/// quotes are doubled all the same).
+pub fn claimant() -> String {
+    format!("'{}'", crate::leases::worker_id().replace('\'', "''"))
 }
 
 /// An index name as the templates create it (shortened past 63 bytes), quoted.

@@ -399,7 +399,8 @@ pub async fn ensure_tracking_tables(db: &Db, identity: &TypeIdentity) -> Result<
 const ADDED_STATES_COLUMNS: &[(&str, &str)] = &[("plugin_sha256", "TEXT"), ("blob_path", "TEXT")];
 
 /// The same for the registry template.
-const ADDED_REGISTRY_COLUMNS: &[(&str, &str)] = &[("plugin_sha256", "TEXT")];
+const ADDED_REGISTRY_COLUMNS: &[(&str, &str)] =
+    &[("plugin_sha256", "TEXT"), ("claimed_by", "TEXT")];
 
 /// Runs a host table's template (its `CREATE TABLE` first, then indexes),
 /// adding to a table an earlier Geohost created the columns the template
@@ -1091,6 +1092,7 @@ mod tests {
                     ("verification_failure", text, false),
                     ("last_sync_failure", text, false),
                     ("plugin_sha256", text, false),
+                    ("claimed_by", text, false),
                 ]),
                 "{backend}"
             );

@@ -1,6 +1,7 @@
 //! The primary site: it owns each type's records and blobs, checksums them,
 //! logs what changes, and serves secondaries.
 //!
+//! - [`access`]: what a secondary's credentials may fetch (its scope).
 //! - [`ingest`]: create-or-update and delete records with their blobs.
 //! - [`journal`]: what a blob write keeps until it commits, and the undo.
 //! - [`verify`]: the checksum worker over `<name>_states`.
@@ -9,6 +10,7 @@
 //! - [`topology`]: namespaces and projects, what selective sync selects by.
 //! - [`records`]: generic reads of a type's model table.
 
+pub mod access;
 pub mod events;
 pub mod ingest;
 pub mod journal;

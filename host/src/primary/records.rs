@@ -35,6 +35,18 @@ impl Record {
             .collect()
     }
 
+    /// The record as the feed serves it.
+    pub fn to_feed(&self, it: &InstalledType) -> crate::feed::FeedRecord {
+        crate::feed::FeedRecord {
+            id: self.id,
+            columns: self.columns_json(it),
+            verification_state: self.verification_state,
+            // SHA-256 checksums are stored as bytes; GitLab's object-storage
+            // checksums (padded sizes) are valid hex too.
+            verification_checksum: self.verification_checksum.as_deref().map(hex::encode),
+        }
+    }
+
     pub fn int(&self, column: &str) -> Option<i64> {
         self.values.get(column).and_then(Value::as_int)
     }

@@ -76,6 +76,27 @@ pub async fn backfill_states(db: &Db, it: &InstalledType) -> Result<u64, DbError
     .await
 }
 
+/// Gives back every verification claim of every type (verification
+/// pending, nothing else changed): at the start of the one process a
+/// SQLite database allows, where any claim was left by a process that
+/// died. Returns how many rows it gave back.
+pub async fn release_claims(db: &Db, types: &[Arc<InstalledType>]) -> Result<u64, DbError> {
+    let mut released = 0;
+    for it in types {
+        let states = ident(&it.identity.states_table());
+        released += db
+            .execute(
+                &format!(
+                    "UPDATE {states} SET verification_state = {V_PENDING} \
+                     WHERE verification_state = {V_STARTED}"
+                ),
+                &[],
+            )
+            .await?;
+    }
+    Ok(released)
+}
+
 /// Claims up to `limit` rows due for verification, and rows whose claim
 /// is older than `lease` (their worker process died; the stamp fences the
 /// late result of a process that is only slow).
@@ -121,37 +142,55 @@ pub async fn verify_batch(
         return Ok(0);
     }
     let ids: Vec<i64> = claims.iter().map(|c| c.id).collect();
-    let found = records::by_ids(&site.db, it, &ids).await?;
-    // Isolated per record: a record the plugin traps on fails its own
-    // verification, not its batch's.
-    let rows = found
-        .iter()
-        .map(|r| Ok(it.path_row(r.id, &r.values)))
-        .collect();
-    let paths = it.blob_paths_of_rows(rows).await?;
-    let by_id: std::collections::HashMap<i64, _> = found.iter().map(|r| r.id).zip(paths).collect();
-
-    let started = std::time::Instant::now();
-    // Every blob of the batch hashed in a few blocking tasks, not one hop each.
-    let mut paths = Vec::new();
-    let mut hashed = Vec::new();
-    for (i, claim) in claims.iter().enumerate() {
-        if let Some(Ok(path)) = by_id.get(&claim.id) {
-            paths.push(path.clone());
-            hashed.push(i);
+    // One claim statement stamps its rows alike; renewed while the batch
+    // runs (a third of the lease), so a long batch is not taken over.
+    let work = async {
+        let found = records::by_ids(&site.db, it, &ids).await?;
+        // Isolated per record: a record the plugin traps on fails its own
+        // verification, not its batch's.
+        let rows = found
+            .iter()
+            .map(|r| Ok(it.path_row(r.id, &r.values)))
+            .collect();
+        let paths = it.blob_paths_of_rows(rows).await?;
+        let by_id: std::collections::HashMap<i64, _> =
+            found.iter().map(|r| r.id).zip(paths).collect();
+        let started = std::time::Instant::now();
+        // Every blob of the batch hashed in a few blocking tasks, not one hop each.
+        let mut paths = Vec::new();
+        let mut hashed = Vec::new();
+        for (i, claim) in claims.iter().enumerate() {
+            if let Some(Ok(path)) = by_id.get(&claim.id) {
+                paths.push(path.clone());
+                hashed.push(i);
+            }
         }
-    }
-    let mut sums: Vec<Option<Result<String, crate::storage::StorageError>>> =
-        claims.iter().map(|_| None).collect();
-    for (i, sum) in hashed.into_iter().zip(
-        site.blobs
-            .geo_checksums(it.name(), &paths, concurrency)
-            .await,
-    ) {
-        sums[i] = Some(sum);
-    }
+        let mut sums: Vec<Option<Result<String, crate::storage::StorageError>>> =
+            claims.iter().map(|_| None).collect();
+        for (i, sum) in hashed.into_iter().zip(
+            site.blobs
+                .geo_checksums(it.name(), &paths, concurrency)
+                .await,
+        ) {
+            sums[i] = Some(sum);
+        }
+        anyhow::Ok((by_id, sums, started))
+    };
+    let (done, stamp) = claim::VerificationTable::states(&it.identity)
+        .renewing(
+            &site.db,
+            &ids,
+            claims[0].started_at,
+            Some(site.config.claim_lease() / 3),
+            work,
+        )
+        .await;
+    let (by_id, sums, started) = done?;
+    let claims = claims.into_iter().map(|claim| Claim {
+        started_at: stamp,
+        ..claim
+    });
     let outcomes: Vec<(Claim, Outcome)> = claims
-        .into_iter()
         .zip(sums)
         .map(|(claim, sum)| {
             let outcome = match (by_id.get(&claim.id), sum) {

@@ -368,9 +368,14 @@ impl PrimaryClient {
     }
 
     /// `GET /api/v4/geo/events?ids=`: the events with these log ids that
-    /// exist now (the gaps the cursor re-reads), in id order.
-    pub async fn events_by_ids(&self, ids: &[i64]) -> Result<Vec<FeedEvent>, ClientError> {
+    /// exist now (the gaps the cursor re-reads), in id order, and the ids
+    /// of those the primary withholds (out of this site's scope).
+    pub async fn events_by_ids(
+        &self,
+        ids: &[i64],
+    ) -> Result<(Vec<FeedEvent>, Vec<i64>), ClientError> {
         let mut out = Vec::new();
+        let mut withheld = Vec::new();
         for chunk in ids.chunks(feed::MAX_EVENTS_PER_PAGE as usize) {
             let list: Vec<String> = chunk.iter().map(i64::to_string).collect();
             let page: EventPage = self
@@ -380,9 +385,11 @@ impl PrimaryClient {
                 )
                 .await?;
             out.extend(page.events);
+            withheld.extend(page.withheld);
         }
         out.sort_by_key(|e| e.id);
-        Ok(out)
+        withheld.sort_unstable();
+        Ok((out, withheld))
     }
 
     /// `GET …/search?keyword=`: the ids of the records matching `keyword`

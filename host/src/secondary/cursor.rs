@@ -26,6 +26,11 @@
 //! any record ([`start_if_new`]): the pass covers everything before it,
 //! and replaying the whole log would resync every record.
 //!
+//! **Withheld events.** The primary serves a secondary only the records
+//! in its scope (`primary/access.rs`): a page names the events of other
+//! records by id only (`withheld`). They are not gaps, and the position
+//! moves past them.
+//!
 //! **Gaps.** Event ids come from a sequence (PostgreSQL) and become visible
 //! when their transaction commits, which is not in id order: with
 //! concurrent writers on the primary, the cursor can pass an id whose
@@ -346,15 +351,25 @@ pub async fn gaps(tracking: &Db) -> Result<Vec<(i64, chrono::DateTime<chrono::Ut
         .collect()
 }
 
-/// The ids between `position` and the events of a page (in id order) that
+/// The log ids a page covers, in order: its events' and those it withholds
+/// (records out of this site's scope, which are not gaps).
+pub fn page_ids(page: &EventPage) -> Vec<i64> {
+    let mut ids: Vec<i64> = page.events.iter().map(|e| e.id).collect();
+    ids.extend(&page.withheld);
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The ids between `position` and the ids a page covers (in order) that
 /// the page skips.
-pub fn new_gaps(position: i64, events: &[FeedEvent]) -> Vec<i64> {
+pub fn new_gaps(position: i64, ids: &[i64]) -> Vec<i64> {
     let mut out = Vec::new();
     let mut previous = position;
-    for event in events {
-        if event.id > previous {
-            out.extend((previous + 1)..event.id);
-            previous = event.id;
+    for &id in ids {
+        if id > previous {
+            out.extend((previous + 1)..id);
+            previous = id;
         }
     }
     out
@@ -509,20 +524,27 @@ async fn follow(
     // The gaps' events that have appeared since, before the page's: they
     // are older.
     let tracked_ids: Vec<i64> = tracked.iter().map(|(id, _)| *id).collect();
-    let mut events = if tracked_ids.is_empty() {
-        Vec::new()
+    let (mut events, withheld) = if tracked_ids.is_empty() {
+        (Vec::new(), Vec::new())
     } else {
         cx.client.events_by_ids(&tracked_ids).await?
     };
     events.retain(|e| tracked_ids.binary_search(&e.id).is_ok());
-    let filled: Vec<i64> = events.iter().map(|e| e.id).collect();
+    // A gap's event withheld (out of this site's scope) is filled too.
+    let mut filled: Vec<i64> = events.iter().map(|e| e.id).collect();
+    filled.extend(
+        withheld
+            .into_iter()
+            .filter(|id| tracked_ids.binary_search(id).is_ok()),
+    );
     if !filled.is_empty() {
         tracing::info!(
             events = filled.len(),
             "events of earlier gaps in the ids appeared; handled"
         );
     }
-    let fresh = new_gaps(position, &page.events);
+    let covered = page_ids(&page);
+    let fresh = new_gaps(position, &covered);
     events.extend(page.events.iter().cloned());
     let counts = handle_events(cx, &types().await, scope, refresh, &events).await?;
     if let Some(wakes) = cx.wakes {
@@ -533,7 +555,8 @@ async fn follow(
             wakes.verification.notify_one();
         }
     }
-    let new_position = page.events.last().map_or(position, |e| e.id);
+    // Past withheld events too, or a page ending in them is read again.
+    let new_position = covered.last().map_or(position, |&id| id.max(position));
     let tracked_now = match lease {
         Some(tx) => {
             save_position(tx, new_position).await?;
@@ -754,9 +777,22 @@ mod tests {
             payload: json!({}),
             created_at: Db::now(),
         };
-        assert_eq!(new_gaps(3, &[event(4), event(5)]), Vec::<i64>::new());
-        assert_eq!(new_gaps(3, &[event(6), event(8)]), [4, 5, 7]);
+        let ids = |events: &[FeedEvent], withheld: &[i64]| {
+            page_ids(&EventPage {
+                events: events.to_vec(),
+                withheld: withheld.to_vec(),
+                last_event_id: None,
+                last_event_at: None,
+            })
+        };
+        assert_eq!(
+            new_gaps(3, &ids(&[event(4), event(5)], &[])),
+            Vec::<i64>::new()
+        );
+        assert_eq!(new_gaps(3, &ids(&[event(6), event(8)], &[])), [4, 5, 7]);
         assert_eq!(new_gaps(0, &[]), Vec::<i64>::new());
+        // Withheld events (out of scope) are not gaps.
+        assert_eq!(new_gaps(3, &ids(&[event(6), event(8)], &[4, 7])), [5]);
     }
 
     #[tokio::test]
@@ -878,6 +914,58 @@ mod tests {
             .await
             .unwrap();
             assert!(gaps(&db).await.unwrap().is_empty(), "{backend}");
+
+            // Events the primary withholds (records out of this site's
+            // scope) are not gaps, even at the end of a page, and a gap
+            // whose event turns out withheld is filled.
+            let before = position(&db).await.unwrap().unwrap();
+            let gap = primary.event(UPDATED, 1, json!({}));
+            let hidden = primary.with(|s| {
+                let at = s.events.iter().position(|e| e.id == gap).unwrap();
+                s.events.remove(at)
+            });
+            let kept = primary.event(UPDATED, 1, json!({}));
+            let last = primary.event(UPDATED, 1, json!({}));
+            primary.with(|s| s.withheld.extend([kept, last]));
+            let withheld = round(
+                &cx,
+                async || enabled.clone(),
+                Some(&cached),
+                async || None,
+                wait,
+                &cancel,
+            )
+            .await
+            .unwrap();
+            assert_eq!(withheld, Round::Handled(0), "{backend}");
+            assert_eq!(position(&db).await.unwrap(), Some(last), "{backend}");
+            assert_eq!(
+                gaps(&db)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|g| g.0)
+                    .collect::<Vec<_>>(),
+                [gap],
+                "{backend}: only the uncommitted id is a gap (from {before})"
+            );
+            primary.with(|s| {
+                s.events.push(hidden);
+                s.events.sort_by_key(|e| e.id);
+                s.withheld.push(gap);
+            });
+            round(
+                &cx,
+                async || enabled.clone(),
+                Some(&cached),
+                async || None,
+                wait,
+                &cancel,
+            )
+            .await
+            .unwrap();
+            assert!(gaps(&db).await.unwrap().is_empty(), "{backend}: filled");
+            primary.with(|s| s.withheld.clear());
 
             if db.backend() == Backend::Postgres {
                 // Another process holds the cursor: this one waits its turn.

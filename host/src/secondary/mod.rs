@@ -35,10 +35,13 @@
 //!   RETURNING`, `FOR UPDATE SKIP LOCKED` on PostgreSQL), so worker
 //!   processes sharing a tracking database never download one record
 //!   twice. The claim's stamp (`last_synced_at`, `verification_started_at`)
-//!   is its lease: a running sync renews it every third of
-//!   `workers.claim_lease_secs` (5 minutes by default), and a claim older
-//!   than that is taken over by the next claim, so a killed worker's rows
-//!   are resumed in minutes rather than after the 8-hour timeout. The
+//!   is its lease: a running sync or verification batch renews it every
+//!   third of `workers.claim_lease_secs` (30 s by default), and a claim
+//!   older than that is taken over by the next claim. A claim names its
+//!   process (`claimed_by`): the claims of a process known dead are
+//!   released at once ([`watch_workers`]; on SQLite every claim at
+//!   startup), so a killed worker's rows are resumed in seconds rather
+//!   than after the 8-hour timeout. The
 //!   singleton duties (consistency, stuck rows, status report) run in the
 //!   process holding the `secondary_duties` row of `geo_leases`
 //!   ([`crate::leases`]); the cursor's lease is a PostgreSQL advisory lock
@@ -472,6 +475,9 @@ async fn run_duty_lease(s: Arc<Secondary>) {
                 false
             }
         };
+        if let Err(error) = watch_workers(&s, lease).await {
+            tracing::warn!(%error, "cannot check the other worker processes");
+        }
         let before = s.duties.send_replace(Some(held));
         if before != Some(held) {
             tracing::info!(
@@ -492,6 +498,35 @@ async fn run_duty_lease(s: Arc<Secondary>) {
     if let Err(error) = duty.release().await {
         tracing::warn!(%error, "cannot release the duties lease");
     }
+}
+
+/// PostgreSQL: says this worker process is alive (for `ttl`), and gives
+/// back the claims of every worker process whose death is known (gone on
+/// this host, or its heartbeat expired), so they are downloaded and
+/// verified again within seconds, not after the claim lease
+/// ([`crate::leases::take_dead_workers`]).
+async fn watch_workers(s: &Secondary, ttl: Duration) -> Result<(), DbError> {
+    crate::leases::heartbeat(&s.tracking, ttl).await?;
+    for worker in crate::leases::take_dead_workers(&s.tracking).await? {
+        let released = release_claims(&s.tracking, &s.site.catalog.all(), Some(&worker)).await?;
+        tracing::warn!(%worker, released, "the claims of a dead worker process released");
+    }
+    Ok(())
+}
+
+/// Gives back the sync and verification claims of `worker` (`None`:
+/// every claim) in every type's registry ([`Registry::release_claims`]).
+/// Returns how many rows it gave back.
+pub async fn release_claims(
+    tracking: &Db,
+    types: &[Arc<InstalledType>],
+    worker: Option<&str>,
+) -> Result<u64, DbError> {
+    let mut released = 0;
+    for it in types {
+        released += Registry::of(it).release_claims(tracking, worker).await?;
+    }
+    Ok(released)
 }
 
 /// Backs off 1 s, doubling to 30 s.

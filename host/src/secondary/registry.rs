@@ -404,9 +404,10 @@ impl Registry {
     /// started: a sync in progress elsewhere keeps its row).
     pub async fn start(&self, db: &Db, model_id: i64) -> Result<bool, DbError> {
         let sql = format!(
-            "UPDATE {t} SET state = {S_STARTED}, last_synced_at = $1 WHERE {fk} = $2 AND state IN ({S_PENDING}, {S_SYNCED}, {S_FAILED})",
+            "UPDATE {t} SET state = {S_STARTED}, last_synced_at = $1, claimed_by = {me} WHERE {fk} = $2 AND state IN ({S_PENDING}, {S_SYNCED}, {S_FAILED})",
             t = self.table,
-            fk = self.fk
+            fk = self.fk,
+            me = claim::claimant()
         );
         Ok(db
             .execute(&sql, &[Db::now().into(), model_id.into()])
@@ -440,7 +441,10 @@ impl Registry {
         let sql = claim::claim_sql(
             db.backend(),
             &self.table,
-            &format!("state = {S_STARTED}, last_synced_at = $1"),
+            &format!(
+                "state = {S_STARTED}, last_synced_at = $1, claimed_by = {}",
+                claim::claimant()
+            ),
             &kinds,
             &format!("{} AS model_id, retry_count", self.fk),
         );
@@ -488,9 +492,39 @@ impl Registry {
         kinds
     }
 
+    /// The table as the verification claim sees it (to renew claims).
+    pub fn verification_table(&self) -> &claim::VerificationTable {
+        &self.verification
+    }
+
     /// The verification claim's candidates (see [`claim`]).
     pub fn verification_candidates(&self, lease: bool) -> Vec<claim::Candidates> {
         self.verification.candidates(lease)
+    }
+
+    /// Gives back the claims a dead worker process left: its started syncs
+    /// become pending (GitLab's `pending` transition: retry fields cleared,
+    /// verification disabled) and its started verifications verification
+    /// pending, as [`Registry::release_verification`] does. `worker`: the
+    /// dead process's [`crate::leases::worker_id`]; `None`: every claim (a
+    /// SQLite database at startup, which only this process can use).
+    /// Returns how many rows it gave back.
+    pub async fn release_claims(&self, db: &Db, worker: Option<&str>) -> Result<u64, DbError> {
+        let (whose, args): (&str, Vec<Arg>) = match worker {
+            Some(worker) => (" AND claimed_by = $1", vec![worker.into()]),
+            None => ("", Vec::new()),
+        };
+        let syncs = format!(
+            "UPDATE {t} SET state = {S_PENDING}, retry_at = NULL, retry_count = 0, \
+             verification_state = {V_DISABLED}, claimed_by = NULL WHERE state = {S_STARTED}{whose}",
+            t = self.table
+        );
+        let verifications = format!(
+            "UPDATE {t} SET verification_state = {V_PENDING}, claimed_by = NULL \
+             WHERE verification_state = {V_STARTED}{whose}",
+            t = self.table
+        );
+        Ok(db.execute(&syncs, &args).await? + db.execute(&verifications, &args).await?)
     }
 
     /// Renews the claims of syncs this process is running: `last_synced_at
@@ -1133,6 +1167,92 @@ mod tests {
                     .await
                     .unwrap(),
                 "{backend}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_workers_claims_are_released_and_a_renewed_batch_is_not_taken_over() {
+        let r = registry();
+        let lease = Duration::from_secs(60);
+        for (backend, db) in tracking_databases().await {
+            r.insert_missing(&db, &[1, 2, 3, 4]).await.unwrap();
+            // Claims name this process.
+            let claimed = r.claim_sync_leased(&db, 2, Some(lease)).await.unwrap();
+            assert_eq!(claimed.len(), 2, "{backend}");
+            let me = crate::leases::worker_id();
+            let owner = |id: i64| {
+                let db = db.clone();
+                let sql = format!("SELECT claimed_by FROM {} WHERE {} = $1", r.table, r.fk);
+                async move {
+                    db.fetch_one(&sql, &[id.into()])
+                        .await
+                        .unwrap()
+                        .opt_text("claimed_by")
+                        .unwrap()
+                }
+            };
+            assert_eq!(owner(1).await.as_deref(), Some(me), "{backend}");
+            // Row 1's sync and row 3's verification were a dead worker's.
+            set(&db, 1, "claimed_by = 'other:1:dead'", vec![]).await;
+            assert!(r.start(&db, 3).await.unwrap());
+            assert!(r.synced(&db, 3, true).await.unwrap());
+            assert_eq!(r.claim_verification(&db, 5).await.unwrap().len(), 1);
+            set(&db, 3, "claimed_by = 'other:1:dead'", vec![]).await;
+            set(&db, 1, "retry_count = 2", vec![]).await;
+            assert_eq!(
+                r.release_claims(&db, Some("other:1:dead")).await.unwrap(),
+                2,
+                "{backend}"
+            );
+            let one = row(&db, 1).await;
+            assert_eq!(
+                (one.state, one.retry_count),
+                (SyncState::Pending, 0),
+                "{backend}: GitLab's pending transition"
+            );
+            assert_eq!(
+                row(&db, 3).await.verification_state,
+                VerificationState::Pending,
+                "{backend}"
+            );
+            assert_eq!(
+                row(&db, 2).await.state,
+                SyncState::Started,
+                "{backend}: live claim kept"
+            );
+            // At a SQLite startup: every claim.
+            assert_eq!(r.release_claims(&db, None).await.unwrap(), 1, "{backend}");
+            assert_eq!(row(&db, 2).await.state, SyncState::Pending, "{backend}");
+
+            // A verification batch renewed while it runs outlasts the lease.
+            assert!(r.start(&db, 4).await.unwrap());
+            assert!(r.synced(&db, 4, true).await.unwrap());
+            let claims = r.claim_verification(&db, 5).await.unwrap();
+            let ids: Vec<i64> = claims.iter().map(|c| c.model_id).collect();
+            let old = claims[0].started_at - chrono::Duration::seconds(120);
+            for id in &ids {
+                set(&db, *id, "verification_started_at = $1", vec![old.into()]).await;
+            }
+            let table = r.verification_table();
+            let (taken, stamp) = table
+                .renewing(&db, &ids, old, Some(Duration::from_millis(20)), async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    r.claim_verification_leased(&db, 5, Some(lease))
+                        .await
+                        .unwrap()
+                })
+                .await;
+            assert!(
+                taken.is_empty(),
+                "{backend}: renewed claims are not taken over"
+            );
+            assert!(stamp > old, "{backend}");
+            assert!(
+                r.verification_succeeded(&db, ids[0], "00", stamp)
+                    .await
+                    .unwrap(),
+                "{backend}: the result is written under the renewed stamp"
             );
         }
     }

@@ -67,6 +67,9 @@ pub struct FakeState {
     pub records: BTreeMap<i64, FeedRecord>,
     pub blobs: HashMap<i64, FakeBlob>,
     pub events: Vec<FeedEvent>,
+    /// Log ids of events withheld from this secondary (out of its scope):
+    /// listed in a page's `withheld`, never served.
+    pub withheld: Vec<i64>,
     /// The last event id handed out.
     pub last_event_id: i64,
     /// Requests seen, by path.
@@ -341,17 +344,21 @@ async fn events(
         .map(|list| list.split(',').filter_map(|v| v.parse().ok()).collect());
     let state = state.lock().unwrap();
     let last = state.events.last();
+    let page: Vec<&FeedEvent> = state
+        .events
+        .iter()
+        .filter(|e| match &ids {
+            Some(ids) => ids.contains(&e.id),
+            None => e.id > after,
+        })
+        .take(limit)
+        .collect();
+    let (withheld, served): (Vec<&FeedEvent>, Vec<&FeedEvent>) = page
+        .into_iter()
+        .partition(|e| state.withheld.contains(&e.id));
     Json(EventPage {
-        events: state
-            .events
-            .iter()
-            .filter(|e| match &ids {
-                Some(ids) => ids.contains(&e.id),
-                None => e.id > after,
-            })
-            .take(limit)
-            .cloned()
-            .collect(),
+        withheld: withheld.iter().map(|e| e.id).collect(),
+        events: served.into_iter().cloned().collect(),
         last_event_id: last.map(|e| e.id),
         last_event_at: last.map(|e| e.created_at),
     })

@@ -202,46 +202,55 @@ pub async fn verify_batch_leased(
     }
     let started = std::time::Instant::now();
     let ids: Vec<i64> = claims.iter().map(|c| c.model_id).collect();
-    let records = match client.records_by_ids(it.name(), &ids).await {
-        Ok(records) => records,
-        Err(error) => {
-            release(&registry, tracking, &claims).await;
-            return Err(error.into());
+    // One claim statement stamps its rows alike; renewed while the batch
+    // runs (a third of the lease), so a long batch is not taken over.
+    let work = async {
+        let records = client.records_by_ids(it.name(), &ids).await?;
+        let paths = it.blob_paths(&records).await?;
+        let by_id: HashMap<i64, (FeedRecord, Result<BlobPath, String>)> = records
+            .into_iter()
+            .zip(paths)
+            .map(|(record, path)| (record.id, (record, path)))
+            .collect();
+        // Only rows the primary has a checksum for are hashed.
+        let mut to_hash = Vec::new();
+        let mut hashed_rows = Vec::new();
+        for (i, claim) in claims.iter().enumerate() {
+            if let Some((record, Ok(path))) = by_id.get(&claim.model_id)
+                && record.verification_state == VerificationState::Succeeded
+                && record.verification_checksum.is_some()
+            {
+                to_hash.push((path.clone(), it.is_object_stored(record)));
+                hashed_rows.push(i);
+            }
         }
-    };
-    let paths = match it.blob_paths(&records).await {
-        Ok(paths) => paths,
-        Err(error) => {
-            release(&registry, tracking, &claims).await;
-            return Err(error.into());
-        }
-    };
-    let by_id: HashMap<i64, (FeedRecord, Result<BlobPath, String>)> = records
-        .into_iter()
-        .zip(paths)
-        .map(|(record, path)| (record.id, (record, path)))
-        .collect();
-
-    // Only rows the primary has a checksum for are hashed.
-    let mut to_hash = Vec::new();
-    let mut hashed_rows = Vec::new();
-    for (i, claim) in claims.iter().enumerate() {
-        if let Some((record, Ok(path))) = by_id.get(&claim.model_id)
-            && record.verification_state == VerificationState::Succeeded
-            && record.verification_checksum.is_some()
+        let mut locals: Vec<Option<Result<String, crate::storage::StorageError>>> =
+            claims.iter().map(|_| None).collect();
+        for (i, local) in hashed_rows
+            .into_iter()
+            .zip(local_checksums(blobs, it.name(), &to_hash, concurrency).await)
         {
-            to_hash.push((path.clone(), it.is_object_stored(record)));
-            hashed_rows.push(i);
+            locals[i] = Some(local);
         }
-    }
-    let mut locals: Vec<Option<Result<String, crate::storage::StorageError>>> =
-        claims.iter().map(|_| None).collect();
-    for (i, local) in hashed_rows
-        .into_iter()
-        .zip(local_checksums(blobs, it.name(), &to_hash, concurrency).await)
-    {
-        locals[i] = Some(local);
-    }
+        Ok::<_, VerifyError>((by_id, locals))
+    };
+    let (done, stamp) = registry
+        .verification_table()
+        .renewing(
+            tracking,
+            &ids,
+            claims[0].started_at,
+            lease.map(|l| l / 3),
+            work,
+        )
+        .await;
+    let (by_id, locals) = match done {
+        Ok(done) => done,
+        Err(error) => {
+            release(&registry, tracking, &claims, stamp).await;
+            return Err(error);
+        }
+    };
     let outcomes: Vec<(
         i64,
         Option<chrono::DateTime<chrono::Utc>>,
@@ -261,7 +270,7 @@ pub async fn verify_batch_leased(
                     "verification failed; resyncing"
                 );
             }
-            (claim.model_id, Some(claim.started_at), outcome)
+            (claim.model_id, Some(stamp), outcome)
         })
         .collect();
     metrics::VERIFY_SECONDS
@@ -280,10 +289,15 @@ pub async fn verify_batch_leased(
 }
 
 /// Puts claims back to verification pending, changing nothing else.
-async fn release(registry: &Registry, tracking: &Db, claims: &[VerificationClaim]) {
+async fn release(
+    registry: &Registry,
+    tracking: &Db,
+    claims: &[VerificationClaim],
+    stamp: chrono::DateTime<chrono::Utc>,
+) {
     for claim in claims {
         if let Err(error) = registry
-            .release_verification(tracking, claim.model_id, claim.started_at)
+            .release_verification(tracking, claim.model_id, stamp)
             .await
         {
             tracing::warn!(id = claim.model_id, %error, "cannot release a verification claim");

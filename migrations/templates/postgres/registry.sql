@@ -29,7 +29,11 @@ CREATE TABLE IF NOT EXISTS "{{name}}_registry" (
     verification_failure text CHECK (char_length(verification_failure) <= 255),
     last_sync_failure text CHECK (char_length(last_sync_failure) <= 255),
     -- Geohost: SHA-256 of the component that last decided this row (hot swap).
-    plugin_sha256 text
+    plugin_sha256 text,
+    -- Geohost: the worker process holding the row's sync or verification
+    -- claim (`host:pid:random`, leases.rs), so a dead worker's claims are
+    -- released as soon as its death is known.
+    claimed_by text
 );
 
 CREATE UNIQUE INDEX IF NOT EXISTS "index_{{name}}_registry_on_{{name}}_id"

@@ -33,7 +33,11 @@ CREATE TABLE IF NOT EXISTS "{{name}}_registry" (
     verification_failure TEXT CHECK (length(verification_failure) <= 255),
     last_sync_failure TEXT CHECK (length(last_sync_failure) <= 255),
     -- Geohost: SHA-256 of the component that last decided this row (hot swap).
-    plugin_sha256 TEXT
+    plugin_sha256 TEXT,
+    -- Geohost: the worker process holding the row's sync or verification
+    -- claim (`host:pid:random`, leases.rs), so a dead worker's claims are
+    -- released as soon as its death is known.
+    claimed_by TEXT
 );
 
 CREATE UNIQUE INDEX IF NOT EXISTS "index_{{name}}_registry_on_{{name}}_id"

@@ -21,6 +21,7 @@
 //! - `out-of-order`: on PostgreSQL, primary transactions held open so that
 //!   event ids commit out of order, with no consistency pass after the
 //!   start: every change must come through the event feed.
+//! - `claims-recovery-sqlite`, `claims-recovery-postgres`: see [`recovery`].
 //!
 //! After each scenario heals, every record the primary acknowledged must be
 //! on the primary with that content and checksum, and on the secondary
@@ -32,6 +33,7 @@
 
 mod postgres;
 mod proxy;
+mod recovery;
 
 use crate::sites::HELM;
 use crate::support::{helm_blob_path, sha256_hex};
@@ -1472,7 +1474,7 @@ async fn faults_heal_and_nothing_is_lost() {
          scenario: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>| async move {
             if on { Some(scenario.await) } else { None }
         };
-    let (proxy, sigkill, batch, plugin, disk, pg, order) = tokio::join!(
+    let (proxy, sigkill, batch, plugin, disk, pg, order, recovery_sqlite, recovery_pg) = tokio::join!(
         maybe(runs("proxy"), Box::pin(proxy_scenario(seed))),
         maybe(runs("sigkill"), Box::pin(sigkill_scenario(seed, kills))),
         maybe(
@@ -1486,11 +1488,29 @@ async fn faults_heal_and_nothing_is_lost() {
             Box::pin(postgres_restart_scenario(seed))
         ),
         maybe(runs("out-of-order"), Box::pin(out_of_order_scenario(seed))),
+        maybe(
+            runs("claims-recovery-sqlite"),
+            Box::pin(recovery::scenario(false))
+        ),
+        maybe(
+            runs("claims-recovery-postgres"),
+            Box::pin(recovery::scenario(true))
+        ),
     );
-    let outcomes: Vec<Outcome> = [proxy, sigkill, batch, plugin, disk, pg, order]
-        .into_iter()
-        .flatten()
-        .collect();
+    let outcomes: Vec<Outcome> = [
+        proxy,
+        sigkill,
+        batch,
+        plugin,
+        disk,
+        pg,
+        order,
+        recovery_sqlite,
+        recovery_pg,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let table = print_table(&outcomes, seed);
     println!("{table}");
     eprintln!("{table}");
