@@ -680,8 +680,9 @@ impl Drop for Server {
 fn rclone_runs(dir: &Path, written: &[Written], transfers: &[Option<u32>]) -> Vec<RcloneRun> {
     let source = dir.join("rclone-source");
     std::fs::create_dir_all(&source).expect("rclone source folder");
-    for w in written {
-        std::fs::hard_link(&w.file, source.join(format!("{}.yaml", w.id)))
+    // Named by position: bulk-written blobs have no record id yet.
+    for (i, w) in written.iter().enumerate() {
+        std::fs::hard_link(&w.file, source.join(format!("{i}.yaml")))
             .expect("hard link of a blob");
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
