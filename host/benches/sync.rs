@@ -682,8 +682,7 @@ fn rclone_runs(dir: &Path, written: &[Written], transfers: &[Option<u32>]) -> Ve
     std::fs::create_dir_all(&source).expect("rclone source folder");
     // Named by position: bulk-written blobs have no record id yet.
     for (i, w) in written.iter().enumerate() {
-        std::fs::hard_link(&w.file, source.join(format!("{i}.yaml")))
-            .expect("hard link of a blob");
+        std::fs::hard_link(&w.file, source.join(format!("{i}.yaml"))).expect("hard link of a blob");
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
