@@ -158,6 +158,27 @@ impl SiteProcess {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// `None` while the process runs; otherwise why it is gone: its exit
+    /// status and the end of its log (the folder is deleted with the test,
+    /// so this is the only trace a CI run keeps).
+    pub fn death_note(&mut self) -> Option<String> {
+        if self.alive() {
+            return None;
+        }
+        let status = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .map_or("not running".to_string(), |s| s.to_string());
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        Some(format!(
+            "the {} died ({status}); its log ends:\n{tail}",
+            self.what
+        ))
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.join(format!("{}.log", self.what))
     }
@@ -336,13 +357,17 @@ impl Pair {
         times: Vec<Result<Duration, String>>,
     ) -> Outcome {
         let lost = self.lost().await;
-        let alive = self.primary.alive() && self.secondary.alive();
-        let note = if alive {
-            String::new()
-        } else {
-            "a site died".into()
-        };
+        let note = self.death_note().unwrap_or_default();
         outcome(scenario, iterations, faults, times, lost, note)
+    }
+
+    /// `None` while both sites run; otherwise which died and how.
+    pub fn death_note(&mut self) -> Option<String> {
+        let notes: Vec<String> = [self.primary.death_note(), self.secondary.death_note()]
+            .into_iter()
+            .flatten()
+            .collect();
+        (!notes.is_empty()).then(|| notes.join("\n"))
     }
 
     /// Rewrites one setting of the secondary's configuration.
@@ -824,7 +849,7 @@ async fn proxy_scenario(seed: u64) -> Outcome {
             .status();
     }
     let injected = proxy.injected();
-    let alive = pair.secondary.alive() && pair.primary.alive();
+    let died = pair.death_note();
     let lost = pair.lost().await;
     outcome(
         "proxy: 5xx, resets, stalls, truncated, flipped",
@@ -836,11 +861,7 @@ async fn proxy_scenario(seed: u64) -> Outcome {
             .join(", "),
         times,
         lost,
-        if alive {
-            String::new()
-        } else {
-            "a site died".into()
-        },
+        died.unwrap_or_default(),
     )
 }
 
@@ -1135,15 +1156,15 @@ async fn disk_full_scenario(seed: u64) -> Outcome {
         times.push(pair.converge().await);
     }
     let lost = pair.lost().await;
-    let alive = pair.secondary.alive();
+    let died = pair.death_note();
     outcome(
         NAME,
         rounds as usize,
         format!("disk filled {rounds}×, {failures_seen} failed syncs seen"),
         times,
         lost,
-        if !alive {
-            "the secondary died".into()
+        if let Some(died) = died {
+            died
         } else if failures_seen == 0 {
             "the full disk caused no failure (did the fill work?)".into()
         } else {
@@ -1406,7 +1427,7 @@ async fn plugin_scenario(seed: u64) -> Outcome {
         times.push(result);
     }
     let lost = pair.lost().await;
-    let alive = pair.secondary.alive();
+    let died = pair.death_note();
     outcome(
         NAME,
         rounds as usize,
@@ -1417,11 +1438,7 @@ async fn plugin_scenario(seed: u64) -> Outcome {
         ),
         times,
         lost,
-        if alive {
-            String::new()
-        } else {
-            "the secondary died".into()
-        },
+        died.unwrap_or_default(),
     )
 }
 

@@ -87,7 +87,7 @@ pub async fn scenario(postgres: bool) -> Outcome {
         }
     });
     let lost = pair.lost().await;
-    let alive = pair.primary.alive() && pair.secondary.alive();
+    let died = pair.death_note();
     outcome(
         name,
         1,
@@ -96,11 +96,7 @@ pub async fn scenario(postgres: bool) -> Outcome {
         ),
         vec![time],
         lost,
-        if alive {
-            String::new()
-        } else {
-            "a site died".into()
-        },
+        died.unwrap_or_default(),
     )
 }
 
