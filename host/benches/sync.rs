@@ -930,7 +930,10 @@ fn ingest_table(table: &mut Table, ingest: Ingest) {
     table.section("primary ingest of 4 KiB records, SQLite and local disk, no secondary");
     for (what, (count, took)) in [
         ("one writer at a time", ingest.sequential),
-        (&*format!("{LAG_WRITERS} writers at once"), ingest.concurrent),
+        (
+            &*format!("{LAG_WRITERS} writers at once"),
+            ingest.concurrent,
+        ),
     ] {
         table.row(vec![
             format!("writes/s, {what} ({} writes)", thousands(count)),
