@@ -241,7 +241,11 @@ pub async fn handle_events(
                 }
             }
             DELETED => {
-                // The blob goes now, its row with the run.
+                // The changes of the events before it are written first
+                // (a run of deletions stays one run); the blob goes now,
+                // its row with the run.
+                run.push(cx.tracking, &mut counts, it, Change::Delete, id)
+                    .await?;
                 let path = event
                     .payload
                     .get("blob_path")
@@ -264,7 +268,7 @@ pub async fn handle_events(
                         )
                     }
                 }
-                Change::Delete
+                continue;
             }
             CHECKSUM_SUCCEEDED => Change::VerificationPending,
             other => {
