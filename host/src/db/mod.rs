@@ -224,65 +224,30 @@ pub enum Arg {
     Ts(Option<DateTime<Utc>>),
 }
 
-impl From<i64> for Arg {
-    fn from(v: i64) -> Arg {
-        Arg::I64(Some(v))
-    }
+/// `From` conversions into [`Arg`], one a line: `type => |v| arg`.
+macro_rules! arg_from {
+    ($($ty:ty => |$v:ident| $arg:expr),+ $(,)?) => {
+        $(impl From<$ty> for Arg {
+            fn from($v: $ty) -> Arg {
+                $arg
+            }
+        })+
+    };
 }
-impl From<i32> for Arg {
-    fn from(v: i32) -> Arg {
-        Arg::I32(Some(v))
-    }
-}
-impl From<i16> for Arg {
-    fn from(v: i16) -> Arg {
-        Arg::I16(Some(v))
-    }
-}
-impl From<bool> for Arg {
-    fn from(v: bool) -> Arg {
-        Arg::Bool(Some(v))
-    }
-}
-impl From<&str> for Arg {
-    fn from(v: &str) -> Arg {
-        Arg::Text(Some(v.to_string()))
-    }
-}
-impl From<String> for Arg {
-    fn from(v: String) -> Arg {
-        Arg::Text(Some(v))
-    }
-}
-impl From<Option<String>> for Arg {
-    fn from(v: Option<String>) -> Arg {
-        Arg::Text(v)
-    }
-}
-impl From<Option<i64>> for Arg {
-    fn from(v: Option<i64>) -> Arg {
-        Arg::I64(v)
-    }
-}
-impl From<DateTime<Utc>> for Arg {
-    fn from(v: DateTime<Utc>) -> Arg {
-        Arg::Ts(Some(v))
-    }
-}
-impl From<Option<DateTime<Utc>>> for Arg {
-    fn from(v: Option<DateTime<Utc>>) -> Arg {
-        Arg::Ts(v)
-    }
-}
-impl From<Vec<u8>> for Arg {
-    fn from(v: Vec<u8>) -> Arg {
-        Arg::Bytes(Some(v))
-    }
-}
-impl From<Option<Vec<u8>>> for Arg {
-    fn from(v: Option<Vec<u8>>) -> Arg {
-        Arg::Bytes(v)
-    }
+
+arg_from! {
+    i64 => |v| Arg::I64(Some(v)),
+    i32 => |v| Arg::I32(Some(v)),
+    i16 => |v| Arg::I16(Some(v)),
+    bool => |v| Arg::Bool(Some(v)),
+    &str => |v| Arg::Text(Some(v.to_string())),
+    String => |v| Arg::Text(Some(v)),
+    Option<String> => |v| Arg::Text(v),
+    Option<i64> => |v| Arg::I64(v),
+    DateTime<Utc> => |v| Arg::Ts(Some(v)),
+    Option<DateTime<Utc>> => |v| Arg::Ts(v),
+    Vec<u8> => |v| Arg::Bytes(Some(v)),
+    Option<Vec<u8>> => |v| Arg::Bytes(v),
 }
 
 fn micros(ts: DateTime<Utc>) -> i64 {
@@ -296,34 +261,31 @@ fn from_micros(us: i64) -> DateTime<Utc> {
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
+/// Binds `args` to `query` in order; `$ts` says how a timestamp is bound.
+macro_rules! bind_args {
+    ($query:ident, $args:ident, |$v:ident| $ts:expr) => {{
+        for arg in $args {
+            $query = match arg.clone() {
+                Arg::I64(v) => $query.bind(v),
+                Arg::I32(v) => $query.bind(v),
+                Arg::I16(v) => $query.bind(v),
+                Arg::Text(v) => $query.bind(v),
+                Arg::Bool(v) => $query.bind(v),
+                Arg::Bytes(v) => $query.bind(v),
+                Arg::Ts($v) => $query.bind($ts),
+            };
+        }
+        $query
+    }};
+}
+
+/// SQLite stores timestamps as microseconds since the epoch.
 fn bind_sqlite<'q>(mut query: SqliteQuery<'q>, args: &[Arg]) -> SqliteQuery<'q> {
-    for arg in args {
-        query = match arg.clone() {
-            Arg::I64(v) => query.bind(v),
-            Arg::I32(v) => query.bind(v),
-            Arg::I16(v) => query.bind(v),
-            Arg::Text(v) => query.bind(v),
-            Arg::Bool(v) => query.bind(v),
-            Arg::Bytes(v) => query.bind(v),
-            Arg::Ts(v) => query.bind(v.map(micros)),
-        };
-    }
-    query
+    bind_args!(query, args, |v| v.map(micros))
 }
 
 fn bind_pg<'q>(mut query: PgQuery<'q>, args: &[Arg]) -> PgQuery<'q> {
-    for arg in args {
-        query = match arg.clone() {
-            Arg::I64(v) => query.bind(v),
-            Arg::I32(v) => query.bind(v),
-            Arg::I16(v) => query.bind(v),
-            Arg::Text(v) => query.bind(v),
-            Arg::Bool(v) => query.bind(v),
-            Arg::Bytes(v) => query.bind(v),
-            Arg::Ts(v) => query.bind(v),
-        };
-    }
-    query
+    bind_args!(query, args, |v| v)
 }
 
 enum Executor<'a> {
@@ -868,12 +830,16 @@ mod tests {
 
     #[test]
     fn only_plain_selects_go_to_the_readers() {
-        assert!(is_select("SELECT 1"));
-        assert!(is_select("  select id FROM t"));
-        assert!(!is_select("UPDATE t SET n = 1 RETURNING n"));
-        assert!(!is_select("WITH x AS (SELECT 1) UPDATE t SET n = 1"));
-        assert!(!is_select("INSERT INTO t VALUES (1) RETURNING id"));
-        assert!(!is_select("sel"));
+        for (sql, select) in [
+            ("SELECT 1", true),
+            ("  select id FROM t", true),
+            ("UPDATE t SET n = 1 RETURNING n", false),
+            ("WITH x AS (SELECT 1) UPDATE t SET n = 1", false),
+            ("INSERT INTO t VALUES (1) RETURNING id", false),
+            ("sel", false),
+        ] {
+            assert_eq!(is_select(sql), select, "{sql}");
+        }
     }
 
     #[test]
