@@ -263,7 +263,10 @@ pub fn index(name: &str) -> QuotedIdent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{Arg, Db, template, testing::test_databases};
+    use crate::db::{
+        Arg, Db, template,
+        testing::{test_databases, update},
+    };
     use crate::secondary::registry::Registry;
     use crate::secondary::testing::{helm, tracking_databases};
 
@@ -339,25 +342,12 @@ mod tests {
                 .await
                 .unwrap();
             let states = VerificationTable::states(&it.identity);
-            db.execute(
-                &format!(
-                    "UPDATE {} SET verification_state = {V_SUCCEEDED} WHERE id % 10 = 0",
-                    states.table
-                ),
-                &[],
-            )
-            .await
-            .unwrap();
-            db.execute(
-                &format!(
-                    "UPDATE {} SET verification_state = {V_FAILED}, verification_retry_at = $1 \
-                     WHERE id % 5 = 1",
-                    states.table
-                ),
-                &[Db::now().into()],
-            )
-            .await
-            .unwrap();
+            let succeeded = format!("verification_state = {V_SUCCEEDED} WHERE id % 10 = 0");
+            update(&db, &states.table, &succeeded, &[]).await;
+            let failed = format!(
+                "verification_state = {V_FAILED}, verification_retry_at = $1 WHERE id % 5 = 1"
+            );
+            update(&db, &states.table, &failed, &[Db::now().into()]).await;
             analyze(&db).await;
             let kinds = states.candidates(true);
             assert_index_ordered(&db, &states.table, &kinds[0], &format!("{backend} pending"))
@@ -370,25 +360,12 @@ mod tests {
             let registry = Registry::of(&it);
             let ids: Vec<i64> = (1..=ROWS).collect();
             registry.insert_missing(&db, &ids).await.unwrap();
-            db.execute(
-                &format!(
-                    "UPDATE {} SET state = {S_SYNCED} WHERE id % 5 = 0",
-                    registry.table()
-                ),
-                &[],
-            )
-            .await
-            .unwrap();
-            db.execute(
-                &format!(
-                    "UPDATE {} SET verification_state = {V_FAILED}, verification_retry_at = $1 \
-                     WHERE id % 10 = 0",
-                    registry.table()
-                ),
-                &[Db::now().into()],
-            )
-            .await
-            .unwrap();
+            let synced = format!("state = {S_SYNCED} WHERE id % 5 = 0");
+            update(&db, registry.table(), &synced, &[]).await;
+            let failed = format!(
+                "verification_state = {V_FAILED}, verification_retry_at = $1 WHERE id % 10 = 0"
+            );
+            update(&db, registry.table(), &failed, &[Db::now().into()]).await;
             analyze(&db).await;
             let table = registry.table();
             let sync = registry.sync_candidates(true);

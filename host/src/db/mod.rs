@@ -88,6 +88,14 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// A column whose value is not what the caller expects.
+    pub fn decode(column: &str, message: impl std::fmt::Display) -> DbError {
+        DbError::Decode {
+            column: column.into(),
+            message: message.to_string(),
+        }
+    }
+
     fn sqlx(context: impl Into<String>, source: sqlx::Error) -> DbError {
         DbError::Sqlx {
             context: context.into(),
@@ -411,6 +419,21 @@ impl Db {
             .await
     }
 
+    /// Runs a query; returns its rows, each decoded by `decode` (the first
+    /// error wins).
+    pub async fn fetch_map<T>(
+        &self,
+        sql: &str,
+        args: &[Arg],
+        decode: impl FnMut(&DbRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        self.fetch_all(sql, args)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
+    }
+
     /// Runs a query; returns its first row, if any.
     pub async fn fetch_optional(&self, sql: &str, args: &[Arg]) -> Result<Option<DbRow>> {
         Ok(self.fetch_all(sql, args).await?.into_iter().next())
@@ -521,6 +544,20 @@ impl Tx {
         self.executor().fetch_all(sql, args).await
     }
 
+    /// [`Db::fetch_map`] in this transaction.
+    pub async fn fetch_map<T>(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+        decode: impl FnMut(&DbRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        self.fetch_all(sql, args)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
+    }
+
     pub async fn fetch_optional(&mut self, sql: &str, args: &[Arg]) -> Result<Option<DbRow>> {
         Ok(self.fetch_all(sql, args).await?.into_iter().next())
     }
@@ -564,10 +601,7 @@ macro_rules! getter {
                 DbRow::Sqlite(r) => r.try_get::<$ty, _>(column),
                 DbRow::Postgres(r) => r.try_get::<$ty, _>(column),
             }
-            .map_err(|e| DbError::Decode {
-                column: column.into(),
-                message: e.to_string(),
-            })
+            .map_err(|e| DbError::decode(column, e))
         }
     };
 }
@@ -586,10 +620,7 @@ impl DbRow {
             DbRow::Sqlite(r) => r.try_get::<i64, _>(column).map(|v| v as i16),
             DbRow::Postgres(r) => r.try_get::<i16, _>(column),
         }
-        .map_err(|e| DbError::Decode {
-            column: column.into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| DbError::decode(column, e))
     }
 
     /// An `integer` column.
@@ -598,10 +629,7 @@ impl DbRow {
             DbRow::Sqlite(r) => r.try_get::<i64, _>(column).map(|v| v as i32),
             DbRow::Postgres(r) => r.try_get::<i32, _>(column),
         }
-        .map_err(|e| DbError::Decode {
-            column: column.into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| DbError::decode(column, e))
     }
 
     /// Any integer column (`smallint`, `integer`, `bigint`) as `i64`.
@@ -619,10 +647,7 @@ impl DbRow {
                         .map(|v| v.map(i64::from))
                 }),
         }
-        .map_err(|e| DbError::Decode {
-            column: column.into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| DbError::decode(column, e))
     }
 
     pub fn opt_ts(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
@@ -632,17 +657,12 @@ impl DbRow {
                 .map(|v| v.map(from_micros)),
             DbRow::Postgres(r) => r.try_get::<Option<DateTime<Utc>>, _>(column),
         }
-        .map_err(|e| DbError::Decode {
-            column: column.into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| DbError::decode(column, e))
     }
 
     pub fn ts(&self, column: &str) -> Result<DateTime<Utc>> {
-        self.opt_ts(column)?.ok_or_else(|| DbError::Decode {
-            column: column.into(),
-            message: "unexpected NULL".into(),
-        })
+        self.opt_ts(column)?
+            .ok_or_else(|| DbError::decode(column, "unexpected NULL"))
     }
 
     /// A column of a type's model table, as the plugin value of `column_type`.
@@ -670,10 +690,7 @@ impl DbRow {
             DbRow::Sqlite(r) => r.try_get::<Option<bool>, _>(column),
             DbRow::Postgres(r) => r.try_get::<Option<bool>, _>(column),
         }
-        .map_err(|e| DbError::Decode {
-            column: column.into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| DbError::decode(column, e))
     }
 }
 

@@ -229,31 +229,30 @@ pub async fn delete_project(db: &Db, id: i64) -> Result<(), TopologyError> {
 /// Every namespace and project.
 pub async fn snapshot(db: &Db) -> Result<crate::feed::TopologySnapshot, DbError> {
     let namespaces = db
-        .fetch_all("SELECT id, parent_id FROM namespaces ORDER BY id", &[])
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(NamespaceNode {
-                id: r.i64("id")?,
-                parent_id: r.opt_i64("parent_id")?,
-            })
-        })
-        .collect::<Result<Vec<_>, DbError>>()?;
+        .fetch_map(
+            "SELECT id, parent_id FROM namespaces ORDER BY id",
+            &[],
+            |r| {
+                Ok(NamespaceNode {
+                    id: r.i64("id")?,
+                    parent_id: r.opt_i64("parent_id")?,
+                })
+            },
+        )
+        .await?;
     let projects = db
-        .fetch_all(
+        .fetch_map(
             "SELECT id, namespace_id, repository_storage FROM projects ORDER BY id",
             &[],
+            |r| {
+                Ok(ProjectNode {
+                    id: r.i64("id")?,
+                    namespace_id: r.i64("namespace_id")?,
+                    repository_storage: r.text("repository_storage")?,
+                })
+            },
         )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(ProjectNode {
-                id: r.i64("id")?,
-                namespace_id: r.i64("namespace_id")?,
-                repository_storage: r.text("repository_storage")?,
-            })
-        })
-        .collect::<Result<Vec<_>, DbError>>()?;
+        .await?;
     Ok(crate::feed::TopologySnapshot {
         namespaces,
         projects,

@@ -341,14 +341,12 @@ pub async fn save_position(tx: &mut Tx, event_id: i64) -> Result<(), DbError> {
 /// when each was first seen, lowest first.
 pub async fn gaps(tracking: &Db) -> Result<Vec<(i64, chrono::DateTime<chrono::Utc>)>, DbError> {
     tracking
-        .fetch_all(
+        .fetch_map(
             "SELECT event_id, seen_at FROM event_log_gaps ORDER BY event_id",
             &[],
+            |row| Ok((row.i64("event_id")?, row.ts("seen_at")?)),
         )
-        .await?
-        .iter()
-        .map(|row| Ok((row.i64("event_id")?, row.ts("seen_at")?)))
-        .collect()
+        .await
 }
 
 /// The log ids a page covers, in order: its events' and those it withholds
@@ -591,7 +589,7 @@ async fn follow(
 mod tests {
     use super::*;
     use crate::plugin::{SelectiveSync, SyncSettings};
-    use crate::secondary::testing::{FakePrimary, blob_store, helm, tracking_databases};
+    use crate::secondary::testing::{blob_path, helm, rigs};
     use crate::states::{SyncState, VerificationState};
     use crate::topology::{NamespaceNode, ProjectNode, Topology};
     use serde_json::json;
@@ -623,21 +621,13 @@ mod tests {
     async fn events_are_handled_in_order_and_by_kind() {
         let it = helm();
         let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let client = primary.client();
+        for (backend, db, primary, _dir, blobs, d) in rigs().await {
+            let client = d.client;
             primary.add(1, 10, b"one", true);
             primary.add(2, 11, b"two", true);
             primary.add(3, 12, b"three", true); // project 12 is newer than the cached topology
             let doomed = primary.add(5, 10, b"five", true);
-            let doomed_path = it
-                .blob_paths(&[doomed])
-                .await
-                .unwrap()
-                .pop()
-                .unwrap()
-                .unwrap();
+            let doomed_path = blob_path(&it, &doomed).await;
             blobs
                 .put_bytes(it.name(), &doomed_path, bytes::Bytes::from_static(b"five"))
                 .await
@@ -797,10 +787,8 @@ mod tests {
 
     #[tokio::test]
     async fn rounds_keep_the_position_and_take_the_lease() {
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let client = primary.client();
+        for (backend, db, primary, _dir, blobs, d) in rigs().await {
+            let client = d.client;
             for id in 1..=3 {
                 primary.event(CHECKSUM_SUCCEEDED, id, json!({}));
             }

@@ -889,13 +889,7 @@ mod tests {
         primary.add(6, 10, b"index 6", true);
         primary.event(cursor::CREATED, 6, serde_json::json!({}));
         let gone = primary.with(|s| s.records.remove(&1)).unwrap();
-        let path = it
-            .blob_paths(&[gone])
-            .await
-            .unwrap()
-            .pop()
-            .unwrap()
-            .unwrap();
+        let path = testing::blob_path(&it, &gone).await;
         assert!(site.blobs.exists(it.name(), &path).await.unwrap());
         primary.event(
             cursor::DELETED,

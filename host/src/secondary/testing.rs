@@ -49,6 +49,30 @@ pub async fn tracking_databases() -> Vec<(&'static str, Db)> {
     out
 }
 
+/// One round of a test, per tracking database: `(backend, db, primary,
+/// dir, blobs, downloader)`, a fake primary, a blob store in the temporary
+/// folder `dir`, and a downloader from the primary into `db` and `blobs`.
+pub type Rig = (
+    &'static str,
+    Db,
+    FakePrimary,
+    tempfile::TempDir,
+    crate::storage::BlobStore,
+    super::sync::Downloader,
+);
+
+/// A [`Rig`] for each of the [`tracking_databases`].
+pub async fn rigs() -> Vec<Rig> {
+    let mut out = Vec::new();
+    for (backend, db) in tracking_databases().await {
+        let primary = FakePrimary::start().await;
+        let (dir, blobs) = blob_store();
+        let d = downloader(&primary, &db, &blobs);
+        out.push((backend, db, primary, dir, blobs, d));
+    }
+    out
+}
+
 /// One blob on the fake primary.
 #[derive(Debug, Clone)]
 pub struct FakeBlob {
@@ -464,16 +488,31 @@ pub fn downloader(
     }
 }
 
-/// The blob of a Helm `record` in `blobs`, if there is one.
-pub async fn stored(blobs: &crate::storage::BlobStore, record: &FeedRecord) -> Option<Vec<u8>> {
-    let it = helm();
-    let path = it
-        .blob_paths(std::slice::from_ref(record))
+/// A client of a primary that is not there (nothing listens on port 9).
+pub fn unreachable_primary() -> PrimaryClient {
+    PrimaryClient::new(&PrimarySection {
+        url: "http://127.0.0.1:9".into(),
+        access_key: "k".into(),
+        secret_access_key: "s".into(),
+        ca_file: None,
+    })
+    .unwrap()
+}
+
+/// `it`'s blob path for `record`.
+pub async fn blob_path(it: &InstalledType, record: &FeedRecord) -> crate::plugin::BlobPath {
+    it.blob_paths(std::slice::from_ref(record))
         .await
         .unwrap()
         .pop()
         .unwrap()
-        .unwrap();
+        .unwrap()
+}
+
+/// The blob of a Helm `record` in `blobs`, if there is one.
+pub async fn stored(blobs: &crate::storage::BlobStore, record: &FeedRecord) -> Option<Vec<u8>> {
+    let it = helm();
+    let path = blob_path(&it, record).await;
     match blobs
         .read_small(it.name(), &[path], u64::MAX, u64::MAX)
         .await
