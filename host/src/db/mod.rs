@@ -421,17 +421,11 @@ impl Db {
 
     /// Runs a query; returns its rows, each decoded by `decode` (the first
     /// error wins).
-    pub async fn fetch_map<T>(
-        &self,
-        sql: &str,
-        args: &[Arg],
-        decode: impl FnMut(&DbRow) -> Result<T>,
-    ) -> Result<Vec<T>> {
-        self.fetch_all(sql, args)
-            .await?
-            .iter()
-            .map(decode)
-            .collect()
+    pub async fn fetch_map<T, F>(&self, sql: &str, args: &[Arg], decode: F) -> Result<Vec<T>>
+    where
+        F: FnMut(&DbRow) -> Result<T>,
+    {
+        decode_all(self.fetch_all(sql, args).await?, decode)
     }
 
     /// Runs a query; returns its first row, if any.
@@ -545,17 +539,11 @@ impl Tx {
     }
 
     /// [`Db::fetch_map`] in this transaction.
-    pub async fn fetch_map<T>(
-        &mut self,
-        sql: &str,
-        args: &[Arg],
-        decode: impl FnMut(&DbRow) -> Result<T>,
-    ) -> Result<Vec<T>> {
-        self.fetch_all(sql, args)
-            .await?
-            .iter()
-            .map(decode)
-            .collect()
+    pub async fn fetch_map<T, F>(&mut self, sql: &str, args: &[Arg], f: F) -> Result<Vec<T>>
+    where
+        F: FnMut(&DbRow) -> Result<T>,
+    {
+        decode_all(self.fetch_all(sql, args).await?, f)
     }
 
     pub async fn fetch_optional(&mut self, sql: &str, args: &[Arg]) -> Result<Option<DbRow>> {
@@ -586,6 +574,11 @@ impl Tx {
         }
         .map_err(|e| DbError::sqlx("ROLLBACK", e))
     }
+}
+
+/// Every row decoded by `decode` (the first error wins).
+fn decode_all<T>(rows: Vec<DbRow>, decode: impl FnMut(&DbRow) -> Result<T>) -> Result<Vec<T>> {
+    rows.iter().map(decode).collect()
 }
 
 /// One result row, read by column name with the type the caller expects.

@@ -663,7 +663,7 @@ async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secondary::testing::{helm, rigs, stored};
+    use crate::secondary::testing::{FakeState, helm, rigs, stored};
     use crate::states::SyncState;
 
     const SETTINGS: BatchSettings = BatchSettings {
@@ -740,22 +740,17 @@ mod tests {
             // `too_large`; the single download then refuses it past the
             // declared size).
             let big = vec![b'x'; 200];
+            let size_column = |id, size: i64| {
+                let set = |s: &mut FakeState| {
+                    let columns = &mut s.records.get_mut(&id).unwrap().columns;
+                    columns.insert("size".into(), size.into());
+                };
+                primary.with(set);
+            };
             let declared = primary.add(6, 10, &big, true);
-            primary.with(|s| {
-                s.records
-                    .get_mut(&6)
-                    .unwrap()
-                    .columns
-                    .insert("size".into(), 200.into())
-            });
+            size_column(6, 200);
             let grown = primary.add(7, 10, &big, true);
-            primary.with(|s| {
-                s.records
-                    .get_mut(&7)
-                    .unwrap()
-                    .columns
-                    .insert("size".into(), 30.into())
-            });
+            size_column(7, 30);
             registry
                 .insert_missing(&db, &[1, 2, 3, 4, 5, 6, 7])
                 .await

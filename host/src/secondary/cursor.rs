@@ -801,36 +801,31 @@ mod tests {
             let enabled = types(true);
             let cancel = tokio_util::sync::CancellationToken::new();
             let cached = scope(&[(10, 1)]);
-            let wait = Duration::ZERO;
+            // One round with these types and scope, without waiting.
+            let go = async || {
+                let types = async || enabled.clone();
+                round(
+                    &cx,
+                    types,
+                    Some(&cached),
+                    async || None,
+                    Duration::ZERO,
+                    &cancel,
+                )
+                .await
+                .unwrap()
+            };
 
             // A new cursor starts at the primary's newest event.
             assert_eq!(position(&db).await.unwrap(), None);
-            let first = round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            let first = go().await;
             assert_eq!(first, Round::Handled(0), "{backend}");
             assert_eq!(position(&db).await.unwrap(), Some(3), "{backend}");
 
             primary.add(1, 10, b"one", true);
             primary.event(CREATED, 1, json!({}));
             primary.event(UPDATED, 1, json!({}));
-            let second = round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            let second = go().await;
             assert_eq!(second, Round::Handled(2), "{backend}");
             assert_eq!(position(&db).await.unwrap(), Some(5), "{backend}");
             assert!(Registry::of(&helm()).get(&db, 1).await.unwrap().is_some());
@@ -844,40 +839,16 @@ mod tests {
             // as a gap, and handled once its event appears.
             primary.add(2, 10, b"two", true);
             let late = primary.event(CREATED, 2, json!({}));
-            let hidden = primary.with(|s| {
-                let at = s.events.iter().position(|e| e.id == late).unwrap();
-                s.events.remove(at)
-            });
+            let hidden = primary.uncommit(&[late]);
             primary.event(UPDATED, 1, json!({}));
-            let round_three = round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            let round_three = go().await;
             assert_eq!(round_three, Round::Handled(1), "{backend}");
             assert_eq!(position(&db).await.unwrap(), Some(late + 1), "{backend}");
             let tracked = gaps(&db).await.unwrap();
             assert_eq!(tracked.iter().map(|g| g.0).collect::<Vec<_>>(), [late]);
             assert!(Registry::of(&helm()).get(&db, 2).await.unwrap().is_none());
-            primary.with(|s| {
-                s.events.push(hidden);
-                s.events.sort_by_key(|e| e.id);
-            });
-            let round_four = round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            primary.commit(hidden);
+            let round_four = go().await;
             assert_eq!(round_four, Round::Handled(1), "{backend}: the late event");
             assert!(gaps(&db).await.unwrap().is_empty(), "{backend}");
             assert!(Registry::of(&helm()).get(&db, 2).await.unwrap().is_some());
@@ -891,16 +862,7 @@ mod tests {
             )
             .await
             .unwrap();
-            round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            go().await;
             assert!(gaps(&db).await.unwrap().is_empty(), "{backend}");
 
             // Events the primary withholds (records out of this site's
@@ -908,23 +870,11 @@ mod tests {
             // whose event turns out withheld is filled.
             let before = position(&db).await.unwrap().unwrap();
             let gap = primary.event(UPDATED, 1, json!({}));
-            let hidden = primary.with(|s| {
-                let at = s.events.iter().position(|e| e.id == gap).unwrap();
-                s.events.remove(at)
-            });
+            let hidden = primary.uncommit(&[gap]);
             let kept = primary.event(UPDATED, 1, json!({}));
             let last = primary.event(UPDATED, 1, json!({}));
             primary.with(|s| s.withheld.extend([kept, last]));
-            let withheld = round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            let withheld = go().await;
             assert_eq!(withheld, Round::Handled(0), "{backend}");
             assert_eq!(position(&db).await.unwrap(), Some(last), "{backend}");
             assert_eq!(
@@ -937,21 +887,9 @@ mod tests {
                 [gap],
                 "{backend}: only the uncommitted id is a gap (from {before})"
             );
-            primary.with(|s| {
-                s.events.push(hidden);
-                s.events.sort_by_key(|e| e.id);
-                s.withheld.push(gap);
-            });
-            round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            primary.commit(hidden);
+            primary.with(|s| s.withheld.push(gap));
+            go().await;
             assert!(gaps(&db).await.unwrap().is_empty(), "{backend}: filled");
             primary.with(|s| s.withheld.clear());
 
@@ -962,29 +900,11 @@ mod tests {
                     .execute("SELECT pg_advisory_xact_lock($1)", &[LEASE_KEY.into()])
                     .await
                     .unwrap();
-                let leased = round(
-                    &cx,
-                    async || enabled.clone(),
-                    Some(&cached),
-                    async || None,
-                    wait,
-                    &cancel,
-                )
-                .await
-                .unwrap();
+                let leased = go().await;
                 assert_eq!(leased, Round::Leased, "{backend}");
                 other.commit().await.unwrap();
                 primary.event(CREATED, 1, json!({}));
-                let third = round(
-                    &cx,
-                    async || enabled.clone(),
-                    Some(&cached),
-                    async || None,
-                    wait,
-                    &cancel,
-                )
-                .await
-                .unwrap();
+                let third = go().await;
                 assert_eq!(third, Round::Handled(1), "{backend}");
             }
         }

@@ -380,26 +380,11 @@ impl Secondary {
         let verification_timeout = Duration::from_secs(workers.verification_timeout_secs);
         for it in self.site.catalog.all() {
             let registry = Registry::of(&it);
-            match registry
-                .fail_stuck_syncs(&self.tracking, sync_timeout)
-                .await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(r#type = it.name(), rows = n, "stuck syncs failed"),
-                Err(error) => {
-                    tracing::warn!(r#type = it.name(), %error, "sync timeout pass failed")
-                }
-            }
-            match registry
-                .fail_stuck_verifications(&self.tracking, verification_timeout)
-                .await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(r#type = it.name(), rows = n, "stuck verifications failed"),
-                Err(error) => {
-                    tracing::warn!(r#type = it.name(), %error, "verification timeout pass failed")
-                }
-            }
+            let syncs = registry.fail_stuck_syncs(&self.tracking, sync_timeout);
+            log_stuck_pass(&it, "sync", syncs.await);
+            let verifications =
+                registry.fail_stuck_verifications(&self.tracking, verification_timeout);
+            log_stuck_pass(&it, "verification", verifications.await);
         }
     }
 
@@ -827,6 +812,16 @@ async fn run_bulk_jobs(s: Arc<Secondary>) {
                 }
             }
         }
+    }
+}
+
+/// Logs one stuck-row pass (`kind`: `sync` or `verification`) of `it`:
+/// the rows it failed, or why it could not run.
+fn log_stuck_pass(it: &InstalledType, kind: &str, outcome: Result<u64, DbError>) {
+    match outcome {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(r#type = it.name(), rows = n, "stuck {kind}s failed"),
+        Err(error) => tracing::warn!(r#type = it.name(), %error, "{kind} timeout pass failed"),
     }
 }
 

@@ -259,6 +259,25 @@ impl FakePrimary {
         id
     }
 
+    /// Takes events `ids` out of the feed, as if their transactions had
+    /// not committed yet; [`FakePrimary::commit`] puts them back.
+    pub fn uncommit(&self, ids: &[i64]) -> Vec<FeedEvent> {
+        self.with(|s| {
+            let (taken, kept): (Vec<_>, _) = s.events.drain(..).partition(|e| ids.contains(&e.id));
+            assert_eq!(taken.len(), ids.len(), "events {ids:?} are in the feed");
+            s.events = kept;
+            taken
+        })
+    }
+
+    /// Puts `events` (from [`FakePrimary::uncommit`]) back in the feed.
+    pub fn commit(&self, events: Vec<FeedEvent>) {
+        self.with(|s| {
+            s.events.extend(events);
+            s.events.sort_by_key(|e| e.id);
+        })
+    }
+
     pub fn with<R>(&self, f: impl FnOnce(&mut FakeState) -> R) -> R {
         f(&mut self.state.lock().unwrap())
     }
