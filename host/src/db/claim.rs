@@ -26,6 +26,7 @@ use super::{Arg, Backend, Db, DbError, QuotedIdent, ident, placeholders};
 use crate::plugin::TypeIdentity;
 use crate::states::sql::*;
 use chrono::{DateTime, Utc};
+use futures::future::{Fuse, FusedFuture, FutureExt};
 use std::time::Duration;
 
 /// One kind of candidate rows.
@@ -233,15 +234,39 @@ impl VerificationTable {
         };
         let mut work = std::pin::pin!(work);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // A renewal runs beside the work, never instead of it: the work may
+        // hold the one writer connection (SQLite) across an await, and a
+        // renewal waiting for that connection while the work is not polled
+        // would wait forever.
+        let mut renewal = std::pin::pin!(Fuse::terminated());
         loop {
             tokio::select! {
-                out = &mut work => return (out, stamp),
-                _ = tick.tick() => match self.renew(db, model_ids, stamp).await {
-                    Ok(renewed) => stamp = renewed,
-                    Err(error) => tracing::warn!(table = %self.table, %error, "cannot renew verification claims"),
-                },
+                out = &mut work => {
+                    if !renewal.is_terminated() {
+                        stamp = self.renewed(renewal.await, stamp);
+                    }
+                    return (out, stamp);
+                }
+                _ = tick.tick(), if renewal.is_terminated() => {
+                    renewal.set(self.renew(db, model_ids, stamp).fuse());
+                }
+                result = &mut renewal, if !renewal.is_terminated() => {
+                    stamp = self.renewed(result, stamp);
+                }
             }
         }
+    }
+
+    /// The stamp after a renewal: the new one, or (logged) the old one.
+    fn renewed(
+        &self,
+        result: Result<DateTime<Utc>, DbError>,
+        stamp: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        result.unwrap_or_else(|error| {
+            tracing::warn!(table = %self.table, %error, "cannot renew verification claims");
+            stamp
+        })
     }
 }
 
@@ -314,6 +339,32 @@ mod tests {
     async fn analyze(db: &Db) {
         if db.backend() == Backend::Postgres {
             db.execute_script("ANALYZE").await.unwrap();
+        }
+    }
+
+    /// Renewal ticks while the work holds SQLite's one writer connection
+    /// (a statement in flight) never stop the work: both finish.
+    #[tokio::test]
+    async fn renewing_never_waits_for_a_writer_the_work_holds() {
+        let it = helm();
+        let registry = Registry::of(&it);
+        for (backend, db) in tracking_databases().await {
+            registry.insert_missing(&db, &[1]).await.unwrap();
+            let bump = format!(
+                "UPDATE {} SET retry_count = retry_count + 1",
+                registry.table()
+            );
+            let work = async {
+                for _ in 0..200 {
+                    db.execute(&bump, &[]).await.unwrap();
+                }
+            };
+            let every = Some(Duration::from_millis(1));
+            let table = registry.verification_table();
+            let renewing = table.renewing(&db, &[1], Db::now(), every, work);
+            tokio::time::timeout(Duration::from_secs(60), renewing)
+                .await
+                .unwrap_or_else(|_| panic!("{backend}: the work and its renewals deadlocked"));
         }
     }
 
