@@ -663,7 +663,7 @@ async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secondary::testing::{FakeState, helm, rigs, stored};
+    use crate::secondary::testing::{FakeState, helm, helm_registry, rigs, stored};
     use crate::states::SyncState;
 
     const SETTINGS: BatchSettings = BatchSettings {
@@ -697,8 +697,7 @@ mod tests {
     /// batch syncs.
     #[tokio::test]
     async fn a_part_larger_than_its_record_fails_alone() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (_, registry) = helm_registry();
         for (backend, db, primary, _dir, blobs, d) in rigs().await {
             let liar = primary.add(1, 10, b"entries: 1\n", false);
             primary.with(|s| s.blobs.get_mut(&1).unwrap().bytes = vec![b'x'; 60]);
@@ -722,8 +721,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_record_of_a_batch_ends_as_it_would_alone() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (_, registry) = helm_registry();
         for (backend, db, primary, _dir, blobs, d) in rigs().await {
             let good = primary.add(1, 10, b"apiVersion: v1\n", true);
             let unverified = primary.add(2, 10, b"entries: {}\n", false);
@@ -846,8 +844,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_resync_during_the_batch_wins_and_shutdown_releases_the_rows() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (it, registry) = helm_registry();
         for (backend, db, primary, _dir, _, d) in rigs().await {
             primary.add(1, 10, b"one", true);
             primary.add(2, 10, b"two", true);
@@ -890,8 +887,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_answer_fails_the_records_it_did_not_deliver() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (_, registry) = helm_registry();
         for (backend, db, primary, _dir, blobs, d) in rigs().await {
             for id in 1..=3 {
                 primary.add(id, 10, format!("blob {id}").as_bytes(), true);

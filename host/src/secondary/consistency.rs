@@ -445,7 +445,7 @@ async fn remove(
 mod tests {
     use super::*;
     use crate::plugin::{SelectiveSync, SyncSettings};
-    use crate::secondary::testing::{blob_path, helm, helm_record, rigs};
+    use crate::secondary::testing::{blob_path, helm_record, helm_registry, rigs};
     use crate::topology::{NamespaceNode, ProjectNode, Topology};
 
     /// A guard that lets every removal through.
@@ -473,8 +473,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_registry_follows_the_primary_and_the_scope() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (it, registry) = helm_registry();
         for (backend, db, primary, _dir, blobs, d) in rigs().await {
             let client = d.client;
             for (id, project) in [(1, 10), (2, 10), (3, 10), (4, 11), (5, 11)] {

@@ -589,7 +589,7 @@ async fn follow(
 mod tests {
     use super::*;
     use crate::plugin::{SelectiveSync, SyncSettings};
-    use crate::secondary::testing::{blob_path, helm, rigs};
+    use crate::secondary::testing::{blob_path, helm, helm_registry, rigs};
     use crate::states::{SyncState, VerificationState};
     use crate::topology::{NamespaceNode, ProjectNode, Topology};
     use serde_json::json;
@@ -612,6 +612,17 @@ mod tests {
         }
     }
 
+    /// The event context of a test rig's downloader: its primary, tracking
+    /// database and blob store.
+    fn context(d: &crate::secondary::sync::Downloader) -> EventContext<'_> {
+        EventContext {
+            client: &d.client,
+            tracking: &d.tracking,
+            blobs: &d.blobs,
+            wakes: None,
+        }
+    }
+
     fn types(enabled: bool) -> HashMap<String, (Arc<InstalledType>, bool)> {
         let it = helm();
         HashMap::from([(it.name().to_string(), (it, enabled))])
@@ -619,10 +630,8 @@ mod tests {
 
     #[tokio::test]
     async fn events_are_handled_in_order_and_by_kind() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (it, registry) = helm_registry();
         for (backend, db, primary, _dir, blobs, d) in rigs().await {
-            let client = d.client;
             primary.add(1, 10, b"one", true);
             primary.add(2, 11, b"two", true);
             primary.add(3, 12, b"three", true); // project 12 is newer than the cached topology
@@ -663,12 +672,7 @@ mod tests {
             foreign.replicable_name = "package_file".into();
             events.push(foreign);
 
-            let cx = EventContext {
-                client: &client,
-                tracking: &db,
-                blobs: &blobs,
-                wakes: None,
-            };
+            let cx = context(&d);
             let enabled = types(true);
             let cached = scope(&[(10, 1), (11, 2)]);
             let refreshes = Cell::new(0);
@@ -731,12 +735,6 @@ mod tests {
             );
 
             // Replication disabled: created/updated ignored, deletes still applied.
-            let cx = EventContext {
-                client: &client,
-                tracking: &db,
-                blobs: &blobs,
-                wakes: None,
-            };
             let enabled = types(false);
             registry.insert_missing(&db, &[9]).await.unwrap();
             let later = [
@@ -787,17 +785,11 @@ mod tests {
 
     #[tokio::test]
     async fn rounds_keep_the_position_and_take_the_lease() {
-        for (backend, db, primary, _dir, blobs, d) in rigs().await {
-            let client = d.client;
+        for (backend, db, primary, _dir, _, d) in rigs().await {
             for id in 1..=3 {
                 primary.event(CHECKSUM_SUCCEEDED, id, json!({}));
             }
-            let cx = EventContext {
-                client: &client,
-                tracking: &db,
-                blobs: &blobs,
-                wakes: None,
-            };
+            let cx = context(&d);
             let enabled = types(true);
             let cancel = tokio_util::sync::CancellationToken::new();
             let cached = scope(&[(10, 1)]);

@@ -752,13 +752,14 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secondary::testing::{FakePrimary, helm, rigs, sha256, stored, unreachable_primary};
+    use crate::secondary::testing::{
+        FakePrimary, helm_registry, rigs, sha256, stored, unreachable_primary,
+    };
     use crate::states::SyncState;
 
     #[tokio::test]
     async fn downloads_check_and_place_the_blob() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (it, registry) = helm_registry();
         for (backend, db, primary, _dir, blobs, d) in rigs().await {
             let verified = primary.add(1, 10, b"apiVersion: v1\n", true);
             let unverified = primary.add(2, 10, b"entries: {}\n", false);
@@ -807,8 +808,7 @@ mod tests {
     /// failure after a bounded read, and the next record syncs.
     #[tokio::test]
     async fn a_hostile_primary_cannot_make_a_download_unbounded() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (it, registry) = helm_registry();
         for (backend, db, primary, dir, _, d) in rigs().await {
             let elsewhere = FakePrimary::start_on("127.0.0.2").await;
             for id in 1..=6 {
@@ -922,8 +922,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_checksum_mismatch_discards_the_download() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (it, registry) = helm_registry();
         for (backend, db, primary, dir, blobs, d) in rigs().await {
             // The header's checksum is not the content's.
             let header = primary.add(1, 10, b"good", true);
@@ -969,8 +968,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_recorded_and_never_leave_a_row_started() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (it, registry) = helm_registry();
         for (backend, db, primary, _dir, _, d) in rigs().await {
             primary.add(1, 10, b"x", true);
             primary.with(|s| s.blobs.get_mut(&1).unwrap().missing = true);
@@ -1030,8 +1028,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_resync_during_the_download_wins() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (it, registry) = helm_registry();
         for (backend, db, primary, _dir, blobs, d) in rigs().await {
             let record = primary.add(1, 10, b"v1", true);
             registry.insert_missing(&db, &[1]).await.unwrap();
@@ -1070,8 +1067,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_checksum_that_comes_during_the_download_is_not_lost() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (it, registry) = helm_registry();
         for (backend, db, primary, _dir, _, d) in rigs().await {
             primary.add(1, 10, b"v1", false);
             registry.insert_missing(&db, &[1]).await.unwrap();
@@ -1119,8 +1115,7 @@ mod tests {
 
     #[tokio::test]
     async fn object_stored_records_are_checked_by_padded_size() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (it, registry) = helm_registry();
         for (backend, db, primary, _dir, _, d) in rigs().await {
             for (id, checksum) in [(1, "0123"), (2, "0124")] {
                 let mut record =
@@ -1158,8 +1153,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_scheduler_drains_the_queue_within_capacity() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (it, registry) = helm_registry();
         for (backend, db, primary, _dir, _, d) in rigs().await {
             let ids: Vec<i64> = (1..=40).collect();
             for &id in &ids {

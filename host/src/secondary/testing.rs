@@ -34,6 +34,13 @@ pub fn helm() -> Arc<InstalledType> {
     .clone()
 }
 
+/// The shipped Helm type and its registry table.
+pub fn helm_registry() -> (Arc<InstalledType>, super::registry::Registry) {
+    let it = helm();
+    let registry = super::registry::Registry::of(&it);
+    (it, registry)
+}
+
 /// Fresh tracking databases (SQLite, and PostgreSQL when configured),
 /// migrated, with the Helm registry table.
 pub async fn tracking_databases() -> Vec<(&'static str, Db)> {

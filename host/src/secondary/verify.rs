@@ -295,13 +295,12 @@ async fn release(
 mod tests {
     use super::*;
     use crate::secondary::sync::SyncResult;
-    use crate::secondary::testing::{helm, rigs, sha256, unreachable_primary};
+    use crate::secondary::testing::{helm_registry, rigs, sha256, unreachable_primary};
     use crate::states::SyncState;
 
     #[tokio::test]
     async fn verification_compares_with_the_primary_and_resyncs_on_failure() {
-        let it = helm();
-        let registry = Registry::of(&it);
+        let (it, registry) = helm_registry();
         for (backend, db, primary, _dir, blobs, downloader) in rigs().await {
             let client = downloader.client.clone();
             let verify = async |client: &PrimaryClient| {
