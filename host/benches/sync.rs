@@ -296,7 +296,10 @@ async fn run() {
     }
     if runs("lag") {
         for (rate, seconds) in [(100, LAG_SECONDS), (1000, LAG_SECONDS_FAST)] {
-            lag_table(&mut table, lag_run(rate, seconds).await);
+            match lag_run(rate, seconds).await {
+                Ok(lag) => lag_table(&mut table, lag),
+                Err(stalled) => stalled_table(&mut table, stalled),
+            }
         }
     }
 
@@ -766,7 +769,7 @@ struct Lag {
 /// A running pair; writes `rate` records a second (each write its own
 /// task, at most [`LAG_WRITERS`] at once) for `seconds` and measures, per
 /// record, the commit → synced-and-verified time.
-async fn lag_run(rate: u64, seconds: f64) -> Lag {
+async fn lag_run(rate: u64, seconds: f64) -> Result<Lag, Stalled> {
     let seconds = (seconds * scale().min(1.0)).max(5.0);
     let primary = primary("", true).await;
     let project = project(&primary).await;
@@ -830,32 +833,21 @@ async fn lag_run(rate: u64, seconds: f64) -> Lag {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds) + Duration::from_secs(60);
     while seen.len() < total {
         if Instant::now() > deadline {
-            let rows = tracking
-                .fetch_all(
-                    &format!(
-                        "SELECT state, verification_state, COUNT(*) AS n, MIN({fk}) AS low, \
-                         MAX(last_sync_failure) AS f, MAX(verification_failure) AS vf \
-                         FROM {registry} GROUP BY state, verification_state"
-                    ),
-                    &[],
-                )
-                .await
-                .expect("registry counts");
-            for r in rows {
-                eprintln!(
-                    "state {:?} verification {:?}: {:?} rows from {:?} ({:?} / {:?})",
-                    r.int("state"),
-                    r.int("verification_state"),
-                    r.int("n"),
-                    r.int("low"),
-                    r.opt_text("f"),
-                    r.opt_text("vf")
-                );
-            }
-            panic!(
-                "{} of {total} records not verified in time",
-                total - seen.len()
-            );
+            let stalled = stalled(
+                &primary,
+                &tracking,
+                &registry,
+                &fk,
+                rate,
+                seconds,
+                total,
+                seen.len(),
+            )
+            .await;
+            writer.abort();
+            secondary.stop().await;
+            primary.stop().await;
+            return Err(stalled);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let rows = match tracking.fetch_all(&verified_sql, &[low.into()]).await {
@@ -882,13 +874,143 @@ async fn lag_run(rate: u64, seconds: f64) -> Lag {
         .collect();
     secondary.stop().await;
     primary.stop().await;
-    Lag {
+    Ok(Lag {
         rate,
         lags,
         seconds,
         achieved_rate: per_sec(total as f64, writing),
         peak_rss,
+    })
+}
+
+/// A lag run that did not converge in its limit, and where its records
+/// stopped: not written yet, not followed by the cursor, or waiting on a
+/// site's verification.
+struct Stalled {
+    rate: u64,
+    seconds: f64,
+    total: usize,
+    verified: usize,
+    /// Records the primary holds, and in how long.
+    written: i64,
+    elapsed: Duration,
+    /// The primary's last event id and the cursor's position.
+    last_event: i64,
+    position: i64,
+    /// Records the primary has verified.
+    primary_verified: i64,
+    /// Registry rows by (state, verification state).
+    registries: Vec<(i64, i64, i64)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stalled(
+    primary: &BenchSite,
+    tracking: &geohost::db::Db,
+    registry: &impl std::fmt::Display,
+    fk: &impl std::fmt::Display,
+    rate: u64,
+    seconds: f64,
+    total: usize,
+    verified: usize,
+) -> Stalled {
+    let one = |sql: &'static str| async move {
+        primary
+            .site
+            .db
+            .fetch_one(sql, &[])
+            .await
+            .expect(sql)
+            .int("n")
+            .expect(sql)
+            .unwrap_or(0)
+    };
+    let it = primary.site.installed(HELM).expect("the Helm type");
+    let counts = verify::state_counts(&primary.site.db, &it)
+        .await
+        .expect("the primary's verification counts");
+    // The warm-up record is not one of the run's.
+    let records: i64 = counts.iter().map(|(_, n)| n).sum::<i64>() - 1;
+    let primary_verified = counts
+        .iter()
+        .find(|(state, _)| *state == VerificationState::Succeeded)
+        .map_or(0, |(_, n)| n - 1);
+    let registries = tracking
+        .fetch_all(
+            &format!(
+                "SELECT state, verification_state, COUNT(*) AS n FROM {registry} \
+                 WHERE {fk} > 0 GROUP BY state, verification_state ORDER BY state, verification_state"
+            ),
+            &[],
+        )
+        .await
+        .expect("registry counts")
+        .into_iter()
+        .map(|r| {
+            let int = |c: &str| r.int(c).ok().flatten().unwrap_or(-1);
+            (int("state"), int("verification_state"), int("n"))
+        })
+        .collect();
+    let position = tracking
+        .fetch_optional("SELECT event_id AS n FROM event_log_states", &[])
+        .await
+        .expect("the cursor's position")
+        .and_then(|r| r.int("n").ok().flatten())
+        .unwrap_or(0);
+    Stalled {
+        rate,
+        seconds,
+        total,
+        verified,
+        written: records,
+        elapsed: Duration::from_secs_f64(seconds) + Duration::from_secs(60),
+        last_event: one("SELECT MAX(id) AS n FROM geo_event_log").await,
+        position,
+        primary_verified,
+        registries,
     }
+}
+
+fn stalled_table(table: &mut Table, s: Stalled) {
+    let rate = s.rate;
+    table.section(&format!(
+        "write → verified lag, {rate} writes/s of 4 KiB for {:.0} s ({} records), batch path: \
+         **did not converge** in {:.0} s",
+        s.seconds,
+        thousands(s.total),
+        s.elapsed.as_secs_f64()
+    ));
+    let goal = if rate >= 1000 { 2.0 } else { 0.5 };
+    table.row(vec![
+        "verified on the secondary".into(),
+        format!("{} of {}", thousands(s.verified), thousands(s.total)),
+        String::new(),
+        String::new(),
+        format!("p99 ≤ {goal} s"),
+        verdict(false),
+    ]);
+    table.row(vec![
+        "written by the primary".into(),
+        format!(
+            "{} ({:.0}/s over the run)",
+            thousands(s.written.max(0) as usize),
+            s.written as f64 / s.elapsed.as_secs_f64()
+        ),
+    ]);
+    table.row(vec![
+        "verified on the primary".into(),
+        thousands(s.primary_verified.max(0) as usize),
+    ]);
+    table.row(vec![
+        "the cursor's position / the primary's last event".into(),
+        format!("{} / {}", s.position, s.last_event),
+    ]);
+    let registries: Vec<String> = s
+        .registries
+        .iter()
+        .map(|(state, verification, n)| format!("state {state}, verification {verification}: {n}"))
+        .collect();
+    table.row(vec!["registries".into(), registries.join("; ")]);
 }
 
 /// Enough of a primary to write from a spawned task.

@@ -203,7 +203,12 @@ pub async fn handle_events(
         }
     }
 
+    // The registry changes, in event order; consecutive events asking the
+    // same change of one type are written as one statement per 500 rows
+    // (at 1,000 writes/s a statement per event kept the cursor behind the
+    // log: a commit each, on SQLite an fsync each).
     let mut counts = EventCounts::default();
+    let mut run = Run::default();
     for event in events {
         let name = event.replicable_name.as_str();
         let Some((it, enabled)) = types.get(name) else {
@@ -216,27 +221,27 @@ pub async fn handle_events(
             counts.skipped += 1;
             continue;
         };
-        let registry = Registry::of(it);
-        match event.event_name.as_str() {
+        let change = match event.event_name.as_str() {
             CREATED | UPDATED => {
                 if !enabled {
                     counts.ignored += 1;
                     continue;
                 }
                 match decisions.get(&(name, id)) {
-                    Some(Ok(true)) => {
-                        registry.insert_missing(cx.tracking, &[id]).await?;
-                        registry.pending(cx.tracking, id).await?;
-                        counts.pending += 1;
+                    Some(Ok(true)) => Change::Pending,
+                    Some(Ok(false)) | None => {
+                        counts.ignored += 1;
+                        continue;
                     }
-                    Some(Ok(false)) | None => counts.ignored += 1,
                     Some(Err(error)) => {
                         tracing::warn!(event_id = event.id, r#type = name, id, %error, "scope decision failed; event ignored");
                         counts.ignored += 1;
+                        continue;
                     }
                 }
             }
             DELETED => {
+                // The blob goes now, its row with the run.
                 let path = event
                     .payload
                     .get("blob_path")
@@ -259,17 +264,9 @@ pub async fn handle_events(
                         )
                     }
                 }
-                registry.delete(cx.tracking, &[id]).await?;
-                counts.deleted += 1;
+                Change::Delete
             }
-            CHECKSUM_SUCCEEDED => {
-                if registry
-                    .verification_pending_if_synced(cx.tracking, id)
-                    .await?
-                {
-                    counts.verification_pending += 1;
-                }
-            }
+            CHECKSUM_SUCCEEDED => Change::VerificationPending,
             other => {
                 tracing::info!(
                     event_id = event.id,
@@ -278,10 +275,82 @@ pub async fn handle_events(
                     "unknown event; skipped"
                 );
                 counts.skipped += 1;
+                continue;
+            }
+        };
+        run.push(cx.tracking, &mut counts, it, change, id).await?;
+    }
+    run.flush(cx.tracking, &mut counts).await?;
+    Ok(counts)
+}
+
+/// What an event asks of its registry row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// `created`/`updated` in scope: the row exists and is pending.
+    Pending,
+    /// `deleted`: the row goes (its blob went when the event was read).
+    Delete,
+    /// `checksum_succeeded`: a synced row's verification is pending.
+    VerificationPending,
+}
+
+/// Consecutive events of one type asking the same [`Change`], written
+/// together when the next event asks something else.
+#[derive(Default)]
+struct Run {
+    current: Option<(Arc<InstalledType>, Change)>,
+    ids: Vec<i64>,
+}
+
+impl Run {
+    async fn push(
+        &mut self,
+        tracking: &Db,
+        counts: &mut EventCounts,
+        it: &Arc<InstalledType>,
+        change: Change,
+        id: i64,
+    ) -> Result<(), DbError> {
+        let same = self
+            .current
+            .as_ref()
+            .is_some_and(|(now, c)| Arc::ptr_eq(now, it) && *c == change);
+        if !same {
+            self.flush(tracking, counts).await?;
+            self.current = Some((it.clone(), change));
+        }
+        self.ids.push(id);
+        Ok(())
+    }
+
+    async fn flush(&mut self, tracking: &Db, counts: &mut EventCounts) -> Result<(), DbError> {
+        let Some((it, change)) = self.current.take() else {
+            return Ok(());
+        };
+        let mut ids = std::mem::take(&mut self.ids);
+        let events = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        let registry = Registry::of(&it);
+        match change {
+            Change::Pending => {
+                registry.insert_missing(tracking, &ids).await?;
+                registry.pending_many(tracking, &ids).await?;
+                counts.pending += events;
+            }
+            Change::Delete => {
+                registry.delete(tracking, &ids).await?;
+                counts.deleted += events;
+            }
+            Change::VerificationPending => {
+                counts.verification_pending += registry
+                    .verification_pending_if_synced_many(tracking, &ids)
+                    .await? as usize;
             }
         }
+        Ok(())
     }
-    Ok(counts)
 }
 
 /// The saved position: the last event id handled, if any.
@@ -753,6 +822,85 @@ mod tests {
                 .unwrap();
             assert_eq!((counts.ignored, counts.deleted), (1, 1), "{backend}");
             assert!(registry.get(&db, 9).await.unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_of_events_keep_their_order() {
+        let it = helm();
+        let registry = Registry::of(&it);
+        for (backend, db) in tracking_databases().await {
+            let primary = FakePrimary::start().await;
+            let (_dir, blobs) = blob_store();
+            let client = primary.client();
+            for id in 1..=6 {
+                primary.add(id, 10, b"x", true);
+            }
+            registry.insert_missing(&db, &[1, 2, 3]).await.unwrap();
+            for id in [1, 2, 3] {
+                registry.start(&db, id).await.unwrap();
+                registry.synced(&db, id, false).await.unwrap();
+            }
+            // A run of creations (4 twice), checksums of synced rows, an
+            // update that must win over the checksum before it, a record
+            // created and deleted in the same page, a checksum after an
+            // update (which finds the row pending and changes nothing).
+            for (name, id, extra) in [
+                (CREATED, 4, json!({})),
+                (CREATED, 5, json!({})),
+                (UPDATED, 4, json!({})),
+                (CHECKSUM_SUCCEEDED, 1, json!({})),
+                (CHECKSUM_SUCCEEDED, 2, json!({})),
+                (UPDATED, 2, json!({})),
+                (CREATED, 6, json!({})),
+                (DELETED, 6, json!({"blob_path": "a/b"})),
+                (UPDATED, 3, json!({})),
+                (CHECKSUM_SUCCEEDED, 3, json!({})),
+            ] {
+                primary.event(name, id, extra);
+            }
+            let events = primary.with(|s| s.events.clone());
+            let cx = EventContext {
+                client: &client,
+                tracking: &db,
+                blobs: &blobs,
+                wakes: None,
+            };
+            let counts = handle_events(
+                &cx,
+                &types(true),
+                Some(&scope(&[(10, 1)])),
+                async || None,
+                &events,
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                counts,
+                EventCounts {
+                    pending: 6,
+                    ignored: 0,
+                    deleted: 1,
+                    verification_pending: 2,
+                    skipped: 0
+                },
+                "{backend}"
+            );
+            let state = async |id| {
+                registry
+                    .get(&db, id)
+                    .await
+                    .unwrap()
+                    .map(|r| (r.state, r.verification_state))
+            };
+            use SyncState::*;
+            use VerificationState::{Disabled, Pending as VPending};
+            assert_eq!(state(1).await, Some((Synced, VPending)), "{backend}");
+            assert_eq!(state(2).await, Some((Pending, Disabled)), "{backend}");
+            assert_eq!(state(3).await, Some((Pending, Disabled)), "{backend}");
+            assert_eq!(state(4).await, Some((Pending, Disabled)), "{backend}");
+            assert_eq!(state(5).await, Some((Pending, Disabled)), "{backend}");
+            assert_eq!(state(6).await, None, "{backend}");
         }
     }
 

@@ -574,24 +574,36 @@ impl Registry {
     /// running now can then no longer mark the row synced. Returns whether
     /// the row exists.
     pub async fn pending(&self, db: &Db, model_id: i64) -> Result<bool, DbError> {
+        Ok(self.pending_many(db, &[model_id]).await? == 1)
+    }
+
+    /// [`Registry::pending`] of many rows, in one statement per 500.
+    /// Returns how many rows it changed.
+    pub async fn pending_many(&self, db: &Db, model_ids: &[i64]) -> Result<u64, DbError> {
         let from = format!("state IN ({S_PENDING}, {S_STARTED}, {S_SYNCED}, {S_FAILED})");
-        self.to_pending(db, model_id, &from).await
+        self.to_pending(db, model_ids, &from).await
     }
 
     /// GitLab's `resync`: synced or failed → pending, as [`Registry::pending`].
     pub async fn resync(&self, db: &Db, model_id: i64) -> Result<bool, DbError> {
         let from = format!("state IN ({S_SYNCED}, {S_FAILED})");
-        self.to_pending(db, model_id, &from).await
+        Ok(self.to_pending(db, &[model_id], &from).await? == 1)
     }
 
-    async fn to_pending(&self, db: &Db, model_id: i64, from: &str) -> Result<bool, DbError> {
-        let sql = format!(
-            "UPDATE {t} SET state = {S_PENDING}, retry_at = NULL, retry_count = 0, verification_state = {V_DISABLED} \
-             WHERE {fk} = $1 AND {from}",
-            t = self.table,
-            fk = self.fk
-        );
-        Ok(db.execute(&sql, &[model_id.into()]).await? == 1)
+    async fn to_pending(&self, db: &Db, model_ids: &[i64], from: &str) -> Result<u64, DbError> {
+        let mut changed = 0;
+        for chunk in model_ids.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE {t} SET state = {S_PENDING}, retry_at = NULL, retry_count = 0, verification_state = {V_DISABLED} \
+                 WHERE {fk} IN ({ids}) AND {from}",
+                t = self.table,
+                fk = self.fk,
+                ids = placeholders(1, chunk.len()),
+            );
+            let args: Vec<Arg> = chunk.iter().map(|&id| Arg::from(id)).collect();
+            changed += db.execute(&sql, &args).await?;
+        }
+        Ok(changed)
     }
 
     /// GitLab's `fail_sync_timeouts`: started rows whose attempt began more
