@@ -827,12 +827,8 @@ mod tests {
 
     #[tokio::test]
     async fn runs_of_events_keep_their_order() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let client = primary.client();
+        let (_, registry) = helm_registry();
+        for (backend, db, primary, _dir, _, d) in rigs().await {
             for id in 1..=6 {
                 primary.add(id, 10, b"x", true);
             }
@@ -860,12 +856,7 @@ mod tests {
                 primary.event(name, id, extra);
             }
             let events = primary.with(|s| s.events.clone());
-            let cx = EventContext {
-                client: &client,
-                tracking: &db,
-                blobs: &blobs,
-                wakes: None,
-            };
+            let cx = context(&d);
             let counts = handle_events(
                 &cx,
                 &types(true),
