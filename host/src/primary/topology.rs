@@ -154,14 +154,7 @@ pub async fn delete_namespace(db: &Db, id: i64) -> Result<(), TopologyError> {
             "namespace {id} still has child namespaces or projects"
         )));
     }
-    if db
-        .execute("DELETE FROM namespaces WHERE id = $1", &[id.into()])
-        .await?
-        == 0
-    {
-        return Err(TopologyError::NotFound(format!("namespace {id}")));
-    }
-    Ok(())
+    delete(db, "namespaces", "namespace", id).await
 }
 
 pub async fn create_project(
@@ -216,12 +209,16 @@ pub async fn get_project(db: &Db, id: i64) -> Result<Option<Project>, TopologyEr
 }
 
 pub async fn delete_project(db: &Db, id: i64) -> Result<(), TopologyError> {
-    if db
-        .execute("DELETE FROM projects WHERE id = $1", &[id.into()])
-        .await?
-        == 0
-    {
-        return Err(TopologyError::NotFound(format!("project {id}")));
+    delete(db, "projects", "project", id).await
+}
+
+/// Deletes row `id` of `table`; a `what` that is not there is not found.
+async fn delete(db: &Db, table: &str, what: &str, id: i64) -> Result<(), TopologyError> {
+    let deleted = db
+        .execute(&format!("DELETE FROM {table} WHERE id = $1"), &[id.into()])
+        .await?;
+    if deleted == 0 {
+        return Err(TopologyError::NotFound(format!("{what} {id}")));
     }
     Ok(())
 }

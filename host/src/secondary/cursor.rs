@@ -681,6 +681,15 @@ mod tests {
         }
     }
 
+    /// Rows `ids` of `registry`, started and synced (without the
+    /// primary's checksum).
+    async fn synced(registry: &Registry, db: &Db, ids: &[i64]) {
+        for &id in ids {
+            registry.start(db, id).await.unwrap();
+            registry.synced(db, id, false).await.unwrap();
+        }
+    }
+
     /// The event context of a test rig's downloader: its primary, tracking
     /// database and blob store.
     fn context(d: &crate::secondary::sync::Downloader) -> EventContext<'_> {
@@ -714,10 +723,7 @@ mod tests {
                 .insert_missing(&db, &[1, 5, 6, 7, 8])
                 .await
                 .unwrap();
-            for id in [1, 7] {
-                registry.start(&db, id).await.unwrap();
-                registry.synced(&db, id, false).await.unwrap();
-            }
+            synced(&registry, &db, &[1, 7]).await;
 
             for (name, id, extra) in [
                 (CREATED, 1, json!({})),
@@ -833,10 +839,7 @@ mod tests {
                 primary.add(id, 10, b"x", true);
             }
             registry.insert_missing(&db, &[1, 2, 3]).await.unwrap();
-            for id in [1, 2, 3] {
-                registry.start(&db, id).await.unwrap();
-                registry.synced(&db, id, false).await.unwrap();
-            }
+            synced(&registry, &db, &[1, 2, 3]).await;
             // A run of creations (4 twice), checksums of synced rows, an
             // update that must win over the checksum before it, a record
             // created and deleted in the same page, a checksum after an
