@@ -294,6 +294,9 @@ async fn run() {
     if runs("catchup") {
         catchup_table(&mut table, catchup_run(rclone_present).await);
     }
+    if runs("ingest") {
+        ingest_table(&mut table, ingest_run().await);
+    }
     if runs("lag") {
         for (rate, seconds) in [(100, LAG_SECONDS), (1000, LAG_SECONDS_FAST)] {
             match lag_run(rate, seconds).await {
@@ -881,6 +884,62 @@ async fn lag_run(rate: u64, seconds: f64) -> Result<Lag, Stalled> {
         achieved_rate: per_sec(total as f64, writing),
         peak_rss,
     })
+}
+
+/// The primary's write rate through ingest, alone (no secondary), one
+/// writer at a time and [`LAG_WRITERS`] at once: the ceiling of the lag
+/// runs' write rate.
+struct Ingest {
+    sequential: (usize, Duration),
+    concurrent: (usize, Duration),
+}
+
+async fn ingest_run() -> Ingest {
+    let count = ((2_000.0 * scale()) as usize).max(200);
+    let primary = primary("", true).await;
+    let project = project(&primary).await;
+    let started = Instant::now();
+    for n in 0..count {
+        write_one(&primary, project, n, LAG_SIZE).await;
+    }
+    let sequential = (count, started.elapsed());
+    let writer = WriterSite(primary.site.clone());
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(LAG_WRITERS));
+    let mut writes = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for n in 0..count * 2 {
+        let slot = slots.clone().acquire_owned().await.expect("open");
+        let writer = writer.clone();
+        writes.spawn(async move {
+            writer.write(project, count + n).await;
+            drop(slot);
+        });
+    }
+    while let Some(done) = writes.join_next().await {
+        done.expect("a write");
+    }
+    let concurrent = (count * 2, started.elapsed());
+    primary.stop().await;
+    Ingest {
+        sequential,
+        concurrent,
+    }
+}
+
+fn ingest_table(table: &mut Table, ingest: Ingest) {
+    table.section("primary ingest of 4 KiB records, SQLite and local disk, no secondary");
+    for (what, (count, took)) in [
+        ("one writer at a time", ingest.sequential),
+        (
+            &*format!("{LAG_WRITERS} writers at once"),
+            ingest.concurrent,
+        ),
+    ] {
+        table.row(vec![
+            format!("writes/s, {what} ({} writes)", thousands(count)),
+            format!("{:.0}", per_sec(count as f64, took)),
+        ]);
+    }
 }
 
 /// A lag run that did not converge in its limit, and where its records

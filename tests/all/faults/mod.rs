@@ -141,6 +141,12 @@ impl SiteProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Something answered; make sure it is this process (another test's
+        // site could hold the port if ours failed to bind it).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(died) = self.death_note() {
+            panic!("{died}");
+        }
     }
 
     /// SIGKILL, no warning.
