@@ -7,26 +7,74 @@
 use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
 
-/// A registry's sync state (secondary): `pending → started → synced | failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncState {
-    Pending = 0,
-    Started = 1,
-    Synced = 2,
-    Failed = 3,
+/// One of GitLab's state machines: the enum with its stored numbers, every
+/// state (`ALL`), the number (`as_i16`), the GraphQL enum name and the
+/// checked conversion back from a stored number.
+macro_rules! state_machine {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $machine:literal,
+        [$($state:ident = $value:literal => $graphql:literal),+ $(,)?]
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($state = $value),+
+        }
+
+        impl $name {
+            pub const ALL: [$name; [$($value),+].len()] = [$($name::$state),+];
+
+            pub fn as_i16(self) -> i16 {
+                self as i16
+            }
+
+            /// GitLab's GraphQL enum name (`PENDING`, …).
+            pub fn graphql_name(self) -> &'static str {
+                match self {
+                    $($name::$state => $graphql),+
+                }
+            }
+        }
+
+        impl TryFrom<i16> for $name {
+            type Error = UnknownState;
+            fn try_from(value: i16) -> Result<Self, UnknownState> {
+                match value {
+                    $($value => Ok($name::$state),)+
+                    _ => Err(UnknownState {
+                        machine: $machine,
+                        value,
+                    }),
+                }
+            }
+        }
+    };
 }
 
-/// A record's (primary) or registry's (secondary) verification state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VerificationState {
-    Pending = 0,
-    Started = 1,
-    Succeeded = 2,
-    Failed = 3,
-    Disabled = 4,
-}
+state_machine!(
+    /// A registry's sync state (secondary): `pending → started → synced | failed`.
+    SyncState, "sync",
+    [
+        Pending = 0 => "PENDING",
+        Started = 1 => "STARTED",
+        Synced = 2 => "SYNCED",
+        Failed = 3 => "FAILED",
+    ]
+);
+
+state_machine!(
+    /// A record's (primary) or registry's (secondary) verification state.
+    VerificationState, "verification",
+    [
+        Pending = 0 => "PENDING",
+        Started = 1 => "STARTED",
+        Succeeded = 2 => "SUCCEEDED",
+        Failed = 3 => "FAILED",
+        Disabled = 4 => "DISABLED",
+    ]
+);
 
 /// A stored state number that is no state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,93 +84,10 @@ pub struct UnknownState {
     pub value: i16,
 }
 
-impl TryFrom<i16> for SyncState {
-    type Error = UnknownState;
-    fn try_from(value: i16) -> Result<Self, UnknownState> {
-        Ok(match value {
-            0 => SyncState::Pending,
-            1 => SyncState::Started,
-            2 => SyncState::Synced,
-            3 => SyncState::Failed,
-            _ => {
-                return Err(UnknownState {
-                    machine: "sync",
-                    value,
-                });
-            }
-        })
-    }
-}
-
-impl TryFrom<i16> for VerificationState {
-    type Error = UnknownState;
-    fn try_from(value: i16) -> Result<Self, UnknownState> {
-        Ok(match value {
-            0 => VerificationState::Pending,
-            1 => VerificationState::Started,
-            2 => VerificationState::Succeeded,
-            3 => VerificationState::Failed,
-            4 => VerificationState::Disabled,
-            _ => {
-                return Err(UnknownState {
-                    machine: "verification",
-                    value,
-                });
-            }
-        })
-    }
-}
-
 impl SyncState {
-    pub const ALL: [SyncState; 4] = [
-        SyncState::Pending,
-        SyncState::Started,
-        SyncState::Synced,
-        SyncState::Failed,
-    ];
-
-    pub fn as_i16(self) -> i16 {
-        self as i16
-    }
-
-    /// GitLab's GraphQL enum name (`PENDING`, …).
-    pub fn graphql_name(self) -> &'static str {
-        match self {
-            SyncState::Pending => "PENDING",
-            SyncState::Started => "STARTED",
-            SyncState::Synced => "SYNCED",
-            SyncState::Failed => "FAILED",
-        }
-    }
-
     /// Whether the `start` event may fire from this state (not from started).
     pub fn can_start(self) -> bool {
         self != SyncState::Started
-    }
-}
-
-impl VerificationState {
-    pub const ALL: [VerificationState; 5] = [
-        VerificationState::Pending,
-        VerificationState::Started,
-        VerificationState::Succeeded,
-        VerificationState::Failed,
-        VerificationState::Disabled,
-    ];
-
-    pub fn as_i16(self) -> i16 {
-        self as i16
-    }
-
-    /// GitLab's GraphQL enum name (`PENDING`, …, `DISABLED`).
-    pub fn graphql_name(self) -> &'static str {
-        match self {
-            VerificationState::Pending => "PENDING",
-            VerificationState::Started => "STARTED",
-            VerificationState::Succeeded => "SUCCEEDED",
-            VerificationState::Failed => "FAILED",
-            VerificationState::Disabled => "DISABLED",
-        }
     }
 }
 

@@ -147,26 +147,9 @@ async fn create_namespace(
     Json(new): Json<NewNamespace>,
 ) -> Result<impl IntoResponse, ApiError> {
     primary_only(&site)?;
-    let path = new
-        .path
-        .clone()
-        .unwrap_or_else(|| topology::default_path(&new.name));
+    let path = path_or_default(new.path, &new.name);
     let ns = topology::create_namespace(&site.db, &new.name, &path, new.parent_id).await?;
     Ok((StatusCode::CREATED, Json(ns)))
-}
-
-async fn list_namespaces(State(site): State<AppState>) -> Result<Json<Json_>, ApiError> {
-    let snapshot = topology::snapshot(&site.db).await?;
-    Ok(Json(json!(snapshot.namespaces)))
-}
-
-async fn delete_namespace(
-    State(site): State<AppState>,
-    Path(id): Path<i64>,
-) -> Result<StatusCode, ApiError> {
-    primary_only(&site)?;
-    topology::delete_namespace(&site.db, id).await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,26 +166,47 @@ async fn create_project(
     Json(new): Json<NewProject>,
 ) -> Result<impl IntoResponse, ApiError> {
     primary_only(&site)?;
-    let path = new
-        .path
-        .clone()
-        .unwrap_or_else(|| topology::default_path(&new.name));
     let storage = new.repository_storage.as_deref().unwrap_or("default");
+    let path = path_or_default(new.path, &new.name);
     let project =
         topology::create_project(&site.db, &new.name, &path, new.namespace_id, storage).await?;
     Ok((StatusCode::CREATED, Json(project)))
 }
 
-async fn list_projects(State(site): State<AppState>) -> Result<Json<Json_>, ApiError> {
-    let snapshot = topology::snapshot(&site.db).await?;
-    Ok(Json(json!(snapshot.projects)))
+/// A new namespace's or project's path: the one given, or one made from its name.
+fn path_or_default(path: Option<String>, name: &str) -> String {
+    path.unwrap_or_else(|| topology::default_path(name))
 }
 
-async fn delete_project(
-    State(site): State<AppState>,
-    Path(id): Path<i64>,
-) -> Result<StatusCode, ApiError> {
-    primary_only(&site)?;
-    topology::delete_project(&site.db, id).await?;
-    Ok(StatusCode::NO_CONTENT)
+/// The listing (`GET`, from the topology snapshot) and the deletion
+/// (`DELETE …/{id}`, primary only) of one kind of topology node.
+macro_rules! list_and_delete {
+    ($list:ident, $delete:ident, $nodes:ident, $remove:path) => {
+        async fn $list(State(site): State<AppState>) -> Result<Json<Json_>, ApiError> {
+            let snapshot = topology::snapshot(&site.db).await?;
+            Ok(Json(json!(snapshot.$nodes)))
+        }
+
+        async fn $delete(
+            State(site): State<AppState>,
+            Path(id): Path<i64>,
+        ) -> Result<StatusCode, ApiError> {
+            primary_only(&site)?;
+            $remove(&site.db, id).await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+    };
 }
+
+list_and_delete!(
+    list_namespaces,
+    delete_namespace,
+    namespaces,
+    topology::delete_namespace
+);
+list_and_delete!(
+    list_projects,
+    delete_project,
+    projects,
+    topology::delete_project
+);

@@ -178,10 +178,12 @@ mod tests {
         parse_header(header).unwrap().1
     }
 
-    /// A token with chosen claims, signed with `secret`.
-    fn craft(claims: &serde_json::Value, secret: &str) -> String {
-        let key = EncodingKey::from_secret(secret.as_bytes()).unwrap();
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).unwrap()
+    /// [`verify`] of a token with chosen claims, signed with `SECRET`,
+    /// against `data()`.
+    fn verify_crafted(claims: &serde_json::Value) -> Result<(), AuthError> {
+        let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).unwrap();
+        verify(&token, SECRET, &data())
     }
 
     fn now() -> i64 {
@@ -240,38 +242,22 @@ mod tests {
     fn expired_and_future_tokens_are_refused() {
         let claims = |iat: i64, exp: i64| json!({"data": data().to_string(), "jti": "x", "iat": iat, "nbf": iat - 5, "exp": exp});
         // Expired beyond the 60 s leeway.
-        let expired = craft(&claims(now() - 300, now() - 120), SECRET);
-        assert!(matches!(
-            verify(&expired, SECRET, &data()),
-            Err(AuthError::Expired)
-        ));
+        let expired = verify_crafted(&claims(now() - 300, now() - 120));
+        assert!(matches!(expired, Err(AuthError::Expired)));
         // Expired, but within the leeway: accepted.
-        let lenient = craft(&claims(now() - 90, now() - 30), SECRET);
-        verify(&lenient, SECRET, &data()).unwrap();
+        verify_crafted(&claims(now() - 90, now() - 30)).unwrap();
         // Issued (and valid from) the future beyond the leeway.
-        let future = craft(&claims(now() + 300, now() + 360), SECRET);
-        assert!(matches!(
-            verify(&future, SECRET, &data()),
-            Err(AuthError::NotYetValid)
-        ));
+        let future = verify_crafted(&claims(now() + 300, now() + 360));
+        assert!(matches!(future, Err(AuthError::NotYetValid)));
         // `iat` in the future while `nbf` is fine: still a clock error.
-        let odd = craft(
-            &json!({"data": data().to_string(), "iat": now() + 300, "nbf": now() - 5, "exp": now() + 360}),
-            SECRET,
-        );
-        assert!(matches!(
-            verify(&odd, SECRET, &data()),
-            Err(AuthError::NotYetValid)
-        ));
+        let odd = verify_crafted(&json!({
+            "data": data().to_string(), "iat": now() + 300, "nbf": now() - 5, "exp": now() + 360
+        }));
+        assert!(matches!(odd, Err(AuthError::NotYetValid)));
         // No `exp` at all.
-        let forever = craft(
-            &json!({"data": data().to_string(), "iat": now(), "nbf": now()}),
-            SECRET,
-        );
-        assert!(matches!(
-            verify(&forever, SECRET, &data()),
-            Err(AuthError::InvalidToken(_))
-        ));
+        let forever =
+            verify_crafted(&json!({"data": data().to_string(), "iat": now(), "nbf": now()}));
+        assert!(matches!(forever, Err(AuthError::InvalidToken(_))));
     }
 
     #[test]
@@ -288,14 +274,10 @@ mod tests {
             assert!(matches!(err, AuthError::DataMismatch), "{other}: {err:?}");
         }
         // A `data` claim that is not a JSON string of the parameters.
-        let raw = craft(
+        let raw = verify_crafted(
             &json!({"data": data(), "iat": now(), "nbf": now() - 5, "exp": now() + 60}),
-            SECRET,
         );
-        assert!(matches!(
-            verify(&raw, SECRET, &data()),
-            Err(AuthError::InvalidToken(_))
-        ));
+        assert!(matches!(raw, Err(AuthError::InvalidToken(_))));
     }
 
     #[test]

@@ -168,13 +168,8 @@ pub async fn site(command: SiteCommand) -> Result<()> {
             verification_max_capacity,
         } => {
             let site = site.open_without_blobs().await?;
-            let selective_sync_type = if !namespaces.is_empty() {
-                Some("namespaces".to_string())
-            } else if !shards.is_empty() {
-                Some("shards".to_string())
-            } else {
-                None
-            };
+            let selective_sync_type =
+                selective_sync_type(!namespaces.is_empty(), !shards.is_empty());
             let new = sites::NewSite {
                 name,
                 url,
@@ -216,12 +211,8 @@ pub async fn site(command: SiteCommand) -> Result<()> {
             let site = site.open().await?;
             let selective_sync_type = if everything {
                 Some(String::new())
-            } else if namespaces.is_some() {
-                Some("namespaces".to_string())
-            } else if shards.is_some() {
-                Some("shards".to_string())
             } else {
-                None
+                selective_sync_type(namespaces.is_some(), shards.is_some())
             };
             let change = sites::SiteUpdate {
                 url,
@@ -337,5 +328,16 @@ pub async fn record(command: RecordCommand) -> Result<()> {
             println!("Deleted {replicable_name} {id}.");
             Ok(())
         }
+    }
+}
+
+/// The selective sync a site's namespaces or shards name (namespaces win).
+fn selective_sync_type(namespaces: bool, shards: bool) -> Option<String> {
+    if namespaces {
+        Some("namespaces".into())
+    } else if shards {
+        Some("shards".into())
+    } else {
+        None
     }
 }

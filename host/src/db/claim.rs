@@ -26,6 +26,7 @@ use super::{Arg, Backend, Db, DbError, QuotedIdent, ident, placeholders};
 use crate::plugin::TypeIdentity;
 use crate::states::sql::*;
 use chrono::{DateTime, Utc};
+use futures::future::{Fuse, FusedFuture, FutureExt};
 use std::time::Duration;
 
 /// One kind of candidate rows.
@@ -233,15 +234,39 @@ impl VerificationTable {
         };
         let mut work = std::pin::pin!(work);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // A renewal runs beside the work, never instead of it: the work may
+        // hold the one writer connection (SQLite) across an await, and a
+        // renewal waiting for that connection while the work is not polled
+        // would wait forever.
+        let mut renewal = std::pin::pin!(Fuse::terminated());
         loop {
             tokio::select! {
-                out = &mut work => return (out, stamp),
-                _ = tick.tick() => match self.renew(db, model_ids, stamp).await {
-                    Ok(renewed) => stamp = renewed,
-                    Err(error) => tracing::warn!(table = %self.table, %error, "cannot renew verification claims"),
-                },
+                out = &mut work => {
+                    if !renewal.is_terminated() {
+                        stamp = self.renewed(renewal.await, stamp);
+                    }
+                    return (out, stamp);
+                }
+                _ = tick.tick(), if renewal.is_terminated() => {
+                    renewal.set(self.renew(db, model_ids, stamp).fuse());
+                }
+                result = &mut renewal, if !renewal.is_terminated() => {
+                    stamp = self.renewed(result, stamp);
+                }
             }
         }
+    }
+
+    /// The stamp after a renewal: the new one, or (logged) the old one.
+    fn renewed(
+        &self,
+        result: Result<DateTime<Utc>, DbError>,
+        stamp: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        result.unwrap_or_else(|error| {
+            tracing::warn!(table = %self.table, %error, "cannot renew verification claims");
+            stamp
+        })
     }
 }
 
@@ -263,7 +288,10 @@ pub fn index(name: &str) -> QuotedIdent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{Arg, Db, template, testing::test_databases};
+    use crate::db::{
+        Arg, Db, template,
+        testing::{test_databases, update},
+    };
     use crate::secondary::registry::Registry;
     use crate::secondary::testing::{helm, tracking_databases};
 
@@ -314,6 +342,32 @@ mod tests {
         }
     }
 
+    /// Renewal ticks while the work holds SQLite's one writer connection
+    /// (a statement in flight) never stop the work: both finish.
+    #[tokio::test]
+    async fn renewing_never_waits_for_a_writer_the_work_holds() {
+        let it = helm();
+        let registry = Registry::of(&it);
+        for (backend, db) in tracking_databases().await {
+            registry.insert_missing(&db, &[1]).await.unwrap();
+            let bump = format!(
+                "UPDATE {} SET retry_count = retry_count + 1",
+                registry.table()
+            );
+            let work = async {
+                for _ in 0..200 {
+                    db.execute(&bump, &[]).await.unwrap();
+                }
+            };
+            let every = Some(Duration::from_millis(1));
+            let table = registry.verification_table();
+            let renewing = table.renewing(&db, &[1], Db::now(), every, work);
+            tokio::time::timeout(Duration::from_secs(60), renewing)
+                .await
+                .unwrap_or_else(|_| panic!("{backend}: the work and its renewals deadlocked"));
+        }
+    }
+
     #[tokio::test]
     async fn claims_read_pending_rows_through_an_index_in_its_order() {
         let it = helm();
@@ -339,25 +393,12 @@ mod tests {
                 .await
                 .unwrap();
             let states = VerificationTable::states(&it.identity);
-            db.execute(
-                &format!(
-                    "UPDATE {} SET verification_state = {V_SUCCEEDED} WHERE id % 10 = 0",
-                    states.table
-                ),
-                &[],
-            )
-            .await
-            .unwrap();
-            db.execute(
-                &format!(
-                    "UPDATE {} SET verification_state = {V_FAILED}, verification_retry_at = $1 \
-                     WHERE id % 5 = 1",
-                    states.table
-                ),
-                &[Db::now().into()],
-            )
-            .await
-            .unwrap();
+            let succeeded = format!("verification_state = {V_SUCCEEDED} WHERE id % 10 = 0");
+            update(&db, &states.table, &succeeded, &[]).await;
+            let failed = format!(
+                "verification_state = {V_FAILED}, verification_retry_at = $1 WHERE id % 5 = 1"
+            );
+            update(&db, &states.table, &failed, &[Db::now().into()]).await;
             analyze(&db).await;
             let kinds = states.candidates(true);
             assert_index_ordered(&db, &states.table, &kinds[0], &format!("{backend} pending"))
@@ -370,25 +411,12 @@ mod tests {
             let registry = Registry::of(&it);
             let ids: Vec<i64> = (1..=ROWS).collect();
             registry.insert_missing(&db, &ids).await.unwrap();
-            db.execute(
-                &format!(
-                    "UPDATE {} SET state = {S_SYNCED} WHERE id % 5 = 0",
-                    registry.table()
-                ),
-                &[],
-            )
-            .await
-            .unwrap();
-            db.execute(
-                &format!(
-                    "UPDATE {} SET verification_state = {V_FAILED}, verification_retry_at = $1 \
-                     WHERE id % 10 = 0",
-                    registry.table()
-                ),
-                &[Db::now().into()],
-            )
-            .await
-            .unwrap();
+            let synced = format!("state = {S_SYNCED} WHERE id % 5 = 0");
+            update(&db, registry.table(), &synced, &[]).await;
+            let failed = format!(
+                "verification_state = {V_FAILED}, verification_retry_at = $1 WHERE id % 10 = 0"
+            );
+            update(&db, registry.table(), &failed, &[Db::now().into()]).await;
             analyze(&db).await;
             let table = registry.table();
             let sync = registry.sync_candidates(true);

@@ -325,34 +325,23 @@ mod tests {
             // One active plugin version per type; a version is recorded once.
             let insert_version = "INSERT INTO plugin_versions (replicable_name, version, sha256, installed_at, active) \
                                   VALUES ('t', $1, $2, $3, $4)";
-            db.execute(
-                insert_version,
-                &["1.0.0".into(), "aa".into(), ts(1).into(), true.into()],
-            )
-            .await
-            .unwrap();
-            db.execute(
-                insert_version,
-                &["1.0.1".into(), "bb".into(), ts(2).into(), false.into()],
-            )
-            .await
-            .unwrap();
-            let error = db
-                .execute(
-                    insert_version,
-                    &["1.0.2".into(), "cc".into(), ts(3).into(), true.into()],
-                )
-                .await
-                .unwrap_err();
-            assert!(error.is_unique_violation(), "{backend}: {error}");
-            let error = db
-                .execute(
-                    insert_version,
-                    &["1.0.0".into(), "aa".into(), ts(3).into(), false.into()],
-                )
-                .await
-                .unwrap_err();
-            assert!(error.is_unique_violation(), "{backend}: {error}");
+            // (version, sha256, installed_at, active, accepted): a second
+            // active version is refused, and so is a version recorded again.
+            for (version, sha256, at, active, accepted) in [
+                ("1.0.0", "aa", 1, true, true),
+                ("1.0.1", "bb", 2, false, true),
+                ("1.0.2", "cc", 3, true, false),
+                ("1.0.0", "aa", 3, false, false),
+            ] {
+                let args = [version.into(), sha256.into(), ts(at).into(), active.into()];
+                let inserted = db.execute(insert_version, &args).await;
+                if accepted {
+                    inserted.unwrap();
+                } else {
+                    let error = inserted.unwrap_err();
+                    assert!(error.is_unique_violation(), "{backend}: {error}");
+                }
+            }
 
             // Admin tokens are found by a unique digest.
             let insert_token =

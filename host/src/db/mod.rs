@@ -88,6 +88,14 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// A column whose value is not what the caller expects.
+    pub fn decode(column: &str, message: impl std::fmt::Display) -> DbError {
+        DbError::Decode {
+            column: column.into(),
+            message: message.to_string(),
+        }
+    }
+
     fn sqlx(context: impl Into<String>, source: sqlx::Error) -> DbError {
         DbError::Sqlx {
             context: context.into(),
@@ -224,65 +232,30 @@ pub enum Arg {
     Ts(Option<DateTime<Utc>>),
 }
 
-impl From<i64> for Arg {
-    fn from(v: i64) -> Arg {
-        Arg::I64(Some(v))
-    }
+/// `From` conversions into [`Arg`], one a line: `type => |v| arg`.
+macro_rules! arg_from {
+    ($($ty:ty => |$v:ident| $arg:expr),+ $(,)?) => {
+        $(impl From<$ty> for Arg {
+            fn from($v: $ty) -> Arg {
+                $arg
+            }
+        })+
+    };
 }
-impl From<i32> for Arg {
-    fn from(v: i32) -> Arg {
-        Arg::I32(Some(v))
-    }
-}
-impl From<i16> for Arg {
-    fn from(v: i16) -> Arg {
-        Arg::I16(Some(v))
-    }
-}
-impl From<bool> for Arg {
-    fn from(v: bool) -> Arg {
-        Arg::Bool(Some(v))
-    }
-}
-impl From<&str> for Arg {
-    fn from(v: &str) -> Arg {
-        Arg::Text(Some(v.to_string()))
-    }
-}
-impl From<String> for Arg {
-    fn from(v: String) -> Arg {
-        Arg::Text(Some(v))
-    }
-}
-impl From<Option<String>> for Arg {
-    fn from(v: Option<String>) -> Arg {
-        Arg::Text(v)
-    }
-}
-impl From<Option<i64>> for Arg {
-    fn from(v: Option<i64>) -> Arg {
-        Arg::I64(v)
-    }
-}
-impl From<DateTime<Utc>> for Arg {
-    fn from(v: DateTime<Utc>) -> Arg {
-        Arg::Ts(Some(v))
-    }
-}
-impl From<Option<DateTime<Utc>>> for Arg {
-    fn from(v: Option<DateTime<Utc>>) -> Arg {
-        Arg::Ts(v)
-    }
-}
-impl From<Vec<u8>> for Arg {
-    fn from(v: Vec<u8>) -> Arg {
-        Arg::Bytes(Some(v))
-    }
-}
-impl From<Option<Vec<u8>>> for Arg {
-    fn from(v: Option<Vec<u8>>) -> Arg {
-        Arg::Bytes(v)
-    }
+
+arg_from! {
+    i64 => |v| Arg::I64(Some(v)),
+    i32 => |v| Arg::I32(Some(v)),
+    i16 => |v| Arg::I16(Some(v)),
+    bool => |v| Arg::Bool(Some(v)),
+    &str => |v| Arg::Text(Some(v.to_string())),
+    String => |v| Arg::Text(Some(v)),
+    Option<String> => |v| Arg::Text(v),
+    Option<i64> => |v| Arg::I64(v),
+    DateTime<Utc> => |v| Arg::Ts(Some(v)),
+    Option<DateTime<Utc>> => |v| Arg::Ts(v),
+    Vec<u8> => |v| Arg::Bytes(Some(v)),
+    Option<Vec<u8>> => |v| Arg::Bytes(v),
 }
 
 fn micros(ts: DateTime<Utc>) -> i64 {
@@ -296,34 +269,31 @@ fn from_micros(us: i64) -> DateTime<Utc> {
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
+/// Binds `args` to `query` in order; `$ts` says how a timestamp is bound.
+macro_rules! bind_args {
+    ($query:ident, $args:ident, |$v:ident| $ts:expr) => {{
+        for arg in $args {
+            $query = match arg.clone() {
+                Arg::I64(v) => $query.bind(v),
+                Arg::I32(v) => $query.bind(v),
+                Arg::I16(v) => $query.bind(v),
+                Arg::Text(v) => $query.bind(v),
+                Arg::Bool(v) => $query.bind(v),
+                Arg::Bytes(v) => $query.bind(v),
+                Arg::Ts($v) => $query.bind($ts),
+            };
+        }
+        $query
+    }};
+}
+
+/// SQLite stores timestamps as microseconds since the epoch.
 fn bind_sqlite<'q>(mut query: SqliteQuery<'q>, args: &[Arg]) -> SqliteQuery<'q> {
-    for arg in args {
-        query = match arg.clone() {
-            Arg::I64(v) => query.bind(v),
-            Arg::I32(v) => query.bind(v),
-            Arg::I16(v) => query.bind(v),
-            Arg::Text(v) => query.bind(v),
-            Arg::Bool(v) => query.bind(v),
-            Arg::Bytes(v) => query.bind(v),
-            Arg::Ts(v) => query.bind(v.map(micros)),
-        };
-    }
-    query
+    bind_args!(query, args, |v| v.map(micros))
 }
 
 fn bind_pg<'q>(mut query: PgQuery<'q>, args: &[Arg]) -> PgQuery<'q> {
-    for arg in args {
-        query = match arg.clone() {
-            Arg::I64(v) => query.bind(v),
-            Arg::I32(v) => query.bind(v),
-            Arg::I16(v) => query.bind(v),
-            Arg::Text(v) => query.bind(v),
-            Arg::Bool(v) => query.bind(v),
-            Arg::Bytes(v) => query.bind(v),
-            Arg::Ts(v) => query.bind(v),
-        };
-    }
-    query
+    bind_args!(query, args, |v| v)
 }
 
 enum Executor<'a> {
@@ -449,6 +419,15 @@ impl Db {
             .await
     }
 
+    /// Runs a query; returns its rows, each decoded by `decode` (the first
+    /// error wins).
+    pub async fn fetch_map<T, F>(&self, sql: &str, args: &[Arg], decode: F) -> Result<Vec<T>>
+    where
+        F: FnMut(&DbRow) -> Result<T>,
+    {
+        decode_all(self.fetch_all(sql, args).await?, decode)
+    }
+
     /// Runs a query; returns its first row, if any.
     pub async fn fetch_optional(&self, sql: &str, args: &[Arg]) -> Result<Option<DbRow>> {
         Ok(self.fetch_all(sql, args).await?.into_iter().next())
@@ -559,6 +538,14 @@ impl Tx {
         self.executor().fetch_all(sql, args).await
     }
 
+    /// [`Db::fetch_map`] in this transaction.
+    pub async fn fetch_map<T, F>(&mut self, sql: &str, args: &[Arg], f: F) -> Result<Vec<T>>
+    where
+        F: FnMut(&DbRow) -> Result<T>,
+    {
+        decode_all(self.fetch_all(sql, args).await?, f)
+    }
+
     pub async fn fetch_optional(&mut self, sql: &str, args: &[Arg]) -> Result<Option<DbRow>> {
         Ok(self.fetch_all(sql, args).await?.into_iter().next())
     }
@@ -589,6 +576,11 @@ impl Tx {
     }
 }
 
+/// Every row decoded by `decode` (the first error wins).
+fn decode_all<T>(rows: Vec<DbRow>, decode: impl FnMut(&DbRow) -> Result<T>) -> Result<Vec<T>> {
+    rows.iter().map(decode).collect()
+}
+
 /// One result row, read by column name with the type the caller expects.
 pub enum DbRow {
     Sqlite(SqliteRow),
@@ -602,10 +594,7 @@ macro_rules! getter {
                 DbRow::Sqlite(r) => r.try_get::<$ty, _>(column),
                 DbRow::Postgres(r) => r.try_get::<$ty, _>(column),
             }
-            .map_err(|e| DbError::Decode {
-                column: column.into(),
-                message: e.to_string(),
-            })
+            .map_err(|e| DbError::decode(column, e))
         }
     };
 }
@@ -624,10 +613,7 @@ impl DbRow {
             DbRow::Sqlite(r) => r.try_get::<i64, _>(column).map(|v| v as i16),
             DbRow::Postgres(r) => r.try_get::<i16, _>(column),
         }
-        .map_err(|e| DbError::Decode {
-            column: column.into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| DbError::decode(column, e))
     }
 
     /// An `integer` column.
@@ -636,10 +622,7 @@ impl DbRow {
             DbRow::Sqlite(r) => r.try_get::<i64, _>(column).map(|v| v as i32),
             DbRow::Postgres(r) => r.try_get::<i32, _>(column),
         }
-        .map_err(|e| DbError::Decode {
-            column: column.into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| DbError::decode(column, e))
     }
 
     /// Any integer column (`smallint`, `integer`, `bigint`) as `i64`.
@@ -657,10 +640,7 @@ impl DbRow {
                         .map(|v| v.map(i64::from))
                 }),
         }
-        .map_err(|e| DbError::Decode {
-            column: column.into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| DbError::decode(column, e))
     }
 
     pub fn opt_ts(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
@@ -670,17 +650,12 @@ impl DbRow {
                 .map(|v| v.map(from_micros)),
             DbRow::Postgres(r) => r.try_get::<Option<DateTime<Utc>>, _>(column),
         }
-        .map_err(|e| DbError::Decode {
-            column: column.into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| DbError::decode(column, e))
     }
 
     pub fn ts(&self, column: &str) -> Result<DateTime<Utc>> {
-        self.opt_ts(column)?.ok_or_else(|| DbError::Decode {
-            column: column.into(),
-            message: "unexpected NULL".into(),
-        })
+        self.opt_ts(column)?
+            .ok_or_else(|| DbError::decode(column, "unexpected NULL"))
     }
 
     /// A column of a type's model table, as the plugin value of `column_type`.
@@ -708,10 +683,7 @@ impl DbRow {
             DbRow::Sqlite(r) => r.try_get::<Option<bool>, _>(column),
             DbRow::Postgres(r) => r.try_get::<Option<bool>, _>(column),
         }
-        .map_err(|e| DbError::Decode {
-            column: column.into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| DbError::decode(column, e))
     }
 }
 
@@ -868,12 +840,16 @@ mod tests {
 
     #[test]
     fn only_plain_selects_go_to_the_readers() {
-        assert!(is_select("SELECT 1"));
-        assert!(is_select("  select id FROM t"));
-        assert!(!is_select("UPDATE t SET n = 1 RETURNING n"));
-        assert!(!is_select("WITH x AS (SELECT 1) UPDATE t SET n = 1"));
-        assert!(!is_select("INSERT INTO t VALUES (1) RETURNING id"));
-        assert!(!is_select("sel"));
+        for (sql, select) in [
+            ("SELECT 1", true),
+            ("  select id FROM t", true),
+            ("UPDATE t SET n = 1 RETURNING n", false),
+            ("WITH x AS (SELECT 1) UPDATE t SET n = 1", false),
+            ("INSERT INTO t VALUES (1) RETURNING id", false),
+            ("sel", false),
+        ] {
+            assert_eq!(is_select(sql), select, "{sql}");
+        }
     }
 
     #[test]

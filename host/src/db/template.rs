@@ -477,18 +477,15 @@ async fn existing_columns(tx: &mut Tx, table: &str) -> Result<Vec<ExistingColumn
              FROM pragma_table_info($1) ORDER BY cid"
         }
     };
-    tx.fetch_all(sql, &[table.into()])
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(ExistingColumn {
-                name: row.text("name")?,
-                sql_type: row.text("sql_type")?,
-                not_null: row.bool("not_null")?,
-                has_default: row.bool("has_default")?,
-            })
+    tx.fetch_map(sql, &[table.into()], |row| {
+        Ok(ExistingColumn {
+            name: row.text("name")?,
+            sql_type: row.text("sql_type")?,
+            not_null: row.bool("not_null")?,
+            has_default: row.bool("has_default")?,
         })
-        .collect()
+    })
+    .await
 }
 
 /// Compares an existing model table with the identity: the `ALTER TABLE`

@@ -24,7 +24,7 @@
 //! `cfg(test)`) so the integration tests under `tests/` can use it, and it
 //! needs nothing outside the host's normal dependencies.
 
-use super::Db;
+use super::{Arg, Db};
 use std::path::PathBuf;
 use std::sync::Once;
 
@@ -169,6 +169,16 @@ fn remove_stale_sqlite_dirs() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// Runs `UPDATE {table} SET {change}` with `args` (a test arranging its
+/// rows); a failure fails the test, naming the statement. Returns the
+/// number of rows changed.
+pub async fn update(db: &Db, table: impl std::fmt::Display, change: &str, args: &[Arg]) -> u64 {
+    let sql = format!("UPDATE {table} SET {change}");
+    db.execute(&sql, args)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 #[cfg(test)]

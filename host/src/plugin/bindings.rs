@@ -3,27 +3,28 @@
 //! The rest of the host never sees them: [`super::columns`] and
 //! [`super::adapt_v0_1`] translate between them and the host's own types.
 
+/// The bindings of one contract version, all generated alike.
+macro_rules! contract {
+    ($path:literal) => {
+        wasmtime::component::bindgen!({
+            path: $path,
+            world: "replicable-type",
+            ownership: Borrowing { duplicate_if_necessary: true },
+            // A lookup past its bounds traps (see `HostState::lookup_projects`).
+            imports: { "geohost:replicable/site.projects": trappable },
+        });
+    };
+}
+
 /// `geohost:replicable@0.2` (`wit/replicable.wit`): column batches. Parameters
 /// borrow from the host's rows, so a batch is lowered into the guest without
 /// copying its strings first.
 pub mod v0_2 {
-    wasmtime::component::bindgen!({
-        path: "../wit/replicable.wit",
-        world: "replicable-type",
-        ownership: Borrowing { duplicate_if_necessary: true },
-        // A lookup past its bounds traps (see `HostState::lookup_projects`).
-        imports: { "geohost:replicable/site.projects": trappable },
-    });
+    contract!("../wit/replicable.wit");
 }
 
 /// `geohost:replicable@0.1` (`wit/v0.1/replicable.wit`): rows of variants,
 /// the contract of the first shipped types, still loaded.
 pub mod v0_1 {
-    wasmtime::component::bindgen!({
-        path: "../wit/v0.1/replicable.wit",
-        world: "replicable-type",
-        ownership: Borrowing { duplicate_if_necessary: true },
-        // A lookup past its bounds traps (see `HostState::lookup_projects`).
-        imports: { "geohost:replicable/site.projects": trappable },
-    });
+    contract!("../wit/v0.1/replicable.wit");
 }

@@ -40,14 +40,11 @@ pub struct Fixture {
 
 /// A site's selective-sync settings, as GitLab's API spells them.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct ScopeSpec {
-    #[serde(default)]
     pub selective_sync_type: Option<String>,
-    #[serde(default)]
     pub namespace_ids: Vec<i64>,
-    #[serde(default)]
     pub shards: Vec<String>,
-    #[serde(default)]
     pub sync_object_storage: bool,
 }
 

@@ -106,18 +106,16 @@ pub async fn publish_many(
         let mut args: Vec<Arg> = vec![replicable_name.into(), event_name.into(), now.into()];
         args.extend(chunk.iter().map(|p| Arg::from(p.to_string())));
         let mut ids = tx
-            .fetch_all(
+            .fetch_map(
                 &format!(
                     "INSERT INTO geo_events (replicable_name, event_name, payload, created_at) \
                      VALUES {} RETURNING id",
                     rows.join(", ")
                 ),
                 &args,
+                |row| row.i64("id"),
             )
-            .await?
-            .iter()
-            .map(|row| row.i64("id"))
-            .collect::<Result<Vec<_>, _>>()?;
+            .await?;
         // The log in event order, whatever order RETURNING gave.
         ids.sort_unstable();
         let mut args: Vec<Arg> = vec![now.into()];
@@ -181,10 +179,8 @@ async fn select(db: &Db, condition: &str, args: &[Arg]) -> Result<Vec<FeedEvent>
                 id: row.i64("id")?,
                 replicable_name: row.text("replicable_name")?,
                 event_name: row.text("event_name")?,
-                payload: serde_json::from_str(&payload).map_err(|e| DbError::Decode {
-                    column: "payload".into(),
-                    message: e.to_string(),
-                })?,
+                payload: serde_json::from_str(&payload)
+                    .map_err(|e| DbError::decode("payload", e))?,
                 created_at: row.ts("created_at")?,
             })
         })

@@ -222,14 +222,10 @@ async fn write_record(
 
     let id = match &existing {
         None => insert_row(&mut tx, it, &values).await.map_err(|error| {
-            if error.is_unique_violation() {
-                IngestError::Conflict(format!(
-                    "a {} with these unique columns exists already",
-                    it.identity.title
-                ))
-            } else {
-                error.into()
-            }
+            let title = &it.identity.title;
+            conflict(error, || {
+                format!("a {title} with these unique columns exists already")
+            })
         })?,
         Some(record) => {
             update_row(&mut tx, it, record.id, &values).await?;
@@ -259,14 +255,10 @@ async fn write_record(
     };
     // Two records never share a blob: deleting one would delete the other's.
     written_state.map_err(|error| {
-        if error.is_unique_violation() {
-            IngestError::Conflict(format!(
-                "another {} already has blob path `{path}`; each record needs its own",
-                it.identity.title
-            ))
-        } else {
-            error.into()
-        }
+        let title = &it.identity.title;
+        conflict(error, || {
+            format!("another {title} already has blob path `{path}`; each record needs its own")
+        })
     })?;
     let event = if created {
         events::CREATED
@@ -573,4 +565,13 @@ async fn update_row(
     );
     tx.execute(&sql, &args).await?;
     Ok(())
+}
+
+/// `error`, or, when it is a unique violation, the conflict `message` says.
+fn conflict(error: DbError, message: impl FnOnce() -> String) -> IngestError {
+    if error.is_unique_violation() {
+        IngestError::Conflict(message())
+    } else {
+        error.into()
+    }
 }

@@ -86,10 +86,8 @@ pub fn decode(it: &InstalledType, row: &DbRow) -> Result<Record, DbError> {
     Ok(Record {
         id: row.i64("id")?,
         values,
-        verification_state: VerificationState::try_from(state).map_err(|e| DbError::Decode {
-            column: "verification_state".into(),
-            message: e.to_string(),
-        })?,
+        verification_state: VerificationState::try_from(state)
+            .map_err(|e| DbError::decode("verification_state", e))?,
         verification_checksum: row.opt_bytes("verification_checksum")?,
     })
 }
@@ -138,11 +136,10 @@ pub async fn page(
         select_list(it),
         from_clause(it)
     );
-    db.fetch_all(&sql, &[Arg::from(after_id), Arg::from(limit)])
-        .await?
-        .iter()
-        .map(|row| decode(it, row))
-        .collect()
+    db.fetch_map(&sql, &[Arg::from(after_id), Arg::from(limit)], |row| {
+        decode(it, row)
+    })
+    .await
 }
 
 /// The highest id in the model table.
@@ -237,9 +234,5 @@ pub async fn search_ids(
         conditions.join(" OR "),
         args.len()
     );
-    db.fetch_all(&sql, &args)
-        .await?
-        .iter()
-        .map(|row| row.i64("id"))
-        .collect()
+    db.fetch_map(&sql, &args, |row| row.i64("id")).await
 }

@@ -100,14 +100,13 @@ async fn decode(db: &Db, row: &DbRow) -> Result<NodeSettings, DbError> {
     let shards: Vec<String> =
         serde_json::from_str(&row.text("selective_sync_shards")?).unwrap_or_default();
     let namespace_ids = db
-        .fetch_all(
-            "SELECT namespace_id FROM geo_node_namespace_links WHERE geo_node_id = $1 ORDER BY namespace_id",
+        .fetch_map(
+            "SELECT namespace_id FROM geo_node_namespace_links WHERE geo_node_id = $1 \
+             ORDER BY namespace_id",
             &[id.into()],
+            |r| r.i64("namespace_id"),
         )
-        .await?
-        .iter()
-        .map(|r| r.i64("namespace_id"))
-        .collect::<Result<_, _>>()?;
+        .await?;
     Ok(NodeSettings {
         id,
         name: row.text("name")?,

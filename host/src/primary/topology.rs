@@ -154,14 +154,7 @@ pub async fn delete_namespace(db: &Db, id: i64) -> Result<(), TopologyError> {
             "namespace {id} still has child namespaces or projects"
         )));
     }
-    if db
-        .execute("DELETE FROM namespaces WHERE id = $1", &[id.into()])
-        .await?
-        == 0
-    {
-        return Err(TopologyError::NotFound(format!("namespace {id}")));
-    }
-    Ok(())
+    delete(db, "namespaces", "namespace", id).await
 }
 
 pub async fn create_project(
@@ -216,12 +209,16 @@ pub async fn get_project(db: &Db, id: i64) -> Result<Option<Project>, TopologyEr
 }
 
 pub async fn delete_project(db: &Db, id: i64) -> Result<(), TopologyError> {
-    if db
-        .execute("DELETE FROM projects WHERE id = $1", &[id.into()])
-        .await?
-        == 0
-    {
-        return Err(TopologyError::NotFound(format!("project {id}")));
+    delete(db, "projects", "project", id).await
+}
+
+/// Deletes row `id` of `table`; a `what` that is not there is not found.
+async fn delete(db: &Db, table: &str, what: &str, id: i64) -> Result<(), TopologyError> {
+    let deleted = db
+        .execute(&format!("DELETE FROM {table} WHERE id = $1"), &[id.into()])
+        .await?;
+    if deleted == 0 {
+        return Err(TopologyError::NotFound(format!("{what} {id}")));
     }
     Ok(())
 }
@@ -229,31 +226,30 @@ pub async fn delete_project(db: &Db, id: i64) -> Result<(), TopologyError> {
 /// Every namespace and project.
 pub async fn snapshot(db: &Db) -> Result<crate::feed::TopologySnapshot, DbError> {
     let namespaces = db
-        .fetch_all("SELECT id, parent_id FROM namespaces ORDER BY id", &[])
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(NamespaceNode {
-                id: r.i64("id")?,
-                parent_id: r.opt_i64("parent_id")?,
-            })
-        })
-        .collect::<Result<Vec<_>, DbError>>()?;
+        .fetch_map(
+            "SELECT id, parent_id FROM namespaces ORDER BY id",
+            &[],
+            |r| {
+                Ok(NamespaceNode {
+                    id: r.i64("id")?,
+                    parent_id: r.opt_i64("parent_id")?,
+                })
+            },
+        )
+        .await?;
     let projects = db
-        .fetch_all(
+        .fetch_map(
             "SELECT id, namespace_id, repository_storage FROM projects ORDER BY id",
             &[],
+            |r| {
+                Ok(ProjectNode {
+                    id: r.i64("id")?,
+                    namespace_id: r.i64("namespace_id")?,
+                    repository_storage: r.text("repository_storage")?,
+                })
+            },
         )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(ProjectNode {
-                id: r.i64("id")?,
-                namespace_id: r.i64("namespace_id")?,
-                repository_storage: r.text("repository_storage")?,
-            })
-        })
-        .collect::<Result<Vec<_>, DbError>>()?;
+        .await?;
     Ok(crate::feed::TopologySnapshot {
         namespaces,
         projects,

@@ -116,18 +116,15 @@ async fn claim(
         ),
     );
     let cutoff = crate::leases::expired_before(now, lease);
-    db.fetch_all(&sql, &[now.into(), limit.into(), cutoff.into()])
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(Claim {
-                id: row.i64("id")?,
-                started_at: row.ts("verification_started_at")?,
-                retry_count: row.int("verification_retry_count")?.unwrap_or(0),
-                previous: row.opt_bytes("verification_checksum")?,
-            })
+    db.fetch_map(&sql, &[now.into(), limit.into(), cutoff.into()], |row| {
+        Ok(Claim {
+            id: row.i64("id")?,
+            started_at: row.ts("verification_started_at")?,
+            retry_count: row.int("verification_retry_count")?.unwrap_or(0),
+            previous: row.opt_bytes("verification_checksum")?,
         })
-        .collect()
+    })
+    .await
 }
 
 /// Verifies one batch of one type. Returns how many rows it handled.
@@ -376,13 +373,8 @@ pub async fn state_counts(
         .await?;
     rows.iter()
         .map(|r| {
-            let state =
-                VerificationState::try_from(r.int("s")?.unwrap_or(0) as i16).map_err(|e| {
-                    DbError::Decode {
-                        column: "verification_state".into(),
-                        message: e.to_string(),
-                    }
-                })?;
+            let state = VerificationState::try_from(r.int("s")?.unwrap_or(0) as i16)
+                .map_err(|e| DbError::decode("verification_state", e))?;
             Ok((state, r.i64("n")?))
         })
         .collect()

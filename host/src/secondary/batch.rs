@@ -36,7 +36,9 @@
 
 use super::outcomes::{SyncOutcome, SyncRecorded};
 use super::registry::{Registry, SyncClaim};
-use super::sync::{AttemptError, CHECKSUM_MISMATCH, Downloader, Held, RECORD_SIZE, claim_paths};
+use super::sync::{
+    AttemptError, CHECKSUM_MISMATCH, Downloader, Held, RECORD_SIZE, Renewal, claim_paths,
+};
 use crate::blob_batch::{self, PartStatus};
 use crate::catalog::InstalledType;
 use crate::feed::FeedRecord;
@@ -109,18 +111,12 @@ pub async fn run_batch_scheduler<F, Fut>(
 {
     let mut in_flight = tokio::task::JoinSet::new();
     let held = Held::default();
-    let renew_every = downloader.lease.map(|lease| lease / 3);
-    let mut renewed_at = Instant::now();
+    let mut renewal = Renewal::of(&downloader);
     let mut large = (0, Arc::new(Semaphore::new(1)));
     let mut round = 0usize;
     while !downloader.cancel.is_cancelled() {
         while in_flight.try_join_next().is_some() {}
-        if let Some(every) = renew_every
-            && renewed_at.elapsed() >= every
-        {
-            held.renew(&downloader.tracking).await;
-            renewed_at = Instant::now();
-        }
+        renewal.when_due(&held, &downloader.tracking).await;
         let mut claimed_all = false;
         if let Some((enabled, capacity)) = types().await {
             if large.0 != capacity {
@@ -161,7 +157,7 @@ pub async fn run_batch_scheduler<F, Fut>(
             }
             claimed_all = in_flight.len() >= settings.in_flight;
         }
-        let pause = renew_every.map_or(idle, |every| idle.min(every));
+        let pause = renewal.pause(idle);
         tokio::select! {
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             _ = downloader.wakes.sync.notified(), if !claimed_all => {}
@@ -667,9 +663,7 @@ async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secondary::testing::{
-        FakePrimary, blob_store, downloader, helm, stored, tracking_databases,
-    };
+    use crate::secondary::testing::{FakeState, helm, helm_registry, rigs, stored};
     use crate::states::SyncState;
 
     const SETTINGS: BatchSettings = BatchSettings {
@@ -703,12 +697,8 @@ mod tests {
     /// batch syncs.
     #[tokio::test]
     async fn a_part_larger_than_its_record_fails_alone() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let d = downloader(&primary, &db, &blobs);
+        let (_, registry) = helm_registry();
+        for (backend, db, primary, _dir, blobs, d) in rigs().await {
             let liar = primary.add(1, 10, b"entries: 1\n", false);
             primary.with(|s| s.blobs.get_mut(&1).unwrap().bytes = vec![b'x'; 60]);
             let honest = primary.add(2, 10, b"entries: 2\n", true);
@@ -731,12 +721,8 @@ mod tests {
 
     #[tokio::test]
     async fn each_record_of_a_batch_ends_as_it_would_alone() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let d = downloader(&primary, &db, &blobs);
+        let (_, registry) = helm_registry();
+        for (backend, db, primary, _dir, blobs, d) in rigs().await {
             let good = primary.add(1, 10, b"apiVersion: v1\n", true);
             let unverified = primary.add(2, 10, b"entries: {}\n", false);
             let missing = primary.add(3, 10, b"lost", true);
@@ -752,22 +738,17 @@ mod tests {
             // `too_large`; the single download then refuses it past the
             // declared size).
             let big = vec![b'x'; 200];
+            let size_column = |id, size: i64| {
+                let set = |s: &mut FakeState| {
+                    let columns = &mut s.records.get_mut(&id).unwrap().columns;
+                    columns.insert("size".into(), size.into());
+                };
+                primary.with(set);
+            };
             let declared = primary.add(6, 10, &big, true);
-            primary.with(|s| {
-                s.records
-                    .get_mut(&6)
-                    .unwrap()
-                    .columns
-                    .insert("size".into(), 200.into())
-            });
+            size_column(6, 200);
             let grown = primary.add(7, 10, &big, true);
-            primary.with(|s| {
-                s.records
-                    .get_mut(&7)
-                    .unwrap()
-                    .columns
-                    .insert("size".into(), 30.into())
-            });
+            size_column(7, 30);
             registry
                 .insert_missing(&db, &[1, 2, 3, 4, 5, 6, 7])
                 .await
@@ -863,12 +844,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_resync_during_the_batch_wins_and_shutdown_releases_the_rows() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let d = downloader(&primary, &db, &blobs);
+        let (it, registry) = helm_registry();
+        for (backend, db, primary, _dir, _, d) in rigs().await {
             primary.add(1, 10, b"one", true);
             primary.add(2, 10, b"two", true);
             registry.insert_missing(&db, &[1, 2]).await.unwrap();
@@ -910,12 +887,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_answer_fails_the_records_it_did_not_deliver() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let d = downloader(&primary, &db, &blobs);
+        let (_, registry) = helm_registry();
+        for (backend, db, primary, _dir, blobs, d) in rigs().await {
             for id in 1..=3 {
                 primary.add(id, 10, format!("blob {id}").as_bytes(), true);
             }

@@ -377,14 +377,13 @@ pub async fn resync(
     it: &InstalledType,
     registry_id: i64,
 ) -> Result<Option<RegistryRow>, DbError> {
-    let registry = Registry::of(it);
-    let Some(row) = registry.by_registry_id(db, registry_id).await? else {
-        return Ok(None);
-    };
-    if matches!(row.state, SyncState::Synced | SyncState::Failed) {
-        registry.resync(db, row.model_id).await?;
-    }
-    registry.by_registry_id(db, registry_id).await
+    on_one(db, it, registry_id, async |registry, row| {
+        if matches!(row.state, SyncState::Synced | SyncState::Failed) {
+            registry.resync(db, row.model_id).await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// GitLab's REVERIFY of one registry (`verify_async`): verification pending.
@@ -394,11 +393,26 @@ pub async fn reverify(
     it: &InstalledType,
     registry_id: i64,
 ) -> Result<Option<RegistryRow>, DbError> {
+    on_one(db, it, registry_id, async |registry, row| {
+        registry.verification_pending(db, row.model_id).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `action` on registry `registry_id` of `it`, if there is one; the
+/// row afterwards.
+async fn on_one(
+    db: &Db,
+    it: &InstalledType,
+    registry_id: i64,
+    action: impl AsyncFnOnce(&Registry, &RegistryRow) -> Result<(), DbError>,
+) -> Result<Option<RegistryRow>, DbError> {
     let registry = Registry::of(it);
     let Some(row) = registry.by_registry_id(db, registry_id).await? else {
         return Ok(None);
     };
-    registry.verification_pending(db, row.model_id).await?;
+    action(&registry, &row).await?;
     registry.by_registry_id(db, registry_id).await
 }
 

@@ -445,9 +445,7 @@ async fn remove(
 mod tests {
     use super::*;
     use crate::plugin::{SelectiveSync, SyncSettings};
-    use crate::secondary::testing::{
-        FakePrimary, blob_store, helm, helm_record, tracking_databases,
-    };
+    use crate::secondary::testing::{blob_path, helm_record, helm_registry, rigs};
     use crate::topology::{NamespaceNode, ProjectNode, Topology};
 
     /// A guard that lets every removal through.
@@ -475,12 +473,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_registry_follows_the_primary_and_the_scope() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let client = primary.client();
+        let (it, registry) = helm_registry();
+        for (backend, db, primary, _dir, blobs, d) in rigs().await {
+            let client = d.client;
             for (id, project) in [(1, 10), (2, 10), (3, 10), (4, 11), (5, 11)] {
                 primary.add(id, project, b"index", true);
             }
@@ -496,18 +491,16 @@ mod tests {
             }
             registry.synced(&db, 4, true).await.unwrap();
             let record4 = primary.with(|s| s.records[&4].clone());
-            let path4 = it
-                .blob_paths(&[record4])
-                .await
-                .unwrap()
-                .pop()
-                .unwrap()
-                .unwrap();
+            let path4 = blob_path(&it, &record4).await;
             blobs
                 .put_bytes(it.name(), &path4, bytes::Bytes::from_static(b"index"))
                 .await
                 .unwrap();
 
+            let model_ids = async || -> Vec<i64> {
+                let rows = registry.all(&db).await.unwrap();
+                rows.iter().map(|r| r.model_id).collect()
+            };
             let namespaces = scope(SelectiveSync::Namespaces(vec![1]));
             let counts = check_type_in_batches(&client, &db, &blobs, &it, &namespaces, ANY, 2)
                 .await
@@ -521,14 +514,7 @@ mod tests {
                 },
                 "{backend}"
             );
-            let ids: Vec<i64> = registry
-                .all(&db)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.model_id)
-                .collect();
-            assert_eq!(ids, vec![1, 2, 3, 5, 98], "{backend}");
+            assert_eq!(model_ids().await, vec![1, 2, 3, 5, 98], "{backend}");
             assert!(
                 !blobs.exists(it.name(), &path4).await.unwrap(),
                 "{backend}: out-of-scope blob removed"
@@ -562,14 +548,7 @@ mod tests {
                 },
                 "{backend}"
             );
-            let ids: Vec<i64> = registry
-                .all(&db)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.model_id)
-                .collect();
-            assert_eq!(ids, vec![1, 2, 3, 4, 5, 98], "{backend}");
+            assert_eq!(model_ids().await, vec![1, 2, 3, 4, 5, 98], "{backend}");
         }
     }
 }

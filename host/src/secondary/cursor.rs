@@ -414,14 +414,12 @@ pub async fn save_position(tx: &mut Tx, event_id: i64) -> Result<(), DbError> {
 /// when each was first seen, lowest first.
 pub async fn gaps(tracking: &Db) -> Result<Vec<(i64, chrono::DateTime<chrono::Utc>)>, DbError> {
     tracking
-        .fetch_all(
+        .fetch_map(
             "SELECT event_id, seen_at FROM event_log_gaps ORDER BY event_id",
             &[],
+            |row| Ok((row.i64("event_id")?, row.ts("seen_at")?)),
         )
-        .await?
-        .iter()
-        .map(|row| Ok((row.i64("event_id")?, row.ts("seen_at")?)))
-        .collect()
+        .await
 }
 
 /// The log ids a page covers, in order: its events' and those it withholds
@@ -664,7 +662,7 @@ async fn follow(
 mod tests {
     use super::*;
     use crate::plugin::{SelectiveSync, SyncSettings};
-    use crate::secondary::testing::{FakePrimary, blob_store, helm, tracking_databases};
+    use crate::secondary::testing::{blob_path, helm, helm_registry, rigs};
     use crate::states::{SyncState, VerificationState};
     use crate::topology::{NamespaceNode, ProjectNode, Topology};
     use serde_json::json;
@@ -687,6 +685,26 @@ mod tests {
         }
     }
 
+    /// Rows `ids` of `registry`, started and synced (without the
+    /// primary's checksum).
+    async fn synced(registry: &Registry, db: &Db, ids: &[i64]) {
+        for &id in ids {
+            registry.start(db, id).await.unwrap();
+            registry.synced(db, id, false).await.unwrap();
+        }
+    }
+
+    /// The event context of a test rig's downloader: its primary, tracking
+    /// database and blob store.
+    fn context(d: &crate::secondary::sync::Downloader) -> EventContext<'_> {
+        EventContext {
+            client: &d.client,
+            tracking: &d.tracking,
+            blobs: &d.blobs,
+            wakes: None,
+        }
+    }
+
     fn types(enabled: bool) -> HashMap<String, (Arc<InstalledType>, bool)> {
         let it = helm();
         HashMap::from([(it.name().to_string(), (it, enabled))])
@@ -694,23 +712,13 @@ mod tests {
 
     #[tokio::test]
     async fn events_are_handled_in_order_and_by_kind() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let client = primary.client();
+        let (it, registry) = helm_registry();
+        for (backend, db, primary, _dir, blobs, d) in rigs().await {
             primary.add(1, 10, b"one", true);
             primary.add(2, 11, b"two", true);
             primary.add(3, 12, b"three", true); // project 12 is newer than the cached topology
             let doomed = primary.add(5, 10, b"five", true);
-            let doomed_path = it
-                .blob_paths(&[doomed])
-                .await
-                .unwrap()
-                .pop()
-                .unwrap()
-                .unwrap();
+            let doomed_path = blob_path(&it, &doomed).await;
             blobs
                 .put_bytes(it.name(), &doomed_path, bytes::Bytes::from_static(b"five"))
                 .await
@@ -719,10 +727,7 @@ mod tests {
                 .insert_missing(&db, &[1, 5, 6, 7, 8])
                 .await
                 .unwrap();
-            for id in [1, 7] {
-                registry.start(&db, id).await.unwrap();
-                registry.synced(&db, id, false).await.unwrap();
-            }
+            synced(&registry, &db, &[1, 7]).await;
 
             for (name, id, extra) in [
                 (CREATED, 1, json!({})),
@@ -746,12 +751,7 @@ mod tests {
             foreign.replicable_name = "package_file".into();
             events.push(foreign);
 
-            let cx = EventContext {
-                client: &client,
-                tracking: &db,
-                blobs: &blobs,
-                wakes: None,
-            };
+            let cx = context(&d);
             let enabled = types(true);
             let cached = scope(&[(10, 1), (11, 2)]);
             let refreshes = Cell::new(0);
@@ -814,12 +814,6 @@ mod tests {
             );
 
             // Replication disabled: created/updated ignored, deletes still applied.
-            let cx = EventContext {
-                client: &client,
-                tracking: &db,
-                blobs: &blobs,
-                wakes: None,
-            };
             let enabled = types(false);
             registry.insert_missing(&db, &[9]).await.unwrap();
             let later = [
@@ -843,20 +837,13 @@ mod tests {
 
     #[tokio::test]
     async fn runs_of_events_keep_their_order() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let client = primary.client();
+        let (_, registry) = helm_registry();
+        for (backend, db, primary, _dir, _, d) in rigs().await {
             for id in 1..=6 {
                 primary.add(id, 10, b"x", true);
             }
             registry.insert_missing(&db, &[1, 2, 3]).await.unwrap();
-            for id in [1, 2, 3] {
-                registry.start(&db, id).await.unwrap();
-                registry.synced(&db, id, false).await.unwrap();
-            }
+            synced(&registry, &db, &[1, 2, 3]).await;
             // A run of creations (4 twice), checksums of synced rows, an
             // update that must win over the checksum before it, a record
             // created and deleted in the same page, a checksum after an
@@ -876,12 +863,7 @@ mod tests {
                 primary.event(name, id, extra);
             }
             let events = primary.with(|s| s.events.clone());
-            let cx = EventContext {
-                client: &client,
-                tracking: &db,
-                blobs: &blobs,
-                wakes: None,
-            };
+            let cx = context(&d);
             let counts = handle_events(
                 &cx,
                 &types(true),
@@ -949,52 +931,39 @@ mod tests {
 
     #[tokio::test]
     async fn rounds_keep_the_position_and_take_the_lease() {
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let client = primary.client();
+        for (backend, db, primary, _dir, _, d) in rigs().await {
             for id in 1..=3 {
                 primary.event(CHECKSUM_SUCCEEDED, id, json!({}));
             }
-            let cx = EventContext {
-                client: &client,
-                tracking: &db,
-                blobs: &blobs,
-                wakes: None,
-            };
+            let cx = context(&d);
             let enabled = types(true);
             let cancel = tokio_util::sync::CancellationToken::new();
             let cached = scope(&[(10, 1)]);
-            let wait = Duration::ZERO;
+            // One round with these types and scope, without waiting.
+            let go = async || {
+                let types = async || enabled.clone();
+                round(
+                    &cx,
+                    types,
+                    Some(&cached),
+                    async || None,
+                    Duration::ZERO,
+                    &cancel,
+                )
+                .await
+                .unwrap()
+            };
 
             // A new cursor starts at the primary's newest event.
             assert_eq!(position(&db).await.unwrap(), None);
-            let first = round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            let first = go().await;
             assert_eq!(first, Round::Handled(0), "{backend}");
             assert_eq!(position(&db).await.unwrap(), Some(3), "{backend}");
 
             primary.add(1, 10, b"one", true);
             primary.event(CREATED, 1, json!({}));
             primary.event(UPDATED, 1, json!({}));
-            let second = round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            let second = go().await;
             assert_eq!(second, Round::Handled(2), "{backend}");
             assert_eq!(position(&db).await.unwrap(), Some(5), "{backend}");
             assert!(Registry::of(&helm()).get(&db, 1).await.unwrap().is_some());
@@ -1008,40 +977,16 @@ mod tests {
             // as a gap, and handled once its event appears.
             primary.add(2, 10, b"two", true);
             let late = primary.event(CREATED, 2, json!({}));
-            let hidden = primary.with(|s| {
-                let at = s.events.iter().position(|e| e.id == late).unwrap();
-                s.events.remove(at)
-            });
+            let hidden = primary.uncommit(&[late]);
             primary.event(UPDATED, 1, json!({}));
-            let round_three = round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            let round_three = go().await;
             assert_eq!(round_three, Round::Handled(1), "{backend}");
             assert_eq!(position(&db).await.unwrap(), Some(late + 1), "{backend}");
             let tracked = gaps(&db).await.unwrap();
             assert_eq!(tracked.iter().map(|g| g.0).collect::<Vec<_>>(), [late]);
             assert!(Registry::of(&helm()).get(&db, 2).await.unwrap().is_none());
-            primary.with(|s| {
-                s.events.push(hidden);
-                s.events.sort_by_key(|e| e.id);
-            });
-            let round_four = round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            primary.commit(hidden);
+            let round_four = go().await;
             assert_eq!(round_four, Round::Handled(1), "{backend}: the late event");
             assert!(gaps(&db).await.unwrap().is_empty(), "{backend}");
             assert!(Registry::of(&helm()).get(&db, 2).await.unwrap().is_some());
@@ -1055,16 +1000,7 @@ mod tests {
             )
             .await
             .unwrap();
-            round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            go().await;
             assert!(gaps(&db).await.unwrap().is_empty(), "{backend}");
 
             // Events the primary withholds (records out of this site's
@@ -1072,23 +1008,11 @@ mod tests {
             // whose event turns out withheld is filled.
             let before = position(&db).await.unwrap().unwrap();
             let gap = primary.event(UPDATED, 1, json!({}));
-            let hidden = primary.with(|s| {
-                let at = s.events.iter().position(|e| e.id == gap).unwrap();
-                s.events.remove(at)
-            });
+            let hidden = primary.uncommit(&[gap]);
             let kept = primary.event(UPDATED, 1, json!({}));
             let last = primary.event(UPDATED, 1, json!({}));
             primary.with(|s| s.withheld.extend([kept, last]));
-            let withheld = round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            let withheld = go().await;
             assert_eq!(withheld, Round::Handled(0), "{backend}");
             assert_eq!(position(&db).await.unwrap(), Some(last), "{backend}");
             assert_eq!(
@@ -1101,21 +1025,9 @@ mod tests {
                 [gap],
                 "{backend}: only the uncommitted id is a gap (from {before})"
             );
-            primary.with(|s| {
-                s.events.push(hidden);
-                s.events.sort_by_key(|e| e.id);
-                s.withheld.push(gap);
-            });
-            round(
-                &cx,
-                async || enabled.clone(),
-                Some(&cached),
-                async || None,
-                wait,
-                &cancel,
-            )
-            .await
-            .unwrap();
+            primary.commit(hidden);
+            primary.with(|s| s.withheld.push(gap));
+            go().await;
             assert!(gaps(&db).await.unwrap().is_empty(), "{backend}: filled");
             primary.with(|s| s.withheld.clear());
 
@@ -1126,29 +1038,11 @@ mod tests {
                     .execute("SELECT pg_advisory_xact_lock($1)", &[LEASE_KEY.into()])
                     .await
                     .unwrap();
-                let leased = round(
-                    &cx,
-                    async || enabled.clone(),
-                    Some(&cached),
-                    async || None,
-                    wait,
-                    &cancel,
-                )
-                .await
-                .unwrap();
+                let leased = go().await;
                 assert_eq!(leased, Round::Leased, "{backend}");
                 other.commit().await.unwrap();
                 primary.event(CREATED, 1, json!({}));
-                let third = round(
-                    &cx,
-                    async || enabled.clone(),
-                    Some(&cached),
-                    async || None,
-                    wait,
-                    &cancel,
-                )
-                .await
-                .unwrap();
+                let third = go().await;
                 assert_eq!(third, Round::Handled(1), "{backend}");
             }
         }

@@ -117,6 +117,7 @@ pub async fn page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::testing::update;
     use crate::secondary::testing::{helm, tracking_databases};
 
     #[tokio::test]
@@ -130,25 +131,12 @@ mod tests {
                 .unwrap();
             // 1, 2, 4 failed to sync; 3 synced with a failed verification
             // and a checksum mismatch; 5 pending.
-            db.execute(
-                &format!(
-                    "UPDATE {} SET state = 3 WHERE packages_helm_metadata_cache_id IN (1, 2, 4)",
-                    registry.table()
-                ),
-                &[],
-            )
-            .await
-            .unwrap();
-            db.execute(
-                &format!(
-                    "UPDATE {} SET state = 2, verification_state = 3, checksum_mismatch = $1 \
-                     WHERE packages_helm_metadata_cache_id = 3",
-                    registry.table()
-                ),
-                &[true.into()],
-            )
-            .await
-            .unwrap();
+            let table = registry.table();
+            let failed = "state = 3 WHERE packages_helm_metadata_cache_id IN (1, 2, 4)";
+            update(&db, table, failed, &[]).await;
+            let mismatch = "state = 2, verification_state = 3, checksum_mismatch = $1 \
+                            WHERE packages_helm_metadata_cache_id = 3";
+            update(&db, table, mismatch, &[true.into()]).await;
             let types = [it.clone()];
             let model_ids =
                 |rows: &[Failure]| -> Vec<i64> { rows.iter().map(|f| f.row.model_id).collect() };

@@ -360,6 +360,51 @@ mod tests {
         )
     }
 
+    /// How [`walk`] pages: forward from the start (`first`, `after`) or
+    /// backward from the end (`last`, `before`), this many rows a page.
+    #[derive(Clone, Copy)]
+    enum Walk {
+        Forward(i64),
+        Backward(i64),
+    }
+
+    /// Every model id `filter` selects, in `sort` order, page by page.
+    /// Forward, each page after the first says it has a previous page.
+    async fn walk(db: &Db, r: &Registry, filter: &Filter, sort: Sort, how: Walk) -> Vec<i64> {
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let req = match how {
+                Walk::Forward(size) => PageRequest {
+                    first: Some(size),
+                    after: cursor,
+                    ..Default::default()
+                },
+                Walk::Backward(size) => PageRequest {
+                    last: Some(size),
+                    before: cursor,
+                    ..Default::default()
+                },
+            };
+            let p = page(db, r, filter, sort, &req).await.unwrap();
+            let ids = p.rows.iter().map(|(_, row)| row.model_id);
+            if let Walk::Forward(_) = how {
+                assert_eq!(p.has_previous_page, cursor.is_some());
+                seen.extend(ids);
+                if !p.has_next_page {
+                    return seen;
+                }
+                cursor = p.rows.last().map(|(c, _)| *c);
+            } else {
+                seen.splice(0..0, ids);
+                if !p.has_previous_page {
+                    return seen;
+                }
+                cursor = p.rows.first().map(|(c, _)| *c);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn sorts_filters_and_pages_both_ways() {
         let r = Registry::of(&helm());
@@ -399,56 +444,11 @@ mod tests {
                 Sort::parse("ID_DESC").unwrap(),
             ] {
                 let (expected, _, _) = ids(&db, &r, &all, sort, PageRequest::default()).await;
-                let mut seen = Vec::new();
-                let mut after = None;
-                loop {
-                    let p = page(
-                        &db,
-                        &r,
-                        &all,
-                        sort,
-                        &PageRequest {
-                            first: Some(2),
-                            after,
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .unwrap();
-                    seen.extend(p.rows.iter().map(|(_, row)| row.model_id));
-                    assert_eq!(p.has_previous_page, after.is_some());
-                    if !p.has_next_page {
-                        break;
-                    }
-                    after = p.rows.last().map(|(c, _)| *c);
-                }
-                assert_eq!(seen, expected, "{backend} {sort:?} forward");
+                let forward = walk(&db, &r, &all, sort, Walk::Forward(2)).await;
+                assert_eq!(forward, expected, "{backend} {sort:?} forward");
                 // Backward pages of 3 walk it from the end.
-                let mut seen = Vec::new();
-                let mut before = None;
-                loop {
-                    let p = page(
-                        &db,
-                        &r,
-                        &all,
-                        sort,
-                        &PageRequest {
-                            last: Some(3),
-                            before,
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .unwrap();
-                    let mut chunk: Vec<i64> = p.rows.iter().map(|(_, row)| row.model_id).collect();
-                    chunk.extend(seen);
-                    seen = chunk;
-                    if !p.has_previous_page {
-                        break;
-                    }
-                    before = p.rows.first().map(|(c, _)| *c);
-                }
-                assert_eq!(seen, expected, "{backend} {sort:?} backward");
+                let backward = walk(&db, &r, &all, sort, Walk::Backward(3)).await;
+                assert_eq!(backward, expected, "{backend} {sort:?} backward");
             }
 
             // Filters.

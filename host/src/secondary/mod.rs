@@ -380,26 +380,11 @@ impl Secondary {
         let verification_timeout = Duration::from_secs(workers.verification_timeout_secs);
         for it in self.site.catalog.all() {
             let registry = Registry::of(&it);
-            match registry
-                .fail_stuck_syncs(&self.tracking, sync_timeout)
-                .await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(r#type = it.name(), rows = n, "stuck syncs failed"),
-                Err(error) => {
-                    tracing::warn!(r#type = it.name(), %error, "sync timeout pass failed")
-                }
-            }
-            match registry
-                .fail_stuck_verifications(&self.tracking, verification_timeout)
-                .await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(r#type = it.name(), rows = n, "stuck verifications failed"),
-                Err(error) => {
-                    tracing::warn!(r#type = it.name(), %error, "verification timeout pass failed")
-                }
-            }
+            let syncs = registry.fail_stuck_syncs(&self.tracking, sync_timeout);
+            log_stuck_pass(&it, "sync", syncs.await);
+            let verifications =
+                registry.fail_stuck_verifications(&self.tracking, verification_timeout);
+            log_stuck_pass(&it, "verification", verifications.await);
         }
     }
 
@@ -830,6 +815,16 @@ async fn run_bulk_jobs(s: Arc<Secondary>) {
     }
 }
 
+/// Logs one stuck-row pass (`kind`: `sync` or `verification`) of `it`:
+/// the rows it failed, or why it could not run.
+fn log_stuck_pass(it: &InstalledType, kind: &str, outcome: Result<u64, DbError>) {
+    match outcome {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(r#type = it.name(), rows = n, "stuck {kind}s failed"),
+        Err(error) => tracing::warn!(r#type = it.name(), %error, "{kind} timeout pass failed"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -889,13 +884,7 @@ mod tests {
         primary.add(6, 10, b"index 6", true);
         primary.event(cursor::CREATED, 6, serde_json::json!({}));
         let gone = primary.with(|s| s.records.remove(&1)).unwrap();
-        let path = it
-            .blob_paths(&[gone])
-            .await
-            .unwrap()
-            .pop()
-            .unwrap()
-            .unwrap();
+        let path = testing::blob_path(&it, &gone).await;
         assert!(site.blobs.exists(it.name(), &path).await.unwrap());
         primary.event(
             cursor::DELETED,

@@ -149,17 +149,11 @@ pub struct Registry {
 }
 
 fn sync_state(row: &DbRow, column: &str) -> Result<SyncState, DbError> {
-    SyncState::try_from(row.i16(column)?).map_err(|e| DbError::Decode {
-        column: column.into(),
-        message: e.to_string(),
-    })
+    SyncState::try_from(row.i16(column)?).map_err(|e| DbError::decode(column, e))
 }
 
 fn verification_state(row: &DbRow, column: &str) -> Result<VerificationState, DbError> {
-    VerificationState::try_from(row.i16(column)?).map_err(|e| DbError::Decode {
-        column: column.into(),
-        message: e.to_string(),
-    })
+    VerificationState::try_from(row.i16(column)?).map_err(|e| DbError::decode(column, e))
 }
 
 /// "8 hours" for whole hours, else "N seconds" (timeout messages).
@@ -273,11 +267,7 @@ impl Registry {
             fk = self.fk,
             limit = limit.max(0)
         );
-        db.fetch_all(&sql, args)
-            .await?
-            .iter()
-            .map(|row| self.decode(row))
-            .collect()
+        db.fetch_map(&sql, args, |row| self.decode(row)).await
     }
 
     /// The registry row with this registry id (not model id).
@@ -308,11 +298,7 @@ impl Registry {
             t = self.table,
             fk = self.fk
         );
-        db.fetch_all(&sql, &[])
-            .await?
-            .iter()
-            .map(|row| self.decode(row))
-            .collect()
+        db.fetch_map(&sql, &[], |row| self.decode(row)).await
     }
 
     /// Registry rows whose model id is in `low..=high` (`high` `None`: no
@@ -328,18 +314,19 @@ impl Registry {
             "SELECT {fk} AS model_id, state, verification_state, created_at FROM {t} \
              WHERE {fk} >= $1 AND {fk} <= $2 ORDER BY {fk}"
         );
-        db.fetch_all(&sql, &[low.into(), high.unwrap_or(i64::MAX).into()])
-            .await?
-            .iter()
-            .map(|row| {
+        db.fetch_map(
+            &sql,
+            &[low.into(), high.unwrap_or(i64::MAX).into()],
+            |row| {
                 Ok(RangeRow {
                     model_id: row.i64("model_id")?,
                     state: sync_state(row, "state")?,
                     verification_state: verification_state(row, "verification_state")?,
                     created_at: row.ts("created_at")?,
                 })
-            })
-            .collect()
+            },
+        )
+        .await
     }
 
     /// Inserts a pending row for each model id that has none (GitLab's
@@ -452,16 +439,13 @@ impl Registry {
         if let Some(lease) = lease {
             args.push(crate::leases::expired_before(now, lease).into());
         }
-        db.fetch_all(&sql, &args)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(SyncClaim {
-                    model_id: row.i64("model_id")?,
-                    retry_count: row.int("retry_count")?.unwrap_or(0),
-                })
+        db.fetch_map(&sql, &args, |row| {
+            Ok(SyncClaim {
+                model_id: row.i64("model_id")?,
+                retry_count: row.int("retry_count")?.unwrap_or(0),
             })
-            .collect()
+        })
+        .await
     }
 
     /// The sync claim's candidates: pending rows by id, then failed rows
@@ -741,17 +725,14 @@ impl Registry {
         if let Some(lease) = lease {
             args.push(crate::leases::expired_before(now, lease).into());
         }
-        db.fetch_all(&sql, &args)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(VerificationClaim {
-                    registry_id: row.i64("id")?,
-                    model_id: row.i64("model_id")?,
-                    started_at: row.ts("verification_started_at")?,
-                })
+        db.fetch_map(&sql, &args, |row| {
+            Ok(VerificationClaim {
+                registry_id: row.i64("id")?,
+                model_id: row.i64("model_id")?,
+                started_at: row.ts("verification_started_at")?,
             })
-            .collect()
+        })
+        .await
     }
 
     /// Gives a verification claim back untouched (verification pending,

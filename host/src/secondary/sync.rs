@@ -606,16 +606,10 @@ where
     let mut in_flight = tokio::task::JoinSet::new();
     let mut round = 0usize;
     let held = Held::default();
-    let renew_every = downloader.lease.map(|lease| lease / 3);
-    let mut renewed_at = Instant::now();
+    let mut renewal = Renewal::of(&downloader);
     while !downloader.cancel.is_cancelled() {
         while in_flight.try_join_next().is_some() {}
-        if let Some(every) = renew_every
-            && renewed_at.elapsed() >= every
-        {
-            held.renew(&downloader.tracking).await;
-            renewed_at = Instant::now();
-        }
+        renewal.when_due(&held, &downloader.tracking).await;
         let mut claimed = 0;
         let mut free = 0;
         if let Some((enabled, capacity)) = types().await {
@@ -666,7 +660,7 @@ where
         }
         // Nothing (more) to claim: wait for a download to end or work to
         // appear (or for the next renewal of the claims).
-        let pause = renew_every.map_or(idle, |every| idle.min(every));
+        let pause = renewal.pause(idle);
         tokio::select! {
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             _ = downloader.wakes.sync.notified() => {}
@@ -675,6 +669,37 @@ where
         }
     }
     while in_flight.join_next().await.is_some() {}
+}
+
+/// When a scheduler renews the claims it holds: every third of the
+/// downloader's lease (never without one).
+pub(super) struct Renewal {
+    every: Option<std::time::Duration>,
+    at: Instant,
+}
+
+impl Renewal {
+    pub(super) fn of(downloader: &Downloader) -> Renewal {
+        Renewal {
+            every: downloader.lease.map(|lease| lease / 3),
+            at: Instant::now(),
+        }
+    }
+
+    /// Renews `held` if a third of the lease has passed since last time.
+    pub(super) async fn when_due(&mut self, held: &Held, tracking: &Db) {
+        if let Some(every) = self.every
+            && self.at.elapsed() >= every
+        {
+            held.renew(tracking).await;
+            self.at = Instant::now();
+        }
+    }
+
+    /// `idle`, shortened so that an idle wait never delays a renewal.
+    pub(super) fn pause(&self, idle: std::time::Duration) -> std::time::Duration {
+        self.every.map_or(idle, |every| idle.min(every))
+    }
 }
 
 /// The rows this scheduler's downloads hold, by type, for renewing their
@@ -728,18 +753,14 @@ impl Held {
 mod tests {
     use super::*;
     use crate::secondary::testing::{
-        FakePrimary, blob_store, downloader, helm, sha256, stored, tracking_databases,
+        FakePrimary, helm_registry, rigs, sha256, stored, unreachable_primary,
     };
     use crate::states::SyncState;
 
     #[tokio::test]
     async fn downloads_check_and_place_the_blob() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let d = downloader(&primary, &db, &blobs);
+        let (it, registry) = helm_registry();
+        for (backend, db, primary, _dir, blobs, d) in rigs().await {
             let verified = primary.add(1, 10, b"apiVersion: v1\n", true);
             let unverified = primary.add(2, 10, b"entries: {}\n", false);
             registry.insert_missing(&db, &[1, 2]).await.unwrap();
@@ -787,13 +808,9 @@ mod tests {
     /// failure after a bounded read, and the next record syncs.
     #[tokio::test]
     async fn a_hostile_primary_cannot_make_a_download_unbounded() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
+        let (it, registry) = helm_registry();
+        for (backend, db, primary, dir, _, d) in rigs().await {
             let elsewhere = FakePrimary::start_on("127.0.0.2").await;
-            let (dir, blobs) = blob_store();
-            let d = downloader(&primary, &db, &blobs);
             for id in 1..=6 {
                 primary.add(id, 10, format!("entries: {id}\n").as_bytes(), true);
                 elsewhere.add(id, 10, format!("entries: {id}\n").as_bytes(), true);
@@ -905,12 +922,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_checksum_mismatch_discards_the_download() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (dir, blobs) = blob_store();
-            let d = downloader(&primary, &db, &blobs);
+        let (it, registry) = helm_registry();
+        for (backend, db, primary, dir, blobs, d) in rigs().await {
             // The header's checksum is not the content's.
             let header = primary.add(1, 10, b"good", true);
             primary.with(|s| s.blobs.get_mut(&1).unwrap().bytes = b"evil".to_vec());
@@ -955,12 +968,8 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_recorded_and_never_leave_a_row_started() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let d = downloader(&primary, &db, &blobs);
+        let (it, registry) = helm_registry();
+        for (backend, db, primary, _dir, _, d) in rigs().await {
             primary.add(1, 10, b"x", true);
             primary.with(|s| s.blobs.get_mut(&1).unwrap().missing = true);
             primary.add(2, 10, b"y", true);
@@ -1002,13 +1011,7 @@ mod tests {
 
             // An unreachable primary.
             let gone = Downloader {
-                client: crate::secondary::PrimaryClient::new(&crate::config::PrimarySection {
-                    url: "http://127.0.0.1:9".into(),
-                    access_key: "k".into(),
-                    secret_access_key: "s".into(),
-                    ca_file: None,
-                })
-                .unwrap(),
+                client: unreachable_primary(),
                 ..d.clone()
             };
             registry.pending(&db, 3).await.unwrap();
@@ -1025,12 +1028,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_resync_during_the_download_wins() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let d = downloader(&primary, &db, &blobs);
+        let (it, registry) = helm_registry();
+        for (backend, db, primary, _dir, blobs, d) in rigs().await {
             let record = primary.add(1, 10, b"v1", true);
             registry.insert_missing(&db, &[1]).await.unwrap();
             let claimed = claim(&d, &it, 10).await.unwrap();
@@ -1068,12 +1067,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_checksum_that_comes_during_the_download_is_not_lost() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let d = downloader(&primary, &db, &blobs);
+        let (it, registry) = helm_registry();
+        for (backend, db, primary, _dir, _, d) in rigs().await {
             primary.add(1, 10, b"v1", false);
             registry.insert_missing(&db, &[1]).await.unwrap();
             let (row, record_seen) = claim(&d, &it, 10).await.unwrap().pop().unwrap();
@@ -1120,12 +1115,8 @@ mod tests {
 
     #[tokio::test]
     async fn object_stored_records_are_checked_by_padded_size() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let d = downloader(&primary, &db, &blobs);
+        let (it, registry) = helm_registry();
+        for (backend, db, primary, _dir, _, d) in rigs().await {
             for (id, checksum) in [(1, "0123"), (2, "0124")] {
                 let mut record =
                     crate::secondary::testing::helm_record(id, 10, 2, Some(checksum.into()));
@@ -1162,12 +1153,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_scheduler_drains_the_queue_within_capacity() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let d = downloader(&primary, &db, &blobs);
+        let (it, registry) = helm_registry();
+        for (backend, db, primary, _dir, _, d) in rigs().await {
             let ids: Vec<i64> = (1..=40).collect();
             for &id in &ids {
                 primary.add(id, 10, format!("blob {id}").as_bytes(), id % 2 == 0);

@@ -34,6 +34,13 @@ pub fn helm() -> Arc<InstalledType> {
     .clone()
 }
 
+/// The shipped Helm type and its registry table.
+pub fn helm_registry() -> (Arc<InstalledType>, super::registry::Registry) {
+    let it = helm();
+    let registry = super::registry::Registry::of(&it);
+    (it, registry)
+}
+
 /// Fresh tracking databases (SQLite, and PostgreSQL when configured),
 /// migrated, with the Helm registry table.
 pub async fn tracking_databases() -> Vec<(&'static str, Db)> {
@@ -45,6 +52,30 @@ pub async fn tracking_databases() -> Vec<(&'static str, Db)> {
             .await
             .expect("registry table");
         out.push((backend, db));
+    }
+    out
+}
+
+/// One round of a test, per tracking database: `(backend, db, primary,
+/// dir, blobs, downloader)`, a fake primary, a blob store in the temporary
+/// folder `dir`, and a downloader from the primary into `db` and `blobs`.
+pub type Rig = (
+    &'static str,
+    Db,
+    FakePrimary,
+    tempfile::TempDir,
+    crate::storage::BlobStore,
+    super::sync::Downloader,
+);
+
+/// A [`Rig`] for each of the [`tracking_databases`].
+pub async fn rigs() -> Vec<Rig> {
+    let mut out = Vec::new();
+    for (backend, db) in tracking_databases().await {
+        let primary = FakePrimary::start().await;
+        let (dir, blobs) = blob_store();
+        let d = downloader(&primary, &db, &blobs);
+        out.push((backend, db, primary, dir, blobs, d));
     }
     out
 }
@@ -233,6 +264,25 @@ impl FakePrimary {
             created_at: chrono::Utc::now(),
         });
         id
+    }
+
+    /// Takes events `ids` out of the feed, as if their transactions had
+    /// not committed yet; [`FakePrimary::commit`] puts them back.
+    pub fn uncommit(&self, ids: &[i64]) -> Vec<FeedEvent> {
+        self.with(|s| {
+            let (taken, kept): (Vec<_>, _) = s.events.drain(..).partition(|e| ids.contains(&e.id));
+            assert_eq!(taken.len(), ids.len(), "events {ids:?} are in the feed");
+            s.events = kept;
+            taken
+        })
+    }
+
+    /// Puts `events` (from [`FakePrimary::uncommit`]) back in the feed.
+    pub fn commit(&self, events: Vec<FeedEvent>) {
+        self.with(|s| {
+            s.events.extend(events);
+            s.events.sort_by_key(|e| e.id);
+        })
     }
 
     pub fn with<R>(&self, f: impl FnOnce(&mut FakeState) -> R) -> R {
@@ -464,16 +514,31 @@ pub fn downloader(
     }
 }
 
-/// The blob of a Helm `record` in `blobs`, if there is one.
-pub async fn stored(blobs: &crate::storage::BlobStore, record: &FeedRecord) -> Option<Vec<u8>> {
-    let it = helm();
-    let path = it
-        .blob_paths(std::slice::from_ref(record))
+/// A client of a primary that is not there (nothing listens on port 9).
+pub fn unreachable_primary() -> PrimaryClient {
+    PrimaryClient::new(&PrimarySection {
+        url: "http://127.0.0.1:9".into(),
+        access_key: "k".into(),
+        secret_access_key: "s".into(),
+        ca_file: None,
+    })
+    .unwrap()
+}
+
+/// `it`'s blob path for `record`.
+pub async fn blob_path(it: &InstalledType, record: &FeedRecord) -> crate::plugin::BlobPath {
+    it.blob_paths(std::slice::from_ref(record))
         .await
         .unwrap()
         .pop()
         .unwrap()
-        .unwrap();
+        .unwrap()
+}
+
+/// The blob of a Helm `record` in `blobs`, if there is one.
+pub async fn stored(blobs: &crate::storage::BlobStore, record: &FeedRecord) -> Option<Vec<u8>> {
+    let it = helm();
+    let path = blob_path(&it, record).await;
     match blobs
         .read_small(it.name(), &[path], u64::MAX, u64::MAX)
         .await

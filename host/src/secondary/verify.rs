@@ -168,20 +168,6 @@ fn outcome(
 }
 
 /// Verifies one batch of up to `limit` rows of `it`, `concurrency` blobs at
-/// a time; see the [module docs](self).
-#[cfg(test)]
-async fn verify_batch(
-    client: &PrimaryClient,
-    tracking: &Db,
-    blobs: &BlobStore,
-    it: &Arc<InstalledType>,
-    limit: i64,
-    concurrency: usize,
-) -> Result<BatchCounts, VerifyError> {
-    verify_batch_leased(client, tracking, blobs, it, limit, concurrency, None).await
-}
-
-/// Verifies one batch of up to `limit` rows of `it`, `concurrency` blobs at
 /// a time (see the [module docs](self)), also taking over verifications
 /// whose claim is older than `lease` (their worker process died).
 pub async fn verify_batch_leased(
@@ -308,26 +294,19 @@ async fn release(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secondary::sync::{Downloader, SyncResult};
-    use crate::secondary::testing::{FakePrimary, blob_store, helm, sha256, tracking_databases};
+    use crate::secondary::sync::SyncResult;
+    use crate::secondary::testing::{helm_registry, rigs, sha256, unreachable_primary};
     use crate::states::SyncState;
 
     #[tokio::test]
     async fn verification_compares_with_the_primary_and_resyncs_on_failure() {
-        let it = helm();
-        let registry = Registry::of(&it);
-        for (backend, db) in tracking_databases().await {
-            let primary = FakePrimary::start().await;
-            let (_dir, blobs) = blob_store();
-            let client = primary.client();
-            let downloader = Downloader {
-                client: client.clone(),
-                tracking: db.clone(),
-                blobs: blobs.clone(),
-                cancel: Default::default(),
-                lease: None,
-                wakes: Default::default(),
+        let (it, registry) = helm_registry();
+        for (backend, db, primary, _dir, blobs, downloader) in rigs().await {
+            let client = downloader.client.clone();
+            let verify = async |client: &PrimaryClient| {
+                verify_batch_leased(client, &db, &blobs, &it, 100, 4, None).await
             };
+            let row = async |id| registry.get(&db, id).await.unwrap().unwrap();
             let mut records = Vec::new();
             for id in 1..=5 {
                 records.push(primary.add(id, 10, format!("index {id}").as_bytes(), id != 5));
@@ -343,9 +322,7 @@ mod tests {
                 ));
             }
 
-            let counts = verify_batch(&client, &db, &blobs, &it, 100, 4)
-                .await
-                .unwrap();
+            let counts = verify(&client).await.unwrap();
             assert_eq!(
                 counts,
                 BatchCounts {
@@ -354,26 +331,12 @@ mod tests {
                 },
                 "{backend}"
             );
-            let row = registry.get(&db, 1).await.unwrap().unwrap();
-            assert_eq!(row.verification_state, VerificationState::Succeeded);
-            assert_eq!(row.verification_checksum, Some(sha256(b"index 1")));
-            assert_eq!(
-                registry
-                    .get(&db, 5)
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .verification_state,
-                VerificationState::Disabled
-            );
+            let one = row(1).await;
+            assert_eq!(one.verification_state, VerificationState::Succeeded);
+            assert_eq!(one.verification_checksum, Some(sha256(b"index 1")));
+            assert_eq!(row(5).await.verification_state, VerificationState::Disabled);
             // Nothing left to verify.
-            assert_eq!(
-                verify_batch(&client, &db, &blobs, &it, 100, 4)
-                    .await
-                    .unwrap()
-                    .total(),
-                0
-            );
+            assert_eq!(verify(&client).await.unwrap().total(), 0);
 
             // 1 rots, 2 disappears, 3 is no longer verified on the primary.
             let paths = it.blob_paths(&records).await.unwrap();
@@ -391,9 +354,7 @@ mod tests {
             for id in [1, 2, 3] {
                 registry.verification_pending(&db, id).await.unwrap();
             }
-            let counts = verify_batch(&client, &db, &blobs, &it, 100, 4)
-                .await
-                .unwrap();
+            let counts = verify(&client).await.unwrap();
             assert_eq!(
                 counts,
                 BatchCounts {
@@ -404,7 +365,7 @@ mod tests {
                 "{backend}"
             );
 
-            let rotten = registry.get(&db, 1).await.unwrap().unwrap();
+            let rotten = row(1).await;
             assert_eq!(
                 rotten.verification_state,
                 VerificationState::Failed,
@@ -424,36 +385,21 @@ mod tests {
                 "{backend}"
             );
             assert_eq!(rotten.state, SyncState::Failed, "{backend}: resynced");
-            let missing = registry.get(&db, 2).await.unwrap().unwrap();
+            let missing = row(2).await;
             assert_eq!(
                 missing.verification_failure.as_deref(),
                 Some("Error during verification: File is not checksummable")
             );
             assert_eq!(missing.state, SyncState::Failed, "{backend}: resynced");
-            assert_eq!(
-                registry
-                    .get(&db, 3)
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .verification_state,
-                VerificationState::Disabled
-            );
+            assert_eq!(row(3).await.verification_state, VerificationState::Disabled);
 
             // The resync repairs the rotten copy; verification then succeeds.
             for id in [1, 2] {
                 registry.pending(&db, id).await.unwrap();
                 downloader.sync_now(&it, id).await.unwrap();
             }
-            assert_eq!(
-                verify_batch(&client, &db, &blobs, &it, 100, 4)
-                    .await
-                    .unwrap()
-                    .succeeded,
-                2,
-                "{backend}"
-            );
-            let repaired = registry.get(&db, 1).await.unwrap().unwrap();
+            assert_eq!(verify(&client).await.unwrap().succeeded, 2, "{backend}");
+            let repaired = row(1).await;
             assert_eq!(
                 repaired.verification_state,
                 VerificationState::Succeeded,
@@ -463,18 +409,9 @@ mod tests {
 
             // An unreachable primary releases the claims untouched.
             registry.verification_pending(&db, 4).await.unwrap();
-            let gone = PrimaryClient::new(&crate::config::PrimarySection {
-                url: "http://127.0.0.1:9".into(),
-                access_key: "k".into(),
-                secret_access_key: "s".into(),
-                ca_file: None,
-            })
-            .unwrap();
-            assert!(
-                verify_batch(&gone, &db, &blobs, &it, 100, 4).await.is_err(),
-                "{backend}"
-            );
-            let released = registry.get(&db, 4).await.unwrap().unwrap();
+            let gone = unreachable_primary();
+            assert!(verify(&gone).await.is_err(), "{backend}");
+            let released = row(4).await;
             assert_eq!(
                 (released.state, released.verification_state),
                 (SyncState::Synced, VerificationState::Pending)

@@ -57,10 +57,7 @@ pub async fn load(
     let map = match serde_json::from_str(&text) {
         Ok(Value::Object(map)) => map,
         _ => {
-            return Err(DbError::Decode {
-                column: "status".into(),
-                message: "not a JSON object".into(),
-            });
+            return Err(DbError::decode("status", "not a JSON object"));
         }
     };
     Ok(Some((map, row.ts("updated_at")?)))

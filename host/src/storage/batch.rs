@@ -111,6 +111,33 @@ where
         .collect()
 }
 
+/// [`BlobStore::read_small`]'s answer as it grows: the reads in order, and
+/// the bytes of the whole blobs among them against the budget.
+struct SmallReads {
+    reads: Vec<Result<SmallRead, StorageError>>,
+    total: u64,
+    budget: u64,
+}
+
+impl SmallReads {
+    fn new(budget: u64) -> SmallReads {
+        SmallReads {
+            reads: Vec::new(),
+            total: 0,
+            budget,
+        }
+    }
+
+    /// Adds `read`; whether the budget is now spent (read no more).
+    fn push(&mut self, read: Result<SmallRead, StorageError>) -> bool {
+        if let Ok(SmallRead::Whole(bytes)) = &read {
+            self.total += bytes.len() as u64;
+        }
+        self.reads.push(read);
+        self.total >= self.budget
+    }
+}
+
 impl BlobStore {
     /// Reads blobs of `type_name` whole, in order, those of at most `max`
     /// bytes; a larger one is [`SmallRead::TooLarge`] and is not read.
@@ -128,27 +155,20 @@ impl BlobStore {
             // One blocking task: reading small files is cheaper than the
             // hand-offs between several.
             return tokio::task::spawn_blocking(move || {
-                let mut out = Vec::new();
-                let mut total = 0u64;
+                let mut answer = SmallReads::new(budget);
                 for file in files {
-                    let read = file.and_then(|(file, shown)| read_local(&file, &shown, max));
-                    if let Ok(SmallRead::Whole(bytes)) = &read {
-                        total += bytes.len() as u64;
-                    }
-                    out.push(read);
-                    if total >= budget {
+                    if answer.push(file.and_then(|(file, shown)| read_local(&file, &shown, max))) {
                         break;
                     }
                 }
-                out
+                answer.reads
             })
             .await
             .unwrap_or_else(|e| vec![Err(io_error("read", type_name, std::io::Error::other(e)))]);
         }
         let locations: Vec<Result<StorePath, StorageError>> =
             paths.iter().map(|p| blob_location(type_name, p)).collect();
-        let mut out = Vec::new();
-        let mut total = 0u64;
+        let mut answer = SmallReads::new(budget);
         let mut reads = futures::stream::iter(locations)
             .map(|location| async move {
                 let location = location?;
@@ -156,15 +176,11 @@ impl BlobStore {
             })
             .buffered(8);
         while let Some(read) = reads.next().await {
-            if let Ok(SmallRead::Whole(bytes)) = &read {
-                total += bytes.len() as u64;
-            }
-            out.push(read);
-            if total >= budget {
+            if answer.push(read) {
                 break;
             }
         }
-        out
+        answer.reads
     }
 
     /// An object of at most `max` bytes, whole, from an object store.

@@ -100,20 +100,20 @@ mod tests {
     #[derive(Debug, Default)]
     struct Log(Mutex<Vec<String>>);
 
-    impl SyncFs for Log {
-        fn sync_file(&self, path: &Path) -> std::io::Result<()> {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("file {}", path.display()));
+    impl Log {
+        fn note(&self, what: &str, path: &Path) -> std::io::Result<()> {
+            let line = format!("{what} {}", path.display());
+            self.0.lock().unwrap().push(line);
             Ok(())
         }
+    }
+
+    impl SyncFs for Log {
+        fn sync_file(&self, path: &Path) -> std::io::Result<()> {
+            self.note("file", path)
+        }
         fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("dir {}", path.display()));
-            Ok(())
+            self.note("dir", path)
         }
     }
 

@@ -42,26 +42,22 @@ fn decode(row: &crate::db::DbRow) -> Result<VersionRow, DbError> {
 
 /// Every recorded version, by type then id.
 pub async fn list(db: &Db) -> Result<Vec<VersionRow>, DbError> {
-    db.fetch_all(
+    db.fetch_map(
         &format!("SELECT {COLUMNS} FROM plugin_versions ORDER BY replicable_name, id"),
         &[],
+        decode,
     )
-    .await?
-    .iter()
-    .map(decode)
-    .collect()
+    .await
 }
 
 /// The versions of one type, oldest first.
 pub async fn of_type(db: &Db, name: &str) -> Result<Vec<VersionRow>, DbError> {
-    db.fetch_all(
+    db.fetch_map(
         &format!("SELECT {COLUMNS} FROM plugin_versions WHERE replicable_name = $1 ORDER BY id"),
         &[name.into()],
+        decode,
     )
-    .await?
-    .iter()
-    .map(decode)
-    .collect()
+    .await
 }
 
 /// The SHA-256 of the recorded active version of `name`, if any.
@@ -95,6 +91,37 @@ impl<'a> NewVersion<'a> {
             source,
         }
     }
+
+    /// The `INSERT` of this version into `plugin_versions`, installed at
+    /// `installed_at`, with the `more` columns and their values.
+    fn insert(&self, installed_at: DateTime<Utc>, more: [(&str, Arg); 2]) -> (String, Vec<Arg>) {
+        let mut columns = vec![
+            "replicable_name",
+            "version",
+            "sha256",
+            "wit_version",
+            "source",
+            "installed_at",
+        ];
+        let mut args: Vec<Arg> = vec![
+            self.name.into(),
+            self.version.into(),
+            self.sha256.into(),
+            self.wit_version.into(),
+            self.source.into(),
+            installed_at.into(),
+        ];
+        for (column, value) in more {
+            columns.push(column);
+            args.push(value);
+        }
+        let sql = format!(
+            "INSERT INTO plugin_versions ({}) VALUES ({})",
+            columns.join(", "),
+            crate::db::placeholders(1, args.len())
+        );
+        (sql, args)
+    }
 }
 
 /// Makes `v` the one active version of its type (recording it if new), in
@@ -125,21 +152,8 @@ pub async fn activate(db: &Db, v: &NewVersion<'_>) -> Result<(), DbError> {
         )
         .await?;
     if updated == 0 {
-        tx.execute(
-            "INSERT INTO plugin_versions (replicable_name, version, sha256, wit_version, source, \
-             installed_at, activated_at, active) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                v.name.into(),
-                v.version.into(),
-                v.sha256.into(),
-                v.wit_version.into(),
-                v.source.into(),
-                now.into(),
-                now.into(),
-                true.into(),
-            ],
-        )
-        .await?;
+        let (sql, args) = v.insert(now, [("activated_at", now.into()), ("active", true.into())]);
+        tx.execute(&sql, &args).await?;
     }
     tx.commit().await
 }
@@ -154,21 +168,14 @@ pub async fn record_refusal(db: &Db, v: &NewVersion<'_>, error: &str) -> Result<
         )
         .await?;
     if updated == 0 {
-        db.execute(
-            "INSERT INTO plugin_versions (replicable_name, version, sha256, wit_version, source, \
-             installed_at, active, last_validation_error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                v.name.into(),
-                v.version.into(),
-                v.sha256.into(),
-                v.wit_version.into(),
-                v.source.into(),
-                Db::now().into(),
-                false.into(),
-                error.into(),
+        let (sql, args) = v.insert(
+            Db::now(),
+            [
+                ("active", false.into()),
+                ("last_validation_error", error.into()),
             ],
-        )
-        .await?;
+        );
+        db.execute(&sql, &args).await?;
     }
     Ok(())
 }

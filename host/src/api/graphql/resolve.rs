@@ -408,6 +408,27 @@ fn registry_ids(ids: &[String]) -> Result<Vec<i64>, Error> {
         .collect()
 }
 
+/// The registries a list or a bulk action selects by its `ids`,
+/// `replicationState` and `verificationState` arguments.
+fn filter(
+    ids: Option<&[String]>,
+    replication_state: Option<&str>,
+    verification_state_name: Option<&str>,
+) -> Result<Filter, Error> {
+    Ok(Filter {
+        ids: ids.map(registry_ids).transpose()?,
+        state: replication_state
+            .map(|name| sync_state(name).ok_or_else(|| Error::new("invalid replicationState")))
+            .transpose()?,
+        verification_state: verification_state_name
+            .map(|name| {
+                verification_state(name).ok_or_else(|| Error::new("invalid verificationState"))
+            })
+            .transpose()?,
+        ..Filter::default()
+    })
+}
+
 fn installed(site: &Site, replicable_name: &str) -> Result<Arc<InstalledType>, Error> {
     site.installed(replicable_name).ok_or_else(|| {
         Error::new(format!(
@@ -427,18 +448,11 @@ pub async fn list(
     let Some(tracking) = site.tracking.as_ref().filter(|_| node.current) else {
         return Ok(ConnectionValue::default());
     };
-    let mut filter = Filter {
-        ids: args.ids.as_deref().map(registry_ids).transpose()?,
-        ..Filter::default()
-    };
-    if let Some(name) = &args.replication_state {
-        filter.state =
-            Some(sync_state(name).ok_or_else(|| Error::new("invalid replicationState"))?);
-    }
-    if let Some(name) = &args.verification_state {
-        filter.verification_state =
-            Some(verification_state(name).ok_or_else(|| Error::new("invalid verificationState"))?);
-    }
+    let mut filter = filter(
+        args.ids.as_deref(),
+        args.replication_state.as_deref(),
+        args.verification_state.as_deref(),
+    )?;
     if let Some(keyword) = args.keyword.as_deref().filter(|k| !k.trim().is_empty()) {
         let client =
             client(site).ok_or_else(|| Error::new("this site cannot reach its primary"))?;
@@ -565,18 +579,11 @@ pub async fn bulk_update(
             registry_class: None,
         });
     };
-    let mut filter = Filter {
-        ids: args.ids.as_deref().map(registry_ids).transpose()?,
-        ..Filter::default()
-    };
-    if let Some(name) = &args.replication_state {
-        filter.state =
-            Some(sync_state(name).ok_or_else(|| Error::new("invalid replicationState"))?);
-    }
-    if let Some(name) = &args.verification_state {
-        filter.verification_state =
-            Some(verification_state(name).ok_or_else(|| Error::new("invalid verificationState"))?);
-    }
+    let filter = filter(
+        args.ids.as_deref(),
+        args.replication_state.as_deref(),
+        args.verification_state.as_deref(),
+    )?;
     // Kept, and run by the `bulk-jobs` duty: a restart resumes it.
     bulk::enqueue(&tracking, it.name(), action, &filter)
         .await
