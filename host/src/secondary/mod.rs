@@ -892,10 +892,15 @@ mod tests {
             serde_json::json!({"blob_path": path.as_str()}),
         );
         // (The consistency pass may remove the orphan row before the event
-        // comes; the event removes the blob.)
+        // comes; the event removes the blob. It may also sync the new
+        // record before its `created` event comes, which then syncs it
+        // again: wait for the row itself, not only the counts, which are
+        // read at another moment.)
         wait_for("the event changes", async || {
             let counts = status_counts(&tracking, &it).await.unwrap();
+            let six = Registry::of(&it).get(&tracking, 6).await.unwrap();
             counts.synced_count == 5
+                && six.is_some_and(|row| row.state == SyncState::Synced)
                 && Registry::of(&it).get(&tracking, 1).await.unwrap().is_none()
                 && !site.blobs.exists(it.name(), &path).await.unwrap()
         })
