@@ -891,18 +891,30 @@ async fn lag_run(rate: u64, seconds: f64) -> Result<Lag, Stalled> {
 /// runs' write rate.
 struct Ingest {
     sequential: (usize, Duration),
+    /// One writer at a time with the site's workers off (no verifier
+    /// competing for the database).
+    without_workers: (usize, Duration),
     concurrent: (usize, Duration),
+}
+
+/// `count` writes through ingest, one at a time.
+async fn write_sequentially(primary: &BenchSite, project: i64, count: usize) -> (usize, Duration) {
+    let started = Instant::now();
+    for n in 0..count {
+        write_one(primary, project, n, LAG_SIZE).await;
+    }
+    (count, started.elapsed())
 }
 
 async fn ingest_run() -> Ingest {
     let count = ((2_000.0 * scale()) as usize).max(200);
+    let quiet = primary("enabled = false\n", true).await;
+    let project_of_quiet = project(&quiet).await;
+    let without_workers = write_sequentially(&quiet, project_of_quiet, count).await;
+    quiet.stop().await;
     let primary = primary("", true).await;
     let project = project(&primary).await;
-    let started = Instant::now();
-    for n in 0..count {
-        write_one(&primary, project, n, LAG_SIZE).await;
-    }
-    let sequential = (count, started.elapsed());
+    let sequential = write_sequentially(&primary, project, count).await;
     let writer = WriterSite(primary.site.clone());
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(LAG_WRITERS));
     let mut writes = tokio::task::JoinSet::new();
@@ -922,6 +934,7 @@ async fn ingest_run() -> Ingest {
     primary.stop().await;
     Ingest {
         sequential,
+        without_workers,
         concurrent,
     }
 }
@@ -930,6 +943,10 @@ fn ingest_table(table: &mut Table, ingest: Ingest) {
     table.section("primary ingest of 4 KiB records, SQLite and local disk, no secondary");
     for (what, (count, took)) in [
         ("one writer at a time", ingest.sequential),
+        (
+            "one writer at a time, workers off (no verifier)",
+            ingest.without_workers,
+        ),
         (
             &*format!("{LAG_WRITERS} writers at once"),
             ingest.concurrent,
