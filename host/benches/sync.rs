@@ -53,6 +53,9 @@ const LAG_SECONDS: f64 = 20.0;
 const LAG_SECONDS_FAST: f64 = 10.0;
 /// Writes in flight at once in the lag runs (each its own task).
 const LAG_WRITERS: usize = 64;
+/// How long a lag run may take past its writing time before it is
+/// reported as not converged.
+const LAG_GRACE: Duration = Duration::from_secs(60);
 const LAG_SIZE: usize = 4 * KIB;
 
 fn main() {
@@ -334,6 +337,11 @@ async fn run() {
     );
 }
 
+/// The p99 goal of the lag run at `rate` writes/s, in seconds.
+fn lag_goal(rate: u64) -> f64 {
+    if rate >= 1000 { 2.0 } else { 0.5 }
+}
+
 fn lag_table(table: &mut Table, lag: Lag) {
     let rate = lag.rate;
     table.section(&format!(
@@ -355,7 +363,7 @@ fn lag_table(table: &mut Table, lag: Lag) {
             false,
         );
     }
-    let goal = if rate >= 1000 { 2.0 } else { 0.5 };
+    let goal = lag_goal(rate);
     table.row(vec!["p50".into(), secs(pick(0.50))]);
     table.row(vec!["p90".into(), secs(pick(0.90))]);
     table.row(vec![
@@ -833,7 +841,7 @@ async fn lag_run(rate: u64, seconds: f64) -> Result<Lag, Stalled> {
     // Watcher: the first time each row is seen synced and verified, its verified_at.
     let mut seen: HashMap<i64, chrono::DateTime<chrono::Utc>> = HashMap::new();
     let mut low = first.id + 1;
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds) + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds) + LAG_GRACE;
     while seen.len() < total {
         if Instant::now() > deadline {
             let stalled = stalled(
@@ -990,17 +998,6 @@ async fn stalled(
     total: usize,
     verified: usize,
 ) -> Stalled {
-    let one = |sql: &'static str| async move {
-        primary
-            .site
-            .db
-            .fetch_one(sql, &[])
-            .await
-            .expect(sql)
-            .int("n")
-            .expect(sql)
-            .unwrap_or(0)
-    };
     let it = primary.site.installed(HELM).expect("the Helm type");
     let counts = verify::state_counts(&primary.site.db, &it)
         .await
@@ -1039,8 +1036,15 @@ async fn stalled(
         total,
         verified,
         written: records,
-        elapsed: Duration::from_secs_f64(seconds) + Duration::from_secs(60),
-        last_event: one("SELECT MAX(id) AS n FROM geo_event_log").await,
+        elapsed: Duration::from_secs_f64(seconds) + LAG_GRACE,
+        last_event: primary
+            .site
+            .db
+            .fetch_one("SELECT MAX(id) AS n FROM geo_event_log", &[])
+            .await
+            .and_then(|r| r.int("n"))
+            .expect("the primary's last event")
+            .unwrap_or(0),
         position,
         primary_verified,
         registries,
@@ -1056,7 +1060,7 @@ fn stalled_table(table: &mut Table, s: Stalled) {
         thousands(s.total),
         s.elapsed.as_secs_f64()
     ));
-    let goal = if rate >= 1000 { 2.0 } else { 0.5 };
+    let goal = lag_goal(rate);
     table.row(vec![
         "verified on the secondary".into(),
         format!("{} of {}", thousands(s.verified), thousands(s.total)),
