@@ -9,6 +9,10 @@
 //! into place, durably, before the commit; the commit makes it all visible
 //! at once. A write that fails or is cut short before its commit is undone
 //! from its journal: a new blob removed, a replaced one put back.
+//!
+//! The transactional part runs in a group with the writes that arrive at
+//! the same time (`group`): one transaction, a savepoint per write, the
+//! syncs and the commit shared.
 
 use super::events;
 use super::journal::JournalError;

@@ -35,7 +35,8 @@
 //!
 //! Writes to one record are serialised by its row lock (PostgreSQL) or by
 //! the single writer (SQLite) from the row's insert or update to the
-//! commit, which is where the journal is taken.
+//! commit, which is where the journal is taken; within one process, a
+//! group commit (`group`) never holds two writes of one record or path.
 
 use crate::db::{Arg, Db, DbError, Tx};
 use crate::plugin::BlobPath;

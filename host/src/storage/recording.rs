@@ -650,7 +650,10 @@ mod tests {
         };
         let mut writes = Vec::new();
         for i in 0..40 {
-            writes.push((format!("c{i}"), write(1, format!("c{i}"), format!("v{i}").into())));
+            writes.push((
+                format!("c{i}"),
+                write(1, format!("c{i}"), format!("v{i}").into()),
+            ));
         }
         // A write refused inside the group, and a second write of one record.
         let missing = write(99, "m".into(), b"m".to_vec());
