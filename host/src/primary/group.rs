@@ -94,15 +94,21 @@ pub async fn submit(site: &Site, write: Write) -> Result<WriteOutcome, IngestErr
     task.await.unwrap_or_else(|_| Err(stopped()))
 }
 
-/// Waits for the group lock until `answer` came; leads a group whenever
-/// the lock is free and the answer has not come yet.
+/// Waits for `answer`; leads a group whenever the lock is free and the
+/// answer has not come yet.
 async fn lead_until_answered(
     group: Arc<WriteGroup>,
     context: Context,
     mut answer: oneshot::Receiver<Result<WriteOutcome, IngestError>>,
 ) -> Result<WriteOutcome, IngestError> {
     loop {
-        let _lead = group.leader.lock().await;
+        // The answer as soon as a group sends it; the lock, to lead one,
+        // only while it has not come.
+        let _lead = tokio::select! {
+            biased;
+            outcome = &mut answer => return outcome.unwrap_or_else(|_| Err(stopped())),
+            lead = group.leader.lock() => lead,
+        };
         match answer.try_recv() {
             Ok(outcome) => return outcome,
             Err(oneshot::error::TryRecvError::Closed) => return Err(stopped()),
