@@ -17,7 +17,9 @@
 //! wall-clock rate is printed beside.
 //!
 //! To profile the plugin path alone, `GEOHOST_BENCH_PROFILE=SECONDS` runs only
-//! the plugin decisions for that long, for example under `perf record`.
+//! the plugin decisions for that long, for example under `perf record`;
+//! with `GEOHOST_PERFMAP=1` the engine also writes `/tmp/perf-PID.map`, so
+//! that perf names the guest's functions.
 
 #[path = "common/mod.rs"]
 mod common;
