@@ -53,6 +53,9 @@ const LAG_SECONDS: f64 = 20.0;
 const LAG_SECONDS_FAST: f64 = 10.0;
 /// Writes in flight at once in the lag runs (each its own task).
 const LAG_WRITERS: usize = 64;
+/// The share of the offered write rate a lag run must achieve for its lag
+/// goal to count.
+const LAG_RATE_KEPT: f64 = 0.95;
 /// How long a lag run may take past its writing time before it is
 /// reported as not converged.
 const LAG_GRACE: Duration = Duration::from_secs(60);
@@ -364,6 +367,10 @@ fn lag_table(table: &mut Table, lag: Lag) {
         );
     }
     let goal = lag_goal(rate);
+    // The writers are bounded (`LAG_WRITERS`): a primary slower than the
+    // offered rate lowers the rate instead of the lag, so the goal holds
+    // only at (nearly) the offered rate.
+    let kept_up = lag.achieved_rate >= rate as f64 * LAG_RATE_KEPT;
     table.row(vec!["p50".into(), secs(pick(0.50))]);
     table.row(vec!["p90".into(), secs(pick(0.90))]);
     table.row(vec![
@@ -371,13 +378,17 @@ fn lag_table(table: &mut Table, lag: Lag) {
         secs(pick(0.99)),
         String::new(),
         String::new(),
-        format!("≤ {goal} s"),
-        verdict(pick(0.99).as_secs_f64() <= goal),
+        format!("≤ {goal} s at the offered rate"),
+        verdict(kept_up && pick(0.99).as_secs_f64() <= goal),
     ]);
     table.row(vec!["max".into(), secs(pick(1.0))]);
     table.row(vec![
         "writes achieved".into(),
         format!("{:.1}/s", lag.achieved_rate),
+        String::new(),
+        String::new(),
+        format!("≥ {:.0}/s", rate as f64 * LAG_RATE_KEPT),
+        verdict(kept_up),
     ]);
     if let Some(peak) = lag.peak_rss {
         table.row(vec![

@@ -93,6 +93,7 @@ async fn open_site(config: Config, blobs: Blobs, serving: bool) -> anyhow::Resul
         swaps: Default::default(),
         role_state: Default::default(),
         auth_cache: Default::default(),
+        write_group: Default::default(),
     });
     if serving && site.role() == Role::Secondary {
         // What a swap or a diff asks for this site's scope and its

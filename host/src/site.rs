@@ -41,6 +41,9 @@ pub struct Site {
     pub duties: crate::health::DutyBoard,
     /// Secondaries authenticated lately (primary).
     pub auth_cache: crate::auth::cache::AuthCache,
+    /// The primary's group commit of writes (`primary::group`), made on
+    /// first use.
+    pub write_group: Slot,
 }
 
 impl Site {
@@ -153,6 +156,26 @@ impl RoleState {
     /// Drops the role's state (the site stopped).
     pub fn clear(&self) {
         self.0.lock().expect("role state").take();
+    }
+}
+
+/// State a role keeps for as long as the site lives, made on its first
+/// use by the role that owns it (which names its type, as for
+/// [`RoleState`]), so that this context needs no role's types.
+#[derive(Default)]
+pub struct Slot(std::sync::OnceLock<Arc<dyn Any + Send + Sync>>);
+
+impl Slot {
+    /// The state, made with `T::default()` on first use.
+    ///
+    /// # Panics
+    /// If the slot holds another type: one slot has one owner.
+    pub fn get_or_default<T: Any + Send + Sync + Default>(&self) -> Arc<T> {
+        self.0
+            .get_or_init(|| Arc::new(T::default()))
+            .clone()
+            .downcast::<T>()
+            .unwrap_or_else(|_| panic!("a site slot holds one type"))
     }
 }
 

@@ -256,7 +256,10 @@ async fn site_settings_are_bounded_at_the_api_and_the_cli() {
 /// passed ids whose transactions committed a moment later, and those
 /// changes waited for the consistency pass. Here every tenth event's
 /// transaction is held open on purpose (a trigger sleeps after the event
-/// row is inserted), ten writers run at once, the consistency pass never
+/// row is inserted), ten writers run at once, each through its own opening
+/// of the site (as `geohost admin` writes beside the server are: one
+/// process groups its concurrent writes into one transaction, so it is
+/// separate openings whose transactions overlap), the consistency pass never
 /// runs after the start and the primary does not checksum (so no
 /// `checksum_succeeded` event repairs a missed update): every create and
 /// update must still arrive through the event feed.
@@ -303,8 +306,13 @@ async fn no_event_is_skipped_when_commits_come_out_of_id_order() {
 
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
-            let site = primary.site.clone();
+            let mut config = primary.site.config.clone();
+            config.database.max_connections = Some(2);
             tokio::spawn(async move {
+                let site =
+                    geohost::runtime::open_for_command(config, geohost::runtime::Blobs::Open)
+                        .await
+                        .expect("another opening of the primary");
                 for version in 1..=VERSIONS {
                     for r in 0..RECORDS_PER_WRITER {
                         let channel = format!("w{w}r{r}");

@@ -9,9 +9,13 @@
 //! into place, durably, before the commit; the commit makes it all visible
 //! at once. A write that fails or is cut short before its commit is undone
 //! from its journal: a new blob removed, a replaced one put back.
+//!
+//! The transactional part runs in a group with the writes that arrive at
+//! the same time (`group`): one transaction, a savepoint per write, the
+//! syncs and the commit shared.
 
 use super::events;
-use super::journal::{JournalError, PendingWrite};
+use super::journal::JournalError;
 use super::records::{self, Record};
 use crate::catalog::InstalledType;
 use crate::db::{Arg, DbError, QuotedIdent, ident, placeholders, value_arg};
@@ -48,6 +52,10 @@ pub enum IngestError {
     Body(String),
     #[error("the blob is larger than this site's storage.max_blob_bytes ({0} bytes)")]
     TooLarge(u64),
+    /// A failure of the group commit this write was part of
+    /// (`primary::group`): every write of the group gets it.
+    #[error(transparent)]
+    Group(Arc<IngestError>),
 }
 
 /// What a write did.
@@ -129,42 +137,99 @@ where
         }
         temp.write(chunk).await?;
     }
-    let mut temp = Some(temp.finish().await?);
+    let temp = temp.finish().await?;
     // Not while a hot swap moves this type's blobs; under the version live
     // once it is done.
-    let result = async {
-        let _writing = site.catalog.writing(type_name).await;
+    let writing = site.catalog.writing(type_name).await;
+    let prepared = async {
         let it = installed(site, type_name)?;
-        let (writer, derived) = if it.plugin.sha256() == first_sha {
-            (writer, derived)
-        } else {
-            let writer = writer_values(&it, columns)?;
-            let derived = derive(&it, &writer).await?;
-            (writer, derived)
-        };
-        write_record(site, &it, writer, derived, &mut temp).await
+        if it.plugin.sha256() == first_sha {
+            return Ok((it, writer, derived));
+        }
+        let writer = writer_values(&it, columns)?;
+        let derived = derive(&it, &writer).await?;
+        Ok::<_, IngestError>((it, writer, derived))
     }
     .await;
-    if let Some(unused) = temp
-        && let Err(error) = unused.discard().await
-    {
-        tracing::warn!(%error, "could not remove a temporary blob");
-    }
-    result
+    let (it, writer, derived) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            if let Err(error) = temp.discard().await {
+                tracing::warn!(%error, "could not remove a temporary blob");
+            }
+            return Err(error);
+        }
+    };
+    // Written with whatever other writes are waiting, in one transaction.
+    super::group::submit(
+        site,
+        super::group::Write {
+            writing,
+            it,
+            writer,
+            derived,
+            temp,
+        },
+    )
+    .await
 }
 
-/// The transactional part of [`upsert`]: takes the temporary blob out of
-/// `temp` only to promote it, so the caller discards it on any error.
-async fn write_record(
-    site: &Site,
+/// What [`stage`] made of one write in its group's transaction.
+pub(super) enum Staged {
+    /// Its rows and event are written; the blob and the commit remain.
+    Ready(StagedWrite),
+    /// It touches a record or blob path another write of the group
+    /// touches: it goes into the next group (its savepoint rolled back).
+    Later,
+}
+
+/// A write whose rows are in the group's transaction.
+pub(super) struct StagedWrite {
+    pub id: i64,
+    pub created: bool,
+    pub values: HashMap<String, Value>,
+    pub path: BlobPath,
+    /// The blob path the record had, when the write moves it.
+    pub old_path: Option<BlobPath>,
+    /// Whether an event was logged (events may be off for the type).
+    pub published: bool,
+}
+
+impl StagedWrite {
+    /// What the writer is told once the group committed.
+    pub fn outcome(self, it: &InstalledType, written: crate::storage::Written) -> WriteOutcome {
+        let record = Record {
+            id: self.id,
+            values: self.values,
+            verification_state: crate::states::VerificationState::Pending,
+            verification_checksum: None,
+        };
+        WriteOutcome {
+            id: self.id,
+            created: self.created,
+            size: written.size,
+            sha256: written.sha256,
+            blob_path: self.path.to_string(),
+            record: record.columns_json(it),
+        }
+    }
+}
+
+/// The rows of one write, inside its group's transaction `tx` (in a
+/// savepoint the caller rolls back on an error): the record inserted or
+/// updated, its state pending verification, its event logged. `taken`
+/// says whether another write of the group already has a record id or a
+/// blob path; such a write is [`Staged::Later`].
+pub(super) async fn stage(
+    tx: &mut crate::db::Tx,
     it: &Arc<InstalledType>,
-    writer: HashMap<String, Value>,
-    derived: HashMap<String, Value>,
-    temp: &mut Option<crate::storage::FinishedTemp>,
-) -> Result<WriteOutcome, IngestError> {
-    let written = temp.as_ref().expect("a temporary blob").written();
-    let mut tx = site.db.begin().await?;
-    if let Some(project) = project_of(it, &writer) {
+    writer: &HashMap<String, Value>,
+    derived: &HashMap<String, Value>,
+    written: &crate::storage::Written,
+    file_store: i64,
+    taken: impl Fn(Option<i64>, Option<&BlobPath>) -> bool,
+) -> Result<Staged, IngestError> {
+    if let Some(project) = project_of(it, writer) {
         let found = tx
             .fetch_optional(&project_query(Some(tx.backend())), &[project.into()])
             .await?;
@@ -180,14 +245,14 @@ async fn write_record(
             Ok((name.clone(), value_arg(&writer[name], column.column_type)?))
         })
         .collect::<Result<_, DbError>>()?;
-    let existing = records::by_natural_key(&mut tx, it, &key).await?;
+    let existing = records::by_natural_key(tx, it, &key).await?;
     let now = crate::db::Db::now();
     let now_value = Value::Timestamp(now.timestamp_micros());
 
     let (mut values, created, old_path) = match &existing {
         None => {
             let mut values = writer.clone();
-            values.extend(derived);
+            values.extend(derived.clone());
             (values, true, None)
         }
         Some(record) => {
@@ -198,6 +263,9 @@ async fn write_record(
                 )));
             }
             let old_path = blob_path(it, record.id, &record.values).await.ok();
+            if taken(Some(record.id), old_path.as_ref()) {
+                return Ok(Staged::Later);
+            }
             let mut values = record.values.clone();
             values.extend(writer.clone());
             (values, false, old_path)
@@ -206,7 +274,7 @@ async fn write_record(
     for column in it.columns() {
         let value = match column.source {
             ColumnSource::BlobSize => Value::Int(written.size as i64),
-            ColumnSource::FileStore => Value::Int(site.file_store()),
+            ColumnSource::FileStore => Value::Int(file_store),
             ColumnSource::UpdatedAt => now_value.clone(),
             ColumnSource::CreatedAt if created => now_value.clone(),
             _ => continue,
@@ -219,16 +287,19 @@ async fn write_record(
     }
     let id = existing.as_ref().map(|r| r.id).unwrap_or(0);
     let path = blob_path(it, id, &values).await?;
+    if taken(None, Some(&path)) {
+        return Ok(Staged::Later);
+    }
 
     let id = match &existing {
-        None => insert_row(&mut tx, it, &values).await.map_err(|error| {
+        None => insert_row(tx, it, &values).await.map_err(|error| {
             let title = &it.identity.title;
             conflict(error, || {
                 format!("a {title} with these unique columns exists already")
             })
         })?,
         Some(record) => {
-            update_row(&mut tx, it, record.id, &values).await?;
+            update_row(tx, it, record.id, &values).await?;
             record.id
         }
     };
@@ -265,59 +336,15 @@ async fn write_record(
     } else {
         events::UPDATED
     };
-    let published = events::publish(&mut tx, it.name(), event, events::payload(id)).await?;
-
-    // The blob goes into place before the commit, durably; what it
-    // replaces is kept until the commit settles (`journal`).
-    let pending = PendingWrite::begin(&mut tx, &site.blobs, it.name(), &path, &written.sha256)
-        .await
-        .map_err(journal_error)?;
-    let blob = temp.take().expect("a temporary blob");
-    let placed = blob.promote(it.name(), &path).await;
-    let committed = match placed {
-        Ok(_) => tx.commit().await.map_err(IngestError::from),
-        Err(error) => {
-            if let Err(rollback) = tx.rollback().await {
-                tracing::warn!(error = %rollback, "cannot roll back a failed write");
-            }
-            Err(error.into())
-        }
-    };
-    if let Err(error) = committed {
-        pending.abandon(&site.db).await;
-        return Err(error);
-    }
-    pending.finish().await;
-    site.events.record_written();
-    if published {
-        site.events.notify();
-    }
-    if let Some(old) = old_path.filter(|old| *old != path)
-        && let Err(error) = site.blobs.delete(it.name(), &old).await
-    {
-        tracing::warn!(r#type = it.name(), id, %error, "could not remove the previous blob");
-    }
-    tracing::info!(
-        r#type = it.name(),
+    let published = events::publish(tx, it.name(), event, events::payload(id)).await?;
+    Ok(Staged::Ready(StagedWrite {
         id,
         created,
-        size = written.size,
-        "record written"
-    );
-    let record = Record {
-        id,
         values,
-        verification_state: crate::states::VerificationState::Pending,
-        verification_checksum: None,
-    };
-    Ok(WriteOutcome {
-        id,
-        created,
-        size: written.size,
-        sha256: written.sha256,
-        blob_path: path.to_string(),
-        record: record.columns_json(it),
-    })
+        old_path: old_path.filter(|old| *old != path),
+        path,
+        published,
+    }))
 }
 
 /// Deletes a record and its blob; logs a `deleted` event carrying the blob
@@ -355,7 +382,7 @@ pub async fn delete(site: &Site, type_name: &str, id: i64) -> Result<Record, Ing
     Ok(record)
 }
 
-fn journal_error(error: JournalError) -> IngestError {
+pub(super) fn journal_error(error: JournalError) -> IngestError {
     match error {
         JournalError::Storage(e) => IngestError::Storage(e),
         JournalError::Db(e) => IngestError::Db(e),

@@ -35,7 +35,8 @@
 //!
 //! Writes to one record are serialised by its row lock (PostgreSQL) or by
 //! the single writer (SQLite) from the row's insert or update to the
-//! commit, which is where the journal is taken.
+//! commit, which is where the journal is taken; within one process, a
+//! group commit (`group`) never holds two writes of one record or path.
 
 use crate::db::{Arg, Db, DbError, Tx};
 use crate::plugin::BlobPath;
@@ -112,36 +113,89 @@ impl PendingWrite {
         path: &BlobPath,
         sha256: &str,
     ) -> Result<PendingWrite, JournalError> {
-        let prefix = path_key(type_name, path);
-        for leftover in blobs.journals(&prefix).await? {
-            settle_in(tx, blobs, &leftover.key).await?;
+        let mut pending = Self::begin_all(tx, blobs, &[(type_name, path, sha256)]).await?;
+        Ok(pending.pop().expect("one pending write per write"))
+    }
+
+    /// [`begin`](Self::begin) for a group of writes in one transaction
+    /// (`primary::group`), each `(type, path, sha256)` at its own path: one
+    /// listing of leftovers, one multi-row insert of the tokens, and the
+    /// journals and previous contents made durable together.
+    pub async fn begin_all(
+        tx: &mut Tx,
+        blobs: &BlobStore,
+        writes: &[(&str, &BlobPath, &str)],
+    ) -> Result<Vec<PendingWrite>, JournalError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
         }
-        let key = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
-        let had_previous = blobs.exists(type_name, path).await?;
-        let journal = Journal {
-            replicable_name: type_name.to_string(),
-            blob_path: path.as_str().to_string(),
-            had_previous,
-            sha256: sha256.to_string(),
-            worker: crate::leases::worker_id().to_string(),
-            created_at: Db::now(),
-        };
-        let bytes = serde_json::to_vec(&journal).expect("a journal serialises");
-        blobs.put_journal(&key, bytes.into()).await?;
-        let pending = PendingWrite {
-            key,
-            blobs: blobs.clone(),
-        };
-        // From here the write's fate is its transaction's: a settler waits
-        // for it.
-        tx.execute(
-            "INSERT INTO geo_blob_writes (token, committed, created_at) VALUES ($1, $2, $3)",
-            &[pending.key.as_str().into(), true.into(), Db::now().into()],
+        let prefixes: Vec<String> = writes
+            .iter()
+            .map(|(type_name, path, _)| path_key(type_name, path))
+            .collect();
+        for leftover in blobs.journals("").await? {
+            if prefixes
+                .iter()
+                .any(|prefix| leftover.key.starts_with(prefix.as_str()))
+            {
+                settle_in(tx, blobs, &leftover.key).await?;
+            }
+        }
+        let had_previous = futures::future::try_join_all(
+            writes
+                .iter()
+                .map(|(type_name, path, _)| blobs.exists(type_name, path)),
         )
         .await?;
-        if had_previous {
-            blobs.keep_previous(type_name, path, &pending.key).await?;
+        let now = Db::now();
+        let mut journals = Vec::with_capacity(writes.len());
+        for ((prefix, (type_name, path, sha256)), had_previous) in
+            prefixes.iter().zip(writes).zip(&had_previous)
+        {
+            let journal = Journal {
+                replicable_name: type_name.to_string(),
+                blob_path: path.as_str().to_string(),
+                had_previous: *had_previous,
+                sha256: sha256.to_string(),
+                worker: crate::leases::worker_id().to_string(),
+                created_at: now,
+            };
+            let key = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
+            let bytes = serde_json::to_vec(&journal).expect("a journal serialises");
+            journals.push((key, bytes.into()));
         }
+        let pending: Vec<PendingWrite> = journals
+            .iter()
+            .map(|(key, _)| PendingWrite {
+                key: key.clone(),
+                blobs: blobs.clone(),
+            })
+            .collect();
+        blobs.put_journals(journals).await?;
+        // From here each write's fate is its transaction's: a settler
+        // waits for it.
+        for chunk in pending.chunks(crate::db::rows_per_statement(3)) {
+            let mut args: Vec<Arg> = Vec::with_capacity(chunk.len() * 3);
+            for write in chunk {
+                args.extend([write.key.as_str().into(), true.into(), now.into()]);
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO geo_blob_writes (token, committed, created_at) VALUES {}",
+                    crate::db::value_rows(1, chunk.len(), 3)
+                ),
+                &args,
+            )
+            .await?;
+        }
+        let kept: Vec<(&str, &BlobPath, &str)> = writes
+            .iter()
+            .zip(&pending)
+            .zip(&had_previous)
+            .filter(|(_, had_previous)| **had_previous)
+            .map(|(((type_name, path, _), write), _)| (*type_name, *path, write.key.as_str()))
+            .collect();
+        blobs.keep_previous_all(&kept).await?;
         Ok(pending)
     }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`access`]: what a secondary's credentials may fetch (its scope).
 //! - [`ingest`]: create-or-update and delete records with their blobs.
+//! - [`group`]: concurrent writes committed together (group commit).
 //! - [`journal`]: what a blob write keeps until it commits, and the undo.
 //! - [`verify`]: the checksum worker over `<name>_states`.
 //! - [`events`]: the ordered event log secondaries read from a cursor.
@@ -12,6 +13,7 @@
 
 pub mod access;
 pub mod events;
+pub mod group;
 pub mod ingest;
 pub mod journal;
 pub mod records;

@@ -24,7 +24,7 @@
 //! (S3's contract), so there is nothing to sync; `docs/decisions.md` states
 //! the guarantee of each backend.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Makes files and folders durable. [`OsSync`] is the real one; tests wrap
 /// it to record the order of syncs.
@@ -92,6 +92,37 @@ pub(super) fn sync_path(
     Ok(())
 }
 
+/// The syncs that make every one of `files` durable as [`sync_path`]
+/// would, each made once: the files' data (unless `what` is
+/// [`Durable::Entries`]) and, unless it is [`Durable::Data`], every folder
+/// from theirs up to `root`. A group of writes (`primary::group`) syncs a
+/// shared folder once instead of once per file.
+pub(super) fn sync_plan(
+    root: &Path,
+    files: &[PathBuf],
+    what: Durable,
+) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let data = if what == Durable::Entries {
+        Vec::new()
+    } else {
+        files.to_vec()
+    };
+    let mut folders = std::collections::BTreeSet::new();
+    if what != Durable::Data {
+        for file in files {
+            for dir in file.ancestors().skip(1) {
+                if !dir.starts_with(root) || !folders.insert(dir.to_path_buf()) {
+                    break;
+                }
+                if dir == root {
+                    break;
+                }
+            }
+        }
+    }
+    (data, folders.into_iter().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +174,22 @@ mod tests {
         let log = Log::default();
         sync_path(&log, Path::new("/r"), Path::new("/r/f"), Durable::Data).unwrap();
         assert_eq!(*log.0.lock().unwrap(), ["file /r/f"]);
+    }
+
+    #[test]
+    fn a_plan_syncs_each_shared_folder_once() {
+        let files = [PathBuf::from("/r/t/a/f"), PathBuf::from("/r/t/b/g")];
+        let (data, folders) = sync_plan(Path::new("/r"), &files, Durable::Both);
+        assert_eq!(data, files);
+        assert_eq!(
+            folders,
+            ["/r", "/r/t", "/r/t/a", "/r/t/b"].map(PathBuf::from)
+        );
+        let (data, folders) = sync_plan(Path::new("/r"), &files, Durable::Entries);
+        assert!(data.is_empty());
+        assert_eq!(folders.len(), 4);
+        let (data, folders) = sync_plan(Path::new("/r"), &files, Durable::Data);
+        assert_eq!((data.len(), folders.len()), (2, 0));
     }
 
     #[test]

@@ -472,6 +472,7 @@ mod tests {
             swaps: Default::default(),
             role_state: Default::default(),
             auth_cache: Default::default(),
+            write_group: Default::default(),
             duties: crate::health::DutyBoard::new("p"),
             config,
         });
@@ -581,6 +582,9 @@ mod tests {
             tokio::spawn(async move { put(&site, b"version: 2\n").await })
         };
         recorder.wait_for_gate().await;
+        site.write_group
+            .get_or_default::<crate::primary::group::WriteGroup>()
+            .abort_all();
         writer.abort();
         let _ = writer.await;
         recorder.open_gate();
@@ -629,6 +633,52 @@ mod tests {
             .unwrap_err();
         assert_eq!(site.blobs.list_type(HELM).await.unwrap().len(), 1);
         check(&recorder.ops());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_their_syncs_and_a_bad_one_fails_alone() {
+        let (_dir, site, recorder) = primary().await;
+        let model = site.installed(HELM).unwrap().identity.table.name.clone();
+        let write = |project: i64, channel: String, body: Vec<u8>| {
+            let site = site.clone();
+            tokio::spawn(async move {
+                let columns = json!({"project_id": project, "channel": channel});
+                let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(body))]);
+                crate::primary::ingest::upsert(&site, HELM, columns.as_object().unwrap(), body)
+                    .await
+            })
+        };
+        let mut writes = Vec::new();
+        for i in 0..40 {
+            writes.push((
+                format!("c{i}"),
+                write(1, format!("c{i}"), format!("v{i}").into()),
+            ));
+        }
+        // A write refused inside the group, and a second write of one record.
+        let missing = write(99, "m".into(), b"m".to_vec());
+        let again = write(1, "c0".into(), b"again".to_vec());
+        for (channel, writer) in writes {
+            let outcome = writer.await.unwrap().unwrap();
+            let body = content(&site, &outcome.blob_path).await;
+            if channel == "c0" {
+                assert!(body == b"v0" || body == b"again", "{body:?}");
+            } else {
+                assert_eq!(body, format!("v{}", &channel[1..]).as_bytes());
+            }
+        }
+        let error = missing.await.unwrap().unwrap_err();
+        assert_eq!(error.to_string(), "project 99 does not exist");
+        again.await.unwrap().unwrap();
+        assert_eq!(site.blobs.list_type(HELM).await.unwrap().len(), 40);
+        assert!(site.blobs.journals("").await.unwrap().is_empty());
+        let ops = recorder.ops();
+        check(&ops);
+        let commits = ops.iter().filter(|op| commits_table(op, &model)).count();
+        assert!(
+            commits < 20,
+            "41 writes committed in {commits} transactions: concurrent writes share a commit"
+        );
     }
 
     #[tokio::test]

@@ -393,12 +393,22 @@ impl BlobStore {
         from: &StorePath,
         to: &StorePath,
     ) -> Result<(), StorageError> {
+        self.rename_unsynced(from, to).await?;
+        self.make_durable(to, Durable::Entries).await
+    }
+
+    /// A rename whose folder entries the caller makes durable
+    /// ([`make_durable_all`](Self::make_durable_all)) before relying on it.
+    pub(super) async fn rename_unsynced(
+        &self,
+        from: &StorePath,
+        to: &StorePath,
+    ) -> Result<(), StorageError> {
         self.inner
             .store
             .rename(from, to)
             .await
-            .map_err(|e| StorageError::from_store("rename", from, e))?;
-        self.make_durable(to, Durable::Entries).await
+            .map_err(|e| StorageError::from_store("rename", from, e))
     }
 
     /// On a local store, syncs `location`'s data and/or the folders from
@@ -428,6 +438,57 @@ impl BlobStore {
                 location: shown,
                 source,
             })
+    }
+
+    /// [`make_durable`](Self::make_durable) for many locations at once, for
+    /// a group of writes: each file and each shared folder is synced once,
+    /// the files' data first, and the syncs of one kind run side by side
+    /// (the file system commits concurrent syncs together).
+    pub(super) async fn make_durable_all(
+        &self,
+        locations: &[StorePath],
+        what: Durable,
+    ) -> Result<(), StorageError> {
+        let Some(local) = &self.inner.local else {
+            return Ok(());
+        };
+        let files = locations
+            .iter()
+            .map(|location| {
+                local
+                    .fs
+                    .path_to_filesystem(location)
+                    .map_err(|e| StorageError::from_store("sync", location, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (data, folders) = super::durable::sync_plan(&local.root, &files, what);
+        let file_syncs = data.into_iter().map(|path| (path, false));
+        let folder_syncs = folders.into_iter().map(|path| (path, true));
+        for batch in [file_syncs.collect::<Vec<_>>(), folder_syncs.collect()] {
+            let syncs = batch.into_iter().map(|(path, folder)| {
+                let sync = local.sync.clone();
+                async move {
+                    let shown = path.display().to_string();
+                    tokio::task::spawn_blocking(move || {
+                        if folder {
+                            sync.sync_dir(&path)
+                        } else {
+                            sync.sync_file(&path)
+                        }
+                    })
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|done| done)
+                    .map_err(|source| StorageError::Io {
+                        op: "sync",
+                        location: shown,
+                        source,
+                    })
+                }
+            });
+            futures::future::try_join_all(syncs).await?;
+        }
+        Ok(())
     }
 
     /// Removes temporary objects last written more than `older_than` ago:

@@ -10,6 +10,7 @@
 //! part, then switches to a multipart upload with a bounded number of parts
 //! in flight, waiting for one to finish before taking more data.
 
+use super::durable::Durable;
 use super::{BlobStore, StorageError, Written, blob_location};
 use crate::plugin::BlobPath;
 use bytes::Bytes;
@@ -148,6 +149,36 @@ impl FinishedTemp {
         self.location = None;
         tracing::debug!(%target, size = self.size, "download promoted");
         Ok(self.written())
+    }
+
+    /// [`promote`](Self::promote) for a group of writes: every object is
+    /// moved into place, then the folders they landed in are made durable
+    /// together. On an error, the objects not moved yet are dropped (and
+    /// deleted); those moved stay where they are, for the caller's undo.
+    pub async fn promote_all(
+        promotions: Vec<(FinishedTemp, &str, &BlobPath)>,
+    ) -> Result<(), StorageError> {
+        let Some(store) = promotions.first().map(|(temp, _, _)| temp.store.clone()) else {
+            return Ok(());
+        };
+        let mut targets = Vec::with_capacity(promotions.len());
+        for (temp, type_name, path) in &promotions {
+            targets.push((blob_location(type_name, path)?, temp.location.clone()));
+        }
+        let renames = promotions.into_iter().zip(&targets).map(
+            |((mut temp, _, _), (target, location))| async move {
+                let Some(location) = location else {
+                    unreachable!("a FinishedTemp is consumed by promote or discard");
+                };
+                temp.store.rename_unsynced(location, target).await?;
+                // Moved: nothing left for `Drop` to delete.
+                let _ = temp.location.take();
+                Ok::<_, StorageError>(())
+            },
+        );
+        futures::future::try_join_all(renames).await?;
+        let placed: Vec<StorePath> = targets.into_iter().map(|(target, _)| target).collect();
+        store.make_durable_all(&placed, Durable::Entries).await
     }
 
     /// Deletes the object.

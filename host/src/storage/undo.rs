@@ -63,25 +63,64 @@ impl BlobStore {
         path: &BlobPath,
         key: &str,
     ) -> Result<bool, StorageError> {
-        let from = blob_location(type_name, path)?;
-        let to = undo_location(key, PREVIOUS)?;
-        match self.object_store().copy(&from, &to).await {
-            Ok(()) => {}
-            Err(object_store::Error::NotFound { .. }) => return Ok(false),
-            Err(e) => return Err(StorageError::from_store("keep", &from, e)),
+        let kept = self.keep_previous_all(&[(type_name, path, key)]).await?;
+        Ok(kept[0])
+    }
+
+    /// [`keep_previous`](Self::keep_previous) for a group of writes
+    /// (`(type, path, key)` each): all are kept, then made durable together.
+    pub async fn keep_previous_all(
+        &self,
+        blobs: &[(&str, &BlobPath, &str)],
+    ) -> Result<Vec<bool>, StorageError> {
+        let mut moves = Vec::with_capacity(blobs.len());
+        for (type_name, path, key) in blobs {
+            moves.push((
+                blob_location(type_name, path)?,
+                undo_location(key, PREVIOUS)?,
+            ));
         }
-        self.make_durable(&to, Durable::Entries).await?;
-        Ok(true)
+        let copies = moves.iter().map(|(from, to)| async move {
+            match self.object_store().copy(from, to).await {
+                Ok(()) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(StorageError::from_store("keep", from, e)),
+            }
+        });
+        let kept = futures::future::try_join_all(copies).await?;
+        let made: Vec<StorePath> = moves
+            .into_iter()
+            .zip(&kept)
+            .filter(|(_, kept)| **kept)
+            .map(|((_, to), _)| to)
+            .collect();
+        self.make_durable_all(&made, Durable::Entries).await?;
+        Ok(kept)
     }
 
     /// Writes `<key>.journal` with `content`, durably.
     pub async fn put_journal(&self, key: &str, content: Bytes) -> Result<(), StorageError> {
-        let location = undo_location(key, JOURNAL)?;
-        self.object_store()
-            .put(&location, PutPayload::from_bytes(content))
-            .await
-            .map_err(|e| StorageError::from_store("write", &location, e))?;
-        self.make_durable(&location, Durable::Both).await
+        self.put_journals(vec![(key.to_string(), content)]).await
+    }
+
+    /// [`put_journal`](Self::put_journal) for a group of writes: all are
+    /// written, then made durable together.
+    pub async fn put_journals(&self, journals: Vec<(String, Bytes)>) -> Result<(), StorageError> {
+        let mut locations = Vec::with_capacity(journals.len());
+        for (key, _) in &journals {
+            locations.push(undo_location(key, JOURNAL)?);
+        }
+        let writes = locations
+            .iter()
+            .zip(journals)
+            .map(|(location, (_, content))| async move {
+                self.object_store()
+                    .put(location, PutPayload::from_bytes(content))
+                    .await
+                    .map_err(|e| StorageError::from_store("write", location, e))
+            });
+        futures::future::try_join_all(writes).await?;
+        self.make_durable_all(&locations, Durable::Both).await
     }
 
     /// Reads `<key>.journal`.
