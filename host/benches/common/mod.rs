@@ -369,19 +369,27 @@ pub async fn write_one(primary: &BenchSite, project: i64, n: usize, size: usize)
     }
 }
 
-/// Writes a whole set; returns the records and how long it took.
+/// Writes a whole set, small blobs [`SET_WRITERS`] at once; returns the
+/// records and how long it took.
 pub async fn write_set(
     primary: &BenchSite,
     project: i64,
     set: BlobSet,
 ) -> (Vec<Written>, Duration) {
+    use futures::StreamExt;
     let started = Instant::now();
-    let mut written = Vec::with_capacity(set.count);
-    for n in 0..set.count {
-        written.push(write_one(primary, project, n, set.size).await);
-    }
+    let written = futures::stream::iter(0..set.count)
+        .map(|n| write_one(primary, project, n, set.size))
+        // Large blobs one at a time: each is generated in memory whole.
+        .buffered(if set.size > 1 << 20 { 1 } else { SET_WRITERS })
+        .collect()
+        .await;
     (written, started.elapsed())
 }
+
+/// Writes in flight at once in [`write_set`], as many clients would (the
+/// primary commits concurrent writes together).
+pub const SET_WRITERS: usize = 32;
 
 /// Writes a whole set without ingest, for sets too large to write through
 /// it in a bench's time: the model rows in multi-row statements, each blob
