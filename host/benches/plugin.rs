@@ -17,7 +17,9 @@
 //! wall-clock rate is printed beside.
 //!
 //! To profile the plugin path alone, `GEOHOST_BENCH_PROFILE=SECONDS` runs only
-//! the plugin decisions for that long, for example under `perf record`.
+//! the plugin decisions for that long, for example under `perf record`;
+//! with `GEOHOST_PERFMAP=1` the engine also writes `/tmp/perf-PID.map`, so
+//! that perf names the guest's functions.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -760,13 +762,17 @@ fn median(times: &mut [Duration]) -> Duration {
     times[times.len() / 2]
 }
 
-/// CPU time (user + system) of the calling thread, from `/proc` (Linux only;
-/// clock ticks, so 10 ms resolution: enough for passes of a second).
+/// CPU time (user + system) of the calling thread, to the nanosecond
+/// (`CLOCK_THREAD_CPUTIME_ID`; `/proc`'s clock ticks are 10 ms, a tenth of a
+/// native pass). `None` where the clock is not available.
 fn thread_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10)) // USER_HZ is 100 on Linux
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    (status == 0).then(|| Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
 }
 
 /// Minor page faults of the process so far, from `/proc` (Linux only).

@@ -5,6 +5,7 @@
 //! the primary's replication feed.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// A namespace (group or user), with its parent for nested groups.
@@ -40,6 +41,16 @@ pub struct ProjectInfo {
 /// Answers a type's project lookups.
 pub trait ProjectLookup: Send + Sync {
     fn project(&self, id: i64) -> Option<ProjectInfo>;
+
+    /// What [`ProjectLookup::project`] answers, without a [`ProjectInfo`]:
+    /// the namespace and repository storage, with the namespace ancestry
+    /// (nearest first) appended to `ancestry`. The host's `site.projects`
+    /// asks this for every id of a lookup.
+    fn project_into(&self, id: i64, ancestry: &mut Vec<i64>) -> Option<(i64, Cow<'_, str>)> {
+        let info = self.project(id)?;
+        ancestry.extend(&info.namespace_ancestry);
+        Some((info.namespace_id, Cow::Owned(info.repository_storage)))
+    }
 }
 
 /// An in-memory snapshot of namespaces and projects.
@@ -68,16 +79,24 @@ impl Topology {
 
     /// `namespace` and its ancestors, nearest first.
     pub fn ancestry(&self, namespace: i64) -> Vec<i64> {
-        let mut chain = vec![namespace];
+        let mut chain = Vec::new();
+        self.ancestry_into(namespace, &mut chain);
+        chain
+    }
+
+    /// [`Topology::ancestry`] appended to `out`.
+    fn ancestry_into(&self, namespace: i64, out: &mut Vec<i64>) {
+        let start = out.len();
+        out.push(namespace);
         let mut current = namespace;
         while let Some(Some(parent)) = self.parents.get(&current) {
+            let chain = &out[start..];
             if chain.len() >= MAX_DEPTH || chain.contains(parent) {
                 break;
             }
-            chain.push(*parent);
+            out.push(*parent);
             current = *parent;
         }
-        chain
     }
 
     /// `roots` and every namespace below them (GitLab's descendants CTE).
@@ -115,6 +134,12 @@ impl ProjectLookup for Topology {
             repository_storage: node.repository_storage.clone(),
         })
     }
+
+    fn project_into(&self, id: i64, ancestry: &mut Vec<i64>) -> Option<(i64, Cow<'_, str>)> {
+        let node = self.projects.get(&id)?;
+        self.ancestry_into(node.namespace_id, ancestry);
+        Some((node.namespace_id, Cow::Borrowed(&node.repository_storage)))
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +166,16 @@ mod tests {
             vec![3, 2, 1]
         );
         assert_eq!(tree().project(99), None);
+    }
+
+    #[test]
+    fn project_into_appends_what_project_answers() {
+        let (tree, mut ancestry) = (tree(), vec![99]);
+        let (namespace, storage) = tree.project_into(10, &mut ancestry).unwrap();
+        assert_eq!((namespace, &*storage), (3, "default"));
+        assert_eq!(ancestry, [99, 3, 2, 1]);
+        assert_eq!(tree.project_into(12, &mut ancestry), None);
+        assert_eq!(ancestry, [99, 3, 2, 1]);
     }
 
     #[test]

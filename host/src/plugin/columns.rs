@@ -12,7 +12,7 @@ use super::bindings::v0_2::geohost::replicable::{site, types as wit};
 use super::value::{SettingsView, lower_settings};
 use super::{Column, ColumnType, Value};
 use crate::plugin::Row;
-use crate::topology::ProjectInfo;
+use crate::topology::ProjectLookup;
 
 /// One column's values, borrowed from the rows.
 enum Data<'r> {
@@ -31,64 +31,81 @@ pub struct Columns<'r> {
     refused: Vec<Option<String>>,
 }
 
+impl<'r> Data<'r> {
+    /// An empty column of `column_type`, with room for `rows` values.
+    fn with_capacity(column_type: ColumnType, rows: usize) -> Data<'r> {
+        match column_type {
+            ColumnType::Bigint | ColumnType::Integer | ColumnType::Smallint => {
+                Data::Int(Vec::with_capacity(rows))
+            }
+            ColumnType::Text => Data::Text(Vec::with_capacity(rows)),
+            ColumnType::Boolean => Data::Boolean(Vec::with_capacity(rows)),
+            ColumnType::Timestamp => Data::Timestamp(Vec::with_capacity(rows)),
+            ColumnType::Binary => Data::Binary(Vec::with_capacity(rows)),
+        }
+    }
+
+    /// Appends `value`; `false` (nothing appended) when it is `NULL` or of
+    /// another type.
+    fn push(&mut self, value: &'r Value) -> bool {
+        match (self, value) {
+            (Data::Int(v), Value::Int(x)) => v.push(*x),
+            (Data::Text(v), Value::Text(x)) => v.push(x.as_str()),
+            (Data::Boolean(v), Value::Boolean(x)) => v.push(*x),
+            (Data::Timestamp(v), Value::Timestamp(x)) => v.push(*x),
+            (Data::Binary(v), Value::Binary(x)) => v.push(x.as_slice()),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Appends the placeholder of a `NULL` or refused value.
+    fn push_placeholder(&mut self) {
+        match self {
+            Data::Int(v) | Data::Timestamp(v) => v.push(0),
+            Data::Text(v) => v.push(""),
+            Data::Boolean(v) => v.push(false),
+            Data::Binary(v) => v.push(&[]),
+        }
+    }
+}
+
 impl<'r> Columns<'r> {
     /// The columns `columns` (in that order) of `rows`, whose values come
-    /// in the same order.
+    /// in the same order. One pass over the rows, each read once.
     pub fn new(columns: &[&Column], rows: &'r [Row]) -> Columns<'r> {
         let mut refused: Vec<Option<String>> = vec![None; rows.len()];
-        let data = columns
+        let mut data: Vec<(Data<'r>, Vec<u32>)> = columns
             .iter()
-            .enumerate()
-            .map(|(c, column)| {
-                let mut nulls = Vec::new();
-                let values = rows
-                    .iter()
-                    .map(|row| row.values.get(c).unwrap_or(&Value::Null));
-                let mut wrong = |i: usize, value: &Value| {
-                    refused[i].get_or_insert_with(|| {
-                        format!(
-                            "column `{}` is {:?}, got {}",
-                            column.name,
-                            column.column_type,
-                            value.kind()
-                        )
-                    });
-                };
-                macro_rules! typed {
-                    ($variant:ident, $placeholder:expr, |$v:ident| $pattern:pat => $out:expr) => {{
-                        let mut out = Vec::with_capacity(rows.len());
-                        for (i, value) in values.enumerate() {
-                            out.push(match value {
-                                $pattern => $out,
-                                Value::Null => {
-                                    nulls.push(i as u32);
-                                    $placeholder
-                                }
-                                other => {
-                                    wrong(i, other);
-                                    $placeholder
-                                }
-                            });
-                        }
-                        Data::$variant(out)
-                    }};
-                }
-                let data = match column.column_type {
-                    ColumnType::Bigint | ColumnType::Integer | ColumnType::Smallint => {
-                        typed!(Int, 0, |v| Value::Int(v) => *v)
-                    }
-                    ColumnType::Text => typed!(Text, "", |v| Value::Text(v) => v.as_str()),
-                    ColumnType::Boolean => typed!(Boolean, false, |v| Value::Boolean(v) => *v),
-                    ColumnType::Timestamp => {
-                        typed!(Timestamp, 0, |v| Value::Timestamp(v) => *v)
-                    }
-                    ColumnType::Binary => {
-                        typed!(Binary, &[][..], |v| Value::Binary(v) => v.as_slice())
-                    }
-                };
-                (data, nulls)
+            .map(|column| {
+                (
+                    Data::with_capacity(column.column_type, rows.len()),
+                    Vec::new(),
+                )
             })
             .collect();
+        for (i, row) in rows.iter().enumerate() {
+            for (c, ((values, nulls), column)) in data.iter_mut().zip(columns).enumerate() {
+                let value = row.values.get(c).unwrap_or(&Value::Null);
+                if values.push(value) {
+                    continue;
+                }
+                values.push_placeholder();
+                match value {
+                    Value::Null => nulls.push(i as u32),
+                    other => {
+                        refused[i].get_or_insert_with(|| {
+                            format!(
+                                "column `{}` is {:?}, got {}",
+                                column.name,
+                                column.column_type,
+                                other.kind()
+                            )
+                        });
+                    }
+                }
+            }
+        }
         Columns {
             ids: rows.iter().map(|r| r.id).collect(),
             data,
@@ -194,35 +211,39 @@ pub fn settings<'s>(view: &'s SettingsView<'_>) -> wit::SyncSettings<'s> {
     lower_settings!(wit, view)
 }
 
-/// `site.projects` for 0.2: the host's bounded lookup ([`super::HostState`])
-/// as columns, repository storages named once each.
-pub fn project_columns(found: Vec<Option<ProjectInfo>>) -> site::ProjectColumns {
-    let mut out = site::ProjectColumns {
-        found: Vec::with_capacity(found.len()),
-        namespace_id: Vec::with_capacity(found.len()),
-        storage: Vec::with_capacity(found.len()),
-        storages: Vec::new(),
-        ancestry: Vec::new(),
-        ancestry_ends: Vec::with_capacity(found.len()),
-    };
-    for project in found {
-        match project {
-            Some(project) => {
-                let storage = match out
-                    .storages
-                    .iter()
-                    .position(|s| *s == project.repository_storage)
-                {
+/// `site.projects` for 0.2: the answers of the host's bounded lookup
+/// ([`super::HostState`]) written as columns as they come, repository
+/// storages named once each.
+pub struct ProjectColumns(site::ProjectColumns);
+
+impl ProjectColumns {
+    /// Room for `ids` answers.
+    pub fn with_capacity(ids: usize) -> ProjectColumns {
+        ProjectColumns(site::ProjectColumns {
+            found: Vec::with_capacity(ids),
+            namespace_id: Vec::with_capacity(ids),
+            storage: Vec::with_capacity(ids),
+            storages: Vec::new(),
+            ancestry: Vec::with_capacity(ids * 4),
+            ancestry_ends: Vec::with_capacity(ids),
+        })
+    }
+
+    /// The answer for `id` (unknown without a lookup).
+    pub fn push(&mut self, lookup: Option<&dyn ProjectLookup>, id: i64) {
+        let out = &mut self.0;
+        match lookup.and_then(|l| l.project_into(id, &mut out.ancestry)) {
+            Some((namespace_id, repository_storage)) => {
+                let storage = match out.storages.iter().position(|s| *s == repository_storage) {
                     Some(index) => index,
                     None => {
-                        out.storages.push(project.repository_storage);
+                        out.storages.push(repository_storage.into_owned());
                         out.storages.len() - 1
                     }
                 };
                 out.found.push(true);
-                out.namespace_id.push(project.namespace_id);
+                out.namespace_id.push(namespace_id);
                 out.storage.push(storage as u32);
-                out.ancestry.extend(project.namespace_ancestry);
             }
             None => {
                 out.found.push(false);
@@ -232,7 +253,10 @@ pub fn project_columns(found: Vec<Option<ProjectInfo>>) -> site::ProjectColumns 
         }
         out.ancestry_ends.push(out.ancestry.len() as u32);
     }
-    out
+
+    pub fn finish(self) -> site::ProjectColumns {
+        self.0
+    }
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ pub use value::{Row, SelectiveSync, SyncSettings, Value};
 pub use vectors::SECTION as VECTORS_SECTION;
 pub use world::{Contract, WIT_PACKAGE, custom_section};
 
-use crate::topology::{ProjectInfo, ProjectLookup};
+use crate::topology::ProjectLookup;
 use guest::{Guest, GuestPre};
 use sha2::{Digest, Sha256};
 use slots::Slots;
@@ -551,12 +551,16 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// The projects of `ids`, in order (`None`: no such project), within
-    /// the bounds: at most [`MAX_PROJECT_IDS`] ids per lookup and
-    /// [`MAX_PROJECT_IDS_PER_CALL`] per call, and within the call's
-    /// deadline. Past a bound, the call traps with a [`HostLimit`]. Both
-    /// contract versions' `site.projects` come here.
-    fn lookup_projects(&mut self, ids: &[i64]) -> wasmtime::Result<Vec<Option<ProjectInfo>>> {
+    /// Hands `each` the lookup and every id of `ids`, in order (no lookup:
+    /// every id is unknown), within the bounds: at most [`MAX_PROJECT_IDS`]
+    /// ids per lookup and [`MAX_PROJECT_IDS_PER_CALL`] per call, and within
+    /// the call's deadline. Past a bound, the call traps with a
+    /// [`HostLimit`]. Both contract versions' `site.projects` come here.
+    fn lookup_projects(
+        &mut self,
+        ids: &[i64],
+        mut each: impl FnMut(Option<&dyn ProjectLookup>, i64),
+    ) -> wasmtime::Result<()> {
         if ids.len() > MAX_PROJECT_IDS {
             return Err(HostLimit::LookupIds { asked: ids.len() }.into());
         }
@@ -567,17 +571,16 @@ impl HostState {
             }
             .into());
         }
-        let Some(lookup) = &self.lookup else {
-            return Ok(vec![None; ids.len()]);
-        };
-        let mut out = Vec::with_capacity(ids.len());
+        let lookup = self.lookup.as_deref();
         for chunk in ids.chunks(1024) {
-            if Instant::now() >= self.deadline {
+            if lookup.is_some() && Instant::now() >= self.deadline {
                 return Err(HostLimit::Deadline.into());
             }
-            out.extend(chunk.iter().map(|&id| lookup.project(id)));
+            for &id in chunk {
+                each(lookup, id);
+            }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -588,7 +591,11 @@ impl bindings::v0_1::geohost::replicable::site::Host for HostState {
         &mut self,
         ids: Vec<i64>,
     ) -> wasmtime::Result<Vec<Option<bindings::v0_1::geohost::replicable::types::Project>>> {
-        Ok(adapt_v0_1::projects(self.lookup_projects(&ids)?))
+        let mut found = Vec::with_capacity(ids.len());
+        self.lookup_projects(&ids, |lookup, id| {
+            found.push(lookup.and_then(|l| l.project(id)));
+        })?;
+        Ok(adapt_v0_1::projects(found))
     }
 }
 
@@ -599,7 +606,9 @@ impl bindings::v0_2::geohost::replicable::site::Host for HostState {
         &mut self,
         ids: Vec<i64>,
     ) -> wasmtime::Result<bindings::v0_2::geohost::replicable::types::ProjectColumns> {
-        Ok(columns::project_columns(self.lookup_projects(&ids)?))
+        let mut columns = columns::ProjectColumns::with_capacity(ids.len());
+        self.lookup_projects(&ids, |lookup, id| columns.push(lookup, id))?;
+        Ok(columns.finish())
     }
 }
 

@@ -8,8 +8,15 @@
 use std::sync::{Condvar, Mutex};
 
 pub struct Slots {
-    free: Mutex<usize>,
+    state: Mutex<State>,
     freed: Condvar,
+}
+
+/// Free slots, and callers waiting for one (a release wakes one only if
+/// any waits: `Condvar::notify_one` is a system call even when none does).
+struct State {
+    free: usize,
+    waiting: usize,
 }
 
 pub struct SlotGuard<'a> {
@@ -19,25 +26,33 @@ pub struct SlotGuard<'a> {
 impl Slots {
     pub fn new(capacity: usize) -> Slots {
         Slots {
-            free: Mutex::new(capacity.max(1)),
+            state: Mutex::new(State {
+                free: capacity.max(1),
+                waiting: 0,
+            }),
             freed: Condvar::new(),
         }
     }
 
     pub fn acquire(&self) -> SlotGuard<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while state.free == 0 {
+            state.waiting += 1;
+            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state.waiting -= 1;
         }
-        *free -= 1;
+        state.free -= 1;
         SlotGuard { slots: self }
     }
 }
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        *self.slots.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.slots.freed.notify_one();
+        let mut state = self.slots.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.free += 1;
+        if state.waiting > 0 {
+            self.slots.freed.notify_one();
+        }
     }
 }
 

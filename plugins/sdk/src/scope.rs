@@ -5,7 +5,7 @@
 //! its blob is in object storage, when the site syncs object storage.
 
 use crate::{site, Batch, Decisions, ProjectColumns, RowResult, SelectiveSync, SyncSettings};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// GitLab's `file_store` value for blobs on local disk (`ObjectStorage::Store::LOCAL`).
 pub const FILE_STORE_LOCAL: i64 = 1;
@@ -26,36 +26,65 @@ pub struct Project<'a> {
 /// The projects of a batch, looked up with one host call, each id once.
 pub struct Projects {
     columns: ProjectColumns,
-    /// Project id → its position in `columns`.
-    index: HashMap<i64, usize>,
+    /// Project id → its position in `columns` (the order it was asked in).
+    index: FxHashMap<i64, u32>,
 }
 
 impl Projects {
     /// Looks up `ids` (repeats are asked once) through [`site::projects`].
     pub fn lookup(ids: impl IntoIterator<Item = i64>) -> Projects {
-        let mut index = HashMap::new();
+        let mut projects = Projects::asking();
         let mut unique = Vec::new();
         for id in ids {
-            index.entry(id).or_insert_with(|| {
-                unique.push(id);
-                unique.len() - 1
-            });
+            projects.number(id, &mut unique);
         }
-        let columns = site::projects(&unique);
-        Projects { columns, index }
+        projects.answer(&unique);
+        projects
+    }
+
+    /// No projects yet: [`Projects::number`] the ids, then [`Projects::answer`].
+    fn asking() -> Projects {
+        Projects {
+            columns: ProjectColumns {
+                found: Vec::new(),
+                namespace_id: Vec::new(),
+                storage: Vec::new(),
+                storages: Vec::new(),
+                ancestry: Vec::new(),
+                ancestry_ends: Vec::new(),
+            },
+            index: FxHashMap::default(),
+        }
+    }
+
+    /// `id`'s position among the distinct ids (in the order first seen),
+    /// appended to `unique` when new.
+    fn number(&mut self, id: i64, unique: &mut Vec<i64>) -> u32 {
+        *self.index.entry(id).or_insert_with(|| {
+            unique.push(id);
+            (unique.len() - 1) as u32
+        })
+    }
+
+    /// Asks the host for the distinct ids, once.
+    fn answer(&mut self, unique: &[i64]) {
+        self.columns = site::projects(unique);
     }
 
     /// Project `id`, `None` if the host does not know it (or it was not asked).
     pub fn get(&self, id: i64) -> Option<Project<'_>> {
-        let i = *self.index.get(&id)?;
+        self.at(*self.index.get(&id)? as usize)
+    }
+
+    /// The project at `i` in the order asked, `None` if the host does not know it.
+    fn at(&self, i: usize) -> Option<Project<'_>> {
         let c = &self.columns;
         if !*c.found.get(i)? {
             return None;
         }
-        let start = if i == 0 {
-            0
-        } else {
-            *c.ancestry_ends.get(i - 1)? as usize
+        let start = match i {
+            0 => 0,
+            _ => *c.ancestry_ends.get(i - 1)? as usize,
         };
         let end = *c.ancestry_ends.get(i)? as usize;
         Some(Project {
@@ -96,17 +125,27 @@ pub fn project_scope(
 ) -> Decisions {
     let project_ids = records.ints(project_index, "project_id");
     let file_stores = file_store_index.map(|i| records.ints(i, "file_store"));
-    // Unknown projects are out of scope even when everything is selected.
-    let projects =
-        Projects::lookup((0..records.len()).filter_map(|row| project_ids.get(row).ok().copied()));
-    // Each project's selection, decided once.
-    let mut selected: HashMap<i64, bool> = HashMap::new();
+    // Each row's project, numbered among the batch's distinct projects,
+    // which are asked for with one host call.
+    let mut projects = Projects::asking();
+    projects.index.reserve(records.len());
+    let mut unique = Vec::new();
+    let of_row: Vec<Option<u32>> = (0..records.len())
+        .map(|row| {
+            let id = *project_ids.get(row).ok()?;
+            Some(projects.number(id, &mut unique))
+        })
+        .collect();
+    projects.answer(&unique);
+    // Each project's selection, decided once; unknown projects are out of
+    // scope even when everything is selected.
+    let selected: Vec<bool> = (0..unique.len())
+        .map(|i| project_selected(settings, projects.at(i)))
+        .collect();
     records.decisions(|row| {
-        let id = *project_ids.get(row)?;
+        project_ids.get(row)?;
         let file_store = file_store_of(file_stores.as_ref(), row)?;
-        let project = *selected
-            .entry(id)
-            .or_insert_with(|| project_selected(settings, projects.get(id)));
+        let project = of_row[row].is_some_and(|i| selected[i as usize]);
         Ok(file_store_admitted(settings, file_store) && project)
     })
 }
