@@ -428,16 +428,10 @@ impl BlobStore {
             .path_to_filesystem(location)
             .map_err(|e| StorageError::from_store("sync", location, e))?;
         let (sync, root) = (local.sync.clone(), local.root.clone());
-        let shown = location.to_string();
-        tokio::task::spawn_blocking(move || super::durable::sync_path(&*sync, &root, &file, what))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|done| done)
-            .map_err(|source| StorageError::Io {
-                op: "sync",
-                location: shown,
-                source,
-            })
+        sync_blocking(location.to_string(), move || {
+            super::durable::sync_path(&*sync, &root, &file, what)
+        })
+        .await
     }
 
     /// [`make_durable`](Self::make_durable) for many locations at once, for
@@ -467,24 +461,13 @@ impl BlobStore {
         for batch in [file_syncs.collect::<Vec<_>>(), folder_syncs.collect()] {
             let syncs = batch.into_iter().map(|(path, folder)| {
                 let sync = local.sync.clone();
-                async move {
-                    let shown = path.display().to_string();
-                    tokio::task::spawn_blocking(move || {
-                        if folder {
-                            sync.sync_dir(&path)
-                        } else {
-                            sync.sync_file(&path)
-                        }
-                    })
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|done| done)
-                    .map_err(|source| StorageError::Io {
-                        op: "sync",
-                        location: shown,
-                        source,
-                    })
-                }
+                sync_blocking(path.display().to_string(), move || {
+                    if folder {
+                        sync.sync_dir(&path)
+                    } else {
+                        sync.sync_file(&path)
+                    }
+                })
             });
             futures::future::try_join_all(syncs).await?;
         }
@@ -678,4 +661,20 @@ fn cleanup_local_dir(dir: &Path, cutoff: std::time::SystemTime) -> Result<usize,
         }
     }
     Ok(removed)
+}
+
+/// Runs a sync on the blocking pool; its error names `location`.
+async fn sync_blocking(
+    location: String,
+    sync: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> Result<(), StorageError> {
+    tokio::task::spawn_blocking(sync)
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|done| done)
+        .map_err(|source| StorageError::Io {
+            op: "sync",
+            location,
+            source,
+        })
 }
