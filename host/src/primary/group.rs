@@ -91,7 +91,7 @@ pub async fn submit(site: &Site, write: Write) -> Result<WriteOutcome, IngestErr
     let task = tokio::spawn(lead_until_answered(group.clone(), context, answer));
     #[cfg(test)]
     group.tasks.lock().unwrap().push(task.abort_handle());
-    task.await.unwrap_or_else(|_| Err(stopped()))
+    task.await.unwrap_or_else(|_| Err(IngestError::Interrupted))
 }
 
 /// Waits for `answer`; leads a group whenever the lock is free and the
@@ -106,12 +106,12 @@ async fn lead_until_answered(
         // only while it has not come.
         let _lead = tokio::select! {
             biased;
-            outcome = &mut answer => return outcome.unwrap_or_else(|_| Err(stopped())),
+            outcome = &mut answer => return outcome.unwrap_or_else(|_| Err(IngestError::Interrupted)),
             lead = group.leader.lock() => lead,
         };
         match answer.try_recv() {
             Ok(outcome) => return outcome,
-            Err(oneshot::error::TryRecvError::Closed) => return Err(stopped()),
+            Err(oneshot::error::TryRecvError::Closed) => return Err(IngestError::Interrupted),
             Err(oneshot::error::TryRecvError::Empty) => {}
         }
         let writes: Vec<Queued> = {
@@ -125,16 +125,6 @@ async fn lead_until_answered(
             queue.push_front(write);
         }
     }
-}
-
-/// The answer of a write whose group's task ended without answering it (a
-/// panic): nothing of it was committed.
-fn stopped() -> IngestError {
-    IngestError::Invalid(
-        "the write's group stopped before its commit (nothing of it was committed); \
-         write it again"
-            .into(),
-    )
 }
 
 impl WriteGroup {

@@ -52,6 +52,12 @@ pub enum IngestError {
     Body(String),
     #[error("the blob is larger than this site's storage.max_blob_bytes ({0} bytes)")]
     TooLarge(u64),
+    /// The write's group stopped without answering it (a panic): nothing
+    /// of it was committed.
+    #[error(
+        "the write's group stopped before its commit (nothing of it was committed); write it again"
+    )]
+    Interrupted,
     /// A failure of the group commit this write was part of
     /// (`primary::group`): every write of the group gets it.
     #[error(transparent)]
