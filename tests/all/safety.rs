@@ -49,8 +49,13 @@ fn files(root: &Path, quarantine: bool) -> BTreeMap<String, String> {
                 continue;
             }
             let relative = path.strip_prefix(root).unwrap().display().to_string();
-            if quarantine || !relative.starts_with(geohost::storage::QUARANTINE_DIR) {
-                out.insert(relative, sha(&path).unwrap());
+            // A file gone between the listing and the read (a temporary
+            // object renamed into place meanwhile) is not counted; the blob
+            // it became is, at its path.
+            if (quarantine || !relative.starts_with(geohost::storage::QUARANTINE_DIR))
+                && let Some(sum) = sha(&path)
+            {
+                out.insert(relative, sum);
             }
         }
     }
