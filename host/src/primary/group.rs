@@ -51,9 +51,12 @@ pub struct Write {
     pub temp: FinishedTemp,
 }
 
+/// Where a write's outcome goes.
+type Answer = oneshot::Sender<Result<WriteOutcome, IngestError>>;
+
 struct Queued {
     write: Write,
-    done: oneshot::Sender<Result<WriteOutcome, IngestError>>,
+    done: Answer,
 }
 
 /// The queue and the lock of a site's group commit (in `Site::write_group`).
@@ -155,7 +158,7 @@ async fn run(context: &Context, writes: Vec<Queued>) -> Vec<Queued> {
     let mut tx = match context.db.begin().await {
         Ok(tx) => tx,
         Err(error) => {
-            fail_all(writes, error.into());
+            fail_all(writes.into_iter().map(|q| q.done), error.into());
             return Vec::new();
         }
     };
@@ -167,7 +170,8 @@ async fn run(context: &Context, writes: Vec<Queued>) -> Vec<Queued> {
     while let Some(queued) = writes.next() {
         if let Err(error) = tx.execute("SAVEPOINT geohost_write", &[]).await {
             let rest = ready.into_iter().map(|r| r.queued);
-            fail_all(rest.chain([queued]).chain(writes).collect(), error.into());
+            let all: Vec<Queued> = rest.chain([queued]).chain(writes).collect();
+            fail_all(all.into_iter().map(|q| q.done), error.into());
             return later;
         }
         let name = queued.write.it.name().to_string();
@@ -192,7 +196,8 @@ async fn run(context: &Context, writes: Vec<Queued>) -> Vec<Queued> {
         };
         if let Err(error) = tx.execute(end, &[]).await {
             let rest = ready.into_iter().map(|r| r.queued);
-            fail_all(rest.chain([queued]).chain(writes).collect(), error.into());
+            let all: Vec<Queued> = rest.chain([queued]).chain(writes).collect();
+            fail_all(all.into_iter().map(|q| q.done), error.into());
             return later;
         }
         match staged {
@@ -222,34 +227,6 @@ async fn run(context: &Context, writes: Vec<Queued>) -> Vec<Queued> {
 
 /// Steps 2 to 4 of the module docs for the staged writes of a group.
 async fn commit(context: &Context, mut tx: crate::db::Tx, ready: Vec<Ready>) {
-    let writes: Vec<(&str, &BlobPath, String)> = ready
-        .iter()
-        .map(|r| {
-            let sha256 = r.queued.write.temp.written().sha256;
-            (r.queued.write.it.name(), &r.staged.path, sha256)
-        })
-        .collect();
-    let journaled: Vec<(&str, &BlobPath, &str)> = writes
-        .iter()
-        .map(|(name, path, sha256)| (*name, *path, sha256.as_str()))
-        .collect();
-    let pending = PendingWrite::begin_all(&mut tx, &context.blobs, &journaled).await;
-    drop(journaled);
-    drop(writes);
-    let pending = match pending {
-        Ok(pending) => pending,
-        Err(error) => {
-            if let Err(rollback) = tx.rollback().await {
-                tracing::warn!(error = %rollback, "cannot roll back a failed write group");
-            }
-            fail_all(
-                ready.into_iter().map(|r| r.queued).collect(),
-                journal_error(error),
-            );
-            return;
-        }
-    };
-    // The blobs into place, then the commit that points at them.
     let mut temps = Vec::with_capacity(ready.len());
     let mut done = Vec::with_capacity(ready.len());
     for Ready { queued, staged } in ready {
@@ -261,6 +238,21 @@ async fn commit(context: &Context, mut tx: crate::db::Tx, ready: Vec<Ready>) {
         temps.push(write.temp);
         done.push((write.it, staged, written, answer, write.writing));
     }
+    let journaled: Vec<(&str, &BlobPath, &str)> = done
+        .iter()
+        .map(|(it, staged, written, ..)| (it.name(), &staged.path, written.sha256.as_str()))
+        .collect();
+    let pending = match PendingWrite::begin_all(&mut tx, &context.blobs, &journaled).await {
+        Ok(pending) => pending,
+        Err(error) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "cannot roll back a failed write group");
+            }
+            fail_all(done.into_iter().map(|d| d.3), journal_error(error));
+            return;
+        }
+    };
+    // The blobs into place, then the commit that points at them.
     let promotions = temps
         .into_iter()
         .zip(&done)
@@ -278,10 +270,7 @@ async fn commit(context: &Context, mut tx: crate::db::Tx, ready: Vec<Ready>) {
     };
     if let Err(error) = committed {
         futures::future::join_all(pending.into_iter().map(|p| p.abandon(&context.db))).await;
-        let mut error = shared(error, done.len());
-        for (_, _, _, answer, _) in done {
-            let _ = answer.send(Err(error()));
-        }
+        fail_all(done.into_iter().map(|d| d.3), error);
         return;
     }
     // Committed: what the writes kept to undo them goes, and so do the
@@ -316,11 +305,11 @@ async fn commit(context: &Context, mut tx: crate::db::Tx, ready: Vec<Ready>) {
     }
 }
 
-/// Answers every write of `writes` with `error`.
-fn fail_all(writes: Vec<Queued>, error: IngestError) {
-    let mut error = shared(error, writes.len());
-    for queued in writes {
-        let _ = queued.done.send(Err(error()));
+/// Answers every write of `answers` with `error`.
+fn fail_all(answers: impl ExactSizeIterator<Item = Answer>, error: IngestError) {
+    let mut error = shared(error, answers.len());
+    for answer in answers {
+        let _ = answer.send(Err(error()));
     }
 }
 
