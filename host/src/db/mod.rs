@@ -24,8 +24,9 @@
 
 pub(crate) mod claim;
 pub(crate) mod migrate;
-pub(crate) mod template;
 #[doc(hidden)]
+mod positional;
+pub(crate) mod template;
 pub mod testing;
 
 pub use crate::plugin::identity::QuotedIdent;
@@ -287,8 +288,16 @@ macro_rules! bind_args {
     }};
 }
 
-/// SQLite stores timestamps as microseconds since the epoch.
-fn bind_sqlite<'q>(mut query: SqliteQuery<'q>, args: &[Arg]) -> SqliteQuery<'q> {
+/// A SQLite statement with its arguments bound: numbered parameters as
+/// positional ones ([`positional`]), timestamps as microseconds since the
+/// epoch.
+fn sqlite_query(sql: &str, args: &[Arg]) -> SqliteQuery<'static> {
+    let (sql, ordered) = match positional::rewrite(sql, args) {
+        Some((sql, ordered)) => (sql, Some(ordered)),
+        None => (sql.to_owned(), None),
+    };
+    let args = ordered.as_deref().unwrap_or(args);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     bind_args!(query, args, |v| v.map(micros))
 }
 
@@ -304,12 +313,10 @@ enum Executor<'a> {
 impl Executor<'_> {
     async fn fetch_all(self, sql: &str, args: &[Arg]) -> Result<Vec<DbRow>> {
         match self {
-            Executor::Sqlite(c) => {
-                bind_sqlite(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
-                    .fetch_all(&mut *c)
-                    .await
-                    .map(|rows| rows.into_iter().map(DbRow::Sqlite).collect())
-            }
+            Executor::Sqlite(c) => sqlite_query(sql, args)
+                .fetch_all(&mut *c)
+                .await
+                .map(|rows| rows.into_iter().map(DbRow::Sqlite).collect()),
             Executor::Postgres(c) => {
                 bind_pg(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
                     .fetch_all(&mut *c)
@@ -322,12 +329,10 @@ impl Executor<'_> {
 
     async fn execute(self, sql: &str, args: &[Arg]) -> Result<u64> {
         match self {
-            Executor::Sqlite(c) => {
-                bind_sqlite(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
-                    .execute(&mut *c)
-                    .await
-                    .map(|r| r.rows_affected())
-            }
+            Executor::Sqlite(c) => sqlite_query(sql, args)
+                .execute(&mut *c)
+                .await
+                .map(|r| r.rows_affected()),
             Executor::Postgres(c) => {
                 bind_pg(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), args)
                     .execute(&mut *c)
