@@ -5,9 +5,9 @@
 //! the primary's replication feed.
 
 use rustc_hash::FxBuildHasher;
-use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// A namespace (group or user), with its parent for nested groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
