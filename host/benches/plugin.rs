@@ -19,7 +19,8 @@
 //! To profile the plugin path alone, `GEOHOST_BENCH_PROFILE=SECONDS` runs only
 //! the plugin decisions for that long, for example under `perf record`;
 //! with `GEOHOST_PERFMAP=1` the engine also writes `/tmp/perf-PID.map`, so
-//! that perf names the guest's functions.
+//! that perf names the guest's functions. `GEOHOST_BENCH_HELM=FILE` measures
+//! that build of the Helm type instead of the shipped one.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -63,9 +64,18 @@ const SCOPE_BATCH: usize = 10_000;
 
 fn main() {
     let started = Instant::now();
-    let helm = builtin::by_stem("helm-metadata-cache")
-        .expect("helm-metadata-cache is shipped; run `cargo xtask plugins` first")
-        .bytes;
+    // `GEOHOST_BENCH_HELM=FILE`: measure that build of the type instead
+    // of the shipped one (to compare builds without rebuilding the host).
+    let helm_file = std::env::var_os("GEOHOST_BENCH_HELM")
+        .map(|path| std::fs::read(&path).expect("reading GEOHOST_BENCH_HELM"));
+    let helm: &[u8] = match &helm_file {
+        Some(bytes) => bytes,
+        None => {
+            builtin::by_stem("helm-metadata-cache")
+                .expect("helm-metadata-cache is shipped; run `cargo xtask plugins` first")
+                .bytes
+        }
+    };
     let runtime = PluginRuntime::new(Limits::default(), None).expect("runtime");
     let loaded = runtime.load(helm).expect("loading the Helm component");
 
@@ -101,7 +111,8 @@ fn main() {
         "0.1 and 0.2 disagree on scope"
     );
     assert_eq!(plugin.0.path_bytes, plugin_0_1.0.path_bytes);
-    let native_row = fastest(|| decide_native_from_row(&world, &batches));
+    let native_row = fastest(|| decide_native_from_row(&world, &batches, Join::Slices));
+    let native_format = fastest(|| decide_native_from_row(&world, &batches, Join::Format));
     let native_full = fastest(|| decide_native_from_scratch(&world));
     assert_eq!(
         plugin.0.in_scope, native_row.0.in_scope,
@@ -186,6 +197,16 @@ fn main() {
         native_row.1,
         RECORDS,
         None,
+    );
+    table.throughput(
+        "  the same with the path by `format!` (the type's code until issue 18)",
+        native_format.1,
+        RECORDS,
+        None,
+    );
+    table.figure(
+        "  Helm plugin 0.2's share of it",
+        format!("{:.2}×", rate(&timing) / rate(&native_format.1)),
     );
     table.throughput(
         "decisions/s, native Rust (ancestry walk, sha256 ×2, hashed path)",
@@ -658,9 +679,18 @@ fn selected_by_ancestry(world: &World, selected: &HashSet<i64>, project: i64) ->
     false
 }
 
+/// How the native decision writes a path: as the shipped type does
+/// (`[key, file].join("/")`, the goal's reference), or with `format!` (as
+/// the type did before issue 18's last step, for the earlier figures).
+#[derive(Clone, Copy)]
+enum Join {
+    Slices,
+    Format,
+}
+
 /// The decision in native Rust on the rows the plugin gets (the
 /// object_storage_key stored when the record was created).
-fn decide_native_from_row(world: &World, batches: &[Batch]) -> Pass {
+fn decide_native_from_row(world: &World, batches: &[Batch], join: Join) -> Pass {
     let selected: HashSet<i64> = world.selected.iter().copied().collect();
     let sync_object_storage = false;
     let mut pass = Pass::default();
@@ -674,7 +704,10 @@ fn decide_native_from_row(world: &World, batches: &[Batch]) -> Pass {
             let [Value::Text(key), Value::Text(file)] = &path.values[..] else {
                 panic!("path row")
             };
-            let path = black_box(format!("{key}/{file}"));
+            let path = black_box(match join {
+                Join::Slices => [key.as_str(), file].join("/"),
+                Join::Format => format!("{key}/{file}"),
+            });
             pass.in_scope += usize::from(in_scope);
             pass.path_bytes += path.len();
         }

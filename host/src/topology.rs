@@ -4,6 +4,7 @@
 //! Both sites build one: the primary from its own tables, a secondary from
 //! the primary's replication feed.
 
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -56,8 +57,10 @@ pub trait ProjectLookup: Send + Sync {
 /// An in-memory snapshot of namespaces and projects.
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
-    parents: HashMap<i64, Option<i64>>,
-    projects: HashMap<i64, ProjectNode>,
+    // Fx, not SipHash: every `site.projects` lookup of a type walks these
+    // (a few lookups per record), the keys are the primary's own ids.
+    parents: HashMap<i64, Option<i64>, FxBuildHasher>,
+    projects: HashMap<i64, ProjectNode, FxBuildHasher>,
 }
 
 /// Deepest namespace nesting followed; deeper (or cyclic) chains are cut.

@@ -27,8 +27,9 @@ enum Data<'r> {
 pub struct Columns<'r> {
     ids: Vec<i64>,
     data: Vec<(Data<'r>, Vec<u32>)>,
-    /// Rows refused before the call, by position, with why.
-    refused: Vec<Option<String>>,
+    /// Rows refused before the call (rarely any), by position, with why;
+    /// in row order, one entry per row at most.
+    refused: Vec<(usize, String)>,
 }
 
 impl<'r> Data<'r> {
@@ -74,7 +75,7 @@ impl<'r> Columns<'r> {
     /// The columns `columns` (in that order) of `rows`, whose values come
     /// in the same order. One pass over the rows, each read once.
     pub fn new(columns: &[&Column], rows: &'r [Row]) -> Columns<'r> {
-        let mut refused: Vec<Option<String>> = vec![None; rows.len()];
+        let mut refused: Vec<(usize, String)> = Vec::new();
         let mut data: Vec<(Data<'r>, Vec<u32>)> = columns
             .iter()
             .map(|column| {
@@ -94,14 +95,17 @@ impl<'r> Columns<'r> {
                 match value {
                     Value::Null => nulls.push(i as u32),
                     other => {
-                        refused[i].get_or_insert_with(|| {
-                            format!(
-                                "column `{}` is {:?}, got {}",
-                                column.name,
-                                column.column_type,
-                                other.kind()
-                            )
-                        });
+                        if refused.last().is_none_or(|(row, _)| *row != i) {
+                            refused.push((
+                                i,
+                                format!(
+                                    "column `{}` is {:?}, got {}",
+                                    column.name,
+                                    column.column_type,
+                                    other.kind()
+                                ),
+                            ));
+                        }
                     }
                 }
             }
@@ -154,8 +158,8 @@ impl<'r> Columns<'r> {
             })?;
             *slot = Err(error.message);
         }
-        for (answer, refused) in answers.iter_mut().zip(&self.refused) {
-            if let Some(why) = refused {
+        for (row, why) in &self.refused {
+            if let Some(answer) = answers.get_mut(*row) {
                 *answer = Err(why.clone());
             }
         }

@@ -10,7 +10,7 @@
 //! fn blob_paths(records: Batch) -> Paths {
 //!     let keys = records.texts(0, "object_storage_key");
 //!     let files = records.texts(1, "file");
-//!     records.paths(|row| Ok(format!("{}/{}", keys.get(row)?, files.get(row)?)))
+//!     records.paths(|row| Ok([keys.get(row)?.as_str(), files.get(row)?].join("/")))
 //! }
 //! ```
 

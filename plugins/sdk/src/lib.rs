@@ -11,6 +11,8 @@
 //! - [`hashed_path`], GitLab's `Gitlab::HashedPath`;
 //! - [`scope`], GitLab's selective-sync rules (namespaces with descendants,
 //!   shards, object storage), over the host's project lookups;
+//! - [`arena`], the allocator of a call (a bump arena reset with the
+//!   instance; the `system-allocator` feature turns it off);
 //! - [`schema`], short constructors for the model table's columns;
 //! - [`test_vectors!`], which embeds the crate's `vectors.json` in the
 //!   component, where `geohost plugin test` and every install find it.
@@ -46,6 +48,7 @@ pub mod bindings {
     });
 }
 
+pub mod arena;
 pub mod batch;
 pub mod hashed_path;
 pub mod schema;
@@ -59,6 +62,12 @@ pub use bindings::geohost::replicable::types::{
     Identity, ModelTable, Paths, ProjectColumns, RowError, SelectiveSync, SyncSettings, Value,
 };
 pub use hashed_path::{hashed_path, sha256_hex};
+
+/// The global allocator of a type's wasm32 build ([`arena`]); the
+/// `system-allocator` feature turns it off.
+#[cfg(all(target_arch = "wasm32", not(feature = "system-allocator")))]
+#[global_allocator]
+static ALLOCATOR: arena::Arena<{ arena::STATIC_BYTES }> = arena::Arena::new();
 
 /// The answer of a batch function for one record: a value, or why the
 /// record is refused (shown to the operator).
