@@ -24,9 +24,9 @@
 
 pub(crate) mod claim;
 pub(crate) mod migrate;
-#[doc(hidden)]
 mod positional;
 pub(crate) mod template;
+#[doc(hidden)]
 pub mod testing;
 
 pub use crate::plugin::identity::QuotedIdent;
