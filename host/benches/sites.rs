@@ -8,9 +8,10 @@
 //! - **Backfill**: a primary (SQLite, served on loopback) holds 1,000,000
 //!   Helm metadata cache rows (inserted in one SQL statement: the figure is
 //!   the secondary's, not ingest's); a fresh secondary (SQLite, workers off)
-//!   runs one registry consistency pass (`Secondary::consistency_pass`:
-//!   the records feed 10,000 at a time, the plugin's scope decisions, bulk
-//!   inserts) until it holds a pending registry row per record.
+//!   is opened, which activates its types, and activating a version the
+//!   site has not run is one registry consistency pass (the records feed
+//!   10,000 at a time, the plugin's scope decisions, bulk inserts); timed
+//!   until it holds a pending registry row per record.
 //! - **Peak RSS per site**: both sites as `geohost serve` processes;
 //!   10,000 × 4 KiB then 20 × 50 MiB written over HTTP (`PUT`, 8 at a
 //!   time) while the secondary syncs and verifies them; `VmHWM` of each
@@ -97,7 +98,8 @@ async fn run() {
 }
 
 /// Inserts `records` rows on a served primary, then times a new secondary's
-/// first consistency pass. Returns (insert time, backfill time).
+/// first consistency pass (the one opening it runs). Returns (insert time,
+/// backfill time).
 async fn backfill(records: usize) -> (Duration, Duration) {
     let primary = primary("enabled = false\n", true).await;
     let project = project(&primary).await;
@@ -148,7 +150,10 @@ async fn backfill(records: usize) -> (Duration, Duration) {
     let site = geohost::runtime::open(Config::from_toml(&config).expect("config"))
         .await
         .expect("the secondary opens");
-    let secondary = geohost::secondary::Secondary::new(site.clone()).expect("the secondary");
+    let secondary = site
+        .role_state
+        .get::<geohost::secondary::Secondary>()
+        .expect("opening a secondary sets its role up");
     // A new secondary's first opening activates its types, and activating
     // a version the site has not run re-evaluates its scope: that is the
     // backfill, already done when `open` returns. A consistency pass runs

@@ -270,11 +270,12 @@ fn from_micros(us: i64) -> DateTime<Utc> {
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Binds `args` to `query` in order; `$ts` says how a timestamp is bound.
+/// Binds `args` (owned [`Arg`]s) to `query` in order; `$ts` says how a
+/// timestamp is bound.
 macro_rules! bind_args {
-    ($query:ident, $args:ident, |$v:ident| $ts:expr) => {{
+    ($query:ident, $args:expr, |$v:ident| $ts:expr) => {{
         for arg in $args {
-            $query = match arg.clone() {
+            $query = match arg {
                 Arg::I64(v) => $query.bind(v),
                 Arg::I32(v) => $query.bind(v),
                 Arg::I16(v) => $query.bind(v),
@@ -292,17 +293,15 @@ macro_rules! bind_args {
 /// positional ones ([`positional`]), timestamps as microseconds since the
 /// epoch.
 fn sqlite_query(sql: &str, args: &[Arg]) -> SqliteQuery<'static> {
-    let (sql, ordered) = match positional::rewrite(sql, args) {
-        Some((sql, ordered)) => (sql, Some(ordered)),
-        None => (sql.to_owned(), None),
-    };
-    let args = ordered.as_deref().unwrap_or(args);
+    // A rewritten statement's arguments are already owned copies.
+    let (sql, args) =
+        positional::rewrite(sql, args).unwrap_or_else(|| (sql.to_owned(), args.to_vec()));
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     bind_args!(query, args, |v| v.map(micros))
 }
 
 fn bind_pg<'q>(mut query: PgQuery<'q>, args: &[Arg]) -> PgQuery<'q> {
-    bind_args!(query, args, |v| v)
+    bind_args!(query, args.iter().cloned(), |v| v)
 }
 
 enum Executor<'a> {
