@@ -845,6 +845,158 @@ async fn a_watched_folder_installs_upgrades_and_a_new_type_that_replicates() {
     }
 }
 
+/// The primary's newest event id, once it has at least `at_least`.
+async fn newest_event(primary: &TestSite, at_least: i64) -> i64 {
+    let newest = || async {
+        primary
+            .site
+            .db
+            .fetch_one("SELECT COALESCE(MAX(id), 0) AS n FROM geo_event_log", &[])
+            .await
+            .unwrap()
+            .i64("n")
+            .unwrap()
+    };
+    eventually(CONVERGE, "the primary's events", || async {
+        newest().await >= at_least
+    })
+    .await;
+    newest().await
+}
+
+/// The guide's tour, where `geohost status` (a one-shot command, which
+/// brings the site's types up as it opens it) ran before the running
+/// secondary's watcher took the new file, and recorded the type's version
+/// first. The watcher's install then looked like a restart restoring that
+/// version and skipped the scope re-evaluation; the records whose events
+/// the cursor had skipped (the type was not installed yet) waited for the
+/// periodic consistency pass. Here that pass is an hour away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_type_a_command_recorded_first_is_backfilled_when_the_running_secondary_installs_it()
+{
+    let backend = Backend::Sqlite;
+    let primary_dir = tempfile::tempdir().unwrap();
+    let secondary_dir = tempfile::tempdir().unwrap();
+    let primary = sites::primary_with(backend, &plugins_dir_settings(primary_dir.path())).await;
+    let [_, a, ..] = sites::group_tree(&primary).await;
+    let project = sites::project(&primary, a, "p").await;
+    let secondary = sites::secondary_with(
+        backend,
+        &primary,
+        NewSite {
+            name: "s".into(),
+            ..Default::default()
+        },
+        &plugins_dir_settings(secondary_dir.path()).replace(
+            "consistency_interval_secs = 2",
+            "consistency_interval_secs = 3600",
+        ),
+    )
+    .await;
+
+    // The type on the primary, and records whose events the secondary's
+    // cursor passes while the type is not installed there.
+    std::fs::copy(new_type_component(), primary_dir.path().join("new.wasm")).unwrap();
+    eventually(CONVERGE, "the new type on the primary", || async {
+        primary.site.installed(NEW_TYPE).is_some()
+    })
+    .await;
+    for columns in new_type_records(project) {
+        let stream = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(
+            "{}".to_string(),
+        ))]);
+        geohost::primary::ingest::upsert(&primary.site, NEW_TYPE, &columns, stream)
+            .await
+            .unwrap();
+    }
+    // Two `created` and two `checksum_succeeded`.
+    let newest = newest_event(&primary, 4).await;
+    let tracking = secondary.site.tracking().unwrap().clone();
+    eventually(
+        CONVERGE,
+        "the secondary's cursor past the events",
+        || async {
+            geohost::secondary::cursor::position(&tracking)
+                .await
+                .unwrap()
+                .is_some_and(|p| p >= newest)
+        },
+    )
+    .await;
+
+    // A one-shot command on the secondary finds the component first (in a
+    // folder of its own here, so the watcher cannot win the race).
+    let staging = tempfile::tempdir().unwrap();
+    std::fs::copy(new_type_component(), staging.path().join("new.wasm")).unwrap();
+    let config = std::fs::read_to_string(secondary.write_config())
+        .unwrap()
+        .replace(
+            &format!("{:?}", secondary_dir.path().display().to_string()),
+            &format!("{:?}", staging.path().display().to_string()),
+        );
+    let command_config = secondary.dir.join("command.toml");
+    std::fs::write(&command_config, config).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_geohost"))
+        .args(["status", "-c"])
+        .arg(&command_config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    assert!(
+        geohost::swap::versions::active_sha256(&secondary.site.db, NEW_TYPE)
+            .await
+            .unwrap()
+            .is_some(),
+        "the command recorded the type's version"
+    );
+    assert!(secondary.site.installed(NEW_TYPE).is_none());
+
+    // The running secondary's watcher installs it: the records are
+    // registered and replicate now, not at the next periodic pass.
+    std::fs::copy(new_type_component(), secondary_dir.path().join("new.wasm")).unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the records replicated",
+        || async {
+            secondary.site.installed(NEW_TYPE).is_some()
+                && follows(&primary, &secondary, NEW_TYPE, |_| true).await
+        },
+    )
+    .await;
+}
+
+/// A component that lands in the plugins folder after startup read it but
+/// before the watcher's first look is installed like any new file (the
+/// watcher took every file present then as handled by startup).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_dropped_while_the_site_starts_is_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[site]\nname = \"primary\"\nrole = \"primary\"\nlisten = \"127.0.0.1:0\"\n\
+         url = \"http://127.0.0.1:1\"\ndata_dir = {:?}\n[workers]\n{}",
+        data.path().display().to_string(),
+        plugins_dir_settings(dir.path()),
+    );
+    let site = geohost::runtime::open(geohost::config::Config::from_toml(&config).unwrap())
+        .await
+        .unwrap();
+    assert!(site.installed(NEW_TYPE).is_none());
+    // Startup is over; the watcher has not started yet.
+    std::fs::copy(new_type_component(), dir.path().join("new.wasm")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let served = tokio::spawn(geohost::runtime::serve(site.clone(), listener));
+    eventually(
+        Duration::from_secs(60),
+        "the component installed",
+        || async { site.installed(NEW_TYPE).is_some() },
+    )
+    .await;
+    site.shutdown.cancel();
+    served.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_lists_installs_diffs_rolls_back_and_removes() {
     let backend = Backend::Sqlite;
