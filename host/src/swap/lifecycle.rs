@@ -50,7 +50,19 @@ pub async fn activate(
 ) -> Result<SwapReport, SwapError> {
     let _one_at_a_time = site.swaps.one_at_a_time().await;
     let loaded = load(site, bytes.clone()).await?;
-    activate_loaded(site, &bytes, loaded, &request).await
+    activate_loaded(site, &bytes, loaded, &request, Phase::Running).await
+}
+
+/// When a version goes live: while the site starts, or once it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// [`startup`]: a secondary's workers have not started, and their first
+    /// consistency pass follows.
+    Startup,
+    /// The watched folder, the admin API, a rollback: the site's workers
+    /// run, and its event cursor skipped the events of a type it did not
+    /// have.
+    Running,
 }
 
 /// Loads a component on a blocking thread.
@@ -68,6 +80,7 @@ async fn activate_loaded(
     bytes: &[u8],
     loaded: Result<LoadedType, LoadError>,
     request: &Request,
+    phase: Phase,
 ) -> Result<SwapReport, SwapError> {
     let started = Instant::now();
     let loaded = match loaded {
@@ -90,7 +103,7 @@ async fn activate_loaded(
     };
     let checked = check(site, &loaded, request).await;
     let result = match checked {
-        Ok(plan) => go_live(site, bytes, &loaded, plan, request, started).await,
+        Ok(plan) => go_live(site, bytes, &loaded, plan, request, phase, started).await,
         Err(error) => Err(error),
     };
     match result {
@@ -168,8 +181,11 @@ struct Plan {
     test_vectors: usize,
     predecessor_vectors: usize,
     /// The component is the recorded active version of its type (a
-    /// restart, or a site coming back to what it ran): it was checked over
-    /// the live records, and decided the rows, when it went live.
+    /// restart, a site coming back to what it ran, or a version another
+    /// process of the site recorded): it was checked over the live records
+    /// when it went live, and every record written since got its path from
+    /// it. Whether it also decided this site's rows depends on the
+    /// [`Phase`] (see [`go_live`]).
     restored: bool,
 }
 
@@ -237,6 +253,7 @@ async fn go_live(
     loaded: &LoadedType,
     plan: Plan,
     request: &Request,
+    phase: Phase,
     started: Instant,
 ) -> Result<SwapReport, SwapError> {
     let name = loaded.name().to_string();
@@ -356,7 +373,14 @@ async fn go_live(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     drop(gate);
-    if plan.restored {
+    // A restart that brings back the recorded version: it decided the rows
+    // when it went live, and a secondary's first consistency pass follows.
+    // Not so for a version recorded by another process (a one-shot command
+    // such as `geohost status`, which brings the types up as it opens the
+    // site, or another worker) that enters a running site's catalog: this
+    // site's cursor skipped the type's events until now, so a secondary
+    // re-evaluates its scope (which registers those records) all the same.
+    if plan.restored && phase == Phase::Startup {
         return Ok(report);
     }
     if site.role() == Role::Secondary {
@@ -443,7 +467,7 @@ async fn activate_at_startup(
         expect_name: Some(name.to_string()),
         source: found.source.clone(),
     };
-    match activate_loaded(site, &found.bytes, found.loaded, &request).await {
+    match activate_loaded(site, &found.bytes, found.loaded, &request, Phase::Startup).await {
         Ok(report) => {
             tracing::info!(
                 r#type = %report.name,
@@ -538,7 +562,7 @@ pub async fn startup(site: &Arc<Site>, upgrades: bool) -> anyhow::Result<()> {
                     expect_name: None,
                     source: f.source.clone(),
                 };
-                let _ = activate_loaded(site, &f.bytes, f.loaded, &request).await;
+                let _ = activate_loaded(site, &f.bytes, f.loaded, &request, Phase::Startup).await;
             }
         }
     }

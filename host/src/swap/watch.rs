@@ -94,9 +94,10 @@ pub fn read_components(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
     Ok(out)
 }
 
-/// The files present at startup were handled by [`super::startup`]: they
-/// count as handled, with the type startup found in them (when the file
-/// has not changed since).
+/// The files [`super::startup`] read, unchanged since, count as handled,
+/// with the type startup found in them. A file that arrived or changed
+/// after startup read the folder (the site was still starting) is new: it
+/// is installed once it has stopped changing, as any other.
 async fn initial(site: &Site, dir: &Path) -> HashMap<PathBuf, Seen> {
     let at_startup = site.swaps.startup_folder();
     let dir = dir.to_path_buf();
@@ -114,17 +115,20 @@ async fn initial(site: &Site, dir: &Path) -> HashMap<PathBuf, Seen> {
     .unwrap_or_default();
     let mut seen = HashMap::new();
     for (path, meta, sha) in files {
-        let name = at_startup
-            .get(&path)
-            .filter(|(startup_sha, _)| *startup_sha == sha)
-            .and_then(|(_, name)| name.clone());
+        let (handled, name) = match at_startup.get(&path) {
+            Some((startup_sha, name)) if *startup_sha == sha => (Some(sha), name.clone()),
+            // Arrived, or rewritten, since startup read the folder; a
+            // rewritten file keeps the type it provided.
+            Some((_, name)) => (None, name.clone()),
+            None => (None, None),
+        };
         seen.insert(
             path,
             Seen {
                 size: meta.len(),
                 modified: meta.modified().ok(),
-                stable: 2,
-                handled: Some(sha),
+                stable: if handled.is_some() { 2 } else { 0 },
+                handled,
                 name,
                 missing: 0,
             },
