@@ -1,7 +1,7 @@
 //! The authoring guide's tour (`docs/authoring-a-type.md`, chapter 0), run
 //! as written: its ```` ```sh guide ```` blocks are executed line by line and
 //! its ```` ```toml guide FILE ```` blocks written to FILE, in a copy of the
-//! repository (scaffold → build one crate → `plugin test` with the embedded
+//! repository under `target/guide-tour/` (scaffold → build one crate → `plugin test` with the embedded
 //! vectors → two running sites → install on both → a record replicates).
 //! So the guide cannot drift from the tools.
 //!
@@ -75,6 +75,36 @@ fn checkout(root: &Path) {
         copy_dir(&repo.join(dir), &root.join(dir));
     }
     sdk_only_workspace(root);
+}
+
+/// Where the tour runs: one folder under `target/`, emptied first but for
+/// `plugins/target`. The guest build (`-Zbuild-std`) compiles the wasm32
+/// standard library and the SDK's dependencies, nearly all of the tour's
+/// time (about 110 s on two busy cores; the scaffolded crate itself takes
+/// 2 s), and its flags name the plugins folder, so only a folder at the same
+/// path reuses that build: a fresh temporary folder paid it at every run.
+/// What a failed run leaves (the sites' logs and data) stays there to read.
+fn tour_root() -> PathBuf {
+    let root = repo().join("target/guide-tour/geohost");
+    let remove = |path: PathBuf| {
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    };
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        if entry.file_name() != "plugins" {
+            remove(entry.path());
+            continue;
+        }
+        for inner in std::fs::read_dir(entry.path()).unwrap().flatten() {
+            if inner.file_name() != "target" {
+                remove(inner.path());
+            }
+        }
+    }
+    root
 }
 
 /// Runs commands as the tour's reader would, keeping `VAR=$(…)` outputs.
@@ -207,9 +237,10 @@ fn the_guides_tour_runs_as_written() {
         );
     }
 
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("geohost");
+    let root = tour_root();
+    let started = std::time::Instant::now();
     checkout(&root);
+    let copied = started.elapsed();
     let geohost = PathBuf::from(env!("CARGO_BIN_EXE_geohost"));
     let mut shell = Shell {
         cwd: root.clone(),
@@ -222,12 +253,17 @@ fn the_guides_tour_runs_as_written() {
         ),
         target_dir: repo().join("target"),
     };
+    // How long each command took, printed (and in a failure's message):
+    // where the tour's time goes.
+    let mut timings = vec![format!("{copied:>7.1?}  (the copy of the repository)")];
     for step in &steps {
         match step {
             Step::File { name, text } => std::fs::write(shell.cwd.join(name), ports(text)).unwrap(),
             Step::Commands(lines) => {
                 for line in lines {
+                    let started = std::time::Instant::now();
                     shell.run(&ports(line));
+                    timings.push(format!("{:>7.1?}  {line}", started.elapsed()));
                 }
             }
         }
@@ -245,9 +281,11 @@ fn the_guides_tour_runs_as_written() {
         })
     };
     let mut last = String::new();
+    let mut waited = Duration::ZERO;
     let converged = runtime.block_on(async {
         let started = std::time::Instant::now();
         while started.elapsed() < Duration::from_secs(180) {
+            waited = started.elapsed();
             let output = shell
                 .command("geohost status -c secondary.toml")
                 .output()
@@ -260,12 +298,17 @@ fn the_guides_tour_runs_as_written() {
         }
         false
     });
+    timings.push(format!(
+        "{waited:>7.1?}  (until `geohost status` shows it replicated and verified)"
+    ));
+    let timings = timings.join("\n");
+    eprintln!("the tour's steps:\n{timings}");
     let logs: Vec<String> = (0..shell.servers.len())
         .map(|i| std::fs::read_to_string(root.join(format!("serve-{i}.log"))).unwrap_or_default())
         .collect();
     assert!(
         converged,
-        "the record did not replicate; last `geohost status`:\n{last}\nsite logs:\n{}",
+        "the record did not replicate; last `geohost status`:\n{last}\nsteps:\n{timings}\nsite logs:\n{}",
         logs.join("\n---\n")
     );
     let blobs = root.join("data/secondary/blobs/conan_recipe_cache");
