@@ -707,30 +707,62 @@ async fn a_path_rule_change_moves_blobs_on_both_sites() {
 }
 
 fn plugins_dir_settings(dir: &std::path::Path) -> String {
+    plugins_dir_settings_every(dir, 2)
+}
+
+/// [`plugins_dir_settings`] with a consistency pass every `secs`.
+fn plugins_dir_settings_every(dir: &std::path::Path, secs: u64) -> String {
     format!(
-        "idle_poll_ms = 50\nconsistency_interval_secs = 2\n[plugins]\ndir = {:?}\nwatch_interval_ms = 100\nbuiltin = [\"helm-metadata-cache\"]\n",
+        "idle_poll_ms = 50\nconsistency_interval_secs = {secs}\n[plugins]\ndir = {:?}\nwatch_interval_ms = 100\nbuiltin = [\"helm-metadata-cache\"]\n",
         dir.display().to_string()
     )
+}
+
+/// A primary and its secondary `s`, each watching a plugins folder of its
+/// own (the secondary's consistency pass every `secs`), and a project.
+struct WatchedSites {
+    primary_dir: tempfile::TempDir,
+    secondary_dir: tempfile::TempDir,
+    primary: TestSite,
+    secondary: TestSite,
+    project: i64,
+}
+
+async fn watched_sites(backend: Backend, secs: u64) -> WatchedSites {
+    let primary_dir = tempfile::tempdir().unwrap();
+    let secondary_dir = tempfile::tempdir().unwrap();
+    let primary = sites::primary_with(backend, &plugins_dir_settings(primary_dir.path())).await;
+    let [_, a, ..] = sites::group_tree(&primary).await;
+    let project = sites::project(&primary, a, "p").await;
+    let secondary = sites::secondary_with(
+        backend,
+        &primary,
+        NewSite {
+            name: "s".into(),
+            ..Default::default()
+        },
+        &plugins_dir_settings_every(secondary_dir.path(), secs),
+    )
+    .await;
+    WatchedSites {
+        primary_dir,
+        secondary_dir,
+        primary,
+        secondary,
+        project,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watched_folder_installs_upgrades_and_a_new_type_that_replicates() {
     for backend in sites::backends() {
-        let primary_dir = tempfile::tempdir().unwrap();
-        let secondary_dir = tempfile::tempdir().unwrap();
-        let primary = sites::primary_with(backend, &plugins_dir_settings(primary_dir.path())).await;
-        let [_, a, ..] = sites::group_tree(&primary).await;
-        let project = sites::project(&primary, a, "p").await;
-        let secondary = sites::secondary_with(
-            backend,
-            &primary,
-            NewSite {
-                name: "s".into(),
-                ..Default::default()
-            },
-            &plugins_dir_settings(secondary_dir.path()),
-        )
-        .await;
+        let WatchedSites {
+            primary_dir,
+            secondary_dir,
+            primary,
+            secondary,
+            project,
+        } = watched_sites(backend, 2).await;
 
         // A half-written file is refused and reported; once complete it goes live.
         let v2 = fixture_component("helm-v2");
@@ -874,25 +906,13 @@ async fn newest_event(primary: &TestSite, at_least: i64) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_type_a_command_recorded_first_is_backfilled_when_the_running_secondary_installs_it()
 {
-    let backend = Backend::Sqlite;
-    let primary_dir = tempfile::tempdir().unwrap();
-    let secondary_dir = tempfile::tempdir().unwrap();
-    let primary = sites::primary_with(backend, &plugins_dir_settings(primary_dir.path())).await;
-    let [_, a, ..] = sites::group_tree(&primary).await;
-    let project = sites::project(&primary, a, "p").await;
-    let secondary = sites::secondary_with(
-        backend,
-        &primary,
-        NewSite {
-            name: "s".into(),
-            ..Default::default()
-        },
-        &plugins_dir_settings(secondary_dir.path()).replace(
-            "consistency_interval_secs = 2",
-            "consistency_interval_secs = 3600",
-        ),
-    )
-    .await;
+    let WatchedSites {
+        primary_dir,
+        secondary_dir,
+        primary,
+        secondary,
+        project,
+    } = watched_sites(Backend::Sqlite, 3600).await;
 
     // The type on the primary, and records whose events the secondary's
     // cursor passes while the type is not installed there.
