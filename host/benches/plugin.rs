@@ -1,7 +1,9 @@
 //! The plugin runtime's cost, measured on the shipped Helm metadata cache:
 //! scope + path decisions per second through the plugin (batches of 1,000
-//! records) with the 0.2 build (column batches) beside the 0.1 build (rows
-//! of variants, `plugins/fixtures/v0.1/`) and the same decision in native
+//! records) with the shipped build (column batches, text packed: 0.2.1)
+//! beside its 0.2.0 build (a string per text value,
+//! `plugins/fixtures/v0.2.0/`) and its 0.1 build (rows of variants,
+//! `plugins/fixtures/v0.1/`) and the same decision in native
 //! Rust, the cost of one call, the time to instantiate a type, and the time
 //! to compile it cold and to load it from the compile cache. Then the
 //! Python type (`plugins/target/components/nuget-symbol.wasm`, when built):
@@ -55,6 +57,9 @@ const GOAL_INSTANTIATE: Duration = Duration::from_micros(50);
 const GOAL_NATIVE_SHARE: f64 = 1.0 / 3.0;
 /// The Helm type as built against the 0.1 contract.
 const HELM_0_1: &[u8] = include_bytes!("../../plugins/fixtures/v0.1/helm-metadata-cache.wasm");
+/// The Helm type as built against 0.2.0 (text one string per value; the
+/// shipped build exports 0.2.1's `packed`).
+const HELM_0_2_0: &[u8] = include_bytes!("../../plugins/fixtures/v0.2.0/helm-metadata-cache.wasm");
 /// Records of the Python type's measure (it decides at a fraction of Rust's rate).
 const PYTHON_RECORDS: usize = 50_000;
 const PYTHON_INSTANTIATIONS: usize = 200;
@@ -111,6 +116,15 @@ fn main() {
         "0.1 and 0.2 disagree on scope"
     );
     assert_eq!(plugin.0.path_bytes, plugin_0_1.0.path_bytes);
+    let unpacked = runtime
+        .load(HELM_0_2_0)
+        .expect("loading the Helm 0.2.0 component");
+    let plugin_0_2_0 = fastest(|| decide_with_plugin(&unpacked, &settings, &lookup, &batches));
+    assert_eq!(
+        (plugin.0.in_scope, plugin.0.path_bytes),
+        (plugin_0_2_0.0.in_scope, plugin_0_2_0.0.path_bytes),
+        "0.2.0 and 0.2.1 disagree"
+    );
     let native_row = fastest(|| decide_native_from_row(&world, &batches, Join::Slices));
     let native_format = fastest(|| decide_native_from_row(&world, &batches, Join::Format));
     let native_full = fastest(|| decide_native_from_scratch(&world));
@@ -144,6 +158,7 @@ fn main() {
         &[
             ("native Rust", native_rate),
             ("the same type built for 0.1", rate(&plugin_0_1.1)),
+            ("the same type built for 0.2.0", rate(&plugin_0_2_0.1)),
         ],
         true,
     );
@@ -157,7 +172,10 @@ fn main() {
     );
     let (pass, timing) = plugin;
     table.throughput(
-        "decisions/s, Helm plugin 0.2 (columns; in_scope + blob_paths)",
+        &format!(
+            "decisions/s, Helm plugin 0.2 (columns{}; in_scope + blob_paths)",
+            if loaded.packed() { ", text packed" } else { "" }
+        ),
         timing,
         RECORDS,
         Some(GOAL_DECISIONS_PER_SEC),
@@ -168,6 +186,12 @@ fn main() {
         format!("{share:.2}×"),
         format!("≥ {GOAL_NATIVE_SHARE:.2}×"),
         share >= GOAL_NATIVE_SHARE,
+    );
+    table.throughput(
+        "decisions/s, Helm plugin 0.2.0 build (columns, a string per text value)",
+        plugin_0_2_0.1,
+        RECORDS,
+        None,
     );
     table.throughput(
         "decisions/s, Helm plugin 0.1 (rows of variants)",

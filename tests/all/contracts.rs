@@ -1,15 +1,18 @@
-//! The two contract versions side by side: the Helm type as shipped before
-//! 0.2 (its 0.1 build, kept under `plugins/fixtures/v0.1/`) and as shipped
-//! now (0.2, column batches) give the same decisions on the same records,
-//! and both still load.
+//! The contract versions side by side: the Helm type as shipped before 0.2
+//! (its 0.1 build, kept under `plugins/fixtures/v0.1/`), before 0.2.1 (its
+//! 0.2.0 build, `plugins/fixtures/v0.2.0/`: a string per text value) and
+//! as shipped now (0.2.1: batches packed) give the same decisions on the
+//! same records, and all still load. A malformed packed answer is refused
+//! as a whole.
 
-use crate::support::{helm_component, runtime};
+use crate::support::{fixture_component, helm_component, runtime};
 use geohost::plugin::{Contract, Limits, LoadedType, Row, SelectiveSync, SyncSettings, Value};
 use geohost::topology::{NamespaceNode, ProjectLookup, ProjectNode, Topology};
 use std::sync::Arc;
 
 const HELM_0_1: &[u8] = include_bytes!("../../plugins/fixtures/v0.1/helm-metadata-cache.wasm");
 const NPM_0_1: &[u8] = include_bytes!("../../plugins/fixtures/v0.1/npm-metadata-cache.wasm");
+const HELM_0_2_0: &[u8] = include_bytes!("../../plugins/fixtures/v0.2.0/helm-metadata-cache.wasm");
 
 const RECORDS: usize = 100_000;
 const BATCH: usize = 1_000;
@@ -149,19 +152,31 @@ fn decide(loaded: &LoadedType, world: &World) -> Vec<String> {
 }
 
 #[test]
-fn helm_0_1_and_0_2_decide_the_same_on_100_000_records() {
+fn helm_0_1_0_2_0_and_packed_decide_the_same_on_100_000_records() {
     let runtime = runtime(Limits::default());
     let v1 = runtime.load(HELM_0_1).unwrap();
+    let v2_0 = runtime.load(HELM_0_2_0).unwrap();
     let v2 = runtime.load(helm_component()).unwrap();
     assert_eq!((v1.contract(), v1.wit_version()), (Contract::V0_1, "0.1.0"));
-    assert_eq!((v2.contract(), v2.wit_version()), (Contract::V0_2, "0.2.0"));
+    assert_eq!(
+        (v2_0.contract(), v2_0.wit_version(), v2_0.packed()),
+        (Contract::V0_2, "0.2.0", false)
+    );
+    assert_eq!(
+        (v2.contract(), v2.wit_version(), v2.packed()),
+        (Contract::V0_2, "0.2.1", true)
+    );
     assert_eq!(v1.identity(), v2.identity(), "same type, same table");
+    assert_eq!(v2_0.identity(), v2.identity(), "same type, same table");
 
     let world = world();
-    let (old, new) = (decide(&v1, &world), decide(&v2, &world));
-    assert_eq!(old.len(), new.len());
-    for (a, b) in old.iter().zip(&new) {
-        assert_eq!(a, b, "0.1 and 0.2 disagree");
+    let new = decide(&v2, &world);
+    for (old, version) in [(&v1, "0.1"), (&v2_0, "0.2.0")] {
+        let old = decide(old, &world);
+        assert_eq!(old.len(), new.len());
+        for (a, b) in old.iter().zip(&new) {
+            assert_eq!(a, b, "{version} and 0.2.1 (packed) disagree");
+        }
     }
     // The world exercises every answer: refusals, both scope outcomes, paths.
     let count = |what: &str| new.iter().filter(|l| l.contains(what)).count();
@@ -192,5 +207,41 @@ fn the_shipped_0_1_builds_still_load_and_answer() {
                 .as_str(),
             "aa/bb/f"
         );
+    }
+}
+
+/// Rows of the fixture's path column (`file`), the first naming the lie.
+fn files(first: &str) -> Vec<Row> {
+    [first, "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, file)| Row {
+            id: i as i64 + 1,
+            values: vec![Value::Text(file.to_string())],
+        })
+        .collect()
+}
+
+#[test]
+fn a_malformed_packed_answer_is_refused_whole() {
+    let runtime = runtime(Limits::default());
+    let liar = runtime.load(&fixture_component("packed-lies")).unwrap();
+    assert!(liar.packed());
+    let paths: Vec<String> = liar
+        .blob_paths(&files("a"))
+        .unwrap()
+        .into_iter()
+        .map(|p| p.unwrap().as_str().to_string())
+        .collect();
+    assert_eq!(paths, ["files/a", "files/b", "files/c"]);
+    for (lie, why) in [
+        ("split", "not ascending value boundaries"),
+        ("past", "not ascending value boundaries"),
+        ("descending", "not ascending value boundaries"),
+        ("trailing", "1 bytes after its last value"),
+        ("short", "answered 2 results for 3 rows"),
+    ] {
+        let error = liar.blob_paths(&files(lie)).unwrap_err().to_string();
+        assert!(error.contains(why), "{lie}: {error}");
     }
 }

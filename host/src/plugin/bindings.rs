@@ -5,10 +5,10 @@
 
 /// The bindings of one contract version, all generated alike.
 macro_rules! contract {
-    ($path:literal) => {
+    ($path:literal, $world:literal) => {
         wasmtime::component::bindgen!({
             path: $path,
-            world: "replicable-type",
+            world: $world,
             ownership: Borrowing { duplicate_if_necessary: true },
             // A lookup past its bounds traps (see `HostState::lookup_projects`).
             imports: { "geohost:replicable/site.projects": trappable },
@@ -18,13 +18,16 @@ macro_rules! contract {
 
 /// `geohost:replicable@0.2` (`wit/replicable.wit`): column batches. Parameters
 /// borrow from the host's rows, so a batch is lowered into the guest without
-/// copying its strings first.
+/// copying its strings first. Generated for the world with 0.2.1's `packed`
+/// export; the host loads each exported interface on its own
+/// ([`super::guest`]), so a component without `packed` (0.2.0, or the
+/// world `replicable-type`) loads too.
 pub mod v0_2 {
-    contract!("../wit/replicable.wit");
+    contract!("../wit/replicable.wit", "replicable-type-packed");
 }
 
 /// `geohost:replicable@0.1` (`wit/v0.1/replicable.wit`): rows of variants,
 /// the contract of the first shipped types, still loaded.
 pub mod v0_1 {
-    contract!("../wit/v0.1/replicable.wit");
+    contract!("../wit/v0.1/replicable.wit", "replicable-type");
 }

@@ -139,6 +139,45 @@ impl<'r> Columns<'r> {
         })
     }
 
+    /// Runs `f` with the batch packed (0.2.1's `packed` functions): each
+    /// text or binary column as its values' bytes end to end and their
+    /// ends. `None` (without calling `f`) when a column's bytes do not fit
+    /// the `u32` ends; the caller then passes the batch unpacked.
+    pub fn with_packed_batch<R>(&self, f: impl FnOnce(wit::PackedBatch<'_>) -> R) -> Option<R> {
+        let packed: Vec<(Vec<u8>, Vec<u32>)> = self
+            .data
+            .iter()
+            .map(|(data, _)| match data {
+                Data::Text(v) => pack(v.iter().map(|s| s.as_bytes())),
+                Data::Binary(v) => pack(v.iter().copied()),
+                Data::Int(_) | Data::Boolean(_) | Data::Timestamp(_) => Some(Default::default()),
+            })
+            .collect::<Option<_>>()?;
+        let columns: Vec<wit::PackedColumn<'_>> = self
+            .data
+            .iter()
+            .zip(&packed)
+            .map(|((data, nulls), packed)| {
+                let (bytes, ends) = packed;
+                let text = || wit::PackedTextParam { bytes, ends };
+                wit::PackedColumn {
+                    values: match data {
+                        Data::Int(v) => wit::PackedValues::Int(v),
+                        Data::Text(_) => wit::PackedValues::Text(text()),
+                        Data::Boolean(v) => wit::PackedValues::Boolean(v),
+                        Data::Timestamp(v) => wit::PackedValues::Timestamp(v),
+                        Data::Binary(_) => wit::PackedValues::Binary(text()),
+                    },
+                    nulls,
+                }
+            })
+            .collect();
+        Some(f(wit::PackedBatch {
+            ids: &self.ids,
+            columns: &columns,
+        }))
+    }
+
     /// One result per row: the type's `values` and `errors`, with the rows
     /// refused before the call taking the host's error. `Err`: the answer
     /// names a row the batch does not have.
@@ -165,6 +204,48 @@ impl<'r> Columns<'r> {
         }
         Ok(answers)
     }
+}
+
+/// `values` end to end, and where each ends; `None` past `u32::MAX` bytes.
+fn pack<'v>(values: impl Iterator<Item = &'v [u8]> + Clone) -> Option<(Vec<u8>, Vec<u32>)> {
+    let total: usize = values.clone().map(<[u8]>::len).sum();
+    u32::try_from(total).ok()?;
+    let mut bytes = Vec::with_capacity(total);
+    let mut ends = Vec::with_capacity(values.clone().count());
+    for value in values {
+        bytes.extend_from_slice(value);
+        ends.push(bytes.len() as u32);
+    }
+    Some((bytes, ends))
+}
+
+/// Text answered packed (0.2.1), one `String` per value. `Err`: the ends
+/// do not split the bytes into UTF-8 values (ascending, each at a
+/// character boundary, the last at the end).
+pub fn unpack_text(text: wit::PackedTextResult) -> Result<Vec<String>, String> {
+    let all =
+        std::str::from_utf8(&text.bytes).map_err(|e| format!("packed text is not UTF-8: {e}"))?;
+    let mut start = 0usize;
+    let mut out = Vec::with_capacity(text.ends.len());
+    for &end in &text.ends {
+        let value = all.get(start..end as usize).ok_or_else(|| {
+            format!(
+                "packed text's ends are not ascending value boundaries within {} bytes \
+                 (value {} ends at {end})",
+                all.len(),
+                out.len()
+            )
+        })?;
+        out.push(value.to_string());
+        start = end as usize;
+    }
+    if start != all.len() {
+        return Err(format!(
+            "packed text has {} bytes after its last value",
+            all.len() - start
+        ));
+    }
+    Ok(out)
 }
 
 /// `derive`'s columns as one row of values per record. `Err`: a column
@@ -345,6 +426,52 @@ mod tests {
             )
             .unwrap_err();
         assert!(error.contains("record 4 of a batch of 4"), "{error}");
+    }
+
+    #[test]
+    fn text_is_packed_and_answers_unpacked() {
+        let text = column("name", ColumnType::Text);
+        let rows: Vec<Row> = ["ab", "", "é"]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Row {
+                id: i as i64,
+                values: vec![Value::Text(v.to_string())],
+            })
+            .collect();
+        let columns = Columns::new(&[&text], &rows);
+        columns
+            .with_packed_batch(|batch| {
+                let wit::PackedValues::Text(packed) = &batch.columns[0].values else {
+                    panic!()
+                };
+                assert_eq!(
+                    (packed.bytes, packed.ends),
+                    ("abé".as_bytes(), &[2, 2, 4][..])
+                );
+            })
+            .unwrap();
+        let unpack = |bytes: &[u8], ends: &[u32]| {
+            unpack_text(wit::PackedTextResult {
+                bytes: bytes.to_vec(),
+                ends: ends.to_vec(),
+            })
+        };
+        assert_eq!(
+            unpack("abé".as_bytes(), &[2, 2, 4]).unwrap(),
+            ["ab", "", "é"]
+        );
+        assert_eq!(unpack(b"", &[]).unwrap(), Vec::<String>::new());
+        for (bytes, ends, why) in [
+            ("abé".as_bytes(), &[2, 3, 4][..], "boundaries"),
+            ("ab".as_bytes(), &[1, 3], "boundaries"),
+            ("ab".as_bytes(), &[2, 1], "boundaries"),
+            ("abc".as_bytes(), &[2], "1 bytes after"),
+            (&[0xff, b'a'][..], &[2], "not UTF-8"),
+        ] {
+            let error = unpack(bytes, ends).unwrap_err();
+            assert!(error.contains(why), "{error}");
+        }
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl PluginRuntime {
             &mut linker,
             |state| state,
         )?;
-        bindings::v0_2::ReplicableType::add_to_linker::<HostState, HasSelf<HostState>>(
+        bindings::v0_2::ReplicableTypePacked::add_to_linker::<HostState, HasSelf<HostState>>(
             &mut linker,
             |state| state,
         )?;
@@ -332,6 +332,12 @@ impl LoadedType {
     /// The contract version it was built against.
     pub fn contract(&self) -> Contract {
         self.contract
+    }
+
+    /// Whether `blob-paths` and `in-scope` take packed batches (it exports
+    /// 0.2.1's `packed`, as every type built with the Rust SDK does).
+    pub fn packed(&self) -> bool {
+        self.pre.packed()
     }
 
     /// Whether it imports the WASI subset.

@@ -1,7 +1,7 @@
 """Helpers for writing a Geohost replicable type in Python.
 
 A type written in Python is a module with a class ``Replicable`` implementing
-the ``geohost:replicable@0.2.0`` world (``wit/replicable.wit``), turned into a
+the ``geohost:replicable@0.2`` world ``replicable-type`` (``wit/replicable.wit``), turned into a
 WebAssembly component by componentize-py (``cargo xtask plugins`` does it).
 This module is the Python counterpart of the Rust SDK (``plugins/sdk``):
 

@@ -37,7 +37,7 @@ impl<'a, E> Col<'a, E> {
 
     /// The value of record `row`, `None` for `NULL`.
     pub fn opt(&self, row: usize) -> RowResult<Option<&'a E>> {
-        let values: &'a [E] = *self.values.as_ref().map_err(Clone::clone)?;
+        let values: &'a [E] = self.values.as_ref().map_err(Clone::clone)?;
         if self
             .nulls
             .as_ref()

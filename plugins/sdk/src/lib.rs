@@ -7,7 +7,9 @@
 //! - the WIT bindings ([`Guest`], [`Identity`], [`Batch`], [`Value`], …) and the
 //!   [`export!`] macro that registers the implementation;
 //! - [`batch`], typed access to a batch's columns and answers built record
-//!   by record (`geohost:replicable@0.2` passes records as columns);
+//!   by record (`geohost:replicable@0.2` passes records as columns; the
+//!   SDK also exports 0.2.1's `packed` functions for every type, answered
+//!   by the same code);
 //! - [`hashed_path`], GitLab's `Gitlab::HashedPath`;
 //! - [`scope`], GitLab's selective-sync rules (namespaces with descendants,
 //!   shards, object storage), over the host's project lookups;
@@ -40,7 +42,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "replicable-type",
+        world: "replicable-type-packed",
         pub_export_macro: true,
         default_bindings_module: "geohost_plugin_sdk::bindings",
         // So a type's unit tests can compare values and identities.
@@ -51,6 +53,7 @@ pub mod bindings {
 pub mod arena;
 pub mod batch;
 pub mod hashed_path;
+mod packed;
 pub mod schema;
 pub mod scope;
 
