@@ -159,6 +159,13 @@ async fn run() {
         let project = project(&primary).await;
         let (written, write_time) = write_set(&primary, project, set).await;
         let verified_on_primary = primary_verified(&primary, set.count).await;
+        // The primary's write journals were created and deleted one per
+        // write: nothing measured may pay for those deletions.
+        let small = set.label == "small";
+        if small {
+            settle_deletions().await;
+        }
+        let mut leftovers = Leftovers::default();
         notes.push(format!(
             "{}: written through ingest in {}, verified on the primary {} later",
             set.describe(),
@@ -172,19 +179,20 @@ async fn run() {
             } else {
                 &[Some(FILES_CAPACITY as u32)]
             };
-            rclone_runs(&primary.dir, &written, transfers)
+            rclone_runs(&primary.dir, &written, transfers, small)
         } else {
             Vec::new()
         };
-        let cp = have("cp").then(|| cp_run(&primary));
+        let cp = have("cp").then(|| cp_run(&primary, small));
 
         // Before and after over the same files, one fresh secondary each.
         let mut ours = Vec::new();
         for variant in Variant::all() {
-            ours.push((
-                variant,
-                geohost_sync(&primary, &written, set, variant).await,
-            ));
+            let (run, dir) = geohost_sync(&primary, &written, set, variant).await;
+            if small {
+                leftovers.keep(dir);
+            }
+            ours.push((variant, run));
         }
         let cpu = if set.label == "small" && runs("cpu") {
             Some(cpu_per_blob(primary, set.count).await)
@@ -193,9 +201,9 @@ async fn run() {
             None
         };
 
+        leftovers.clear().await;
         let bytes = set.bytes();
         table.section(&format!("{} ({})", set.describe(), mb(bytes)));
-        let small = set.label == "small";
         let best = rclone.iter().min_by_key(|r| r.wall).map(|r| r.wall);
         let files = |d: Duration| per_sec(set.count as f64, d);
         let mbs = |d: Duration| per_sec(bytes as f64, d) / 1e6;
@@ -442,6 +450,8 @@ async fn cpu_per_blob(primary: BenchSite, count: usize) -> CpuRun {
     let primary = Process::start(&config_path, &primary_dir.path().join("primary.log"));
     wait_listening(url.trim_start_matches("http://")).await;
     let mut rows = Vec::new();
+    // Each secondary's copy stays until both ran ([`Leftovers`]).
+    let mut copies = Leftovers::default();
     for (variant, dir, port) in secondaries {
         let before = primary.cpu();
         let started = Instant::now();
@@ -476,8 +486,10 @@ async fn cpu_per_blob(primary: BenchSite, count: usize) -> CpuRun {
         rows.push((variant, primary.cpu() - before, secondary.cpu(), wall));
         tracking.close().await;
         drop(secondary);
+        copies.keep(dir);
     }
     drop(primary);
+    drop(copies);
     CpuRun { count, rows }
 }
 
@@ -531,12 +543,18 @@ async fn catchup_run(rclone_present: bool) -> Catchup {
     let project = project(&primary).await;
     let written = write_bulk(&primary, project, set).await;
     primary_verified(&primary, count).await;
+    settle_deletions().await;
     let rclone = if rclone_present {
-        rclone_runs(&primary.dir, &written, &[None, Some(FILES_CAPACITY as u32)])
+        rclone_runs(
+            &primary.dir,
+            &written,
+            &[None, Some(FILES_CAPACITY as u32)],
+            true,
+        )
     } else {
         Vec::new()
     };
-    let ours = geohost_sync(
+    let (ours, _copy) = geohost_sync(
         &primary,
         &written,
         set,
@@ -547,6 +565,9 @@ async fn catchup_run(rclone_present: bool) -> Catchup {
     )
     .await;
     primary.stop().await;
+    drop(_copy);
+    // What follows (ingest, lag) creates files: not after 300,000 deletions.
+    settle_deletions().await;
     Catchup {
         count,
         ours,
@@ -625,7 +646,7 @@ async fn geohost_sync(
     written: &[Written],
     set: BlobSet,
     variant: Variant,
-) -> SyncRun {
+) -> (SyncRun, tempfile::TempDir) {
     let options = variant.options().await;
     let reset = reset_peak_rss();
     let started = Instant::now();
@@ -657,13 +678,14 @@ async fn geohost_sync(
         let size = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
         assert_eq!(size, set.size as u64, "{} copied", copy.display());
     }
-    secondary.stop().await;
-    SyncRun {
+    let dir = secondary.stop_keeping_data().await;
+    let run = SyncRun {
         open,
         synced,
         verified,
         peak_rss,
-    }
+    };
+    (run, dir)
 }
 
 fn rclone_version() -> String {
@@ -701,8 +723,14 @@ impl Drop for Server {
 }
 
 /// Serves hard links of the written blobs over HTTP with rclone and copies
-/// them with rclone, once per `--transfers` setting.
-fn rclone_runs(dir: &Path, written: &[Written], transfers: &[Option<u32>]) -> Vec<RcloneRun> {
+/// them with rclone, once per `--transfers` setting. With `keep`, each copy
+/// stays (under `dir`) until the set is done ([`Leftovers`]).
+fn rclone_runs(
+    dir: &Path,
+    written: &[Written],
+    transfers: &[Option<u32>],
+    keep: bool,
+) -> Vec<RcloneRun> {
     let source = dir.join("rclone-source");
     std::fs::create_dir_all(&source).expect("rclone source folder");
     // Named by position: bulk-written blobs have no record id yet.
@@ -748,7 +776,9 @@ fn rclone_runs(dir: &Path, written: &[Written], transfers: &[Option<u32>]) -> Ve
             assert!(status.success(), "rclone copy failed");
             let copied = std::fs::read_dir(&target).map_or(0, |d| d.count());
             assert_eq!(copied, written.len(), "rclone copied every file");
-            remove(&target);
+            if !keep {
+                remove(&target);
+            }
             RcloneRun {
                 transfers: *t,
                 wall,
@@ -759,7 +789,8 @@ fn rclone_runs(dir: &Path, written: &[Written], transfers: &[Option<u32>]) -> Ve
 
 /// `cp -r` of the primary's blob tree (the same files, GitLab's hashed
 /// layout) to a new folder on the same disk: the floor of a local copy.
-fn cp_run(primary: &BenchSite) -> Duration {
+/// With `keep`, the copy stays until the primary goes ([`Leftovers`]).
+fn cp_run(primary: &BenchSite, keep: bool) -> Duration {
     let target = primary.dir.join("cp-copy");
     let watch = Stopwatch::start();
     let status = Command::new("cp")
@@ -770,7 +801,9 @@ fn cp_run(primary: &BenchSite) -> Duration {
         .expect("cp runs");
     let wall = watch.stop().wall;
     assert!(status.success(), "cp failed");
-    remove(&target);
+    if !keep {
+        remove(&target);
+    }
     wall
 }
 

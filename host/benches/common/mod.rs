@@ -303,6 +303,50 @@ pub async fn secondary_with(
     start(config, tmp, port, true).await
 }
 
+/// Folders of finished runs over many small files, removed together once a
+/// set's measurements are done, never between them.
+///
+/// ext4 without a journal (this machine's and CI's disks) skips, when it
+/// allocates an inode, every free inode whose file was deleted in the last
+/// `vm.dirty_expire_centisecs` (30 s) plus 5 s, reading each one's inode
+/// table block to know (`recently_deleted` in `fs/ext4/ialloc.c`). A run
+/// that creates 10,000 files right after 10,000 deletions pays that scan for
+/// every file: perf showed a third of a secondary's CPU there
+/// (`find_get_block_common`, `recently_deleted`). Removing a run's copy
+/// before the next run started charged each measurement, ours and the
+/// peers', for its predecessor's cleanup.
+#[derive(Default)]
+pub struct Leftovers(Vec<TempDir>);
+
+impl Leftovers {
+    /// Keeps `dir` until [`Leftovers::clear`] (or the end).
+    pub fn keep(&mut self, dir: TempDir) {
+        self.0.push(dir);
+    }
+
+    /// Removes every kept folder, then waits out the kernel's window (see
+    /// [`settle_deletions`]).
+    pub async fn clear(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        self.0.clear();
+        settle_deletions().await;
+    }
+}
+
+/// Waits until files deleted before now no longer slow down the creation of
+/// new ones on ext4 without a journal ([`Leftovers`]): the dirty expiry
+/// interval plus 5 s. Call it after many deletions (a primary's write
+/// journals, a removed copy) and before a measured run that creates files.
+pub async fn settle_deletions() {
+    let centisecs: u64 = std::fs::read_to_string("/proc/sys/vm/dirty_expire_centisecs")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(3000);
+    tokio::time::sleep(Duration::from_secs(centisecs / 100 + 5)).await;
+}
+
 /// A new folder for a site (under `GEOHOST_BENCH_DIR` when set).
 pub fn site_folder() -> TempDir {
     temp_dir()
