@@ -207,11 +207,13 @@ impl<'r> Columns<'r> {
 }
 
 /// `values` end to end, and where each ends; `None` past `u32::MAX` bytes.
-fn pack<'v>(values: impl Iterator<Item = &'v [u8]> + Clone) -> Option<(Vec<u8>, Vec<u32>)> {
+fn pack<'v>(
+    values: impl ExactSizeIterator<Item = &'v [u8]> + Clone,
+) -> Option<(Vec<u8>, Vec<u32>)> {
     let total: usize = values.clone().map(<[u8]>::len).sum();
     u32::try_from(total).ok()?;
     let mut bytes = Vec::with_capacity(total);
-    let mut ends = Vec::with_capacity(values.clone().count());
+    let mut ends = Vec::with_capacity(values.len());
     for value in values {
         bytes.extend_from_slice(value);
         ends.push(bytes.len() as u32);
