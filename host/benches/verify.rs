@@ -4,8 +4,9 @@
 //! processes over the same files in the same run.
 //!
 //! `cargo bench -p geohost --bench verify`. The primary runs with its
-//! workers off; the bench drives `verify::verify_batch` itself with the
-//! site's settings (`workers.verification_batch` rows a batch, the site's
+//! workers off; the bench drives `verify::verify_round` (what the worker
+//! runs) itself with the site's settings (`workers.verification_batch`
+//! rows a batch, two batches in flight, the site's
 //! `verification_max_capacity` blobs at once) until nothing is left, and
 //! times that. Each measurement is the fastest of [`PASSES`] passes (the
 //! states go back to pending between passes); the data is in the page cache
@@ -208,7 +209,7 @@ async fn run() {
     println!("machine: {}", machine());
     println!(
         "SQLite and local disk; workers.verification_batch = 100 rows a batch, \
-         verification_max_capacity = 100 blobs at once; fastest of {PASSES} passes, \
+         two batches in flight, verification_max_capacity = 100 blobs at once; fastest of {PASSES} passes, \
          data in the page cache; peers run over the same files, 500 files a process\n"
     );
     table.print();
@@ -251,9 +252,9 @@ async fn geohost_passes(primary: &BenchSite, set: BlobSet) -> Best {
         let watch = Stopwatch::start();
         let mut handled = 0;
         loop {
-            let n = verify::verify_batch(site, &it, batch, capacity)
+            let n = verify::verify_round(site, &it, batch, capacity, usize::MAX)
                 .await
-                .expect("verification batch");
+                .expect("verification round");
             if n == 0 {
                 break;
             }

@@ -31,7 +31,9 @@
 //!
 //! GitLab claims 10 rows per job; Geohost claims `workers.verification_batch`
 //! (100 by default) and writes a batch's results in one transaction, which
-//! is what lets small blobs verify at tens of thousands a second.
+//! is what lets small blobs verify at tens of thousands a second. Two
+//! batches of a type run at once ([`verify_round`]), so one batch's
+//! database writes overlap the next one's reading and hashing.
 
 use super::events;
 use super::records;
@@ -125,6 +127,53 @@ async fn claim(
         })
     })
     .await
+}
+
+/// Batches of one type in flight at once: while one batch reads and
+/// hashes its blobs, another's claim or results go through the database
+/// writer (one at a time on SQLite), so neither waits for the other.
+pub const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Verifies batches of `it` ([`verify_batch`]), [`BATCHES_IN_FLIGHT`] at a
+/// time, until a batch finds fewer rows than `limit` or `max_batches` have
+/// started. Returns how many rows it handled; the first failed batch's
+/// error once every batch in flight has finished (none is cut short, so
+/// no claim is left behind).
+pub async fn verify_round(
+    site: &Site,
+    it: &Arc<InstalledType>,
+    limit: i64,
+    concurrency: usize,
+    max_batches: usize,
+) -> anyhow::Result<usize> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let mut in_flight = FuturesUnordered::new();
+    let mut started = 0;
+    while started < max_batches.min(BATCHES_IN_FLIGHT) {
+        in_flight.push(verify_batch(site, it, limit, concurrency));
+        started += 1;
+    }
+    let (mut handled, mut first_error, mut drained) = (0, None, false);
+    while let Some(result) = in_flight.next().await {
+        match result {
+            Ok(n) => {
+                handled += n;
+                drained |= (n as i64) < limit;
+            }
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+        let more = !drained && first_error.is_none() && !site.shutdown.is_cancelled();
+        if more && started < max_batches {
+            in_flight.push(verify_batch(site, it, limit, concurrency));
+            started += 1;
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(handled),
+    }
 }
 
 /// Verifies one batch of one type. Returns how many rows it handled.
@@ -380,6 +429,10 @@ pub async fn state_counts(
         .collect()
 }
 
+/// Batches a type gets per round of the worker before the next type's
+/// turn (and the housekeeping check).
+const BATCHES_PER_ROUND: usize = 10;
+
 /// The primary's verification worker: runs until the site shuts down.
 pub async fn run(site: Arc<Site>) {
     let idle = Duration::from_millis(site.config.workers.idle_poll_ms);
@@ -424,7 +477,7 @@ pub async fn run(site: Arc<Site>) {
         let mut worked = 0;
         let mut failed = false;
         for it in &types {
-            match verify_batch(&site, it, batch, per_type).await {
+            match verify_round(&site, it, batch, per_type, BATCHES_PER_ROUND).await {
                 Ok(n) => worked += n,
                 Err(error) => {
                     failed = true;
