@@ -10,9 +10,13 @@
 
 use super::bindings::v0_2::geohost::replicable::{site, types as wit};
 use super::value::{SettingsView, lower_settings};
+use super::{BlobPath, PathError};
 use super::{Column, ColumnType, Value};
 use crate::plugin::Row;
 use crate::topology::ProjectLookup;
+use std::sync::Arc;
+use wasmtime::Store;
+use wasmtime::component::{ComponentType, Lift, WasmList};
 
 /// One column's values, borrowed from the rows.
 enum Data<'r> {
@@ -32,84 +36,67 @@ pub struct Columns<'r> {
     refused: Vec<(usize, String)>,
 }
 
-impl<'r> Data<'r> {
-    /// An empty column of `column_type`, with room for `rows` values.
-    fn with_capacity(column_type: ColumnType, rows: usize) -> Data<'r> {
-        match column_type {
-            ColumnType::Bigint | ColumnType::Integer | ColumnType::Smallint => {
-                Data::Int(Vec::with_capacity(rows))
-            }
-            ColumnType::Text => Data::Text(Vec::with_capacity(rows)),
-            ColumnType::Boolean => Data::Boolean(Vec::with_capacity(rows)),
-            ColumnType::Timestamp => Data::Timestamp(Vec::with_capacity(rows)),
-            ColumnType::Binary => Data::Binary(Vec::with_capacity(rows)),
-        }
-    }
-
-    /// Appends `value`; `false` (nothing appended) when it is `NULL` or of
-    /// another type.
-    fn push(&mut self, value: &'r Value) -> bool {
-        match (self, value) {
-            (Data::Int(v), Value::Int(x)) => v.push(*x),
-            (Data::Text(v), Value::Text(x)) => v.push(x.as_str()),
-            (Data::Boolean(v), Value::Boolean(x)) => v.push(*x),
-            (Data::Timestamp(v), Value::Timestamp(x)) => v.push(*x),
-            (Data::Binary(v), Value::Binary(x)) => v.push(x.as_slice()),
-            _ => return false,
-        }
-        true
-    }
-
-    /// Appends the placeholder of a `NULL` or refused value.
-    fn push_placeholder(&mut self) {
-        match self {
-            Data::Int(v) | Data::Timestamp(v) => v.push(0),
-            Data::Text(v) => v.push(""),
-            Data::Boolean(v) => v.push(false),
-            Data::Binary(v) => v.push(&[]),
-        }
-    }
-}
-
 impl<'r> Columns<'r> {
     /// The columns `columns` (in that order) of `rows`, whose values come
-    /// in the same order. One pass over the rows, each read once.
+    /// in the same order. Column by column, each in one typed pass over
+    /// the rows.
     pub fn new(columns: &[&Column], rows: &'r [Row]) -> Columns<'r> {
         let mut refused: Vec<(usize, String)> = Vec::new();
-        let mut data: Vec<(Data<'r>, Vec<u32>)> = columns
+        let data = columns
             .iter()
-            .map(|column| {
-                (
-                    Data::with_capacity(column.column_type, rows.len()),
-                    Vec::new(),
-                )
+            .enumerate()
+            .map(|(c, column)| {
+                let mut nulls = Vec::new();
+                // A value not of the column's type: `NULL`, or the row is
+                // refused.
+                let mut odd = |row: usize, value: &Value| match value {
+                    Value::Null => nulls.push(row as u32),
+                    other => refused.push((
+                        row,
+                        format!(
+                            "column `{}` is {:?}, got {}",
+                            column.name,
+                            column.column_type,
+                            other.kind()
+                        ),
+                    )),
+                };
+                let values = match column.column_type {
+                    ColumnType::Bigint | ColumnType::Integer | ColumnType::Smallint => {
+                        Data::Int(typed(rows, c, 0, &mut odd, |v| match v {
+                            Value::Int(x) => Some(*x),
+                            _ => None,
+                        }))
+                    }
+                    ColumnType::Text => Data::Text(typed(rows, c, "", &mut odd, |v| match v {
+                        Value::Text(x) => Some(x.as_str()),
+                        _ => None,
+                    })),
+                    ColumnType::Boolean => {
+                        Data::Boolean(typed(rows, c, false, &mut odd, |v| match v {
+                            Value::Boolean(x) => Some(*x),
+                            _ => None,
+                        }))
+                    }
+                    ColumnType::Timestamp => {
+                        Data::Timestamp(typed(rows, c, 0, &mut odd, |v| match v {
+                            Value::Timestamp(x) => Some(*x),
+                            _ => None,
+                        }))
+                    }
+                    ColumnType::Binary => {
+                        Data::Binary(typed(rows, c, &[][..], &mut odd, |v| match v {
+                            Value::Binary(x) => Some(x.as_slice()),
+                            _ => None,
+                        }))
+                    }
+                };
+                (values, nulls)
             })
             .collect();
-        for (i, row) in rows.iter().enumerate() {
-            for (c, ((values, nulls), column)) in data.iter_mut().zip(columns).enumerate() {
-                let value = row.values.get(c).unwrap_or(&Value::Null);
-                if values.push(value) {
-                    continue;
-                }
-                values.push_placeholder();
-                match value {
-                    Value::Null => nulls.push(i as u32),
-                    other => {
-                        if refused.last().is_none_or(|(row, _)| *row != i) {
-                            refused.push((
-                                i,
-                                format!(
-                                    "column `{}` is {:?}, got {}",
-                                    column.name,
-                                    column.column_type,
-                                    other.kind()
-                                ),
-                            ));
-                        }
-                    }
-                }
-            }
-        }
+        // One refusal per row, its first column's (the sort is stable).
+        refused.sort_by_key(|(row, _)| *row);
+        refused.dedup_by_key(|(row, _)| *row);
         Columns {
             ids: rows.iter().map(|r| r.id).collect(),
             data,
@@ -206,6 +193,27 @@ impl<'r> Columns<'r> {
     }
 }
 
+/// Column `c` of `rows` as `T`s: `placeholder` (and a call of `odd`) for
+/// a value `as_t` does not take, or a row without the column.
+fn typed<'r, T: Copy>(
+    rows: &'r [Row],
+    c: usize,
+    placeholder: T,
+    odd: &mut impl FnMut(usize, &'r Value),
+    as_t: impl Fn(&'r Value) -> Option<T>,
+) -> Vec<T> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let value = row.values.get(c).unwrap_or(&Value::Null);
+            as_t(value).unwrap_or_else(|| {
+                odd(i, value);
+                placeholder
+            })
+        })
+        .collect()
+}
+
 /// `values` end to end, and where each ends; `None` past `u32::MAX` bytes.
 fn pack<'v>(
     values: impl ExactSizeIterator<Item = &'v [u8]> + Clone,
@@ -221,33 +229,65 @@ fn pack<'v>(
     Some((bytes, ends))
 }
 
-/// Text answered packed (0.2.1), one `String` per value. `Err`: the ends
-/// do not split the bytes into UTF-8 values (ascending, each at a
-/// character boundary, the last at the end).
-pub fn unpack_text(text: wit::PackedTextResult) -> Result<Vec<String>, String> {
-    let all =
-        std::str::from_utf8(&text.bytes).map_err(|e| format!("packed text is not UTF-8: {e}"))?;
-    let mut start = 0usize;
-    let mut out = Vec::with_capacity(text.ends.len());
-    for &end in &text.ends {
-        let value = all.get(start..end as usize).ok_or_else(|| {
-            format!(
+/// 0.2.1's `packed-paths` as a type answers them, the text left in the
+/// guest's memory until [`PackedTextInGuest::paths`] copies it once into
+/// the host (lifting still charges the call's hostcall fuel for every
+/// byte).
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub struct PackedPathsInGuest {
+    pub paths: PackedTextInGuest,
+    pub errors: Vec<wit::RowError>,
+}
+
+/// 0.2.1's `packed-text`, in the guest's memory.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub struct PackedTextInGuest {
+    pub bytes: WasmList<u8>,
+    pub ends: WasmList<u32>,
+}
+
+impl PackedTextInGuest {
+    /// The answered paths, read from `store`'s memory, each checked
+    /// ([`BlobPath::parse_shared`]) and all sharing one copy of the text.
+    /// `Err`: as [`split_text`].
+    pub fn paths<T: 'static>(
+        &self,
+        store: &Store<T>,
+    ) -> Result<Vec<Result<BlobPath, PathError>>, String> {
+        let (text, ranges) =
+            split_text(self.bytes.as_le_slice(store), self.ends.as_le_slice(store))?;
+        Ok(BlobPath::parse_shared(Arc::from(text), &ranges))
+    }
+}
+
+/// Text answered packed (0.2.1): the text, and each value's range in it.
+/// `Err`: the ends do not split the bytes into UTF-8 values (ascending,
+/// each at a character boundary, the last at the end).
+pub fn split_text<'b>(bytes: &'b [u8], ends: &[u32]) -> Result<(&'b str, Vec<(u32, u32)>), String> {
+    let all = std::str::from_utf8(bytes).map_err(|e| format!("packed text is not UTF-8: {e}"))?;
+    let mut start = 0u32;
+    let mut ranges = Vec::with_capacity(ends.len());
+    for &end in ends {
+        if !(start <= end && all.is_char_boundary(end as usize)) {
+            return Err(format!(
                 "packed text's ends are not ascending value boundaries within {} bytes \
                  (value {} ends at {end})",
                 all.len(),
-                out.len()
-            )
-        })?;
-        out.push(value.to_string());
-        start = end as usize;
+                ranges.len()
+            ));
+        }
+        ranges.push((start, end));
+        start = end;
     }
-    if start != all.len() {
+    if start as usize != all.len() {
         return Err(format!(
             "packed text has {} bytes after its last value",
-            all.len() - start
+            all.len() - start as usize
         ));
     }
-    Ok(out)
+    Ok((all, ranges))
 }
 
 /// `derive`'s columns as one row of values per record. `Err`: a column
@@ -453,17 +493,20 @@ mod tests {
                 );
             })
             .unwrap();
-        let unpack = |bytes: &[u8], ends: &[u32]| {
-            unpack_text(wit::PackedTextResult {
-                bytes: bytes.to_vec(),
-                ends: ends.to_vec(),
+        let unpack = |bytes, ends| {
+            split_text(bytes, ends).map(|(text, ranges)| {
+                let values: Vec<&str> = ranges
+                    .iter()
+                    .map(|&(start, end)| &text[start as usize..end as usize])
+                    .collect();
+                values
             })
         };
         assert_eq!(
             unpack("abé".as_bytes(), &[2, 2, 4]).unwrap(),
             ["ab", "", "é"]
         );
-        assert_eq!(unpack(b"", &[]).unwrap(), Vec::<String>::new());
+        assert_eq!(unpack(b"", &[]).unwrap(), Vec::<&str>::new());
         for (bytes, ends, why) in [
             ("abé".as_bytes(), &[2, 3, 4][..], "boundaries"),
             ("ab".as_bytes(), &[1, 3], "boundaries"),

@@ -8,7 +8,8 @@ use super::value::SettingsView;
 use super::world::Contract;
 use super::world::WIT_PACKAGE;
 use super::{
-    Column, ColumnSource, ColumnType, HostState, ModelTable, Row, SyncSettings, TypeIdentity, Value,
+    BlobPath, Column, ColumnSource, ColumnType, HostState, ModelTable, PathError, Row,
+    SyncSettings, TypeIdentity, Value,
 };
 use super::{adapt_v0_1, columns};
 use std::sync::Arc;
@@ -244,20 +245,28 @@ impl Guest<'_> {
         }
     }
 
-    /// `blob-paths` of rows carrying `columns`.
+    /// `blob-paths` of rows carrying `columns`, each path checked.
     pub fn blob_paths(
         &self,
         store: &mut Store<HostState>,
         columns: &[&Column],
         rows: &[Row],
-    ) -> wasmtime::Result<Answers<String>> {
+    ) -> wasmtime::Result<Answers<Result<BlobPath, PathError>>> {
+        let parse = |answers: Answers<String>| {
+            answers.map(|answers| {
+                answers
+                    .into_iter()
+                    .map(|answer| answer.map(BlobPath::parse_owned))
+                    .collect()
+            })
+        };
         match self {
             Guest::V0_1(g) => {
                 let rows = adapt_v0_1::Rows::new(rows);
-                Ok(Ok(rows.with_rows(|rows| {
+                Ok(parse(Ok(rows.with_rows(|rows| {
                     g.geohost_replicable_replicable()
                         .call_blob_paths(&mut *store, rows)
-                })?))
+                })?)))
             }
             Guest::V0_2 { instance, exports } => {
                 let batch = columns::Columns::new(columns, rows);
@@ -265,15 +274,15 @@ impl Guest<'_> {
                     && let Some(answer) =
                         batch.with_packed_batch(|b| call(store, instance, &packed.blob_paths, (b,)))
                 {
-                    let answer: wit::PackedPaths = answer?;
-                    return Ok(match columns::unpack_text(answer.paths) {
+                    let answer: columns::PackedPathsInGuest = answer?;
+                    return Ok(match answer.paths.paths(store) {
                         Ok(paths) => batch.answers(paths, answer.errors),
                         Err(error) => Err(format!("paths: {error}")),
                     });
                 }
                 let paths: wit::Paths =
                     batch.with_batch(|b| call(store, instance, &exports.blob_paths, (b,)))?;
-                Ok(batch.answers(paths.paths, paths.errors))
+                Ok(parse(batch.answers(paths.paths, paths.errors)))
             }
         }
     }

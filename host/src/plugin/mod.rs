@@ -408,9 +408,7 @@ impl LoadedType {
         let answers = self.check_answers(rows.len(), answers)?;
         Ok(answers
             .into_iter()
-            .map(|answer| {
-                BlobPath::parse_owned(answer?).map_err(|e| format!("invalid blob path: {e}"))
-            })
+            .map(|answer| answer?.map_err(|e| format!("invalid blob path: {e}")))
             .collect())
     }
 

@@ -4,6 +4,8 @@
 //! writes: a path is accepted only if it stays inside the type's storage root.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 /// Longest accepted blob path, in bytes.
 pub const MAX_PATH_BYTES: usize = 1024;
@@ -11,8 +13,24 @@ pub const MAX_PATH_BYTES: usize = 1024;
 /// A blob path relative to a type's storage root, checked by [`BlobPath::parse`]:
 /// relative, `/`-separated, no empty, `.` or `..` segment, no NUL, backslash or
 /// other control character, at most [`MAX_PATH_BYTES`] bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlobPath(String);
+///
+/// The paths a type answers packed share one copy of their text
+/// ([`BlobPath::parse_shared`]): making or cloning one of them counts a
+/// reference instead of allocating, and the text lives as long as any of
+/// them (a batch's, at most a few MiB).
+#[derive(Clone)]
+pub struct BlobPath(Text);
+
+#[derive(Clone)]
+enum Text {
+    Own(String),
+    /// `text[start..end]`.
+    Shared {
+        text: Arc<str>,
+        start: u32,
+        end: u32,
+    },
+}
 
 /// Why a path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,18 +52,80 @@ pub enum PathError {
 impl BlobPath {
     pub fn parse(path: &str) -> Result<BlobPath, PathError> {
         check(path)?;
-        Ok(BlobPath(path.to_string()))
+        Ok(BlobPath(Text::Own(path.to_string())))
     }
 
-    /// [`BlobPath::parse`] without copying: the host checks every path a
-    /// type returns, so this is on the hot path of `blob_paths`.
+    /// [`BlobPath::parse`] without copying.
     pub fn parse_owned(path: String) -> Result<BlobPath, PathError> {
         check(&path)?;
-        Ok(BlobPath(path))
+        Ok(BlobPath(Text::Own(path)))
+    }
+
+    /// The paths `text[start..end]` for each range (which must lie on
+    /// `text`'s character boundaries), each checked as by
+    /// [`BlobPath::parse`], all sharing `text`. On the hot path of
+    /// `blob_paths`: the rules' quick test runs once over the whole text,
+    /// and each path is walked alone only if that finds anything to look
+    /// at closer.
+    pub fn parse_shared(text: Arc<str>, ranges: &[(u32, u32)]) -> Vec<Result<BlobPath, PathError>> {
+        let plain = !flagged(text.as_bytes());
+        ranges
+            .iter()
+            .map(|&(start, end)| {
+                let path = &text[start as usize..end as usize];
+                if plain {
+                    if !plainly_valid_unflagged(path) {
+                        explain(path)?;
+                    }
+                } else {
+                    check(path)?;
+                }
+                Ok(BlobPath(Text::Shared {
+                    text: text.clone(),
+                    start,
+                    end,
+                }))
+            })
+            .collect()
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            Text::Own(path) => path,
+            Text::Shared { text, start, end } => &text[*start as usize..*end as usize],
+        }
+    }
+}
+
+impl PartialEq for BlobPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for BlobPath {}
+
+impl Hash for BlobPath {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl PartialOrd for BlobPath {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for BlobPath {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl fmt::Debug for BlobPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("BlobPath").field(&self.as_str()).finish()
     }
 }
 
@@ -60,26 +140,41 @@ fn check(path: &str) -> Result<(), PathError> {
     }
 }
 
-/// Whether `path` is certainly valid. Branch-free over the bytes, so it
-/// vectorizes; `false` only means "look closer" (for example any 0xC2 byte,
-/// which may start a C1 control character, or a segment starting with `.`).
-/// Every empty, `.` or `..` segment starts the path or follows a `/`, so
-/// a path that does not start with `/` or `.` or end with `/`, and holds no
-/// `//` or `/.`, has none.
+/// Whether `path` is certainly valid; `false` only means "look closer"
+/// (for example any byte past ASCII, or a segment starting with `.`).
 fn plainly_valid(path: &str) -> bool {
-    let bytes = path.as_bytes();
+    !flagged(path.as_bytes()) && plainly_valid_unflagged(path)
+}
+
+/// [`plainly_valid`] of a path whose bytes [`flagged`] found nothing in
+/// (alone, or within a longer text). Every empty, `.` or `..` segment
+/// starts the path or follows a `/`, so a path that does not start with
+/// `/` or `.` or end with `/`, and holds no `//` or `/.`, has none.
+fn plainly_valid_unflagged(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= MAX_PATH_BYTES
+        && !path.starts_with(['/', '.'])
+        && !path.ends_with('/')
+}
+
+/// Whether `bytes` hold anything to look at closer: a byte outside
+/// printable ASCII (a control character, DEL, or any byte of a non-ASCII
+/// character), a backslash, or a `/` followed by `/` or `.`. Branch-free
+/// over each byte and the next (zipped slices vectorize; `windows` does
+/// not). Within the paths of a longer text it finds everything it finds in
+/// each path alone (each path's pairs are the text's).
+fn flagged(bytes: &[u8]) -> bool {
     let Some(&last) = bytes.last() else {
         return false;
     };
-    let suspicious = |b: u8| (b < 0x20) | (b == 0x7f) | (b == b'\\') | (b == 0xc2);
-    // Each byte beside the next (zipped slices vectorize; `windows` does not).
-    let flagged = bytes
+    let odd = |b: u8| (b.wrapping_sub(0x20) > 0x5e) | (b == b'\\');
+    bytes
         .iter()
         .zip(&bytes[1..])
-        .fold(suspicious(last), |acc, (&a, &b)| {
-            acc | suspicious(a) | ((a == b'/') & ((b == b'/') | (b == b'.')))
-        });
-    !flagged && path.len() <= MAX_PATH_BYTES && !path.starts_with(['/', '.']) && last != b'/'
+        // `.` and `/` differ only in their lowest bit.
+        .fold(odd(last), |acc, (&a, &b)| {
+            acc | odd(a) | ((a == b'/') & ((b | 1) == b'/'))
+        })
 }
 
 /// The first rule `path` breaks, if any.
@@ -109,7 +204,7 @@ fn explain(path: &str) -> Result<(), PathError> {
 
 impl fmt::Display for BlobPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -159,6 +254,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Paths checked within a shared text get the answers they get alone,
+    /// whatever their neighbours (a bad one makes the whole text "look
+    /// closer", and a pair across two paths is never taken for one path's).
+    #[test]
+    fn shared_paths_are_checked_as_alone() {
+        let parts = [
+            "a/b", "a/", "/b", ".x", "b/.", "é/ü", "a//b", "x", "", "a\\b", "\u{85}",
+        ];
+        for first in parts {
+            for second in parts {
+                for third in ["ok/path", "z"] {
+                    let paths = [first, second, third];
+                    let text: String = paths.concat();
+                    let mut ranges = Vec::new();
+                    let mut start = 0u32;
+                    for path in paths {
+                        let end = start + path.len() as u32;
+                        ranges.push((start, end));
+                        start = end;
+                    }
+                    let shared = BlobPath::parse_shared(Arc::from(text.as_str()), &ranges);
+                    for (path, got) in paths.iter().zip(shared) {
+                        assert_eq!(got, BlobPath::parse(path), "{path:?} in {paths:?}");
+                    }
+                }
+            }
+        }
+        let a = BlobPath::parse_shared(Arc::from("x/ya/b"), &[(0, 3), (3, 6)]);
+        let b = BlobPath::parse("a/b").unwrap();
+        assert_eq!(a[1].as_ref().unwrap(), &b);
+        assert_eq!(format!("{:?}", a[1].as_ref().unwrap()), format!("{b:?}"));
+        assert_eq!(a[0].as_ref().unwrap().to_string(), "x/y");
     }
 
     /// The quick test and the full rules agree on every character.
