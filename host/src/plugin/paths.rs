@@ -89,6 +89,7 @@ impl BlobPath {
             .collect()
     }
 
+    #[inline]
     pub fn as_str(&self) -> &str {
         match &self.0 {
             Text::Own(path) => path,
