@@ -194,7 +194,9 @@ async fn two_verifiers_never_claim_the_same_row() {
                    it: std::sync::Arc<geohost::catalog::InstalledType>| async move {
             let mut total = 0;
             loop {
-                let n = verify::verify_batch(&site, &it, 7, 4).await.unwrap();
+                // Rounds of up to 3 batches, 2 in flight: 4 batches at
+                // once over the two verifiers.
+                let n = verify::verify_round(&site, &it, 7, 4, 3).await.unwrap();
                 if n == 0 {
                     return total;
                 }
