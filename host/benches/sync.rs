@@ -194,7 +194,7 @@ async fn run() {
             }
             ours.push((variant, run));
         }
-        let cpu = if set.label == "small" && runs("cpu") {
+        let cpu = if small && runs("cpu") {
             Some(cpu_per_blob(primary, set.count).await)
         } else {
             primary.stop().await;
@@ -554,7 +554,7 @@ async fn catchup_run(rclone_present: bool) -> Catchup {
     } else {
         Vec::new()
     };
-    let (ours, _copy) = geohost_sync(
+    let (ours, copy) = geohost_sync(
         &primary,
         &written,
         set,
@@ -565,7 +565,7 @@ async fn catchup_run(rclone_present: bool) -> Catchup {
     )
     .await;
     primary.stop().await;
-    drop(_copy);
+    drop(copy);
     // What follows (ingest, lag) creates files: not after 300,000 deletions.
     settle_deletions().await;
     Catchup {
