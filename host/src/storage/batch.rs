@@ -9,6 +9,7 @@
 //! time. Memory stays bounded: [`BlobStore::read_small`] reads up to a byte
 //! budget per call, and no blob larger than the caller's limit is read.
 
+use super::durable::SyncFs;
 use super::hash::{hash_file, io_error, open_local, read_whole};
 use super::{BlobStore, StorageError, StoreKind, TEMP_DIR, Written, blob_location};
 use crate::plugin::BlobPath;
@@ -291,8 +292,9 @@ impl BlobStore {
                     ))
                 })
                 .collect();
-            return run_prepared(jobs, 2, |(temp, target, shown, bytes)| {
-                place_local(temp, target, shown, bytes)
+            let sync = self.local_sync();
+            return run_prepared(jobs, 2, move |(temp, target, shown, bytes)| {
+                place_local(&*sync, temp, target, shown, bytes)
             })
             .await;
         }
@@ -369,6 +371,7 @@ where
 /// creating `target`'s folders if needed (blocking). The temporary file
 /// is removed if the rename fails.
 fn place_local(
+    sync: &dyn SyncFs,
     temp: &std::path::Path,
     target: &std::path::Path,
     shown: &str,
@@ -397,6 +400,7 @@ fn place_local(
         let _ = std::fs::remove_file(temp);
         return Err(io_error("write", shown, e));
     }
+    sync.wrote(temp);
     let renamed = std::fs::rename(temp, target).or_else(|e| {
         if e.kind() != std::io::ErrorKind::NotFound {
             return Err(e);
@@ -408,5 +412,6 @@ fn place_local(
         let _ = std::fs::remove_file(temp);
         return Err(io_error("rename", shown, e));
     }
+    sync.renamed(temp, target);
     Ok(())
 }

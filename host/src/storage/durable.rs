@@ -34,6 +34,13 @@ pub trait SyncFs: Send + Sync + std::fmt::Debug + 'static {
     fn sync_file(&self, path: &Path) -> std::io::Result<()>;
     /// Flushes a folder's entries to stable storage (`fsync` on the folder).
     fn sync_dir(&self, path: &Path) -> std::io::Result<()>;
+
+    /// A fast path wrote the new file `file` itself, not through the object
+    /// store (`storage/batch.rs`). Only a recording needs to know.
+    fn wrote(&self, _file: &Path) {}
+
+    /// A fast path renamed `from` to `to` itself (see [`SyncFs::wrote`]).
+    fn renamed(&self, _from: &Path, _to: &Path) {}
 }
 
 /// `fsync(2)` through [`std::fs::File::sync_all`].

@@ -206,6 +206,17 @@ impl SyncFs for Recorder {
         self.push(Op::SyncDir(relative));
         Ok(())
     }
+
+    fn wrote(&self, file: &Path) {
+        self.push(Op::Write(self.relative(file)));
+    }
+
+    fn renamed(&self, from: &Path, to: &Path) {
+        self.push(Op::Rename {
+            from: self.relative(from),
+            to: self.relative(to),
+        });
+    }
 }
 
 /// The object store wrapper.
@@ -734,6 +745,66 @@ mod tests {
         find(&ops, placed, |op| commits_table(op, &table)).expect("then marked synced");
         let row = registry.get(&tracking, 1).await.unwrap().unwrap();
         assert_eq!(row.state, crate::states::SyncState::Synced);
+    }
+
+    /// The batch path writes many small blobs at once through its own fast
+    /// path: each of them, too, is on stable storage before the batch's
+    /// outcomes are committed.
+    #[tokio::test]
+    async fn the_secondarys_batches_commit_only_blobs_on_stable_storage() {
+        use crate::secondary::batch::{BatchSettings, sync_one_batch};
+        use crate::secondary::registry::Registry;
+        use crate::secondary::testing::{FakePrimary, helm};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("blobs");
+        std::fs::create_dir_all(&root).unwrap();
+        let recorder = Recorder::new(&root);
+        let url = crate::config::sqlite_url(&dir.path().join("tracking.sqlite"));
+        let tracking = recorder.sqlite(&url).await;
+        crate::db::migrate::tracking(&tracking).await.unwrap();
+        let it = helm();
+        crate::db::template::ensure_tracking_tables(&tracking, &it.identity)
+            .await
+            .unwrap();
+        let primary = FakePrimary::start().await;
+        let downloader = crate::secondary::sync::Downloader {
+            client: primary.client(),
+            tracking: tracking.clone(),
+            blobs: recorder.store(),
+            cancel: Default::default(),
+            lease: None,
+            wakes: Default::default(),
+        };
+        let registry = Registry::of(&it);
+        let table = registry.table().trim_matches('"').to_string();
+        let settings = BatchSettings {
+            max_blob_bytes: 1024,
+            size: 100,
+            in_flight: 2,
+        };
+        let ids: Vec<i64> = (1..=20).collect();
+        for &id in &ids {
+            primary.add(id, 10, format!("entries: {id}\n").as_bytes(), true);
+        }
+        registry.insert_missing(&tracking, &ids).await.unwrap();
+        recorder.clear();
+        assert_eq!(
+            sync_one_batch(&downloader, &it, settings).await.unwrap(),
+            20
+        );
+        assert_eq!(primary.hits("retrieve_batch"), 1);
+        let ops = recorder.ops();
+        let placed = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Rename { to, .. } if to.starts_with(it.name())))
+            .count();
+        assert_eq!(placed, 20, "every blob is renamed into place: {ops:#?}");
+        find(&ops, 0, |op| commits_table(op, &table)).expect("the outcomes are committed");
+        check(&ops);
+        for &id in &ids {
+            let row = registry.get(&tracking, id).await.unwrap().unwrap();
+            assert_eq!(row.state, crate::states::SyncState::Synced);
+        }
     }
 
     #[test]

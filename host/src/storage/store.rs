@@ -150,6 +150,12 @@ impl BlobStore {
         self.inner.local.as_ref().map(|local| &local.fs)
     }
 
+    /// The local backend's syncs (a local store only).
+    pub(super) fn local_sync(&self) -> Arc<dyn SyncFs> {
+        let local = self.inner.local.as_ref();
+        local.expect("a local store").sync.clone()
+    }
+
     /// What kind of storage this is; it decides the verification checksum.
     pub fn kind(&self) -> StoreKind {
         self.inner.kind
