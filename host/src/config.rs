@@ -126,6 +126,10 @@ pub struct StorageSection {
     /// seconds (default one hour; see `storage::sweeper`).
     #[serde(default = "default_temp_max_age_secs")]
     pub temp_max_age_secs: u64,
+    /// How a group of writes on local disk is made durable (`local` only;
+    /// see [`SyncMethod`]).
+    #[serde(default)]
+    pub sync_method: SyncMethod,
 }
 
 impl Default for StorageSection {
@@ -142,6 +146,7 @@ impl Default for StorageSection {
             prefix: None,
             max_blob_bytes: default_max_blob_bytes(),
             temp_max_age_secs: default_temp_max_age_secs(),
+            sync_method: SyncMethod::default(),
         }
     }
 }
@@ -163,6 +168,23 @@ pub enum StorageKind {
     Local,
     /// An S3-compatible bucket (GitLab's object storage, `file_store = 2`).
     S3,
+}
+
+/// How a group of writes to a local blob root (a secondary's batch of
+/// downloads, the primary's group commit) is made durable before it is
+/// committed. A single write always syncs its own file and folders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMethod {
+    /// One `syncfs(2)` of the blob root's file system for the whole group
+    /// (Linux; elsewhere as `fsync`). It also writes out whatever else is
+    /// waiting on that file system: give the blob root a file system of
+    /// its own, or choose `fsync` (PostgreSQL's `recovery_init_sync_method`
+    /// makes the same trade).
+    #[default]
+    Syncfs,
+    /// `fsync` each file and each folder of the group, side by side.
+    Fsync,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,7 +9,7 @@
 //! time. Memory stays bounded: [`BlobStore::read_small`] reads up to a byte
 //! budget per call, and no blob larger than the caller's limit is read.
 
-use super::durable::SyncFs;
+use super::durable::{Durable, SyncFs};
 use super::hash::{hash_file, io_error, open_local, read_whole};
 use super::{BlobStore, StorageError, StoreKind, TEMP_DIR, Written, blob_location};
 use crate::plugin::BlobPath;
@@ -261,7 +261,15 @@ impl BlobStore {
     /// Places whole blobs of `type_name`: each is written to a new
     /// temporary object, then renamed to its path (replacing what was
     /// there), so its path never holds a partial blob. The caller has
-    /// checked the bytes. Results in order.
+    /// checked the bytes. Results in order; a blob is `Ok` only once it is
+    /// on stable storage, so the caller may commit that it is there.
+    ///
+    /// On local disk the blobs placed are made durable together, after
+    /// their renames (one `syncfs`, see `durable.rs`): a rename that a
+    /// power cut keeps without its data leaves a partial file at a path
+    /// whose registry still says it is being synced, and the next attempt
+    /// replaces it (the secondary's registry, not the blob path, says what
+    /// is there; `docs/decisions.md`).
     pub async fn place_small(
         &self,
         type_name: &str,
@@ -272,6 +280,9 @@ impl BlobStore {
             .map(|(p, _)| blob_location(type_name, p))
             .collect();
         if let Some(fs) = self.local_fs() {
+            // Where each blob lands, to make the batch durable below.
+            let landing: Vec<Option<StorePath>> =
+                targets.iter().map(|t| t.as_ref().ok().cloned()).collect();
             let jobs: Vec<
                 Result<(std::path::PathBuf, std::path::PathBuf, String, Bytes), StorageError>,
             > = targets
@@ -293,10 +304,30 @@ impl BlobStore {
                 })
                 .collect();
             let sync = self.local_sync();
-            return run_prepared(jobs, 2, move |(temp, target, shown, bytes)| {
+            let mut placed = run_prepared(jobs, 2, move |(temp, target, shown, bytes)| {
                 place_local(&*sync, temp, target, shown, bytes)
             })
             .await;
+            let done: Vec<StorePath> = placed
+                .iter()
+                .zip(landing)
+                .filter(|(result, _)| result.is_ok())
+                .filter_map(|(_, target)| target)
+                .collect();
+            if let Err(error) = self.make_durable_all(&done, Durable::Both).await {
+                // In place, but not known to be on stable storage: each
+                // fails, and its registry row is retried.
+                tracing::warn!(%error, blobs = done.len(), "cannot make a batch of blobs durable");
+                let reason = error.to_string();
+                for (result, target) in placed.iter_mut().filter(|r| r.is_ok()).zip(&done) {
+                    *result = Err(StorageError::Io {
+                        op: "sync",
+                        location: target.to_string(),
+                        source: std::io::Error::other(reason.clone()),
+                    });
+                }
+            }
+            return placed;
         }
         futures::stream::iter(targets.into_iter().zip(blobs))
             .map(|(target, (_, bytes))| async move {

@@ -35,6 +35,14 @@ pub trait SyncFs: Send + Sync + std::fmt::Debug + 'static {
     /// Flushes a folder's entries to stable storage (`fsync` on the folder).
     fn sync_dir(&self, path: &Path) -> std::io::Result<()>;
 
+    /// Flushes everything written to the file system holding `root`, data
+    /// and folders alike (`syncfs`), for a group of writes: one flush of the
+    /// device instead of one per file and folder. `Unsupported` where the
+    /// system has no such call; the caller then syncs each path.
+    fn sync_filesystem(&self, _root: &Path) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+
     /// A fast path wrote the new file `file` itself, not through the object
     /// store (`storage/batch.rs`). Only a recording needs to know.
     fn wrote(&self, _file: &Path) {}
@@ -58,6 +66,15 @@ impl SyncFs for OsSync {
         // Opening a folder read-only and syncing it is how POSIX makes its
         // entries durable; Linux and the BSDs allow it.
         std::fs::File::open(path)?.sync_all()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn sync_filesystem(&self, root: &Path) -> std::io::Result<()> {
+        // Since Linux 5.8 `syncfs` reports a write-back error of the file
+        // system that happened since the descriptor was opened, as `fsync`
+        // does for a file.
+        let root = std::fs::File::open(root)?;
+        rustix::fs::syncfs(&root).map_err(std::io::Error::from)
     }
 }
 
@@ -207,5 +224,11 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         sync_path(&OsSync, dir.path(), &file, Durable::Both).unwrap();
         assert!(OsSync.sync_file(&dir.path().join("missing")).is_err());
+        let whole = OsSync.sync_filesystem(dir.path());
+        if cfg!(target_os = "linux") {
+            whole.unwrap();
+        } else {
+            assert_eq!(whole.unwrap_err().kind(), std::io::ErrorKind::Unsupported);
+        }
     }
 }

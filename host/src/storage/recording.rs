@@ -46,6 +46,8 @@ pub enum Op {
     Delete(String),
     SyncFile(String),
     SyncDir(String),
+    /// The whole file system (`syncfs`).
+    SyncAll,
     /// A commit, with the tables its transaction changed.
     Commit(BTreeSet<String>),
 }
@@ -189,6 +191,41 @@ impl SyncFs for Recorder {
     fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
         let relative = self.relative(path);
         let in_blobs = !relative.is_empty() && !relative.starts_with('.');
+        self.injected(in_blobs)?;
+        OsSync.sync_dir(path)?;
+        self.push(Op::SyncDir(relative));
+        Ok(())
+    }
+
+    fn sync_filesystem(&self, root: &Path) -> std::io::Result<()> {
+        // The sync after a blob was placed is the one a test cuts short.
+        let placed_blob = self
+            .ops()
+            .iter()
+            .rev()
+            .take_while(|op| **op != Op::SyncAll)
+            .any(|op| matches!(op, Op::Rename { to, .. } | Op::Copy { to, .. } if is_blob(to)));
+        self.injected(placed_blob)?;
+        OsSync.sync_filesystem(root)?;
+        self.push(Op::SyncAll);
+        Ok(())
+    }
+
+    fn wrote(&self, file: &Path) {
+        self.push(Op::Write(self.relative(file)));
+    }
+
+    fn renamed(&self, from: &Path, to: &Path) {
+        self.push(Op::Rename {
+            from: self.relative(from),
+            to: self.relative(to),
+        });
+    }
+}
+
+impl Recorder {
+    /// The armed gate or failure, for a sync that covers a blob folder.
+    fn injected(&self, in_blobs: bool) -> std::io::Result<()> {
         if in_blobs && self.gate_armed.swap(false, Ordering::SeqCst) {
             let (state, wake) = &self.gate;
             let mut state = state.lock().unwrap();
@@ -202,20 +239,7 @@ impl SyncFs for Recorder {
         if in_blobs && self.fail_armed.swap(false, Ordering::SeqCst) {
             return Err(std::io::Error::other("an I/O error injected by the test"));
         }
-        OsSync.sync_dir(path)?;
-        self.push(Op::SyncDir(relative));
         Ok(())
-    }
-
-    fn wrote(&self, file: &Path) {
-        self.push(Op::Write(self.relative(file)));
-    }
-
-    fn renamed(&self, from: &Path, to: &Path) {
-        self.push(Op::Rename {
-            from: self.relative(from),
-            to: self.relative(to),
-        });
     }
 }
 
@@ -427,6 +451,12 @@ pub fn check(ops: &[Op]) {
                     }
                 }
             }
+            Op::SyncAll => {
+                for (location, standing) in present.iter_mut() {
+                    standing.data_synced = true;
+                    standing.dirs_synced.extend(folders(location));
+                }
+            }
             // A settlement only records a write's fate (`primary::journal`);
             // it points at no blob.
             Op::Commit(tables) if tables.iter().all(|t| t == "geo_blob_writes") => {}
@@ -446,12 +476,12 @@ pub fn check(ops: &[Op]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, SyncMethod};
     use crate::site::Site;
     use serde_json::json;
 
     /// A primary whose main database and blob store are recorded.
-    async fn primary() -> (tempfile::TempDir, Arc<Site>, Arc<Recorder>) {
+    async fn primary(method: SyncMethod) -> (tempfile::TempDir, Arc<Site>, Arc<Recorder>) {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::from_toml(&format!(
             "[site]\nname = 'p'\nrole = 'primary'\ndata_dir = '{}'\n",
@@ -474,7 +504,7 @@ mod tests {
         let site = Arc::new(Site {
             db: recorder.sqlite(&config.database_url()).await,
             tracking: None,
-            blobs: recorder.store(),
+            blobs: recorder.store().with_sync_method(method),
             catalog: plain.catalog.clone(),
             runtime: plain.runtime.clone(),
             secrets: plain.secrets.clone(),
@@ -491,6 +521,9 @@ mod tests {
     }
 
     const HELM: &str = "packages_helm_metadata_cache";
+
+    /// Both ways a group of writes is made durable.
+    const METHODS: [SyncMethod; 2] = [SyncMethod::Syncfs, SyncMethod::Fsync];
 
     async fn put(site: &Site, body: &'static [u8]) -> crate::primary::ingest::WriteOutcome {
         let columns = json!({"project_id": 1, "channel": "stable"});
@@ -518,7 +551,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_primary_commits_only_blobs_on_stable_storage() {
-        let (_dir, site, recorder) = primary().await;
+        for method in METHODS {
+            the_primary_commits_only_blobs_on_stable_storage_with(method).await;
+        }
+    }
+
+    async fn the_primary_commits_only_blobs_on_stable_storage_with(method: SyncMethod) {
+        let (_dir, site, recorder) = primary(method).await;
         let model = site.installed(HELM).unwrap().identity.table.name.clone();
 
         // Create.
@@ -583,7 +622,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_update_cut_short_before_its_commit_is_undone_at_restart() {
-        let (_dir, site, recorder) = primary().await;
+        for method in METHODS {
+            an_update_cut_short_before_its_commit_is_undone_at_restart_with(method).await;
+        }
+    }
+
+    async fn an_update_cut_short_before_its_commit_is_undone_at_restart_with(method: SyncMethod) {
+        let (_dir, site, recorder) = primary(method).await;
         let created = put(&site, b"version: 1\n").await;
 
         // The process dies after the rename, before the commit.
@@ -623,7 +668,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_that_fails_after_its_rename_puts_the_old_content_back() {
-        let (_dir, site, recorder) = primary().await;
+        for method in METHODS {
+            a_write_that_fails_after_its_rename_puts_the_old_content_back_with(method).await;
+        }
+    }
+
+    async fn a_write_that_fails_after_its_rename_puts_the_old_content_back_with(
+        method: SyncMethod,
+    ) {
+        let (_dir, site, recorder) = primary(method).await;
         let created = put(&site, b"version: 1\n").await;
         recorder.fail_next_sync();
         let columns = json!({"project_id": 1, "channel": "stable"});
@@ -648,7 +701,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_their_syncs_and_a_bad_one_fails_alone() {
-        let (_dir, site, recorder) = primary().await;
+        for method in METHODS {
+            concurrent_writes_share_their_syncs_and_a_bad_one_fails_alone_with(method).await;
+        }
+    }
+
+    async fn concurrent_writes_share_their_syncs_and_a_bad_one_fails_alone_with(
+        method: SyncMethod,
+    ) {
+        let (_dir, site, recorder) = primary(method).await;
         let model = site.installed(HELM).unwrap().identity.table.name.clone();
         let write = |project: i64, channel: String, body: Vec<u8>| {
             let site = site.clone();
@@ -752,9 +813,16 @@ mod tests {
     /// outcomes are committed.
     #[tokio::test]
     async fn the_secondarys_batches_commit_only_blobs_on_stable_storage() {
+        for method in METHODS {
+            the_secondarys_batches_commit_only_blobs_on_stable_storage_with(method).await;
+        }
+    }
+
+    async fn the_secondarys_batches_commit_only_blobs_on_stable_storage_with(method: SyncMethod) {
         use crate::secondary::batch::{BatchSettings, sync_one_batch};
         use crate::secondary::registry::Registry;
         use crate::secondary::testing::{FakePrimary, helm};
+        use crate::states::SyncState;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("blobs");
         std::fs::create_dir_all(&root).unwrap();
@@ -770,7 +838,7 @@ mod tests {
         let downloader = crate::secondary::sync::Downloader {
             client: primary.client(),
             tracking: tracking.clone(),
-            blobs: recorder.store(),
+            blobs: recorder.store().with_sync_method(method),
             cancel: Default::default(),
             lease: None,
             wakes: Default::default(),
@@ -798,12 +866,39 @@ mod tests {
             .iter()
             .filter(|op| matches!(op, Op::Rename { to, .. } if to.starts_with(it.name())))
             .count();
-        assert_eq!(placed, 20, "every blob is renamed into place: {ops:#?}");
+        assert_eq!(
+            placed, 20,
+            "{method:?}: every blob is renamed into place: {ops:#?}"
+        );
         find(&ops, 0, |op| commits_table(op, &table)).expect("the outcomes are committed");
         check(&ops);
         for &id in &ids {
             let row = registry.get(&tracking, id).await.unwrap().unwrap();
-            assert_eq!(row.state, crate::states::SyncState::Synced);
+            assert_eq!(row.state, SyncState::Synced, "{method:?}");
+        }
+
+        // A batch whose blobs cannot be made durable: each row fails with
+        // the disk's error and is synced again later.
+        let more: Vec<i64> = (21..=25).collect();
+        for &id in &more {
+            primary.add(id, 10, format!("entries: {id}\n").as_bytes(), true);
+        }
+        registry.insert_missing(&tracking, &more).await.unwrap();
+        recorder.fail_next_sync();
+        assert_eq!(sync_one_batch(&downloader, &it, settings).await.unwrap(), 5);
+        for &id in &more {
+            let row = registry.get(&tracking, id).await.unwrap().unwrap();
+            assert_eq!(row.state, SyncState::Failed, "{method:?}");
+            let failure = row.last_sync_failure.unwrap_or_default();
+            assert!(failure.contains("injected"), "{method:?}: {failure}");
+            registry.pending(&tracking, id).await.unwrap();
+        }
+        recorder.clear();
+        assert_eq!(sync_one_batch(&downloader, &it, settings).await.unwrap(), 5);
+        check(&recorder.ops());
+        for &id in &more {
+            let row = registry.get(&tracking, id).await.unwrap().unwrap();
+            assert_eq!(row.state, SyncState::Synced, "{method:?}");
         }
     }
 

@@ -176,6 +176,7 @@ impl BlobStore {
                     )));
                 }
                 BlobStore::local(section.path.as_deref().unwrap_or(default_root))
+                    .map(|store| store.with_sync_method(section.sync_method))
             }
             StorageKind::S3 => BlobStore::s3(&S3Settings::from_section(section)?),
         }

@@ -5,6 +5,7 @@ use super::temp::TempBlob;
 use super::{
     BlobMeta, StorageError, StoreKind, TEMP_DIR, Written, blob_location, hash, type_prefix,
 };
+use crate::config::SyncMethod;
 use crate::plugin::BlobPath;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
@@ -50,6 +51,8 @@ struct Local {
     root: PathBuf,
     /// Makes writes durable before they return (`durable.rs`).
     sync: Arc<dyn SyncFs>,
+    /// How a group of writes is made durable.
+    method: SyncMethod,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -72,6 +75,15 @@ impl BlobStore {
     pub(super) fn with_staging(mut self, staging: super::s3_staging::S3Staging) -> BlobStore {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.staging = Some(staging);
+        }
+        self
+    }
+
+    /// The same local store, making groups of writes durable by `method`
+    /// (`durable.rs`).
+    pub fn with_sync_method(mut self, method: SyncMethod) -> BlobStore {
+        if let Some(local) = Arc::get_mut(&mut self.inner).and_then(|i| i.local.as_mut()) {
+            local.method = method;
         }
         self
     }
@@ -112,6 +124,7 @@ impl BlobStore {
                     fs,
                     root: canonical,
                     sync,
+                    method: SyncMethod::default(),
                 }),
                 // Parts are written in place by blocking writes: no minimum
                 // size, so keep memory per download small.
@@ -441,9 +454,10 @@ impl BlobStore {
     }
 
     /// [`make_durable`](Self::make_durable) for many locations at once, for
-    /// a group of writes: each file and each shared folder is synced once,
-    /// the files' data first, and the syncs of one kind run side by side
-    /// (the file system commits concurrent syncs together).
+    /// a group of writes. With [`SyncMethod::Syncfs`] (where the system has
+    /// it) one `syncfs` covers them all; otherwise each file and each
+    /// shared folder is synced once, the files' data first, and the syncs
+    /// of one kind run side by side.
     pub(super) async fn make_durable_all(
         &self,
         locations: &[StorePath],
@@ -461,6 +475,21 @@ impl BlobStore {
                     .map_err(|e| StorageError::from_store("sync", location, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if files.is_empty() {
+            return Ok(());
+        }
+        if local.method == SyncMethod::Syncfs {
+            let (sync, root) = (local.sync.clone(), local.root.clone());
+            let whole = sync_blocking(local.root.display().to_string(), move || {
+                sync.sync_filesystem(&root)
+            })
+            .await;
+            match whole {
+                Err(StorageError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::Unsupported => {}
+                done => return done,
+            }
+        }
         let (data, folders) = super::durable::sync_plan(&local.root, &files, what);
         let file_syncs = data.into_iter().map(|path| (path, false));
         let folder_syncs = folders.into_iter().map(|path| (path, true));
