@@ -225,6 +225,16 @@ async fn start(config_text: String, tmp: TempDir, port: u16, serve: bool) -> Ben
     }
 }
 
+/// `GEOHOST_BENCH_SYNC_METHOD` (`syncfs` or `fsync`): how both sites make
+/// a group of writes durable (`storage.sync_method`); the default when
+/// unset.
+fn storage_section() -> String {
+    match std::env::var("GEOHOST_BENCH_SYNC_METHOD") {
+        Ok(method) => format!("[storage]\nsync_method = {method:?}\n"),
+        Err(_) => String::new(),
+    }
+}
+
 /// A primary on SQLite and local disk with these `[workers]` settings;
 /// served on loopback when `serve`.
 pub async fn primary(workers: &str, serve: bool) -> BenchSite {
@@ -232,8 +242,9 @@ pub async fn primary(workers: &str, serve: bool) -> BenchSite {
     let port = free_port();
     let config = format!(
         "[site]\nname = \"primary\"\nrole = \"primary\"\nlisten = \"127.0.0.1:{port}\"\n\
-         url = \"http://127.0.0.1:{port}\"\ndata_dir = {:?}\n[workers]\n{workers}",
+         url = \"http://127.0.0.1:{port}\"\ndata_dir = {:?}\n{}[workers]\n{workers}",
         tmp.path().display().to_string(),
+        storage_section(),
     );
     start(config, tmp, port, serve).await
 }
@@ -282,11 +293,12 @@ pub async fn secondary_config(
         "[site]\nname = \"secondary\"\nrole = \"secondary\"\nlisten = \"127.0.0.1:{port}\"\n\
          url = \"{url}\"\ndata_dir = {:?}\n{tracking}\
          [primary]\nurl = \"{}\"\naccess_key = \"{}\"\nsecret_access_key = \"{}\"\n\
-         [workers]\n{}",
+         {}[workers]\n{}",
         dir.display().to_string(),
         primary.url,
         credentials.access_key,
         credentials.secret_access_key,
+        storage_section(),
         options.workers,
     )
 }

@@ -143,7 +143,8 @@ where
         }
         temp.write(chunk).await?;
     }
-    let temp = temp.finish().await?;
+    // Its group commit makes the content durable (`group.rs`).
+    let temp = temp.finish_for_group().await?;
     // Not while a hot swap moves this type's blobs; under the version live
     // once it is done.
     let writing = site.catalog.writing(type_name).await;

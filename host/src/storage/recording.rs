@@ -573,15 +573,14 @@ mod tests {
         .expect("the blob is renamed into place");
         find(&ops, placed, |op| commits_table(op, &model))
             .expect("the record is committed after the rename");
+        let data_synced = find(&ops, 0, |op| match op {
+            Op::SyncFile(l) => l.starts_with(".tmp/"),
+            Op::SyncAll => true,
+            _ => false,
+        });
         assert!(
-            find(
-                &ops,
-                0,
-                |op| matches!(op, Op::SyncFile(l) if l.starts_with(".tmp/"))
-            )
-            .unwrap()
-                < placed,
-            "the download's data is synced before its rename"
+            data_synced.unwrap() < placed,
+            "{method:?}: the upload's data is synced before its rename"
         );
 
         // Update: the old content is kept, durably, before it is replaced.

@@ -169,6 +169,15 @@ impl BlobStore {
         local.expect("a local store").sync.clone()
     }
 
+    /// Whether a group of writes is made durable by one `syncfs` of a local
+    /// root (`durable.rs`), so that its members need not sync one by one.
+    pub(super) fn syncs_groups_whole(&self) -> bool {
+        self.inner
+            .local
+            .as_ref()
+            .is_some_and(|local| local.method == SyncMethod::Syncfs && cfg!(target_os = "linux"))
+    }
+
     /// What kind of storage this is; it decides the verification checksum.
     pub fn kind(&self) -> StoreKind {
         self.inner.kind

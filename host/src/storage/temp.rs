@@ -83,8 +83,21 @@ impl TempBlob {
     }
 
     /// Completes the write: the temporary object now holds every byte
-    /// written, and its size and SHA-256 are known.
-    pub async fn finish(mut self) -> Result<FinishedTemp, StorageError> {
+    /// written, on stable storage, and its size and SHA-256 are known.
+    pub async fn finish(self) -> Result<FinishedTemp, StorageError> {
+        self.complete(true).await
+    }
+
+    /// [`finish`](Self::finish) for a write that will be moved into place
+    /// with others ([`FinishedTemp::promote_all`]): where the store makes a
+    /// group durable with one `syncfs`, the data is left to it, one flush
+    /// for the group instead of one per write.
+    pub async fn finish_for_group(self) -> Result<FinishedTemp, StorageError> {
+        let sync_now = !self.store.syncs_groups_whole();
+        self.complete(sync_now).await
+    }
+
+    async fn complete(mut self, sync_now: bool) -> Result<FinishedTemp, StorageError> {
         if let Err(source) = self.writer.shutdown().await {
             return Err(StorageError::Io {
                 op: "write",
@@ -94,13 +107,16 @@ impl TempBlob {
         }
         // The data is on stable storage before the object can be renamed to
         // a blob path and a commit can point at it (`durable.rs`).
-        self.store
-            .make_durable(&self.location, super::durable::Durable::Data)
-            .await?;
+        if sync_now {
+            self.store
+                .make_durable(&self.location, Durable::Data)
+                .await?;
+        }
         let hasher = std::mem::take(&mut self.hasher);
         Ok(FinishedTemp {
             size: self.size,
             sha256_hex: hex::encode(hasher.finalize()),
+            data_synced: sync_now,
             store: self.store.clone(),
             location: Some(self.location.clone()),
         })
@@ -119,6 +135,9 @@ pub struct FinishedTemp {
     pub size: u64,
     /// SHA-256 of the content, lowercase hex.
     pub sha256_hex: String,
+    /// Whether the content is on stable storage yet; if not, it is synced
+    /// before the object is moved into place.
+    data_synced: bool,
     store: BlobStore,
     /// `None` once promoted or discarded.
     location: Option<StorePath>,
@@ -145,6 +164,9 @@ impl FinishedTemp {
         let Some(location) = self.location.clone() else {
             unreachable!("a FinishedTemp is consumed by promote or discard");
         };
+        if !self.data_synced {
+            self.store.make_durable(&location, Durable::Data).await?;
+        }
         self.store.rename_location(&location, &target).await?;
         self.location = None;
         tracing::debug!(%target, size = self.size, "download promoted");
@@ -165,6 +187,14 @@ impl FinishedTemp {
         for (temp, type_name, path) in &promotions {
             targets.push((blob_location(type_name, path)?, temp.location.clone()));
         }
+        // Content first: nothing is moved into place before it is on
+        // stable storage (with `syncfs`, one flush for the group's data).
+        let unsynced: Vec<StorePath> = promotions
+            .iter()
+            .filter(|(temp, _, _)| !temp.data_synced)
+            .filter_map(|(temp, _, _)| temp.location.clone())
+            .collect();
+        store.make_durable_all(&unsynced, Durable::Data).await?;
         let renames = promotions.into_iter().zip(&targets).map(
             |((mut temp, _, _), (target, location))| async move {
                 let Some(location) = location else {
