@@ -80,7 +80,7 @@ impl BlobStore {
     }
 
     /// The same local store, making groups of writes durable by `method`
-    /// (`durable.rs`).
+    /// (`durable.rs`). For a store just made, before it is cloned.
     pub fn with_sync_method(mut self, method: SyncMethod) -> BlobStore {
         if let Some(local) = Arc::get_mut(&mut self.inner).and_then(|i| i.local.as_mut()) {
             local.method = method;
