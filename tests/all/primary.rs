@@ -391,6 +391,75 @@ async fn events_are_logged_in_order_with_gitlab_payloads() {
     }
 }
 
+/// Concurrent writes share a group and its event statements: each written
+/// record has its one event, a refused write none, on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_writes_log_one_event_each() {
+    for backend in sites::backends() {
+        let f = fixture(backend, "idle_poll_ms = 50\n").await;
+        let first = sites::put_helm(&f.primary, f.project, "c0", "v0").await;
+        let channels: Vec<String> = (0..30).map(|i| format!("c{i}")).collect();
+        let writes = channels
+            .iter()
+            .map(|c| sites::put_helm(&f.primary, f.project, c, "v1"));
+        let refused = async {
+            let mut columns = serde_json::Map::new();
+            columns.insert("project_id".into(), 9999.into());
+            columns.insert("channel".into(), "m".into());
+            let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from("m"))]);
+            geohost::primary::ingest::upsert(&f.primary.site, HELM, &columns, body).await
+        };
+        let (written, refused) = tokio::join!(futures::future::join_all(writes), refused);
+        assert_eq!(
+            refused.unwrap_err().to_string(),
+            "project 9999 does not exist"
+        );
+
+        let signed = geo_jwt::sign(&f.access_key, &f.secret, &feed::feed_claim("events"));
+        let page: feed::EventPage = client()
+            .get(format!(
+                "{}/api/v4/geo/events?after=0&limit=500",
+                f.primary.url
+            ))
+            .header("Authorization", signed)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut logged: Vec<(String, i64)> = page
+            .events
+            .iter()
+            .filter(|e| e.event_name == "created" || e.event_name == "updated")
+            .map(|e| {
+                (
+                    e.event_name.clone(),
+                    e.payload["model_record_id"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        logged.sort();
+        let mut expected: Vec<(String, i64)> = written
+            .iter()
+            .map(|w| {
+                (
+                    if w.created { "created" } else { "updated" }.to_string(),
+                    w.id,
+                )
+            })
+            .chain([("created".to_string(), first.id)])
+            .collect();
+        expected.sort();
+        assert_eq!(logged, expected, "{backend:?}");
+        assert_eq!(
+            written.iter().filter(|w| !w.created).count(),
+            1,
+            "{backend:?}: c0 existed"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_writes_get_clear_errors_and_change_nothing() {
     let f = fixture(Backend::Sqlite, "idle_poll_ms = 50\n").await;

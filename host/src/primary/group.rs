@@ -9,7 +9,8 @@
 //! 1. one transaction; each write's rows in a savepoint of their own, so
 //!    that a write refused there (a missing project, a conflict, a bad
 //!    value) fails alone and the others go on;
-//! 2. every write's journal and previous content kept, durably, together
+//! 2. the writes' events logged, a multi-row statement per type and kind;
+//!    every write's journal and previous content kept, durably, together
 //!    (`journal::PendingWrite::begin_all`);
 //! 3. every blob moved into place, the folders synced together;
 //! 4. one commit; then the journals removed and moved-away blobs deleted.
@@ -24,6 +25,7 @@
 //! client that disconnects) cuts short neither its queued write nor the
 //! others' of a group it leads.
 
+use super::events;
 use super::ingest::{IngestError, Staged, StagedWrite, WriteOutcome, journal_error, stage};
 use super::journal::PendingWrite;
 use crate::catalog::InstalledType;
@@ -53,6 +55,16 @@ pub struct Write {
 
 /// Where a write's outcome goes.
 type Answer = oneshot::Sender<Result<WriteOutcome, IngestError>>;
+
+/// A staged write on its way to the commit: its type, rows, blob, answer,
+/// and its hold on the type's version.
+type Done = (
+    Arc<InstalledType>,
+    StagedWrite,
+    crate::storage::Written,
+    Answer,
+    tokio::sync::OwnedRwLockReadGuard<()>,
+);
 
 struct Queued {
     write: Write,
@@ -228,7 +240,7 @@ async fn run(context: &Context, writes: Vec<Queued>) -> Vec<Queued> {
 /// Steps 2 to 4 of the module docs for the staged writes of a group.
 async fn commit(context: &Context, mut tx: crate::db::Tx, ready: Vec<Ready>) {
     let mut temps = Vec::with_capacity(ready.len());
-    let mut done = Vec::with_capacity(ready.len());
+    let mut done: Vec<Done> = Vec::with_capacity(ready.len());
     for Ready { queued, staged } in ready {
         let Queued {
             write,
@@ -238,6 +250,16 @@ async fn commit(context: &Context, mut tx: crate::db::Tx, ready: Vec<Ready>) {
         temps.push(write.temp);
         done.push((write.it, staged, written, answer, write.writing));
     }
+    let published = match publish(&mut tx, &done).await {
+        Ok(published) => published,
+        Err(error) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "cannot roll back a failed write group");
+            }
+            fail_all(done.into_iter().map(|d| d.3), error.into());
+            return;
+        }
+    };
     let journaled: Vec<(&str, &BlobPath, &str)> = done
         .iter()
         .map(|(it, staged, written, ..)| (it.name(), &staged.path, written.sha256.as_str()))
@@ -287,10 +309,8 @@ async fn commit(context: &Context, mut tx: crate::db::Tx, ready: Vec<Ready>) {
         })
     });
     futures::future::join_all(moved_away).await;
-    let mut published = false;
     for (it, staged, written, answer, _writing) in done {
         context.events.record_written();
-        published |= staged.published;
         tracing::info!(
             r#type = it.name(),
             id = staged.id,
@@ -303,6 +323,27 @@ async fn commit(context: &Context, mut tx: crate::db::Tx, ready: Vec<Ready>) {
     if published {
         context.events.notify();
     }
+}
+
+/// Logs the events of a group's staged writes, in the group's order within
+/// each type and kind (two writes of one record never share a group, so
+/// the order across them does not matter). Whether any was logged: events
+/// may be off.
+async fn publish(tx: &mut crate::db::Tx, done: &[Done]) -> Result<bool, crate::db::DbError> {
+    let mut kinds: Vec<((&str, &'static str), Vec<serde_json::Value>)> = Vec::new();
+    for (it, staged, ..) in done {
+        let kind = (it.name(), staged.event());
+        let payload = events::payload(staged.id);
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, payloads)) => payloads.push(payload),
+            None => kinds.push((kind, vec![payload])),
+        }
+    }
+    let mut published = 0;
+    for ((name, event), payloads) in kinds {
+        published += events::publish_many(tx, name, event, &payloads).await?;
+    }
+    Ok(published > 0)
 }
 
 /// Answers every write of `answers` with `error`.

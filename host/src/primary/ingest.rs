@@ -183,7 +183,7 @@ where
 
 /// What [`stage`] made of one write in its group's transaction.
 pub(super) enum Staged {
-    /// Its rows and event are written; the blob and the commit remain.
+    /// Its rows are written; its event, the blob and the commit remain.
     Ready(StagedWrite),
     /// It touches a record or blob path another write of the group
     /// touches: it goes into the next group (its savepoint rolled back).
@@ -198,8 +198,17 @@ pub(super) struct StagedWrite {
     pub path: BlobPath,
     /// The blob path the record had, when the write moves it.
     pub old_path: Option<BlobPath>,
-    /// Whether an event was logged (events may be off for the type).
-    pub published: bool,
+}
+
+impl StagedWrite {
+    /// The event the write logs: GitLab's `created` or `updated`.
+    pub fn event(&self) -> &'static str {
+        if self.created {
+            events::CREATED
+        } else {
+            events::UPDATED
+        }
+    }
 }
 
 impl StagedWrite {
@@ -224,7 +233,8 @@ impl StagedWrite {
 
 /// The rows of one write, inside its group's transaction `tx` (in a
 /// savepoint the caller rolls back on an error): the record inserted or
-/// updated, its state pending verification, its event logged. `taken`
+/// updated, its state pending verification (the group logs the events of
+/// all its writes together, `group.rs`). `taken`
 /// says whether another write of the group already has a record id or a
 /// blob path; such a write is [`Staged::Later`].
 pub(super) async fn stage(
@@ -338,19 +348,12 @@ pub(super) async fn stage(
             format!("another {title} already has blob path `{path}`; each record needs its own")
         })
     })?;
-    let event = if created {
-        events::CREATED
-    } else {
-        events::UPDATED
-    };
-    let published = events::publish(tx, it.name(), event, events::payload(id)).await?;
     Ok(Staged::Ready(StagedWrite {
         id,
         created,
         values,
         old_path: old_path.filter(|old| *old != path),
         path,
-        published,
     }))
 }
 
