@@ -127,9 +127,8 @@ pub struct StorageSection {
     #[serde(default = "default_temp_max_age_secs")]
     pub temp_max_age_secs: u64,
     /// How a group of writes on local disk is made durable (`local` only;
-    /// see [`SyncMethod`]).
-    #[serde(default)]
-    pub sync_method: SyncMethod,
+    /// default `syncfs`, see [`SyncMethod`]).
+    pub sync_method: Option<SyncMethod>,
 }
 
 impl Default for StorageSection {
@@ -146,7 +145,7 @@ impl Default for StorageSection {
             prefix: None,
             max_blob_bytes: default_max_blob_bytes(),
             temp_max_age_secs: default_temp_max_age_secs(),
-            sync_method: SyncMethod::default(),
+            sync_method: None,
         }
     }
 }
@@ -656,6 +655,23 @@ mod tests {
         let error = with("verification_batch = -1").unwrap_err().to_string();
         assert!(error.contains("not -1"), "{error}");
         assert!(with("claim_lease_secs = 0").is_err());
+    }
+
+    #[test]
+    fn the_sync_method_is_syncfs_or_fsync() {
+        let with = |storage: &str| {
+            Config::from_toml(&format!(
+                "[site]\nname = 'p'\nrole = 'primary'\n[storage]\n{storage}\n"
+            ))
+        };
+        assert_eq!(with("").unwrap().storage.sync_method, None);
+        let fsync = with("sync_method = 'fsync'").unwrap();
+        assert_eq!(fsync.storage.sync_method, Some(SyncMethod::Fsync));
+        let error = with("sync_method = 'never'").unwrap_err().to_string();
+        assert!(
+            error.contains("syncfs") && error.contains("fsync"),
+            "{error}"
+        );
     }
 
     #[test]

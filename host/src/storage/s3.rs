@@ -56,6 +56,11 @@ impl S3Settings {
                 "[storage] path is for kind = \"local\"; an S3 store takes bucket and prefix",
             ));
         }
+        if section.sync_method.is_some() {
+            return Err(invalid(
+                "[storage] sync_method is for kind = \"local\"; S3 makes a write durable when it acknowledges it",
+            ));
+        }
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let access_key_id = section
             .access_key_id
@@ -176,7 +181,7 @@ impl BlobStore {
                     )));
                 }
                 BlobStore::local(section.path.as_deref().unwrap_or(default_root))
-                    .map(|store| store.with_sync_method(section.sync_method))
+                    .map(|store| store.with_sync_method(section.sync_method.unwrap_or_default()))
             }
             StorageKind::S3 => BlobStore::s3(&S3Settings::from_section(section)?),
         }
@@ -210,11 +215,15 @@ mod tests {
         assert_eq!(store.kind(), StoreKind::ObjectStorage);
         assert_eq!(store.to_string(), "s3://blobs/site-a at http://127.0.0.1:9");
 
-        let cases: [(fn(&mut StorageSection), &str); 4] = [
+        let cases: [(fn(&mut StorageSection), &str); 5] = [
             (|s| s.bucket = None, "needs a bucket"),
             (|s| s.allow_http = false, "allow_http"),
             (|s| s.secret_access_key = None, "both access_key_id"),
             (|s| s.path = Some("/x".into()), "path is for kind"),
+            (
+                |s| s.sync_method = Some(crate::config::SyncMethod::Fsync),
+                "sync_method is for kind",
+            ),
         ];
         for (change, message) in cases {
             let mut s = section();
