@@ -323,6 +323,23 @@ async fn retrieve_is_authenticated_like_gitlab() {
     }
 }
 
+/// The first `limit` events of the primary's feed, as a secondary reads them.
+async fn events_page(f: &Fixture, limit: usize) -> feed::EventPage {
+    let signed = geo_jwt::sign(&f.access_key, &f.secret, &feed::feed_claim("events"));
+    client()
+        .get(format!(
+            "{}/api/v4/geo/events?after=0&limit={limit}",
+            f.primary.url
+        ))
+        .header("Authorization", signed)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_logged_in_order_with_gitlab_payloads() {
     for backend in sites::backends() {
@@ -344,19 +361,7 @@ async fn events_are_logged_in_order_with_gitlab_payloads() {
             .unwrap();
         assert_eq!(response.status(), 204);
 
-        let signed = geo_jwt::sign(&f.access_key, &f.secret, &feed::feed_claim("events"));
-        let page: feed::EventPage = client()
-            .get(format!(
-                "{}/api/v4/geo/events?after=0&limit=100",
-                f.primary.url
-            ))
-            .header("Authorization", signed)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = events_page(&f, 100).await;
         let names: Vec<&str> = page.events.iter().map(|e| e.event_name.as_str()).collect();
         // The verifier is woken by the write, so the first checksum event
         // may come before or after the update's.
@@ -415,19 +420,7 @@ async fn a_groups_writes_log_one_event_each() {
             "project 9999 does not exist"
         );
 
-        let signed = geo_jwt::sign(&f.access_key, &f.secret, &feed::feed_claim("events"));
-        let page: feed::EventPage = client()
-            .get(format!(
-                "{}/api/v4/geo/events?after=0&limit=500",
-                f.primary.url
-            ))
-            .header("Authorization", signed)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = events_page(&f, 500).await;
         let mut logged: Vec<(String, i64)> = page
             .events
             .iter()

@@ -752,38 +752,70 @@ mod tests {
         );
     }
 
+    /// A secondary's tracking database, blob store and downloader, all
+    /// recorded, against a fake primary.
+    struct SecondaryRig {
+        _dir: tempfile::TempDir,
+        recorder: Arc<Recorder>,
+        tracking: Db,
+        it: Arc<crate::catalog::InstalledType>,
+        primary: crate::secondary::testing::FakePrimary,
+        downloader: crate::secondary::sync::Downloader,
+    }
+
+    impl SecondaryRig {
+        async fn new(method: SyncMethod) -> SecondaryRig {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("blobs");
+            std::fs::create_dir_all(&root).unwrap();
+            let recorder = Recorder::new(&root);
+            let url = crate::config::sqlite_url(&dir.path().join("tracking.sqlite"));
+            let tracking = recorder.sqlite(&url).await;
+            crate::db::migrate::tracking(&tracking).await.unwrap();
+            let it = crate::secondary::testing::helm();
+            crate::db::template::ensure_tracking_tables(&tracking, &it.identity)
+                .await
+                .unwrap();
+            let primary = crate::secondary::testing::FakePrimary::start().await;
+            let downloader = crate::secondary::sync::Downloader {
+                client: primary.client(),
+                tracking: tracking.clone(),
+                blobs: recorder.store().with_sync_method(method),
+                cancel: Default::default(),
+                lease: None,
+                wakes: Default::default(),
+            };
+            SecondaryRig {
+                _dir: dir,
+                recorder,
+                tracking,
+                it,
+                primary,
+                downloader,
+            }
+        }
+    }
+
     #[tokio::test]
     async fn the_secondary_commits_only_blobs_on_stable_storage() {
         use crate::secondary::registry::Registry;
-        use crate::secondary::testing::{FakePrimary, helm};
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("blobs");
-        std::fs::create_dir_all(&root).unwrap();
-        let recorder = Recorder::new(&root);
-        let url = crate::config::sqlite_url(&dir.path().join("tracking.sqlite"));
-        let tracking = recorder.sqlite(&url).await;
-        crate::db::migrate::tracking(&tracking).await.unwrap();
-        let it = helm();
-        crate::db::template::ensure_tracking_tables(&tracking, &it.identity)
-            .await
-            .unwrap();
-        let primary = FakePrimary::start().await;
-        let downloader = crate::secondary::sync::Downloader {
-            client: primary.client(),
-            tracking: tracking.clone(),
-            blobs: recorder.store(),
-            cancel: Default::default(),
-            lease: None,
-            wakes: Default::default(),
-        };
-        let registry = Registry::of(&it);
+        let rig = SecondaryRig::new(SyncMethod::Syncfs).await;
+        let SecondaryRig {
+            recorder,
+            tracking,
+            it,
+            primary,
+            downloader,
+            ..
+        } = &rig;
+        let registry = Registry::of(it);
         let table = registry.table().trim_matches('"').to_string();
 
         // Create: a new record is downloaded.
         primary.add(1, 10, b"index one", true);
-        registry.insert_missing(&tracking, &[1]).await.unwrap();
+        registry.insert_missing(tracking, &[1]).await.unwrap();
         recorder.clear();
-        downloader.sync_now(&it, 1).await.unwrap().unwrap();
+        downloader.sync_now(it, 1).await.unwrap().unwrap();
         let ops = recorder.ops();
         check(&ops);
         let placed = find(
@@ -796,14 +828,14 @@ mod tests {
 
         // Update: the record's new content replaces the copy.
         primary.add(1, 10, b"index one, second version", true);
-        registry.pending(&tracking, 1).await.unwrap();
+        registry.pending(tracking, 1).await.unwrap();
         recorder.clear();
-        downloader.sync_now(&it, 1).await.unwrap().unwrap();
+        downloader.sync_now(it, 1).await.unwrap().unwrap();
         let ops = recorder.ops();
         check(&ops);
         let placed = find(&ops, 0, |op| matches!(op, Op::Rename { .. })).unwrap();
         find(&ops, placed, |op| commits_table(op, &table)).expect("then marked synced");
-        let row = registry.get(&tracking, 1).await.unwrap().unwrap();
+        let row = registry.get(tracking, 1).await.unwrap().unwrap();
         assert_eq!(row.state, crate::states::SyncState::Synced);
     }
 
@@ -820,29 +852,17 @@ mod tests {
     async fn the_secondarys_batches_commit_only_blobs_on_stable_storage_with(method: SyncMethod) {
         use crate::secondary::batch::{BatchSettings, sync_one_batch};
         use crate::secondary::registry::Registry;
-        use crate::secondary::testing::{FakePrimary, helm};
         use crate::states::SyncState;
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("blobs");
-        std::fs::create_dir_all(&root).unwrap();
-        let recorder = Recorder::new(&root);
-        let url = crate::config::sqlite_url(&dir.path().join("tracking.sqlite"));
-        let tracking = recorder.sqlite(&url).await;
-        crate::db::migrate::tracking(&tracking).await.unwrap();
-        let it = helm();
-        crate::db::template::ensure_tracking_tables(&tracking, &it.identity)
-            .await
-            .unwrap();
-        let primary = FakePrimary::start().await;
-        let downloader = crate::secondary::sync::Downloader {
-            client: primary.client(),
-            tracking: tracking.clone(),
-            blobs: recorder.store().with_sync_method(method),
-            cancel: Default::default(),
-            lease: None,
-            wakes: Default::default(),
-        };
-        let registry = Registry::of(&it);
+        let rig = SecondaryRig::new(method).await;
+        let SecondaryRig {
+            recorder,
+            tracking,
+            it,
+            primary,
+            downloader,
+            ..
+        } = &rig;
+        let registry = Registry::of(it);
         let table = registry.table().trim_matches('"').to_string();
         let settings = BatchSettings {
             max_blob_bytes: 1024,
@@ -853,12 +873,9 @@ mod tests {
         for &id in &ids {
             primary.add(id, 10, format!("entries: {id}\n").as_bytes(), true);
         }
-        registry.insert_missing(&tracking, &ids).await.unwrap();
+        registry.insert_missing(tracking, &ids).await.unwrap();
         recorder.clear();
-        assert_eq!(
-            sync_one_batch(&downloader, &it, settings).await.unwrap(),
-            20
-        );
+        assert_eq!(sync_one_batch(downloader, it, settings).await.unwrap(), 20);
         assert_eq!(primary.hits("retrieve_batch"), 1);
         let ops = recorder.ops();
         let placed = ops
@@ -872,7 +889,7 @@ mod tests {
         find(&ops, 0, |op| commits_table(op, &table)).expect("the outcomes are committed");
         check(&ops);
         for &id in &ids {
-            let row = registry.get(&tracking, id).await.unwrap().unwrap();
+            let row = registry.get(tracking, id).await.unwrap().unwrap();
             assert_eq!(row.state, SyncState::Synced, "{method:?}");
         }
 
@@ -882,21 +899,21 @@ mod tests {
         for &id in &more {
             primary.add(id, 10, format!("entries: {id}\n").as_bytes(), true);
         }
-        registry.insert_missing(&tracking, &more).await.unwrap();
+        registry.insert_missing(tracking, &more).await.unwrap();
         recorder.fail_next_sync();
-        assert_eq!(sync_one_batch(&downloader, &it, settings).await.unwrap(), 5);
+        assert_eq!(sync_one_batch(downloader, it, settings).await.unwrap(), 5);
         for &id in &more {
-            let row = registry.get(&tracking, id).await.unwrap().unwrap();
+            let row = registry.get(tracking, id).await.unwrap().unwrap();
             assert_eq!(row.state, SyncState::Failed, "{method:?}");
             let failure = row.last_sync_failure.unwrap_or_default();
             assert!(failure.contains("injected"), "{method:?}: {failure}");
-            registry.pending(&tracking, id).await.unwrap();
+            registry.pending(tracking, id).await.unwrap();
         }
         recorder.clear();
-        assert_eq!(sync_one_batch(&downloader, &it, settings).await.unwrap(), 5);
+        assert_eq!(sync_one_batch(downloader, it, settings).await.unwrap(), 5);
         check(&recorder.ops());
         for &id in &more {
-            let row = registry.get(&tracking, id).await.unwrap().unwrap();
+            let row = registry.get(tracking, id).await.unwrap().unwrap();
             assert_eq!(row.state, SyncState::Synced, "{method:?}");
         }
     }
