@@ -15,7 +15,11 @@
 //!   parent is synced).
 //!
 //! Only then does the write return, and only then do callers commit
-//! (`primary::ingest`, `secondary::sync`). `object_store`'s `with_fsync`
+//! (`primary::ingest`, `secondary::sync`). A group of writes (a secondary's
+//! batch of small blobs, the primary's group commit) is made durable by one
+//! [`SyncFs::sync_filesystem`] (`syncfs`) instead, unless
+//! `storage.sync_method = "fsync"` or the system has no such call; its
+//! cost and its caveat are in `docs/decisions.md`. `object_store`'s `with_fsync`
 //! makes the same calls inside the crate; the host makes them itself so
 //! that the order of writes, syncs, renames and commits can be recorded and
 //! checked (the storage tests wrap [`SyncFs`] and the object store).
