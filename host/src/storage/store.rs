@@ -475,16 +475,7 @@ impl BlobStore {
         let Some(local) = &self.inner.local else {
             return Ok(());
         };
-        let files = locations
-            .iter()
-            .map(|location| {
-                local
-                    .fs
-                    .path_to_filesystem(location)
-                    .map_err(|e| StorageError::from_store("sync", location, e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if files.is_empty() {
+        if locations.is_empty() {
             return Ok(());
         }
         if local.method == SyncMethod::Syncfs {
@@ -499,6 +490,16 @@ impl BlobStore {
                 done => return done,
             }
         }
+        // Each path on its own: only now are the files needed.
+        let files = locations
+            .iter()
+            .map(|location| {
+                local
+                    .fs
+                    .path_to_filesystem(location)
+                    .map_err(|e| StorageError::from_store("sync", location, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let (data, folders) = super::durable::sync_plan(&local.root, &files, what);
         let file_syncs = data.into_iter().map(|path| (path, false));
         let folder_syncs = folders.into_iter().map(|path| (path, true));
