@@ -82,8 +82,16 @@ pub fn claim_sql(
         })
         .collect();
     let guard: Vec<String> = kinds.iter().map(|k| format!("({})", k.condition)).collect();
+    // SQLite would plan the guard's `OR` as one scan of an index per
+    // branch (`MULTI-INDEX OR`): every pending row, on every claim. The
+    // rows to update are the candidates, found by id; `NOT INDEXED` keeps
+    // it to that (the rowid is still used).
+    let target = match backend {
+        Backend::Sqlite => format!("{table} NOT INDEXED"),
+        Backend::Postgres => table.to_string(),
+    };
     format!(
-        "UPDATE {table} SET {set} WHERE id IN ({} LIMIT $2) AND ({}) RETURNING {returning}",
+        "UPDATE {target} SET {set} WHERE id IN ({} LIMIT $2) AND ({}) RETURNING {returning}",
         branches.join(" UNION ALL "),
         guard.join(" OR ")
     )
@@ -100,6 +108,9 @@ pub struct VerificationTable {
     pending_index: QuotedIdent,
     /// The quoted partial index of failed rows by `verification_retry_at`.
     failed_index: QuotedIdent,
+    /// The quoted partial index of started rows (claims, taken over when
+    /// their lease expired).
+    started_index: QuotedIdent,
     /// Whether a claim names its worker in `claimed_by` (a registry).
     owned: bool,
     /// The quoted foreign key (the model record id).
@@ -115,6 +126,7 @@ impl VerificationTable {
             only: String::new(),
             pending_index: index(&format!("index_{name}_states_pending_verification")),
             failed_index: index(&format!("index_{name}_states_failed_verification")),
+            started_index: index(&format!("index_{name}_states_on_verification_started")),
             owned: false,
             fk: ident(&identity.foreign_key()),
         }
@@ -128,6 +140,7 @@ impl VerificationTable {
             only: format!("state = {S_SYNCED} AND "),
             pending_index: index(&format!("{name}_registry_pending_verification")),
             failed_index: index(&format!("{name}_registry_failed_verification")),
+            started_index: index(&format!("{name}_registry_started_verification")),
             owned: true,
             fk: ident(&identity.foreign_key()),
         }
@@ -155,7 +168,7 @@ impl VerificationTable {
         ];
         if lease {
             kinds.push(Candidates {
-                index: None,
+                index: Some(self.started_index.clone()),
                 condition: format!(
                     "{only}verification_state = {V_STARTED} AND verification_started_at < $3"
                 ),
@@ -493,7 +506,7 @@ mod tests {
         ];
         assert_eq!(
             claim_sql(Backend::Sqlite, "\"t\"", "a = 1", &kinds, "id"),
-            "UPDATE \"t\" SET a = 1 WHERE id IN (\
+            "UPDATE \"t\" NOT INDEXED SET a = 1 WHERE id IN (\
              SELECT id FROM (SELECT id FROM \"t\" INDEXED BY \"i\" WHERE a = 0 ORDER BY x LIMIT $2 ) AS kind0 \
              UNION ALL SELECT id FROM (SELECT id FROM \"t\" WHERE a = 3 LIMIT $2 ) AS kind1 LIMIT $2) \
              AND ((a = 0) OR (a = 3)) RETURNING id"

@@ -117,6 +117,7 @@ impl Registry {
         // statement, so that no verifier sees a synced row with a stale
         // verification state.
         let all_synced: Vec<i64> = verified.iter().chain(&unverified).copied().collect();
+        let by_id = self.by_model_id(db.backend());
         for ids in all_synced.chunks(chunk) {
             tx.execute(
                 &format!(
@@ -136,7 +137,7 @@ impl Registry {
                 let rows = tx
                     .fetch_all(
                         &format!(
-                            "UPDATE {t} SET state = {S_SYNCED}, {after_synced} \
+                            "UPDATE {by_id} SET state = {S_SYNCED}, {after_synced} \
                              WHERE {fk} IN ({}) AND state = {S_STARTED} RETURNING {fk} AS model_id",
                             placeholders(1, ids.len())
                         ),

@@ -32,7 +32,9 @@
 
 use super::outcomes::{SyncOutcome, VerificationOutcome};
 use crate::catalog::InstalledType;
-use crate::db::{Arg, Db, DbError, DbRow, QuotedIdent, claim, ident, placeholders, value_rows};
+use crate::db::{
+    Arg, Backend, Db, DbError, DbRow, QuotedIdent, claim, ident, placeholders, value_rows,
+};
 use crate::plugin::TypeIdentity;
 use crate::states::sql::*;
 use crate::states::{self, SyncState, VerificationState};
@@ -144,6 +146,8 @@ pub struct Registry {
     fk: QuotedIdent,
     /// The quoted index on `state` (pending rows in id order).
     state_index: QuotedIdent,
+    /// The quoted unique index on the foreign key.
+    fk_index: QuotedIdent,
     /// The table as the verification claim sees it.
     verification: claim::VerificationTable,
 }
@@ -207,6 +211,10 @@ impl Registry {
             table: ident(&identity.registry_table()),
             fk: ident(&identity.foreign_key()),
             state_index: claim::index(&format!("index_{}_registry_on_state", identity.name)),
+            fk_index: claim::index(&format!(
+                "index_{name}_registry_on_{name}_id",
+                name = identity.name
+            )),
             verification: claim::VerificationTable::registry(identity),
         }
     }
@@ -244,6 +252,18 @@ impl Registry {
     /// [`super::listing`] and [`super::bulk`]).
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// The table for a statement that names its rows by model id (`fk IN
+    /// (…)`) and also a state: read through the unique index on the model
+    /// id. SQLite, which has no statistics, would otherwise take the
+    /// `state` index and walk every row in that state (every synced row,
+    /// say) to find a batch's.
+    pub fn by_model_id(&self, backend: Backend) -> String {
+        match backend {
+            Backend::Sqlite => format!("{} INDEXED BY {}", self.table, self.fk_index),
+            Backend::Postgres => self.table.to_string(),
+        }
     }
 
     /// The quoted foreign-key column.
@@ -461,14 +481,15 @@ impl Registry {
             },
             // Failed rows whose retry is due (few: sorting them is cheap).
             claim::Candidates {
-                index: None,
+                index: Some(self.state_index.clone()),
                 condition: format!("state = {S_FAILED} AND (retry_at IS NULL OR retry_at <= $1)"),
                 order: Some("retry_at NULLS FIRST, id".into()),
             },
         ];
         if lease {
+            // Started rows: only those in flight.
             kinds.push(claim::Candidates {
-                index: None,
+                index: Some(self.state_index.clone()),
                 condition: format!("state = {S_STARTED} AND last_synced_at < $3"),
                 order: None,
             });
@@ -519,7 +540,7 @@ impl Registry {
             let sql = format!(
                 "UPDATE {t} SET last_synced_at = $1 WHERE state = {S_STARTED} AND {fk} IN ({})",
                 placeholders(2, chunk.len()),
-                t = self.table,
+                t = self.by_model_id(db.backend()),
                 fk = self.fk
             );
             let mut args: Vec<Arg> = vec![Db::now().into()];
@@ -596,7 +617,7 @@ impl Registry {
             let sql = format!(
                 "UPDATE {t} SET state = {S_PENDING}, retry_at = NULL, retry_count = 0, verification_state = {V_DISABLED} \
                  WHERE {fk} IN ({ids}) AND {from}",
-                t = self.table,
+                t = self.by_model_id(db.backend()),
                 fk = self.fk,
                 ids = placeholders(1, chunk.len()),
             );
@@ -665,7 +686,7 @@ impl Registry {
         for chunk in model_ids.chunks(CHUNK) {
             let sql = format!(
                 "UPDATE {t} SET {set} WHERE {fk} IN ({ids}) AND state = {S_SYNCED}",
-                t = self.table,
+                t = self.by_model_id(db.backend()),
                 fk = self.fk,
                 set = verification_pending_set(),
                 ids = placeholders(1, chunk.len()),

@@ -59,3 +59,10 @@ CREATE INDEX IF NOT EXISTS "{{name}}_registry_needs_verification"
 CREATE INDEX IF NOT EXISTS "{{name}}_registry_pending_verification"
     ON "{{name}}_registry" (verified_at NULLS FIRST)
     WHERE ((state = 2) AND (verification_state = 0));
+
+-- Geohost: claims of a worker that died, taken over when their lease
+-- expired (db/claim.rs). Started rows are only those in flight, so this
+-- index stays small; without it the claim walked every synced row.
+CREATE INDEX IF NOT EXISTS "{{name}}_registry_started_verification"
+    ON "{{name}}_registry" (verification_started_at)
+    WHERE ((state = 2) AND (verification_state = 1));
