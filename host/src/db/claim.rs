@@ -10,7 +10,10 @@
 //! holds it** (`UNION ALL` of one `ORDER BY … LIMIT $2` per kind), so a
 //! claim reads a batch's worth of index entries and sorts nothing: it does
 //! not get slower as the table grows. (One `ORDER BY` over all the kinds at
-//! once sorted every pending row on every claim.) On SQLite, which has no
+//! once sorted every pending row on every claim.) The rows updated are
+//! found by id: on SQLite the target is `NOT INDEXED`, since its planner
+//! otherwise scans an index once per branch of the guard's `OR`, every
+//! pending row again on every claim. On SQLite, which has no
 //! statistics to choose by, each kind names its index (`INDEXED BY`); on
 //! PostgreSQL the planner picks it, and the candidates are locked with
 //! `FOR UPDATE SKIP LOCKED`, so concurrent claimers never take the same
