@@ -615,6 +615,8 @@ mod tests {
         "packages_helm_metadata_cache_registry_failed_verification",
         "packages_helm_metadata_cache_registry_needs_verification",
         "packages_helm_metadata_cache_registry_pending_verification",
+        // Geohost's own: expired verification claims (db/claim.rs).
+        "packages_helm_metadata_cache_registry_started_verification",
     ];
 
     const HELM_MODEL_INDEXES: &[&str] = &[
@@ -1147,6 +1149,12 @@ mod tests {
                     "WHERE ((state = 2) AND (verification_state = 0))",
                 );
             }
+            let started = "packages_helm_metadata_cache_registry_started_verification";
+            assert_contains(def(&registry_indexes, started), "(verification_started_at)");
+            assert_contains(
+                def(&registry_indexes, started),
+                "WHERE ((state = 2) AND (verification_state = 1))",
+            );
         }
     }
 
