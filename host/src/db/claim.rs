@@ -489,7 +489,14 @@ mod tests {
                     assert!(allowed, "{what}: {line}\n{text}");
                 }
             }
-            Backend::Postgres => assert!(!text.contains("Seq Scan"), "{what}: {text}"),
+            Backend::Postgres => {
+                assert!(!text.contains("Seq Scan"), "{what}: {text}");
+                // The guard's branches as one bitmap of every claimable
+                // row, joined to the candidates: the same walk.
+                assert!(!text.contains("BitmapOr"), "{what}: {text}");
+                let by_id = format!("Index Scan using {name}_pkey");
+                assert!(text.contains(&by_id), "{what}: not by id:\n{text}");
+            }
         }
     }
 
