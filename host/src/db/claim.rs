@@ -11,9 +11,9 @@
 //! claim reads a batch's worth of index entries and sorts nothing: it does
 //! not get slower as the table grows. (One `ORDER BY` over all the kinds at
 //! once sorted every pending row on every claim.) The rows updated are
-//! found by id: on SQLite the target is `NOT INDEXED`, since its planner
-//! otherwise scans an index once per branch of the guard's `OR`, every
-//! pending row again on every claim. On SQLite, which has no
+//! found by id (on SQLite the target is `NOT INDEXED`, on PostgreSQL the
+//! ids are an array), since both planners otherwise read the guard's `OR`
+//! through the kinds' indexes, every claimable row again on every claim. On SQLite, which has no
 //! statistics to choose by, each kind names its index (`INDEXED BY`); on
 //! PostgreSQL the planner picks it, and the candidates are locked with
 //! `FOR UPDATE SKIP LOCKED`, so concurrent claimers never take the same
@@ -85,17 +85,22 @@ pub fn claim_sql(
         })
         .collect();
     let guard: Vec<String> = kinds.iter().map(|k| format!("({})", k.condition)).collect();
-    // SQLite would plan the guard's `OR` as one scan of an index per
-    // branch (`MULTI-INDEX OR`): every pending row, on every claim. The
-    // rows to update are the candidates, found by id; `NOT INDEXED` keeps
-    // it to that (the rowid is still used).
-    let target = match backend {
-        Backend::Sqlite => format!("{table} NOT INDEXED"),
-        Backend::Postgres => table.to_string(),
+    // The rows to update are the candidates, found by id. Left to choose,
+    // both planners read the guard's `OR` through the kinds' indexes
+    // instead, every claimable row on every claim: SQLite as one index
+    // scan per branch (`MULTI-INDEX OR`; `NOT INDEXED` forbids it, the
+    // rowid is still used), PostgreSQL as a `BitmapOr` joined to the
+    // candidates (an array of ids, computed first, goes to the primary key).
+    let candidates = format!("{} LIMIT $2", branches.join(" UNION ALL "));
+    let (target, by_id) = match backend {
+        Backend::Sqlite => (
+            format!("{table} NOT INDEXED"),
+            format!("id IN ({candidates})"),
+        ),
+        Backend::Postgres => (table.to_string(), format!("id = ANY(ARRAY({candidates}))")),
     };
     format!(
-        "UPDATE {target} SET {set} WHERE id IN ({} LIMIT $2) AND ({}) RETURNING {returning}",
-        branches.join(" UNION ALL "),
+        "UPDATE {target} SET {set} WHERE {by_id} AND ({}) RETURNING {returning}",
         guard.join(" OR ")
     )
 }
