@@ -13,7 +13,9 @@
 //! once sorted every pending row on every claim.) The rows updated are
 //! found by id (on SQLite the target is `NOT INDEXED`, on PostgreSQL the
 //! ids are an array), since both planners otherwise read the guard's `OR`
-//! through the kinds' indexes, every claimable row again on every claim. On SQLite, which has no
+//! through the kinds' indexes, every claimable row again on every claim:
+//! SQLite as one index scan per branch (`MULTI-INDEX OR`), PostgreSQL as a
+//! `BitmapOr` joined to the candidates. On SQLite, which has no
 //! statistics to choose by, each kind names its index (`INDEXED BY`); on
 //! PostgreSQL the planner picks it, and the candidates are locked with
 //! `FOR UPDATE SKIP LOCKED`, so concurrent claimers never take the same
@@ -85,12 +87,8 @@ pub fn claim_sql(
         })
         .collect();
     let guard: Vec<String> = kinds.iter().map(|k| format!("({})", k.condition)).collect();
-    // The rows to update are the candidates, found by id. Left to choose,
-    // both planners read the guard's `OR` through the kinds' indexes
-    // instead, every claimable row on every claim: SQLite as one index
-    // scan per branch (`MULTI-INDEX OR`; `NOT INDEXED` forbids it, the
-    // rowid is still used), PostgreSQL as a `BitmapOr` joined to the
-    // candidates (an array of ids, computed first, goes to the primary key).
+    // The candidates, found by id (module docs): `NOT INDEXED` still uses
+    // the rowid; an array computed first goes to the primary key.
     let candidates = format!("{} LIMIT $2", branches.join(" UNION ALL "));
     let (target, by_id) = match backend {
         Backend::Sqlite => (
