@@ -266,11 +266,14 @@ async fn a_refused_version_changes_no_schema_from_the_api_or_the_folder_at_start
     }
 }
 
+/// The verifier hashes the path a states row holds; it asks the type only
+/// for rows without one (written before the column existed), as these
+/// rows are here. A trap on one of them fails that record alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poisoned_record_fails_its_own_primary_verification_and_no_other() {
     const NAME: &str = "fixture_poisoned_paths";
     for backend in sites::backends() {
-        let primary = sites::primary(backend).await;
+        let primary = sites::primary_with(backend, "enabled = false\n").await;
         let [_, a, ..] = sites::group_tree(&primary).await;
         let project = sites::project(&primary, a, "p").await;
         let request = geohost::swap::Request {
@@ -292,18 +295,23 @@ async fn a_poisoned_record_fails_its_own_primary_verification_and_no_other() {
                 .unwrap();
             assert_eq!(written.id, i);
         }
-        let states = format!("{NAME}_states");
+        let states = ident(&format!("{NAME}_states"));
+        primary
+            .site
+            .db
+            .execute(&format!("UPDATE {states} SET blob_path = NULL"), &[])
+            .await
+            .unwrap();
+        let it = primary.site.installed(NAME).unwrap();
+        while geohost::primary::verify::verify_round(&primary.site, &it, 10, 2, 1)
+            .await
+            .unwrap()
+            > 0
+        {}
         let sql = format!(
-            "SELECT {} AS id, verification_state, verification_failure FROM {} ORDER BY 1",
+            "SELECT {} AS id, verification_state, verification_failure FROM {states} ORDER BY 1",
             ident(&format!("{NAME}_id")),
-            ident(&states)
         );
-        eventually(CONVERGE, "every record verified or failed", || async {
-            let rows = primary.site.db.fetch_all(&sql, &[]).await.unwrap();
-            rows.iter()
-                .all(|r| matches!(r.i16("verification_state").unwrap(), 2 | 3))
-        })
-        .await;
         let rows = primary.site.db.fetch_all(&sql, &[]).await.unwrap();
         for row in rows {
             let id = row.i64("id").unwrap();

@@ -225,6 +225,61 @@ async fn two_verifiers_never_claim_the_same_row() {
     }
 }
 
+/// Verification hashes the path a states row holds; a row without a usable
+/// one (written before the column existed, or holding a path the rules
+/// refuse) asks the type for its record's path, and verifies all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_without_a_usable_stored_path_verify_through_the_type() {
+    for backend in sites::backends() {
+        let f = fixture(backend, "enabled = false\n").await;
+        let mut written = Vec::new();
+        for i in 0..9 {
+            let outcome = sites::put_helm(
+                &f.primary,
+                f.project,
+                &format!("c{i}"),
+                &format!("body {i}"),
+            )
+            .await;
+            written.push(outcome);
+        }
+        let it = f.primary.site.installed(HELM).unwrap();
+        let states = ident(&it.identity.states_table());
+        let fk = ident(&it.identity.foreign_key());
+        for (i, w) in written.iter().enumerate() {
+            let stored = match i % 3 {
+                0 => continue,
+                1 => None,
+                _ => Some(format!("../escape/{i}")),
+            };
+            f.primary
+                .site
+                .db
+                .execute(
+                    &format!("UPDATE {states} SET blob_path = $1 WHERE {fk} = $2"),
+                    &[stored.into(), w.id.into()],
+                )
+                .await
+                .unwrap();
+        }
+        while verify::verify_round(&f.primary.site, &it, 4, 2, 1)
+            .await
+            .unwrap()
+            > 0
+        {}
+        for w in &written {
+            let (state, checksum, failure) = state_of(&f, w.id).await;
+            assert_eq!((state, failure), (2, None), "{backend:?}: record {}", w.id);
+            assert_eq!(
+                hex::encode(checksum.unwrap()),
+                sha256sum(&f.primary.blob_file(&w.blob_path)),
+                "{backend:?}: record {}",
+                w.id
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retrieve_is_authenticated_like_gitlab() {
     for backend in sites::backends() {

@@ -29,6 +29,12 @@
 //! write its late result), and the timeout and reverification passes run in
 //! one process at a time (`crate::leases`).
 //!
+//! A claim returns each row's `blob_path`, which ingest writes with the
+//! record and a swap's moves rewrite, so a batch hashes straight from its
+//! claim: only a row without a usable path (written before the column
+//! existed) reads its record and asks the type, as GitLab's replicator asks
+//! the model's uploader.
+//!
 //! GitLab claims 10 rows per job; Geohost claims `workers.verification_batch`
 //! (100 by default) and writes a batch's results in one transaction, which
 //! is what lets small blobs verify at tens of thousands a second. Two
@@ -39,10 +45,12 @@ use super::events;
 use super::records;
 use crate::catalog::InstalledType;
 use crate::db::{Arg, Db, DbError, claim, ident, rows_per_statement, stored_checksum, values_cte};
+use crate::plugin::BlobPath;
 use crate::site::Site;
 use crate::states::sql::*;
 use crate::states::{self, VerificationState};
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +62,9 @@ struct Claim {
     retry_count: i64,
     /// The checksum stored by the last successful verification, if any.
     previous: Option<Vec<u8>>,
+    /// The blob path the row holds (written by ingest and by a swap's
+    /// moves); `None` for a row written before the column existed.
+    blob_path: Option<String>,
 }
 
 /// One verification result.
@@ -114,7 +125,8 @@ async fn claim(
         db.backend(),
         true,
         &format!(
-            "{fk} AS id, verification_started_at, verification_retry_count, verification_checksum"
+            "{fk} AS id, verification_started_at, verification_retry_count, \
+             verification_checksum, blob_path"
         ),
     );
     let cutoff = crate::leases::expired_before(now, lease);
@@ -124,6 +136,7 @@ async fn claim(
             started_at: row.ts("verification_started_at")?,
             retry_count: row.int("verification_retry_count")?.unwrap_or(0),
             previous: row.opt_bytes("verification_checksum")?,
+            blob_path: row.opt_text("blob_path")?,
         })
     })
     .await
@@ -176,6 +189,39 @@ pub async fn verify_round(
     }
 }
 
+/// The blob path of each claimed record that still exists: the one its
+/// states row holds, so a batch of rows that all hold one reads no record
+/// and calls no plugin; for the others (rows written before the column
+/// existed, or holding a path that no longer passes the path rules), the
+/// type's answer for the record, asked in one call. A record the plugin
+/// traps on gets its own error, which fails its own verification only.
+async fn blob_paths(
+    site: &Site,
+    it: &InstalledType,
+    claims: &[Claim],
+) -> anyhow::Result<HashMap<i64, Result<BlobPath, String>>> {
+    let mut paths = HashMap::with_capacity(claims.len());
+    let mut ask = Vec::new();
+    for claim in claims {
+        match claim.blob_path.as_deref().map(BlobPath::parse) {
+            Some(Ok(path)) => {
+                paths.insert(claim.id, Ok(path));
+            }
+            _ => ask.push(claim.id),
+        }
+    }
+    if !ask.is_empty() {
+        let found = records::by_ids(&site.db, it, &ask).await?;
+        let rows = found
+            .iter()
+            .map(|r| Ok(it.path_row(r.id, &r.values)))
+            .collect();
+        let answers = it.blob_paths_of_rows(rows).await?;
+        paths.extend(found.iter().map(|r| r.id).zip(answers));
+    }
+    Ok(paths)
+}
+
 /// Verifies one batch of one type. Returns how many rows it handled.
 pub async fn verify_batch(
     site: &Site,
@@ -191,16 +237,7 @@ pub async fn verify_batch(
     // One claim statement stamps its rows alike; renewed while the batch
     // runs (a third of the lease), so a long batch is not taken over.
     let work = async {
-        let found = records::by_ids(&site.db, it, &ids).await?;
-        // Isolated per record: a record the plugin traps on fails its own
-        // verification, not its batch's.
-        let rows = found
-            .iter()
-            .map(|r| Ok(it.path_row(r.id, &r.values)))
-            .collect();
-        let paths = it.blob_paths_of_rows(rows).await?;
-        let by_id: std::collections::HashMap<i64, _> =
-            found.iter().map(|r| r.id).zip(paths).collect();
+        let by_id = blob_paths(site, it, &claims).await?;
         let started = std::time::Instant::now();
         // Every blob of the batch hashed in a few blocking tasks, not one hop each.
         let mut paths = Vec::new();
