@@ -266,6 +266,71 @@ async fn a_refused_version_changes_no_schema_from_the_api_or_the_folder_at_start
     }
 }
 
+/// A type may name a model column as the host names a column of its
+/// `<name>_states` table: reads of the record keep the two apart (the
+/// record's value in its columns, the primary's checksum beside them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_column_named_as_a_state_column_is_not_mixed_with_it() {
+    for backend in sites::backends() {
+        let primary = sites::primary(backend).await;
+        let [_, a, ..] = sites::group_tree(&primary).await;
+        let project = sites::project(&primary, a, "p").await;
+        let request = geohost::swap::Request {
+            expect_name: None,
+            source: "test".into(),
+        };
+        geohost::swap::activate(
+            &primary.site,
+            fixture_component("helm-state-column"),
+            request,
+        )
+        .await
+        .unwrap();
+        let mut columns = serde_json::Map::new();
+        columns.insert("project_id".into(), project.into());
+        columns.insert("channel".into(), "stable".into());
+        columns.insert("verification_checksum".into(), "the writer's own".into());
+        let body = "apiVersion: v1\nentries: {}\n";
+        let stream = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(body))]);
+        let written = geohost::primary::ingest::upsert(&primary.site, HELM, &columns, stream)
+            .await
+            .unwrap();
+        let it = primary.site.installed(HELM).unwrap();
+        let states = ident(&it.identity.states_table());
+        let fk = ident(&it.identity.foreign_key());
+        let sql = format!("SELECT verification_state FROM {states} WHERE {fk} = $1");
+        eventually(CONVERGE, "the record verified", || async {
+            let row = primary
+                .site
+                .db
+                .fetch_one(&sql, &[written.id.into()])
+                .await
+                .unwrap();
+            row.i16("verification_state").unwrap() == 2
+        })
+        .await;
+        let record = geohost::primary::records::by_id(&primary.site.db, &it, written.id)
+            .await
+            .unwrap()
+            .unwrap();
+        let feed = record.to_feed(&it);
+        assert_eq!(
+            feed.columns["verification_checksum"], "the writer's own",
+            "{backend:?}"
+        );
+        assert_eq!(
+            feed.verification_checksum.as_deref(),
+            Some(sha256_hex(body.as_bytes()).as_str()),
+            "{backend:?}"
+        );
+        assert_eq!(
+            record.verification_state,
+            geohost::states::VerificationState::Succeeded,
+            "{backend:?}"
+        );
+    }
+}
+
 /// The verifier hashes the path a states row holds; it asks the type only
 /// for rows without one (written before the column existed), as these
 /// rows are here. A trap on one of them fails that record alone.
