@@ -52,14 +52,23 @@ impl Record {
     }
 }
 
-/// `SELECT` list: the model's `id`, its columns (prefixed `m.`), and the state.
+/// The names the state's columns are selected under: a leading `_` is no
+/// name a type may give a model column, so a type's own
+/// `verification_state` column is never taken for the host's.
+const STATE: &str = "_s_verification_state";
+const CHECKSUM: &str = "_s_verification_checksum";
+
+/// `SELECT` list: the model's `id`, its columns (prefixed `m.`), and the
+/// state (under [`STATE`] and [`CHECKSUM`]).
 pub fn select_list(it: &InstalledType) -> String {
     let mut list = String::from("m.id");
     for column in it.columns() {
         list.push_str(", m.");
         list.push_str(&ident(&column.name));
     }
-    list.push_str(", s.verification_state, s.verification_checksum");
+    list.push_str(&format!(
+        ", s.verification_state AS {STATE}, s.verification_checksum AS {CHECKSUM}"
+    ));
     list
 }
 
@@ -82,13 +91,13 @@ pub fn decode(it: &InstalledType, row: &DbRow) -> Result<Record, DbError> {
             row.value(&column.name, column.column_type)?,
         );
     }
-    let state = row.int("verification_state")?.unwrap_or(0) as i16;
+    let state = row.int(STATE)?.unwrap_or(0) as i16;
     Ok(Record {
         id: row.i64("id")?,
         values,
         verification_state: VerificationState::try_from(state)
-            .map_err(|e| DbError::decode("verification_state", e))?,
-        verification_checksum: row.opt_bytes("verification_checksum")?,
+            .map_err(|e| DbError::decode(STATE, e))?,
+        verification_checksum: row.opt_bytes(CHECKSUM)?,
     })
 }
 
