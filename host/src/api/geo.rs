@@ -161,11 +161,7 @@ async fn retrieve_batch(
         .filter_map(|(record, visible)| visible.then_some(record))
         .collect();
     // Isolated per record: a record the plugin traps on fails its own part.
-    let rows = found
-        .iter()
-        .map(|r| Ok(it.path_row(r.id, &r.values)))
-        .collect();
-    let paths = it.blob_paths_of_rows(rows).await?;
+    let paths = records::blob_paths(&it, &found).await?;
     let mut by_id: std::collections::HashMap<i64, (records::Record, Result<BlobPath, String>)> =
         found
             .into_iter()

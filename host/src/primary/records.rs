@@ -1,9 +1,9 @@
 //! Reading a type's model table (with its verification state) generically,
 //! from the columns the type's identity declares.
 
-use crate::catalog::InstalledType;
+use crate::catalog::{CallError, InstalledType};
 use crate::db::{Arg, Db, DbError, DbRow, Tx, ident, placeholders};
-use crate::plugin::Value;
+use crate::plugin::{BlobPath, Value};
 use crate::states::VerificationState;
 use std::collections::HashMap;
 
@@ -99,6 +99,19 @@ pub fn decode(it: &InstalledType, row: &DbRow) -> Result<Record, DbError> {
             .map_err(|e| DbError::decode(STATE, e))?,
         verification_checksum: row.opt_bytes(CHECKSUM)?,
     })
+}
+
+/// The type's blob path for each record, in order; a record the type
+/// traps on gets its own error (`InstalledType::blob_paths_of_rows`).
+pub async fn blob_paths(
+    it: &InstalledType,
+    records: &[Record],
+) -> Result<Vec<Result<BlobPath, String>>, CallError> {
+    let rows = records
+        .iter()
+        .map(|r| Ok(it.path_row(r.id, &r.values)))
+        .collect();
+    it.blob_paths_of_rows(rows).await
 }
 
 /// One record by id.

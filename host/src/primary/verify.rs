@@ -212,11 +212,7 @@ async fn blob_paths(
     }
     if !ask.is_empty() {
         let found = records::by_ids(&site.db, it, &ask).await?;
-        let rows = found
-            .iter()
-            .map(|r| Ok(it.path_row(r.id, &r.values)))
-            .collect();
-        let answers = it.blob_paths_of_rows(rows).await?;
+        let answers = records::blob_paths(it, &found).await?;
         paths.extend(found.iter().map(|r| r.id).zip(answers));
     }
     Ok(paths)

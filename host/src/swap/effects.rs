@@ -461,12 +461,7 @@ pub async fn backfill_blob_paths(db: &Db, it: &InstalledType) -> Result<u64, Str
         let records = crate::primary::records::by_ids(db, it, &ids)
             .await
             .map_err(|e| e.to_string())?;
-        let rows = records
-            .iter()
-            .map(|r| Ok(it.path_row(r.id, &r.values)))
-            .collect();
-        let paths = it
-            .blob_paths_of_rows(rows)
+        let paths = crate::primary::records::blob_paths(it, &records)
             .await
             .map_err(|e| e.to_string())?;
         for (record, path) in records.iter().zip(paths) {
