@@ -453,6 +453,7 @@ async fn cpu_per_blob(primary: BenchSite, count: usize) -> CpuRun {
     // Each secondary's copy stays until both ran ([`Leftovers`]).
     let mut copies = Leftovers::default();
     for (variant, dir, port) in secondaries {
+        flush_writes();
         let before = primary.cpu();
         let started = Instant::now();
         let secondary = Process::start(&dir.path().join("site.toml"), &dir.path().join("log"));
@@ -649,6 +650,7 @@ async fn geohost_sync(
 ) -> (SyncRun, tempfile::TempDir) {
     let options = variant.options().await;
     let reset = reset_peak_rss();
+    flush_writes();
     let started = Instant::now();
     let secondary = secondary_with(primary, files_capacity(), &options).await;
     let open = started.elapsed();
@@ -770,6 +772,7 @@ fn rclone_runs(
             if let Some(t) = t {
                 cmd.args(["--transfers", &t.to_string()]);
             }
+            flush_writes();
             let watch = Stopwatch::start();
             let status = cmd.status().expect("rclone copy runs");
             let wall = watch.stop().wall;
@@ -792,6 +795,7 @@ fn rclone_runs(
 /// With `keep`, the copy stays until the primary goes ([`Leftovers`]).
 fn cp_run(primary: &BenchSite, keep: bool) -> Duration {
     let target = primary.dir.join("cp-copy");
+    flush_writes();
     let watch = Stopwatch::start();
     let status = Command::new("cp")
         .arg("-r")

@@ -359,6 +359,17 @@ pub async fn settle_deletions() {
     tokio::time::sleep(Duration::from_secs(centisecs / 100 + 5)).await;
 }
 
+/// Writes every file system's dirty data to disk (`sync(2)`), outside any
+/// timing: call it right before a measured run that writes files. The peers
+/// (`cp -r`, `rclone copy`) never sync their copies, so without it the next
+/// run paid for their write-back: on a secondary, its first batch's
+/// `syncfs` flushed the copies made before it (a `sync` after `cp -r` of
+/// 10,000 × 4 KiB takes 0.3–0.45 s here), and a peer's copy raced the
+/// kernel's flusher writing back the one before.
+pub fn flush_writes() {
+    rustix::fs::sync();
+}
+
 /// A new folder for a site (under `GEOHOST_BENCH_DIR` when set).
 pub fn site_folder() -> TempDir {
     temp_dir()
