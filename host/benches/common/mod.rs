@@ -362,10 +362,11 @@ pub async fn settle_deletions() {
 /// Writes every file system's dirty data to disk (`sync(2)`), outside any
 /// timing: call it right before a measured run that writes files. The peers
 /// (`cp -r`, `rclone copy`) never sync their copies, so without it the next
-/// run paid for their write-back: on a secondary, its first batch's
-/// `syncfs` flushed the copies made before it (a `sync` after `cp -r` of
-/// 10,000 × 4 KiB takes 0.3–0.45 s here), and a peer's copy raced the
-/// kernel's flusher writing back the one before.
+/// run could pay for their write-back: a secondary's first batch `syncfs`
+/// flushes whatever the copies before it left (a `sync` after `cp -r` of
+/// 10,000 × 4 KiB takes 0.3–0.45 s here), and a peer's copy races the
+/// kernel's flusher writing back the one before. Blocking, and meant to be:
+/// nothing else runs then.
 pub fn flush_writes() {
     rustix::fs::sync();
 }
