@@ -362,7 +362,7 @@ pub async fn settle_deletions() {
 /// Writes every file system's dirty data to disk (`sync(2)`), outside any
 /// timing: call it right before a measured run that writes files. The peers
 /// (`cp -r`, `rclone copy`) never sync their copies, so without it the next
-/// run could pay for their write-back: a secondary's first batch `syncfs`
+/// run could pay for their write-back: a secondary's first batch's `syncfs`
 /// flushes whatever the copies before it left (a `sync` after `cp -r` of
 /// 10,000 × 4 KiB takes 0.3–0.45 s here), and a peer's copy races the
 /// kernel's flusher writing back the one before. Blocking, and meant to be:
