@@ -229,7 +229,22 @@ pub fn init() {
     LazyLock::force(&DUTY_RESTARTS);
     LazyLock::force(&DUTY_UP);
     LazyLock::force(&EVENT_GAPS);
+    LazyLock::force(&SQLITE_WAL_SYNCS);
 }
+
+/// `geohost_sqlite_wal_syncs_total` (primary on SQLite): `fdatasync`s of
+/// the write-ahead log made so that events written by verification's
+/// unsynced commits are durable before a secondary reads them
+/// (`db/unsynced.rs`).
+pub static SQLITE_WAL_SYNCS: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    register(
+        prometheus::IntCounter::new(
+            "geohost_sqlite_wal_syncs_total",
+            "Syncs of the SQLite write-ahead log before events are served",
+        )
+        .expect("valid metric"),
+    )
+});
 
 /// `geohost_event_gaps`: ids the event cursor passed without an event,
 /// read again until their event appears (`secondary/cursor.rs`).

@@ -28,6 +28,7 @@ mod positional;
 pub(crate) mod template;
 #[doc(hidden)]
 pub mod testing;
+mod unsynced;
 
 pub use crate::plugin::identity::QuotedIdent;
 
@@ -38,7 +39,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{PgPool, Row as _, SqlitePool};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+use unsynced::{CommitSync, Mode, UnsyncedGuard};
 
 /// Which SQL dialect a [`Db`] speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -153,6 +156,9 @@ pub enum Db {
 pub struct SqliteDb {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// A durable database's unsynced commits ([`Db::begin_unsynced`]);
+    /// `None` where no commit waits for stable storage anyway.
+    commits: Option<Arc<CommitSync>>,
 }
 
 impl SqliteDb {
@@ -163,6 +169,7 @@ impl SqliteDb {
         Db::Sqlite(SqliteDb {
             writer: pool.clone(),
             readers: pool,
+            commits: None,
         })
     }
 
@@ -171,13 +178,53 @@ impl SqliteDb {
         &self.writer
     }
 
-    /// The pool for `sql`: the readers for a plain `SELECT`, else the writer.
-    fn pool_for(&self, sql: &str) -> &SqlitePool {
+    /// A connection for `sql`: a reader for a plain `SELECT`, else the
+    /// writer, its commits synced.
+    async fn acquire_for(&self, sql: &str) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>> {
         if is_select(sql) {
-            &self.readers
-        } else {
-            &self.writer
+            return self
+                .readers
+                .acquire()
+                .await
+                .map_err(|e| DbError::sqlx("acquiring a reader", e));
         }
+        self.acquire_writer(Mode::Synced).await
+    }
+
+    /// The writer connection, in `mode`.
+    async fn acquire_writer(&self, mode: Mode) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>> {
+        let mut conn = self
+            .writer
+            .acquire()
+            .await
+            .map_err(|e| DbError::sqlx("acquiring the writer", e))?;
+        if let Some(commits) = &self.commits {
+            commits
+                .set_mode(&mut conn, mode)
+                .await
+                .map_err(|e| DbError::sqlx("setting the writer's synchronous mode", e))?;
+        }
+        Ok(conn)
+    }
+
+    /// A transaction on the writer, its commit in `mode`.
+    async fn begin(&self, mode: Mode) -> Result<Tx> {
+        // Counted before anything is written.
+        let guard = match (&self.commits, mode) {
+            (Some(commits), Mode::Unsynced) => Some(commits.open()),
+            _ => None,
+        };
+        // SQLite refuses to change `synchronous` inside a transaction, so
+        // the connection is put in `mode` first, then the transaction is
+        // begun on it as `Pool::begin_with` does (the same sqlx call).
+        let conn = self.acquire_writer(mode).await?;
+        let tx = sqlx::Transaction::begin(
+            sqlx::pool::MaybePoolConnection::PoolConnection(conn),
+            Some(sqlx::SqlSafeStr::into_sql_str("BEGIN IMMEDIATE")),
+        )
+        .await
+        .map_err(|e| DbError::sqlx("BEGIN IMMEDIATE", e))?;
+        Ok(Tx::Sqlite(tx, guard))
     }
 }
 
@@ -207,12 +254,23 @@ async fn connect_sqlite(
         .connect_with(options.clone())
         .await
         .map_err(|e| DbError::sqlx(format!("opening {url}"), e))?;
+    // Only a database whose commits wait for stable storage has commits
+    // that may skip the wait.
+    let commits = (matches!(
+        synchronous,
+        SqliteSynchronous::Full | SqliteSynchronous::Extra
+    ) && !options.get_filename().as_os_str().is_empty())
+    .then(|| Arc::new(CommitSync::new(options.get_filename().to_path_buf())));
     let readers = SqlitePoolOptions::new()
         .max_connections(max_connections.max(2) - 1)
         .connect_with(options.pragma("query_only", "ON"))
         .await
         .map_err(|e| DbError::sqlx(format!("opening {url} for reading"), e))?;
-    Ok(Db::Sqlite(SqliteDb { writer, readers }))
+    Ok(Db::Sqlite(SqliteDb {
+        writer,
+        readers,
+        commits,
+    }))
 }
 
 /// Whether `sql` is a plain query (`SELECT …`), which cannot write.
@@ -399,14 +457,13 @@ impl Db {
     /// A pooled connection, for the one statement `sql`.
     async fn acquire(&self, sql: &str) -> Result<PooledConnection> {
         match self {
-            Db::Sqlite(db) => db
-                .pool_for(sql)
+            Db::Sqlite(db) => db.acquire_for(sql).await.map(PooledConnection::Sqlite),
+            Db::Postgres(pool) => pool
                 .acquire()
                 .await
-                .map(PooledConnection::Sqlite),
-            Db::Postgres(pool) => pool.acquire().await.map(PooledConnection::Postgres),
+                .map(PooledConnection::Postgres)
+                .map_err(|e| DbError::sqlx("acquiring", e)),
         }
-        .map_err(|e| DbError::sqlx("acquiring", e))
     }
 
     /// Runs a statement; returns the number of rows it changed.
@@ -447,10 +504,13 @@ impl Db {
     /// Runs several statements separated by `;` (DDL), without arguments.
     pub async fn execute_script(&self, sql: &str) -> Result<()> {
         match self {
-            Db::Sqlite(db) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(&db.writer)
-                .await
-                .map(|_| ()),
+            Db::Sqlite(db) => {
+                let mut conn = db.acquire_writer(Mode::Synced).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| ())
+            }
             Db::Postgres(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
                 .execute(pool)
                 .await
@@ -466,18 +526,54 @@ impl Db {
     /// database.
     pub async fn begin(&self) -> Result<Tx> {
         match self {
-            Db::Sqlite(db) => db
-                .writer
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map(Tx::Sqlite)
-                .map_err(|e| DbError::sqlx("BEGIN IMMEDIATE", e)),
+            Db::Sqlite(db) => db.begin(Mode::Synced).await,
             Db::Postgres(pool) => pool
                 .begin()
                 .await
                 .map(Tx::Postgres)
                 .map_err(|e| DbError::sqlx("BEGIN", e)),
         }
+    }
+
+    /// Like [`Db::begin`], for work that can be done again: on a durable
+    /// SQLite database ([`Db::connect_durable`]) its commit does not wait
+    /// for stable storage (`synchronous = NORMAL` for this transaction), so
+    /// a power cut may roll it back, never a commit after it. The primary's
+    /// verification claims and results (a lost one means a blob is hashed
+    /// again). A reader that hands what such a commit wrote to another
+    /// site calls [`Db::sync_commits_seen`] first. On PostgreSQL and on a
+    /// database that is not durable anyway, the same as [`Db::begin`].
+    pub async fn begin_unsynced(&self) -> Result<Tx> {
+        match self {
+            Db::Sqlite(db) => db.begin(Mode::Unsynced).await,
+            Db::Postgres(_) => self.begin().await,
+        }
+    }
+
+    /// Makes every commit that a read finished before this call could see
+    /// durable: after an unsynced commit ([`Db::begin_unsynced`]), one
+    /// `fdatasync` of SQLite's write-ahead log; otherwise nothing. For
+    /// readers whose answer another site keeps (the event feed). Returns
+    /// whether it synced.
+    pub async fn sync_commits_seen(&self) -> Result<bool> {
+        let Db::Sqlite(db) = self else {
+            return Ok(false);
+        };
+        let Some(commits) = &db.commits else {
+            return Ok(false);
+        };
+        // A statement on the writer runs after any commit still queued on it.
+        let barrier = async {
+            let mut conn = db.writer.acquire().await?;
+            sqlx::query("SELECT 1")
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+        };
+        commits
+            .sync(barrier)
+            .await
+            .map_err(|e| DbError::Invalid(format!("syncing the SQLite write-ahead log: {e}")))
     }
 
     /// Closes the pool (waits for connections to be returned).
@@ -515,21 +611,25 @@ impl PooledConnection {
 
 /// An open transaction; dropped without [`Tx::commit`], it rolls back.
 pub enum Tx {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    /// With the guard of an unsynced transaction ([`Db::begin_unsynced`]).
+    Sqlite(
+        sqlx::Transaction<'static, sqlx::Sqlite>,
+        Option<UnsyncedGuard>,
+    ),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
 impl Tx {
     pub fn backend(&self) -> Backend {
         match self {
-            Tx::Sqlite(_) => Backend::Sqlite,
+            Tx::Sqlite(..) => Backend::Sqlite,
             Tx::Postgres(_) => Backend::Postgres,
         }
     }
 
     fn executor(&mut self) -> Executor<'_> {
         match self {
-            Tx::Sqlite(tx) => Executor::Sqlite(&mut *tx),
+            Tx::Sqlite(tx, _) => Executor::Sqlite(&mut *tx),
             Tx::Postgres(tx) => Executor::Postgres(&mut *tx),
         }
     }
@@ -562,7 +662,16 @@ impl Tx {
 
     pub async fn commit(self) -> Result<()> {
         match self {
-            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Sqlite(tx, mut guard) => {
+                if let Some(guard) = &mut guard {
+                    guard.commit_sent();
+                }
+                let result = tx.commit().await;
+                if let Some(guard) = &mut guard {
+                    guard.commit_answered();
+                }
+                result
+            }
             Tx::Postgres(tx) => tx.commit().await,
         }
         .map_err(|e| DbError::sqlx("COMMIT", e))
@@ -573,7 +682,7 @@ impl Tx {
     /// then.)
     pub async fn rollback(self) -> Result<()> {
         match self {
-            Tx::Sqlite(tx) => tx.rollback().await,
+            Tx::Sqlite(tx, _) => tx.rollback().await,
             Tx::Postgres(tx) => tx.rollback().await,
         }
         .map_err(|e| DbError::sqlx("ROLLBACK", e))
@@ -860,5 +969,99 @@ mod tests {
     fn checksums_are_stored_as_the_bytes_of_their_hex() {
         assert_eq!(stored_checksum("00ff"), vec![0, 255]);
         assert_eq!(stored_checksum("not hex"), b"not hex".to_vec());
+    }
+
+    /// The writer's `synchronous` setting as a statement in `tx` sees it.
+    async fn synchronous(tx: &mut Tx) -> i64 {
+        tx.fetch_one("PRAGMA synchronous", &[])
+            .await
+            .unwrap()
+            .i64("synchronous")
+            .unwrap()
+    }
+
+    /// On a durable database an unsynced transaction commits with
+    /// `synchronous = NORMAL` (1), and every other write after it is back
+    /// to `FULL` (2): a transaction, a single statement, a script, also
+    /// after an unsynced transaction dropped unfinished. A database that
+    /// is not durable keeps its own `NORMAL` throughout.
+    #[tokio::test]
+    async fn unsynced_commits_leave_every_other_write_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("d.db").display());
+        let db = Db::connect_durable(&url, 4).await.unwrap();
+        db.execute_script("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .await
+            .unwrap();
+        let mut tx = db.begin().await.unwrap();
+        assert_eq!(synchronous(&mut tx).await, 2, "a durable database syncs");
+        tx.commit().await.unwrap();
+
+        let mut tx = db.begin_unsynced().await.unwrap();
+        assert_eq!(synchronous(&mut tx).await, 1, "an unsynced commit");
+        tx.execute("INSERT INTO t (id) VALUES (1)", &[])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        assert_eq!(synchronous(&mut tx).await, 2, "the next transaction syncs");
+        tx.commit().await.unwrap();
+
+        drop(db.begin_unsynced().await.unwrap());
+        let back = db.fetch_one("PRAGMA synchronous", &[]).await.unwrap();
+        assert_eq!(back.i64("synchronous").unwrap(), 2, "a single write syncs");
+        let mut tx = db.begin_unsynced().await.unwrap();
+        tx.execute("INSERT INTO t (id) VALUES (2)", &[])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        db.execute_script("CREATE TABLE u (id INTEGER PRIMARY KEY)")
+            .await
+            .unwrap();
+        let mut tx = db.begin().await.unwrap();
+        assert_eq!(synchronous(&mut tx).await, 2, "after a script");
+        tx.rollback().await.unwrap();
+
+        let url = format!("sqlite:{}", dir.path().join("n.db").display());
+        let normal = Db::connect_with(&url, 4).await.unwrap();
+        let mut tx = normal.begin_unsynced().await.unwrap();
+        assert_eq!(synchronous(&mut tx).await, 1);
+        tx.commit().await.unwrap();
+        let mut tx = normal.begin().await.unwrap();
+        assert_eq!(synchronous(&mut tx).await, 1, "NORMAL is its own setting");
+        tx.commit().await.unwrap();
+    }
+
+    /// What an unsynced commit wrote is synced once, by the first reader
+    /// that asks after it; a reader with nothing unsynced to cover syncs
+    /// nothing; synced commits never need it.
+    #[tokio::test]
+    async fn readers_sync_the_log_once_after_unsynced_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("d.db").display());
+        let db = Db::connect_durable(&url, 4).await.unwrap();
+        db.execute_script("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .await
+            .unwrap();
+        db.execute("INSERT INTO t (id) VALUES (1)", &[])
+            .await
+            .unwrap();
+        assert!(
+            !db.sync_commits_seen().await.unwrap(),
+            "a synced commit needs no sync"
+        );
+        let mut tx = db.begin_unsynced().await.unwrap();
+        tx.execute("INSERT INTO t (id) VALUES (2)", &[])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert!(
+            db.sync_commits_seen().await.unwrap(),
+            "one sync for the unsynced commit"
+        );
+        assert!(
+            !db.sync_commits_seen().await.unwrap(),
+            "nothing new to sync"
+        );
     }
 }
