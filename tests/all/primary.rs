@@ -644,3 +644,27 @@ async fn ingest_refuses_a_record_of_a_missing_project() {
         assert_eq!(response.status(), 201, "{backend:?}");
     }
 }
+
+/// On SQLite the verifier commits its results without waiting for the
+/// disk (`Db::begin_unsynced`); the event feed syncs the write-ahead log
+/// once before it hands out the `checksum_succeeded` events they wrote, so
+/// no event id a secondary keeps can be lost to a power cut, and syncs
+/// nothing when nothing unsynced was committed since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksum_events_reach_the_disk_before_the_feed_serves_them() {
+    // A write wakes the verifier; no idle polls in between.
+    let f = fixture(Backend::Sqlite, "idle_poll_ms = 60000\n").await;
+    let syncs = || geohost::metrics::SQLITE_WAL_SYNCS.get();
+    let w = sites::put_helm(&f.primary, f.project, "stable", "one").await;
+    eventually(Duration::from_secs(20), "checksum", || async {
+        state_of(&f, w.id).await.0 == 2
+    })
+    .await;
+    let before = syncs();
+    let page = events_page(&f, 100).await;
+    let names: Vec<&str> = page.events.iter().map(|e| e.event_name.as_str()).collect();
+    assert_eq!(names, ["created", "checksum_succeeded"]);
+    assert_eq!(syncs(), before + 1, "the log was synced before the answer");
+    events_page(&f, 100).await;
+    assert_eq!(syncs(), before + 1, "nothing unsynced since");
+}

@@ -535,6 +535,10 @@ async fn event_page(
         .await?;
     found.retain(|e| withheld.binary_search(&e.id).is_err());
     let last = events::last(&site.db).await?;
+    // The secondary keeps these ids (its cursor): the commits that wrote
+    // them must survive a power cut, including verification's unsynced
+    // ones (`Db::begin_unsynced`).
+    site.db.sync_commits_seen().await?;
     Ok(EventPage {
         events: found,
         withheld,

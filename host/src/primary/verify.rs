@@ -35,6 +35,13 @@
 //! existed) reads its record and asks the type, as GitLab's replicator asks
 //! the model's uploader.
 //!
+//! Claims and results commit unsynced ([`Db::begin_unsynced`]): on a
+//! SQLite primary they do not wait for the disk, since a claim or result
+//! lost to a power cut is only work done again on the same blob; the event
+//! feed syncs the log before it serves the events they wrote
+//! (`docs/decisions.md`, "Durability"). An empty claim rolls back, so an
+//! idle verifier leaves the feed nothing to sync.
+//!
 //! GitLab claims 10 rows per job; Geohost claims `workers.verification_batch`
 //! (100 by default) and writes a batch's results in one transaction, which
 //! is what lets small blobs verify at tens of thousands a second. Two
@@ -130,16 +137,26 @@ async fn claim(
         ),
     );
     let cutoff = crate::leases::expired_before(now, lease);
-    db.fetch_map(&sql, &[now.into(), limit.into(), cutoff.into()], |row| {
-        Ok(Claim {
-            id: row.i64("id")?,
-            started_at: row.ts("verification_started_at")?,
-            retry_count: row.int("verification_retry_count")?.unwrap_or(0),
-            previous: row.opt_bytes("verification_checksum")?,
-            blob_path: row.opt_text("blob_path")?,
+    // A claim lost to a power cut leaves its rows pending: unsynced.
+    let mut tx = db.begin_unsynced().await?;
+    let claims = tx
+        .fetch_map(&sql, &[now.into(), limit.into(), cutoff.into()], |row| {
+            Ok(Claim {
+                id: row.i64("id")?,
+                started_at: row.ts("verification_started_at")?,
+                retry_count: row.int("verification_retry_count")?.unwrap_or(0),
+                previous: row.opt_bytes("verification_checksum")?,
+                blob_path: row.opt_text("blob_path")?,
+            })
         })
-    })
-    .await
+        .await?;
+    if claims.is_empty() {
+        // Nothing changed: no commit for the event feed to sync.
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    Ok(claims)
 }
 
 /// Batches of one type in flight at once: while one batch reads and
@@ -337,7 +354,9 @@ async fn record_outcomes(
             }
         }
     }
-    let mut tx = site.db.begin().await?;
+    // Unsynced: a result lost to a power cut is hashed again from the same
+    // blob; its events reach secondaries only once synced (`api/geo.rs`).
+    let mut tx = site.db.begin_unsynced().await?;
     let mut verified: Vec<i64> = Vec::new();
     let columns = ["fk", "checksum", "started_at"];
     for chunk in succeeded.chunks(rows_per_statement(columns.len())) {
