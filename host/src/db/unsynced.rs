@@ -6,7 +6,7 @@
 //! no such promise: a lost claim or result only means the row is verified
 //! again, from a blob that cannot have changed meanwhile (a change goes
 //! through ingest, whose durable commit syncs the write-ahead log and so
-//! every commit before it). Syncing them anyway cost two `fdatasync`s per
+//! every commit before it). Syncing them anyway cost two `fsync`s per
 //! verification batch on the one writer connection, where every other
 //! writer waited for them.
 //!
@@ -61,8 +61,8 @@ pub(crate) struct CommitSync {
     /// Unsynced transactions open now.
     open: AtomicU64,
     /// Unsynced transactions whose commit was sent, ever.
-    finished: AtomicU64,
-    /// `finished` as it was when the last completed sync started.
+    commits_sent: AtomicU64,
+    /// `commits_sent` as it was when the last completed sync started.
     synced: AtomicU64,
     /// An unsynced commit was sent and its answer not awaited: it may
     /// still be in the connection's queue after its transaction ended.
@@ -79,7 +79,7 @@ impl CommitSync {
             wal: wal.into(),
             mode: AtomicU8::new(Mode::Synced as u8),
             open: AtomicU64::new(0),
-            finished: AtomicU64::new(0),
+            commits_sent: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             uncertain: AtomicBool::new(false),
             syncing: tokio::sync::Mutex::new(()),
@@ -110,7 +110,7 @@ impl CommitSync {
         UnsyncedGuard {
             commits: self.clone(),
             commit_sent: false,
-            committed: false,
+            answered: false,
         }
     }
 
@@ -119,7 +119,7 @@ impl CommitSync {
     fn pending(&self) -> bool {
         self.uncertain.load(SeqCst)
             || self.open.load(SeqCst) > 0
-            || self.finished.load(SeqCst) > self.synced.load(SeqCst)
+            || self.commits_sent.load(SeqCst) > self.synced.load(SeqCst)
     }
 
     /// Makes every commit that a read finished before this call could see
@@ -143,12 +143,12 @@ impl CommitSync {
             barrier.await.map_err(std::io::Error::other)?;
             self.uncertain.store(false, SeqCst);
         }
-        let finished = self.finished.load(SeqCst);
+        let sent = self.commits_sent.load(SeqCst);
         let wal = self.wal.clone();
         tokio::task::spawn_blocking(move || sync_file(&wal))
             .await
             .map_err(std::io::Error::other)??;
-        self.synced.fetch_max(finished, SeqCst);
+        self.synced.fetch_max(sent, SeqCst);
         crate::metrics::SQLITE_WAL_SYNCS.inc();
         Ok(true)
     }
@@ -170,7 +170,7 @@ fn sync_file(path: &std::path::Path) -> std::io::Result<()> {
 pub struct UnsyncedGuard {
     commits: std::sync::Arc<CommitSync>,
     commit_sent: bool,
-    committed: bool,
+    answered: bool,
 }
 
 impl UnsyncedGuard {
@@ -181,21 +181,21 @@ impl UnsyncedGuard {
 
     /// The commit was answered (or failed).
     pub(crate) fn commit_answered(&mut self) {
-        self.committed = true;
+        self.answered = true;
     }
 }
 
 impl Drop for UnsyncedGuard {
     fn drop(&mut self) {
-        if self.commit_sent && !self.committed {
+        if self.commit_sent && !self.answered {
             // Dropped while its commit was on the way: it may land later.
             self.commits.uncertain.store(true, SeqCst);
         }
-        // Finished before no longer open: a read that sees neither open
-        // sees it finished, and syncs unless a later sync covered it. A
+        // Counted as sent before no longer open: a read that sees it not
+        // open sees it sent, and syncs unless a later sync covered it. A
         // transaction never committed left nothing to see.
         if self.commit_sent {
-            self.commits.finished.fetch_add(1, SeqCst);
+            self.commits.commits_sent.fetch_add(1, SeqCst);
         }
         self.commits.open.fetch_sub(1, SeqCst);
     }
