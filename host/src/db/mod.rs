@@ -980,6 +980,16 @@ mod tests {
             .unwrap()
     }
 
+    /// A durable SQLite database in `dir` with a table `t (id)`.
+    async fn durable_db(dir: &std::path::Path) -> Db {
+        let url = format!("sqlite:{}", dir.join("d.db").display());
+        let db = Db::connect_durable(&url, 4).await.unwrap();
+        db.execute_script("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .await
+            .unwrap();
+        db
+    }
+
     /// On a durable database an unsynced transaction commits with
     /// `synchronous = NORMAL` (1), and every other write after it is back
     /// to `FULL` (2): a transaction, a single statement, a script, also
@@ -988,11 +998,7 @@ mod tests {
     #[tokio::test]
     async fn unsynced_commits_leave_every_other_write_synced() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("d.db").display());
-        let db = Db::connect_durable(&url, 4).await.unwrap();
-        db.execute_script("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-            .await
-            .unwrap();
+        let db = durable_db(dir.path()).await;
         let mut tx = db.begin().await.unwrap();
         assert_eq!(synchronous(&mut tx).await, 2, "a durable database syncs");
         tx.commit().await.unwrap();
@@ -1038,11 +1044,7 @@ mod tests {
     #[tokio::test]
     async fn readers_sync_the_log_once_after_unsynced_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("d.db").display());
-        let db = Db::connect_durable(&url, 4).await.unwrap();
-        db.execute_script("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-            .await
-            .unwrap();
+        let db = durable_db(dir.path()).await;
         db.execute("INSERT INTO t (id) VALUES (1)", &[])
             .await
             .unwrap();
